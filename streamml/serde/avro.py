@@ -1,0 +1,238 @@
+"""Avro values: the Confluent wire format through a schema registry, and plain schemaless Avro.
+
+Confluent wire format: one magic byte ``0``, the writer schema's registry id as
+a 4-byte big-endian integer, then the Avro binary body. Writer schemas are
+fetched by id from any Confluent-compatible registry (through
+``confluent_kafka.schema_registry.SchemaRegistryClient``) and cached, parsed,
+per id. An optional reader schema resolves every writer version to one shape
+(schema evolution: a v2 reader with a new defaulted field reads v1 records).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import load_schema
+
+from streamml.serde.base import SerdeError, map_each
+
+__all__ = ["AvroSerde", "ConfluentAvroSerde", "load_avro_schema"]
+
+MAGIC_BYTE = 0
+_HEADER = struct.Struct(">bI")
+
+SchemaLike = str | Path | Mapping[str, Any]
+
+
+def load_avro_schema(schema: SchemaLike) -> dict[str, Any]:
+    """Parse an Avro schema from a dict, a JSON string, or a path to an ``.avsc`` file.
+
+    Examples:
+        >>> load_avro_schema('{"type": "record", "name": "A", "fields": []}')["name"]
+        'A'
+    """
+    if isinstance(schema, Mapping):
+        return parse_schema(dict(schema))
+    if isinstance(schema, Path) or (isinstance(schema, str) and schema.endswith(".avsc")):
+        return load_schema(str(schema))
+    return parse_schema(json.loads(schema))
+
+
+def _schema_json(schema: SchemaLike) -> str:
+    if isinstance(schema, Mapping):
+        return json.dumps(schema)
+    if isinstance(schema, Path) or (isinstance(schema, str) and schema.endswith(".avsc")):
+        return Path(schema).read_text()
+    return schema
+
+
+def _read_exact(buf: io.BytesIO, size: int, writer: Any, reader: Any) -> Any:
+    """Read one Avro datum and insist it used every byte of the body."""
+    value = schemaless_reader(buf, writer, reader)
+    rest = size - buf.tell()
+    if rest:
+        raise ValueError(f"{rest} unread bytes after the Avro record (wrong schema or corrupt)")
+    return value
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, (EOFError, StopIteration, IndexError, struct.error)):
+        return f"truncated Avro body ({type(exc).__name__}: {exc})"
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+
+
+class AvroSerde:
+    """Plain schemaless Avro with a schema known to both sides (no registry, no header).
+
+    For users without a schema registry: the writer schema comes from a local
+    ``.avsc`` file (or a dict / JSON string). ``reader_schema`` evolves the
+    records to a newer shape on read.
+
+    Examples:
+        >>> schema = {"type": "record", "name": "Reading",
+        ...           "fields": [{"name": "sensor", "type": "string"},
+        ...                      {"name": "value", "type": "double"}]}
+        >>> serde = AvroSerde(schema)
+        >>> payloads = serde.encode_batch([{"sensor": "s1", "value": 2.5}])
+        >>> payloads
+        [b'\\x04s1\\x00\\x00\\x00\\x00\\x00\\x00\\x04@']
+        >>> serde.decode_batch(payloads + [b"\\x04s1"])
+        [{'sensor': 's1', 'value': 2.5}, SerdeError('truncated Avro body (EOFError: ...)')]
+    """
+
+    def __init__(self, schema: SchemaLike, *, reader_schema: SchemaLike | None = None) -> None:
+        self._writer = load_avro_schema(schema)
+        self._reader = load_avro_schema(reader_schema) if reader_schema is not None else None
+
+    def _decode_one(self, payload: bytes) -> Any:
+        return _read_exact(io.BytesIO(payload), len(payload), self._writer, self._reader)
+
+    def _encode_one(self, value: Any) -> bytes:
+        buf = io.BytesIO()
+        schemaless_writer(buf, self._writer, value)
+        return buf.getvalue()
+
+    def decode_batch(self, payloads: Sequence[bytes | None]) -> list[Any]:
+        return map_each(
+            lambda p: None if p is None else self._decode_one(p), payloads, "DecodeError", _describe
+        )
+
+    def encode_batch(self, values: Sequence[Any]) -> list[bytes | None | SerdeError]:
+        return map_each(
+            lambda v: None if v is None else self._encode_one(v), values, "EncodeError", _describe
+        )
+
+
+class ConfluentAvroSerde:
+    """Avro in the Confluent wire format, with schemas from a schema registry.
+
+    Decoding reads the schema id from each payload's header, fetches that
+    writer schema from the registry once and caches it parsed. A payload with
+    a wrong magic byte, an id the registry does not know, or a body that does
+    not match its schema comes back as a :class:`SerdeError` saying which.
+
+    Encoding registers ``schema`` under ``subject`` once (idempotent on a real
+    registry: the existing id is returned) and prefixes every body with its id.
+
+    Args:
+        registry: A ``SchemaRegistryClient`` (or anything with ``get_schema(id)``
+            and ``register_schema(subject, schema)``), or its config dict, e.g.
+            ``{"url": "http://registry:8081"}`` or ``{"url": "mock://test"}``.
+        schema: The writer schema for encoding (dict, JSON string or ``.avsc``
+            path). Not needed to decode.
+        subject: The registry subject to register ``schema`` under, by
+            convention ``"<topic>-value"``. Required with ``schema``.
+        reader_schema: Decode every writer version into this shape.
+
+    Examples:
+        >>> from confluent_kafka.schema_registry import SchemaRegistryClient
+        >>> registry = SchemaRegistryClient.new_client({"url": "mock://doc"})
+        >>> schema = {"type": "record", "name": "Reading",
+        ...           "fields": [{"name": "value", "type": "double"}]}
+        >>> serde = ConfluentAvroSerde(registry, schema=schema, subject="readings-value")
+        >>> [payload] = serde.encode_batch([{"value": 2.5}])
+        >>> payload[:5], serde.schema_id
+        (b'\\x00\\x00\\x00\\x00\\x01', 1)
+        >>> serde.decode_batch([payload, b"\\x00\\x00\\x00\\x00\\x63" + payload[5:]])
+        [{'value': 2.5}, SerdeError('schema id 99 is not in the registry: ...')]
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        *,
+        schema: SchemaLike | None = None,
+        subject: str | None = None,
+        reader_schema: SchemaLike | None = None,
+    ) -> None:
+        if isinstance(registry, Mapping):
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            registry = SchemaRegistryClient.new_client(dict(registry))
+        if schema is not None and not subject:
+            raise ValueError("a subject is needed to register the schema; e.g. subject='events-value'")
+        self._registry = registry
+        self._schema = schema
+        self._subject = subject
+        self._writer = load_avro_schema(schema) if schema is not None else None
+        self._reader = load_avro_schema(reader_schema) if reader_schema is not None else None
+        self._schema_id: int | None = None
+        self._writers: dict[int, Any] = {}
+
+    @property
+    def schema_id(self) -> int:
+        """The registry id of the writer schema (registering it on first use)."""
+        if self._schema_id is None:
+            if self._schema is None:
+                raise ValueError("this serde has no writer schema; pass schema= and subject= to encode")
+            from confluent_kafka.schema_registry import Schema
+
+            self._schema_id = self._registry.register_schema(
+                self._subject, Schema(_schema_json(self._schema), "AVRO")
+            )
+        return self._schema_id
+
+    def _writer_for(self, schema_id: int) -> Any:
+        writer = self._writers.get(schema_id)
+        if writer is None:
+            try:
+                registered = self._registry.get_schema(schema_id)
+            except Exception as exc:  # noqa: BLE001 - any registry failure is this payload's error
+                raise SerdeError("UnknownSchema", f"schema id {schema_id} is not in the registry: {exc}") from None
+            if registered.schema_type not in (None, "AVRO"):
+                raise SerdeError("UnknownSchema", f"schema id {schema_id} is {registered.schema_type}, not AVRO")
+            writer = self._writers[schema_id] = parse_schema(json.loads(registered.schema_str))
+        return writer
+
+    def _decode_one(self, payload: bytes) -> Any:
+        if len(payload) < _HEADER.size:
+            raise SerdeError("DecodeError", f"payload of {len(payload)} bytes is shorter than the 5-byte header")
+        magic, schema_id = _HEADER.unpack_from(payload)
+        if magic != MAGIC_BYTE:
+            raise SerdeError("DecodeError", f"magic byte is {magic}, not 0: not Confluent wire format")
+        writer = self._writer_for(schema_id)
+        buf = io.BytesIO(payload)
+        buf.seek(_HEADER.size)
+        return _read_exact(buf, len(payload), writer, self._reader)
+
+    def decode_batch(self, payloads: Sequence[bytes | None]) -> list[Any]:
+        return [
+            item if type(item) is not _Wrapped else item.error
+            for item in map_each(self._decode_guarded, payloads, "DecodeError", _describe)
+        ]
+
+    def _decode_guarded(self, payload: bytes | None) -> Any:
+        if payload is None:
+            return None
+        try:
+            return self._decode_one(payload)
+        except SerdeError as err:
+            return _Wrapped(err)
+
+    def _encode_one(self, value: Any) -> bytes:
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(MAGIC_BYTE, self.schema_id))
+        schemaless_writer(buf, self._writer, value)
+        return buf.getvalue()
+
+    def encode_batch(self, values: Sequence[Any]) -> list[bytes | None | SerdeError]:
+        schema_id = self.schema_id  # fail loudly at the first batch if misconfigured
+        del schema_id
+        return map_each(
+            lambda v: None if v is None else self._encode_one(v), values, "EncodeError", _describe
+        )
+
+
+class _Wrapped:
+    """Carries a SerdeError with its own kind through ``map_each`` (which would re-kind it)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: SerdeError) -> None:
+        self.error = error

@@ -1,0 +1,26 @@
+"""Shared fixtures: one real Kafka-protocol broker for the whole session."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from streamml.broker import EmbeddedBroker
+
+_topic_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """A tansu broker on a free loopback port, shared by every integration test."""
+    with EmbeddedBroker() as running:
+        yield running
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A topic name unique to this test (create it with ``broker.create_topic``)."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    yield f"{base}-{next(_topic_numbers)}"
