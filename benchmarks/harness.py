@@ -1,0 +1,105 @@
+"""Alternating A/B measurement: the machine is shared and noisy, so ratios are the result.
+
+Each benchmark runs its subject and its comparisons in the same process,
+alternating (A B A B ...), and reports the median, min and max of each, and
+the ratio of medians to the first one.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Measurement", "alternate", "machine_info", "format_table"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Throughputs of one contender over the rounds, in items per second."""
+
+    name: str
+    items: int
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(median=self.median, min=min(self.rates), max=max(self.rates))
+        return d
+
+
+def alternate(
+    contenders: Mapping[str, Callable[[], int]],
+    *,
+    rounds: int = 3,
+    warmup: bool = True,
+) -> list[Measurement]:
+    """Run each contender ``rounds`` times, interleaved, and time each run.
+
+    Each contender is a zero-argument callable that does the whole job and
+    returns the number of items it processed; its rate is items per second
+    of wall time.
+
+    Examples:
+        >>> results = alternate({"sum": lambda: len([sum(range(100))]) * 100}, rounds=3)
+        >>> [m.name for m in results], len(results[0].rates)
+        (['sum'], 3)
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1; got {rounds}")
+    if warmup:
+        for run in contenders.values():
+            run()
+    results = {name: Measurement(name, 0) for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            items = run()
+            elapsed = time.perf_counter() - start
+            results[name] = Measurement(name, items, results[name].rates + [items / elapsed])
+    return list(results.values())
+
+
+def format_table(title: str, measurements: list[Measurement], unit: str = "items/s") -> str:
+    """A plain-text table: median, min–max, and the ratio of each median to the first row's."""
+    base = measurements[0].median
+    lines = [title, f"  {'contender':<40} {'median ' + unit:>18} {'min–max':>25} {'ratio':>7}"]
+    for m in measurements:
+        lines.append(
+            f"  {m.name:<40} {m.median:>18,.0f} {min(m.rates):>12,.0f}–{max(m.rates):<12,.0f}"
+            f" {m.median / base:>6.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, Python and library versions, for the results file."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    libs = {}
+    for lib in ("bytewax", "onnxruntime", "numpy", "fastavro", "confluent-kafka", "orjson"):
+        try:
+            libs[lib] = version(lib)
+        except PackageNotFoundError:
+            libs[lib] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": libs,
+    }
