@@ -1,0 +1,1 @@
+"""Runnable example dataflows; users of the library, never imported by it."""

@@ -1,0 +1,445 @@
+"""Kafka I/O as Bytewax operators: a decoding source, an encoding sink, and a dead-letter sink.
+
+Built on :mod:`bytewax.connectors.kafka` (its ``KafkaSource`` and
+``KafkaSink`` do the consuming and producing, partitions are the unit of
+parallelism, offsets are part of Bytewax recovery); streamml adds batch
+decoding and encoding and routes every failure to an error stream of
+:class:`~streamml.errors.Rejected` records, which :func:`dead_letter_sink`
+writes to a topic as self-describing JSON.
+
+A typical pipeline::
+
+    src = kafka.source("in", flow, brokers=b, topics=["readings"], value_serde=avro)
+    ...                                   # operators on src.oks
+    errs = kafka.sink("out", results, brokers=b, topic="scores", value_serde=JsonSerde())
+    kafka.dead_letter_sink("dlq", op.merge("all_errs", src.errs, errs), brokers=b, topic="dlq")
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import bytewax.operators as op
+import orjson
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow, Stream, operator
+from confluent_kafka import OFFSET_BEGINNING
+
+from streamml.errors import Rejected
+from streamml.serde.base import BytesSerde, Deserializer, SerdeError, Serializer, StringSerde
+
+__all__ = [
+    "Record",
+    "SourceOut",
+    "dead_letter_envelope",
+    "dead_letter_sink",
+    "sink",
+    "source",
+]
+
+X = TypeVar("X")
+
+
+class Record(NamedTuple):
+    """A decoded Kafka message that keeps where it came from.
+
+    Attributes:
+        value: The decoded value (``None`` for a tombstone).
+        key: The decoded key (``None`` when the message had none).
+        topic, partition, offset: The message's coordinates.
+        timestamp_ms: The broker timestamp in epoch milliseconds, if any.
+        raw_key, raw_value: The original bytes, kept so a later step's
+            rejection can still be dead-lettered with them.
+    """
+
+    value: Any
+    key: Any
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    timestamp_ms: int | None
+    raw_key: bytes | None
+    raw_value: bytes | None
+
+    @property
+    def timestamp(self) -> datetime | None:
+        """The broker timestamp as a timezone-aware UTC datetime."""
+        if self.timestamp_ms is None:
+            return None
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class SourceOut(Generic[X]):
+    """The streams of :func:`source`."""
+
+    oks: Stream[Record]
+    """Decoded records."""
+
+    errs: Stream[Rejected]
+    """Consumer errors and messages that did not decode, with the reason."""
+
+
+def _broker_list(brokers: str | Sequence[str]) -> list[str]:
+    hosts = brokers.split(",") if isinstance(brokers, str) else list(brokers)
+    hosts = [h.strip() for h in hosts if h.strip()]
+    if not hosts:
+        raise ValueError("brokers must name at least one host:port, e.g. brokers='localhost:9092'")
+    return hosts
+
+
+def _broker_timestamp(msg: KafkaSourceMessage) -> int | None:
+    ts = msg.timestamp
+    # (type, ms); type 0 is TIMESTAMP_NOT_AVAILABLE.
+    return ts[1] if ts and ts[0] else None
+
+
+def _decoder(
+    step_id: str, value_serde: Deserializer, key_serde: Deserializer
+) -> Callable[[list[KafkaSourceMessage]], list[Record | Rejected]]:
+    def decode(msgs: list[KafkaSourceMessage]) -> list[Record | Rejected]:
+        values = value_serde.decode_batch([m.value for m in msgs])
+        keys = key_serde.decode_batch([m.key for m in msgs])
+        out: list[Record | Rejected] = []
+        append = out.append
+        for msg, key, value in zip(msgs, keys, values):
+            if type(value) is SerdeError:
+                append(Rejected(step_id, value.kind, f"value: {value}", msg))
+            elif type(key) is SerdeError:
+                append(Rejected(step_id, key.kind, f"key: {key}", msg))
+            else:
+                append(
+                    Record(
+                        value,
+                        key,
+                        msg.topic,
+                        msg.partition,
+                        msg.offset,
+                        _broker_timestamp(msg),
+                        msg.key,
+                        msg.value,
+                    )
+                )
+        return out
+
+    return decode
+
+
+def _is_record(item: object) -> bool:
+    return type(item) is Record
+
+
+def _consumer_error(step_id: str) -> Callable[[KafkaError], Rejected]:
+    def to_rejected(err: KafkaError) -> Rejected:
+        return Rejected(step_id, "KafkaError", str(err.err), err.msg)
+
+    return to_rejected
+
+
+@operator
+def source(
+    step_id: str,
+    flow: Dataflow,
+    *,
+    brokers: str | Sequence[str],
+    topics: str | Sequence[str],
+    value_serde: Deserializer,
+    key_serde: Deserializer | None = None,
+    tail: bool = True,
+    starting_offset: int = OFFSET_BEGINNING,
+    add_config: dict[str, str] | None = None,
+    batch_size: int = 1000,
+) -> SourceOut:
+    """Consume topics and decode each message's value (and key) in batches.
+
+    Use it as the entry of a pipeline: decoded messages come out as
+    :class:`Record` (value, key, topic, partition, offset, timestamp and the
+    original bytes); anything that fails — a consumer error, bytes the serde
+    cannot decode — comes out on ``errs`` as a :class:`Rejected` whose
+    ``original`` is the raw message. Nothing is dropped and the dataflow does
+    not stop on bad bytes.
+
+    Partitions are spread over Bytewax workers, and consumed offsets are part
+    of Bytewax's recovery snapshots.
+
+    Args:
+        step_id: Unique step id.
+        flow: The dataflow.
+        brokers: ``"host:port"`` (comma-separated) or a list of them.
+        topics: One topic or a list.
+        value_serde: Decodes values (:mod:`streamml.serde`).
+        key_serde: Decodes keys; keys stay raw bytes when omitted.
+        tail: Keep waiting for new messages at the end of the topic; with
+            ``False`` the source ends at the end of each partition.
+        starting_offset: ``confluent_kafka.OFFSET_BEGINNING`` or ``OFFSET_END``.
+        add_config: Extra librdkafka consumer settings.
+        batch_size: Most messages taken per poll (and so per decode batch).
+
+    Returns:
+        :class:`SourceOut` with ``oks`` (records) and ``errs`` (rejections).
+
+    Examples:
+        >>> from streamml.broker import EmbeddedBroker  # doctest: +SKIP
+        >>> from streamml.serde import JsonSerde
+        >>> flow = Dataflow("doc")
+        >>> src = source("in", flow, brokers="127.0.0.1:9092", topics="readings",
+        ...              value_serde=JsonSerde(), tail=False)
+        >>> type(src).__name__
+        'SourceOut'
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    topic_list = [topics] if isinstance(topics, str) else list(topics)
+    if not topic_list:
+        raise ValueError("topics must name at least one topic")
+    raw = kop.input(
+        "kafka",
+        flow,
+        brokers=_broker_list(brokers),
+        topics=topic_list,
+        tail=tail,
+        starting_offset=starting_offset,
+        add_config=add_config,
+        batch_size=batch_size,
+    )
+    decoded = op.flat_map_batch(
+        "decode", raw.oks, _decoder(f"{step_id}.decode", value_serde, key_serde or BytesSerde())
+    )
+    split = op.branch("split", decoded, _is_record)
+    consumer_errs = op.map("consumer_errors", raw.errs, _consumer_error(f"{step_id}.kafka"))
+    return SourceOut(oks=split.trues, errs=op.merge("errs", consumer_errs, split.falses))
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _encoder(
+    step_id: str,
+    value_serde: Serializer,
+    key_serde: Serializer,
+    value: Callable[[Any], Any],
+    key: Callable[[Any], Any] | None,
+) -> Callable[[list[Any]], list[KafkaSinkMessage | Rejected]]:
+    def pick(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        try:
+            return [fn(item) for item in items]
+        except Exception:  # noqa: BLE001 - redo item by item to find the culprits
+            out = []
+            for item in items:
+                try:
+                    out.append(fn(item))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(SerdeError("BadItem", f"{type(exc).__name__}: {exc}"))
+            return out
+
+    def encode(items: list[Any]) -> list[KafkaSinkMessage | Rejected]:
+        values = pick(value, items)
+        payloads = value_serde.encode_batch(values)
+        keys = key_serde.encode_batch(pick(key, items)) if key is not None else [None] * len(items)
+        out: list[KafkaSinkMessage | Rejected] = []
+        for item, raw_value, picked, raw_key in zip(items, payloads, values, keys):
+            if type(raw_value) is SerdeError or type(picked) is SerdeError:
+                err = raw_value if type(raw_value) is SerdeError else picked
+                out.append(Rejected(step_id, err.kind, f"value: {err}", item))
+            elif type(raw_key) is SerdeError:
+                out.append(Rejected(step_id, raw_key.kind, f"key: {raw_key}", item))
+            else:
+                out.append(KafkaSinkMessage(raw_key, raw_value))
+        return out
+
+    return encode
+
+
+def _is_sink_message(item: object) -> bool:
+    return type(item) is KafkaSinkMessage
+
+
+@operator
+def sink(
+    step_id: str,
+    up: Stream[X],
+    *,
+    brokers: str | Sequence[str],
+    topic: str,
+    value_serde: Serializer,
+    value: Callable[[X], Any] | None = None,
+    key: Callable[[X], Any] | None = None,
+    key_serde: Serializer | None = None,
+    add_config: dict[str, str] | None = None,
+) -> Stream[Rejected]:
+    """Encode items in batches and produce them to a topic.
+
+    Each item's message value is ``value(item)`` (the item itself by default)
+    encoded with ``value_serde``; its key is ``key(item)`` encoded with
+    ``key_serde`` (UTF-8 text by default), or no key. Items that cannot be
+    encoded are not produced: they come back on the returned stream as
+    :class:`Rejected`, ready for :func:`dead_letter_sink`.
+
+    Args:
+        step_id: Unique step id.
+        up: Items to write.
+        brokers: ``"host:port"`` (comma-separated) or a list of them.
+        topic: Topic to produce to.
+        value_serde: Encodes values (:mod:`streamml.serde`).
+        value: Picks the value to encode from an item; the item itself when omitted.
+        key: Picks the message key from an item; no key when omitted.
+        key_serde: Encodes keys; UTF-8 text when omitted.
+        add_config: Extra librdkafka producer settings.
+
+    Returns:
+        The stream of items that could not be encoded.
+
+    Examples:
+        >>> from streamml.serde import JsonSerde
+        >>> from bytewax.testing import TestingSource
+        >>> flow = Dataflow("doc")
+        >>> scores = op.input("scores", flow, TestingSource([("pump-1", {"score": 0.9})]))
+        >>> errs = sink("out", scores, brokers="127.0.0.1:9092", topic="scores",
+        ...             value_serde=JsonSerde(), key=lambda kv: kv[0], value=lambda kv: kv[1])
+        >>> type(errs).__name__
+        'Stream'
+    """
+    encoded = op.flat_map_batch(
+        "encode",
+        up,
+        _encoder(
+            f"{step_id}.encode",
+            value_serde,
+            key_serde or StringSerde(),
+            value or _identity,
+            key,
+        ),
+    )
+    split = op.branch("split", encoded, _is_sink_message)
+    kop.output("kafka", split.trues, brokers=_broker_list(brokers), topic=topic, add_config=add_config)
+    return split.falses
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _find_source(original: Any) -> Record | KafkaSourceMessage | None:
+    if isinstance(original, (Record, KafkaSourceMessage)):
+        return original
+    if isinstance(original, tuple) and not isinstance(original, Rejected):
+        for part in original:
+            if isinstance(part, (Record, KafkaSourceMessage)):
+                return part
+    return None
+
+
+def _json_safe(obj: Any) -> Any:
+    """A JSON-safe rendering of a rejected event (orjson handles the rest)."""
+    if isinstance(obj, Record):
+        return obj.value
+    if isinstance(obj, (bytes, bytearray)):
+        return {"base64": base64.b64encode(obj).decode("ascii")}
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return repr(obj)
+
+
+def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dict[str, Any]:
+    """The self-describing JSON envelope :func:`dead_letter_sink` writes for one rejection.
+
+    Fields: ``step_id``, ``error_type``, ``reason``, ``time`` (RFC 3339 UTC),
+    ``source`` (topic, partition, offset, timestamp_ms of the original
+    message, or ``None`` when the item did not come from Kafka), ``key`` and
+    ``value`` (the original bytes, base64, when known) and ``event`` (the
+    rejected item itself as JSON when it was not raw bytes).
+
+    Examples:
+        >>> from datetime import datetime, timezone
+        >>> r = Rejected("decode", "DecodeError", "not JSON", b"{oops")
+        >>> env = dead_letter_envelope(r, now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        >>> env["value"], env["time"], env["source"]
+        ('e29vcHM=', '2026-01-01T00:00:00+00:00', None)
+    """
+    src = _find_source(rejected.original)
+    envelope: dict[str, Any] = {
+        "step_id": rejected.step_id,
+        "error_type": rejected.error_type,
+        "reason": rejected.reason,
+        "time": (now or datetime.now(timezone.utc)).isoformat(),
+        "source": None,
+        "key": None,
+        "value": None,
+    }
+    if isinstance(src, Record):
+        envelope["source"] = {
+            "topic": src.topic,
+            "partition": src.partition,
+            "offset": src.offset,
+            "timestamp_ms": src.timestamp_ms,
+        }
+        envelope["key"], envelope["value"] = _b64(src.raw_key), _b64(src.raw_value)
+    elif isinstance(src, KafkaSourceMessage):
+        envelope["source"] = {
+            "topic": src.topic,
+            "partition": src.partition,
+            "offset": src.offset,
+            "timestamp_ms": _broker_timestamp(src),
+        }
+        if isinstance(src.key, (bytes, type(None))):
+            envelope["key"] = _b64(src.key)
+        if isinstance(src.value, (bytes, type(None))):
+            envelope["value"] = _b64(src.value)
+    if isinstance(rejected.original, (bytes, bytearray)):
+        envelope["value"] = _b64(bytes(rejected.original))
+    elif src is None or src is not rejected.original:
+        envelope["event"] = rejected.original
+    return envelope
+
+
+def _encode_envelopes(rejections: list[Rejected]) -> list[KafkaSinkMessage]:
+    now = datetime.now(timezone.utc)
+    out = []
+    for rejected in rejections:
+        envelope = dead_letter_envelope(rejected, now)
+        src = _find_source(rejected.original)
+        key = src.raw_key if isinstance(src, Record) else getattr(src, "key", None)
+        out.append(
+            KafkaSinkMessage(
+                key if isinstance(key, bytes) else None,
+                orjson.dumps(
+                    envelope,
+                    default=_json_safe,
+                    option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+                ),
+            )
+        )
+    return out
+
+
+@operator
+def dead_letter_sink(
+    step_id: str,
+    up: Stream[Rejected],
+    *,
+    brokers: str | Sequence[str],
+    topic: str,
+    add_config: dict[str, str] | None = None,
+) -> None:
+    """Write rejections to a dead-letter topic as self-describing JSON envelopes.
+
+    Merge every error stream of a pipeline into this one sink, so that every
+    input ends as an output or a dead letter. Each message's key is the
+    original message key; its value is :func:`dead_letter_envelope` as JSON
+    (original bytes in base64, source coordinates, the rejecting step, the
+    error type and message, and the time).
+
+    Examples:
+        >>> from bytewax.testing import TestingSource
+        >>> flow = Dataflow("doc")
+        >>> errs = op.input("errs", flow, TestingSource([Rejected("s", "E", "why", b"x")]))
+        >>> dead_letter_sink("dlq", errs, brokers="127.0.0.1:9092", topic="dead-letters")
+    """
+    envelopes = op.flat_map_batch("envelope", up, _encode_envelopes)
+    kop.output("kafka", envelopes, brokers=_broker_list(brokers), topic=topic, add_config=add_config)
