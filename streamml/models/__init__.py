@@ -1,3 +1,22 @@
-"""Model runtimes behind one small protocol (filled in by the inference work)."""
+"""Model runtimes behind one small protocol: ONNX Runtime and plain Python functions.
 
-__all__: list[str] = []
+:class:`Model` is the interface the inference operator
+(:func:`streamml.operators.infer.infer`) calls: named NumPy batches in, named
+NumPy arrays out, plus the model's declared inputs and a ``version`` label.
+:class:`OnnxModel` and :class:`CallableModel` implement it; a user's own
+runtime only needs the same four members.
+"""
+
+from streamml.models.callable import CallableModel
+from streamml.models.onnx import OnnxModel, default_providers
+from streamml.models.protocol import Model, ModelInputError, TensorSpec, as_feeds
+
+__all__ = [
+    "CallableModel",
+    "Model",
+    "ModelInputError",
+    "OnnxModel",
+    "TensorSpec",
+    "as_feeds",
+    "default_providers",
+]

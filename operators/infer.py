@@ -1,0 +1,823 @@
+"""Batched model inference with per-event semantics: dynamic batching, failure isolation, live swaps.
+
+Calling a model once per event wastes most of the machine; :func:`infer`
+gathers the events of a worker into batches bounded by size (``max_batch``)
+and by latency (``max_wait``), runs the model once per batch, and hands each
+event back with its prediction and the version of the model that made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from itertools import repeat
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import bytewax.operators as op
+import numpy as np
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from streamml.errors import Rejected
+from streamml.models import Model, OnnxModel, TensorSpec
+
+from ._batching import DynamicBatcher
+
+__all__ = ["InferOut", "InferStats", "infer"]
+
+logger = logging.getLogger(__name__)
+
+Event = Mapping[str, Any]
+InputGetter = str | Callable[[Event], Any]
+OutputFn = Callable[[Event, dict[str, Any]], Event]
+
+_ROUTE_CACHE_MAX = 100_000
+
+
+class InferStats:
+    """Counters of one :func:`infer` step, shared by its shards in a process.
+
+    Read them at any time (they are updated once per batch), e.g. log
+    :meth:`as_dict` from a timer or after ``run_main``.
+
+    Attributes:
+        batches: Model calls that succeeded (retries after a split count too).
+        scored: Events that got a prediction.
+        rejected: Events sent to the error stream (bad input or model error).
+        model_errors: Events the model raised on, found by splitting batches.
+        swaps: Models installed while running.
+        models_rejected: Models that failed to load or validate.
+        model_seconds: Time spent inside the model.
+        max_wait_seconds: Longest time an event waited for its batch.
+
+    Examples:
+        >>> s = InferStats()
+        >>> s.scored, s.mean_batch_size
+        (0, 0.0)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.scored = 0
+        self.rejected = 0
+        self.model_errors = 0
+        self.swaps = 0
+        self.models_rejected = 0
+        self.model_seconds = 0.0
+        self.max_wait_seconds = 0.0
+        self._first: float | None = None
+        self._last: float | None = None
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Events scored per successful model call."""
+        return self.scored / self.batches if self.batches else 0.0
+
+    @property
+    def events_per_second(self) -> float:
+        """Events scored per second of wall time since the first batch arrived."""
+        if self._first is None or self._last is None or self._last <= self._first:
+            return 0.0
+        return self.scored / (self._last - self._first)
+
+    def as_dict(self) -> dict[str, float]:
+        """Every counter and derived rate, for logging."""
+        return {
+            "batches": self.batches,
+            "scored": self.scored,
+            "rejected": self.rejected,
+            "model_errors": self.model_errors,
+            "swaps": self.swaps,
+            "models_rejected": self.models_rejected,
+            "model_seconds": self.model_seconds,
+            "max_wait_seconds": self.max_wait_seconds,
+            "mean_batch_size": self.mean_batch_size,
+            "events_per_second": self.events_per_second,
+        }
+
+    def _record(
+        self,
+        *,
+        started: float,
+        ended: float,
+        batches: int = 0,
+        scored: int = 0,
+        rejected: int = 0,
+        model_errors: int = 0,
+        model_seconds: float = 0.0,
+        max_wait: float = 0.0,
+    ) -> None:
+        with self._lock:
+            if self._first is None:
+                self._first = started
+            self._last = ended
+            self.batches += batches
+            self.scored += scored
+            self.rejected += rejected
+            self.model_errors += model_errors
+            self.model_seconds += model_seconds
+            self.max_wait_seconds = max(self.max_wait_seconds, max_wait)
+
+    def _count_model(self, *, installed: bool) -> None:
+        with self._lock:
+            if installed:
+                self.swaps += 1
+            else:
+                self.models_rejected += 1
+
+    def __repr__(self) -> str:
+        return f"InferStats({self.as_dict()})"
+
+
+@dataclass(frozen=True)
+class InferOut:
+    """The streams (and counters) of an :func:`infer` step.
+
+    Attributes:
+        oks: ``(key, event)`` with the model's outputs and version attached,
+            each key's events in their original order.
+        errs: :class:`~streamml.errors.Rejected` records: invalid inputs,
+            events the model raised on, and models that failed to load.
+        stats: The step's :class:`InferStats`.
+    """
+
+    oks: KeyedStream[Event]
+    errs: Stream[Rejected]
+    stats: InferStats
+
+
+class _Swap(NamedTuple):
+    """A control item broadcast to one shard; ``report`` is set on exactly one copy."""
+
+    item: Any
+    report: bool
+
+
+class _Chunk(NamedTuple):
+    """Events that arrived together, routed to one shard."""
+
+    shard: int
+    items: list[tuple[str, Event]]
+
+
+class _Result(NamedTuple):
+    oks: list[tuple[str, Event]]
+    errs: list[Rejected]
+
+
+class _Snapshot(NamedTuple):
+    """Recovery state of one shard: waiting events and what installed its model."""
+
+    pending: tuple[tuple[str, Event], ...]
+    source: Any
+
+
+class _InvalidInputError(Exception):
+    def __init__(self, error_type: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error_type = error_type
+
+
+class _BoundInput(NamedTuple):
+    name: str
+    spec: TensorSpec
+    getter: InputGetter
+
+
+def _default_loader(item: Any) -> Model:
+    if isinstance(item, (str, bytes, os.PathLike)):
+        return OnnxModel(item)
+    raise TypeError(
+        f"cannot load a model from a {type(item).__name__}; control items must be a Model, "
+        "an ONNX path or ONNX bytes, or pass loader= to infer"
+    )
+
+
+def _bind_inputs(
+    model: Model, inputs: InputGetter | Mapping[str, InputGetter]
+) -> list[_BoundInput]:
+    specs = dict(model.inputs)
+    if isinstance(inputs, Mapping):
+        missing = [n for n in specs if n not in inputs]
+        extra = [n for n in inputs if n not in specs]
+        if missing or extra:
+            raise ValueError(
+                f"inputs must map every model input {list(specs)} to a field or function; "
+                f"missing {missing}, unknown {extra}"
+            )
+        return [_BoundInput(n, specs[n], inputs[n]) for n in specs]
+    if len(specs) != 1:
+        raise ValueError(
+            f"model {model.version!r} has {len(specs)} inputs {list(specs)}; "
+            "pass inputs={model input name: field or function, ...}"
+        )
+    name, spec = next(iter(specs.items()))
+    return [_BoundInput(name, spec, inputs)]
+
+
+def _bind_outputs(
+    model: Model, outputs: Mapping[str, str] | OutputFn | None
+) -> list[tuple[str, str]] | OutputFn:
+    if callable(outputs):
+        return outputs
+    if outputs is None:
+        return [(n, n) for n in model.outputs]
+    unknown = [n for n in outputs if n not in model.outputs]
+    if unknown:
+        raise ValueError(
+            f"outputs names {unknown}, which model {model.version!r} does not return; "
+            f"it returns {list(model.outputs)}"
+        )
+    return list(outputs.items())
+
+
+def _shape_ok(expected: tuple[int | None, ...] | None, got: tuple[int, ...]) -> bool:
+    if expected is None:
+        return True
+    return len(expected) == len(got) and all(
+        e is None or e == g for e, g in zip(expected, got, strict=False)
+    )
+
+
+def _check_row(value: Any, spec: TensorSpec) -> np.ndarray:
+    if value is None:
+        raise _InvalidInputError("MissingInput", "no model input (the field is missing or None)")
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:
+        raise _InvalidInputError("BadShape", f"input is not a rectangular array: {exc}") from exc
+    if arr.dtype != spec.dtype:
+        if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, spec.dtype, "same_kind"):
+            raise _InvalidInputError(
+                "BadDtype", f"input has dtype {arr.dtype}; the model takes {spec.dtype}"
+            )
+        arr = arr.astype(spec.dtype)
+    if not _shape_ok(spec.shape, arr.shape):
+        raise _InvalidInputError(
+            "BadShape", f"input has shape {arr.shape}; the model takes {spec.shape}"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise _InvalidInputError("NonFinite", "input has NaN or infinite values")
+    return arr
+
+
+def _get_all(items: list[tuple[str, Event]], getter: InputGetter) -> list[Any] | None:
+    try:
+        if isinstance(getter, str):
+            return [e.get(getter) for _, e in items]
+        return [getter(e) for _, e in items]
+    except Exception:  # one bad event: the per-event path finds which
+        return None
+
+
+def _fast_column(
+    values: list[Any], spec: TensorSpec
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Stack a whole column at once; ``None`` when some row needs a closer look."""
+    try:
+        arr = np.stack(values)
+    except (ValueError, TypeError):
+        return None
+    if arr.dtype != spec.dtype:
+        if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, spec.dtype, "same_kind"):
+            return None
+        arr = arr.astype(spec.dtype)
+    if spec.shape is not None and not _shape_ok(spec.shape, arr.shape[1:]):
+        return None
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if not finite.all():
+            return arr, finite
+    return arr, None
+
+
+def _slow_column(
+    items: list[tuple[str, Event]], bound: _BoundInput, bad: dict[int, tuple[str, str]]
+) -> np.ndarray:
+    rows: list[np.ndarray | None] = []
+    for i, (_, e) in enumerate(items):
+        try:
+            value = e.get(bound.getter) if isinstance(bound.getter, str) else bound.getter(e)
+            rows.append(_check_row(value, bound.spec))
+        except _InvalidInputError as exc:
+            bad.setdefault(i, (exc.error_type, f"input {bound.name!r}: {exc}"))
+            rows.append(None)
+        except Exception as exc:
+            bad.setdefault(
+                i, ("MissingInput", f"input {bound.name!r}: {type(exc).__name__}: {exc}")
+            )
+            rows.append(None)
+    good = [r for r in rows if r is not None]
+    if not good:
+        return np.zeros((len(items), 0), dtype=bound.spec.dtype)
+    shape = good[0].shape  # with no declared shape, the batch's first good row decides
+    filler = np.zeros(shape, dtype=bound.spec.dtype)
+    for i, r in enumerate(rows):
+        if r is not None and r.shape != shape:
+            bad.setdefault(
+                i, ("BadShape", f"input {bound.name!r}: shape {r.shape} differs from {shape}")
+            )
+            rows[i] = None
+    return np.stack([filler if r is None else r for r in rows])
+
+
+def _assemble(
+    items: list[tuple[str, Event]], bound: list[_BoundInput]
+) -> tuple[dict[str, np.ndarray], dict[int, tuple[str, str]]]:
+    """Model inputs for a batch, and the events that cannot be scored, by index."""
+    bad: dict[int, tuple[str, str]] = {}
+    columns = {}
+    for b in bound:
+        values = _get_all(items, b.getter)
+        fast = _fast_column(values, b.spec) if values is not None else None
+        if fast is None:
+            columns[b.name] = _slow_column(items, b, bad)
+            continue
+        arr, finite = fast
+        if finite is not None:
+            for i in np.flatnonzero(~finite).tolist():
+                bad.setdefault(i, ("NonFinite", f"input {b.name!r} has NaN or infinite values"))
+        columns[b.name] = arr
+    return columns, bad
+
+
+def _column_values(values: Any, n: int) -> list[Any]:
+    if isinstance(values, np.ndarray):
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
+        out = values.tolist()
+    else:
+        out = list(values)
+    if len(out) != n:
+        raise ValueError(f"the model returned {len(out)} rows for a batch of {n}")
+    return out
+
+
+class _Loader:
+    """Loads control items into models, once per item for all shards of a process."""
+
+    def __init__(self, loader: Callable[[Any], Model]) -> None:
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._last: tuple[Any, Model | Exception] | None = None
+
+    def load(self, item: Any, cache_key: Any) -> Model:
+        with self._lock:
+            if self._last is not None and self._last[0] == cache_key:
+                found = self._last[1]
+            else:
+                try:
+                    found = item if isinstance(item, Model) else self._loader(item)
+                    if not isinstance(found, Model):
+                        raise TypeError(
+                            f"the loader returned a {type(found).__name__}, not a Model"
+                        )
+                except Exception as exc:
+                    found = exc
+                self._last = (cache_key, found)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
+def _cache_key(item: Any) -> Any:
+    try:
+        hash(item)
+    except TypeError:
+        return object()  # never equal: no caching for unhashable items
+    return ("item", type(item).__name__, item)
+
+
+@dataclass(frozen=True)
+class _Config:
+    step_id: str
+    inputs: Any
+    outputs: Any
+    version_field: str | None
+    wait_field: str | None
+    max_batch: int
+    max_wait_s: float
+    watch: Path | None
+    watch_interval_s: float
+    loader: _Loader
+    stats: InferStats
+
+
+class _Served(NamedTuple):
+    model: Model
+    inputs: list[_BoundInput]
+    outputs: list[tuple[str, str]] | OutputFn
+    source: Any
+
+
+def _serve(cfg: _Config, model: Model, source: Any) -> _Served:
+    return _Served(
+        model, _bind_inputs(model, cfg.inputs), _bind_outputs(model, cfg.outputs), source
+    )
+
+
+class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
+    """One shard: a dynamic batcher in front of the served model.
+
+    State: the waiting events (evicted within ``max_wait``, or at end of
+    input) and the control item that installed the current model.
+    """
+
+    def __init__(self, cfg: _Config, served: _Served, pending: Iterable[tuple[str, Event]]) -> None:
+        self._cfg = cfg
+        self._served = served
+        self._batcher: DynamicBatcher[tuple[str, Event]] = DynamicBatcher(
+            max_batch=cfg.max_batch, max_wait_s=cfg.max_wait_s
+        )
+        self._batcher.push(list(pending), time.monotonic())
+        self._shard: int | None = None
+        self._watch_seen: tuple[int, int] | None = None
+        self._next_poll = 0.0
+
+    # -- Bytewax callbacks -------------------------------------------------
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[_Result], bool]:
+        now = time.monotonic()
+        result = _Result([], [])
+        for v in values:
+            if type(v) is _Chunk:
+                self._shard = v.shard
+                self._batcher.push(v.items, now)
+            else:
+                self._run_all(self._batcher.flush(), result)
+                self._install(v.item, _cache_key(v.item), v.report, result)
+        return self._step(now, result), self.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[_Result], bool]:
+        return self._step(time.monotonic(), _Result([], [])), self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[_Result], bool]:
+        result = _Result([], [])
+        self._run_all(self._batcher.flush(), result)
+        return ([result] if result.oks or result.errs else []), self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        times = [t for t in (self._batcher.deadline(), self._poll_at()) if t is not None]
+        if not times:
+            return None
+        return datetime.now(timezone.utc) + timedelta(
+            seconds=max(0.0, min(times) - time.monotonic())
+        )
+
+    def snapshot(self) -> _Snapshot:
+        return _Snapshot(tuple(self._batcher.pending()), self._served.source)
+
+    # -- batching ------------------------------------------------------------
+    def _step(self, now: float, result: _Result) -> list[_Result]:
+        if self._cfg.watch is not None and now >= self._next_poll:
+            self._poll(now, result)
+        self._run_all(self._batcher.due(now), result)
+        return [result] if result.oks or result.errs else []
+
+    def _run_all(self, batches: Iterable[tuple[list, list]], result: _Result) -> None:
+        for items, arrivals in batches:
+            self._run(items, arrivals, result)
+
+    def _run(self, items: list[tuple[str, Event]], arrivals: list, result: _Result) -> None:
+        cfg, served = self._cfg, self._served
+        started = time.monotonic()
+        waits = [started - arrived for _, arrived in arrivals]
+        columns, bad = _assemble(items, served.inputs)
+        ok_items = items
+        if bad:
+            keep = [i for i in range(len(items)) if i not in bad]
+            ok_items = [items[i] for i in keep]
+            columns = {n: a[keep] for n, a in columns.items()}
+            for i, (etype, reason) in sorted(bad.items()):
+                result.errs.append(Rejected(cfg.step_id, etype, reason, items[i]))
+        wait_values = None
+        if cfg.wait_field is not None:
+            per_event = [
+                w
+                for (count, _), wait in zip(arrivals, waits, strict=False)
+                for w in repeat(wait, count)
+            ]
+            wait_values = [per_event[i] for i in range(len(items)) if i not in bad]
+        segments: list[tuple[int, int, dict[str, Any]]] = []
+        failures: list[tuple[int, BaseException]] = []
+        calls = [0]
+        model_started = time.monotonic()
+        if ok_items:
+            self._predict(columns, 0, len(ok_items), segments, failures, calls)
+        model_seconds = time.monotonic() - model_started
+        for lo, hi, outs in segments:
+            self._attach(ok_items[lo:hi], outs, hi - lo, wait_values, lo, result)
+        for i, exc in failures:
+            result.errs.append(
+                Rejected(
+                    cfg.step_id,
+                    "ModelError",
+                    f"model {served.model.version!r} raised {type(exc).__name__}: {exc}",
+                    ok_items[i],
+                )
+            )
+        cfg.stats._record(
+            started=min(arrived for _, arrived in arrivals),
+            ended=time.monotonic(),
+            batches=calls[0],
+            scored=sum(hi - lo for lo, hi, _ in segments),
+            rejected=len(bad) + len(failures),
+            model_errors=len(failures),
+            model_seconds=model_seconds,
+            max_wait=max(waits),
+        )
+
+    def _predict(
+        self,
+        columns: dict[str, np.ndarray],
+        lo: int,
+        hi: int,
+        segments: list,
+        failures: list,
+        calls: list[int],
+    ) -> None:
+        """Score rows ``lo:hi``; when the model raises, split in halves to isolate bad rows."""
+        part = {n: a[lo:hi] for n, a in columns.items()}
+        try:
+            outs = self._served.model.predict(part)
+            if not isinstance(self._served.outputs, list):
+                outs = {n: _column_values(v, hi - lo) for n, v in outs.items()}
+            else:
+                outs = {n: _column_values(outs[n], hi - lo) for n, _ in self._served.outputs}
+        except Exception as exc:
+            if hi - lo == 1:
+                failures.append((lo, exc))
+                return
+            mid = (lo + hi) // 2
+            self._predict(columns, lo, mid, segments, failures, calls)
+            self._predict(columns, mid, hi, segments, failures, calls)
+            return
+        calls[0] += 1
+        segments.append((lo, hi, outs))
+
+    def _attach(
+        self,
+        items: list[tuple[str, Event]],
+        outs: dict[str, list[Any]],
+        n: int,
+        wait_values: list[float] | None,
+        offset: int,
+        result: _Result,
+    ) -> None:
+        cfg, served = self._cfg, self._served
+        extra_names: list[str] = []
+        extra_cols: list[Iterable[Any]] = []
+        if cfg.version_field is not None:
+            extra_names.append(cfg.version_field)
+            extra_cols.append(repeat(served.model.version, n))
+        if wait_values is not None:
+            extra_names.append(cfg.wait_field)
+            extra_cols.append(wait_values[offset : offset + n])
+        if not isinstance(served.outputs, list):
+            fn = served.outputs
+            names = list(outs)
+            for (k, e), row, *extra in zip(
+                items, zip(*outs.values(), strict=False), *extra_cols, strict=False
+            ):
+                new = dict(fn(e, dict(zip(names, row, strict=False))))
+                new.update(zip(extra_names, extra, strict=False))
+                result.oks.append((k, new))
+            return
+        names = [field for _, field in served.outputs] + extra_names
+        cols = [outs[name] for name, _ in served.outputs] + extra_cols
+        append = result.oks.append
+        for (k, e), row in zip(items, zip(*cols, strict=False), strict=False):
+            new = {**e}
+            new.update(zip(names, row, strict=False))
+            append((k, new))
+
+    # -- model swaps ---------------------------------------------------------
+    def _install(self, item: Any, cache_key: Any, report: bool, result: _Result) -> None:
+        cfg = self._cfg
+        try:
+            model = cfg.loader.load(item, cache_key)
+            served = _serve(cfg, model, item)
+        except Exception as exc:
+            logger.warning("%s: model rejected, keeping %s: %s", cfg.step_id, self.version, exc)
+            if report:
+                cfg.stats._count_model(installed=False)
+                result.errs.append(
+                    Rejected(cfg.step_id, "ModelRejected", f"{type(exc).__name__}: {exc}", item)
+                )
+            return
+        self._served = served
+        if report:
+            cfg.stats._count_model(installed=True)
+        logger.info("%s: now serving model %s", cfg.step_id, model.version)
+
+    @property
+    def version(self) -> str:
+        return self._served.model.version
+
+    def _poll_at(self) -> float | None:
+        return self._next_poll if self._cfg.watch is not None else None
+
+    def _poll(self, now: float, result: _Result) -> None:
+        cfg = self._cfg
+        self._next_poll = now + cfg.watch_interval_s
+        try:
+            st = os.stat(cfg.watch)
+        except OSError:
+            return  # not there (yet, or mid-replace): keep serving
+        seen = (st.st_mtime_ns, st.st_size)
+        if seen == self._watch_seen:
+            return
+        self._watch_seen = seen
+        self._run_all(self._batcher.flush(), result)
+        self._install(str(cfg.watch), ("watch", str(cfg.watch), seen), self._shard == 0, result)
+
+
+def _router(shards: int) -> Callable[[list[tuple[str, Event]]], list[tuple[str, _Chunk]]]:
+    if shards == 1:
+        return lambda items: [("0", _Chunk(0, items))]
+    cache: dict[str, int] = {}
+
+    def route(items: list[tuple[str, Event]]) -> list[tuple[str, _Chunk]]:
+        if len(cache) > _ROUTE_CACHE_MAX:
+            cache.clear()
+        groups: dict[int, list[tuple[str, Event]]] = {}
+        for item in items:
+            key = item[0]
+            shard = cache.get(key)
+            if shard is None:
+                shard = cache[key] = zlib.crc32(key.encode()) % shards
+            groups.setdefault(shard, []).append(item)
+        return [(str(s), _Chunk(s, group)) for s, group in groups.items()]
+
+    return route
+
+
+@operator
+def infer(
+    step_id: str,
+    up: KeyedStream[Event],
+    model: Model,
+    *,
+    inputs: InputGetter | Mapping[str, InputGetter] = "features",
+    outputs: Mapping[str, str] | OutputFn | None = None,
+    version_field: str | None = "model_version",
+    max_batch: int = 1024,
+    max_wait: timedelta = timedelta(milliseconds=10),
+    shards: int = 1,
+    control: Stream[Any] | None = None,
+    watch: str | os.PathLike[str] | None = None,
+    watch_interval: timedelta = timedelta(seconds=1),
+    loader: Callable[[Any], Model] = _default_loader,
+    wait_field: str | None = None,
+) -> InferOut:
+    """Score every event with a model, called once per dynamic batch.
+
+    Use it after featurization, wherever a model must score each event as
+    it arrives: it gives batch speed with per-event semantics. Events of all
+    keys are gathered into batches (like Triton's dynamic batcher): a batch
+    runs when ``max_batch`` events wait or when its oldest event has waited
+    ``max_wait``; with ``max_wait=timedelta(0)`` it runs whatever arrived
+    together. Each key's events keep their order.
+
+    Events whose input is missing, of the wrong dtype or shape, or not finite
+    go to ``errs`` before the model is called. When the model raises on a
+    batch, the batch is split in halves until the offending events are found;
+    the others are still scored, and those go to ``errs`` with the error.
+
+    The model can be swapped while running, between batches: send a new
+    model (or a path, or what ``loader`` understands) on ``control``, or
+    replace the file at ``watch``. Events already waiting are scored by the
+    old model first; every output says which version scored it. A model that
+    fails to load or does not fit the configured inputs and outputs is
+    reported on ``errs`` (``error_type="ModelRejected"``) and the old one
+    keeps serving.
+
+    Args:
+        step_id: Unique ID.
+        up: ``(key, event)`` pairs; events are mappings.
+        model: The model to start with (see :class:`streamml.models.Model`).
+        inputs: Where each event's model input is: a field name (holding a
+            vector, e.g. the ``float32`` array from the featurization
+            operators), a function of the event, or, for a model with several
+            inputs, a dict from model input name to field or function.
+        outputs: Which model outputs to attach, as ``{output: field}``; or a
+            function ``(event, {output: value}) -> new event``. Default: all
+            outputs under their own names. Outputs with one value per row
+            (shape ``(n,)`` or ``(n, 1)``) are attached as Python scalars,
+            wider rows as lists.
+        version_field: The field holding the model version (``None``: none).
+        max_batch: Most events per model call.
+        max_wait: Longest time an event waits for its batch to fill.
+        shards: Number of batch queues. Events are spread over them by key
+            and Bytewax spreads the queues over workers; use 1 for a single
+            worker, and a few per worker otherwise.
+        control: Models (or items for ``loader``) to switch to, in order.
+        watch: A model file to poll; when it changes it is loaded with
+            ``loader`` (default: :class:`~streamml.models.OnnxModel`).
+        watch_interval: How often to look at ``watch``.
+        loader: Turns a control item or the watched path into a model.
+        wait_field: If set, each output gets this field with the seconds it
+            waited for its batch.
+
+    Returns:
+        :class:`InferOut` with ``oks``, ``errs`` and ``stats``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSink, TestingSource, run_main
+        >>> from streamml.models import CallableModel
+        >>> double_sum = CallableModel(
+        ...     lambda x: 2 * x.sum(axis=1), outputs="score", shape=(2,), version="v1"
+        ... )
+        >>> events = [
+        ...     ("a", {"features": np.array([1.0, 2.0], dtype=np.float32)}),
+        ...     ("b", {"features": [0.5, 0.5]}),
+        ...     ("a", {"features": [1.0, float("nan")]}),
+        ... ]
+        >>> flow = Dataflow("infer_eg")
+        >>> up = op.input("in", flow, TestingSource(events))
+        >>> out = infer("score", up, double_sum, max_batch=8)
+        >>> oks, errs = [], []
+        >>> op.output("oks", out.oks, TestingSink(oks))
+        >>> op.output("errs", out.errs, TestingSink(errs))
+        >>> run_main(flow)
+        >>> [(k, e["score"], e["model_version"]) for k, e in oks]
+        [('a', 6.0, 'v1'), ('b', 2.0, 'v1')]
+        >>> [(r.error_type, r.original[0]) for r in errs]
+        [('NonFinite', 'a')]
+        >>> out.stats.scored, out.stats.rejected
+        (2, 1)
+    """
+    if not isinstance(model, Model):
+        raise ValueError(
+            f"model must be a streamml.models.Model (OnnxModel, CallableModel, ...); "
+            f"got {type(model).__name__}"
+        )
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1; got {max_batch!r}")
+    if not isinstance(max_wait, timedelta) or max_wait < timedelta(0):
+        raise ValueError(f"max_wait must be a timedelta >= 0; got {max_wait!r}")
+    if not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be an int >= 1; got {shards!r}")
+    if not isinstance(watch_interval, timedelta) or watch_interval <= timedelta(0):
+        raise ValueError(f"watch_interval must be a timedelta > 0; got {watch_interval!r}")
+    if not (isinstance(inputs, (str, Mapping)) or callable(inputs)):
+        raise ValueError(
+            f"inputs must be a field name, a function of the event, or a dict of them; got {inputs!r}"
+        )
+    if outputs is not None and not (isinstance(outputs, Mapping) or callable(outputs)):
+        raise ValueError(f"outputs must be a dict {{output: field}} or a function; got {outputs!r}")
+    if not callable(loader):
+        raise ValueError(f"loader must be a function item -> Model; got {loader!r}")
+    cfg = _Config(
+        step_id=step_id,
+        inputs=inputs,
+        outputs=outputs,
+        version_field=version_field,
+        wait_field=wait_field,
+        max_batch=max_batch,
+        max_wait_s=max_wait.total_seconds(),
+        watch=Path(watch) if watch is not None else None,
+        watch_interval_s=watch_interval.total_seconds(),
+        loader=_Loader(loader),
+        stats=InferStats(),
+    )
+    initial = _serve(cfg, model, None)  # raises ValueError now if inputs/outputs do not fit
+
+    def build(resume: _Snapshot | None) -> _InferLogic:
+        if resume is None:
+            return _InferLogic(cfg, initial, ())
+        served = initial
+        if resume.source is not None:
+            try:
+                served = _serve(
+                    cfg, cfg.loader.load(resume.source, _cache_key(resume.source)), resume.source
+                )
+            except Exception as exc:
+                logger.warning(
+                    "%s: cannot reload the model after resume, using the initial one: %s",
+                    step_id,
+                    exc,
+                )
+        return _InferLogic(cfg, served, resume.pending)
+
+    routed = op.flat_map_batch("route", up, _router(shards))
+    if control is not None:
+        broadcast = op.flat_map(
+            "broadcast",
+            control,
+            lambda item: [(str(s), _Swap(item, s == 0)) for s in range(shards)],
+        )
+        routed = op.merge("with_control", routed, broadcast)
+    results = op.stateful_batch("batch", routed, build)
+    oks = op.flat_map_batch("oks", results, lambda rs: [x for _, r in rs for x in r.oks])
+    errs = op.flat_map_batch("errs", results, lambda rs: [x for _, r in rs for x in r.errs])
+    return InferOut(oks, errs, cfg.stats)

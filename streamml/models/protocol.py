@@ -1,0 +1,130 @@
+"""The one small interface every model runtime satisfies.
+
+A model takes a batch — one NumPy array, or a dict of named arrays for models
+with several inputs — and returns a dict of named output arrays whose first
+dimension is the batch size. It says what it expects (:attr:`Model.inputs`),
+what it returns (:attr:`Model.outputs`) and which version it is
+(:attr:`Model.version`), so the inference operator can validate events before
+calling it and label every prediction with the version that made it.
+
+To add a runtime (a TorchScript module, a remote server), write a class with
+these four members; it does not need to inherit from anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Model", "ModelInputError", "TensorSpec", "as_feeds"]
+
+
+class ModelInputError(ValueError):
+    """A batch does not match what the model declares (names, dtype or shape)."""
+
+
+class TensorSpec(NamedTuple):
+    """What one model input expects for one row (the batch dimension left out).
+
+    Attributes:
+        dtype: The NumPy dtype the model computes in (``float32`` for most models).
+        shape: The shape of one row, e.g. ``(16,)``; ``None`` in a position
+            means any size, and ``shape=None`` means any shape.
+
+    Examples:
+        >>> TensorSpec(np.dtype("float32"), (16,))
+        TensorSpec(dtype=dtype('float32'), shape=(16,))
+    """
+
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A batch model: named NumPy inputs in, named NumPy outputs out.
+
+    Both :class:`streamml.models.OnnxModel` and
+    :class:`streamml.models.CallableModel` satisfy it; so does any class with
+    these members.
+
+    Examples:
+        >>> from streamml.models import CallableModel
+        >>> isinstance(CallableModel(lambda x: x.sum(axis=1)), Model)
+        True
+    """
+
+    @property
+    def version(self) -> str:
+        """A label for this model, attached to every prediction it makes."""
+        ...
+
+    @property
+    def inputs(self) -> Mapping[str, TensorSpec]:
+        """The model's inputs by name, in the order the model declares them."""
+        ...
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The names of the arrays :meth:`predict` returns."""
+        ...
+
+    def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
+        """Run one batch; every output's first dimension is the batch size."""
+        ...
+
+
+def _shape_matches(expected: tuple[int | None, ...] | None, got: tuple[int, ...]) -> bool:
+    if expected is None:
+        return True
+    return len(expected) == len(got) and all(
+        e is None or e == g for e, g in zip(expected, got, strict=True)
+    )
+
+
+def as_feeds(
+    specs: Mapping[str, TensorSpec], inputs: Mapping[str, Any] | np.ndarray
+) -> dict[str, np.ndarray]:
+    """Check a batch against a model's declared inputs and cast it to their dtypes.
+
+    One array is bound to the model's only input. Values are cast when NumPy
+    calls the cast ``same_kind`` (``float64`` to ``float32``, ints to floats);
+    anything else — a missing input, ``float`` data for an ``int64`` input,
+    strings, a wrong row shape — raises :class:`ModelInputError` saying what
+    the model wanted.
+
+    Examples:
+        >>> specs = {"x": TensorSpec(np.dtype("float32"), (2,))}
+        >>> as_feeds(specs, np.array([[1.0, 2.0]]))["x"].dtype
+        dtype('float32')
+        >>> as_feeds(specs, np.zeros((1, 3)))
+        Traceback (most recent call last):
+        ...
+        streamml.models.protocol.ModelInputError: input 'x': each row must have shape (2,); got (3,)
+    """
+    if not isinstance(inputs, Mapping):
+        if len(specs) != 1:
+            raise ModelInputError(
+                f"the model has {len(specs)} inputs {sorted(specs)}; pass a dict of named arrays"
+            )
+        inputs = {next(iter(specs)): inputs}
+    missing = [name for name in specs if name not in inputs]
+    if missing:
+        raise ModelInputError(f"missing model input(s) {missing}; the model takes {list(specs)}")
+    feeds = {}
+    for name, spec in specs.items():
+        arr = np.asarray(inputs[name])
+        if arr.dtype != spec.dtype:
+            if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, spec.dtype, "same_kind"):
+                raise ModelInputError(
+                    f"input {name!r}: expected {spec.dtype} values; got {arr.dtype}"
+                )
+            arr = arr.astype(spec.dtype)
+        if arr.ndim < 1 or not _shape_matches(spec.shape, arr.shape[1:]):
+            raise ModelInputError(
+                f"input {name!r}: each row must have shape {spec.shape}; got {arr.shape[1:]}"
+            )
+        feeds[name] = arr
+    return feeds
