@@ -1,0 +1,92 @@
+"""Decode ceilings: streamml's batch serdes next to the per-message ways users write today.
+
+- JSON: ``JsonSerde.decode_batch`` (orjson) vs ``json.loads`` per message.
+- Avro, Confluent wire format: ``ConfluentAvroSerde.decode_batch`` vs
+  confluent-kafka's own ``AvroDeserializer`` called per message, both with
+  the same in-process mock registry.
+"""
+
+from __future__ import annotations
+
+import json
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from benchmarks.harness import alternate, format_table
+from streamml.serde import ConfluentAvroSerde, JsonSerde
+
+SCHEMA = {
+    "type": "record",
+    "name": "Reading",
+    "fields": [
+        {"name": "sensor_id", "type": "string"},
+        {"name": "ts", "type": "long"},
+        {"name": "temperature", "type": "double"},
+        {"name": "vibration", "type": "double"},
+        {"name": "pressure", "type": "double"},
+    ],
+}
+
+
+def _readings(n: int) -> list[dict]:
+    return [
+        {"sensor_id": f"sensor-{i % 1000:04d}", "ts": 1_767_225_600_000 + i, "temperature": 60.0 + i % 7,
+         "vibration": 2.0 + (i % 5) / 10, "pressure": 5.0 - (i % 3) / 100}
+        for i in range(n)
+    ]
+
+
+def main(quick: bool = False) -> dict:
+    n = 50_000 if quick else 200_000
+    rounds = 3 if quick else 5
+    readings = _readings(n)
+    batch = 1000
+
+    json_payloads = JsonSerde().encode_batch(readings)
+    serde_json = JsonSerde()
+
+    def ours_json() -> int:
+        for i in range(0, n, batch):
+            serde_json.decode_batch(json_payloads[i : i + batch])
+        return n
+
+    def stdlib_json() -> int:
+        loads = json.loads
+        for p in json_payloads:
+            loads(p)
+        return n
+
+    registry = SchemaRegistryClient.new_client({"url": "mock://bench"})
+    avro = ConfluentAvroSerde(registry, schema=SCHEMA, subject="bench-value")
+    avro_payloads = avro.encode_batch(readings)
+    confluent = AvroDeserializer(registry)
+    ctx = SerializationContext("bench", MessageField.VALUE)
+
+    def ours_avro() -> int:
+        for i in range(0, n, batch):
+            avro.decode_batch(avro_payloads[i : i + batch])
+        return n
+
+    def confluent_avro() -> int:
+        for p in avro_payloads:
+            confluent(p, ctx)
+        return n
+
+    print(f"decoding {n:,} sensor readings, {rounds} alternating rounds")
+    json_results = alternate({"JsonSerde.decode_batch (orjson)": ours_json, "json.loads per message": stdlib_json}, rounds=rounds)
+    print(format_table("JSON decode", json_results, "msg/s"))
+    avro_results = alternate(
+        {"ConfluentAvroSerde.decode_batch": ours_avro, "confluent_kafka AvroDeserializer": confluent_avro},
+        rounds=rounds,
+    )
+    print(format_table("Avro (Confluent wire format) decode", avro_results, "msg/s"))
+    return {
+        "json_decode": [m.as_dict() for m in json_results],
+        "avro_decode": [m.as_dict() for m in avro_results],
+    }
+
+
+if __name__ == "__main__":
+    main()
