@@ -1,0 +1,26 @@
+"""Joins for ML pipelines: enrichment, as-of, interval and delayed-label joins, and drift.
+
+- :func:`enrich`: stream–table join against a changelog (e.g. a compacted
+  topic read by :func:`kafka_table`), with misses defaulted or held.
+- :func:`interval_join`: Flink's interval join, inner or left-outer.
+
+Every join shards its state by a CRC32 of the key (``shards=``) so one Python
+call handles a batch, and results do not depend on the number of workers.
+"""
+
+from streamml.operators.join._shards import MISSING
+from streamml.operators.join.enrich import EnrichOut, enrich, merge_fields
+from streamml.operators.join.interval import JoinOut, interval_join
+from streamml.operators.join.table import Table, TableReady, kafka_table
+
+__all__ = [
+    "MISSING",
+    "EnrichOut",
+    "JoinOut",
+    "Table",
+    "TableReady",
+    "enrich",
+    "interval_join",
+    "kafka_table",
+    "merge_fields",
+]

@@ -1,0 +1,236 @@
+"""A changelog table: rows keyed by id, a tombstone deletes, and a signal that the bootstrap is done.
+
+The table side of :func:`~streamml.operators.join.enrich` and
+:func:`~streamml.operators.join.asof_join` is a keyed changelog stream
+``(key, value)`` where ``value is None`` is a tombstone. When it comes from a
+compacted Kafka topic, :func:`kafka_table` reads the topic from the beginning
+and, per partition, emits a :class:`TableReady` once it has read up to the end
+offset the partition had when the reader started: the joins hold events until
+every partition is ready, so no event is enriched from a half-loaded table.
+
+The broker may not compact at all (tansu accepts ``cleanup.policy=compact`` and
+keeps every version), so the joins keep only the last value per key themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream, operator
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from streamml.errors import Rejected
+from streamml.serde.base import Deserializer, SerdeError, StringSerde
+
+__all__ = ["Table", "TableReady", "kafka_table"]
+
+logger = logging.getLogger(__name__)
+
+
+class TableReady(NamedTuple):
+    """One partition of a table topic has been read up to where it ended at start.
+
+    Attributes:
+        topic: The table's topic.
+        partition: The partition that is loaded.
+        partitions: How many partitions the topic has (the joins wait for all).
+    """
+
+    topic: str
+    partition: int
+    partitions: int
+
+
+@dataclass(frozen=True)
+class Table:
+    """A changelog table with a bootstrap signal.
+
+    Attributes:
+        changelog: Rows ``(key, value)`` in the order read (``value is None``
+            deletes the key), with one :class:`TableReady` per partition
+            placed right after the last row of that partition's bootstrap.
+            Keeping rows and markers in one stream keeps their order.
+        errs: Messages whose key or value did not decode, as ``Rejected``.
+    """
+
+    changelog: Stream[tuple[str, Any] | TableReady]
+    errs: Stream[Rejected]
+
+
+class _Message(NamedTuple):
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+class _TablePartition(StatefulSourcePartition[Any, int]):
+    """Reads one partition from ``start``; emits TableReady once past the start-time end offset."""
+
+    def __init__(
+        self,
+        step_id: str,
+        config: dict[str, str],
+        topic: str,
+        partition: int,
+        partitions: int,
+        start: int,
+    ) -> None:
+        self._step_id = step_id
+        self._consumer = Consumer(config)
+        tp = TopicPartition(topic, partition, start)
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=10.0)
+        self._consumer.assign([tp])
+        self._topic = topic
+        self._partition = partition
+        self._partitions = partitions
+        self._end = high
+        self._next = low if start == OFFSET_BEGINNING else start
+        self._announced = False
+
+    def next_batch(self) -> list[Any]:
+        out: list[Any] = []
+        for msg in self._consumer.consume(1000, 0.05):
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    out.append(Rejected(self._step_id, "KafkaError", str(error), None))
+                continue
+            out.append(_Message(msg.key(), msg.value(), msg.partition(), msg.offset()))
+            self._next = msg.offset() + 1
+        if not self._announced and self._next >= self._end:
+            self._announced = True
+            out.append(TableReady(self._topic, self._partition, self._partitions))
+        return out
+
+    def snapshot(self) -> int:
+        return self._next
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class _TableSource(FixedPartitionedSource[Any, int]):
+    def __init__(self, brokers: Sequence[str], topic: str, add_config: dict[str, str]) -> None:
+        self._brokers = list(brokers)
+        self._topic = topic
+        self._add_config = add_config
+
+    def _config(self) -> dict[str, str]:
+        return {
+            "bootstrap.servers": ",".join(self._brokers),
+            "group.id": "streamml-table",  # required by librdkafka; assign() bypasses the group
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "false",
+            **self._add_config,
+        }
+
+    def _partitions(self) -> int:
+        consumer = Consumer(self._config())
+        try:
+            meta = consumer.list_topics(self._topic, timeout=10.0).topics[self._topic]
+            if meta.error is not None:
+                raise RuntimeError(f"cannot read table topic {self._topic!r}: {meta.error}")
+            return len(meta.partitions)
+        finally:
+            consumer.close()
+
+    def list_parts(self) -> list[str]:
+        return [str(p) for p in range(self._partitions())]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TablePartition:
+        start = OFFSET_BEGINNING if resume_state is None else resume_state
+        return _TablePartition(
+            step_id, self._config(), self._topic, int(for_part), self._partitions(), start
+        )
+
+
+def _decoder(
+    step_id: str, key_serde: Deserializer, value_serde: Deserializer
+) -> Callable[[list[Any]], list[Any]]:
+    def decode(batch: list[Any]) -> list[Any]:
+        msgs = [m for m in batch if type(m) is _Message]
+        decoded = iter(
+            zip(
+                key_serde.decode_batch([m.key for m in msgs]),
+                value_serde.decode_batch([m.value for m in msgs]),
+                strict=True,
+            )
+        )
+        out: list[Any] = []
+        for msg in batch:  # markers stay behind the rows read before them
+            if type(msg) is not _Message:
+                out.append(msg)
+                continue
+            key, value = next(decoded)
+            bad = key if type(key) is SerdeError else value if type(value) is SerdeError else None
+            if bad is not None:
+                out.append(Rejected(step_id, bad.kind, str(bad), msg))
+            elif not isinstance(key, str):
+                out.append(Rejected(step_id, "MissingKey", "a table row needs a text key", msg))
+            else:
+                out.append((key, value))
+        return out
+
+    return decode
+
+
+@operator
+def kafka_table(
+    step_id: str,
+    flow: Dataflow,
+    *,
+    brokers: str | Sequence[str],
+    topic: str,
+    value_serde: Deserializer,
+    key_serde: Deserializer | None = None,
+    add_config: dict[str, str] | None = None,
+) -> Table:
+    """Read a (compacted) Kafka topic from the beginning as a changelog table.
+
+    Use it as the ``table`` of :func:`~streamml.operators.join.enrich`: keys are
+    decoded with ``key_serde`` (UTF-8 text by default), values with
+    ``value_serde``; a null value (tombstone) deletes its key. The reader keeps
+    following the topic after the bootstrap, so later updates reach the join.
+    Partitions are spread across Bytewax workers; the next offset of each is
+    part of Bytewax's recovery snapshots.
+
+    Args:
+        step_id: Unique step id.
+        flow: The dataflow.
+        brokers: ``"host:port"`` (comma-separated) or a list of them.
+        topic: The table's topic.
+        value_serde: Decodes values (:mod:`streamml.serde`).
+        key_serde: Decodes keys; UTF-8 text when omitted.
+        add_config: Extra librdkafka consumer settings.
+
+    Returns:
+        A :class:`Table`: ``changelog`` (rows, and one :class:`TableReady`
+        per partition when its bootstrap is read) and ``errs``.
+
+    Examples:
+        >>> from bytewax.dataflow import Dataflow
+        >>> from streamml.serde import JsonSerde
+        >>> flow = Dataflow("doc")
+        >>> table = kafka_table("devices", flow, brokers="127.0.0.1:9092",
+        ...                     topic="devices", value_serde=JsonSerde())
+        >>> type(table).__name__
+        'Table'
+    """
+    hosts = brokers.split(",") if isinstance(brokers, str) else list(brokers)
+    hosts = [h.strip() for h in hosts if h.strip()]
+    if not hosts:
+        raise ValueError("brokers must name at least one host:port, e.g. brokers='localhost:9092'")
+    if not topic:
+        raise ValueError("topic must name the table's topic")
+    raw = op.input("read", flow, _TableSource(hosts, topic, dict(add_config or {})))
+    decoded = op.flat_map_batch(
+        "decode", raw, _decoder(f"{step_id}.decode", key_serde or StringSerde(), value_serde)
+    )
+    split = op.branch("split", decoded, lambda x: type(x) is not Rejected)
+    return Table(changelog=split.trues, errs=split.falses)
