@@ -1,0 +1,198 @@
+"""Join throughput: streamml's sharded joins next to the same logic keyed per user key.
+
+- Enrichment: 100,000-row table (bootstrap), then events over those keys.
+  Rate = events / wall time of the whole run (table load included).
+- Interval join: 1,000 keys, ``[0, 10 s]`` interval, each key one event per
+  second of event time on alternating sides. Rate = input events / wall time.
+
+The baseline in each table is the obvious Bytewax way: ``stateful_batch``
+keyed by the user's key, so Bytewax calls the logic once per key per batch
+(same join logic, no shards).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSource, run_main
+from streamml.operators.join import TableReady, enrich, interval_join
+from streamml.operators.join._shards import LEFT, RIGHT, micros, split_outputs
+from streamml.operators.join.enrich import _EnrichLogic, _EnrichState, merge_fields
+from streamml.operators.join.interval import _IntervalLogic, _IntervalState
+
+from benchmarks.harness import alternate, format_table
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+BATCH = 1000
+
+
+class _CountPartition(StatelessSinkPartition[Any]):
+    def __init__(self, box: list[int]) -> None:
+        self._box = box
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._box[0] += len(items)
+
+
+class _Count(DynamicSink[Any]):
+    """Counts items; keeps nothing, so the sink costs next to nothing."""
+
+    def __init__(self) -> None:
+        self.box = [0]
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
+        return _CountPartition(self.box)
+
+
+def _per_key(step_id: str, left, right, build: Callable[[Any], Any]):
+    """Baseline: the same logic keyed by the user's key (one logic object per key)."""
+
+    def tag(side: int):
+        return lambda batch: [(k, (side, k, v)) for k, v in batch]
+
+    merged = op.merge(
+        f"{step_id}_merge",
+        op.flat_map_batch(f"{step_id}_l", left, tag(LEFT)),
+        op.flat_map_batch(f"{step_id}_r", right, tag(RIGHT)),
+    )
+    return split_outputs(f"{step_id}_split", op.stateful_batch(step_id, merged, build))
+
+
+def _enrich_data(rows: int, events: int) -> tuple[list, list]:
+    rng = random.Random(1)
+    table = [
+        (
+            f"dev-{i:06d}",
+            {"site": f"site-{i % 50}", "model": f"m{i % 7}", "installed": 2000 + i % 25},
+        )
+        for i in range(rows)
+    ]
+    table.append(TableReady("devices", 0, 1))
+    stream = [
+        (f"dev-{rng.randrange(rows):06d}", {"temperature": 20.0 + i % 10, "seq": i})
+        for i in range(events)
+    ]
+    return table, stream
+
+
+def _run_enrich(table: list, stream: list, *, per_key: bool) -> int:
+    flow = Dataflow("bench_enrich")
+    ev = op.input("events", flow, TestingSource(stream, batch_size=BATCH))
+    tb = op.input("table", flow, TestingSource(table, batch_size=BATCH))
+    if per_key:
+        rows = op.filter("rows", tb, lambda x: type(x) is not TableReady)
+        out = _per_key(
+            "enrich",
+            ev,
+            rows,
+            lambda _: _EnrichLogic("e", _EnrichState(False), merge_fields, {}, None),
+        )
+    else:
+        out = enrich("enrich", ev, tb)
+    sink = _Count()
+    op.output("out", out.oks, sink)
+    run_main(flow)
+    assert sink.box[0] == len(stream), (sink.box[0], len(stream))
+    return len(stream)
+
+
+def _interval_data(keys: int, events: int) -> tuple[list, list]:
+    rng = random.Random(2)
+    lefts, rights = [], []
+    # ``keys`` events per second of event time overall: one per key per second.
+    for i in range(events):
+        key = f"user-{rng.randrange(keys):04d}"
+        item = (key, {"ts": T0 + timedelta(microseconds=i * 1_000_000 // keys), "seq": i})
+        (lefts if i % 2 else rights).append(item)
+    return lefts, rights
+
+
+def _ts(event: dict) -> datetime:
+    return event["ts"]
+
+
+def _run_interval(lefts: list, rights: list, *, per_key: bool, counter: list[int]) -> int:
+    flow = Dataflow("bench_interval")
+    left = op.input("left", flow, TestingSource(lefts, batch_size=BATCH))
+    right = op.input("right", flow, TestingSource(rights, batch_size=BATCH))
+    lower, upper, lateness = timedelta(0), timedelta(seconds=10), timedelta(seconds=1)
+    if per_key:
+        args = ((_ts, _ts), micros(lower), micros(upper), micros(lateness), False)
+        out = _per_key(
+            "interval", left, right, lambda _: _IntervalLogic("i", _IntervalState(), *args)
+        )
+    else:
+        out = interval_join(
+            "interval", left, right, left_ts=_ts, lower=lower, upper=upper, lateness=lateness
+        )
+    sink = _Count()
+    op.output("out", out.oks, sink)
+    run_main(flow)
+    counter[0] = sink.box[0]
+    return len(lefts) + len(rights)
+
+
+def main(quick: bool = False) -> dict:
+    rounds = 3 if quick else 5
+    rows = 100_000
+    n_events = 200_000 if quick else 1_000_000
+    table, stream = _enrich_data(rows, n_events)
+    print(
+        f"enrich: {rows:,}-row table, {n_events:,} events, {rounds} alternating rounds", flush=True
+    )
+    enrich_results = alternate(
+        {
+            "streamml enrich (16 shards)": lambda: _run_enrich(table, stream, per_key=False),
+            "stateful_batch per key (baseline)": lambda: _run_enrich(table, stream, per_key=True),
+        },
+        rounds=rounds,
+    )
+    print(
+        format_table("Enrichment join (events/s, table load included)", enrich_results, "events/s")
+    )
+
+    keys = 1000
+    n_interval = 200_000 if quick else 600_000
+    lefts, rights = _interval_data(keys, n_interval)
+    pairs = [0]
+    print(
+        f"\ninterval join: {keys:,} keys, [0, 10 s] interval, {n_interval:,} events, "
+        f"{rounds} alternating rounds",
+        flush=True,
+    )
+    interval_results = alternate(
+        {
+            "streamml interval_join (16 shards)": lambda: _run_interval(
+                lefts, rights, per_key=False, counter=pairs
+            ),
+            "stateful_batch per key (baseline)": lambda: _run_interval(
+                lefts, rights, per_key=True, counter=pairs
+            ),
+        },
+        rounds=rounds,
+    )
+    print(format_table("Interval join (input events/s)", interval_results, "events/s"))
+    print(f"  pairs emitted per run: {pairs[0]:,} ({pairs[0] / n_interval:.2f} per input event)")
+    return {
+        "enrich": {
+            "table_rows": rows,
+            "events": n_events,
+            "results": [m.as_dict() for m in enrich_results],
+        },
+        "interval": {
+            "keys": keys,
+            "events": n_interval,
+            "pairs": pairs[0],
+            "results": [m.as_dict() for m in interval_results],
+        },
+    }
+
+
+if __name__ == "__main__":
+    main()
