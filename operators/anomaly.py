@@ -157,7 +157,9 @@ class Ewma:
     """EWMA control chart: deviation from an exponentially weighted mean, in sigmas.
 
     Mean and variance decay with ``half_life`` of event time, so irregular
-    sampling is handled; state is two numbers per field. A key scores 0.0
+    sampling is handled; state is two numbers per field. The first points
+    are weighted equally (a plain mean and variance) until the decay weighs
+    more, so the chart starts calibrated. A key scores 0.0
     for its first ``min_points`` points. A key with no point for ``ttl``
     (default 20 half-lives) is evicted.
 
@@ -344,7 +346,8 @@ class _EwmaState:
             self.n, self.last = 1, ts
             self.mean, self.var = list(xs), [0.0] * len(xs)
             return 0.0, 0
-        a = 1.0 - 2.0 ** (-max(ts - self.last, 1) / _us(cfg.half_life))
+        # equal weights (a plain mean and variance) until the decay takes over
+        a = max(1.0 - 2.0 ** (-max(ts - self.last, 1) / _us(cfg.half_life)), 1.0 / (self.n + 1))
         best, best_f = 0.0, 0
         scoring = self.n >= cfg.min_points
         mean, var, min_std = self.mean, self.var, cfg.min_std
@@ -825,10 +828,11 @@ class _WindowRules:
 class _Windows:
     """The open window (or the run of points that may open one) of one key.
 
-    Eviction: a window closes ``cooldown`` after its last point at or above
-    ``close_below``, ``gap`` after the key's last point, or when it reaches
-    ``max_duration`` (a new window continues); a candidate run is dropped
-    after ``gap`` without points. Nothing else is kept.
+    Eviction: a window closes when its points have stayed below
+    ``close_below`` for ``cooldown`` (from the first such point), ``gap``
+    after the key's last point, or when it reaches ``max_duration`` (a new
+    window continues); a candidate run is dropped after ``gap`` without
+    points. Nothing else is kept.
     """
 
     __slots__ = (
@@ -845,6 +849,7 @@ class _Windows:
         "peak_field",
         "tail_n",
         "tail_total",
+        "tail_start",
         "cand",
     )
 
@@ -856,7 +861,7 @@ class _Windows:
         self._reset()
 
     def _reset(self) -> None:
-        self.start = self.end = self.peak_ts = 0
+        self.start = self.end = self.peak_ts = self.tail_start = 0
         self.n = self.tail_n = 0
         self.total = self.tail_total = self.peak = 0.0
         self.peak_ev = self.peak_field = None
@@ -865,8 +870,15 @@ class _Windows:
         """Event time by which the open window closes, or the candidate run and key expire."""
         r = self.rules
         if self.open:
-            return min(self.end + r.cooldown, self.last + r.gap)
+            quiet = self.last + r.gap
+            return min(self.tail_start + r.cooldown, quiet) if self.tail_n else quiet
         return self.last + r.gap if self.last > _MIN else _MIN
+
+    def _reason(self) -> str:
+        r = self.rules
+        if self.tail_n and self.tail_start + r.cooldown <= self.last + r.gap:
+            return "cooldown"
+        return "gap"
 
     def _close(self, reason: str, out: list) -> None:
         out.append(
@@ -903,8 +915,7 @@ class _Windows:
     def close_by(self, wm: int, out: list) -> None:
         """Close the open window if the watermark passed its deadline."""
         if self.open and wm >= self.deadline():
-            r = self.rules
-            self._close("cooldown" if self.end + r.cooldown <= self.last + r.gap else "gap", out)
+            self._close(self._reason(), out)
         if not self.open and self.cand and wm >= self.last + self.rules.gap:
             self.cand = []
 
@@ -913,10 +924,8 @@ class _Windows:
     ) -> None:
         r = self.rules
         if self.open:
-            if ts - self.end >= r.cooldown or ts - self.last >= r.gap:
-                self._close(
-                    "cooldown" if self.end + r.cooldown <= self.last + r.gap else "gap", out
-                )
+            if ts >= self.deadline():
+                self._close(self._reason(), out)
             elif ts - self.start >= r.max_duration:
                 self._close("max_duration", out)
                 if lv is not None and s >= lv[1]:
@@ -933,6 +942,8 @@ class _Windows:
                     if s > self.peak:
                         self.peak, self.peak_ts, self.peak_ev, self.peak_field = s, ts, ev, fld
                 else:
+                    if not self.tail_n:
+                        self.tail_start = ts
                     self.tail_n += 1
                     self.tail_total += s
                 return
@@ -1146,9 +1157,10 @@ def anomaly_windows(
       at the first of them;
     - it stays open while points score at or above ``close_below``; it ends
       at the last such point;
-    - it closes when no point reaches ``close_below`` for ``cooldown``, when
-      the key has no point at all for ``gap``, or when the watermark passes
-      either of those deadlines; windows of a key never overlap;
+    - it closes when its points have stayed below ``close_below`` for
+      ``cooldown`` (counted from the first point below), when the key has no
+      point at all for ``gap``, or when the watermark passes either of those
+      deadlines; windows of a key never overlap;
     - a window reaching ``max_duration`` is closed and, if the point that
       reached it is still anomalous, a new window continues from it.
 
@@ -1164,7 +1176,7 @@ def anomaly_windows(
             present) is reported as the window's driving field.
         min_points: Consecutive points above ``open_above`` needed to open.
         min_duration: Time those points must span to open.
-        cooldown: Time below ``close_below`` that closes a window.
+        cooldown: Time points must stay below ``close_below`` to close a window.
         gap: Time without any point that closes a window.
         max_duration: Longest window; longer episodes are split.
         lateness: Allowed out-of-orderness; events older than the key's
