@@ -281,7 +281,8 @@ class _RollingState:
                 for f, x in enumerate(xs):
                     mean = self.s1[f] / n
                     var = (self.s2[f] - mean * mean * n) / (n - 1)
-                    std = math.sqrt(var) if var > 0 else 0.0
+                    # below 1e-12 of the second moment, a variance is rounding noise
+                    std = math.sqrt(var) if var > 1e-12 * self.s2[f] / n else 0.0
                     z = abs(x - ref[f] - mean) / max(std, min_std)
                     if z > best:
                         best, best_f = z, f
