@@ -2,6 +2,8 @@
 
 - :func:`enrich`: stream–table join against a changelog (e.g. a compacted
   topic read by :func:`kafka_table`), with misses defaulted or held.
+- :func:`asof_join`: temporal join, the table version valid at each event's
+  time (point-in-time correct features).
 - :func:`interval_join`: Flink's interval join, inner or left-outer.
 
 Every join shards its state by a CRC32 of the key (``shards=``) so one Python
@@ -9,6 +11,7 @@ call handles a batch, and results do not depend on the number of workers.
 """
 
 from streamml.operators.join._shards import MISSING
+from streamml.operators.join.asof import asof_join
 from streamml.operators.join.enrich import EnrichOut, enrich, merge_fields
 from streamml.operators.join.interval import JoinOut, interval_join
 from streamml.operators.join.table import Table, TableReady, kafka_table
@@ -19,6 +22,7 @@ __all__ = [
     "JoinOut",
     "Table",
     "TableReady",
+    "asof_join",
     "enrich",
     "interval_join",
     "kafka_table",

@@ -1,0 +1,211 @@
+"""asof_join: point-in-time lookups equal a brute-force as-of join, for any in-bound interleaving."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from streamml.operators.join import MISSING, asof_join, merge_fields
+from streamml.operators.join._shards import LEFT, RIGHT, micros
+from streamml.operators.join.asof import _AsofLogic, _AsofState
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def ts(item: dict) -> datetime:
+    return item["ts"]
+
+
+def value(row: dict) -> dict | None:
+    return None if row["v"] is None else {"v": row["v"]}
+
+
+def logic(lateness_s=0, default=MISSING, max_versions=1000, ttl=None):
+    return _AsofLogic(
+        "a",
+        _AsofState(),
+        (ts, ts),
+        value,
+        merge_fields,
+        default,
+        micros(timedelta(seconds=lateness_s)),
+        max_versions,
+        ttl,
+    )
+
+
+def drive(lg, items, cuts=()):
+    oks, errs, late = [], [], []
+    bounds = [0, *sorted(set(cuts)), len(items)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        if a < b:
+            for o, e, lt in lg.on_batch(items[a:b])[0]:
+                oks, errs, late = oks + o, errs + e, late + lt
+    for o, e, _ in lg.on_eof()[0]:
+        oks, errs = oks + o, errs + e
+    return oks, errs, late
+
+
+def brute_force(items):
+    """For each event: the newest row of its key with ts <= event ts (last arrival wins ties)."""
+    rows = [(k, r, i) for i, (s, k, r) in enumerate(items) if s == RIGHT]
+    out, missing = Counter(), Counter()
+    for s, k, e in items:
+        if s != LEFT:
+            continue
+        best = None
+        for rk, r, i in rows:
+            if rk == k and r["ts"] <= e["ts"] and (best is None or (r["ts"], i) >= best[0]):
+                best = ((r["ts"], i), r)
+        if best is None or best[1]["v"] is None:
+            missing[(k, e["id"])] += 1
+        else:
+            out[(k, e["id"], best[1]["v"])] += 1
+    return out, missing
+
+
+@st.composite
+def arrivals(draw, max_items=40):
+    lateness = draw(st.integers(0, 6))
+    n = draw(st.integers(0, max_items))
+    base, items = 0, []
+    for i in range(n):
+        base += draw(st.integers(0, 3))
+        t = at(base - draw(st.integers(0, lateness)))
+        key = draw(st.sampled_from("ab"))
+        if draw(st.booleans()):
+            items.append((LEFT, key, {"id": i, "ts": t}))
+        else:
+            items.append(
+                (RIGHT, key, {"v": draw(st.one_of(st.none(), st.integers(0, 9))), "ts": t})
+            )
+    cuts = draw(st.lists(st.integers(0, n), max_size=6))
+    return lateness, items, cuts
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals())
+def test_asof_matches_bruteforce(arr):
+    lateness, items, cuts = arr
+    oks, errs, late = drive(logic(lateness), items, cuts)
+    assert late == []
+    want, missing = brute_force(items)
+    assert Counter((k, e["id"], e["v"]) for k, e in oks) == want
+    assert Counter((r.original[0], r.original[1]["id"]) for r in errs) == missing
+
+
+def test_events_wait_for_the_watermark_so_a_later_arriving_version_counts():
+    lg = logic(lateness_s=10)
+    oks, _, _ = drive(
+        lg,
+        [
+            (RIGHT, "k", {"v": 1, "ts": at(0)}),
+            (LEFT, "k", {"id": 1, "ts": at(20)}),
+            (RIGHT, "k", {"v": 2, "ts": at(15)}),  # arrives after the event, but in bound
+            (RIGHT, "k", {"v": 3, "ts": at(40)}),
+        ],
+    )
+    assert [(e["id"], e["v"]) for _, e in oks] == [(1, 2)]
+
+
+def test_tombstone_deletes_from_its_time_on_and_key_leaves_state():
+    lg = logic(lateness_s=10)
+    oks, errs, _ = drive(
+        lg,
+        [
+            (RIGHT, "k", {"v": 1, "ts": at(0)}),
+            (RIGHT, "k", {"v": None, "ts": at(10)}),
+            (LEFT, "k", {"id": 1, "ts": at(5)}),
+            (LEFT, "k", {"id": 2, "ts": at(12)}),
+            (RIGHT, "other", {"v": 0, "ts": at(30)}),
+        ],
+    )
+    assert [(e["id"], e["v"]) for _, e in oks] == [(1, 1)]
+    assert [(r.error_type, r.original[1]["id"]) for r in errs] == [("MissingRow", 2)]
+    assert "k" not in lg.state.versions
+
+
+def test_late_event_goes_to_late():
+    _, _, late = drive(
+        logic(lateness_s=5),
+        [(RIGHT, "k", {"v": 1, "ts": at(100)}), (LEFT, "k", {"id": 1, "ts": at(50)})],
+    )
+    assert [(r.error_type, r.original[1]["id"]) for r in late] == [("Late", 1)]
+
+
+def test_state_stays_bounded_with_key_churn():
+    lg = logic(lateness_s=5, ttl=micros(timedelta(seconds=30)))
+    sizes = []
+    for chunk in range(30):
+        batch = []
+        for i in range(500):
+            n = chunk * 500 + i
+            key = f"k{n // 25}"  # each key is updated and looked up briefly, then never again
+            t = at(n / 10)
+            if n % 3:
+                batch.append((LEFT, key, {"id": n, "ts": t}))
+            else:
+                batch.append((RIGHT, key, {"v": n, "ts": t}))
+        lg.on_batch(batch)
+        sizes.append((lg.state.size(), len(lg.state.versions), len(lg.state.timers)))
+    assert max(s[0] for s in sizes[5:]) <= 2 * sizes[5][0] + 10
+    assert max(s[1] for s in sizes[5:]) <= 2 * sizes[5][1] + 10
+    assert max(s[2] for s in sizes[5:]) <= 2 * sizes[5][2] + 10
+    # 30 s ttl at 10 events per second: ~300 events' worth of keys, not 15,000.
+    assert sizes[-1][1] < 40
+
+
+def test_max_versions_caps_history():
+    lg = logic(lateness_s=1000, max_versions=3)
+    lg.on_batch([(RIGHT, "k", {"v": i, "ts": at(i)}) for i in range(10)])
+    assert lg.state.versions["k"].values == [{"v": 7}, {"v": 8}, {"v": 9}]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 50), st.integers(0, 9)), max_size=25),
+    st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 50)), max_size=25),
+    st.integers(1, 5),
+)
+def test_dataflow_matches_bruteforce(rows, events, shards):
+    table = [(k, {"v": v, "ts": at(t)}) for k, t, v in rows]
+    evs = [(k, {"id": i, "ts": at(t)}) for i, (k, t) in enumerate(events)]
+    flow = Dataflow("asof_test")
+    out = asof_join(
+        "asof",
+        op.input("events", flow, TestingSource(evs, batch_size=4)),
+        op.input("table", flow, TestingSource(table, batch_size=3)),
+        ts=ts,
+        table_ts=ts,
+        value=value,
+        lateness=timedelta(seconds=51),
+        shards=shards,
+    )
+    oks, errs = [], []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    # Ties in table time: the brute force takes the last in table order, as one shard sees it.
+    items = [(RIGHT, k, r) for k, r in table] + [(LEFT, k, e) for k, e in evs]
+    want, missing = brute_force(items)
+    assert Counter((k, e["id"], e["v"]) for k, e in oks) == want
+    assert Counter((r.original[0], r.original[1]["id"]) for r in errs) == missing
+
+
+def test_misconfiguration_raises_at_build_time():
+    flow = Dataflow("bad")
+    s = op.input("in", flow, TestingSource([]))
+    with pytest.raises(ValueError, match="max_versions"):
+        asof_join("a", s, s, ts=ts, table_ts=ts, max_versions=0)
+    with pytest.raises(ValueError, match="ttl"):
+        asof_join("b", s, s, ts=ts, table_ts=ts, ttl=timedelta(0))
