@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             "same process, alternating rounds; medians and ratios are the result."
         ),
     )
-    parser.add_argument("names", nargs="*", metavar="FAMILY", help=f"families to run (default: all of {available})")
+    parser.add_argument(
+        "names", nargs="*", metavar="FAMILY", help=f"families to run (default: all of {available})"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer rounds")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(available))

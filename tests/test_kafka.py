@@ -36,12 +36,22 @@ def _pipe(broker: EmbeddedBroker, src_topic: str, serde, *, partitions: int = 3)
     broker.create_topic(dlq_topic)
     flow = Dataflow("pipe")
     src = kafka.source(
-        "in", flow, brokers=broker.bootstrap, topics=src_topic, value_serde=serde,
-        key_serde=StringSerde(), tail=False,
+        "in",
+        flow,
+        brokers=broker.bootstrap,
+        topics=src_topic,
+        value_serde=serde,
+        key_serde=StringSerde(),
+        tail=False,
     )
     errs = kafka.sink(
-        "out", src.oks, brokers=broker.bootstrap, topic=out_topic, value_serde=serde,
-        key=lambda r: r.key, value=lambda r: r.value,
+        "out",
+        src.oks,
+        brokers=broker.bootstrap,
+        topic=out_topic,
+        value_serde=serde,
+        key=lambda r: r.key,
+        value=lambda r: r.value,
     )
     kafka.dead_letter_sink(
         "dlq", op.merge("errs", src.errs, errs), brokers=broker.bootstrap, topic=dlq_topic
@@ -87,8 +97,14 @@ def test_records_keep_their_coordinates(broker: EmbeddedBroker, topic_name: str)
     produce_all(broker.bootstrap, topic_name, [(b"k", b'{"a": 1}'), (None, b'{"a": 2}')])
     flow = Dataflow("coords")
     got: list[kafka.Record] = []
-    src = kafka.source("in", flow, brokers=broker.bootstrap, topics=[topic_name],
-                       value_serde=JsonSerde(), tail=False)
+    src = kafka.source(
+        "in",
+        flow,
+        brokers=broker.bootstrap,
+        topics=[topic_name],
+        value_serde=JsonSerde(),
+        tail=False,
+    )
     op.output("oks", src.oks, TestingSink(got))
     run_main(flow)
     assert [(r.value, r.key, r.topic, r.partition, r.offset) for r in got] == [
@@ -98,7 +114,9 @@ def test_records_keep_their_coordinates(broker: EmbeddedBroker, topic_name: str)
     assert got[0].raw_value == b'{"a": 1}' and got[0].timestamp is not None
 
 
-def test_unknown_schema_id_is_dead_lettered_with_reason(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_unknown_schema_id_is_dead_lettered_with_reason(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
     registry = SchemaRegistryClient.new_client({"url": "mock://dlq"})
     serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject="dlq-value")
     good = _sensor_messages(serde, 10)
@@ -115,13 +133,18 @@ def test_unknown_schema_id_is_dead_lettered_with_reason(broker: EmbeddedBroker, 
     assert "schema id 12345" in envelope["reason"]
     assert envelope["step_id"] == "pipe.in.decode"  # the full Bytewax step id
     assert envelope["source"] == {
-        "topic": topic_name, "partition": 0, "offset": 5, "timestamp_ms": envelope["source"]["timestamp_ms"],
+        "topic": topic_name,
+        "partition": 0,
+        "offset": 5,
+        "timestamp_ms": envelope["source"]["timestamp_ms"],
     }
     assert base64.b64decode(envelope["value"]) == bad_value
     assert base64.b64decode(envelope["key"]) == b"bad-key"
 
 
-def test_encoding_failures_are_dead_lettered_not_produced(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_encoding_failures_are_dead_lettered_not_produced(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
     out_topic, dlq_topic = f"{topic_name}-out", f"{topic_name}-dlq"
     broker.create_topic(out_topic)
     broker.create_topic(dlq_topic)
@@ -129,7 +152,9 @@ def test_encoding_failures_are_dead_lettered_not_produced(broker: EmbeddedBroker
 
     flow = Dataflow("enc")
     items = op.input("items", flow, TestingSource([{"ok": 1}, {"bad": object()}, {"ok": 2}]))
-    errs = kafka.sink("out", items, brokers=broker.bootstrap, topic=out_topic, value_serde=JsonSerde())
+    errs = kafka.sink(
+        "out", items, brokers=broker.bootstrap, topic=out_topic, value_serde=JsonSerde()
+    )
     kafka.dead_letter_sink("dlq", errs, brokers=broker.bootstrap, topic=dlq_topic)
     run_main(flow)
     assert [m.value for m in consume_all(broker.bootstrap, out_topic)] == [b'{"ok":1}', b'{"ok":2}']
@@ -139,15 +164,18 @@ def test_encoding_failures_are_dead_lettered_not_produced(broker: EmbeddedBroker
     assert envelope["event"]["bad"].startswith("<object object")
 
 
-def test_rejection_of_a_keyed_record_keeps_its_source(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_rejection_of_a_keyed_record_keeps_its_source(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
     """A later step rejecting a (key, Record) pair still dead-letters the original bytes."""
     broker.create_topic(topic_name)
     dlq_topic = f"{topic_name}-dlq"
     broker.create_topic(dlq_topic)
     produce_all(broker.bootstrap, topic_name, [(b"k1", b'{"t": -1}')])
     flow = Dataflow("later")
-    src = kafka.source("in", flow, brokers=broker.bootstrap, topics=topic_name,
-                       value_serde=JsonSerde(), tail=False)
+    src = kafka.source(
+        "in", flow, brokers=broker.bootstrap, topics=topic_name, value_serde=JsonSerde(), tail=False
+    )
     keyed = op.key_on("key", src.oks, lambda r: r.key.decode())
     rejected = op.map("reject", keyed, lambda kv: Rejected("check", "Negative", "t < 0", kv))
     kafka.dead_letter_sink("dlq", rejected, brokers=broker.bootstrap, topic=dlq_topic)
@@ -159,7 +187,9 @@ def test_rejection_of_a_keyed_record_keeps_its_source(broker: EmbeddedBroker, to
     assert envelope["event"][0] == "k1"
 
 
-def test_thousands_of_random_payloads_all_accounted_for(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_thousands_of_random_payloads_all_accounted_for(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
     rng = random.Random(5)
     registry = SchemaRegistryClient.new_client({"url": "mock://many"})
     serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject="many-value")
@@ -178,9 +208,13 @@ def test_thousands_of_random_payloads_all_accounted_for(broker: EmbeddedBroker, 
         assert json.loads(d.value)["reason"]
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(payloads=st.lists(st.binary(max_size=48), min_size=1, max_size=30))
-def test_arbitrary_bytes_never_crash_the_source(broker: EmbeddedBroker, payloads: list[bytes]) -> None:
+def test_arbitrary_bytes_never_crash_the_source(
+    broker: EmbeddedBroker, payloads: list[bytes]
+) -> None:
     import uuid
 
     topic = f"fuzz-{uuid.uuid4().hex[:8]}"
@@ -189,8 +223,9 @@ def test_arbitrary_bytes_never_crash_the_source(broker: EmbeddedBroker, payloads
     flow = Dataflow("fuzz")
     oks: list = []
     errs: list = []
-    src = kafka.source("in", flow, brokers=broker.bootstrap, topics=topic,
-                       value_serde=JsonSerde(), tail=False)
+    src = kafka.source(
+        "in", flow, brokers=broker.bootstrap, topics=topic, value_serde=JsonSerde(), tail=False
+    )
     op.output("oks", src.oks, TestingSink(oks))
     op.output("errs", src.errs, TestingSink(errs))
     run_main(flow)

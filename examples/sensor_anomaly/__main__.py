@@ -1,7 +1,7 @@
 """Run the sensor pipeline end to end: broker, generated data, the dataflow, a summary.
 
-    python -m examples.sensor_anomaly --events 100000
-    python -m examples.sensor_anomaly --brokers kafka:9092 --registry http://registry:8081
+python -m examples.sensor_anomaly --events 100000
+python -m examples.sensor_anomaly --brokers kafka:9092 --registry http://registry:8081
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from examples.sensor_anomaly.corrupt import corrupt_payloads
 from examples.sensor_anomaly.flow import SCHEMA, Topics, build_flow
@@ -38,17 +38,35 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             "started on a free loopback port and stopped at the end."
         ),
     )
-    parser.add_argument("--events", type=int, default=100_000, help="readings to generate (default: %(default)s)")
-    parser.add_argument("--sensors", type=int, default=50, help="sensors in the fleet (default: %(default)s)")
     parser.add_argument(
-        "--corrupt", type=int, default=None, help="corrupt messages to mix in (default: 0.1%% of --events, at least 6)"
+        "--events", type=int, default=100_000, help="readings to generate (default: %(default)s)"
     )
-    parser.add_argument("--brokers", help="host:port of an existing Kafka cluster (default: embedded broker)")
     parser.add_argument(
-        "--registry", default="mock://sensor-anomaly", help="schema registry URL (default: an in-process mock)"
+        "--sensors", type=int, default=50, help="sensors in the fleet (default: %(default)s)"
     )
-    parser.add_argument("--partitions", type=int, default=3, help="partitions of the readings topic (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("out/sensor_anomaly"), help="where to write the summary")
+    parser.add_argument(
+        "--corrupt",
+        type=int,
+        default=None,
+        help="corrupt messages to mix in (default: 0.1%% of --events, at least 6)",
+    )
+    parser.add_argument(
+        "--brokers", help="host:port of an existing Kafka cluster (default: embedded broker)"
+    )
+    parser.add_argument(
+        "--registry",
+        default="mock://sensor-anomaly",
+        help="schema registry URL (default: an in-process mock)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=3,
+        help="partitions of the readings topic (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("out/sensor_anomaly"), help="where to write the summary"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
     if args.events < 1:
@@ -63,11 +81,11 @@ class _Progress(threading.Thread):
 
     def __init__(self, bootstrap: str, topics: list[str], total: int, enabled: bool) -> None:
         super().__init__(daemon=True)
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "progress", "enable.auto.commit": False})
-        meta = self._consumer.list_topics(timeout=10).topics
-        self._consumer.assign(
-            [TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions]
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "progress", "enable.auto.commit": False}
         )
+        meta = self._consumer.list_topics(timeout=10).topics
+        self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
         self._total, self._enabled = total, enabled
         self._done = threading.Event()
         self.count = 0
@@ -82,7 +100,12 @@ class _Progress(threading.Thread):
                 last_print = now
                 rate = self.count / (now - start)
                 pct = 100 * self.count / self._total
-                print(f"\r  processed {self.count:,} / {self._total:,} ({pct:5.1f}%)  {rate:,.0f} ev/s", end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r  processed {self.count:,} / {self._total:,} ({pct:5.1f}%)  {rate:,.0f} ev/s",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self._consumer.close()
 
     def stop(self) -> None:
@@ -97,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         if args.brokers:
             bootstrap = args.brokers
-            topics = Topics(*(f"{name}-{uuid.uuid4().hex[:8]}" for name in (Topics.readings, Topics.results, Topics.dead_letters)))
+            topics = Topics(
+                *(
+                    f"{name}-{uuid.uuid4().hex[:8]}"
+                    for name in (Topics.readings, Topics.results, Topics.dead_letters)
+                )
+            )
             print(f"using the cluster at {bootstrap}")
         else:
             broker = stack.enter_context(EmbeddedBroker())
@@ -112,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         registry = SchemaRegistryClient.new_client({"url": args.registry})
         serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject=f"{topics.readings}-value")
 
-        print(f"generating {args.events:,} readings from {args.sensors} sensors, plus {args.corrupt} corrupt messages")
+        print(
+            f"generating {args.events:,} readings from {args.sensors} sensors, plus {args.corrupt} corrupt messages"
+        )
         fleet = generate_fleet(args.events, n_sensors=args.sensors)
         payloads = serde.encode_batch(fleet.events)
         keys = [e["sensor_id"].encode() for e in fleet.events]
@@ -123,10 +153,14 @@ def main(argv: list[str] | None = None) -> int:
             messages.insert((i + 1) * stride + i, (b"corrupt", payload))
         t0 = time.perf_counter()
         produced = produce_all(bootstrap, topics.readings, messages)
-        print(f"produced {produced:,} messages to {topics.readings!r} in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"produced {produced:,} messages to {topics.readings!r} in {time.perf_counter() - t0:.1f} s"
+        )
 
         flow = build_flow(bootstrap, topics=topics, registry=registry)
-        progress = _Progress(bootstrap, [topics.results, topics.dead_letters], produced, not args.quiet)
+        progress = _Progress(
+            bootstrap, [topics.results, topics.dead_letters], produced, not args.quiet
+        )
         progress.start()
         t0 = time.perf_counter()
         try:
@@ -146,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             "corrupt_injected": len(bad),
             "wall_seconds": round(wall, 3),
             "events_per_second": round(produced / wall),
-            "topics": {"readings": topics.readings, "results": topics.results, "dead_letters": topics.dead_letters},
+            "topics": {
+                "readings": topics.readings,
+                "results": topics.results,
+                "dead_letters": topics.dead_letters,
+            },
             "accounted_for": produced == len(results) + len(dead),
         }
         args.out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     print("summary")
     print(f"  events in       {summary['events_in']:>10,}")
     print(f"  results out     {summary['results_out']:>10,}   -> topic {topics.results!r}")
-    print(f"  dead-lettered   {summary['dead_lettered']:>10,}   -> topic {topics.dead_letters!r}  {summary['dead_letter_reasons']}")
+    print(
+        f"  dead-lettered   {summary['dead_lettered']:>10,}   -> topic {topics.dead_letters!r}  {summary['dead_letter_reasons']}"
+    )
     print(f"  wall time       {wall:>10.2f} s")
     print(f"  throughput      {summary['events_per_second']:>10,} events/s")
     print(f"  in = out + dead {'yes' if summary['accounted_for'] else 'NO'}")

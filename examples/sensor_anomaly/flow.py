@@ -62,7 +62,9 @@ def validate_readings(step_id: str):
         for record in records:
             value = record.value
             problem = _check(value, now) if isinstance(value, dict) else "value is not a record"
-            out.append(value if problem is None else Rejected(step_id, "InvalidReading", problem, record))
+            out.append(
+                value if problem is None else Rejected(step_id, "InvalidReading", problem, record)
+            )
         return out
 
     return validate

@@ -19,7 +19,11 @@ FIELDS = ("temperature", "vibration", "pressure")
 ANOMALY_KINDS = ("spike", "level_shift", "variance_burst", "drift")
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
-_BASE = {"temperature": (60.0, 4.0, 0.5), "vibration": (2.0, 0.3, 0.15), "pressure": (5.0, 0.2, 0.05)}
+_BASE = {
+    "temperature": (60.0, 4.0, 0.5),
+    "vibration": (2.0, 0.3, 0.15),
+    "pressure": (5.0, 0.2, 0.05),
+}
 """Per field: level, amplitude of the daily cycle, noise sigma."""
 
 

@@ -17,8 +17,8 @@ from streamml.serde.avro import AvroSerde, ConfluentAvroSerde
 from streamml.serde.base import (
     BytesSerde,
     Deserializer,
-    Serializer,
     SerdeError,
+    Serializer,
     StringSerde,
     is_error,
 )

@@ -156,7 +156,9 @@ class ConfluentAvroSerde:
 
             registry = SchemaRegistryClient.new_client(dict(registry))
         if schema is not None and not subject:
-            raise ValueError("a subject is needed to register the schema; e.g. subject='events-value'")
+            raise ValueError(
+                "a subject is needed to register the schema; e.g. subject='events-value'"
+            )
         self._registry = registry
         self._schema = schema
         self._subject = subject
@@ -170,7 +172,9 @@ class ConfluentAvroSerde:
         """The registry id of the writer schema (registering it on first use)."""
         if self._schema_id is None:
             if self._schema is None:
-                raise ValueError("this serde has no writer schema; pass schema= and subject= to encode")
+                raise ValueError(
+                    "this serde has no writer schema; pass schema= and subject= to encode"
+                )
             from confluent_kafka.schema_registry import Schema
 
             self._schema_id = self._registry.register_schema(
@@ -184,18 +188,26 @@ class ConfluentAvroSerde:
             try:
                 registered = self._registry.get_schema(schema_id)
             except Exception as exc:  # noqa: BLE001 - any registry failure is this payload's error
-                raise SerdeError("UnknownSchema", f"schema id {schema_id} is not in the registry: {exc}") from None
+                raise SerdeError(
+                    "UnknownSchema", f"schema id {schema_id} is not in the registry: {exc}"
+                ) from None
             if registered.schema_type not in (None, "AVRO"):
-                raise SerdeError("UnknownSchema", f"schema id {schema_id} is {registered.schema_type}, not AVRO")
+                raise SerdeError(
+                    "UnknownSchema", f"schema id {schema_id} is {registered.schema_type}, not AVRO"
+                )
             writer = self._writers[schema_id] = parse_schema(json.loads(registered.schema_str))
         return writer
 
     def _decode_one(self, payload: bytes) -> Any:
         if len(payload) < _HEADER.size:
-            raise SerdeError("DecodeError", f"payload of {len(payload)} bytes is shorter than the 5-byte header")
+            raise SerdeError(
+                "DecodeError", f"payload of {len(payload)} bytes is shorter than the 5-byte header"
+            )
         magic, schema_id = _HEADER.unpack_from(payload)
         if magic != MAGIC_BYTE:
-            raise SerdeError("DecodeError", f"magic byte is {magic}, not 0: not Confluent wire format")
+            raise SerdeError(
+                "DecodeError", f"magic byte is {magic}, not 0: not Confluent wire format"
+            )
         writer = self._writer_for(schema_id)
         buf = io.BytesIO(payload)
         buf.seek(_HEADER.size)

@@ -59,9 +59,7 @@ class JsonSerde:
         return orjson.dumps(value, default=_default, option=self._options)
 
     def encode_batch(self, values: Sequence[Any]) -> list[bytes | None | SerdeError]:
-        return map_each(
-            lambda v: None if v is None else self._dumps(v), values, "EncodeError"
-        )
+        return map_each(lambda v: None if v is None else self._dumps(v), values, "EncodeError")
 
 
 def _has_non_finite(value: Any) -> bool:

@@ -16,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_runs_end_to_end_and_accounts_for_every_message(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "examples.sensor_anomaly", "--events", "3000", "--corrupt", "12",
-         "--quiet", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "examples.sensor_anomaly",
+            "--events",
+            "3000",
+            "--corrupt",
+            "12",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,13 +39,20 @@ def test_demo_runs_end_to_end_and_accounts_for_every_message(tmp_path: Path) -> 
     assert summary["events_in"] == 3012
     assert summary["results_out"] + summary["dead_lettered"] == summary["events_in"]
     assert summary["dead_lettered"] == 12  # two of each corruption kind, none of the good ones
-    assert summary["dead_letter_reasons"] == {"DecodeError": 6, "InvalidReading": 4, "UnknownSchema": 2}
+    assert summary["dead_letter_reasons"] == {
+        "DecodeError": 6,
+        "InvalidReading": 4,
+        "UnknownSchema": 2,
+    }
 
 
 def test_help_explains_itself() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "examples.sensor_anomaly", "--help"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0
     assert "--brokers" in proc.stdout and "--events" in proc.stdout

@@ -64,7 +64,14 @@ def test_failures_come_back_as_markers(registry: SchemaRegistryClient) -> None:
     )
     assert results[0] == {"sensor": "s", "value": 2.5, "count": 3}
     kinds = [r.kind if isinstance(r, SerdeError) else None for r in results[1:]]
-    assert kinds == ["UnknownSchema", "DecodeError", "DecodeError", "DecodeError", "DecodeError", None]
+    assert kinds == [
+        "UnknownSchema",
+        "DecodeError",
+        "DecodeError",
+        "DecodeError",
+        "DecodeError",
+        None,
+    ]
     assert "schema id 4242" in str(results[1])
     assert "magic byte is 1" in str(results[2])
     assert "truncated" in str(results[3])
@@ -88,7 +95,9 @@ def test_writer_schema_fetched_once_per_id(registry: SchemaRegistryClient) -> No
 
     registry.get_schema = counting  # type: ignore[method-assign]
     serde = ConfluentAvroSerde(registry, schema=V1, subject="readings-value")
-    payloads = serde.encode_batch([{"sensor": "s", "value": float(i), "count": i} for i in range(50)])
+    payloads = serde.encode_batch(
+        [{"sensor": "s", "value": float(i), "count": i} for i in range(50)]
+    )
     assert len(serde.decode_batch(payloads)) == 50
     assert len(serde.decode_batch(payloads)) == 50
     assert calls == [serde.schema_id]
@@ -106,4 +115,6 @@ def test_plain_avro_from_avsc_file(tmp_path) -> None:
     path.write_text(json.dumps(V1))
     serde = AvroSerde(path, reader_schema=V2)
     payloads = AvroSerde(V1).encode_batch([{"sensor": "x", "value": 0.5, "count": 7}])
-    assert serde.decode_batch(payloads) == [{"sensor": "x", "value": 0.5, "count": 7, "unit": "celsius"}]
+    assert serde.decode_batch(payloads) == [
+        {"sensor": "x", "value": 0.5, "count": 7, "unit": "celsius"}
+    ]

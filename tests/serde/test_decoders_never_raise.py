@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamml.serde import AvroSerde, BytesSerde, ConfluentAvroSerde, JsonSerde, SerdeError, StringSerde
+from streamml.serde import (
+    AvroSerde,
+    BytesSerde,
+    ConfluentAvroSerde,
+    JsonSerde,
+    SerdeError,
+    StringSerde,
+)
 
 SCHEMA = {
     "type": "record",

@@ -12,9 +12,15 @@ from streamml.serde import JsonSerde, SerdeError, StringSerde
 
 def test_round_trip_with_numpy_and_datetime() -> None:
     serde = JsonSerde()
-    value = {"x": np.float32(1.5), "v": np.arange(3), "t": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    value = {
+        "x": np.float32(1.5),
+        "v": np.arange(3),
+        "t": datetime(2026, 1, 1, tzinfo=timezone.utc),
+    }
     [payload] = serde.encode_batch([value])
-    assert serde.decode_batch([payload]) == [{"x": 1.5, "v": [0, 1, 2], "t": "2026-01-01T00:00:00+00:00"}]
+    assert serde.decode_batch([payload]) == [
+        {"x": 1.5, "v": [0, 1, 2], "t": "2026-01-01T00:00:00+00:00"}
+    ]
 
 
 def test_bad_payloads_are_markers_in_place() -> None:
