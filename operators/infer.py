@@ -283,7 +283,7 @@ def _fast_column(
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """Stack a whole column at once; ``None`` when some row needs a closer look."""
     try:
-        arr = np.stack(values)
+        arr = np.array(values)
     except (ValueError, TypeError):
         return None
     if arr.dtype != spec.dtype:
@@ -361,6 +361,56 @@ def _column_values(values: Any, n: int) -> list[Any]:
     return out
 
 
+def _attach_fields(
+    items: list[tuple[str, Event]],
+    names: list[str],
+    cols: list[Iterable[Any]],
+    out: list[tuple[str, Event]],
+) -> None:
+    """Append ``(key, {**event, names[j]: cols[j][i]})`` for every event ``i``.
+
+    This is the per-event hot loop of the operator: explicit assignments for
+    the usual one to four fields run about three times faster than
+    ``dict.update(zip(...))``.
+    """
+    app = out.append
+    if len(names) == 1:
+        (n0,), (c0,) = names, cols
+        for (k, e), v0 in zip(items, c0, strict=False):
+            new = {**e}
+            new[n0] = v0
+            app((k, new))
+    elif len(names) == 2:
+        (n0, n1), (c0, c1) = names, cols
+        for (k, e), v0, v1 in zip(items, c0, c1, strict=False):
+            new = {**e}
+            new[n0] = v0
+            new[n1] = v1
+            app((k, new))
+    elif len(names) == 3:
+        (n0, n1, n2), (c0, c1, c2) = names, cols
+        for (k, e), v0, v1, v2 in zip(items, c0, c1, c2, strict=False):
+            new = {**e}
+            new[n0] = v0
+            new[n1] = v1
+            new[n2] = v2
+            app((k, new))
+    elif len(names) == 4:
+        (n0, n1, n2, n3), (c0, c1, c2, c3) = names, cols
+        for (k, e), v0, v1, v2, v3 in zip(items, c0, c1, c2, c3, strict=False):
+            new = {**e}
+            new[n0] = v0
+            new[n1] = v1
+            new[n2] = v2
+            new[n3] = v3
+            app((k, new))
+    else:
+        for (k, e), row in zip(items, zip(*cols, strict=False), strict=False):
+            new = {**e}
+            new.update(zip(names, row, strict=False))
+            app((k, new))
+
+
 class _Loader:
     """Loads control items into models, once per item for all shards of a process."""
 
@@ -407,6 +457,7 @@ class _Config:
     max_wait_s: float
     watch: Path | None
     watch_interval_s: float
+    watch_initial: tuple[int, int] | None
     loader: _Loader
     stats: InferStats
 
@@ -439,7 +490,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         )
         self._batcher.push(list(pending), time.monotonic())
         self._shard: int | None = None
-        self._watch_seen: tuple[int, int] | None = None
+        self._watch_seen = cfg.watch_initial
         self._next_poll = 0.0
 
     # -- Bytewax callbacks -------------------------------------------------
@@ -592,11 +643,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
             return
         names = [field for _, field in served.outputs] + extra_names
         cols = [outs[name] for name, _ in served.outputs] + extra_cols
-        append = result.oks.append
-        for (k, e), row in zip(items, zip(*cols, strict=False), strict=False):
-            new = {**e}
-            new.update(zip(names, row, strict=False))
-            append((k, new))
+        _attach_fields(items, names, cols, result.oks)
 
     # -- model swaps ---------------------------------------------------------
     def _install(self, item: Any, cache_key: Any, report: bool, result: _Result) -> None:
@@ -627,16 +674,21 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
     def _poll(self, now: float, result: _Result) -> None:
         cfg = self._cfg
         self._next_poll = now + cfg.watch_interval_s
-        try:
-            st = os.stat(cfg.watch)
-        except OSError:
-            return  # not there (yet, or mid-replace): keep serving
-        seen = (st.st_mtime_ns, st.st_size)
-        if seen == self._watch_seen:
+        seen = _file_signature(cfg.watch)
+        if seen is None or seen == self._watch_seen:  # missing (mid-replace?) or unchanged
             return
         self._watch_seen = seen
         self._run_all(self._batcher.flush(), result)
         self._install(str(cfg.watch), ("watch", str(cfg.watch), seen), self._shard == 0, result)
+
+
+def _file_signature(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """What tells a replaced file apart: its modification time and size."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def _router(shards: int) -> Callable[[list[tuple[str, Event]]], list[tuple[str, _Chunk]]]:
@@ -694,7 +746,8 @@ def infer(
     The model can be swapped while running, between batches: send a new
     model (or a path, or what ``loader`` understands) on ``control``, or
     replace the file at ``watch``. Events already waiting are scored by the
-    old model first; every output says which version scored it. A model that
+    old model first, and a swap arriving together with events applies to
+    them; every output says which version scored it. A model that
     fails to load or does not fit the configured inputs and outputs is
     reported on ``errs`` (``error_type="ModelRejected"``) and the old one
     keeps serving.
@@ -787,6 +840,7 @@ def infer(
         max_wait_s=max_wait.total_seconds(),
         watch=Path(watch) if watch is not None else None,
         watch_interval_s=watch_interval.total_seconds(),
+        watch_initial=_file_signature(watch) if watch is not None else None,
         loader=_Loader(loader),
         stats=InferStats(),
     )
@@ -816,7 +870,8 @@ def infer(
             control,
             lambda item: [(str(s), _Swap(item, s == 0)) for s in range(shards)],
         )
-        routed = op.merge("with_control", routed, broadcast)
+        # Control first: a swap that arrives together with events applies to those events.
+        routed = op.merge("with_control", broadcast, routed)
     results = op.stateful_batch("batch", routed, build)
     oks = op.flat_map_batch("oks", results, lambda rs: [x for _, r in rs for x in r.oks])
     errs = op.flat_map_batch("errs", results, lambda rs: [x for _, r in rs for x in r.errs])

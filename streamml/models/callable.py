@@ -82,7 +82,9 @@ class CallableModel:
         if isinstance(result, Mapping):
             missing = [n for n in self._outputs if n not in result]
             if missing:
-                raise ValueError(f"fn returned {sorted(result)}; missing declared outputs {missing}")
+                raise ValueError(
+                    f"fn returned {sorted(result)}; missing declared outputs {missing}"
+                )
             return dict(result)
         if len(self._outputs) == 1:
             return {self._outputs[0]: result}

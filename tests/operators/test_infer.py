@@ -1,0 +1,460 @@
+"""The inference operator: batch results equal per-event results, failures are isolated, swaps are atomic."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from streamml.operators._batching import DynamicBatcher
+from streamml.operators.infer import infer
+
+from streamml.errors import Rejected
+from streamml.models import CallableModel, OnnxModel, TensorSpec
+
+N_FEATURES = 16
+
+
+def _train_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, N_FEATURES)).astype(np.float32)
+    return x, (x[:, 0] + x[:, 1] * (seed + 1) > 0).astype(np.int64)
+
+
+def _mlp_bytes(seed: int) -> bytes:
+    from skl2onnx import to_onnx
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = _train_data(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged: fine, any fixed weights will do
+        mlp = MLPClassifier(hidden_layer_sizes=(16, 16), max_iter=20, random_state=seed).fit(x, y)
+    return to_onnx(mlp, x[:1], options={id(mlp): {"zipmap": False}}).SerializeToString()
+
+
+def _iforest_bytes() -> bytes:
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import IsolationForest
+
+    x, _ = _train_data(0)
+    forest = IsolationForest(n_estimators=10, random_state=0).fit(x)
+    return to_onnx(forest, x[:1], target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def mlp_v1() -> bytes:
+    return _mlp_bytes(1)
+
+
+@pytest.fixture(scope="module")
+def mlp_v2() -> bytes:
+    return _mlp_bytes(2)
+
+
+@pytest.fixture(scope="module")
+def mlp(mlp_v1: bytes) -> OnnxModel:
+    return OnnxModel(mlp_v1, version="v1", intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def iforest() -> OnnxModel:
+    return OnnxModel(_iforest_bytes(), version="if1", intra_op_threads=1)
+
+
+def _events(n: int, keys: list[str], seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    return [(keys[i % len(keys)], {"id": i, "features": x[i]}) for i in range(n)]
+
+
+def _run(inp: list[Any], **kwargs: Any) -> tuple[list, list, Any]:
+    flow = Dataflow("t")
+    batch_size = kwargs.pop("source_batch", 1000)
+    control = kwargs.pop("control_items", None)
+    up = op.input("in", flow, TestingSource(inp, batch_size=batch_size))
+    if control is not None:
+        kwargs["control"] = op.input("control", flow, TestingSource(control))
+    out = infer("infer", up, **kwargs)
+    oks: list = []
+    errs: list = []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    return oks, errs, out.stats
+
+
+def _by_key(items: list[tuple[str, dict]]) -> dict[str, list[int]]:
+    ids: dict[str, list[int]] = {}
+    for k, e in items:
+        ids.setdefault(k, []).append(e["id"])
+    return ids
+
+
+# -- batching is invisible: same results as the model run event by event -------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(0, 120),
+    n_keys=st.integers(1, 5),
+    max_batch=st.integers(1, 64),
+    source_batch=st.integers(1, 50),
+    max_wait_ms=st.sampled_from([0, 1, 5]),
+    shards=st.integers(1, 3),
+    which=st.sampled_from(["mlp", "iforest"]),
+)
+def test_outputs_equal_per_event_model_runs(
+    request: pytest.FixtureRequest,
+    n: int,
+    n_keys: int,
+    max_batch: int,
+    source_batch: int,
+    max_wait_ms: int,
+    shards: int,
+    which: str,
+) -> None:
+    model: OnnxModel = request.getfixturevalue(which)
+    keys = [f"k{i}" for i in range(n_keys)]
+    events = _events(n, keys, seed=n)
+    oks, errs, stats = _run(
+        events,
+        model=model,
+        max_batch=max_batch,
+        max_wait=timedelta(milliseconds=max_wait_ms),
+        shards=shards,
+        source_batch=source_batch,
+    )
+    assert errs == []
+    assert sorted(e["id"] for _, e in oks) == list(range(n))  # none lost, none twice
+    assert _by_key(oks) == _by_key(events)  # each key's order kept
+    for k, e in oks:
+        expected = model.predict(events[e["id"]][1]["features"][None, :])
+        for name, value in expected.items():
+            got = np.asarray(e[name], dtype=value.dtype).ravel()
+            if which == "mlp" or name == "label":
+                assert np.array_equal(got, value.ravel()), name
+            else:
+                # ONNX Runtime's tree ensembles sum the trees in a different order for
+                # batches of 4 rows or more: the last bits of a float32 score can differ.
+                np.testing.assert_allclose(got, value.ravel(), rtol=1e-5, atol=1e-6)
+        assert e["model_version"] == model.version
+        assert k == events[e["id"]][0]
+        assert e.keys() >= events[e["id"]][1].keys()
+    assert stats.scored == n
+    if n:
+        assert max(1, -(-n // max_batch)) <= stats.batches <= n
+
+
+def test_iforest_attaches_scalar_label_and_score(iforest: OnnxModel) -> None:
+    oks, _, _ = _run(
+        _events(5, ["a"]), model=iforest, outputs={"label": "anomaly", "scores": "score"}
+    )
+    _, e = oks[0]
+    assert isinstance(e["anomaly"], int) and isinstance(e["score"], float)
+    assert "label" not in e and "features" in e
+
+
+def test_inputs_are_not_mutated(mlp: OnnxModel) -> None:
+    events = _events(3, ["a"])
+    before = [dict(e) for _, e in events]
+    _run(events, model=mlp)
+    assert [dict(e) for _, e in events] == before
+
+
+# -- the dynamic batcher --------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_batch=st.integers(1, 10),
+    max_wait=st.sampled_from([0.0, 0.005, 0.02]),
+    arrivals=st.lists(st.tuples(st.integers(0, 12), st.floats(0.0, 0.03)), max_size=20),
+)
+def test_batcher_fifo_bounded_and_on_time(
+    max_batch: int, max_wait: float, arrivals: list[tuple[int, float]]
+) -> None:
+    """Drive the batcher like the operator does (at each arrival and at each deadline)."""
+    b: DynamicBatcher[int] = DynamicBatcher(max_batch=max_batch, max_wait_s=max_wait)
+    now, next_id, taken = 0.0, 0, []
+    arrived_at: dict[int, float] = {}
+
+    def run_due(t: float) -> None:
+        for items, runs in b.due(t):
+            assert 1 <= len(items) <= max_batch
+            assert sum(c for c, _ in runs) == len(items)
+            for i in items:
+                assert t - arrived_at[i] <= max_wait + 1e-3  # nothing overstays
+            taken.extend(items)
+
+    for count, gap in arrivals:
+        deadline = b.deadline()
+        while deadline is not None and deadline <= now + gap:
+            run_due(deadline)
+            deadline = b.deadline()
+        now += gap
+        chunk = list(range(next_id, next_id + count))
+        next_id += count
+        for i in chunk:
+            arrived_at[i] = now
+        b.push(chunk, now)
+        run_due(now)
+    taken.extend(i for items, _ in b.flush() for i in items)
+    assert taken == list(range(next_id))
+    assert len(b) == 0 and b.deadline() is None
+
+
+def test_trickle_waits_about_max_wait_and_batches(mlp: OnnxModel) -> None:
+    """Events 10 ms apart with max_wait 60 ms: batched, none waiting much beyond 60 ms."""
+    source: list[Any] = []
+    for k, e in _events(30, ["a", "b"]):
+        source += [(k, e), TestingSource.PAUSE(timedelta(milliseconds=10))]
+    oks, _, stats = _run(
+        source,
+        model=mlp,
+        max_batch=1000,
+        max_wait=timedelta(milliseconds=60),
+        wait_field="waited",
+    )
+    waits = [e["waited"] for _, e in oks]
+    assert len(waits) == 30
+    assert max(waits) <= 0.060 + 0.100  # the recorded wait, with room for a busy machine
+    assert stats.mean_batch_size > 1.5  # the events were gathered, not run one by one
+    assert max(waits) > 0.010  # and they did wait for company
+
+
+def test_no_waiting_runs_what_arrived_together(mlp: OnnxModel) -> None:
+    oks, _, stats = _run(
+        _events(100, ["a"]), model=mlp, max_batch=1000, max_wait=timedelta(0), source_batch=25
+    )
+    assert len(oks) == 100 and stats.batches == 4 and stats.mean_batch_size == 25
+
+
+# -- failures are isolated ------------------------------------------------------------
+
+
+def test_invalid_inputs_go_to_errs_and_the_rest_is_scored(mlp: OnnxModel) -> None:
+    good = _events(6, ["a", "b"])
+    bad_values: list[Any] = [
+        np.zeros(N_FEATURES - 1, dtype=np.float32),  # wrong length
+        np.full(N_FEATURES, np.nan, dtype=np.float32),  # non-finite
+        np.array(["x"] * N_FEATURES),  # strings
+        np.zeros(N_FEATURES, dtype=np.complex64),  # complex is not float
+        None,  # missing
+        [1.0] * (N_FEATURES - 1) + [float("inf")],  # a list with an inf
+    ]
+    events = list(good)
+    for i, value in enumerate(bad_values):
+        events.insert(2 * i + 1, ("c", {"id": 100 + i, "features": value}))
+    events.append(("c", {"id": 200}))  # no field at all
+    events.append(("c", {"id": 201, "features": [0.5] * N_FEATURES}))  # a float64 list is fine
+    oks, errs, stats = _run(events, model=mlp, max_batch=4, source_batch=3)
+    assert sorted(e["id"] for _, e in oks) == [0, 1, 2, 3, 4, 5, 201]
+    by_id = {r.original[1]["id"]: r for r in errs}
+    assert sorted(by_id) == [100, 101, 102, 103, 104, 105, 200]
+    assert [by_id[i].error_type for i in sorted(by_id)] == [
+        "BadShape",
+        "NonFinite",
+        "BadDtype",
+        "BadDtype",
+        "MissingInput",
+        "NonFinite",
+        "MissingInput",
+    ]
+    assert all(isinstance(r, Rejected) and r.step_id == "t.infer" and r.reason for r in errs)
+    assert "(15,)" in by_id[100].reason
+    expected = mlp.predict(np.full((1, N_FEATURES), 0.5, dtype=np.float32))["label"][0]
+    assert dict(oks)["c"]["label"] == expected
+    assert stats.rejected == 7 and stats.scored == 7
+
+
+def test_model_raising_on_rows_splits_the_batch() -> None:
+    calls: list[int] = []
+
+    def fragile(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        if (x[:, 0] == 13).any():
+            raise RuntimeError("cannot score 13")
+        return x[:, 0] * 2
+
+    model = CallableModel(fragile, outputs="y", shape=(2,))
+    events = [("k", {"id": i, "features": [float(i), 0.0]}) for i in range(40)]
+    oks, errs, stats = _run(events, model=model, max_batch=16, source_batch=40)
+    assert [e["id"] for _, e in oks] == [i for i in range(40) if i != 13]
+    assert all(e["y"] == 2 * e["id"] for _, e in oks)
+    assert [(r.error_type, r.original[1]["id"]) for r in errs] == [("ModelError", 13)]
+    assert "cannot score 13" in errs[0].reason
+    assert stats.model_errors == 1
+    assert len(calls) < 40  # split by halves, not event by event
+
+
+def test_model_returning_wrong_row_count_is_an_error() -> None:
+    model = CallableModel(lambda x: np.zeros(len(x) + 1), outputs="y", shape=(1,))
+    oks, errs, _ = _run([("k", {"id": i, "features": [1.0]}) for i in range(3)], model=model)
+    assert oks == [] and len(errs) == 3
+    assert {r.error_type for r in errs} == {"ModelError"}
+
+
+def test_input_function_and_multi_input_model() -> None:
+    def fn(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"s": feeds["a"].sum(axis=1) + feeds["b"][:, 0]}
+
+    spec = TensorSpec(np.dtype("float32"), (None,))
+    model = CallableModel(fn, inputs={"a": spec, "b": spec}, outputs="s")
+    events = [("k", {"id": i, "xs": [1.0, float(i)], "y": 10.0}) for i in range(4)]
+    events.append(("k", {"id": 9, "xs": [1.0, 2.0]}))  # no "y": the function raises KeyError
+    oks, errs, _ = _run(
+        events, model=model, inputs={"a": "xs", "b": lambda e: [e["y"]]}, max_batch=8
+    )
+    assert [e["s"] for _, e in oks] == [11.0, 12.0, 13.0, 14.0]
+    assert [(r.error_type, r.original[1]["id"]) for r in errs] == [("MissingInput", 9)]
+
+
+def test_outputs_function() -> None:
+    model = CallableModel(lambda x: x[:, 0] * 3, outputs="y", shape=(1,), version="v7")
+    oks, _, _ = _run(
+        [("k", {"features": [2.0]})],
+        model=model,
+        outputs=lambda e, out: {**e, "tripled": out["y"]},
+        version_field="by",
+    )
+    assert oks == [("k", {"features": [2.0], "tripled": 6.0, "by": "v7"})]
+
+
+def test_misconfiguration_raises_at_build_time(mlp: OnnxModel) -> None:
+    flow = Dataflow("bad")
+    up = op.input("in", flow, TestingSource([]))
+    with pytest.raises(ValueError, match="max_batch"):
+        infer("a", up, mlp, max_batch=0)
+    with pytest.raises(ValueError, match="max_wait"):
+        infer("b", up, mlp, max_wait=timedelta(milliseconds=-1))
+    with pytest.raises(ValueError, match="does not return"):
+        infer("c", up, mlp, outputs={"nope": "x"})
+    with pytest.raises(ValueError, match="every model input"):
+        infer("d", up, mlp, inputs={"a": "x"})
+    with pytest.raises(ValueError, match="Model"):
+        infer("e", up, "model.onnx")
+    with pytest.raises(ValueError, match="shards"):
+        infer("f", up, mlp, shards=0)
+
+
+# -- live swaps -----------------------------------------------------------------------
+
+
+def _paused(events: list, cut: int, pause_s: float) -> list:
+    return [*events[:cut], TestingSource.PAUSE(timedelta(seconds=pause_s)), *events[cut:]]
+
+
+def test_swap_from_control_stream_is_atomic(mlp_v1: bytes, mlp_v2: bytes) -> None:
+    v1 = OnnxModel(mlp_v1, version="v1", intra_op_threads=1)
+    v2 = OnnxModel(mlp_v2, version="v2", intra_op_threads=1)
+    events = _events(60, ["a", "b", "c"])
+    control = [TestingSource.PAUSE(timedelta(seconds=0.3)), v2, b"not an onnx model"]
+    oks, errs, stats = _run(
+        _paused(events, 30, 0.6),
+        model=v1,
+        control_items=control,
+        max_batch=8,
+        max_wait=timedelta(milliseconds=2),
+        shards=2,
+    )
+    assert sorted(e["id"] for _, e in oks) == list(range(60))
+    assert _by_key(oks) == _by_key(events)
+    for _, e in oks:
+        assert e["model_version"] == ("v1" if e["id"] < 30 else "v2")
+        model = v1 if e["id"] < 30 else v2
+        expected = model.predict(events[e["id"]][1]["features"][None, :])
+        assert np.array_equal(e["probabilities"], expected["probabilities"][0])
+    # The corrupt model is reported once (not once per shard), and v2 keeps serving.
+    assert [(r.error_type, r.original) for r in errs] == [("ModelRejected", b"not an onnx model")]
+    assert stats.swaps == 1 and stats.models_rejected == 1
+
+
+def test_watched_file_swap_and_corrupt_file(tmp_path: Path, mlp_v1: bytes, mlp_v2: bytes) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(mlp_v1)
+    v1 = OnnxModel(path, intra_op_threads=1)
+    v2_version = hashlib.sha256(mlp_v2).hexdigest()[:8]
+    events = _events(90, ["a", "b"])
+
+    def replace(data: bytes) -> None:
+        tmp = tmp_path / "incoming"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def source() -> Any:
+        pause = TestingSource.PAUSE(timedelta(seconds=0.3))
+        yield from events[:30]
+        yield pause
+        replace(b"corrupt")
+        yield pause
+        yield from events[30:60]
+        yield pause
+        replace(mlp_v2)
+        yield pause
+        yield from events[60:]
+
+    oks, errs, stats = _run(
+        source(),
+        model=v1,
+        watch=path,
+        watch_interval=timedelta(milliseconds=20),
+        max_wait=timedelta(0),
+    )
+    versions = {e["id"]: e["model_version"] for _, e in oks}
+    assert sorted(versions) == list(range(90))
+    assert {versions[i] for i in range(60)} == {v1.version}
+    assert {versions[i] for i in range(60, 90)} == {f"model@{v2_version}"}
+    assert [(r.error_type, r.original) for r in errs] == [("ModelRejected", str(path))]
+    assert stats.models_rejected == 1 and stats.swaps == 1
+
+
+# -- recovery -------------------------------------------------------------------------
+
+
+def test_recovery_keeps_waiting_events_and_the_swapped_model(
+    tmp_path: Path, mlp_v1: bytes, mlp_v2: bytes
+) -> None:
+    """Events still waiting for a batch at a crash, and the model swapped in, survive a resume."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    init_db_dir(tmp_path, 1)
+    v1 = OnnxModel(mlp_v1, version="v1", intra_op_threads=1)
+    events = _events(15, ["a", "b"])
+    data = [
+        *events[:10],
+        TestingSource.PAUSE(timedelta(seconds=0.3)),  # an epoch closes: a snapshot
+        TestingSource.ABORT(),
+        *events[10:],
+    ]
+
+    def build() -> tuple[Dataflow, list, list]:
+        flow = Dataflow("rec")
+        up = op.input("in", flow, TestingSource(data, batch_size=100))
+        control = op.input("control", flow, TestingSource([mlp_v2]))
+        out = infer("infer", up, v1, control=control, max_wait=timedelta(seconds=60))
+        oks: list = []
+        errs: list = []
+        op.output("oks", out.oks, TestingSink(oks))
+        op.output("errs", out.errs, TestingSink(errs))
+        return flow, oks, errs
+
+    config = RecoveryConfig(str(tmp_path))
+    flow, oks, errs = build()
+    run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=config)
+    assert oks == [] and errs == []  # the first ten were waiting (max_wait 60 s) at the abort
+    flow, oks, errs = build()
+    run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=config)
+    assert errs == []
+    assert sorted(e["id"] for _, e in oks) == list(range(15))
+    v2_version = OnnxModel(mlp_v2, warmup=False).version
+    assert {e["model_version"] for _, e in oks} == {v2_version}
