@@ -1,0 +1,24 @@
+"""Featurization operators: raw events in, model-ready features out, inside the stream.
+
+- :func:`rolling`: per-key rolling aggregates over event time, as of each event;
+- :func:`window_agg`: one row of aggregates per key per closed tumbling,
+  sliding or session window;
+- transforms: :func:`standard_scale`, :func:`online_scale`,
+  :func:`one_hot`, :func:`hash_features`, :func:`hash_text`;
+- :func:`assemble`: named features to a float32 vector in a declared
+  :class:`FeatureSchema` order.
+
+Every operator that can reject input returns its ``errs`` (and, for event
+time, ``late``) streams of :class:`streamml.errors.Rejected`.
+"""
+
+from streamml.operators.featurize.outputs import FeaturesOut, TimedFeaturesOut
+from streamml.operators.featurize.rolling_agg import AGGREGATES, rolling, window_label
+
+__all__ = [
+    "AGGREGATES",
+    "FeaturesOut",
+    "TimedFeaturesOut",
+    "rolling",
+    "window_label",
+]

@@ -1,0 +1,208 @@
+"""Vectorised window arithmetic over key-grouped, time-sorted arrays.
+
+The rolling operator keeps each key's recent events as contiguous rows of
+one array, sorted by key and then event time, and asks for aggregates over
+row ranges ``[start, end]`` (inclusive). These kernels answer many ranges at
+once:
+
+- sums by compensated prefix sums (TwoSum error terms), so a range sum is
+  accurate to a few ulps of the range itself whatever the prefix magnitude;
+- variance from centred sums, with ranges whose centred sums are
+  ill-conditioned recomputed exactly by a two-pass over the gathered range;
+- min/max by a sparse table (O(n log w) build, O(1) per range);
+- anything else (quantiles, decayed means) by gathering the ranges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "gather",
+    "group_rows",
+    "range_max",
+    "range_min",
+    "range_starts",
+    "range_sums",
+    "range_variance",
+    "segment_quantile",
+]
+
+# Centred variance loses about eps * (mean - centre)**2 / var of relative
+# precision; past this ratio a range is recomputed by a two-pass.
+_ILL_CONDITIONED = 1e4
+
+
+def group_rows(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of a grouped array, the first and the middle row of its group.
+
+    Examples:
+        >>> group_rows(np.array([3, 3, 5, 5, 5, 7]))
+        (array([0, 0, 2, 2, 2, 5]), array([1, 1, 3, 3, 3, 5]))
+    """
+    n = len(group)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(group[1:], group[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.append(starts, n))
+    which = np.cumsum(first) - 1
+    return starts[which], (starts + lengths // 2)[which]
+
+
+def range_starts(ts: np.ndarray, lo: np.ndarray, end: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """First row ``i`` in ``[lo, end]`` with ``ts[i] > after`` (``ts`` sorted within each range).
+
+    Examples:
+        >>> range_starts(np.array([1, 2, 3, 10, 11]), np.array([0, 3]), np.array([2, 4]),
+        ...              np.array([1, 10]))
+        array([1, 4])
+    """
+    lo = lo.copy()
+    hi = end.copy()  # answer is in [lo, hi]; ts[end] > after always holds for our callers
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        right = ts[mid] > after
+        hi = np.where(active & right, mid, hi)
+        lo = np.where(active & ~right, mid + 1, lo)
+
+
+def _prefix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prefix sums with a leading zero row, and the cumulated rounding errors of each addition."""
+    zero = np.zeros((1,) + x.shape[1:])
+    s = np.concatenate([zero, np.cumsum(x, axis=0)])
+    a = s[:-1]
+    b = x
+    bb = s[1:] - a
+    err = (a - (s[1:] - bb)) + (b - bb)
+    return s, np.concatenate([zero, np.cumsum(err, axis=0)])
+
+
+def range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Sums of ``x[start:end + 1]`` along axis 0 for every range.
+
+    Examples:
+        >>> range_sums(np.array([[1e16], [1.0], [1.0], [3.0]]), np.array([1, 0]), np.array([2, 0]))
+        array([[2.e+00],
+               [1.e+16]])
+    """
+    s, e = _prefix(x)
+    return (s[end + 1] - s[start]) + (e[end + 1] - e[start])
+
+
+def gather(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of every range laid end to end, and the offset of each range in them.
+
+    Examples:
+        >>> gather(np.array([2, 0]), np.array([3, 0]))
+        (array([2, 3, 0]), array([0, 2]))
+    """
+    lengths = end - start + 1
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    idx = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(start - offsets, lengths)
+    return idx, offsets
+
+
+def range_variance(
+    x: np.ndarray, centre: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Population variance and sum of each range of ``x`` (shape ``(n, f)``).
+
+    ``centre`` (per row, shape ``(n, f)``) should be a typical value of the
+    row's group; sums are taken of ``x - centre`` for accuracy.
+
+    Examples:
+        >>> x = np.array([[1e9], [1e9 + 1], [1e9 + 2], [5.0]])
+        >>> var, total = range_variance(x, np.zeros_like(x), np.array([0, 0]), np.array([2, 3]))
+        >>> var[0], float(total[1, 0])
+        (array([0.66666667]), 3000000008.0)
+    """
+    d = x - centre
+    n = (end - start + 1).astype(np.float64)[:, None]
+    s1 = range_sums(d, start, end)
+    s2 = range_sums(d * d, start, end)
+    m1 = s1 / n
+    var = np.maximum(s2 / n - m1 * m1, 0.0)
+    total = s1 + n * centre[end]
+    bad_rows, bad_cols = np.nonzero(m1 * m1 > _ILL_CONDITIONED * var)
+    if len(bad_rows):
+        rows = np.unique(bad_rows)
+        idx, offsets = gather(start[rows], end[rows])
+        vals = x[idx]
+        seg_n = n[rows]
+        mean = np.add.reduceat(vals, offsets, axis=0) / seg_n
+        dev = vals - np.repeat(mean, (end[rows] - start[rows] + 1), axis=0)
+        exact = np.add.reduceat(dev * dev, offsets, axis=0) / seg_n
+        var[rows] = exact
+    return var, total
+
+
+def _sparse(x: np.ndarray, levels: int, fn: np.ufunc) -> list[np.ndarray]:
+    table = [x]
+    for k in range(1, levels + 1):
+        prev = table[-1]
+        half = 1 << (k - 1)
+        table.append(fn(prev[:-half], prev[half:]))
+    return table
+
+
+def _range_reduce(x: np.ndarray, start: np.ndarray, end: np.ndarray, fn: np.ufunc) -> np.ndarray:
+    if len(start) == 0:
+        return np.zeros((0,) + x.shape[1:])
+    length = end - start + 1
+    k = np.floor(np.log2(length)).astype(np.int64)
+    table = _sparse(x, int(k.max()), fn)
+    out = np.empty((len(start),) + x.shape[1:])
+    for level in np.unique(k):
+        rows = np.flatnonzero(k == level)
+        t = table[level]
+        out[rows] = fn(t[start[rows]], t[end[rows] - (1 << int(level)) + 1])
+    return out
+
+
+def range_min(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Minimum of each range ``x[start:end + 1]`` along axis 0.
+
+    Examples:
+        >>> range_min(np.array([5.0, 1.0, 4.0, 2.0]), np.array([0, 2, 3]), np.array([3, 3, 3]))
+        array([1., 2., 2.])
+    """
+    return _range_reduce(x, start, end, np.minimum)
+
+
+def range_max(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Maximum of each range ``x[start:end + 1]`` along axis 0.
+
+    Examples:
+        >>> range_max(np.array([5.0, 1.0, 4.0, 2.0]), np.array([0, 1]), np.array([3, 3]))
+        array([5., 4.])
+    """
+    return _range_reduce(x, start, end, np.maximum)
+
+
+def segment_quantile(
+    values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, q: float
+) -> np.ndarray:
+    """The ``q`` quantile (NumPy's default linear method) of each segment of a 1-D array.
+
+    Examples:
+        >>> segment_quantile(np.array([3.0, 1.0, 2.0, 10.0]), np.array([0, 3]), np.array([3, 1]), 0.5)
+        array([ 2., 10.])
+    """
+    seg = np.repeat(np.arange(len(offsets)), lengths)
+    ordered = values[np.lexsort((values, seg))]
+    pos = q * (lengths - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, lengths - 1)
+    frac = pos - lo
+    a = ordered[offsets + lo]
+    b = ordered[offsets + hi]
+    diff = b - a
+    # NumPy's lerp: a + diff * t, or b - diff * (1 - t) for t >= 0.5
+    return np.where(frac >= 0.5, b - diff * (1 - frac), a + diff * frac)

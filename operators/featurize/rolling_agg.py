@@ -1,0 +1,562 @@
+"""Rolling aggregates per key over event time, "as of" each event.
+
+For each event of a key, :func:`rolling` adds the aggregates over that key's
+events with timestamps in ``(t - window, t]`` — point-in-time correct: an
+event's features use only the events at or before it, in event-time order
+(ties in arrival order, as pandas' time-based ``rolling`` does on a sorted
+index), even when events arrive out of order within ``max_delay``.
+
+How: each key has a watermark (newest timestamp seen minus ``max_delay``,
+see :class:`streamml.operators._time.KeyedWatermarks`). An event is held
+until its key's watermark reaches it, then its features are computed; an
+event older than its key's watermark is late and goes to the ``late``
+stream, so no emitted feature ever changes. With ``max_delay=0`` nothing is
+held. At end of input every held event is emitted.
+
+Speed: keys are hashed into ``shards`` states; each state receives whole
+micro-batches and computes every aggregate of every released event with
+NumPy (see :mod:`._kernels`).
+
+State and eviction (per shard): the rows of each key's events still inside
+some future window, held events, and one watermark per key. Rows leave when
+their key's watermark passes them by ``window``; keys whose newest event is
+``ttl`` older than the shard's newest event time are forgotten with all
+their rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators._time import KeyedWatermarks, WatermarkSnapshot, late, micros
+from streamml.operators.featurize import _kernels as kern
+from streamml.operators.featurize._batch import extract
+from streamml.operators.featurize._shard import group_by_shard
+from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
+
+from streamml.errors import Rejected
+
+__all__ = ["AGGREGATES", "rolling", "window_label"]
+
+AGGREGATES = (
+    "count",
+    "sum",
+    "mean",
+    "std",
+    "var",
+    "min",
+    "max",
+    "last",
+    "delta",
+    "since",
+    "rate",
+    "ewma",
+)
+"""Aggregate names, plus quantiles written ``p<percent>`` (``p50``, ``p95``, ``p99.9``)."""
+
+_QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+def window_label(window: timedelta) -> str:
+    """The short label of a duration used in feature names.
+
+    Examples:
+        >>> [window_label(timedelta(seconds=s)) for s in (60, 90, 300, 3600, 86400, 0.25)]
+        ['60s', '90s', '5m', '1h', '1d', '250ms']
+    """
+    us = micros(window)
+    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000)):
+        if us % size == 0 and us >= size and (unit != "m" or us // size % 60 != 0):
+            if unit == "m" and us < 5 * size:
+                break
+            return f"{us // size}{unit}"
+    if us % 1_000_000 == 0:
+        return f"{us // 1_000_000}s"
+    if us % 1000 == 0:
+        return f"{us // 1000}ms"
+    return f"{us}us"
+
+
+def _check_aggs(fields: Sequence[str] | Mapping[str, Sequence[str]], default: Sequence[str]):
+    spec = {f: tuple(default) for f in fields} if not isinstance(fields, Mapping) else dict(fields)
+    if not spec:
+        raise ValueError("fields must name at least one numeric field")
+    for name, aggs in spec.items():
+        if isinstance(aggs, str):
+            raise ValueError(f"aggregates of {name!r} must be a list, e.g. [{aggs!r}]")
+        for agg in aggs:
+            if agg not in AGGREGATES and not _QUANTILE.match(agg):
+                raise ValueError(
+                    f"unknown aggregate {agg!r} for field {name!r}; use one of "
+                    f"{', '.join(AGGREGATES)} or a quantile like 'p95'"
+                )
+    return {name: tuple(aggs) for name, aggs in spec.items()}
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    marks: WatermarkSnapshot
+    kid_of: dict[str, int]
+    free: list[int]
+    kmax: np.ndarray
+    clock: int
+    swept: int
+    seq: int
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray]  # kid, ts, values of window rows
+    held: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[Any]]
+
+
+@dataclass
+class _Config:
+    step_id: str
+    fields: tuple[str, ...]
+    plan: list[tuple[int, str]]  # (field index, aggregate) per output column
+    names: list[str]
+    window: int
+    delay: timedelta
+    ttl: int
+    half_life: float
+    max_future: int | None
+    ts_getter: Callable[[Any], datetime]
+    need_minmax: bool = field(init=False)
+    need_var: bool = field(init=False)
+    need_sum: bool = field(init=False)
+    gathered: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        aggs = {a for _, a in self.plan}
+        self.need_minmax = bool(aggs & {"min", "max"})
+        self.need_var = bool(aggs & {"std", "var"})
+        self.need_sum = bool(aggs & {"sum", "mean"})
+        self.gathered = any(a == "ewma" or a.startswith("p") for a in aggs)
+
+
+def _config(
+    step_id: str,
+    *,
+    timestamp: Callable[[Any], datetime],
+    window: timedelta,
+    fields: Sequence[str] | Mapping[str, Sequence[str]],
+    aggregates: Sequence[str] = ("count", "mean", "std", "min", "max"),
+    max_delay: timedelta = timedelta(0),
+    half_life: timedelta | None = None,
+    ttl: timedelta | None = None,
+    max_future: timedelta | None = timedelta(days=1),
+    label: str | None = None,
+) -> _Config:
+    """Validate :func:`rolling`'s arguments into the shard states' config."""
+    if window <= timedelta(0):
+        raise ValueError(f"window must be > 0; got {window}")
+    if max_delay < timedelta(0):
+        raise ValueError(f"max_delay must be >= 0; got {max_delay}")
+    spec = _check_aggs(fields, aggregates)
+    wants_ewma = any("ewma" in aggs for aggs in spec.values())
+    if wants_ewma and (half_life is None or half_life <= timedelta(0)):
+        raise ValueError("ewma needs half_life > 0, e.g. half_life=timedelta(seconds=10)")
+    if ttl is None:
+        ttl = window + max_delay + timedelta(hours=1)
+    if ttl < window + max_delay:
+        raise ValueError(f"ttl must be >= window + max_delay ({window + max_delay}); got {ttl}")
+    if max_future is not None and max_future < timedelta(0):
+        raise ValueError(f"max_future must be >= 0 or None; got {max_future}")
+    names = list(spec)
+    suffix = label if label is not None else window_label(window)
+    plan = [(names.index(f), a) for f, aggs in spec.items() for a in aggs]
+    cfg = _Config(
+        step_id=step_id,
+        fields=tuple(names),
+        plan=plan,
+        names=[f"{names[f]}_{a}_{suffix}" for f, a in plan],
+        window=micros(window),
+        delay=max_delay,
+        ttl=micros(ttl),
+        half_life=half_life.total_seconds() if half_life else 0.0,
+        max_future=micros(max_future) if max_future is not None else None,
+        ts_getter=timestamp,
+    )
+    if len(set(cfg.names)) != len(cfg.names):
+        raise ValueError(f"duplicate feature names {cfg.names}; list each aggregate once")
+    return cfg
+
+
+class _RollingLogic(StatefulBatchLogic):
+    """One shard: the window rows, held events and watermarks of many keys.
+
+    Eviction: rows older than their key's watermark minus the window are
+    dropped every batch; keys idle for ``ttl`` of the shard's event time
+    are forgotten (their held events are emitted first).
+    """
+
+    def __init__(self, cfg: _Config, resume: _Snapshot | None) -> None:
+        self.cfg = cfg
+        nf = len(cfg.fields)
+        self.marks = KeyedWatermarks(
+            max_delay=cfg.delay,
+            guard=timedelta(microseconds=cfg.window),
+            resume=resume.marks if resume else None,
+        )
+        if resume is None:
+            self.kid_of: dict[str, int] = {}
+            self.free: list[int] = []
+            self.kmax = np.full(16, _INT64_MIN, dtype=np.int64)
+            self.clock = _INT64_MIN
+            self.swept = _INT64_MIN
+            self.seq = 0
+            empty_i = np.zeros(0, dtype=np.int64)
+            self.rows = (empty_i, empty_i, np.zeros((0, nf)))
+            self.held = (empty_i, empty_i, empty_i, np.zeros((0, nf)), [], [])
+        else:
+            self.kid_of = dict(resume.kid_of)
+            self.free = list(resume.free)
+            self.kmax = resume.kmax.copy()
+            self.clock, self.swept, self.seq = resume.clock, resume.swept, resume.seq
+            self.rows = tuple(a.copy() for a in resume.rows)
+            h = resume.held
+            self.held = (h[0].copy(), h[1].copy(), h[2].copy(), h[3].copy(), list(h[4]), list(h[5]))
+
+    # -- Bytewax hooks -------------------------------------------------
+
+    def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
+        items = values[0] if len(values) == 1 else [x for part in values for x in part]
+        return [self._process(items, eof=False)], False
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        chunk = self._process([], eof=True)
+        self.marks.close_all()
+        self.kmax += self.marks.delay
+        return [chunk], False
+
+    def snapshot(self) -> _Snapshot:
+        h = self.held
+        return _Snapshot(
+            self.marks.snapshot(),
+            dict(self.kid_of),
+            list(self.free),
+            self.kmax.copy(),
+            self.clock,
+            self.swept,
+            self.seq,
+            tuple(a.copy() for a in self.rows),
+            (h[0].copy(), h[1].copy(), h[2].copy(), h[3].copy(), list(h[4]), list(h[5])),
+        )
+
+    # -- work ----------------------------------------------------------
+
+    def _kid(self, key: str) -> int:
+        kid = self.kid_of.get(key)
+        if kid is None:
+            if self.free:
+                kid = self.free.pop()
+            else:
+                kid = len(self.kid_of)
+                if kid >= len(self.kmax):
+                    grown = np.full(2 * len(self.kmax), _INT64_MIN, dtype=np.int64)
+                    grown[: len(self.kmax)] = self.kmax
+                    self.kmax = grown
+            self.kmax[kid] = _INT64_MIN
+            self.kid_of[key] = kid
+        return kid
+
+    def _process(self, items: list[Any], eof: bool) -> tuple[list, list, list]:
+        cfg = self.cfg
+        cols, errs = extract(cfg.step_id, items, cfg.fields, cfg.ts_getter, cfg.max_future)
+        lates: list[Rejected] = []
+        keys, events, ts_arr, vals = cols.keys, cols.events, cols.ts, cols.values
+        if keys:
+            ts_list = ts_arr.tolist()
+            flags = self.marks.observe(keys, ts_list)
+            if any(flags):
+                for i, verdict in enumerate(flags):
+                    if verdict is not None:
+                        original = (keys[i], events[i])
+                        lates.append(late(cfg.step_id, original, ts_list[i], *verdict))
+                ok = np.array([f is None for f in flags])
+                idx = np.flatnonzero(ok).tolist()
+                keys = [keys[i] for i in idx]
+                events = [events[i] for i in idx]
+                ts_arr, vals = ts_arr[ok], vals[ok]
+        if keys:
+            kid_of = self.kid_of
+            kids = np.array(
+                [kid_of[k] if k in kid_of else self._kid(k) for k in keys], dtype=np.int64
+            )
+            np.maximum.at(self.kmax, kids, ts_arr)
+            self.clock = max(self.clock, int(ts_arr.max()))
+            seq = np.arange(self.seq, self.seq + len(keys), dtype=np.int64)
+            self.seq += len(keys)
+            h = self.held
+            if len(h[0]):
+                self.held = (
+                    np.concatenate([h[0], kids]),
+                    np.concatenate([h[1], ts_arr]),
+                    np.concatenate([h[2], seq]),
+                    np.concatenate([h[3], vals]),
+                    h[4] + keys,
+                    h[5] + events,
+                )
+            else:
+                self.held = (kids, ts_arr, seq, vals, keys, events)
+        gone = self._sweep()
+        oks = self._release(eof, gone)
+        if gone:
+            for key in gone:
+                self.free.append(self.kid_of.pop(key))
+        return oks, errs, lates
+
+    def _sweep(self) -> list[str]:
+        """Forget keys idle for ``ttl`` (checked when the clock moved a quarter TTL)."""
+        ttl = self.cfg.ttl
+        if self.clock == _INT64_MIN or self.clock - self.swept < ttl // 4:
+            return []
+        self.swept = self.clock
+        return self.marks.forget_idle(self.clock - ttl)
+
+    def _release(self, eof: bool, gone: list[str]) -> list[tuple[str, dict]]:
+        kids, ts, seq, vals, keys, events = self.held
+        if len(kids) == 0 and not gone:
+            return []
+        delay = self.marks.delay
+        gone_kids = np.array([self.kid_of[k] for k in gone], dtype=np.int64)
+        if eof or (delay == 0 and not gone):
+            out = np.ones(len(kids), dtype=bool)
+        else:
+            out = ts <= self.kmax[kids] - delay
+            if gone:
+                out |= np.isin(kids, gone_kids)
+        if out.all():
+            self.held = (kids[:0], ts[:0], seq[:0], vals[:0], [], [])
+            r_keys, r_events = keys, events
+        else:
+            keep = ~out
+            keep_idx = np.flatnonzero(keep).tolist()
+            out_idx = np.flatnonzero(out).tolist()
+            self.held = (
+                kids[keep],
+                ts[keep],
+                seq[keep],
+                vals[keep],
+                [keys[i] for i in keep_idx],
+                [events[i] for i in keep_idx],
+            )
+            r_keys = [keys[i] for i in out_idx]
+            r_events = [events[i] for i in out_idx]
+            kids, ts, seq, vals = kids[out], ts[out], seq[out], vals[out]
+        results = self._compute(kids, ts, seq, vals, r_keys, r_events) if len(kids) else []
+        self._prune(gone_kids)
+        return results
+
+    def _compute(
+        self,
+        kids: np.ndarray,
+        ts: np.ndarray,
+        seq: np.ndarray,
+        vals: np.ndarray,
+        keys: list[str],
+        events: list[Any],
+    ) -> list[tuple[str, dict]]:
+        cfg = self.cfg
+        order = np.lexsort((seq, ts, kids))
+        kids, ts, vals = kids[order], ts[order], vals[order]
+        r_kid, r_ts, r_vals = self.rows
+        n_old = len(r_kid)
+        all_kid = np.concatenate([r_kid, kids])
+        merge = np.argsort(all_kid, kind="stable")
+        m_kid = all_kid[merge]
+        m_ts = np.concatenate([r_ts, ts])[merge]
+        m_x = np.concatenate([r_vals, vals])[merge]
+        self.rows = (m_kid, m_ts, m_x)
+        end = np.flatnonzero(merge >= n_old)
+        gstart, middle = kern.group_rows(m_kid)
+        start = kern.range_starts(m_ts, gstart[end], end, m_ts[end] - cfg.window)
+        count = (end - start + 1).astype(np.float64)
+        has_prev = end > start
+        prev = np.where(has_prev, end - 1, end)
+        x_end = m_x[end]
+        columns: dict[str, np.ndarray] = {"count": count, "last": x_end}
+        if cfg.need_var or cfg.need_sum:
+            var, total = kern.range_variance(m_x, m_x[middle], start, end)
+            columns.update(var=var, sum=total, std=np.sqrt(var), mean=total / count[:, None])
+        if cfg.need_minmax:
+            columns.update(min=kern.range_min(m_x, start, end), max=kern.range_max(m_x, start, end))
+        nan = np.nan
+        columns["delta"] = np.where(has_prev[:, None], x_end - m_x[prev], nan)
+        columns["since"] = np.where(has_prev, (m_ts[end] - m_ts[prev]) / 1e6, nan)
+        columns["rate"] = count / (cfg.window / 1e6)
+        if cfg.gathered:
+            columns.update(self._gathered(m_ts, m_x, start, end))
+        out = np.empty((len(end), len(cfg.plan)))
+        for j, (f, agg) in enumerate(cfg.plan):
+            col = columns[agg]
+            out[:, j] = col[:, f] if col.ndim == 2 else col
+        order_list = order.tolist()
+        outputs = [dict(events[i]) for i in order_list]
+        for name, column in zip(cfg.names, out.T.tolist()):
+            for event, value in zip(outputs, column):
+                event[name] = value
+        return list(zip([keys[i] for i in order_list], outputs))
+
+    def _gathered(
+        self, m_ts: np.ndarray, m_x: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        cfg = self.cfg
+        idx, offsets = kern.gather(start, end)
+        lengths = end - start + 1
+        cols: dict[str, np.ndarray] = {}
+        x = m_x[idx]
+        if cfg.half_life > 0:
+            age = (np.repeat(m_ts[end], lengths) - m_ts[idx]) / 1e6
+            w = np.exp2(-age / cfg.half_life)[:, None]
+            cols["ewma"] = np.add.reduceat(w * x, offsets, axis=0) / np.add.reduceat(
+                w, offsets, axis=0
+            )
+        for agg in {a for _, a in cfg.plan if a.startswith("p")}:
+            q = float(agg[1:]) / 100.0
+            cols[agg] = np.stack(
+                [kern.segment_quantile(x[:, f], offsets, lengths, q) for f in range(x.shape[1])],
+                axis=1,
+            )
+        return cols
+
+    def _prune(self, gone_kids: np.ndarray) -> None:
+        m_kid, m_ts, m_x = self.rows
+        if len(m_kid) == 0:
+            return
+        horizon = self.kmax[m_kid] - self.marks.delay - self.cfg.window
+        keep = m_ts > horizon
+        if len(gone_kids):
+            keep &= ~np.isin(m_kid, gone_kids)
+        if not keep.all():
+            self.rows = (m_kid[keep], m_ts[keep], m_x[keep])
+
+
+@operator
+def rolling(
+    step_id: str,
+    up: KeyedStream[Mapping[str, Any]],
+    *,
+    timestamp: Callable[[Mapping[str, Any]], datetime],
+    window: timedelta,
+    fields: Sequence[str] | Mapping[str, Sequence[str]],
+    aggregates: Sequence[str] = ("count", "mean", "std", "min", "max"),
+    max_delay: timedelta = timedelta(0),
+    half_life: timedelta | None = None,
+    ttl: timedelta | None = None,
+    max_future: timedelta | None = timedelta(days=1),
+    shards: int = 8,
+    label: str | None = None,
+) -> TimedFeaturesOut:
+    """Add rolling aggregates of each key's recent events to every event, as of its event time.
+
+    Use it for per-entity features that must be exactly what the model would
+    have seen at that moment: a sensor's mean and spread over the last
+    minute, a user's transaction count and rate over the last hour.
+
+    Each output event is a new dict: the input event plus one field per
+    (field, aggregate), named ``{field}_{aggregate}_{label}`` (e.g.
+    ``temperature_mean_60s``), all floats. Over the key's events with
+    timestamps in ``(t - window, t]`` up to this one:
+
+    - ``count``, ``sum``, ``mean``, ``std`` and ``var`` (population,
+      ``ddof=0``; computed stably), ``min``, ``max``;
+    - ``last`` (this event's value), ``delta`` (value minus the previous
+      event's in the window) and ``since`` (seconds since it) — NaN when
+      this is the only event in the window;
+    - ``rate``: ``count`` per second of ``window``;
+    - ``ewma``: mean weighted by ``0.5 ** (age / half_life)``;
+    - quantiles ``p50``, ``p95``, ``p99`` (any ``p<percent>``): exact over
+      the window, NumPy's linear interpolation.
+
+    Bad events never stop the flow: missing, non-numeric (``str``,
+    ``bool``, ``None``) or non-finite fields, and timestamps that are not
+    timezone-aware ``datetime`` or lie more than ``max_future`` beyond the
+    wall clock, go to ``errs`` (see :mod:`._batch`); events before their
+    key's watermark go to ``late``.
+
+    Args:
+        step_id: Unique ID.
+        up: Keyed stream of ``(key, event)``; events are mappings.
+        timestamp: Gets an event's timezone-aware event time.
+        window: Length of the look-back window (``> 0``).
+        fields: Numeric fields, each with ``aggregates``; or a mapping
+            ``{field: [aggregates]}``.
+        aggregates: Default aggregates (see above).
+        max_delay: Bound on out-of-orderness: events up to this much older
+            than their key's newest are accepted (and features wait that
+            long); older ones are late.
+        half_life: Half-life for ``ewma`` (required when asked for).
+        ttl: Forget keys idle this long in event time (measured against the
+            newest event of their shard); must be at least
+            ``window + max_delay``. Defaults to ``window + max_delay + 1h``.
+            After keys are forgotten, events of unknown keys older than the
+            newest forgotten event plus ``window`` are sent to ``late``.
+        max_future: Reject timestamps further than this beyond the wall
+            clock (``None`` accepts any): one far-future event would
+            otherwise make every later event of its key late.
+        shards: Number of state shards. Use at least the number of workers;
+            fewer shards give larger batches.
+        label: Name suffix; defaults to :func:`window_label` of ``window``.
+
+    Returns:
+        ``oks``: ``(key, event with features)``, emitted when the key's
+        watermark passes the event; ``errs`` and ``late``:
+        :class:`~streamml.errors.Rejected` items with the ``(key, event)``.
+
+    Examples:
+        >>> from datetime import datetime, timedelta, timezone
+        >>> import bytewax.operators as op
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> events = [
+        ...     {"id": "s1", "s": 0, "temp": 20.0},
+        ...     {"id": "s1", "s": 30, "temp": 22.0},
+        ...     {"id": "s1", "s": 20, "temp": 21.0},   # out of order, within max_delay
+        ...     {"id": "s1", "s": 80, "temp": 30.0},
+        ...     {"id": "s1", "s": 40, "temp": 99.0},   # late: s1 has seen 80 s
+        ...     {"id": "s1", "s": 95, "temp": "hot"},  # not a number
+        ... ]
+        >>> flow = Dataflow("rolling_doc")
+        >>> keyed = op.key_on("key", op.input("in", flow, TestingSource(events)), lambda e: e["id"])
+        >>> feats = rolling("temp_1m", keyed, timestamp=lambda e: t0 + timedelta(seconds=e["s"]),
+        ...                 window=timedelta(seconds=60), fields=["temp"],
+        ...                 aggregates=["count", "mean", "max"], max_delay=timedelta(seconds=15))
+        >>> oks, errs, lates = [], [], []
+        >>> op.output("oks", feats.oks, TestingSink(oks))
+        >>> op.output("errs", feats.errs, TestingSink(errs))
+        >>> op.output("late", feats.late, TestingSink(lates))
+        >>> run_main(flow)
+        >>> for _, e in oks:
+        ...     print(e["s"], e["temp_count_60s"], e["temp_mean_60s"], e["temp_max_60s"])
+        0 1.0 20.0 20.0
+        20 2.0 20.5 21.0
+        30 3.0 21.0 22.0
+        80 2.0 26.0 30.0
+        >>> [(r.error_type, r.original[1]["s"]) for r in lates + errs]
+        [('Late', 40), ('NotANumber', 95)]
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1; got {shards}")
+    cfg = _config(
+        step_id,
+        timestamp=timestamp,
+        window=window,
+        fields=fields,
+        aggregates=aggregates,
+        max_delay=max_delay,
+        half_life=half_life,
+        ttl=ttl,
+        max_future=max_future,
+        label=label,
+    )
+    sharded: Stream[Any] = op.flat_map_batch("shard", up, lambda b: group_by_shard(b, shards))
+    chunks = op.stateful_batch("state", sharded, lambda resume: _RollingLogic(cfg, resume))
+    return split_chunks(chunks)
