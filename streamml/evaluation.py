@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,12 @@ _START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 
 @dataclass(frozen=True)
 class TrueWindow:
-    """An injected anomaly: the key, its kind and the interval it covers (inclusive)."""
+    """An injected anomaly: the key, its kind, its first changed sample and its first sample back to normal.
+
+    The return to normal is part of the window: a change back is as much a
+    sign of the anomaly as the change away (a detector comparing with a
+    recent baseline sees both).
+    """
 
     key: str
     kind: str
@@ -80,9 +86,12 @@ def sensor_set(
     Each key is a signal ``base + trend + daily seasonality + noise`` with its
     own level, amplitude, phase and noise; anomalies (cycling through
     :data:`KINDS`, in sizes of 6 to 12 noise sigmas) are placed at random
-    after ``warmup`` and never closer than six hours to each other, so a
-    detector has a normal history to learn from. The true window of an
-    anomaly is the interval it changes the signal.
+    after ``warmup``, one per slot of 600 samples and at least 120 samples
+    apart, so a detector has a normal history to learn from. Lengths are in
+    samples: spikes 1-5, level shifts 30-180, variance bursts 20-120, drifts
+    60-240 (minutes, at the default one-minute step). The true window of an
+    anomaly runs from its first changed sample to the first sample back to
+    normal.
 
     Args:
         keys: Number of sensors (keys ``"sensor-00"``, ...).
@@ -96,23 +105,23 @@ def sensor_set(
         A :class:`SensorSet`; events are sorted by time, then key.
 
     Examples:
-        >>> s = sensor_set(keys=2, days=2, seed=1)
+        >>> s = sensor_set(keys=2, days=3, seed=1)
         >>> len(s.events), len(s.truths), s.events[0]["sensor"]
-        (5760, 8, 'sensor-00')
+        (8640, 8, 'sensor-00')
         >>> sorted({t.kind for t in s.truths})
         ['drift', 'level_shift', 'spike', 'variance_burst']
     """
     n = int(timedelta(days=days) / step)
     first = int(warmup / step)
-    spacing = int(timedelta(hours=6) / step)
+    spacing = 600  # samples per slot: the longest anomaly (240) twice, plus 120
     if keys < 1 or anomalies_per_key < 0:
         raise ValueError(
             f"need keys >= 1 and anomalies_per_key >= 0; got {keys}, {anomalies_per_key}"
         )
-    if n - first < anomalies_per_key * (spacing + 240):
+    if (n - first - 240) // spacing < anomalies_per_key:
         raise ValueError(
             f"{days} days after a {warmup} warm-up cannot hold {anomalies_per_key} anomalies "
-            "six hours apart; give more days or fewer anomalies"
+            "in slots of 600 samples; give more days or fewer anomalies"
         )
     rng = np.random.default_rng(seed)
     minutes = np.arange(n) * (step / timedelta(minutes=1))
@@ -129,13 +138,15 @@ def sensor_set(
             * np.sin(2 * math.pi * minutes / (60 * 24) + rng.uniform(0, 2 * math.pi))
             + rng.normal(0, sigma, n)
         )
-        # anomalies: random starts, at least `spacing` apart, after the warm-up
+        # anomalies: one in each of some slots, after the warm-up
         slots = (n - first - 240) // spacing
         chosen = np.sort(rng.choice(slots, size=anomalies_per_key, replace=False))
         for i, slot in enumerate(chosen):
             kind = KINDS[(k + i) % len(KINDS)]
             length = _anomaly_lengths(kind, rng)
-            a = first + int(slot) * spacing + int(rng.integers(0, spacing - 240))
+            a = (
+                first + int(slot) * spacing + int(rng.integers(0, spacing - 360))
+            )  # ends >= 120 apart
             b = a + length
             size = float(rng.uniform(6, 12)) * sigma * (1 if rng.random() < 0.5 else -1)
             if kind in ("spike", "level_shift"):
@@ -144,7 +155,7 @@ def sensor_set(
                 x[a:b] += rng.normal(0, abs(size) / 2, length)
             else:  # drift: a ramp away from normal, then back
                 x[a:b] += size * np.linspace(1 / length, 1, length)
-            truths.append(TrueWindow(key, kind, _START + a * step, _START + (b - 1) * step))
+            truths.append(TrueWindow(key, kind, _START + a * step, _START + b * step))
         columns.append(x)
     values = np.stack(columns, axis=1).round(4).tolist()
     events = [
@@ -160,8 +171,9 @@ def sensor_set(
 class WindowScore:
     """How detected windows compare with the true windows.
 
-    ``median_delay`` is None when no true window was detected (or no alert
-    times were given).
+    ``median_delay`` is None when no true window was detected. The
+    ``*_by_kind`` maps break recall and delay down by the true windows'
+    ``kind`` (when they have one).
     """
 
     found: int
@@ -172,6 +184,8 @@ class WindowScore:
     recall: float
     median_delay: timedelta | None
     mean_length: timedelta
+    recall_by_kind: dict[str, float] = field(default_factory=dict)
+    median_delay_by_kind: dict[str, timedelta | None] = field(default_factory=dict)
 
     @property
     def delay_ratio(self) -> float | None:
@@ -182,6 +196,10 @@ class WindowScore:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: durations in seconds."""
+
+        def secs(d: timedelta | None) -> float | None:
+            return None if d is None else d.total_seconds()
+
         return {
             "found": self.found,
             "hits": self.hits,
@@ -189,18 +207,24 @@ class WindowScore:
             "detected_true": self.detected_true,
             "precision": self.precision,
             "recall": self.recall,
-            "median_delay_s": None
-            if self.median_delay is None
-            else self.median_delay.total_seconds(),
+            "median_delay_s": secs(self.median_delay),
             "mean_length_s": self.mean_length.total_seconds(),
             "delay_ratio": self.delay_ratio,
+            "recall_by_kind": dict(self.recall_by_kind),
+            "median_delay_s_by_kind": {k: secs(d) for k, d in self.median_delay_by_kind.items()},
         }
+
+
+def _median(delays: list[timedelta]) -> timedelta | None:
+    return statistics.median(delays) if delays else None
 
 
 def score_windows(
     detected: Iterable[Mapping[str, Any]],
-    truths: Iterable[TrueWindow],
+    truths: Iterable[Any],
     opened: Iterable[Mapping[str, Any]] = (),
+    *,
+    truth_key: Callable[[Any], str] = attrgetter("key"),
 ) -> WindowScore:
     """Score detected anomaly windows against the true ones.
 
@@ -214,6 +238,10 @@ def score_windows(
     ``start`` if that window has no alert; a detection that opened before the
     true start counts as zero delay.
 
+    True windows are :class:`TrueWindow` or any objects with ``start`` and
+    ``end`` (and optionally ``kind``); ``truth_key`` gives their key (for
+    example ``attrgetter("sensor_id")``).
+
     Examples:
         >>> t = datetime(2026, 1, 1, tzinfo=timezone.utc)
         >>> m = timedelta(minutes=1)
@@ -224,6 +252,8 @@ def score_windows(
         >>> s = score_windows(found, truths, alerts)
         >>> s.precision, s.recall, s.median_delay, s.mean_length
         (0.5, 0.5, datetime.timedelta(seconds=180), datetime.timedelta(seconds=1200))
+        >>> s.recall_by_kind
+        {'drift': 0.0, 'spike': 1.0}
     """
     truths = list(truths)
     alert_at: dict[str, datetime] = {}
@@ -233,7 +263,7 @@ def score_windows(
             alert_at[wid] = a["opened_at"]
     by_key: dict[str, list[int]] = {}
     for i, t in enumerate(truths):
-        by_key.setdefault(t.key, []).append(i)
+        by_key.setdefault(truth_key(t), []).append(i)
     first_alert: dict[int, datetime] = {}
     found = hits = 0
     for w in detected:
@@ -247,8 +277,12 @@ def score_windows(
                 if i not in first_alert or at < first_alert[i]:
                     first_alert[i] = at
         hits += hit
-    delays = [max(at - truths[i].start, timedelta(0)) for i, at in first_alert.items()]
-    lengths = [t.length for t in truths]
+    delay = {i: max(at - truths[i].start, timedelta(0)) for i, at in first_alert.items()}
+    kinds: dict[str, list[int]] = {}
+    for i, t in enumerate(truths):
+        kinds.setdefault(getattr(t, "kind", None) or "", []).append(i)
+    kinds.pop("", None)
+    lengths = [t.end - t.start for t in truths]
     return WindowScore(
         found=found,
         hits=hits,
@@ -256,6 +290,12 @@ def score_windows(
         detected_true=len(first_alert),
         precision=hits / found if found else 0.0,
         recall=len(first_alert) / len(truths) if truths else 0.0,
-        median_delay=statistics.median(delays) if delays else None,
+        median_delay=_median(list(delay.values())),
         mean_length=sum(lengths, timedelta(0)) / len(lengths) if lengths else timedelta(0),
+        recall_by_kind={
+            k: sum(i in delay for i in ix) / len(ix) for k, ix in sorted(kinds.items())
+        },
+        median_delay_by_kind={
+            k: _median([delay[i] for i in ix if i in delay]) for k, ix in sorted(kinds.items())
+        },
     )
