@@ -20,17 +20,18 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import bytewax.operators as op
 import orjson
-from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream, operator
 from confluent_kafka import OFFSET_BEGINNING
 
 from streamml.errors import Rejected
+from streamml.producer import ProducerSink
 from streamml.serde.base import BytesSerde, Deserializer, SerdeError, Serializer, StringSerde
 
 __all__ = [
@@ -225,7 +226,7 @@ def _encoder(
     key_serde: Serializer,
     value: Callable[[Any], Any],
     key: Callable[[Any], Any] | None,
-) -> Callable[[list[Any]], list[KafkaSinkMessage | Rejected]]:
+) -> Callable[[list[Any]], list[tuple[bytes | None, bytes | None] | Rejected]]:
     def pick(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         try:
             return [fn(item) for item in items]
@@ -238,11 +239,11 @@ def _encoder(
                     out.append(SerdeError("BadItem", f"{type(exc).__name__}: {exc}"))
             return out
 
-    def encode(items: list[Any]) -> list[KafkaSinkMessage | Rejected]:
+    def encode(items: list[Any]) -> list[tuple[bytes | None, bytes | None] | Rejected]:
         values = pick(value, items)
         payloads = value_serde.encode_batch(values)
         keys = key_serde.encode_batch(pick(key, items)) if key is not None else [None] * len(items)
-        out: list[KafkaSinkMessage | Rejected] = []
+        out: list[tuple[bytes | None, bytes | None] | Rejected] = []
         for item, raw_value, picked, raw_key in zip(items, payloads, values, keys):
             if type(raw_value) is SerdeError or type(picked) is SerdeError:
                 err = raw_value if type(raw_value) is SerdeError else picked
@@ -250,14 +251,14 @@ def _encoder(
             elif type(raw_key) is SerdeError:
                 out.append(Rejected(step_id, raw_key.kind, f"key: {raw_key}", item))
             else:
-                out.append(KafkaSinkMessage(raw_key, raw_value))
+                out.append((raw_key, raw_value))
         return out
 
     return encode
 
 
-def _is_sink_message(item: object) -> bool:
-    return type(item) is KafkaSinkMessage
+def _is_key_value(item: object) -> bool:
+    return type(item) is tuple  # a Rejected is a NamedTuple subclass, so not this
 
 
 @operator
@@ -271,6 +272,7 @@ def sink(
     value: Callable[[X], Any] | None = None,
     key: Callable[[X], Any] | None = None,
     key_serde: Serializer | None = None,
+    delivery_timeout: timedelta = timedelta(seconds=60),
     add_config: dict[str, str] | None = None,
 ) -> Stream[Rejected]:
     """Encode items in batches and produce them to a topic.
@@ -290,6 +292,10 @@ def sink(
         value: Picks the value to encode from an item; the item itself when omitted.
         key: Picks the message key from an item; no key when omitted.
         key_serde: Encodes keys; UTF-8 text when omitted.
+        delivery_timeout: How long a batch may wait for the broker's
+            acknowledgements; past it the worker fails with
+            :class:`~streamml.producer.DeliveryError` (no message is ever
+            dropped silently; recovery resumes from the last snapshot).
         add_config: Extra librdkafka producer settings.
 
     Returns:
@@ -316,10 +322,14 @@ def sink(
             key,
         ),
     )
-    split = op.branch("split", encoded, _is_sink_message)
-    kop.output(
-        "kafka", split.trues, brokers=_broker_list(brokers), topic=topic, add_config=add_config
+    split = op.branch("split", encoded, _is_key_value)
+    producer = ProducerSink(
+        ",".join(_broker_list(brokers)),
+        topic,
+        delivery_timeout=delivery_timeout,
+        add_config=add_config,
     )
+    op.output("kafka", split.trues, producer)
     return split.falses
 
 
@@ -358,7 +368,7 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
     rejected item itself as JSON when it was not raw bytes).
 
     Examples:
-        >>> from datetime import datetime, timezone
+        >>> from datetime import datetime, timedelta, timezone
         >>> r = Rejected("decode", "DecodeError", "not JSON", b"{oops")
         >>> env = dead_letter_envelope(r, now=datetime(2026, 1, 1, tzinfo=timezone.utc))
         >>> env["value"], env["time"], env["source"]
@@ -400,7 +410,7 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
     return envelope
 
 
-def _encode_envelopes(rejections: list[Rejected]) -> list[KafkaSinkMessage]:
+def _encode_envelopes(rejections: list[Rejected]) -> list[tuple[bytes | None, bytes]]:
     now = datetime.now(timezone.utc)
     out = []
     for rejected in rejections:
@@ -408,7 +418,7 @@ def _encode_envelopes(rejections: list[Rejected]) -> list[KafkaSinkMessage]:
         src = _find_source(rejected.original)
         key = src.raw_key if isinstance(src, Record) else getattr(src, "key", None)
         out.append(
-            KafkaSinkMessage(
+            (
                 key if isinstance(key, bytes) else None,
                 orjson.dumps(
                     envelope,
@@ -427,6 +437,7 @@ def dead_letter_sink(
     *,
     brokers: str | Sequence[str],
     topic: str,
+    delivery_timeout: timedelta = timedelta(seconds=60),
     add_config: dict[str, str] | None = None,
 ) -> None:
     """Write rejections to a dead-letter topic as self-describing JSON envelopes.
@@ -435,7 +446,8 @@ def dead_letter_sink(
     input ends as an output or a dead letter. Each message's key is the
     original message key; its value is :func:`dead_letter_envelope` as JSON
     (original bytes in base64, source coordinates, the rejecting step, the
-    error type and message, and the time).
+    error type and message, and the time). Delivery is checked as in
+    :func:`sink`.
 
     Examples:
         >>> from bytewax.testing import TestingSource
@@ -444,6 +456,10 @@ def dead_letter_sink(
         >>> dead_letter_sink("dlq", errs, brokers="127.0.0.1:9092", topic="dead-letters")
     """
     envelopes = op.flat_map_batch("envelope", up, _encode_envelopes)
-    kop.output(
-        "kafka", envelopes, brokers=_broker_list(brokers), topic=topic, add_config=add_config
+    producer = ProducerSink(
+        ",".join(_broker_list(brokers)),
+        topic,
+        delivery_timeout=delivery_timeout,
+        add_config=add_config,
     )
+    op.output("kafka", envelopes, producer)

@@ -1,0 +1,49 @@
+"""The producer sink fails loudly instead of dropping what it could not deliver."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+
+from streamml.broker import EmbeddedBroker
+from streamml.producer import DeliveryError, ProducerSink
+from streamml.testing import consume_all
+
+pytestmark = pytest.mark.integration
+
+
+def _flow(bootstrap: str, topic: str, n: int, timeout: timedelta) -> Dataflow:
+    flow = Dataflow("produce")
+    pairs = op.input("pairs", flow, TestingSource([(b"k", str(i).encode()) for i in range(n)]))
+    op.output("kafka", pairs, ProducerSink(bootstrap, topic, delivery_timeout=timeout))
+    return flow
+
+
+def test_every_pair_is_delivered(broker: EmbeddedBroker, topic_name: str) -> None:
+    broker.create_topic(topic_name)
+    run_main(_flow(broker.bootstrap, topic_name, 500, timedelta(seconds=30)))
+    values = [m.value for m in consume_all(broker.bootstrap, topic_name)]
+    assert values == [str(i).encode() for i in range(500)]
+
+
+def test_undeliverable_batch_fails_the_worker_with_a_clear_error() -> None:
+    with EmbeddedBroker() as gone:
+        gone.create_topic("t")
+        bootstrap = gone.bootstrap
+    with pytest.raises(Exception) as raised:  # noqa: B017 - Bytewax wraps the sink's error
+        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2)))
+    cause = raised.value
+    while cause is not None and not isinstance(cause, DeliveryError):
+        cause = cause.__cause__
+    assert cause is not None, f"no DeliveryError behind {raised.value!r}"
+    assert "could not deliver to topic 't' within 2 s" in str(cause)
+    assert "Message timed out" in str(cause)
+
+
+def test_delivery_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="delivery_timeout must be > 0"):
+        ProducerSink("127.0.0.1:9092", "t", delivery_timeout=timedelta(0))
