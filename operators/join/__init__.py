@@ -5,6 +5,8 @@
 - :func:`asof_join`: temporal join, the table version valid at each event's
   time (point-in-time correct features).
 - :func:`interval_join`: Flink's interval join, inner or left-outer.
+- :func:`label_join`: predictions joined with delayed ground truth, with
+  per-window, per-model-version metrics (:mod:`.metrics`).
 
 Every join shards its state by a CRC32 of the key (``shards=``) so one Python
 call handles a batch, and results do not depend on the number of workers.
@@ -14,17 +16,30 @@ from streamml.operators.join._shards import MISSING
 from streamml.operators.join.asof import asof_join
 from streamml.operators.join.enrich import EnrichOut, enrich, merge_fields
 from streamml.operators.join.interval import JoinOut, interval_join
+from streamml.operators.join.label import LabelJoinOut, label_join
+from streamml.operators.join.metrics import (
+    ClassificationStats,
+    RegressionStats,
+    classification_metrics,
+    regression_metrics,
+)
 from streamml.operators.join.table import Table, TableReady, kafka_table
 
 __all__ = [
     "MISSING",
+    "ClassificationStats",
+    "LabelJoinOut",
+    "RegressionStats",
     "EnrichOut",
     "JoinOut",
     "Table",
     "TableReady",
     "asof_join",
+    "classification_metrics",
     "enrich",
     "interval_join",
     "kafka_table",
+    "label_join",
     "merge_fields",
+    "regression_metrics",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "NEVER",
     "late_record",
     "never",
+    "pick",
     "Outputs",
     "micros",
     "shard_names",
@@ -179,18 +180,20 @@ class Outputs:
     late: Stream[Rejected]
 
 
-def _field(i: int) -> Callable[[list[tuple[str, tuple[list, list, list]]]], Iterable[Any]]:
-    def pick(batch: list[tuple[str, tuple[list, list, list]]]) -> list[Any]:
-        return [x for _, triple in batch for x in triple[i]]
+def pick(i: int) -> Callable[[list[tuple[str, tuple[list, ...]]]], Iterable[Any]]:
+    """A ``flat_map_batch`` function taking list ``i`` of each shard step's output tuple."""
 
-    return pick
+    def take(batch: list[tuple[str, tuple[list, ...]]]) -> list[Any]:
+        return [x for _, lists in batch for x in lists[i]]
+
+    return take
 
 
 @operator
 def split_outputs(step_id: str, up: Stream[tuple[str, tuple[list, list, list]]]) -> Outputs:
     """Unpack the shard steps' ``(shard, (oks, errs, late))`` items into three streams."""
     return Outputs(
-        oks=op.flat_map_batch("oks", up, _field(0)),
-        errs=op.flat_map_batch("errs", up, _field(1)),
-        late=op.flat_map_batch("late", up, _field(2)),
+        oks=op.flat_map_batch("oks", up, pick(0)),
+        errs=op.flat_map_batch("errs", up, pick(1)),
+        late=op.flat_map_batch("late", up, pick(2)),
     )
