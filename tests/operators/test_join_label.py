@@ -68,7 +68,7 @@ def brute_force(items):
     used, labelled, unlabelled = set(), {}, set()
     # Matching happens when the later of the two arrives; replay arrival order.
     waiting_preds, waiting_labels = [], []
-    for i, (s, k, e) in enumerate(items):
+    for s, k, e in items:
         if s == LEFT:
             for j, (lk, le) in enumerate(waiting_labels):
                 if lk == k and e["ts"] <= le["ts"] <= e["ts"] + DELAY:
@@ -291,7 +291,7 @@ def test_dataflow_regression_metrics_per_window_and_version(spec, data, shards):
     assert len(got["unlabelled"]) == len(spec) - len(truth)
     assert len(got["errs"]) == len(labels) - len(truth)  # labels later than max_delay
     want = defaultdict(list)
-    for i, (t, y, v) in enumerate(spec):
+    for i, (t, _, v) in enumerate(spec):
         want[(t // 10, v)].append(i)
     records = {((m["window_start"] - T0) // WINDOW, m["model_version"]): m for m in got["metrics"]}
     assert set(records) == set(want)
