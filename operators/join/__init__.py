@@ -1,5 +1,6 @@
 """Joins for ML pipelines: enrichment, as-of, interval and delayed-label joins, and drift.
 
+
 - :func:`enrich`: stream–table join against a changelog (e.g. a compacted
   topic read by :func:`kafka_table`), with misses defaulted or held.
 - :func:`asof_join`: temporal join, the table version valid at each event's
@@ -7,6 +8,8 @@
 - :func:`interval_join`: Flink's interval join, inner or left-outer.
 - :func:`label_join`: predictions joined with delayed ground truth, with
   per-window, per-model-version metrics (:mod:`.metrics`).
+- :func:`drift`: population stability index per window against a reference,
+  with alerts.
 
 Every join shards its state by a CRC32 of the key (``shards=``) so one Python
 call handles a batch, and results do not depend on the number of workers.
@@ -14,6 +17,7 @@ call handles a batch, and results do not depend on the number of workers.
 
 from streamml.operators.join._shards import MISSING
 from streamml.operators.join.asof import asof_join
+from streamml.operators.join.drift import DriftOut, drift, psi
 from streamml.operators.join.enrich import EnrichOut, enrich, merge_fields
 from streamml.operators.join.interval import JoinOut, interval_join
 from streamml.operators.join.label import LabelJoinOut, label_join
@@ -28,6 +32,7 @@ from streamml.operators.join.table import Table, TableReady, kafka_table
 __all__ = [
     "MISSING",
     "ClassificationStats",
+    "DriftOut",
     "LabelJoinOut",
     "RegressionStats",
     "EnrichOut",
@@ -36,10 +41,12 @@ __all__ = [
     "TableReady",
     "asof_join",
     "classification_metrics",
+    "drift",
     "enrich",
     "interval_join",
     "kafka_table",
     "label_join",
     "merge_fields",
+    "psi",
     "regression_metrics",
 ]
