@@ -14,11 +14,14 @@ time, ``late``) streams of :class:`streamml.errors.Rejected`.
 
 from streamml.operators.featurize.outputs import FeaturesOut, TimedFeaturesOut
 from streamml.operators.featurize.rolling_agg import AGGREGATES, rolling, window_label
+from streamml.operators.featurize.windows import WINDOW_AGGREGATES, window_agg
 
 __all__ = [
     "AGGREGATES",
     "FeaturesOut",
     "TimedFeaturesOut",
+    "WINDOW_AGGREGATES",
     "rolling",
+    "window_agg",
     "window_label",
 ]

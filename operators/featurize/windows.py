@@ -1,0 +1,302 @@
+"""Window aggregates: one feature row per key per closed tumbling, sliding or session window.
+
+Built on :func:`bytewax.operators.windowing.window` with an
+:class:`~bytewax.operators.windowing.EventClock` per key, so the windowers,
+watermarks and recovery are Bytewax's own. Values are validated in batches
+first (bad ones to ``errs``); each window keeps its ``(timestamp, values)``
+rows and computes every aggregate with NumPy when it closes, so the result
+equals a group-by over the same events (in timestamp order, ties in arrival
+order).
+
+State and eviction: per key, the rows of its open windows; a window's rows
+are dropped when the watermark passes its close. Bytewax drops a key's
+state once it has no open window (session windowers keep a small id
+counter per key).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+from bytewax.dataflow import operator
+from bytewax.operators import KeyedStream
+from bytewax.operators.windowing import (
+    EventClock,
+    SessionWindower,
+    SlidingWindower,
+    TumblingWindower,
+    WindowLogic,
+    window,
+)
+from streamml.operators._time import from_micros, micros
+from streamml.operators.featurize._batch import extract
+from streamml.operators.featurize.outputs import TimedFeaturesOut
+
+from streamml.errors import Rejected
+
+__all__ = ["WINDOW_AGGREGATES", "window_agg"]
+
+WINDOW_AGGREGATES = ("count", "sum", "mean", "std", "var", "min", "max", "first", "last", "rate")
+"""Aggregate names for :func:`window_agg`, plus quantiles ``p<percent>``."""
+
+_QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A validated event on its way into a window."""
+
+    at: datetime
+    us: int
+    values: tuple[float, ...]
+    original: tuple[str, Any]
+
+
+@dataclass
+class _Spec:
+    step_id: str
+    fields: tuple[str, ...]
+    plan: list[tuple[int, str]]
+    names: list[str]
+    length_s: float  # 0 for session windows
+
+
+class _RowsLogic(WindowLogic):
+    """The rows of one window; aggregates computed at close (eviction: at close)."""
+
+    def __init__(self, spec: _Spec, rows: list[tuple[int, tuple[float, ...]]]) -> None:
+        self.spec = spec
+        self.rows = rows
+
+    def on_value(self, value: _Row) -> list[Any]:
+        self.rows.append((value.us, value.values))
+        return []
+
+    def on_merge(self, original: _RowsLogic) -> list[Any]:
+        self.rows.extend(original.rows)
+        self.rows.sort(key=lambda r: r[0])
+        return []
+
+    def on_close(self) -> list[dict[str, Any]]:
+        spec = self.spec
+        ts = np.array([t for t, _ in self.rows], dtype=np.int64)
+        x = np.array([v for _, v in self.rows], dtype=np.float64).reshape(len(ts), -1)
+        n = len(ts)
+        cols: dict[str, Callable[[np.ndarray], float]] = {
+            "count": lambda c: float(n),
+            "sum": lambda c: float(np.sum(c)),
+            "mean": lambda c: float(np.mean(c)),
+            "std": lambda c: float(np.std(c)),
+            "var": lambda c: float(np.var(c)),
+            "min": lambda c: float(np.min(c)),
+            "max": lambda c: float(np.max(c)),
+            "first": lambda c: float(c[0]),
+            "last": lambda c: float(c[-1]),
+            "rate": lambda c: n / spec.length_s,
+        }
+        row: dict[str, Any] = {"_first": int(ts[0]), "_last": int(ts[-1])}
+        for name, (f, agg) in zip(spec.names, spec.plan):
+            col = x[:, f]
+            if agg in cols:
+                row[name] = cols[agg](col)
+            else:
+                row[name] = float(np.quantile(col, float(agg[1:]) / 100.0))
+        return [row]
+
+    def snapshot(self) -> list[tuple[int, tuple[float, ...]]]:
+        return list(self.rows)
+
+
+def _bounds(windower: Any) -> Callable[[int, dict[str, Any]], tuple[datetime, datetime]]:
+    """How to get a closed window's start and end from its id (or, for sessions, its rows)."""
+    if isinstance(windower, SessionWindower):
+        return lambda _wid, row: (from_micros(row["_first"]), from_micros(row["_last"]))
+    if isinstance(windower, TumblingWindower):
+        length, offset, align = windower.length, windower.length, windower.align_to
+    else:
+        length, offset, align = windower.length, windower.offset, windower.align_to
+
+    def fixed(wid: int, _row: dict[str, Any]) -> tuple[datetime, datetime]:
+        start = align + offset * wid
+        return start, start + length
+
+    return fixed
+
+
+def _first_window(windower: Any) -> Callable[[int, datetime], bool]:
+    """Whether a late report for ``(window id, timestamp)`` is the event's first (one per event)."""
+    if isinstance(windower, SlidingWindower):
+        length, offset, align = windower.length, windower.offset, windower.align_to
+        return lambda wid, at: wid == (at - align - length) // offset + 1
+    return lambda wid, at: True
+
+
+@operator
+def window_agg(
+    step_id: str,
+    up: KeyedStream[Mapping[str, Any]],
+    *,
+    timestamp: Callable[[Mapping[str, Any]], datetime],
+    windower: TumblingWindower | SlidingWindower | SessionWindower,
+    fields: Sequence[str] | Mapping[str, Sequence[str]],
+    aggregates: Sequence[str] = ("count", "mean", "std", "min", "max"),
+    max_delay: timedelta = timedelta(0),
+    idle_advance: bool = True,
+    max_future: timedelta | None = timedelta(days=1),
+    label: str | None = None,
+) -> TimedFeaturesOut:
+    """Emit one row of aggregates per key per closed window.
+
+    Use it when the model scores a whole window — a sensor's last full
+    minute, a user's session — rather than each event.
+
+    Each output is ``(key, row)`` with ``row = {"key", "window_start",
+    "window_end", "{field}_{aggregate}"...}`` (``_{label}`` appended to the
+    feature names when ``label`` is given). ``window_end`` is exclusive for
+    tumbling and sliding windows and, for sessions, the time of the last
+    event. Aggregates: ``count``, ``sum``, ``mean``, ``std`` and ``var``
+    (population), ``min``, ``max``, ``first``, ``last`` (in event-time
+    order), ``rate`` (events per second of window length; fixed windows
+    only) and quantiles ``p<percent>`` (NumPy's linear interpolation).
+
+    Bad events go to ``errs`` exactly as for
+    :func:`~streamml.operators.featurize.rolling`. An event older than its
+    key's watermark (newest timestamp seen minus ``max_delay``) goes to
+    ``late`` once, whatever the number of windows it falls in.
+
+    Args:
+        step_id: Unique ID.
+        up: Keyed stream of ``(key, event)``.
+        timestamp: Gets an event's timezone-aware event time.
+        windower: A Bytewax ``TumblingWindower``, ``SlidingWindower`` or
+            ``SessionWindower``.
+        fields: Numeric fields with ``aggregates``, or ``{field: [aggregates]}``.
+        aggregates: Default aggregates.
+        max_delay: Bound on out-of-orderness (Bytewax's ``wait_for_system_duration``).
+        idle_advance: Let a key's watermark also advance with the wall clock
+            while it is idle (Bytewax's ``EventClock`` behaviour), so windows of
+            quiet keys close; ``False`` makes results depend on the events
+            only (replays, tests): windows then close on newer events or at
+            end of input.
+        max_future: Reject timestamps further than this beyond the wall clock.
+        label: Optional suffix of the feature names.
+
+    Returns:
+        ``oks`` rows, ``errs`` and ``late``
+        :class:`~streamml.errors.Rejected` items with the ``(key, event)``.
+
+    Examples:
+        >>> from datetime import datetime, timedelta, timezone
+        >>> import bytewax.operators as op
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.operators.windowing import TumblingWindower
+        >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> events = [("s1", {"s": 5, "temp": 20.0}), ("s1", {"s": 50, "temp": 22.0}),
+        ...           ("s1", {"s": 61, "temp": 30.0}), ("s2", {"s": 10, "temp": 5.0})]
+        >>> flow = Dataflow("window_doc")
+        >>> rows = window_agg("temp_1m", op.input("in", flow, TestingSource(events)),
+        ...                   timestamp=lambda e: t0 + timedelta(seconds=e["s"]),
+        ...                   windower=TumblingWindower(timedelta(minutes=1), align_to=t0),
+        ...                   fields={"temp": ["count", "mean", "max"]}, idle_advance=False)
+        >>> out = []
+        >>> op.output("out", rows.oks, TestingSink(out))
+        >>> run_main(flow)
+        >>> for _, row in sorted(out, key=lambda kv: (kv[0], kv[1]["window_start"])):
+        ...     print(row["key"], row["window_start"].time(), row["temp_count"], row["temp_mean"])
+        s1 00:00:00 2.0 21.0
+        s1 00:01:00 1.0 30.0
+        s2 00:00:00 1.0 5.0
+    """
+    if not isinstance(windower, (TumblingWindower, SlidingWindower, SessionWindower)):
+        raise ValueError(
+            "windower must be a bytewax TumblingWindower, SlidingWindower or SessionWindower; "
+            f"got {type(windower).__name__}"
+        )
+    if max_delay < timedelta(0):
+        raise ValueError(f"max_delay must be >= 0; got {max_delay}")
+    spec_fields = (
+        {f: tuple(aggregates) for f in fields} if not isinstance(fields, Mapping) else dict(fields)
+    )
+    if not spec_fields:
+        raise ValueError("fields must name at least one numeric field")
+    for name, aggs in spec_fields.items():
+        if isinstance(aggs, str):
+            raise ValueError(f"aggregates of {name!r} must be a list, e.g. [{aggs!r}]")
+        for agg in aggs:
+            if agg not in WINDOW_AGGREGATES and not _QUANTILE.match(agg):
+                raise ValueError(
+                    f"unknown window aggregate {agg!r} for {name!r}; use one of "
+                    f"{', '.join(WINDOW_AGGREGATES)} or a quantile like 'p95'"
+                )
+            if agg == "rate" and isinstance(windower, SessionWindower):
+                raise ValueError("rate needs a fixed window length; sessions have none")
+    names = list(spec_fields)
+    plan = [(names.index(f), a) for f, aggs in spec_fields.items() for a in aggs]
+    suffix = f"_{label}" if label else ""
+    length = getattr(windower, "length", timedelta(0))
+    spec = _Spec(
+        step_id,
+        tuple(names),
+        plan,
+        [f"{names[f]}_{a}{suffix}" for f, a in plan],
+        length.total_seconds(),
+    )
+    max_future_us = micros(max_future) if max_future is not None else None
+
+    def validate(batch: list[Any]) -> list[tuple[str, Any]]:
+        cols, errs = extract(step_id, batch, spec.fields, timestamp, max_future_us)
+        out: list[tuple[str, Any]] = [("", e) for e in errs]
+        for k, e, t, v in zip(cols.keys, cols.events, cols.ts.tolist(), cols.values.tolist()):
+            out.append((k, _Row(from_micros(t), t, tuple(v), (k, e))))
+        return out
+
+    checked = op.flat_map_batch("validate", up, validate)
+    errs = op.filter_map("errs", checked, lambda kv: kv[1] if isinstance(kv[1], Rejected) else None)
+    rows = op.filter("rows", checked, lambda kv: isinstance(kv[1], _Row))
+    if idle_advance:
+        clock = EventClock(lambda r: r.at, wait_for_system_duration=max_delay)
+    else:
+        frozen = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        clock = EventClock(
+            lambda r: r.at,
+            wait_for_system_duration=max_delay,
+            now_getter=lambda: frozen,
+            to_system_utc=lambda _t: None,
+        )
+    wout = window(
+        "window",
+        rows,
+        clock,
+        windower,
+        lambda resume: _RowsLogic(spec, list(resume) if resume else []),
+    )
+    bounds = _bounds(windower)
+
+    def finish(key_item: tuple[str, tuple[int, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+        key, (wid, row) = key_item
+        start, end = bounds(wid, row)
+        features = {k: v for k, v in row.items() if not k.startswith("_")}
+        return key, {"key": key, "window_start": start, "window_end": end, **features}
+
+    oks = op.map("rows_out", wout.down, finish)
+    first = _first_window(windower)
+
+    def late_once(key_item: tuple[str, tuple[int, _Row]]) -> Rejected | None:
+        _key, (wid, r) = key_item
+        if not first(wid, r.at):
+            return None
+        reason = (
+            f"event time {r.at.isoformat()} is before its key's watermark "
+            f"(newest timestamp seen minus max_delay {max_delay})"
+        )
+        return Rejected(step_id, "Late", reason, r.original)
+
+    lates = op.filter_map("late", wout.late, late_once)
+    return TimedFeaturesOut(oks, errs, lates)

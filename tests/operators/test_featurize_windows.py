@@ -1,0 +1,187 @@
+"""window_agg: brute-force group-by equivalence, one late record per event, bad input."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import bytewax.operators as op
+import numpy as np
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.operators.windowing import SessionWindower, SlidingWindower, TumblingWindower
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from streamml.operators.featurize import window_agg
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+AGGS = ["count", "sum", "mean", "std", "min", "max", "first", "last", "p50", "p95"]
+LENGTH, OFFSET, GAP = 3000, 1000, 2000  # ms
+
+
+def _ts(e):
+    return T0 + timedelta(milliseconds=e["ms"])
+
+
+def run_windows(items, windower, *, batch_size=1, aggregates=AGGS, **kwargs):
+    flow = Dataflow("t")
+    up = op.input("in", flow, TestingSource(items, batch_size=batch_size))
+    out = window_agg(
+        "win",
+        up,
+        timestamp=_ts,
+        windower=windower,
+        fields=["x"],
+        aggregates=aggregates,
+        idle_advance=False,
+        **kwargs,
+    )
+    oks, errs, lates = [], [], []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    op.output("late", out.late, TestingSink(lates))
+    run_main(flow)
+    return oks, errs, lates
+
+
+def _windows_of(kind, t):
+    if kind == "tumbling":
+        return [t // LENGTH]
+    if kind == "sliding":
+        return list(range((t - LENGTH) // OFFSET + 1, t // OFFSET + 1))
+    raise AssertionError(kind)
+
+
+def brute_force(items, kind, delay_ms):
+    max_seen, accepted, late_ids = {}, [], set()
+    for arrival, (key, ev) in enumerate(items):
+        m = max_seen.get(key)
+        if m is not None and ev["ms"] < m - delay_ms:
+            late_ids.add(ev["id"])
+            continue
+        max_seen[key] = ev["ms"] if m is None else max(m, ev["ms"])
+        accepted.append((key, ev["ms"], arrival, ev["x"]))
+    accepted.sort(key=lambda r: (r[0], r[1], r[2]))
+    groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    if kind == "session":
+        prev: dict[str, int] = {}
+        start: dict[str, int] = {}
+        for key, t, _, x in accepted:
+            if key not in prev or t - prev[key] > GAP:
+                start[key] = t
+            prev[key] = t
+            groups.setdefault((key, start[key]), []).append((t, x))
+    else:
+        step = LENGTH if kind == "tumbling" else OFFSET
+        for key, t, _, x in accepted:
+            for wid in _windows_of(kind, t):
+                groups.setdefault((key, wid * step), []).append((t, x))
+    expected = {}
+    for (key, start_ms), rows in groups.items():
+        xs = np.array([x for _, x in rows])
+        expected[(key, start_ms)] = {
+            "count": len(xs),
+            "sum": float(np.sum(xs)),
+            "mean": float(np.mean(xs)),
+            "std": float(np.std(xs)),
+            "min": float(xs.min()),
+            "max": float(xs.max()),
+            "first": rows[0][1],
+            "last": rows[-1][1],
+            "p50": float(np.quantile(xs, 0.5)),
+            "p95": float(np.quantile(xs, 0.95)),
+            "end": (
+                rows[-1][0]
+                if kind == "session"
+                else start_ms + (LENGTH if kind != "session" else 0)
+            ),
+        }
+    return expected, late_ids
+
+
+@st.composite
+def streams(draw):
+    n = draw(st.integers(1, 30))
+    keys = draw(st.lists(st.sampled_from("ab"), min_size=n, max_size=n))
+    base = sorted(draw(st.lists(st.integers(0, 40), min_size=n, max_size=n)))
+    jitter = draw(st.lists(st.integers(-8, 4), min_size=n, max_size=n))
+    xs = draw(st.lists(st.integers(-100, 100).map(float), min_size=n, max_size=n))
+    return [
+        (k, {"id": i, "ms": max(0, b + j) * 500, "x": x})
+        for i, (k, b, j, x) in enumerate(zip(keys, base, jitter, xs))
+    ]
+
+
+WINDOWERS = {
+    "tumbling": TumblingWindower(timedelta(milliseconds=LENGTH), align_to=T0),
+    "sliding": SlidingWindower(
+        timedelta(milliseconds=LENGTH), timedelta(milliseconds=OFFSET), align_to=T0
+    ),
+    "session": SessionWindower(timedelta(milliseconds=GAP)),
+}
+
+
+@pytest.mark.parametrize("kind", list(WINDOWERS))
+@settings(max_examples=50, deadline=None)
+@given(items=streams(), delay_s=st.integers(0, 3), batch_size=st.integers(1, 5))
+def test_window_agg_matches_groupby(kind, items, delay_s, batch_size):
+    oks, errs, lates = run_windows(
+        items, WINDOWERS[kind], batch_size=batch_size, max_delay=timedelta(seconds=delay_s)
+    )
+    expected, late_ids = brute_force(items, kind, delay_s * 1000)
+    assert errs == []
+    assert sorted(r.original[1]["id"] for r in lates) == sorted(late_ids)
+    got = {}
+    for key, row in oks:
+        assert row["key"] == key
+        start_ms = (row["window_start"] - T0) // timedelta(milliseconds=1)
+        assert (key, start_ms) not in got
+        got[(key, start_ms)] = row
+    assert sorted(got) == sorted(expected)
+    for k, want in expected.items():
+        row = got[k]
+        assert (row["window_end"] - T0) // timedelta(milliseconds=1) == want["end"]
+        for agg in AGGS:
+            assert math.isclose(row[f"x_{agg}"], want[agg], rel_tol=1e-12, abs_tol=1e-9), agg
+
+
+def test_bad_input_goes_to_errs():
+    items = [
+        ("k", {"id": 0, "ms": 0, "x": 1.0}),
+        ("k", {"id": 1, "ms": 10}),
+        ("k", {"id": 2, "ms": 20, "x": "1"}),
+        ("k", {"id": 3, "ms": 30, "x": float("nan")}),
+        ("k", {"id": 4, "x": 2.0}),  # timestamp getter raises KeyError
+    ]
+    oks, errs, lates = run_windows(items, WINDOWERS["tumbling"], aggregates=["sum"])
+    assert [(r.original[1]["id"], r.error_type) for r in errs] == [
+        (1, "MissingField"),
+        (2, "NotANumber"),
+        (3, "NonFinite"),
+        (4, "BadTimestamp"),
+    ]
+    assert [row["x_sum"] for _, row in oks] == [1.0]
+
+
+def test_rate_and_label():
+    items = [("k", {"id": i, "ms": i * 100, "x": 1.0}) for i in range(6)]
+    oks, _, _ = run_windows(items, WINDOWERS["tumbling"], aggregates=["rate"], label="3s")
+    assert [row["x_rate_3s"] for _, row in oks] == [2.0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"windower": WINDOWERS["session"], "aggregates": ["rate"]}, "rate needs a fixed"),
+        ({"aggregates": ["delta"]}, "unknown window aggregate 'delta'"),
+        ({"windower": "1m"}, "windower must be"),
+        ({"max_delay": timedelta(seconds=-1)}, "max_delay must be >= 0"),
+    ],
+)
+def test_misconfiguration_raises(kwargs, message):
+    args = {"windower": WINDOWERS["tumbling"], "fields": ["x"], "timestamp": _ts, **kwargs}
+    flow = Dataflow("t")
+    up = op.input("in", flow, TestingSource([]))
+    with pytest.raises(ValueError, match=message):
+        window_agg("win", up, **args)
