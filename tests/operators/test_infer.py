@@ -458,3 +458,42 @@ def test_recovery_keeps_waiting_events_and_the_swapped_model(
     assert sorted(e["id"] for _, e in oks) == list(range(15))
     v2_version = OnnxModel(mlp_v2, warmup=False).version
     assert {e["model_version"] for _, e in oks} == {v2_version}
+
+
+@pytest.mark.integration
+def test_swap_from_a_kafka_topic_of_model_paths(
+    broker: Any, topic_name: str, tmp_path: Path, mlp_v1: bytes, mlp_v2: bytes
+) -> None:
+    """The broadcast-state pattern over a real broker: a topic carries the paths of new models."""
+    from bytewax.connectors.kafka import KafkaSource
+    from confluent_kafka import Producer
+
+    broker.create_topic(topic_name, partitions=1)
+    good, corrupt = tmp_path / "v2.onnx", tmp_path / "broken.onnx"
+    good.write_bytes(mlp_v2)
+    corrupt.write_bytes(b"\x00" * 10)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for path in (corrupt, good):
+        producer.produce(topic_name, value=str(path).encode())
+    assert producer.flush(10) == 0
+
+    def load(msg: Any) -> OnnxModel:
+        path = Path(msg.value.decode())
+        return OnnxModel(path, version=path.stem, intra_op_threads=1)
+
+    events = _events(40, ["a", "b"])
+    flow = Dataflow("kafka_swap")
+    up = op.input("in", flow, TestingSource(_paused(events, 20, 3.0)))
+    control = op.input("control", flow, KafkaSource([broker.bootstrap], [topic_name], tail=False))
+    v1 = OnnxModel(mlp_v1, version="v1", intra_op_threads=1)
+    out = infer("infer", up, v1, control=control, loader=load, max_wait=timedelta(0))
+    oks: list = []
+    errs: list = []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    versions = {e["id"]: e["model_version"] for _, e in oks}
+    assert sorted(versions) == list(range(40))
+    assert {versions[i] for i in range(20, 40)} == {"v2"}
+    assert [r.error_type for r in errs] == ["ModelRejected"]
+    assert errs[0].original.value == str(corrupt).encode()
