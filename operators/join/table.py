@@ -80,8 +80,10 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
         partition: int,
         partitions: int,
         start: int,
+        tail: bool,
     ) -> None:
         self._step_id = step_id
+        self._tail = tail
         self._consumer = Consumer(config)
         tp = TopicPartition(topic, partition, start)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=10.0)
@@ -94,8 +96,10 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
         self._announced = False
 
     def next_batch(self) -> list[Any]:
+        if self._announced and not self._tail:
+            raise StopIteration
         out: list[Any] = []
-        for msg in self._consumer.consume(1000, 0.05):
+        for msg in self._consumer.consume(1000, 0.01):
             error = msg.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
@@ -116,7 +120,10 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
 
 
 class _TableSource(FixedPartitionedSource[Any, int]):
-    def __init__(self, brokers: Sequence[str], topic: str, add_config: dict[str, str]) -> None:
+    def __init__(
+        self, brokers: Sequence[str], topic: str, add_config: dict[str, str], tail: bool
+    ) -> None:
+        self._tail = tail
         self._brokers = list(brokers)
         self._topic = topic
         self._add_config = add_config
@@ -146,7 +153,13 @@ class _TableSource(FixedPartitionedSource[Any, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TablePartition:
         start = OFFSET_BEGINNING if resume_state is None else resume_state
         return _TablePartition(
-            step_id, self._config(), self._topic, int(for_part), self._partitions(), start
+            step_id,
+            self._config(),
+            self._topic,
+            int(for_part),
+            self._partitions(),
+            start,
+            self._tail,
         )
 
 
@@ -190,6 +203,7 @@ def kafka_table(
     value_serde: Deserializer,
     key_serde: Deserializer | None = None,
     add_config: dict[str, str] | None = None,
+    tail: bool = True,
 ) -> Table:
     """Read a (compacted) Kafka topic from the beginning as a changelog table.
 
@@ -208,6 +222,9 @@ def kafka_table(
         value_serde: Decodes values (:mod:`streamml.serde`).
         key_serde: Decodes keys; UTF-8 text when omitted.
         add_config: Extra librdkafka consumer settings.
+        tail: Keep following the topic after the bootstrap; with ``False``
+            each partition ends once read to its start-time end offset (batch jobs,
+            back-fills, tests).
 
     Returns:
         A :class:`Table`: ``changelog`` (rows, and one :class:`TableReady`
@@ -228,7 +245,7 @@ def kafka_table(
         raise ValueError("brokers must name at least one host:port, e.g. brokers='localhost:9092'")
     if not topic:
         raise ValueError("topic must name the table's topic")
-    raw = op.input("read", flow, _TableSource(hosts, topic, dict(add_config or {})))
+    raw = op.input("read", flow, _TableSource(hosts, topic, dict(add_config or {}), tail))
     decoded = op.flat_map_batch(
         "decode", raw, _decoder(f"{step_id}.decode", key_serde or StringSerde(), value_serde)
     )

@@ -1,0 +1,71 @@
+"""Integration: the enrichment table read from a compacted topic on the real broker."""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+import orjson
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from streamml.operators.join import enrich, kafka_table
+
+from streamml.serde import JsonSerde
+from streamml.testing import produce_all
+
+pytestmark = pytest.mark.integration
+
+
+def test_enrich_from_compacted_topic_bootstraps_whole_table(broker, topic_name):
+    broker.create_topic(topic_name, partitions=3, config={"cleanup.policy": "compact"})
+    keys = [f"dev-{i:03d}" for i in range(200)]
+    first = [(k.encode(), orjson.dumps({"site": "old", "rev": 0})) for k in keys]
+    # The broker does not compact: the reader must keep the last version per key.
+    second = [
+        (k.encode(), orjson.dumps({"site": f"site-{i % 7}", "rev": 1})) for i, k in enumerate(keys)
+    ]
+    tombstones = [(k.encode(), None) for k in keys[:20]]
+    produce_all(broker.bootstrap, topic_name, first + second + tombstones)
+
+    flow = Dataflow("enrich_kafka")
+    table = kafka_table(
+        "devices",
+        flow,
+        brokers=broker.bootstrap,
+        topic=topic_name,
+        value_serde=JsonSerde(),
+        tail=False,
+    )
+    events = [(k, {"seq": i}) for i, k in enumerate(keys * 2)] + [("dev-999", {"seq": -1})]
+    # Events are ready at once, long before the table is read: the bootstrap holds them.
+    out = enrich(
+        "enrich", op.input("events", flow, TestingSource(events, batch_size=50)), table.changelog
+    )
+    oks, errs, table_errs = [], [], []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    op.output("table_errs", table.errs, TestingSink(table_errs))
+    run_main(flow)
+
+    assert table_errs == []
+    want = {k: f"site-{i % 7}" for i, k in enumerate(keys) if i >= 20}
+    assert len(oks) == 2 * len(want)
+    assert all(e["rev"] == 1 and e["site"] == want[k] for k, e in oks)
+    missing = sorted(r.original[0] for r in errs)
+    assert missing == sorted(keys[:20] * 2 + ["dev-999"])
+    assert {r.error_type for r in errs} == {"MissingRow"}
+
+
+def test_table_bad_bytes_go_to_errs(broker, topic_name):
+    broker.create_topic(topic_name, partitions=1, config={"cleanup.policy": "compact"})
+    produce_all(broker.bootstrap, topic_name, [(b"a", b"{not json"), (b"b", b'{"v": 1}')])
+    flow = Dataflow("table_errs")
+    table = kafka_table(
+        "t", flow, brokers=broker.bootstrap, topic=topic_name, value_serde=JsonSerde(), tail=False
+    )
+    rows, errs = [], []
+    op.output("rows", table.changelog, TestingSink(rows))
+    op.output("errs", table.errs, TestingSink(errs))
+    run_main(flow)
+    assert [r for r in rows if isinstance(r, tuple) and len(r) == 2] == [("b", {"v": 1})]
+    assert rows[-1].partitions == 1  # the TableReady marker comes after the rows
+    assert len(errs) == 1 and errs[0].original.key == b"a"
