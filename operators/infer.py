@@ -374,7 +374,9 @@ def _attach_fields(
     ``dict.update(zip(...))``.
     """
     app = out.append
-    if len(names) == 1:
+    if not names:
+        out.extend((k, {**e}) for k, e in items)
+    elif len(names) == 1:
         (n0,), (c0,) = names, cols
         for (k, e), v0 in zip(items, c0, strict=False):
             new = {**e}
@@ -631,19 +633,44 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         if wait_values is not None:
             extra_names.append(cfg.wait_field)
             extra_cols.append(wait_values[offset : offset + n])
-        if not isinstance(served.outputs, list):
-            fn = served.outputs
-            names = list(outs)
-            for (k, e), row, *extra in zip(
-                items, zip(*outs.values(), strict=False), *extra_cols, strict=False
-            ):
-                new = dict(fn(e, dict(zip(names, row, strict=False))))
-                new.update(zip(extra_names, extra, strict=False))
-                result.oks.append((k, new))
-            return
-        names = [field for _, field in served.outputs] + extra_names
-        cols = [outs[name] for name, _ in served.outputs] + extra_cols
+        if isinstance(served.outputs, list):
+            names = [field for _, field in served.outputs] + extra_names
+            cols = [outs[name] for name, _ in served.outputs] + extra_cols
+        else:
+            items = self._apply_output_fn(served.outputs, items, outs, extra_cols, result)
+            names, cols = extra_names, extra_cols
         _attach_fields(items, names, cols, result.oks)
+
+    def _apply_output_fn(
+        self,
+        fn: OutputFn,
+        items: list[tuple[str, Event]],
+        outs: dict[str, list[Any]],
+        extra_cols: list[Iterable[Any]],
+        result: _Result,
+    ) -> list[tuple[str, Event]]:
+        """``(key, fn(event, outputs))`` per event; an event ``fn`` raises on goes to errs.
+
+        ``extra_cols`` are narrowed in place to the events that remain.
+        """
+        names = list(outs)
+        rows = [dict(zip(names, r, strict=True)) for r in zip(*outs.values(), strict=True)]
+        try:
+            return [(k, fn(e, row)) for (k, e), row in zip(items, rows, strict=True)]
+        except Exception:  # find which events, keep the others
+            pass
+        kept, keep = [], []
+        for i, ((k, e), row) in enumerate(zip(items, rows, strict=True)):
+            try:
+                kept.append((k, fn(e, row)))
+                keep.append(i)
+            except Exception as exc:
+                reason = f"outputs function raised {type(exc).__name__}: {exc}"
+                result.errs.append(Rejected(self._cfg.step_id, "OutputError", reason, (k, e)))
+        for j, col in enumerate(extra_cols):
+            values = list(col)
+            extra_cols[j] = [values[i] for i in keep]
+        return kept
 
     # -- model swaps ---------------------------------------------------------
     def _install(self, item: Any, cache_key: Any, report: bool, result: _Result) -> None:

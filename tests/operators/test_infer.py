@@ -497,3 +497,23 @@ def test_swap_from_a_kafka_topic_of_model_paths(
     assert {versions[i] for i in range(20, 40)} == {"v2"}
     assert [r.error_type for r in errs] == ["ModelRejected"]
     assert errs[0].original.value == str(corrupt).encode()
+
+
+def test_outputs_function_raising_rejects_only_those_events() -> None:
+    def attach(e: dict, out: dict) -> dict:
+        if e["id"] == 2:
+            raise KeyError("no such field")
+        return {**e, "y": out["y"]}
+
+    model = CallableModel(lambda x: x[:, 0], outputs="y", shape=(1,))
+    events = [("k", {"id": i, "features": [float(i)]}) for i in range(4)]
+    oks, errs, _ = _run(events, model=model, outputs=attach, version_field=None)
+    assert [(e["id"], e["y"]) for _, e in oks] == [(0, 0.0), (1, 1.0), (3, 3.0)]
+    assert [(r.error_type, r.original[1]["id"]) for r in errs] == [("OutputError", 2)]
+
+
+def test_no_fields_to_attach_still_passes_events_through() -> None:
+    model = CallableModel(lambda x: x[:, 0], outputs="y", shape=(1,))
+    events = [("k", {"id": i, "features": [1.0]}) for i in range(3)]
+    oks, _, _ = _run(events, model=model, outputs={}, version_field=None)
+    assert oks == events
