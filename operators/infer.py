@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from streamml.errors import Rejected
 from streamml.models import Model, OnnxModel, TensorSpec
+from streamml.models.protocol import shape_matches
 
 from ._batching import DynamicBatcher
 
@@ -155,10 +157,15 @@ class InferOut:
 
 
 class _Swap(NamedTuple):
-    """A control item broadcast to one shard; ``report`` is set on exactly one copy."""
+    """A control item broadcast to one shard.
+
+    ``report`` is set on exactly one copy (so a rejection is reported once);
+    ``token`` is the same on every copy (so a process loads the model once).
+    """
 
     item: Any
     report: bool
+    token: str
 
 
 class _Chunk(NamedTuple):
@@ -239,14 +246,6 @@ def _bind_outputs(
     return list(outputs.items())
 
 
-def _shape_ok(expected: tuple[int | None, ...] | None, got: tuple[int, ...]) -> bool:
-    if expected is None:
-        return True
-    return len(expected) == len(got) and all(
-        e is None or e == g for e, g in zip(expected, got, strict=False)
-    )
-
-
 def _check_row(value: Any, spec: TensorSpec) -> np.ndarray:
     if value is None:
         raise _InvalidInputError("MissingInput", "no model input (the field is missing or None)")
@@ -260,7 +259,7 @@ def _check_row(value: Any, spec: TensorSpec) -> np.ndarray:
                 "BadDtype", f"input has dtype {arr.dtype}; the model takes {spec.dtype}"
             )
         arr = arr.astype(spec.dtype)
-    if not _shape_ok(spec.shape, arr.shape):
+    if not shape_matches(spec.shape, arr.shape):
         raise _InvalidInputError(
             "BadShape", f"input has shape {arr.shape}; the model takes {spec.shape}"
         )
@@ -290,7 +289,7 @@ def _fast_column(
         if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, spec.dtype, "same_kind"):
             return None
         arr = arr.astype(spec.dtype)
-    if spec.shape is not None and not _shape_ok(spec.shape, arr.shape[1:]):
+    if spec.shape is not None and not shape_matches(spec.shape, arr.shape[1:]):
         return None
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
@@ -310,10 +309,9 @@ def _slow_column(
         except _InvalidInputError as exc:
             bad.setdefault(i, (exc.error_type, f"input {bound.name!r}: {exc}"))
             rows.append(None)
-        except Exception as exc:
-            bad.setdefault(
-                i, ("MissingInput", f"input {bound.name!r}: {type(exc).__name__}: {exc}")
-            )
+        except Exception as exc:  # the getter failed on this event
+            etype = "MissingInput" if isinstance(exc, (KeyError, AttributeError)) else "InputError"
+            bad.setdefault(i, (etype, f"input {bound.name!r}: {type(exc).__name__}: {exc}"))
             rows.append(None)
     good = [r for r in rows if r is not None]
     if not good:
@@ -440,14 +438,6 @@ class _Loader:
         return found
 
 
-def _cache_key(item: Any) -> Any:
-    try:
-        hash(item)
-    except TypeError:
-        return object()  # never equal: no caching for unhashable items
-    return ("item", type(item).__name__, item)
-
-
 @dataclass(frozen=True)
 class _Config:
     step_id: str
@@ -505,7 +495,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
                 self._batcher.push(v.items, now)
             else:
                 self._run_all(self._batcher.flush(), result)
-                self._install(v.item, _cache_key(v.item), v.report, result)
+                self._install(v.item, v.token, v.report, result)
         return self._step(now, result), self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[_Result], bool]:
@@ -880,7 +870,7 @@ def infer(
         if resume.source is not None:
             try:
                 served = _serve(
-                    cfg, cfg.loader.load(resume.source, _cache_key(resume.source)), resume.source
+                    cfg, cfg.loader.load(resume.source, uuid.uuid4().hex), resume.source
                 )
             except Exception as exc:
                 logger.warning(
@@ -892,11 +882,12 @@ def infer(
 
     routed = op.flat_map_batch("route", up, _router(shards))
     if control is not None:
-        broadcast = op.flat_map(
-            "broadcast",
-            control,
-            lambda item: [(str(s), _Swap(item, s == 0)) for s in range(shards)],
-        )
+
+        def to_every_shard(item: Any) -> list[tuple[str, _Swap]]:
+            token = uuid.uuid4().hex
+            return [(str(s), _Swap(item, s == 0, token)) for s in range(shards)]
+
+        broadcast = op.flat_map("broadcast", control, to_every_shard)
         # Control first: a swap that arrives together with events applies to those events.
         routed = op.merge("with_control", broadcast, routed)
     results = op.stateful_batch("batch", routed, build)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Model", "ModelInputError", "TensorSpec", "as_feeds"]
+__all__ = ["Model", "ModelInputError", "TensorSpec", "as_feeds", "shape_matches"]
 
 
 class ModelInputError(ValueError):
@@ -76,7 +76,13 @@ class Model(Protocol):
         ...
 
 
-def _shape_matches(expected: tuple[int | None, ...] | None, got: tuple[int, ...]) -> bool:
+def shape_matches(expected: tuple[int | None, ...] | None, got: tuple[int, ...]) -> bool:
+    """Whether a row shape fits a declared one (``None`` matches any size, or any shape).
+
+    Examples:
+        >>> shape_matches((None, 3), (7, 3)), shape_matches((3,), (4,)), shape_matches(None, ())
+        (True, False, True)
+    """
     if expected is None:
         return True
     return len(expected) == len(got) and all(
@@ -122,7 +128,7 @@ def as_feeds(
                     f"input {name!r}: expected {spec.dtype} values; got {arr.dtype}"
                 )
             arr = arr.astype(spec.dtype)
-        if arr.ndim < 1 or not _shape_matches(spec.shape, arr.shape[1:]):
+        if arr.ndim < 1 or not shape_matches(spec.shape, arr.shape[1:]):
             raise ModelInputError(
                 f"input {name!r}: each row must have shape {spec.shape}; got {arr.shape[1:]}"
             )

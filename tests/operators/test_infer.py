@@ -517,3 +517,27 @@ def test_no_fields_to_attach_still_passes_events_through() -> None:
     events = [("k", {"id": i, "features": [1.0]}) for i in range(3)]
     oks, _, _ = _run(events, model=model, outputs={}, version_field=None)
     assert oks == events
+
+
+def test_the_same_path_sent_again_loads_the_new_file(
+    tmp_path: Path, mlp_v1: bytes, mlp_v2: bytes
+) -> None:
+    path = tmp_path / "current.onnx"
+    path.write_bytes(mlp_v1)
+    events = _events(30, ["a"])
+
+    def control() -> Any:
+        yield str(path)  # loads v1's bytes
+        yield TestingSource.PAUSE(timedelta(seconds=0.4))
+        path.write_bytes(mlp_v2)
+        yield str(path)  # same item, new content
+
+    data = [TestingSource.PAUSE(timedelta(seconds=0.2)), *_paused(events, 15, 0.4)]
+    v0 = CallableModel(lambda x: x[:, 0], outputs="y", shape=(N_FEATURES,), version="v0")
+    oks, errs, stats = _run(
+        data, model=v0, control_items=control(), outputs={}, max_wait=timedelta(0)
+    )
+    digest = {d: hashlib.sha256(d).hexdigest()[:8] for d in (mlp_v1, mlp_v2)}
+    versions = [e["model_version"] for _, e in oks]
+    assert errs == [] and stats.swaps == 2
+    assert versions == [f"current@{digest[mlp_v1]}"] * 15 + [f"current@{digest[mlp_v2]}"] * 15
