@@ -131,8 +131,8 @@ class ZScore:
         if not self.min_std > 0:
             raise ValueError(f"min_std must be > 0; got {self.min_std}")
 
-    def _state(self) -> _RollingState:
-        return _RollingState(self, robust=False)
+    def _state(self) -> _RollingState | _RobustState:
+        return _RollingState(self)
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,8 @@ class RobustZScore(ZScore):
         ('vibration', 'temperature')
     """
 
-    def _state(self) -> _RollingState:
-        return _RollingState(self, robust=True)
+    def _state(self) -> _RollingState | _RobustState:
+        return _RobustState(self)
 
 
 @dataclass(frozen=True)
@@ -226,103 +226,130 @@ def _median_mad(s: list[float]) -> tuple[float, float]:
 
 
 class _RollingState:
-    """Points of the last ``window`` per key: running sums, or sorted values (robust).
+    """Points of the last ``window`` per key, with running sums (mean and std).
 
     Eviction: points older than ``window`` (or beyond ``max_points``) are
     dropped on every update; the key is discardable once it has no point.
     """
 
-    __slots__ = ("cfg", "robust", "points", "s1", "s2", "ref", "sorted", "since_exact")
+    __slots__ = (
+        "window",
+        "min_points",
+        "max_points",
+        "min_std",
+        "points",
+        "s1",
+        "s2",
+        "ref",
+        "since_exact",
+    )
 
-    def __init__(self, cfg: ZScore, robust: bool) -> None:
-        k = len(cfg.fields)
-        self.cfg = cfg
-        self.robust = robust
+    def __init__(self, cfg: ZScore) -> None:
+        self.window = _us(cfg.window)
+        self.min_points, self.max_points, self.min_std = cfg.min_points, cfg.max_points, cfg.min_std
         self.points: deque[tuple[int, tuple[float, ...]]] = deque()
-        self.s1 = [0.0] * k
-        self.s2 = [0.0] * k
-        self.ref: tuple[float, ...] | None = None
-        self.sorted: list[list[float]] = [[] for _ in range(k)]
+        self.s1: list[float] = []
+        self.s2: list[float] = []
+        self.ref: tuple[float, ...] = ()  # values are summed relative to this, for precision
         self.since_exact = 0
 
     def expires_at(self) -> int:
-        return self.points[-1][0] + _us(self.cfg.window) if self.points else _MIN
+        return self.points[-1][0] + self.window if self.points else _MIN
 
-    def _forget(self, xs: tuple[float, ...]) -> None:
-        if self.robust:
-            for f, x in enumerate(xs):
-                s = self.sorted[f]
-                del s[bisect.bisect_left(s, x)]
-        else:
-            ref = self.ref
-            for f, x in enumerate(xs):
+    def _evict(self, horizon: int) -> None:
+        points, s1, s2, ref, cap = self.points, self.s1, self.s2, self.ref, self.max_points
+        while points and (points[0][0] <= horizon or len(points) >= cap):
+            for f, x in enumerate(points.popleft()[1]):
                 d = x - ref[f]
-                self.s1[f] -= d
-                self.s2[f] -= d * d
+                s1[f] -= d
+                s2[f] -= d * d
 
     def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
-        cfg = self.cfg
         points = self.points
-        horizon = ts - _us(cfg.window)
-        while points and (points[0][0] <= horizon or len(points) >= cfg.max_points):
-            self._forget(points.popleft()[1])
+        if points and (points[0][0] <= ts - self.window or len(points) >= self.max_points):
+            self._evict(ts - self.window)
         n = len(points)
+        if n == 0:
+            self.ref, self.s1, self.s2 = xs, [0.0] * len(xs), [0.0] * len(xs)
+        s1, s2, ref = self.s1, self.s2, self.ref
         best, best_f = 0.0, 0
-        if n >= cfg.min_points:
-            min_std = cfg.min_std
-            if self.robust:
-                for f, x in enumerate(xs):
-                    m, mad = _median_mad(self.sorted[f])
-                    z = abs(x - m) / max(_MAD_TO_SIGMA * mad, min_std)
-                    if z > best:
-                        best, best_f = z, f
-            else:
-                ref = self.ref
-                for f, x in enumerate(xs):
-                    mean = self.s1[f] / n
-                    var = (self.s2[f] - mean * mean * n) / (n - 1)
-                    # below 1e-12 of the second moment, a variance is rounding noise
-                    std = math.sqrt(var) if var > 1e-12 * self.s2[f] / n else 0.0
-                    z = abs(x - ref[f] - mean) / max(std, min_std)
-                    if z > best:
-                        best, best_f = z, f
+        if n >= self.min_points:
+            min_std = self.min_std
+            for f, x in enumerate(xs):
+                mean = s1[f] / n
+                var = (s2[f] - mean * mean * n) / (n - 1)
+                # below 1e-12 of the second moment, a variance is rounding noise
+                std = math.sqrt(var) if var > 1e-12 * s2[f] / n else 0.0
+                z = abs(x - ref[f] - mean) / (std if std > min_std else min_std)
+                if z > best:
+                    best, best_f = z, f
         points.append((ts, xs))
-        if self.robust:
-            for f, x in enumerate(xs):
-                bisect.insort(self.sorted[f], x)
-        else:
-            if n == 0:
-                self.ref = xs
-                self.s1 = [0.0] * len(xs)
-                self.s2 = [0.0] * len(xs)
-            ref = self.ref
-            for f, x in enumerate(xs):
-                d = x - ref[f]
-                self.s1[f] += d
-                self.s2[f] += d * d
-            self.since_exact += 1
-            if self.since_exact >= 4096:  # running sums drift: recompute them exactly
-                self.since_exact = 0
-                for f in range(len(xs)):
-                    ds = [p[1][f] - ref[f] for p in points]
-                    self.s1[f] = math.fsum(ds)
-                    self.s2[f] = math.fsum(d * d for d in ds)
+        for f, x in enumerate(xs):
+            d = x - ref[f]
+            s1[f] += d
+            s2[f] += d * d
+        self.since_exact += 1
+        if self.since_exact >= 4096:  # running sums drift: recompute them exactly
+            self.since_exact = 0
+            for f in range(len(xs)):
+                ds = [p[1][f] - ref[f] for p in points]
+                s1[f] = math.fsum(ds)
+                s2[f] = math.fsum(d * d for d in ds)
         return best, best_f
 
     def snapshot(self) -> tuple:
-        return (
-            tuple(self.points),
-            tuple(self.s1),
-            tuple(self.s2),
-            self.ref,
-            tuple(tuple(s) for s in self.sorted),
-            self.since_exact,
-        )
+        return (tuple(self.points), tuple(self.s1), tuple(self.s2), self.ref, self.since_exact)
 
     def restore(self, snap: tuple) -> None:
-        points, s1, s2, self.ref, srt, self.since_exact = snap
+        points, s1, s2, self.ref, self.since_exact = snap
         self.points = deque(points)
         self.s1, self.s2 = list(s1), list(s2)
+
+
+class _RobustState:
+    """Points of the last ``window`` per key, and each field's values in sorted order.
+
+    Eviction: as :class:`_RollingState`.
+    """
+
+    __slots__ = ("window", "min_points", "max_points", "min_std", "points", "sorted")
+
+    def __init__(self, cfg: ZScore) -> None:
+        self.window = _us(cfg.window)
+        self.min_points, self.max_points, self.min_std = cfg.min_points, cfg.max_points, cfg.min_std
+        self.points: deque[tuple[int, tuple[float, ...]]] = deque()
+        self.sorted: list[list[float]] = [[] for _ in cfg.fields]
+
+    def expires_at(self) -> int:
+        return self.points[-1][0] + self.window if self.points else _MIN
+
+    def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
+        points, srt = self.points, self.sorted
+        horizon = ts - self.window
+        while points and (points[0][0] <= horizon or len(points) >= self.max_points):
+            for f, x in enumerate(points.popleft()[1]):
+                s = srt[f]
+                del s[bisect.bisect_left(s, x)]
+        best, best_f = 0.0, 0
+        if len(points) >= self.min_points:
+            min_std = self.min_std
+            for f, x in enumerate(xs):
+                m, mad = _median_mad(srt[f])
+                scale = _MAD_TO_SIGMA * mad
+                z = abs(x - m) / (scale if scale > min_std else min_std)
+                if z > best:
+                    best, best_f = z, f
+        points.append((ts, xs))
+        for f, x in enumerate(xs):
+            bisect.insort(srt[f], x)
+        return best, best_f
+
+    def snapshot(self) -> tuple:
+        return (tuple(self.points), tuple(tuple(s) for s in self.sorted))
+
+    def restore(self, snap: tuple) -> None:
+        points, srt = snap
+        self.points = deque(points)
         self.sorted = [list(s) for s in srt]
 
 
@@ -528,19 +555,6 @@ class _Gate:
         self.sys_at_max = 0
         self.pending: list[tuple] = []
 
-    def see(self, ts: int) -> bool:
-        """Advance with ``ts``; False if ``ts`` is late."""
-        if ts > self.max_ts:
-            self.max_ts = ts
-            if ts - self.lateness > self.wm:
-                self.wm = ts - self.lateness
-                self.sys_at_max = -1  # set once per batch by mark()
-        return ts >= self.wm
-
-    def mark(self, now_us: int) -> None:
-        if self.sys_at_max == -1:
-            self.sys_at_max = now_us
-
     def idle_watermark(self, now_us: int) -> None:
         if self.max_ts > _MIN:
             wm = self.max_ts - self.lateness + (now_us - self.sys_at_max)
@@ -587,16 +601,33 @@ class _Late(tuple):
     __slots__ = ()
 
 
-def _values(event: Event, fields: tuple[str, ...]) -> tuple[float, ...]:
-    xs = tuple(float(event[f]) for f in fields)
-    for x in xs:
-        if x - x != 0.0:
-            raise _NonFiniteError(x)
-    return xs
-
-
 class _NonFiniteError(ValueError):
     pass
+
+
+def _field_values(fields: tuple[str, ...]) -> Callable[[Event], tuple[float, ...]]:
+    """Extract the scored fields of an event as floats; raise on missing or non-finite."""
+    if len(fields) == 1:
+        (name,) = fields
+
+        def one(event: Event) -> tuple[float, ...]:
+            x = event[name]
+            if type(x) is not float:
+                x = float(x)
+            if x - x != 0.0:
+                raise _NonFiniteError(x)
+            return (x,)
+
+        return one
+
+    def many(event: Event) -> tuple[float, ...]:
+        xs = tuple(float(event[f]) for f in fields)
+        for x in xs:
+            if x - x != 0.0:
+                raise _NonFiniteError(x)
+        return xs
+
+    return many
 
 
 def _admit(
@@ -604,10 +635,13 @@ def _admit(
 ) -> list[tuple]:
     """Timestamp and validate a batch into the gate; returns rejections and late records."""
     problems: list[tuple] = []
-    pending = gate.pending
+    append = gate.pending.append
+    max_ts, wm, lateness = gate.max_ts, gate.wm, gate.lateness
+    moved = False
     for ev in values:
         try:
-            ts = (stamp(ev) - _EPOCH) // _US
+            td = stamp(ev) - _EPOCH
+            ts = (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
             x = extract(ev)
         except KeyError as e:
             problems.append(_Reject(("MissingField", f"missing field {e}", ev)))
@@ -618,18 +652,18 @@ def _admit(
         except Exception as e:  # noqa: BLE001 - bad data never raises; it is routed
             problems.append(_Reject((type(e).__name__, str(e) or repr(e), ev)))
             continue
-        if gate.see(ts):
-            pending.append((ts, ev, x))
+        if ts > max_ts:
+            max_ts = ts
+            if ts - lateness > wm:
+                wm, moved = ts - lateness, True
+        if ts >= wm:
+            append((ts, ev, x))
         else:
-            problems.append(
-                _Late(
-                    (
-                        f"event time {_dt(ts).isoformat()} is behind the watermark {_dt(gate.wm).isoformat()}",
-                        ev,
-                    )
-                )
-            )
-    gate.mark(_now_us())
+            behind = f"{_dt(ts).isoformat()} is behind the watermark {_dt(wm).isoformat()}"
+            problems.append(_Late((f"event time {behind}", ev)))
+    gate.max_ts, gate.wm = max_ts, wm
+    if moved:
+        gate.sys_at_max = _now_us()
     return problems
 
 
@@ -704,8 +738,7 @@ class _ScoreConfig:
     extract: Callable[[Event], tuple[float, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
-        fields = self.scorer.fields
-        object.__setattr__(self, "extract", lambda ev: _values(ev, fields))
+        object.__setattr__(self, "extract", _field_values(self.scorer.fields))
 
 
 def _unwrap(step_id: str) -> Callable[[tuple[str, Any]], list]:
@@ -1006,6 +1039,8 @@ class _WindowsLogic(StatefulBatchLogic):
         self.cfg = cfg
         self.gate = _Gate(cfg.lateness)
         self.levels = cfg.threshold._state()
+        th = cfg.threshold
+        self.fixed = (th.open_above, th.close_below) if isinstance(th, FixedThreshold) else None
         self.scorer = cfg.scorer._state() if cfg.scorer is not None else None
         self.windows = _Windows(cfg.rules)
         if resume is not None:
@@ -1017,16 +1052,18 @@ class _WindowsLogic(StatefulBatchLogic):
             self.windows.restore(windows)
 
     def _run(self, ready: list[tuple], out: list) -> None:
-        push, levels, scorer = self.windows.push, self.levels.levels, self.scorer
+        push, scorer = self.windows.push, self.scorer
+        fixed = self.fixed
+        levels = self.levels.levels
         if scorer is not None:
             update, names = scorer.update, self.cfg.scorer.fields
             for ts, ev, xs in ready:
                 s, f = update(ts, xs)
-                push(ts, s, levels(ts, s), ev, names[f], out)
+                push(ts, s, fixed or levels(ts, s), ev, names[f], out)
         else:
             driver = self.cfg.driver
             for ts, ev, s in ready:
-                push(ts, s, levels(ts, s), ev, ev.get(driver), out)
+                push(ts, s, fixed or levels(ts, s), ev, ev.get(driver), out)
         self.windows.close_by(self.gate.wm, out)
 
     def _expiry(self) -> int:
@@ -1226,8 +1263,7 @@ def anomaly_windows(
     if isinstance(score, str):
         scorer, extract, driver = None, _score_field(score), score + "_field"
     elif isinstance(score, ZScore | Ewma):
-        fields = score.fields
-        scorer, extract, driver = score, (lambda ev: _values(ev, fields)), ""
+        scorer, extract, driver = score, _field_values(score.fields), ""
     else:
         raise ValueError(
             f"score must be a field name or a scorer (ZScore, RobustZScore, Ewma); got {score!r}"
