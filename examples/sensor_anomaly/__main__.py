@@ -1,4 +1,4 @@
-"""Run the sensor pipeline end to end: broker, generated data, the dataflow, a summary.
+"""Run the sensor-anomaly pipeline end to end: broker, model, data, dataflow, evaluation.
 
 python -m examples.sensor_anomaly --events 100000
 python -m examples.sensor_anomaly --brokers kafka:9092 --registry http://registry:8081
@@ -22,6 +22,8 @@ from confluent_kafka import Consumer, TopicPartition
 from examples.sensor_anomaly.corrupt import corrupt_payloads
 from examples.sensor_anomaly.flow import SCHEMA, Topics, build_flow
 from examples.sensor_anomaly.generate import generate_fleet
+from examples.sensor_anomaly.model import DEFAULT_DIR, build_model
+from examples.sensor_anomaly.report import evaluate, plot_sensor, write_windows
 from streamml.broker import EmbeddedBroker, create_topics
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import consume_all, produce_all
@@ -31,15 +33,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m examples.sensor_anomaly",
         description=(
-            "Generate a fleet of IoT sensor readings as Avro (Confluent wire format), "
-            "produce them with a few deliberately corrupt messages, run the sensor "
-            "dataflow over Kafka, and print what came out: results, dead letters, "
-            "events per second. With no --brokers, an embedded tansu broker is "
-            "started on a free loopback port and stopped at the end."
+            "Generate a fleet of IoT sensors (temperature, vibration, pressure) with injected "
+            "anomalies, produce the readings as Avro (Confluent wire format) with a few "
+            "deliberately corrupt messages, and run the sensor-anomaly dataflow: rolling "
+            "features, an IsolationForest in ONNX Runtime and a z-score detector, anomaly "
+            "windows to an alerts topic, bad records to a dead-letter topic. Prints progress "
+            "and a summary (events/s, windows found vs injected, precision, recall, detection "
+            "delay) and writes a results file and a plot. With no --brokers, an embedded tansu "
+            "broker is started on a free loopback port and stopped at the end."
         ),
     )
     parser.add_argument(
-        "--events", type=int, default=100_000, help="readings to generate (default: %(default)s)"
+        "--events", type=int, default=200_000, help="readings to generate (default: %(default)s)"
     )
     parser.add_argument(
         "--sensors", type=int, default=50, help="sensors in the fleet (default: %(default)s)"
@@ -65,8 +70,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="partitions of the readings topic (default: %(default)s)",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("out/sensor_anomaly"), help="where to write the summary"
+        "--out",
+        type=Path,
+        default=Path("out/sensor_anomaly"),
+        help="where results go (default: %(default)s)",
     )
+    parser.add_argument(
+        "--model-dir", type=Path, default=DEFAULT_DIR, help="model cache (default: %(default)s)"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
     if args.events < 1:
@@ -101,7 +113,7 @@ class _Progress(threading.Thread):
                 rate = self.count / (now - start)
                 pct = 100 * self.count / self._total
                 print(
-                    f"\r  processed {self.count:,} / {self._total:,} ({pct:5.1f}%)  {rate:,.0f} ev/s",
+                    f"\r  processed {self.count:,} / {self._total:,} ({pct:5.1f}%)  {rate:,.0f} ev/s   ",
                     end="",
                     file=sys.stderr,
                     flush=True,
@@ -115,35 +127,45 @@ class _Progress(threading.Thread):
             print(file=sys.stderr)
 
 
+def _secs(value: object) -> str:
+    return "-" if value is None else f"{value.total_seconds():.0f} s"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    model = build_model(args.model_dir)
+    print(
+        f"model: IsolationForest {model.onnx} (normal-data score p99.9 {model.quantiles['q999']:.3f})"
+    )
     with ExitStack() as stack:
         if args.brokers:
             bootstrap = args.brokers
+            run = uuid.uuid4().hex[:8]
+            defaults = Topics()
             topics = Topics(
                 *(
-                    f"{name}-{uuid.uuid4().hex[:8]}"
-                    for name in (Topics.readings, Topics.results, Topics.dead_letters)
+                    f"{getattr(defaults, f)}-{run}"
+                    for f in ("readings", "scores", "alerts", "dead_letters")
                 )
             )
             print(f"using the cluster at {bootstrap}")
         else:
-            broker = stack.enter_context(EmbeddedBroker())
-            bootstrap = broker.bootstrap
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
             topics = Topics()
             print(f"started an embedded tansu broker on {bootstrap}")
         create_topics(bootstrap, [topics.readings], partitions=args.partitions)
-        create_topics(bootstrap, [topics.results, topics.dead_letters], partitions=1)
+        create_topics(bootstrap, [topics.scores, topics.alerts, topics.dead_letters], partitions=1)
 
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         registry = SchemaRegistryClient.new_client({"url": args.registry})
         serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject=f"{topics.readings}-value")
 
-        print(
-            f"generating {args.events:,} readings from {args.sensors} sensors, plus {args.corrupt} corrupt messages"
-        )
         fleet = generate_fleet(args.events, n_sensors=args.sensors)
+        print(
+            f"generated {args.events:,} readings from {args.sensors} sensors with {len(fleet.truth)} "
+            f"injected anomalies, plus {args.corrupt} corrupt messages"
+        )
         payloads = serde.encode_batch(fleet.events)
         keys = [e["sensor_id"].encode() for e in fleet.events]
         bad = corrupt_payloads(serde, fleet.events[0], args.corrupt)
@@ -157,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             f"produced {produced:,} messages to {topics.readings!r} in {time.perf_counter() - t0:.1f} s"
         )
 
-        flow = build_flow(bootstrap, topics=topics, registry=registry)
+        flow = build_flow(bootstrap, topics=topics, registry=registry, model=model)
         progress = _Progress(
-            bootstrap, [topics.results, topics.dead_letters], produced, not args.quiet
+            bootstrap, [topics.scores, topics.dead_letters], produced, not args.quiet
         )
         progress.start()
         t0 = time.perf_counter()
@@ -169,38 +191,57 @@ def main(argv: list[str] | None = None) -> int:
             progress.stop()
         wall = time.perf_counter() - t0
 
-        results = consume_all(bootstrap, topics.results)
+        scores = consume_all(bootstrap, topics.scores)
         dead = consume_all(bootstrap, topics.dead_letters)
-        reasons = Counter(json.loads(m.value)["error_type"] for m in dead)
-        summary = {
-            "events_in": produced,
-            "results_out": len(results),
-            "dead_lettered": len(dead),
-            "dead_letter_reasons": dict(sorted(reasons.items())),
-            "corrupt_injected": len(bad),
-            "wall_seconds": round(wall, 3),
-            "events_per_second": round(produced / wall),
-            "topics": {
-                "readings": topics.readings,
-                "results": topics.results,
-                "dead_letters": topics.dead_letters,
-            },
-            "accounted_for": produced == len(results) + len(dead),
-        }
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        alerts = [json.loads(m.value) for m in consume_all(bootstrap, topics.alerts)]
 
-    print()
-    print("summary")
-    print(f"  events in       {summary['events_in']:>10,}")
-    print(f"  results out     {summary['results_out']:>10,}   -> topic {topics.results!r}")
-    print(
-        f"  dead-lettered   {summary['dead_lettered']:>10,}   -> topic {topics.dead_letters!r}  {summary['dead_letter_reasons']}"
+    reasons = Counter(json.loads(m.value)["error_type"] for m in dead)
+    evaluation = evaluate(alerts, fleet.truth)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_windows(args.out / "windows.jsonl", alerts)
+    plotted = (
+        None
+        if args.no_plot
+        else plot_sensor(args.out / "sensor.png", fleet.events, fleet.truth, alerts)
     )
-    print(f"  wall time       {wall:>10.2f} s")
-    print(f"  throughput      {summary['events_per_second']:>10,} events/s")
-    print(f"  in = out + dead {'yes' if summary['accounted_for'] else 'NO'}")
-    print(f"  summary file    {args.out / 'summary.json'}")
+    summary = {
+        "events_in": produced,
+        "scored": len(scores),
+        "dead_lettered": len(dead),
+        "dead_letter_reasons": dict(sorted(reasons.items())),
+        "corrupt_injected": len(bad),
+        "accounted_for": produced == len(scores) + len(dead),
+        "wall_seconds": round(wall, 3),
+        "events_per_second": round(produced / wall),
+        "injected_anomalies": len(fleet.truth),
+        "detectors": {name: score.as_dict() for name, score in evaluation.items()},
+        "topics": {
+            name: getattr(topics, name) for name in ("readings", "scores", "alerts", "dead_letters")
+        },
+        "model": str(model.onnx),
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    print("\nsummary")
+    print(f"  events in        {produced:>10,}   ({len(bad)} of them corrupt on purpose)")
+    print(f"  scored           {len(scores):>10,}   -> topic {topics.scores!r}")
+    print(
+        f"  dead-lettered    {len(dead):>10,}   -> topic {topics.dead_letters!r}  {summary['dead_letter_reasons']}"
+    )
+    print(f"  in = out + dead  {'yes' if summary['accounted_for'] else 'NO'}")
+    print(f"  wall time        {wall:>10.2f} s   ({summary['events_per_second']:,} events/s)")
+    print(f"  anomaly windows  -> topic {topics.alerts!r}; {len(fleet.truth)} injected")
+    print(
+        f"    {'detector':<10} {'found':>6} {'hits':>5} {'precision':>9} {'recall':>7} {'median delay':>13}  mean anomaly"
+    )
+    for name, s in evaluation.items():
+        print(
+            f"    {name:<10} {s.found:>6} {s.hits:>5} {s.precision:>9.2f} {s.recall:>7.2f} "
+            f"{_secs(s.median_delay):>13}  {_secs(s.mean_length)}"
+        )
+    print(f"  results          {args.out / 'summary.json'}, {args.out / 'windows.jsonl'}")
+    if plotted:
+        print(f"  plot             {args.out / 'sensor.png'} ({plotted})")
     return 0 if summary["accounted_for"] else 1
 
 

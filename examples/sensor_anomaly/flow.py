@@ -1,11 +1,17 @@
-"""The sensor dataflow: Avro readings in, validated readings out, bad records dead-lettered.
+"""The sensor-anomaly dataflow: Avro readings in, anomaly windows out, bad records dead-lettered.
 
-Run it on its own against a running broker (``streamml broker`` starts one)::
+    readings (Avro) → decode → validate → rolling 1-min features per sensor
+        → IsolationForest (ONNX Runtime, dynamic batches) ──► scores topic (JSON)
+        → anomaly windows of the model's score ─┐
+                    → z-score windows of the readings ──┴──► alerts topic (JSON: "opened" alerts and closed windows)
+    every rejection and late reading ──► dead-letter topic
+
+Run it on its own against a running broker (``streamml broker`` starts one)
+once the model is built (``python -m examples.sensor_anomaly.model``)::
 
     python -m bytewax.run "examples.sensor_anomaly.flow:build_flow('127.0.0.1:9092')"
 
-or end to end, with generated data and a summary, with
-``python -m examples.sensor_anomaly``.
+or end to end, with generated data and a summary: ``python -m examples.sensor_anomaly``.
 """
 
 from __future__ import annotations
@@ -18,16 +24,19 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from streamml.operators import anomaly, infer
 
+from examples.sensor_anomaly.features import FIELDS, MAX_DELAY, add_features, reading_time
+from examples.sensor_anomaly.model import DEFAULT_DIR, ModelFiles, build_model
 from streamml import kafka
 from streamml.errors import Rejected
 from streamml.kafka import Record
-from streamml.serde import ConfluentAvroSerde
+from streamml.models import OnnxModel
+from streamml.serde import ConfluentAvroSerde, JsonSerde
 
 __all__ = ["SCHEMA", "Topics", "build_flow", "validate_readings"]
 
 SCHEMA = Path(__file__).with_name("reading.avsc")
-FIELDS = ("temperature", "vibration", "pressure")
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 MAX_CLOCK_SKEW = timedelta(days=1)
 
@@ -37,7 +46,8 @@ class Topics:
     """Topic names of the sensor pipeline."""
 
     readings: str = "sensor-readings"
-    results: str = "sensor-validated"
+    scores: str = "sensor-scores"
+    alerts: str = "sensor-alerts"
     dead_letters: str = "sensor-dead-letters"
 
 
@@ -54,24 +64,51 @@ def _check(value: dict[str, Any], now: datetime) -> str | None:
 
 
 def validate_readings(step_id: str):
-    """A batch function: keep usable readings, reject the rest with the reason."""
+    """A batch function: keep usable readings as ``(sensor_id, reading)``, reject the rest."""
 
-    def validate(records: list[Record]) -> list[dict[str, Any] | Rejected]:
+    def validate(records: list[Record]) -> list[tuple[str, dict[str, Any]] | Rejected]:
         now = datetime.now(timezone.utc)
-        out: list[dict[str, Any] | Rejected] = []
+        out: list[tuple[str, dict[str, Any]] | Rejected] = []
         for record in records:
             value = record.value
             problem = _check(value, now) if isinstance(value, dict) else "value is not a record"
-            out.append(
-                value if problem is None else Rejected(step_id, "InvalidReading", problem, record)
-            )
+            if problem is None:
+                out.append((value["sensor_id"], value))
+            else:
+                out.append(Rejected(step_id, "InvalidReading", problem, record))
         return out
 
     return validate
 
 
-def _is_reading(item: object) -> bool:
-    return type(item) is dict
+def _is_keyed(item: object) -> bool:
+    return type(item) is tuple
+
+
+def _attach_score(event: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+    return {**event, "if_score": -float(outputs["scores"])}
+
+
+def _score_record(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    _, e = kv
+    return {
+        "sensor_id": e["sensor_id"],
+        "ts": e["ts"],
+        "if_score": round(e["if_score"], 5),
+        "model_version": e["model_version"],
+    }
+
+
+def _tag(detector: str, kind: str):
+    def tag(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        record = {"type": kind, "detector": detector, **kv[1]}
+        record.pop("peak_event", None)
+        if kind == "window":
+            peak = kv[1]["peak_event"]
+            record["peak_reading"] = {f: peak.get(f) for f in ("ts", *FIELDS) if f in peak}
+        return record
+
+    return tag
 
 
 def build_flow(
@@ -79,34 +116,115 @@ def build_flow(
     *,
     topics: Topics = Topics(),
     registry: Any = None,
+    model: ModelFiles | None = None,
     tail: bool = False,
+    max_wait: timedelta = timedelta(milliseconds=20),
 ) -> Dataflow:
-    """The sensor dataflow over ``brokers``.
+    """The sensor-anomaly dataflow over ``brokers``.
 
     ``registry`` is a schema-registry client or config; by default an
     in-process ``mock://`` registry. The reading schema is registered at
     build time, as its producer would have (idempotent on a real registry).
+    ``model`` defaults to the cached model, built on first use.
     """
     registry = registry if registry is not None else {"url": "mock://sensor-anomaly"}
+    model = model or build_model(DEFAULT_DIR)
     serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject=f"{topics.readings}-value")
     _ = serde.schema_id
     flow = Dataflow("sensor_anomaly")
+
     src = kafka.source(
-        "readings", flow, brokers=brokers, topics=topics.readings, value_serde=serde, tail=tail
+        "readings",
+        flow,
+        brokers=brokers,
+        topics=topics.readings,
+        value_serde=serde,
+        tail=tail,
+        batch_size=2000,
     )
     checked = op.flat_map_batch("validate", src.oks, validate_readings("sensor_anomaly.validate"))
-    split = op.branch("usable", checked, _is_reading)
-    sink_errs = kafka.sink(
-        "results",
-        split.trues,
+    valid = op.branch("usable", checked, _is_keyed)
+    readings = valid.trues
+
+    feats = add_features("features", readings)
+    forest = OnnxModel(model.onnx, version=model.version, intra_op_threads=1)
+    scored = infer.infer(
+        "isoforest",
+        feats.oks,
+        forest,
+        inputs="features",
+        outputs=_attach_score,
+        max_batch=1024,
+        max_wait=max_wait,
+    )
+    model_windows = anomaly.anomaly_windows(
+        "isoforest_windows",
+        scored.oks,
+        timestamp=reading_time,
+        score="if_score",
+        threshold=anomaly.FixedThreshold(
+            model.quantiles["q999"], close_below=model.quantiles["q990"]
+        ),
+        min_points=3,
+        cooldown=timedelta(seconds=20),
+        gap=timedelta(seconds=60),
+        max_duration=timedelta(minutes=30),
+        lateness=MAX_DELAY,
+        alerts=True,
+    )
+    z_windows = anomaly.anomaly_windows(
+        "zscore_windows",
+        scored.oks,  # the same in-order, on-time readings the model scored
+        timestamp=reading_time,
+        score=anomaly.RobustZScore(list(FIELDS), window=timedelta(minutes=10), min_points=30),
+        threshold=anomaly.FixedThreshold(6.0, close_below=3.0),
+        min_points=2,
+        cooldown=timedelta(seconds=20),
+        gap=timedelta(seconds=60),
+        max_duration=timedelta(minutes=30),
+        lateness=MAX_DELAY,
+        alerts=True,
+    )
+    alerts = op.merge(
+        "alerts",
+        op.map("model_opened", model_windows.opened, _tag("isoforest", "opened")),
+        op.map("model_closed", model_windows.windows, _tag("isoforest", "window")),
+        op.map("z_opened", z_windows.opened, _tag("zscore", "opened")),
+        op.map("z_closed", z_windows.windows, _tag("zscore", "window")),
+    )
+    json_out = JsonSerde()
+    score_errs = kafka.sink(
+        "scores",
+        op.map("score_records", scored.oks, _score_record),
         brokers=brokers,
-        topic=topics.results,
-        value_serde=serde,
-        key=lambda reading: reading["sensor_id"],
+        topic=topics.scores,
+        value_serde=json_out,
+        key=lambda r: r["sensor_id"],
+    )
+    alert_errs = kafka.sink(
+        "alerts_out",
+        alerts,
+        brokers=brokers,
+        topic=topics.alerts,
+        value_serde=json_out,
+        key=lambda r: r["key"],
     )
     kafka.dead_letter_sink(
         "dead_letters",
-        op.merge("all_errors", src.errs, split.falses, sink_errs),
+        op.merge(
+            "all_rejections",
+            src.errs,
+            valid.falses,
+            feats.errs,
+            feats.late,
+            scored.errs,
+            model_windows.errs,
+            model_windows.late,
+            z_windows.errs,
+            z_windows.late,
+            score_errs,
+            alert_errs,
+        ),
         brokers=brokers,
         topic=topics.dead_letters,
     )
