@@ -541,3 +541,20 @@ def test_the_same_path_sent_again_loads_the_new_file(
     versions = [e["model_version"] for _, e in oks]
     assert errs == [] and stats.swaps == 2
     assert versions == [f"current@{digest[mlp_v1]}"] * 15 + [f"current@{digest[mlp_v2]}"] * 15
+
+
+def test_two_workers_give_the_same_results(mlp: OnnxModel) -> None:
+    """Shards spread over two workers: every event scored once, each key in order."""
+    from bytewax.testing import cluster_main
+
+    events = _events(300, [f"k{i}" for i in range(7)])
+    flow = Dataflow("two_workers")
+    up = op.input("in", flow, TestingSource(events, batch_size=37))
+    out = infer("infer", up, mlp, shards=4, max_batch=50, max_wait=timedelta(milliseconds=2))
+    oks: list = []
+    op.output("oks", out.oks, TestingSink(oks))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert sorted(e["id"] for _, e in oks) == list(range(300))
+    assert _by_key(oks) == _by_key(events)
+    single, _, _ = _run(events, model=mlp, max_batch=50)
+    assert {e["id"]: e["label"] for _, e in oks} == {e["id"]: e["label"] for _, e in single}
