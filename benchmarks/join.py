@@ -139,9 +139,9 @@ def _run_interval(lefts: list, rights: list, *, per_key: bool, counter: list[int
 
 
 def main(quick: bool = False) -> dict:
-    rounds = 3 if quick else 5
+    rounds = 3
     rows = 100_000
-    n_events = 200_000 if quick else 1_000_000
+    n_events = 200_000 if quick else 500_000
     table, stream = _enrich_data(rows, n_events)
     print(
         f"enrich: {rows:,}-row table, {n_events:,} events, {rounds} alternating rounds", flush=True

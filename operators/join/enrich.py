@@ -105,12 +105,13 @@ class _EnrichLogic(StatefulBatchLogic[Any, Any, _EnrichState]):
         state = self.state
         get = state.table.get
         merge = self.merge
+        fields = merge is merge_fields
         now = None
         for key, event in events:
             row = get(key, MISSING)
             if row is not MISSING:
                 try:
-                    oks.append((key, merge(event, row)))
+                    oks.append((key, {**event, **row} if fields else merge(event, row)))
                 except Exception as exc:  # noqa: BLE001 - bad data goes to errs
                     errs.append(reject(self.step_id, exc, (key, event)))
             elif self.max_wait is None:
@@ -125,18 +126,29 @@ class _EnrichLogic(StatefulBatchLogic[Any, Any, _EnrichState]):
     def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
         state = self.state
         table = state.table
+        get = table.get
+        merge = self.merge
+        fields = merge is merge_fields  # inline the default merge: no call per event
         oks: list = []
         errs: list = []
-        events: list[tuple[str, Any]] = []
+        append = oks.append
+        held = state.held
         for side, key, value in values:
             if side == LEFT:
-                events.append((key, value))
-                continue
-            if events:  # keep the order of events and row updates
-                self._process(events, oks, errs)
-                events = []
-            if side == CONTROL:
+                if held is not None:
+                    held.append((key, value))
+                    continue
+                row = get(key, MISSING)
+                if row is MISSING:
+                    self._events([(key, value)], oks, errs)
+                    continue
+                try:
+                    append((key, {**value, **row} if fields else merge(value, row)))
+                except Exception as exc:  # noqa: BLE001 - bad data goes to errs
+                    errs.append(reject(self.step_id, exc, (key, value)))
+            elif side == CONTROL:
                 self._ready(value, oks, errs)
+                held = state.held
             elif value is None:
                 table.pop(key, None)
             else:
@@ -144,15 +156,7 @@ class _EnrichLogic(StatefulBatchLogic[Any, Any, _EnrichState]):
                 if key in state.waiting:
                     for _, event in state.waiting.pop(key):
                         self._emit(key, event, value, oks, errs)
-        if events:
-            self._process(events, oks, errs)
         return ([(oks, errs, [])] if oks or errs else []), False
-
-    def _process(self, events: list[tuple[str, Any]], oks: list, errs: list) -> None:
-        if self.state.held is not None:
-            self.state.held.extend(events)
-        else:
-            self._events(events, oks, errs)
 
     def _ready(self, marker: TableReady, oks: list, errs: list) -> None:
         state = self.state

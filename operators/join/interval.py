@@ -28,6 +28,8 @@ from streamml.errors import Rejected
 
 __all__ = ["JoinOut", "interval_join"]
 
+_LATEST = 2**62
+
 
 @dataclass(frozen=True)
 class JoinOut:
@@ -124,15 +126,14 @@ class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
         self.outer = outer
 
     def _schedule(self, key: str, at: int) -> None:
-        scheduled = self.state.scheduled
-        current = scheduled.get(key)
-        if current is None or at < current:
-            scheduled[key] = at
+        if at < self.state.scheduled.get(key, _LATEST):
+            self.state.scheduled[key] = at
             heapq.heappush(self.state.timers, (at, key))
 
     def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
         state = self.state
         lefts, rights = state.lefts, state.rights
+        timers, scheduled, heappush = state.timers, state.scheduled, heapq.heappush
         lower, upper, lateness = self.lower, self.upper, self.lateness
         oks: list = []
         errs: list = []
@@ -158,7 +159,10 @@ class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
                 if buf is None:
                     buf = lefts[key] = _Buffer()
                 buf.insert(t, item, matched)
-                self._schedule(key, t + upper)
+                at = t + upper
+                if at < scheduled.get(key, _LATEST):
+                    scheduled[key] = at
+                    heappush(timers, (at, key))
             else:
                 buf = lefts.get(key)
                 if buf is not None:
@@ -171,7 +175,10 @@ class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
                 if buf is None:
                     buf = rights[key] = _Buffer()
                 buf.insert(t, item, True)
-                self._schedule(key, t - lower)
+                at = t - lower
+                if at < scheduled.get(key, _LATEST):
+                    scheduled[key] = at
+                    heappush(timers, (at, key))
         state.max_seen, state.watermark = max_seen, watermark
         self._evict(oks)
         return ([(oks, errs, late)] if oks or errs or late else []), False
