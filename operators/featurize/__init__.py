@@ -12,16 +12,34 @@ Every operator that can reject input returns its ``errs`` (and, for event
 time, ``late``) streams of :class:`streamml.errors.Rejected`.
 """
 
+from streamml.operators.featurize.assembly import Feature, FeatureSchema, assemble
 from streamml.operators.featurize.outputs import FeaturesOut, TimedFeaturesOut
 from streamml.operators.featurize.rolling_agg import AGGREGATES, rolling, window_label
+from streamml.operators.featurize.transforms import (
+    ScalerParams,
+    hash_features,
+    hash_text,
+    one_hot,
+    online_scale,
+    standard_scale,
+)
 from streamml.operators.featurize.windows import WINDOW_AGGREGATES, window_agg
 
 __all__ = [
     "AGGREGATES",
+    "Feature",
+    "FeatureSchema",
     "FeaturesOut",
+    "ScalerParams",
     "TimedFeaturesOut",
     "WINDOW_AGGREGATES",
+    "assemble",
+    "hash_features",
+    "hash_text",
+    "one_hot",
+    "online_scale",
     "rolling",
+    "standard_scale",
     "window_agg",
     "window_label",
 ]

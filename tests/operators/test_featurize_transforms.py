@@ -1,0 +1,204 @@
+"""Transforms against scikit-learn on the same inputs, and their bad-input outcomes."""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+import numpy as np
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.feature_extraction import FeatureHasher
+from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils import murmurhash3_32 as sk_murmur
+from streamml.operators.featurize import (
+    ScalerParams,
+    hash_features,
+    hash_text,
+    one_hot,
+    online_scale,
+    standard_scale,
+)
+from streamml.operators.featurize._murmur import murmurhash3_32
+
+
+def run(operator, items, batch_size=4, **kwargs):
+    flow = Dataflow("t")
+    up = op.input("in", flow, TestingSource(items, batch_size=batch_size))
+    out = operator("step", up, **kwargs)
+    oks, errs = [], []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    return oks, errs
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=30), max_size=40), st.integers(0, 2**32 - 1))
+def test_murmurhash_matches_sklearn(texts, seed):
+    got = murmurhash3_32([t.encode("utf-8") for t in texts], seed=seed).tolist()
+    assert got == [sk_murmur(t, seed=seed) for t in texts]
+
+
+def test_standard_scale_matches_sklearn(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.normal([5.0, -3.0, 100.0], [2.0, 0.5, 30.0], size=(200, 3))
+    fitted = StandardScaler().fit(train)
+    params = ScalerParams.from_sklearn(fitted, ["a", "b", "c"])
+    params.to_json(tmp_path / "scaler.json")
+    assert ScalerParams.from_json(tmp_path / "scaler.json") == params
+    test = rng.normal(size=(50, 3)) * 10
+    items = [("k", {"id": i, "a": r[0], "b": r[1], "c": r[2]}) for i, r in enumerate(test.tolist())]
+    oks, errs = run(standard_scale, items, params=params)
+    assert errs == []
+    got = np.array([[e["a_scaled"], e["b_scaled"], e["c_scaled"]] for _, e in oks])
+    np.testing.assert_allclose(got, fitted.transform(test), rtol=1e-12)
+    assert oks[0][1]["a"] == items[0][1]["a"]  # the input fields stay
+
+
+def test_standard_scale_bad_input_and_params():
+    params = ScalerParams(("a",), (0.0,), (2.0,))
+    items = [("k", {"a": "x"}), ("k", {"b": 1.0}), ("k", {"a": float("inf")}), ("k", {"a": 4})]
+    oks, errs = run(standard_scale, items, params=params, suffix="")
+    assert [e["a"] for _, e in oks] == [2.0]
+    assert [r.error_type for r in errs] == ["NotANumber", "MissingField", "NonFinite"]
+    with pytest.raises(ValueError, match="scale finite and > 0"):
+        ScalerParams(("a",), (0.0,), (0.0,))
+    with pytest.raises(ValueError, match="equal length"):
+        ScalerParams(("a", "b"), (0.0,), (1.0,))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from("ab"), st.integers(-1000, 1000), st.integers(-50, 50)),
+        min_size=1,
+        max_size=30,
+    ),
+    batch_size=st.integers(1, 6),
+)
+def test_online_scale_matches_sklearn_refit_on_history(rows, batch_size):
+    items = [(k, {"id": i, "x": x / 7, "y": float(y)}) for i, (k, x, y) in enumerate(rows)]
+    oks, errs = run(online_scale, items, batch_size=batch_size, fields=["x", "y"])
+    assert errs == []
+    got = {e["id"]: (e["x_scaled"], e["y_scaled"]) for _, e in oks}
+    assert sorted(got) == list(range(len(items)))
+    for i, (key, ev) in enumerate(items):
+        history = [[e["x"], e["y"]] for k, e in items[: i + 1] if k == key]
+        want = StandardScaler().fit(history).transform([[ev["x"], ev["y"]]])[0]
+        np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-9)
+
+
+def test_online_scale_global_state():
+    items = [("a", {"x": 1.0}), ("b", {"x": 3.0}), ("c", {"x": "bad"})]
+    oks, errs = run(online_scale, items, batch_size=1, fields=["x"], per_key=False)
+    assert [(k, e["x_scaled"]) for k, e in oks] == [("a", 0.0), ("b", 1.0)]
+    assert [r.error_type for r in errs] == ["NotANumber"]
+
+
+def test_online_scale_forgets_idle_keys():
+    from datetime import timedelta
+
+    from streamml.operators.featurize.transforms import _OnlineScaleLogic
+
+    logic = _OnlineScaleLogic("s", ("x",), ["x_scaled"], timedelta(seconds=5), None)
+    logic.on_batch([("a", {"x": 1.0}), ("a", {"x": 3.0})])
+    assert logic.notify_at() == logic.seen + timedelta(seconds=5)
+    assert logic.on_notify() == ([], True)  # discarded: Bytewax drops the key's state
+    restored = _OnlineScaleLogic("s", ("x",), ["x_scaled"], None, logic.snapshot())
+    assert (restored.n, restored.mean) == (2, [2.0])
+
+
+def test_one_hot_matches_sklearn_plus_other():
+    cats = ["red", "green", "blue"]
+    values = ["green", "blue", "mauve", "red", "red", "", "GREEN"]
+    items = [("k", {"c": v}) for v in values]
+    oks, errs = run(one_hot, items, field="c", categories=cats)
+    assert errs == []
+    got = np.array([[e[f"c_{c}"] for c in cats] for _, e in oks])
+    enc = OneHotEncoder(categories=[cats], handle_unknown="ignore").fit([[c] for c in cats])
+    np.testing.assert_array_equal(got, enc.transform([[v] for v in values]).toarray())
+    assert [e["c_other"] for _, e in oks] == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_one_hot_unknown_as_error_and_missing():
+    items = [("k", {"c": "x"}), ("k", {}), ("k", {"c": ["unhashable"]}), ("k", {"c": "a"})]
+    oks, errs = run(one_hot, items, field="c", categories=["a"], other=False)
+    assert [e["c_a"] for _, e in oks] == [1.0]
+    assert [r.error_type for r in errs] == ["UnknownCategory", "MissingField", "UnknownCategory"]
+    with pytest.raises(ValueError, match="distinct"):
+        run(one_hot, [], field="c", categories=["a", "a"])
+
+
+def test_hash_features_matches_feature_hasher():
+    rng = np.random.default_rng(3)
+    events = [
+        {"user": f"u{rng.integers(10**6)}", "ip": f"10.0.{rng.integers(255)}.1"} for _ in range(200)
+    ]
+    oks, errs = run(hash_features, [("k", e) for e in events], fields=["user", "ip"], n_features=64)
+    assert errs == []
+    want = FeatureHasher(64, input_type="dict").transform(events).toarray()
+    got = np.array([e["hashed"] for _, e in oks])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_hash_features_bad_input():
+    items = [("k", {"user": 5}), ("k", {}), ("k", {"user": "ok"})]
+    oks, errs = run(hash_features, items, fields=["user"], n_features=4, alternate_sign=False)
+    assert [e["hashed"].sum() for _, e in oks] == [1.0]
+    assert [r.error_type for r in errs] == ["NotAString", "MissingField"]
+
+
+@pytest.mark.parametrize("ngrams", [(1, 1), (1, 2), (2, 3)])
+@pytest.mark.parametrize("norm", ["l2", "l1", None])
+def test_hash_text_matches_hashing_vectorizer(ngrams, norm):
+    texts = [
+        "Loved it!! Would buy again",
+        "terrible, TERRIBLE service; never again",
+        "",
+        "a b c",  # single letters are not tokens
+        "naïve café — déjà vu 東京 tokyo",
+        "the the the the cat",
+    ]
+    oks, errs = run(
+        hash_text,
+        [("p", {"text": t}) for t in texts],
+        field="text",
+        n_features=256,
+        ngram_range=ngrams,
+        norm=norm,
+    )
+    assert errs == []
+    want = HashingVectorizer(n_features=256, ngram_range=ngrams, norm=norm).transform(texts)
+    got = np.array([e["text_hashed"] for _, e in oks])
+    assert got.dtype == np.float32 and got.shape == (len(texts), 256)
+    np.testing.assert_allclose(got, want.toarray(), rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.text(alphabet="ab cDE!é", max_size=40), min_size=1, max_size=10))
+def test_hash_text_random_texts_match(texts):
+    oks, _ = run(
+        hash_text,
+        [("p", {"t": t}) for t in texts],
+        field="t",
+        n_features=32,
+        ngram_range=(1, 2),
+        lowercase=False,
+    )
+    want = HashingVectorizer(n_features=32, ngram_range=(1, 2), lowercase=False).transform(texts)
+    np.testing.assert_allclose(
+        np.array([e["t_hashed"] for _, e in oks]), want.toarray(), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_hash_text_bad_input_and_config():
+    oks, errs = run(hash_text, [("p", {"text": None}), ("p", {})], field="text")
+    assert oks == [] and [r.error_type for r in errs] == ["NotAString", "MissingField"]
+    with pytest.raises(ValueError, match="ngram_range"):
+        run(hash_text, [], field="t", ngram_range=(2, 1))
+    with pytest.raises(ValueError, match="norm"):
+        run(hash_text, [], field="t", norm="max")
