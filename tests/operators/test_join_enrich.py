@@ -219,3 +219,21 @@ def test_misconfiguration_raises_at_build_time():
         enrich("e", s, s, max_wait=timedelta(0))
     with pytest.raises(ValueError, match="shards"):
         enrich("e2", s, s, shards=0)
+
+
+def test_state_stays_bounded_with_key_churn():
+    lg = logic(max_wait=timedelta(microseconds=1))
+    sizes = []
+    for chunk in range(40):
+        batch = []
+        for i in range(250):
+            n = chunk * 250 + i
+            batch.append((RIGHT, f"dev{n}", {"v": n}))  # a device appears ...
+            batch.append((LEFT, f"dev{n}", {"id": n}))
+            batch.append((LEFT, f"gone{n}", {"id": n}))  # ... a miss that waits
+            batch.append((RIGHT, f"dev{n - 100}", None))  # ... and is deleted later
+        lg.on_batch(batch)
+        lg.on_notify()  # 1 us has passed: waiting misses resolve
+        s = lg.state
+        sizes.append((len(s.table), len(s.waiting), len(s.deadlines)))
+    assert all(size == (100, 0, 0) for size in sizes[1:])
