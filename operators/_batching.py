@@ -6,9 +6,10 @@ has waited ``max_wait`` — then everything waiting goes, in batches of at most
 ``max_batch``. With ``max_wait`` 0 every arrival is run at once. Order is
 first in, first out, so each key's events leave in the order they came.
 
-Eviction: nothing stays longer than ``max_wait`` (the owner asks for a
-notification at :meth:`DynamicBatcher.deadline`), and everything is flushed at
-end of input.
+Eviction: after each :meth:`DynamicBatcher.due` fewer than ``max_batch``
+events wait, none longer than ``max_wait`` (the owner asks for a notification
+at :meth:`DynamicBatcher.deadline`), and everything is flushed at end of
+input.
 """
 
 from __future__ import annotations

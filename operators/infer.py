@@ -669,8 +669,8 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
             model = cfg.loader.load(item, cache_key)
             served = _serve(cfg, model, item)
         except Exception as exc:
-            logger.warning("%s: model rejected, keeping %s: %s", cfg.step_id, self.version, exc)
-            if report:
+            if report:  # one shard speaks for all
+                logger.warning("%s: model rejected, keeping %s: %s", cfg.step_id, self.version, exc)
                 cfg.stats._count_model(installed=False)
                 result.errs.append(
                     Rejected(cfg.step_id, "ModelRejected", f"{type(exc).__name__}: {exc}", item)
@@ -678,8 +678,8 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
             return
         self._served = served
         if report:
+            logger.info("%s: now serving model %s", cfg.step_id, model.version)
             cfg.stats._count_model(installed=True)
-        logger.info("%s: now serving model %s", cfg.step_id, model.version)
 
     @property
     def version(self) -> str:
