@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import heapq
 import zlib
 from collections.abc import Callable, Hashable
@@ -96,8 +97,6 @@ class _LabelState:
         self.closed = NEVER
 
     def copy(self) -> _LabelState:
-        import copy
-
         return copy.deepcopy(self)  # once per snapshot, not per event
 
     def size(self) -> int:
@@ -350,8 +349,6 @@ class _MetricsLogic(StatefulBatchLogic[Any, Any, _MetricsState]):
         return self._emit(_END), False
 
     def snapshot(self) -> _MetricsState:
-        import copy
-
         return copy.deepcopy(self.state)
 
 
