@@ -1095,12 +1095,12 @@ class _WindowsLogic(StatefulBatchLogic):
 
     def notify_at(self) -> datetime | None:
         gate, windows = self.gate, self.windows
-        if gate.pending:
-            due = gate.pending[0][0]
-        elif windows.open:
+        if windows.open:
             due = windows.deadline()
+            if gate.pending:
+                due = min(due, gate.pending[0][0])
         else:
-            due = self._expiry()
+            due = gate.pending[0][0] if gate.pending else self._expiry()
         return gate.system_time_of(due) if due > _MIN else None
 
     def snapshot(self) -> tuple:
