@@ -17,16 +17,17 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamml.operators import anomaly
 from streamml.operators.anomaly import (
     Ewma,
     FixedThreshold,
     QuantileThreshold,
     RobustZScore,
     ZScore,
+    _clock,
     anomaly_windows,
     score,
 )
+from streamml.operators.anomaly import windows as windows_mod
 
 from streamml.errors import Rejected
 
@@ -296,34 +297,34 @@ def test_build_time_validation():
 # ---------------------------------------------------------------- state
 
 
-def _logic(**kw: Any) -> anomaly._WindowsLogic:
-    rules = anomaly._WindowRules(
+def _logic(**kw: Any) -> windows_mod._WindowsLogic:
+    rules = windows_mod._WindowRules(
         kw.get("min_points", 1), 0, 30_000_000, kw.get("gap", 60_000_000), 10**12, True
     )
-    cfg = anomaly._WindowsConfig(
+    cfg = windows_mod._WindowsConfig(
         rules,
         FixedThreshold(4.0, 2.0),
         kw.get("scorer"),
         lambda e: e["t"],
         kw.get("lateness", 0),
-        anomaly._score_field("s") if kw.get("scorer") is None else (lambda e: (float(e["s"]),)),
+        windows_mod._score_field("s") if kw.get("scorer") is None else (lambda e: (float(e["s"]),)),
         "s_field",
     )
-    return anomaly._WindowsLogic(cfg, kw.get("resume"))
+    return windows_mod._WindowsLogic(cfg, kw.get("resume"))
 
 
 def test_quiet_key_closes_its_window_and_is_evicted(monkeypatch):
     now = [10**15]
-    monkeypatch.setattr(anomaly, "_now_us", lambda: now[0])
+    monkeypatch.setattr(_clock, "_now_us", lambda: now[0])
     logic = _logic()
     out, discard = logic.on_batch([ev(0, 5), ev(1, 6), ev(2, 0)])
-    assert out == [anomaly._Opened((logic.windows.start, logic.windows.start, 5.0, None))]
+    assert out == [windows_mod._Opened((logic.windows.start, logic.windows.start, 5.0, None))]
     assert not discard
     due = logic.notify_at()
-    assert due == anomaly._dt(now[0] + 30_000_000)  # 30 s of cooldown after the point below
+    assert due == _clock._dt(now[0] + 30_000_000)  # 30 s of cooldown after the point below
     now[0] += 30_000_000
     out, discard = logic.on_notify()
-    assert [type(o) for o in out] == [anomaly._Closed] and out[0][-1] == "cooldown"
+    assert [type(o) for o in out] == [windows_mod._Closed] and out[0][-1] == "cooldown"
     assert not discard  # the key may still continue a run; evicted after `gap` of quiet
     now[0] += 31_000_000
     out, discard = logic.on_notify()
@@ -349,7 +350,7 @@ def test_quiet_key_closes_in_a_running_dataflow():
 
 
 def test_snapshot_restore_round_trips_open_windows(monkeypatch):
-    monkeypatch.setattr(anomaly, "_now_us", lambda: 10**15)
+    monkeypatch.setattr(_clock, "_now_us", lambda: 10**15)
     rng = random.Random(3)
     events = [ev(i * 5, rng.choice([0.0, 1.0, 3.0, 5.0, 8.0])) for i in range(200)]
     for scorer in (None, ZScore("s", window=100 * SEC, min_points=3)):

@@ -1,0 +1,173 @@
+"""Event-time plumbing shared by the anomaly operators: watermark, lateness, admission.
+
+Each key has a :class:`_Gate`: its watermark is the largest timestamp seen minus
+``lateness``; events wait in the gate until the watermark passes them and are then
+released in timestamp order. Timestamps are integer microseconds inside.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from operator import itemgetter
+from typing import Any
+
+__all__: list[str] = []
+
+Event = Mapping[str, Any]
+TimestampGetter = Callable[[Event], datetime]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+_MIN = -(1 << 62)  # "no time", in microseconds
+_first = itemgetter(0)
+
+
+def _us(td: timedelta) -> int:
+    return td // _US
+
+
+def _dt(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _positive(name: str, td: timedelta | None) -> None:
+    if td is not None and td <= timedelta(0):
+        raise ValueError(f"{name} must be a positive timedelta; got {td!r}")
+
+
+class _Gate:
+    """Per-key watermark (max timestamp - lateness) and the buffer of not-yet-released events.
+
+    Eviction: the buffer empties as the watermark passes; the watermark
+    advances with system time while the key is idle (see ``idle_watermark``).
+    """
+
+    __slots__ = ("lateness", "max_ts", "wm", "sys_at_max", "pending")
+
+    def __init__(self, lateness: int) -> None:
+        self.lateness = lateness
+        self.max_ts = _MIN
+        self.wm = _MIN
+        self.sys_at_max = 0
+        self.pending: list[tuple] = []
+
+    def idle_watermark(self) -> None:
+        """Advance the watermark by the system time passed since the newest event."""
+        if self.max_ts > _MIN:
+            wm = self.max_ts - self.lateness + (_now_us() - self.sys_at_max)
+            if wm > self.wm:
+                self.wm = wm
+
+    def release(self, everything: bool = False) -> list[tuple]:
+        pending = self.pending
+        if not pending:
+            return pending
+        pending.sort(key=_first)
+        if everything or pending[-1][0] <= self.wm:
+            self.pending = []
+            return pending
+        cut = bisect.bisect_right(pending, self.wm, key=_first)
+        out, self.pending = pending[:cut], pending[cut:]
+        return out
+
+    def system_time_of(self, event_us: int) -> datetime:
+        """When, in system time, the idle watermark will reach ``event_us``."""
+        return _dt(self.sys_at_max + (event_us - (self.max_ts - self.lateness)))
+
+    def snapshot(self) -> tuple:
+        return (self.max_ts, self.wm, self.sys_at_max, tuple(self.pending))
+
+    def restore(self, snap: tuple) -> None:
+        self.max_ts, self.wm, self.sys_at_max, pending = snap
+        self.pending = list(pending)
+
+
+def _now_us() -> int:
+    return (datetime.now(timezone.utc) - _EPOCH) // _US
+
+
+class _Reject(tuple):
+    """(error_type, reason, event): a rejection whose key is added downstream."""
+
+    __slots__ = ()
+
+
+class _Late(tuple):
+    """(reason, event): a late event whose key is added downstream."""
+
+    __slots__ = ()
+
+
+class _NonFiniteError(ValueError):
+    pass
+
+
+def _field_values(fields: tuple[str, ...]) -> Callable[[Event], tuple[float, ...]]:
+    """Extract the scored fields of an event as floats; raise on missing or non-finite."""
+    if len(fields) == 1:
+        (name,) = fields
+
+        def one(event: Event) -> tuple[float, ...]:
+            x = event[name]
+            if type(x) is not float:
+                x = float(x)
+            if x - x != 0.0:
+                raise _NonFiniteError(x)
+            return (x,)
+
+        return one
+
+    def many(event: Event) -> tuple[float, ...]:
+        xs = tuple(float(event[f]) for f in fields)
+        for x in xs:
+            if x - x != 0.0:
+                raise _NonFiniteError(x)
+        return xs
+
+    return many
+
+
+def _admit(
+    gate: _Gate, values: list[Event], stamp: TimestampGetter, extract: Callable[[Event], Any]
+) -> list[tuple]:
+    """Timestamp and validate a batch into the gate; returns rejections and late records."""
+    problems: list[tuple] = []
+    append = gate.pending.append
+    max_ts, wm, lateness = gate.max_ts, gate.wm, gate.lateness
+    moved = False
+    for ev in values:
+        try:
+            td = stamp(ev) - _EPOCH
+            ts = (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
+            x = extract(ev)
+        except KeyError as e:
+            problems.append(_Reject(("MissingField", f"missing field {e}", ev)))
+            continue
+        except _NonFiniteError as e:
+            problems.append(_Reject(("NonFinite", f"non-finite value {e}", ev)))
+            continue
+        except Exception as e:  # noqa: BLE001 - bad data never raises; it is routed
+            problems.append(_Reject((type(e).__name__, str(e) or repr(e), ev)))
+            continue
+        if ts > max_ts:
+            max_ts = ts
+            if ts - lateness > wm:
+                wm, moved = ts - lateness, True
+        if ts >= wm:
+            append((ts, ev, x))
+        else:
+            behind = f"{_dt(ts).isoformat()} is behind the watermark {_dt(wm).isoformat()}"
+            problems.append(_Late((f"event time {behind}", ev)))
+    gate.max_ts, gate.wm = max_ts, wm
+    if moved:
+        gate.sys_at_max = _now_us()
+    return problems
+
+
+def _check_common(timestamp: Any, lateness: timedelta) -> None:
+    if not callable(timestamp):
+        raise ValueError("timestamp must be a function event -> timezone-aware datetime")
+    if lateness < timedelta(0):
+        raise ValueError(f"lateness must be >= 0; got {lateness!r}")

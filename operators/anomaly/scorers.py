@@ -1,0 +1,331 @@
+"""Per-key anomaly scorers: rolling z-score, robust z-score (median/MAD), EWMA control chart.
+
+A scorer is a frozen configuration; its private state class scores each point
+against the key's history strictly before it, then learns the point.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from streamml.operators.anomaly._clock import _MIN, _positive, _us
+
+__all__ = ["Ewma", "RobustZScore", "Scorer", "ZScore"]
+
+_MAD_TO_SIGMA = 1.4826
+
+
+def _fields(fields: str | Sequence[str]) -> tuple[str, ...]:
+    out = (fields,) if isinstance(fields, str) else tuple(fields)
+    if not out or not all(isinstance(f, str) for f in out):
+        raise ValueError(
+            f"fields must be a field name or a non-empty list of names; got {fields!r}"
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ZScore:
+    """Rolling z-score: deviation from the mean of the key's last ``window`` of time, in sigmas.
+
+    With several fields, each field is scored on its own and the event's score
+    is the largest absolute z-score; that field is reported as the driver.
+    A key scores 0.0 until it has ``min_points`` points in its window.
+
+    State per key: the points of the last ``window`` (at most ``max_points``);
+    the key is evicted once its window is empty.
+
+    Examples:
+        >>> ZScore("temperature", window=timedelta(minutes=10)).fields
+        ('temperature',)
+    """
+
+    fields: str | Sequence[str]
+    window: timedelta
+    min_points: int = 10
+    max_points: int = 10_000
+    min_std: float = 1e-9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", _fields(self.fields))
+        _positive("window", self.window)
+        if self.min_points < 2 or self.max_points < self.min_points:
+            raise ValueError(
+                f"need 2 <= min_points <= max_points; got {self.min_points}, {self.max_points}"
+            )
+        if not self.min_std > 0:
+            raise ValueError(f"min_std must be > 0; got {self.min_std}")
+
+    def _state(self) -> _RollingState | _RobustState:
+        return _RollingState(self)
+
+
+@dataclass(frozen=True)
+class RobustZScore(ZScore):
+    """Robust rolling z-score: ``|x - median| / (1.4826 * MAD)`` over the key's last ``window``.
+
+    Use it when the signal has outliers or heavy tails that would inflate a
+    plain standard deviation and hide the next anomaly. Median and MAD are
+    exact (kept in sorted order, O(log n) per point for the MAD).
+
+    Examples:
+        >>> RobustZScore(["vibration", "temperature"], window=timedelta(hours=1)).fields
+        ('vibration', 'temperature')
+    """
+
+    def _state(self) -> _RollingState | _RobustState:
+        return _RobustState(self)
+
+
+@dataclass(frozen=True)
+class Ewma:
+    """EWMA control chart: deviation from an exponentially weighted mean, in sigmas.
+
+    Mean and variance decay with ``half_life`` of event time, so irregular
+    sampling is handled; state is two numbers per field. The first points
+    are weighted equally (a plain mean and variance) until the decay weighs
+    more, so the chart starts calibrated. A key scores 0.0
+    for its first ``min_points`` points. A key with no point for ``ttl``
+    (default 20 half-lives) is evicted.
+
+    Examples:
+        >>> Ewma("load", half_life=timedelta(minutes=5)).ttl
+        datetime.timedelta(seconds=6000)
+    """
+
+    fields: str | Sequence[str]
+    half_life: timedelta
+    min_points: int = 10
+    ttl: timedelta | None = None
+    min_std: float = 1e-9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", _fields(self.fields))
+        _positive("half_life", self.half_life)
+        _positive("ttl", self.ttl)
+        if self.ttl is None:
+            object.__setattr__(self, "ttl", self.half_life * 20)
+        if self.min_points < 2:
+            raise ValueError(f"min_points must be >= 2; got {self.min_points}")
+        if not self.min_std > 0:
+            raise ValueError(f"min_std must be > 0; got {self.min_std}")
+
+    def _state(self) -> _EwmaState:
+        return _EwmaState(self)
+
+
+Scorer = ZScore | Ewma
+
+
+def _kth_distance(s: list[float], h: int, m: float, k: int) -> float:
+    """The k-th smallest (0-based) of ``|x - m|`` over sorted ``s``, split at ``h``.
+
+    ``s[:h]`` are below ``m`` (distances ascending leftwards), ``s[h:]`` at or
+    above it (ascending rightwards): the k-th of two sorted sequences.
+    """
+    la, lb = h, len(s) - h
+    lo, hi = max(0, k + 1 - lb), min(k + 1, la)
+    while lo < hi:
+        i = (lo + hi) // 2
+        j = k + 1 - i
+        if m - s[h - 1 - i] < s[h + j - 1] - m:
+            lo = i + 1
+        else:
+            hi = i
+    i, j = lo, k + 1 - lo
+    a = m - s[h - i] if i > 0 else -math.inf
+    b = s[h + j - 1] - m if j > 0 else -math.inf
+    return a if a > b else b
+
+
+def _median_mad(s: list[float]) -> tuple[float, float]:
+    n = len(s)
+    mid = n // 2
+    if n % 2:
+        m = s[mid]
+        h = bisect.bisect_left(s, m)
+        return m, _kth_distance(s, h, m, mid)
+    m = (s[mid - 1] + s[mid]) / 2
+    h = bisect.bisect_left(s, m)
+    return m, (_kth_distance(s, h, m, mid - 1) + _kth_distance(s, h, m, mid)) / 2
+
+
+class _RollingState:
+    """Points of the last ``window`` per key, with running sums (mean and std).
+
+    Eviction: points older than ``window`` (or beyond ``max_points``) are
+    dropped on every update; the key is discardable once it has no point.
+    """
+
+    __slots__ = (
+        "window",
+        "min_points",
+        "max_points",
+        "min_std",
+        "points",
+        "s1",
+        "s2",
+        "ref",
+        "since_exact",
+    )
+
+    def __init__(self, cfg: ZScore) -> None:
+        self.window = _us(cfg.window)
+        self.min_points, self.max_points, self.min_std = cfg.min_points, cfg.max_points, cfg.min_std
+        self.points: deque[tuple[int, tuple[float, ...]]] = deque()
+        self.s1: list[float] = []
+        self.s2: list[float] = []
+        self.ref: tuple[float, ...] = ()  # values are summed relative to this, for precision
+        self.since_exact = 0
+
+    def expires_at(self) -> int:
+        return self.points[-1][0] + self.window if self.points else _MIN
+
+    def _evict(self, horizon: int) -> None:
+        points, s1, s2, ref, cap = self.points, self.s1, self.s2, self.ref, self.max_points
+        while points and (points[0][0] <= horizon or len(points) >= cap):
+            for f, x in enumerate(points.popleft()[1]):
+                d = x - ref[f]
+                s1[f] -= d
+                s2[f] -= d * d
+
+    def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
+        points = self.points
+        if points and (points[0][0] <= ts - self.window or len(points) >= self.max_points):
+            self._evict(ts - self.window)
+        n = len(points)
+        if n == 0:
+            self.ref, self.s1, self.s2 = xs, [0.0] * len(xs), [0.0] * len(xs)
+        s1, s2, ref = self.s1, self.s2, self.ref
+        best, best_f = 0.0, 0
+        if n >= self.min_points:
+            min_std = self.min_std
+            for f, x in enumerate(xs):
+                mean = s1[f] / n
+                var = (s2[f] - mean * mean * n) / (n - 1)
+                # below 1e-12 of the second moment, a variance is rounding noise
+                std = math.sqrt(var) if var > 1e-12 * s2[f] / n else 0.0
+                z = abs(x - ref[f] - mean) / (std if std > min_std else min_std)
+                if z > best:
+                    best, best_f = z, f
+        points.append((ts, xs))
+        for f, x in enumerate(xs):
+            d = x - ref[f]
+            s1[f] += d
+            s2[f] += d * d
+        self.since_exact += 1
+        if self.since_exact >= 4096:  # running sums drift: recompute them exactly
+            self.since_exact = 0
+            for f in range(len(xs)):
+                ds = [p[1][f] - ref[f] for p in points]
+                s1[f] = math.fsum(ds)
+                s2[f] = math.fsum(d * d for d in ds)
+        return best, best_f
+
+    def snapshot(self) -> tuple:
+        return (tuple(self.points), tuple(self.s1), tuple(self.s2), self.ref, self.since_exact)
+
+    def restore(self, snap: tuple) -> None:
+        points, s1, s2, self.ref, self.since_exact = snap
+        self.points = deque(points)
+        self.s1, self.s2 = list(s1), list(s2)
+
+
+class _RobustState:
+    """Points of the last ``window`` per key, and each field's values in sorted order.
+
+    Eviction: as :class:`_RollingState`.
+    """
+
+    __slots__ = ("window", "min_points", "max_points", "min_std", "points", "sorted")
+
+    def __init__(self, cfg: ZScore) -> None:
+        self.window = _us(cfg.window)
+        self.min_points, self.max_points, self.min_std = cfg.min_points, cfg.max_points, cfg.min_std
+        self.points: deque[tuple[int, tuple[float, ...]]] = deque()
+        self.sorted: list[list[float]] = [[] for _ in cfg.fields]
+
+    def expires_at(self) -> int:
+        return self.points[-1][0] + self.window if self.points else _MIN
+
+    def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
+        points, srt = self.points, self.sorted
+        horizon = ts - self.window
+        while points and (points[0][0] <= horizon or len(points) >= self.max_points):
+            for f, x in enumerate(points.popleft()[1]):
+                s = srt[f]
+                del s[bisect.bisect_left(s, x)]
+        best, best_f = 0.0, 0
+        if len(points) >= self.min_points:
+            min_std = self.min_std
+            for f, x in enumerate(xs):
+                m, mad = _median_mad(srt[f])
+                scale = _MAD_TO_SIGMA * mad
+                z = abs(x - m) / (scale if scale > min_std else min_std)
+                if z > best:
+                    best, best_f = z, f
+        points.append((ts, xs))
+        for f, x in enumerate(xs):
+            bisect.insort(srt[f], x)
+        return best, best_f
+
+    def snapshot(self) -> tuple:
+        return (tuple(self.points), tuple(tuple(s) for s in self.sorted))
+
+    def restore(self, snap: tuple) -> None:
+        points, srt = snap
+        self.points = deque(points)
+        self.sorted = [list(s) for s in srt]
+
+
+class _EwmaState:
+    """Exponentially weighted mean and variance per field. Eviction: ``ttl`` after the last point."""
+
+    __slots__ = ("cfg", "n", "last", "mean", "var")
+
+    def __init__(self, cfg: Ewma) -> None:
+        self.cfg = cfg
+        self.n = 0
+        self.last = _MIN
+        self.mean: list[float] = []
+        self.var: list[float] = []
+
+    def expires_at(self) -> int:
+        return self.last + _us(self.cfg.ttl) if self.n else _MIN
+
+    def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
+        cfg = self.cfg
+        if self.n == 0 or ts - self.last >= _us(cfg.ttl):
+            self.n, self.last = 1, ts
+            self.mean, self.var = list(xs), [0.0] * len(xs)
+            return 0.0, 0
+        # equal weights (a plain mean and variance) until the decay takes over
+        a = max(1.0 - 2.0 ** (-max(ts - self.last, 1) / _us(cfg.half_life)), 1.0 / (self.n + 1))
+        best, best_f = 0.0, 0
+        scoring = self.n >= cfg.min_points
+        mean, var, min_std = self.mean, self.var, cfg.min_std
+        for f, x in enumerate(xs):
+            d = x - mean[f]
+            if scoring:
+                v = var[f]
+                z = abs(d) / max(math.sqrt(v) if v > 0 else 0.0, min_std)
+                if z > best:
+                    best, best_f = z, f
+            incr = a * d
+            mean[f] += incr
+            var[f] = (1.0 - a) * (var[f] + d * incr)
+        self.n += 1
+        self.last = ts
+        return best, best_f
+
+    def snapshot(self) -> tuple:
+        return (self.n, self.last, tuple(self.mean), tuple(self.var))
+
+    def restore(self, snap: tuple) -> None:
+        self.n, self.last, mean, var = snap
+        self.mean, self.var = list(mean), list(var)
