@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamml.operators.anomaly import (
@@ -523,3 +523,33 @@ def test_quantile_levels_match_bruteforce():
         else:
             hi = prior[int(0.9 * (len(prior) - 1))]
             assert got == (hi, min(prior[int(0.5 * (len(prior) - 1))], hi))
+
+
+def test_two_workers_give_the_same_windows_as_one():
+    rng = random.Random(11)
+    items = []
+    for i in range(400):
+        for k in ("a", "b", "c", "d"):
+            x = rng.gauss(0, 1) + (9 if rng.random() < 0.01 else 0)
+            items.append((k, {"t": T0 + i * SEC, "x": x, "y": rng.gauss(5, 1)}))
+
+    def windows_of(run: Any) -> list[tuple]:
+        flow = Dataflow("workers")
+        s = op.input("in", flow, TestingSource(items, batch_size=50))
+        res = anomaly_windows(
+            "aw",
+            s,
+            timestamp=lambda e: e["t"],
+            threshold=FixedThreshold(5.0, 2.0),
+            score=ZScore(["y", "x"], window=60 * SEC),
+            alerts=True,
+        )
+        out: list = []
+        op.output("w", res.windows, TestingSink(out))
+        run(flow)
+        return comparable([w for _, w in out]), {w["field"] for _, w in out}
+
+    one, fields = windows_of(run_main)
+    two, _ = windows_of(lambda flow: cluster_main(flow, [], 0, worker_count_per_proc=2))
+    assert one == two and len(one) >= 3
+    assert fields == {"x"}  # the spikes are on x; the report names it
