@@ -103,10 +103,10 @@ def _by_key(items: list[tuple[str, dict]]) -> dict[str, list[int]]:
 # -- batching is invisible: same results as the model run event by event -------------
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(0, 120),
-    n_keys=st.integers(1, 5),
+    key_ids=st.lists(st.integers(0, 4), max_size=120),
+    pauses=st.sets(st.integers(0, 120), max_size=2),
     max_batch=st.integers(1, 64),
     source_batch=st.integers(1, 50),
     max_wait_ms=st.sampled_from([0, 1, 5]),
@@ -115,8 +115,8 @@ def _by_key(items: list[tuple[str, dict]]) -> dict[str, list[int]]:
 )
 def test_outputs_equal_per_event_model_runs(
     request: pytest.FixtureRequest,
-    n: int,
-    n_keys: int,
+    key_ids: list[int],
+    pauses: set[int],
     max_batch: int,
     source_batch: int,
     max_wait_ms: int,
@@ -124,10 +124,15 @@ def test_outputs_equal_per_event_model_runs(
     which: str,
 ) -> None:
     model: OnnxModel = request.getfixturevalue(which)
-    keys = [f"k{i}" for i in range(n_keys)]
-    events = _events(n, keys, seed=n)
+    n = len(key_ids)
+    events = [(f"k{k}", e) for k, (_, e) in zip(key_ids, _events(n, ["_"], seed=n), strict=True)]
+    arrivals: list[Any] = []
+    for i, event in enumerate(events):
+        if i in pauses:  # a gap in arrivals, longer than some max_waits
+            arrivals.append(TestingSource.PAUSE(timedelta(milliseconds=3)))
+        arrivals.append(event)
     oks, errs, stats = _run(
-        events,
+        arrivals,
         model=model,
         max_batch=max_batch,
         max_wait=timedelta(milliseconds=max_wait_ms),
