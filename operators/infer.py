@@ -756,9 +756,13 @@ def infer(
     together. Each key's events keep their order.
 
     Events whose input is missing, of the wrong dtype or shape, or not finite
-    go to ``errs`` before the model is called. When the model raises on a
-    batch, the batch is split in halves until the offending events are found;
-    the others are still scored, and those go to ``errs`` with the error.
+    go to ``errs`` before the model is called (``error_type`` ``MissingInput``,
+    ``InputError``, ``BadDtype``, ``BadShape``, ``NonFinite``). When the model
+    raises on a batch, the batch is split in halves until the offending
+    events are found; the others are still scored, and those go to ``errs``
+    as ``ModelError`` (an ``outputs`` function raising gives ``OutputError``).
+    Counters (batches, mean batch size, events per second, errors) are in
+    the returned ``stats``.
 
     The model can be swapped while running, between batches: send a new
     model (or a path, or what ``loader`` understands) on ``control``, or
@@ -792,7 +796,11 @@ def infer(
         watch: A model file to poll; when it changes it is loaded with
             ``loader`` (default: :class:`~streamml.models.OnnxModel`).
         watch_interval: How often to look at ``watch``.
-        loader: Turns a control item or the watched path into a model.
+        loader: Turns a control item or the watched path into a model. The
+            default takes a model, a path or ONNX bytes and builds an
+            :class:`~streamml.models.OnnxModel` with ONNX Runtime's default
+            threads; pass e.g. ``functools.partial(OnnxModel,
+            intra_op_threads=1)`` to choose, or a function of a Kafka message.
         wait_field: If set, each output gets this field with the seconds it
             waited for its batch.
 
@@ -801,6 +809,7 @@ def infer(
 
     Examples:
         >>> import numpy as np
+        >>> import bytewax.operators as op
         >>> from bytewax.dataflow import Dataflow
         >>> from bytewax.testing import TestingSink, TestingSource, run_main
         >>> from streamml.models import CallableModel
