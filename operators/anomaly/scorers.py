@@ -122,37 +122,40 @@ class Ewma:
 Scorer = ZScore | Ewma
 
 
-def _kth_distance(s: list[float], h: int, m: float, k: int) -> float:
-    """The k-th smallest (0-based) of ``|x - m|`` over sorted ``s``, split at ``h``.
+def _kth_distances(s: list[float], h: int, m: float, k: int) -> tuple[float, float]:
+    """The (k-1)-th and k-th smallest (0-based) of ``|x - m|`` over sorted ``s``, split at ``h``.
 
     ``s[:h]`` are below ``m`` (distances ascending leftwards), ``s[h:]`` at or
-    above it (ascending rightwards): the k-th of two sorted sequences.
+    above it (ascending rightwards): a binary search over how many of the
+    k + 1 smallest come from the left side, O(log n).
     """
-    la, lb = h, len(s) - h
-    lo, hi = max(0, k + 1 - lb), min(k + 1, la)
+    lo, hi = max(0, k + 1 - (len(s) - h)), min(k + 1, h)
     while lo < hi:
         i = (lo + hi) // 2
-        j = k + 1 - i
-        if m - s[h - 1 - i] < s[h + j - 1] - m:
+        if m - s[h - 1 - i] < s[h + k - i] - m:
             lo = i + 1
         else:
             hi = i
-    i, j = lo, k + 1 - lo
+    i, j = lo, k + 1 - lo  # the k + 1 smallest: i from the left, j from the right
     a = m - s[h - i] if i > 0 else -math.inf
     b = s[h + j - 1] - m if j > 0 else -math.inf
-    return a if a > b else b
+    if a > b:
+        a2 = m - s[h - i + 1] if i > 1 else -math.inf
+        return (a2 if a2 > b else b), a
+    b2 = s[h + j - 2] - m if j > 1 else -math.inf
+    return (a if a > b2 else b2), b
 
 
 def _median_mad(s: list[float]) -> tuple[float, float]:
+    """Median and median absolute deviation of sorted ``s`` (averaging the middle pair, as NumPy)."""
     n = len(s)
     mid = n // 2
     if n % 2:
         m = s[mid]
-        h = bisect.bisect_left(s, m)
-        return m, _kth_distance(s, h, m, mid)
+        return m, _kth_distances(s, bisect.bisect_left(s, m), m, mid)[1]
     m = (s[mid - 1] + s[mid]) / 2
-    h = bisect.bisect_left(s, m)
-    return m, (_kth_distance(s, h, m, mid - 1) + _kth_distance(s, h, m, mid)) / 2
+    below, at = _kth_distances(s, bisect.bisect_left(s, m), m, mid)
+    return m, (below + at) / 2
 
 
 class _RollingState:
