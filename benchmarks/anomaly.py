@@ -30,6 +30,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators.anomaly import (
     Ewma,
     FixedThreshold,
+    QuantileThreshold,
     RobustZScore,
     ZScore,
     anomaly_windows,
@@ -154,6 +155,13 @@ def _detectors(data: SensorSet) -> dict[str, tuple]:
             FixedThreshold(5.0, 2.0),
         ),
         "IsolationForest (skl2onnx, ORT)": (if_items, "if_score", if_threshold),
+        "z-score, adaptive q99.9 threshold": (
+            items,
+            ZScore("value", window=HOUR),
+            QuantileThreshold(
+                0.999, close_q=0.99, window=24 * HOUR, warmup=12 * HOUR, min_open=4.0
+            ),
+        ),
     }
 
 
