@@ -467,6 +467,24 @@ def _serve(cfg: _Config, model: Model, source: Any) -> _Served:
     )
 
 
+def _check_compatible(old: _Served, new: _Served) -> None:
+    """A swapped-in model must take the same inputs and give the same fields as the old one."""
+    for a, b in zip(old.inputs, new.inputs, strict=True):
+        if a.spec != b.spec:  # names were matched when binding (or do not matter for one input)
+            raise ValueError(
+                f"input {b.name!r} takes {b.spec.dtype} rows of shape {b.spec.shape}, but the "
+                f"serving model's {a.name!r} takes {a.spec.dtype} {a.spec.shape}; changing the "
+                "inputs needs a new dataflow"
+            )
+    if isinstance(old.outputs, list) and isinstance(new.outputs, list):
+        before, after = sorted(f for _, f in old.outputs), sorted(f for _, f in new.outputs)
+        if before != after:
+            raise ValueError(
+                f"the model would attach fields {after} instead of {before}; name the outputs "
+                "to keep (outputs={...}) so every version attaches the same fields"
+            )
+
+
 class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
     """One shard: a dynamic batcher in front of the served model.
 
@@ -668,6 +686,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         try:
             model = cfg.loader.load(item, cache_key)
             served = _serve(cfg, model, item)
+            _check_compatible(self._served, served)
         except Exception as exc:
             if report:  # one shard speaks for all
                 logger.warning("%s: model rejected, keeping %s: %s", cfg.step_id, self.version, exc)
@@ -768,10 +787,11 @@ def infer(
     model (or a path, or what ``loader`` understands) on ``control``, or
     replace the file at ``watch``. Events already waiting are scored by the
     old model first, and a swap arriving together with events applies to
-    them; every output says which version scored it. A model that
-    fails to load or does not fit the configured inputs and outputs is
-    reported on ``errs`` (``error_type="ModelRejected"``) and the old one
-    keeps serving.
+    them; every output says which version scored it. A model that fails to
+    load, does not fit the configured inputs and outputs, takes inputs of
+    another dtype or shape than the serving one, or would attach other
+    fields, is reported on ``errs`` (``error_type="ModelRejected"``) and the
+    old one keeps serving.
 
     Args:
         step_id: Unique ID.

@@ -563,3 +563,19 @@ def test_two_workers_give_the_same_results(mlp: OnnxModel) -> None:
     assert _by_key(oks) == _by_key(events)
     single, _, _ = _run(events, model=mlp, max_batch=50)
     assert {e["id"]: e["label"] for _, e in oks} == {e["id"]: e["label"] for _, e in single}
+
+
+def test_a_swap_to_a_model_with_other_inputs_or_outputs_is_rejected(mlp: OnnxModel) -> None:
+    narrower = CallableModel(lambda x: x[:, :2], outputs="label", shape=(8,), version="narrow")
+    renamed = CallableModel(lambda x: x[:, 0], outputs="y", shape=(N_FEATURES,), version="renamed")
+    events = _events(10, ["a"])
+    oks, errs, stats = _run(
+        [TestingSource.PAUSE(timedelta(seconds=0.3)), *events],
+        model=mlp,
+        control_items=[narrower, renamed],
+        max_wait=timedelta(0),
+    )
+    assert [r.error_type for r in errs] == ["ModelRejected", "ModelRejected"]
+    assert "shape (8,)" in errs[0].reason and "attach fields" in errs[1].reason
+    assert {e["model_version"] for _, e in oks} == {"v1"} and len(oks) == 10
+    assert stats.models_rejected == 2 and stats.swaps == 0
