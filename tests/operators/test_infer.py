@@ -579,3 +579,20 @@ def test_a_swap_to_a_model_with_other_inputs_or_outputs_is_rejected(mlp: OnnxMod
     assert "shape (8,)" in errs[0].reason and "attach fields" in errs[1].reason
     assert {e["model_version"] for _, e in oks} == {"v1"} and len(oks) == 10
     assert stats.models_rejected == 2 and stats.swaps == 0
+
+
+def test_a_classifier_with_zipmap_outputs_attaches_dicts() -> None:
+    """skl2onnx's default classifier output is a sequence of {class: probability} maps."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _train_data(0)
+    onx = to_onnx(LogisticRegression().fit(x, y), x[:1])
+    model = OnnxModel(onx.SerializeToString(), version="lr", intra_op_threads=1)
+    events = _events(5, ["a"])
+    oks, errs, _ = _run(events, model=model, max_batch=4)
+    assert errs == [] and len(oks) == 5
+    for _, e in oks:
+        proba = e["output_probability"]
+        assert set(proba) == {0, 1} and abs(sum(proba.values()) - 1) < 1e-5
+        assert e["output_label"] == max(proba, key=proba.get)
