@@ -533,7 +533,11 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         )
 
     def snapshot(self) -> _Snapshot:
-        return _Snapshot(tuple(self._batcher.pending()), self._served.source)
+        source = self._served.source
+        # A model object may not pickle (and an ONNX one is its whole file): keep references only.
+        return _Snapshot(
+            tuple(self._batcher.pending()), None if isinstance(source, Model) else source
+        )
 
     # -- batching ------------------------------------------------------------
     def _step(self, now: float, result: _Result) -> list[_Result]:
@@ -813,6 +817,9 @@ def infer(
             and Bytewax spreads the queues over workers; use 1 for a single
             worker, and a few per worker otherwise.
         control: Models (or items for ``loader``) to switch to, in order.
+            After a restart from a recovery snapshot, a model that came as
+            a path, bytes or message is loaded again; one sent as a model
+            object is not (the initial model serves until the next swap).
         watch: A model file to poll; when it changes it is loaded with
             ``loader`` (default: :class:`~streamml.models.OnnxModel`).
         watch_interval: How often to look at ``watch``.
