@@ -25,12 +25,13 @@ from bytewax.operators import KeyedStream
 from streamml.operators import featurize
 from streamml.operators.featurize import TimedFeaturesOut
 
-__all__ = ["FEATURE_NAMES", "FIELDS", "WARMUP", "MAX_DELAY", "add_features", "reading_time"]
+__all__ = ["FEATURE_NAMES", "FIELDS", "MAX_DELAY", "MIN_BASELINE", "add_features", "reading_time"]
 
 FIELDS = ("temperature", "vibration", "pressure")
 SHORT = timedelta(seconds=60)
 BASELINE = timedelta(minutes=10)
-WARMUP = BASELINE
+MIN_BASELINE = 120
+"""Readings a sensor's ten-minute baseline needs before its features mean anything (``warm``)."""
 MAX_DELAY = timedelta(seconds=2)
 FEATURE_NAMES = tuple(f"{kind}_{f}" for kind in ("z", "shift", "spread") for f in FIELDS)
 _MIN_STD = np.array(
@@ -44,7 +45,7 @@ def reading_time(reading: dict[str, Any]):
 
 
 def _vectorize(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """Add the float32 ``features`` vector to each event, one NumPy pass per batch."""
+    """Add the float32 ``features`` vector and the ``warm`` flag to each event, one NumPy pass per batch."""
     if not batch:
         return batch
     names = [
@@ -59,7 +60,8 @@ def _vectorize(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[
     shift = (mean_1m - mean_10m) / base_std
     spread = np.maximum(std_1m, _MIN_STD) / base_std
     vectors = np.hstack([z, shift, spread]).astype(np.float32)
-    return [(k, {**e, "features": v}) for (k, e), v in zip(batch, vectors)]
+    counts = [e["temperature_count_10m"] >= MIN_BASELINE for _, e in batch]
+    return [(k, {**e, "features": v, "warm": w}) for (k, e), v, w in zip(batch, vectors, counts)]
 
 
 def add_features(step_id: str, readings: KeyedStream[dict[str, Any]]) -> TimedFeaturesOut:
@@ -83,8 +85,11 @@ def add_features(step_id: str, readings: KeyedStream[dict[str, Any]]) -> TimedFe
         short.oks,
         timestamp=reading_time,
         window=BASELINE,
-        fields=list(FIELDS),
-        aggregates=["mean", "std"],
+        fields={
+            "temperature": ["mean", "std", "count"],
+            "vibration": ["mean", "std"],
+            "pressure": ["mean", "std"],
+        },
         label="10m",
     )
     vectors = op.flat_map_batch(f"{step_id}_vector", baseline.oks, _vectorize)

@@ -86,7 +86,8 @@ def _is_keyed(item: object) -> bool:
 
 
 def _attach_score(event: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
-    return {**event, "if_score": -float(outputs["scores"])}
+    """The forest's anomaly score (higher = stranger); 0 while the sensor's baseline is thin."""
+    return {**event, "if_score": -float(outputs["scores"]) if event["warm"] else 0.0}
 
 
 def _score_record(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
