@@ -4,6 +4,15 @@ Calling a model once per event wastes most of the machine; :func:`infer`
 gathers the events of a worker into batches bounded by size (``max_batch``)
 and by latency (``max_wait``), runs the model once per batch, and hands each
 event back with its prediction and the version of the model that made it.
+
+How it is built: Bytewax's stateful steps are keyed, so each incoming chunk
+of ``(key, event)`` pairs is routed whole to one of ``shards`` queue keys
+(``"0"``, ``"1"``, ...) by a stable hash of the event key — a key always
+lands in the same queue, which keeps its order — and each queue is a
+``stateful_batch`` logic holding a :class:`~streamml.operators._batching.DynamicBatcher`
+that asks Bytewax for a notification at its oldest event's deadline. Control
+items (new models) are broadcast to every queue, ahead of events that
+arrive with them (the Flink broadcast-state pattern).
 """
 
 from __future__ import annotations
