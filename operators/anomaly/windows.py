@@ -239,6 +239,7 @@ class _WindowsLogic(StatefulBatchLogic):
         self.fixed = (th.open_above, th.close_below) if isinstance(th, FixedThreshold) else None
         self.scorer = cfg.scorer._state() if cfg.scorer is not None else None
         self.windows = _Windows(cfg.rules)
+        self.wake = _MIN  # event time of the next deadline (see _settle)
         if resume is not None:
             gate, levels, scorer, windows = resume
             self.gate.restore(gate)
@@ -246,6 +247,7 @@ class _WindowsLogic(StatefulBatchLogic):
             if self.scorer is not None:
                 self.scorer.restore(scorer)
             self.windows.restore(windows)
+            self._settle()
 
     def _run(self, ready: list[tuple], out: list) -> None:
         push, scorer = self.windows.push, self.scorer
@@ -268,36 +270,43 @@ class _WindowsLogic(StatefulBatchLogic):
             due = max(due, self.scorer.expires_at())
         return due
 
-    def _discard(self) -> bool:
-        return not self.gate.pending and not self.windows.open and self._expiry() <= self.gate.wm
+    def _settle(self) -> bool:
+        """Note the event time to wake at; True when the key's state can be dropped."""
+        gate, windows = self.gate, self.windows
+        if windows.open:
+            due = windows.deadline()
+            if gate.pending and gate.pending[0][0] < due:
+                due = gate.pending[0][0]
+        elif gate.pending:
+            due = gate.pending[0][0]
+        else:
+            due = self._expiry()
+            self.wake = due
+            return due <= gate.wm
+        self.wake = due
+        return False
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         out = _admit(self.gate, values, self.cfg.timestamp, self.cfg.extract)
         self._run(self.gate.release(), out)
-        return out, self._discard()
+        return out, self._settle()
 
     def on_notify(self) -> tuple[list, bool]:
         self.gate.idle_watermark()
         out: list = []
         self._run(self.gate.release(), out)
-        return out, self._discard()
+        return out, self._settle()
 
     def on_eof(self) -> tuple[list, bool]:
         out: list = []
         self._run(self.gate.release(everything=True), out)
         if self.windows.open:
             self.windows._close("eof", out)
+        self._settle()
         return out, False
 
     def notify_at(self) -> datetime | None:
-        gate, windows = self.gate, self.windows
-        if windows.open:
-            due = windows.deadline()
-            if gate.pending:
-                due = min(due, gate.pending[0][0])
-        else:
-            due = gate.pending[0][0] if gate.pending else self._expiry()
-        return gate.system_time_of(due) if due > _MIN else None
+        return self.gate.system_time_of(self.wake) if self.wake > _MIN else None
 
     def snapshot(self) -> tuple:
         return (
