@@ -415,6 +415,7 @@ def test_rolling_scorers_match_bruteforce(steps, window_s):
         pts.append((t, (a, b)))
     window = window_s * SEC
     plain = _feed(ZScore(["a", "b"], window=window, min_points=3), pts)
+    single = _feed(ZScore("a", window=window, min_points=3), [(t, xs[:1]) for t, xs in pts])
     robust = _feed(RobustZScore(["a", "b"], window=window, min_points=3), pts)
     for i, (t, xs) in enumerate(pts):
         prior = np.array([p[1] for p in pts[:i] if p[0] > t - window_s * 1_000_000])
@@ -427,9 +428,27 @@ def test_rolling_scorers_match_bruteforce(steps, window_s):
         mad = np.median(np.abs(prior - med), axis=0)
         rz = np.abs(np.array(xs) - med) / np.maximum(1.4826 * mad, 1e-9)
         assert math.isclose(plain[i][0], z.max(), rel_tol=1e-6, abs_tol=1e-6)
+        assert math.isclose(single[i][0], z[0], rel_tol=1e-6, abs_tol=1e-6)
         assert math.isclose(robust[i][0], rz.max(), rel_tol=1e-9, abs_tol=1e-9)
         if abs(z[0] - z[1]) > 1e-6 * max(z):
             assert plain[i][1] == int(z.argmax())
+
+
+def test_running_sums_stay_exact_over_long_runs():
+    rng = random.Random(8)
+    pts = [(i * 1_000_000, (1e6 + rng.gauss(0, 1), rng.gauss(0, 1e-3))) for i in range(9000)]
+    for scorer, cols in (
+        (ZScore(["a", "b"], window=300 * SEC), [0, 1]),
+        (ZScore("a", window=300 * SEC), [0]),
+    ):
+        state = scorer._state()
+        for t, xs in pts[:-1]:
+            state.update(t, tuple(xs[c] for c in cols))
+        t, xs = pts[-1]
+        got = state.update(t, tuple(xs[c] for c in cols))[0]
+        prior = np.array([[p[1][c] for c in cols] for p in pts[-300:-1]])
+        z = np.abs(np.array([xs[c] for c in cols]) - prior.mean(axis=0)) / prior.std(axis=0, ddof=1)
+        assert math.isclose(got, z.max(), rel_tol=1e-6)
 
 
 def test_ewma_matches_reference_recurrence():
