@@ -6,9 +6,9 @@ row ranges ``[start, end]`` (inclusive). These kernels answer many ranges at
 once:
 
 - sums by compensated prefix sums (TwoSum error terms), so a range sum is
-  accurate to a few ulps of the range itself whatever the prefix magnitude;
-- variance from centred sums, with ranges whose centred sums are
-  ill-conditioned recomputed exactly by a two-pass over the gathered range;
+  accurate to a few ulps of itself unless far smaller than what precedes it;
+- variance from centred sums, with ranges whose sums are ill-conditioned
+  recomputed exactly by a two-pass over the gathered range;
 - min/max by a sparse table (O(n log w) build, O(1) per range);
 - anything else (quantiles, decayed means) by gathering the ranges.
 """
@@ -31,6 +31,9 @@ __all__ = [
 # Centred variance loses about eps * (mean - centre)**2 / var of relative
 # precision; past this ratio a range is recomputed by a two-pass.
 _ILL_CONDITIONED = 1e4
+# A range whose prefix of squares is this much larger than its own sum of
+# squares is recomputed too (compensated sums keep about eps**2 * prefix).
+_LARGER_BEFORE = 1e13
 
 
 def group_rows(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,27 +76,34 @@ def range_starts(ts: np.ndarray, lo: np.ndarray, end: np.ndarray, after: np.ndar
         lo = np.where(active & ~right, mid + 1, lo)
 
 
-def _prefix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Prefix sums with a leading zero row, and the cumulated rounding errors of each addition."""
-    zero = np.zeros((1,) + x.shape[1:])
-    s = np.concatenate([zero, np.cumsum(x, axis=0)])
-    a = s[:-1]
-    b = x
-    bb = s[1:] - a
-    err = (a - (s[1:] - bb)) + (b - bb)
-    return s, np.concatenate([zero, np.cumsum(err, axis=0)])
+def range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of ``x[start:end + 1]`` along axis 0, and the prefix sum through ``end``.
 
-
-def range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Sums of ``x[start:end + 1]`` along axis 0 for every range.
+    Prefix sums are compensated (each addition's exact rounding error, by
+    TwoSum, is summed alongside), so a range sum keeps its own precision
+    unless everything before it is more than ~1e13 times larger; callers
+    use the returned prefix to spot those ranges.
 
     Examples:
-        >>> range_sums(np.array([[1e16], [1.0], [1.0], [3.0]]), np.array([1, 0]), np.array([2, 0]))
-        array([[2.e+00],
-               [1.e+16]])
+        >>> sums, upto = range_sums(np.array([[1e16], [1.0], [1.0], [3.0]]), np.array([1, 0]),
+        ...                         np.array([2, 0]))
+        >>> sums.ravel().tolist(), upto.ravel().tolist()
+        ([2.0, 1e+16], [1e+16, 1e+16])
     """
-    s, e = _prefix(x)
-    return (s[end + 1] - s[start]) + (e[end + 1] - e[start])
+    n = len(x)
+    s = np.empty((n + 1,) + x.shape[1:])
+    s[0] = 0.0
+    np.cumsum(x, axis=0, out=s[1:])
+    # TwoSum: the exact rounding error of s[i + 1] = s[i] + x[i]
+    bb = s[1:] - s[:-1]
+    err = s[1:] - bb
+    np.subtract(s[:-1], err, out=err)
+    np.subtract(x, bb, out=bb)
+    err += bb
+    e = np.empty_like(s)
+    e[0] = 0.0
+    np.cumsum(err, axis=0, out=e[1:])
+    return (s[end + 1] - s[start]) + (e[end + 1] - e[start]), s[end + 1]
 
 
 def gather(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +125,10 @@ def range_variance(
     """Population variance and sum of each range of ``x`` (shape ``(n, f)``).
 
     ``centre`` (per row, shape ``(n, f)``) should be a typical value of the
-    row's group; sums are taken of ``x - centre`` for accuracy.
+    row's group; sums are taken of ``x - centre``. Ranges where that is not
+    accurate to about 1e-11 — the centred mean far from the centre relative
+    to the spread, or the rows before the range (other keys' included) far
+    larger than the range — are recomputed exactly by a two-pass over it.
 
     Examples:
         >>> x = np.array([[1e9], [1e9 + 1], [1e9 + 2], [5.0]])
@@ -125,45 +138,36 @@ def range_variance(
     """
     d = x - centre
     n = (end - start + 1).astype(np.float64)[:, None]
-    s1 = range_sums(d, start, end)
-    s2 = range_sums(d * d, start, end)
+    s1, _ = range_sums(d, start, end)
+    s2, upto2 = range_sums(d * d, start, end)
     m1 = s1 / n
     var = np.maximum(s2 / n - m1 * m1, 0.0)
     total = s1 + n * centre[end]
-    bad_rows, bad_cols = np.nonzero(m1 * m1 > _ILL_CONDITIONED * var)
-    if len(bad_rows):
-        rows = np.unique(bad_rows)
+    suspect = (m1 * m1 > _ILL_CONDITIONED * var) | (upto2 > _LARGER_BEFORE * s2)
+    rows = np.flatnonzero(suspect.any(axis=1))
+    if len(rows):
         idx, offsets = gather(start[rows], end[rows])
         vals = x[idx]
-        seg_n = n[rows]
-        mean = np.add.reduceat(vals, offsets, axis=0) / seg_n
+        exact_total = np.add.reduceat(vals, offsets, axis=0)
+        mean = exact_total / n[rows]
         dev = vals - np.repeat(mean, (end[rows] - start[rows] + 1), axis=0)
-        exact = np.add.reduceat(dev * dev, offsets, axis=0) / seg_n
-        var[rows] = exact
+        var[rows] = np.add.reduceat(dev * dev, offsets, axis=0) / n[rows]
+        total[rows] = exact_total
     return var, total
 
 
-def _sparse(x: np.ndarray, levels: int, fn: np.ufunc) -> list[np.ndarray]:
-    table = [x]
-    for k in range(1, levels + 1):
-        prev = table[-1]
-        half = 1 << (k - 1)
-        table.append(fn(prev[:-half], prev[half:]))
-    return table
-
-
 def _range_reduce(x: np.ndarray, start: np.ndarray, end: np.ndarray, fn: np.ufunc) -> np.ndarray:
+    """``fn``-reduction of each range by a sparse table: level k reduces 2**k rows."""
     if len(start) == 0:
         return np.zeros((0,) + x.shape[1:])
-    length = end - start + 1
-    k = np.floor(np.log2(length)).astype(np.int64)
-    table = _sparse(x, int(k.max()), fn)
-    out = np.empty((len(start),) + x.shape[1:])
-    for level in np.unique(k):
-        rows = np.flatnonzero(k == level)
-        t = table[level]
-        out[rows] = fn(t[start[rows]], t[end[rows] - (1 << int(level)) + 1])
-    return out
+    level = np.log2(end - start + 1).astype(np.int64)  # floor; exact for lengths < 2**50
+    top = int(level.max())
+    table = np.empty((top + 1,) + x.shape)
+    table[0] = x
+    for k in range(1, top + 1):
+        half = 1 << (k - 1)
+        fn(table[k - 1, :-half], table[k - 1, half:], out=table[k, :-half])
+    return fn(table[level, start], table[level, end - (1 << level) + 1])
 
 
 def range_min(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:

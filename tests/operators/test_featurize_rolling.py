@@ -184,6 +184,20 @@ def test_variance_is_stable_for_large_offsets():
     np.testing.assert_allclose(var[:, 0], want, rtol=1e-6)
 
 
+def test_keys_do_not_cost_each_other_precision():
+    # key 0 has huge values, key 1 small ones right after it in the same array
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(1e12, 1e11, 300), rng.normal(0.5, 1e-3, 300)])[:, None]
+    group_first = np.repeat([0, 300], 300)
+    end = np.arange(310, 600)
+    start = end - 9
+    var, total = range_variance(x, x[group_first], start, end)
+    want_var = [np.var(x[s : e + 1]) for s, e in zip(start, end)]
+    want_sum = [np.sum(x[s : e + 1]) for s, e in zip(start, end)]
+    np.testing.assert_allclose(var[:, 0], want_var, rtol=1e-9)
+    np.testing.assert_allclose(total[:, 0], want_sum, rtol=1e-12)
+
+
 def _ev(i, ms, **fields):
     return ("k", {"id": i, "ms": ms, **fields})
 
