@@ -130,6 +130,22 @@ class _Config:
         return ClassificationStats(self.pos_label, self.average)
 
 
+def _take(store: dict[str, list[tuple]], key: str, lo: int, hi: int) -> Any:
+    """Remove and return the first stored item of ``key`` with ``lo <= ts <= hi``.
+
+    The key leaves the store with its last item.
+    """
+    items = store.get(key)
+    if items:
+        for i, item in enumerate(items):
+            if lo <= item[0] <= hi:
+                del items[i]
+                if not items:
+                    del store[key]
+                return item
+    return None
+
+
 class _LabelLogic(StatefulBatchLogic[Any, Any, _LabelState]):
     def __init__(self, cfg: _Config, state: _LabelState) -> None:
         self.cfg = cfg
@@ -194,34 +210,20 @@ class _LabelLogic(StatefulBatchLogic[Any, Any, _LabelState]):
                 if pred is None:
                     continue
                 self._part(t, pred[4]).predictions += 1
-                stored = labels.get(key)
-                if stored:
-                    for i, (lt, _, y_true) in enumerate(stored):
-                        if t <= lt <= t + delay:
-                            del stored[i]
-                            self._labelled(key, pred, y_true, out)
-                            break
-                    else:
-                        stored = None
-                    if stored is not None:
-                        continue
+                match = _take(labels, key, t, t + delay)
+                if match is not None:
+                    self._labelled(key, pred, match[2], out)
+                    continue
                 preds.setdefault(key, []).append(pred)
                 heapq.heappush(timers, (t + delay, key))
             else:
                 ok, y_true = self._read_label(key, item, errs)
                 if not ok:
                     continue
-                waiting = preds.get(key)
-                if waiting:
-                    for i, pred in enumerate(waiting):
-                        if pred[0] <= t <= pred[0] + delay:
-                            del waiting[i]
-                            self._labelled(key, pred, y_true, out)
-                            break
-                    else:
-                        waiting = None
-                    if waiting is not None:
-                        continue
+                match = _take(preds, key, t - delay, t)
+                if match is not None:
+                    self._labelled(key, match, y_true, out)
+                    continue
                 labels.setdefault(key, []).append((t, item, y_true))
                 heapq.heappush(timers, (t, key))
         self._expire(state.watermark, out)

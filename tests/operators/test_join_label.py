@@ -240,10 +240,12 @@ def test_state_stays_bounded_with_id_churn():
             if n % 3:  # two thirds get a label 2 s later
                 batch.append((RIGHT, f"id{n - 40}", {"label": 1, "ts": at(t)}))
         lg.on_batch(batch)
-        sizes.append((lg.state.size(), len(lg.state.timers)))
-    assert max(s[0] for s in sizes[5:]) <= 2 * sizes[5][0] + 10
-    assert max(s[1] for s in sizes[5:]) <= 2 * sizes[5][1] + 10
+        st_ = lg.state
+        sizes.append((st_.size(), len(st_.timers), len(st_.preds) + len(st_.labels)))
+    for i in range(3):
+        assert max(s[i] for s in sizes[5:]) <= 2 * sizes[5][i] + 10
     assert sizes[-1][0] < 400
+    assert sizes[-1][2] < 400
 
 
 def _flow(preds, labels, **kwargs):
