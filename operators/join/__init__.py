@@ -1,6 +1,5 @@
 """Joins for ML pipelines: enrichment, as-of, interval and delayed-label joins, and drift.
 
-
 - :func:`enrich`: stream–table join against a changelog (e.g. a compacted
   topic read by :func:`kafka_table`), with misses defaulted or held.
 - :func:`asof_join`: temporal join, the table version valid at each event's
@@ -13,6 +12,9 @@
 
 Every join shards its state by a CRC32 of the key (``shards=``) so one Python
 call handles a batch, and results do not depend on the number of workers.
+Bytewax's ``join``/``join_window`` keep one state object per key, which costs a
+Python call per key per batch and a watermark per key that stalls on idle
+keys; the shards avoid both.
 """
 
 from streamml.operators.join._shards import MISSING
