@@ -75,7 +75,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hop", type=float, default=2.0, help="window slide in minutes (default: %(default)s)"
     )
     parser.add_argument(
-        "--max-batch", type=int, default=64, help="most posts per model call (default: %(default)s)"
+        "--max-batch", type=int, default=16, help="most posts per model call (default: %(default)s)"
     )
     parser.add_argument(
         "--brokers", help="host:port of an existing Kafka cluster (default: embedded broker)"
