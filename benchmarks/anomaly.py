@@ -1,8 +1,9 @@
 """Anomaly windows: detection quality on the generated NAB-style set, and throughput.
 
 Quality: the z-score, robust (median/MAD), EWMA and model-based
-(IsolationForest built with scikit-learn, converted with skl2onnx, run by
-ONNX Runtime) detectors, each scored with
+(IsolationForest built with scikit-learn, converted with skl2onnx, served
+in the dataflow by :func:`streamml.operators.infer.infer` on ONNX Runtime)
+detectors, each scored with
 :func:`streamml.evaluation.score_windows` on :func:`streamml.evaluation.sensor_set`:
 windows found, precision and recall of windows, median detection delay (true
 start to the "opened" alert) and that delay as a fraction of the mean true
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -84,15 +86,19 @@ def _features(x: np.ndarray) -> np.ndarray:
     ).astype(np.float32)
 
 
-def _isolation_forest_scores(data: SensorSet) -> tuple[list[tuple[str, dict]], FixedThreshold]:
-    """Train an IsolationForest on every key's anomaly-free first day, run it with ONNX Runtime.
+def _isolation_forest(data: SensorSet) -> tuple[list[tuple[str, dict]], Any, FixedThreshold]:
+    """Train an IsolationForest on every key's anomaly-free first day and export it to ONNX.
 
-    Returns the keyed events with an ``if_score`` field (higher is more
-    anomalous) and a threshold at high quantiles of the training scores.
+    Returns the keyed events with their point-in-time ``features`` (float32
+    rows), the model as :class:`streamml.models.OnnxModel` (served in the
+    dataflow by :func:`streamml.operators.infer.infer`), and a threshold at
+    high quantiles of the training scores (score = minus the forest's
+    decision function, so higher is more anomalous).
     """
-    import onnxruntime as ort
     from skl2onnx import to_onnx
     from sklearn.ensemble import IsolationForest
+
+    from streamml.models import OnnxModel
 
     per_key: dict[str, list[dict]] = {}
     for e in data.events:
@@ -102,34 +108,53 @@ def _isolation_forest_scores(data: SensorSet) -> tuple[list[tuple[str, dict]], F
     train = np.concatenate([f[360:day] for f in feats.values()])
     forest = IsolationForest(n_estimators=100, random_state=0).fit(train)
     onx = to_onnx(forest, train[:1], target_opset={"": 17, "ai.onnx.ml": 3})
-    session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def anomaly_score(x: np.ndarray) -> np.ndarray:
-        return -session.run(["scores"], {name: x})[0].ravel()  # decision_function: low = odd
-
-    trained = anomaly_score(train)
+    model = OnnxModel(onx.SerializeToString(), version="iforest", intra_op_threads=1)
+    trained = -model.predict(train)["scores"].ravel()
     threshold = FixedThreshold(
         float(np.quantile(trained, 0.9999)), float(np.quantile(trained, 0.99))
     )
-    items = []
-    for k, evs in per_key.items():
-        for e, s in zip(evs, anomaly_score(feats[k]).tolist()):
-            items.append((k, {**e, "if_score": s}))
+    items = [
+        (k, {**e, "features": row}) for k, evs in per_key.items() for e, row in zip(evs, feats[k])
+    ]
     items.sort(key=lambda kv: kv[1]["time"])
-    return items, threshold
+    return items, model, threshold
 
 
-def _detect(items: list[tuple[str, dict]], score_: Any, threshold: Any, **rules: Any) -> tuple:
+def _scored_by(model: Any) -> Callable[[Any], Any]:
+    """Upstream of the windows: the model scores each event (one call per batch)."""
+    from streamml.operators.infer import infer
+
+    def pipeline(s: Any) -> Any:
+        scored = infer(
+            "isolation_forest",
+            s,
+            model,
+            inputs="features",
+            outputs=lambda e, out: {**e, "if_score": -float(out["scores"])},
+            max_wait=timedelta(0),
+        )
+        return scored.oks
+
+    return pipeline
+
+
+def _detect(
+    items: list[tuple[str, dict]],
+    score_: Any,
+    threshold: Any,
+    upstream: Callable[[Any], Any] | None = None,
+) -> tuple:
     flow = Dataflow("anomaly_quality")
     s = op.input("in", flow, TestingSource(items, batch_size=2000))
+    if upstream is not None:
+        s = upstream(s)
     out = anomaly_windows(
         "detect",
         s,
         timestamp=lambda e: e["time"],
         threshold=threshold,
         score=score_,
-        **{**WINDOW_RULES, **rules},
+        **WINDOW_RULES,
     )
     windows: list = []
     opened: list = []
@@ -140,9 +165,9 @@ def _detect(items: list[tuple[str, dict]], score_: Any, threshold: Any, **rules:
 
 
 def _detectors(data: SensorSet) -> dict[str, tuple]:
-    """Each detector: its input items, its score (a scorer or a field) and its threshold."""
+    """Each detector: its input items, its score (a scorer or a field), its threshold, upstream."""
     items = [(e["sensor"], e) for e in data.events]
-    if_items, if_threshold = _isolation_forest_scores(data)
+    if_items, model, if_threshold = _isolation_forest(data)
     return {
         "z-score (1 h window)": (items, ZScore("value", window=HOUR), FixedThreshold(4.5, 2.0)),
         "robust z-score (median/MAD, 1 h)": (
@@ -155,7 +180,12 @@ def _detectors(data: SensorSet) -> dict[str, tuple]:
             Ewma("value", half_life=10 * MINUTE),
             FixedThreshold(5.0, 2.0),
         ),
-        "IsolationForest (skl2onnx, ORT)": (if_items, "if_score", if_threshold),
+        "IsolationForest (skl2onnx, infer)": (
+            if_items,
+            "if_score",
+            if_threshold,
+            _scored_by(model),
+        ),
         "z-score, adaptive q99.9 threshold": (
             items,
             ZScore("value", window=HOUR),
@@ -185,8 +215,8 @@ def quality(sets: list[SensorSet]) -> dict[str, dict]:
     found: dict[str, tuple[list, list]] = {}
     for i, data in enumerate(sets):
         start = time.perf_counter()
-        for name, (items, score_, threshold) in _detectors(data).items():
-            windows, opened = _prefixed(i, *_detect(items, score_, threshold))
+        for name, detector in _detectors(data).items():
+            windows, opened = _prefixed(i, *_detect(*detector))
             found.setdefault(name, ([], []))
             found[name][0].extend(windows)
             found[name][1].extend(opened)
