@@ -250,6 +250,9 @@ def test_no_waiting_runs_what_arrived_together(mlp: OnnxModel) -> None:
         _events(100, ["a"]), model=mlp, max_batch=1000, max_wait=timedelta(0), source_batch=25
     )
     assert len(oks) == 100 and stats.batches == 4 and stats.mean_batch_size == 25
+    counters = stats.as_dict()
+    assert counters["events_per_second"] > 0 and counters["model_seconds"] > 0
+    assert counters["rejected"] == counters["model_errors"] == counters["swaps"] == 0
 
 
 # -- failures are isolated ------------------------------------------------------------
