@@ -26,8 +26,19 @@ order once the watermark passes them, so results do not depend on the arrival
 order within the lateness bound. Events older than the watermark go to the
 ``late`` stream. When a key receives nothing, its watermark advances with the
 system clock (as Bytewax's ``EventClock`` does), so a quiet key's window
-closes and the key's state is evicted; at the end of input every open window
-is closed with ``closed_by="eof"``.
+closes and the key's state is evicted (a key that comes back later starts
+afresh: new history, new watermark); at the end of input every open window is
+closed with ``closed_by="eof"``.
+
+Every state has an eviction rule next to it: scorer history is bounded by its
+time window (or half-lives) and a point cap, thresholds by their window, an
+open window by ``cooldown``, ``gap`` and ``max_duration``.
+
+Modules: :mod:`~streamml.operators.anomaly.scorers`,
+:mod:`~streamml.operators.anomaly.thresholds`,
+:mod:`~streamml.operators.anomaly.scoring` (:func:`score`),
+:mod:`~streamml.operators.anomaly.windows` (:func:`anomaly_windows`); the
+event-time gate shared by both operators is private.
 """
 
 from __future__ import annotations

@@ -465,6 +465,10 @@ def anomaly_windows(
         raise ValueError(f"min_duration must be >= 0; got {min_duration!r}")
     for name, td in (("cooldown", cooldown), ("gap", gap), ("max_duration", max_duration)):
         _positive(name, td)
+    if min_duration >= max_duration:
+        raise ValueError(
+            f"min_duration must be shorter than max_duration; got {min_duration!r} >= {max_duration!r}"
+        )
     if isinstance(score, str):
         scorer, extract, driver = None, _score_field(score), score + "_field"
     elif isinstance(score, ZScore | Ewma):

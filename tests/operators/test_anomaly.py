@@ -284,6 +284,15 @@ def test_build_time_validation():
         anomaly_windows("a", s, timestamp=ts, threshold=FixedThreshold(1.0), cooldown=0 * SEC)
     with pytest.raises(ValueError, match="min_points"):
         anomaly_windows("b", s, timestamp=ts, threshold=FixedThreshold(1.0), min_points=0)
+    with pytest.raises(ValueError, match="min_duration"):
+        anomaly_windows(
+            "e",
+            s,
+            timestamp=ts,
+            threshold=FixedThreshold(1.0),
+            min_duration=2 * SEC,
+            max_duration=SEC,
+        )
     with pytest.raises(ValueError, match="score must be"):
         anomaly_windows("c", s, timestamp=ts, threshold=FixedThreshold(1.0), score=3)
     with pytest.raises(ValueError, match="window"):
