@@ -1,0 +1,176 @@
+"""Kafka ceilings on the embedded broker: what the machine allows before any ML happens.
+
+- produce: a confluent-kafka producer writing pre-encoded messages;
+- consume: a confluent-kafka consumer reading them back (librdkafka's default
+  fetch sizes, and the larger ones streamml's benchmarks use);
+- source: ``streamml.kafka.source`` (Bytewax's ``KafkaSource`` plus batch
+  JSON decoding into ``Record``s) on one worker, next to Bytewax's bare
+  ``KafkaSource`` with no decoding.
+
+Every figure is a rate in messages per second of ~100-byte JSON readings;
+the broker runs on the same two cores as the client.
+"""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+import orjson
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import run_main
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from benchmarks.harness import alternate, format_table
+from streamml import kafka
+from streamml.broker import EmbeddedBroker
+from streamml.serde import JsonSerde
+
+BIG_FETCH = {"fetch.max.bytes": str(64 << 20), "max.partition.fetch.bytes": str(16 << 20)}
+
+
+class _CountPartition(StatelessSinkPartition):
+    def __init__(self, counter: list[int]) -> None:
+        self._counter = counter
+
+    def write_batch(self, items: list) -> None:
+        self._counter[0] += len(items)
+
+
+class CountSink(DynamicSink):
+    """Counts what reaches it and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.counter = [0]
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
+        return _CountPartition(self.counter)
+
+
+def _payloads(n: int) -> list[bytes]:
+    return [
+        orjson.dumps(
+            {
+                "sensor_id": f"sensor-{i % 1000:04d}",
+                "ts": 1_767_225_600_000 + i,
+                "temperature": 60.0 + (i % 17) / 10,
+                "vibration": 2.0,
+                "pressure": 5.0,
+            }
+        )
+        for i in range(n)
+    ]
+
+
+def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i, p in enumerate(payloads):
+        while True:
+            try:
+                producer.produce(topic, p)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    producer.flush()
+    return len(payloads)
+
+
+def _consume(bootstrap: str, topic: str, config: dict[str, str]) -> int:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "ceiling",
+            "enable.partition.eof": True,
+            **config,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    n = 0
+    while True:
+        msgs = consumer.consume(10_000, timeout=1.0)
+        eof = False
+        for m in msgs:
+            if m.error() is None:
+                n += 1
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                eof = True
+        if eof:
+            break
+    consumer.close()
+    return n
+
+
+def _bytewax_source(bootstrap: str, topic: str, n: int) -> int:
+    flow = Dataflow("bare_source")
+    sink = CountSink()
+    src = kop.input(
+        "in", flow, brokers=[bootstrap], topics=[topic], tail=False, add_config=BIG_FETCH
+    )
+    op.output("count", src.oks, sink)
+    run_main(flow)
+    assert sink.counter[0] == n, (sink.counter[0], n)
+    return n
+
+
+def _streamml_source(bootstrap: str, topic: str, n: int) -> int:
+    flow = Dataflow("streamml_source")
+    sink = CountSink()
+    src = kafka.source(
+        "in",
+        flow,
+        brokers=bootstrap,
+        topics=topic,
+        value_serde=JsonSerde(),
+        tail=False,
+        add_config=BIG_FETCH,
+    )
+    op.output("count", src.oks, sink)
+    run_main(flow)
+    assert sink.counter[0] == n, (sink.counter[0], n)
+    return n
+
+
+def main(quick: bool = False) -> dict:
+    n = 100_000 if quick else 300_000
+    rounds = 3
+    payloads = _payloads(n)
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap
+        broker.create_topic("ceiling")
+        topics = iter(range(10**6))
+
+        def produce_fresh() -> int:
+            name = f"produce-{next(topics)}"
+            broker.create_topic(name)
+            return _produce(bootstrap, name, payloads)
+
+        print(
+            f"{n:,} JSON messages of ~{len(payloads[0])} bytes, {rounds} alternating rounds",
+            flush=True,
+        )
+        produce = alternate({"confluent-kafka produce": produce_fresh}, rounds=rounds)
+        print(format_table("produce", produce, "msg/s"))
+        _produce(bootstrap, "ceiling", payloads)
+        consume = alternate(
+            {
+                "confluent-kafka consume (big fetches)": lambda: _consume(
+                    bootstrap, "ceiling", BIG_FETCH
+                ),
+                "confluent-kafka consume (defaults)": lambda: _consume(bootstrap, "ceiling", {}),
+                "Bytewax KafkaSource, no decoding": lambda: _bytewax_source(
+                    bootstrap, "ceiling", n
+                ),
+                "streamml kafka.source + JSON decode": lambda: _streamml_source(
+                    bootstrap, "ceiling", n
+                ),
+            },
+            rounds=rounds,
+        )
+        print(format_table("consume", consume, "msg/s"))
+    return {"produce": [m.as_dict() for m in produce], "consume": [m.as_dict() for m in consume]}
+
+
+if __name__ == "__main__":
+    main()
