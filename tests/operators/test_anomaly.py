@@ -172,6 +172,31 @@ def test_windows_match_bruteforce_properties(keys, min_points, cooldown, gap, ma
     assert comparable(again.windows) == comparable(out.windows)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 10), st.floats(-3, 3), st.booleans()), min_size=5, max_size=120
+    ),
+    st.integers(0, 2**16),
+)
+def test_scored_windows_do_not_depend_on_arrival_order(steps, seed):
+    t, items = 0, []
+    for dt, x, spike in steps:
+        t += dt
+        items.append(("k", ev(t, x + (12.0 if spike else 0.0))))
+    kw = dict(
+        score=ZScore("s", window=60 * SEC, min_points=3),
+        threshold=FixedThreshold(3.0, 1.5),
+        cooldown=15 * SEC,
+        lateness=20 * SEC,
+    )
+    rng = random.Random(seed)
+    shuffled = sorted(items, key=lambda kv: (kv[1]["t"] - T0) / SEC + rng.uniform(0, 19))
+    a, b = run_windows(items, **kw), run_windows(shuffled, **kw)
+    assert b.late == [] and comparable(a.windows) == comparable(b.windows)
+    assert sorted(x["window_id"] for x in a.opened) == sorted(x["window_id"] for x in b.opened)
+
+
 # ---------------------------------------------------------------- edge cases
 
 
