@@ -124,8 +124,11 @@ class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
         self.upper = upper
         self.lateness = lateness
         self.outer = outer
+        # Timers fire on a grid, so one visit to a key evicts several events.
+        self.tick = max((upper - lower) // 4, 1000)
 
     def _schedule(self, key: str, at: int) -> None:
+        at += self.tick - at % self.tick
         if at < self.state.scheduled.get(key, _LATEST):
             self.state.scheduled[key] = at
             heapq.heappush(self.state.timers, (at, key))
@@ -134,7 +137,7 @@ class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
         state = self.state
         lefts, rights = state.lefts, state.rights
         timers, scheduled, heappush = state.timers, state.scheduled, heapq.heappush
-        lower, upper, lateness = self.lower, self.upper, self.lateness
+        lower, upper, lateness, tick = self.lower, self.upper, self.lateness, self.tick
         oks: list = []
         errs: list = []
         late: list = []
@@ -160,6 +163,7 @@ class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
                     buf = lefts[key] = _Buffer()
                 buf.insert(t, item, matched)
                 at = t + upper
+                at += tick - at % tick
                 if at < scheduled.get(key, _LATEST):
                     scheduled[key] = at
                     heappush(timers, (at, key))
@@ -176,6 +180,7 @@ class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
                     buf = rights[key] = _Buffer()
                 buf.insert(t, item, True)
                 at = t - lower
+                at += tick - at % tick
                 if at < scheduled.get(key, _LATEST):
                     scheduled[key] = at
                     heappush(timers, (at, key))
