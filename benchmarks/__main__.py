@@ -20,9 +20,10 @@ from pathlib import Path
 
 import benchmarks
 from benchmarks.harness import machine_info
+from benchmarks.report import write_report
 
 RESULTS = Path(__file__).with_name("results")
-_NOT_FAMILIES = {"harness", "__main__"}
+_NOT_FAMILIES = {"harness", "report", "__main__"}
 
 
 def families() -> list[str]:
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS / f"{stamp}-{socket.gethostname()}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nresults written to {path}")
+    print(f"report written to {write_report(report, path)}")
     if failed:
         print(f"FAILED families: {failed}", file=sys.stderr)
         return 1
