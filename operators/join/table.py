@@ -14,7 +14,6 @@ keeps every version), so the joins keep only the last value per key themselves.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,14 +21,12 @@ from typing import Any, NamedTuple
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamml.errors import Rejected
 from streamml.serde.base import Deserializer, SerdeError, StringSerde
 
 __all__ = ["Table", "TableReady", "kafka_table"]
-
-logger = logging.getLogger(__name__)
 
 
 class TableReady(NamedTuple):
@@ -101,9 +98,8 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
         out: list[Any] = []
         for msg in self._consumer.consume(1000, 0.01):
             error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    out.append(Rejected(self._step_id, "KafkaError", str(error), None))
+            if error is not None:  # partition EOF events are off, so this is a real error
+                out.append(Rejected(self._step_id, "KafkaError", str(error), None))
                 continue
             out.append(_Message(msg.key(), msg.value(), msg.partition(), msg.offset()))
             self._next = msg.offset() + 1
