@@ -42,6 +42,8 @@ __all__ = ["Columns", "extract"]
 
 _TZINFO = attrgetter("tzinfo")
 _PLAIN = {int, float}
+_STR = {str}
+_DATETIME = {datetime}
 # float seconds carry whole microseconds exactly while |us| < 2**53 (about 1685..2255)
 _EXACT_SECONDS = 2.0**53 / 1e6
 
@@ -143,7 +145,7 @@ def _fast(
 ) -> Columns:
     keys = [item[0] for item in items]
     events = [item[1] for item in items]
-    if not all(type(k) is str for k in keys):
+    if items and set(map(type, keys)) != _STR:
         raise _Slow
     values = np.empty((len(events), len(fields)))
     for j, name in enumerate(fields):
@@ -156,9 +158,9 @@ def _fast(
     ts = np.empty(0, dtype=np.int64)
     if ts_getter is not None:
         stamps = list(map(ts_getter, events))
-        if not all(type(s) is datetime for s in stamps) or None in set(map(_TZINFO, stamps)):
+        if items and (set(map(type, stamps)) != _DATETIME or None in set(map(_TZINFO, stamps))):
             raise _Slow
-        seconds = np.array([s.timestamp() for s in stamps])
+        seconds = np.fromiter(map(datetime.timestamp, stamps), np.float64, len(stamps))
         if len(seconds) and np.abs(seconds).max() >= _EXACT_SECONDS:
             raise _Slow
         ts = np.rint(seconds * 1e6).astype(np.int64)

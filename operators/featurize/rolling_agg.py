@@ -127,17 +127,12 @@ class _Config:
     half_life: float
     max_future: int | None
     ts_getter: Callable[[Any], datetime]
-    need_minmax: bool = field(init=False)
-    need_var: bool = field(init=False)
-    need_sum: bool = field(init=False)
+    needed: set[str] = field(init=False)
     gathered: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        aggs = {a for _, a in self.plan}
-        self.need_minmax = bool(aggs & {"min", "max"})
-        self.need_var = bool(aggs & {"std", "var"})
-        self.need_sum = bool(aggs & {"sum", "mean"})
-        self.gathered = any(a == "ewma" or a.startswith("p") for a in aggs)
+        self.needed = {a for _, a in self.plan}
+        self.gathered = any(a == "ewma" or a.startswith("p") for a in self.needed)
 
 
 def _config(
@@ -378,31 +373,33 @@ class _RollingLogic(StatefulBatchLogic):
         gstart, middle = kern.group_rows(m_kid)
         start = kern.range_starts(m_ts, gstart[end], end, m_ts[end] - cfg.window)
         count = (end - start + 1).astype(np.float64)
-        has_prev = end > start
-        prev = np.where(has_prev, end - 1, end)
-        x_end = m_x[end]
-        columns: dict[str, np.ndarray] = {"count": count, "last": x_end}
-        if cfg.need_var or cfg.need_sum:
+        needed = cfg.needed
+        columns: dict[str, np.ndarray] = {"count": count}
+        if "last" in needed or "delta" in needed:
+            columns["last"] = m_x[end]
+        if needed & {"var", "std", "sum", "mean"}:
             var, total = kern.range_variance(m_x, m_x[middle], start, end)
             columns.update(var=var, sum=total, std=np.sqrt(var), mean=total / count[:, None])
-        if cfg.need_minmax:
-            columns.update(min=kern.range_min(m_x, start, end), max=kern.range_max(m_x, start, end))
-        nan = np.nan
-        columns["delta"] = np.where(has_prev[:, None], x_end - m_x[prev], nan)
-        columns["since"] = np.where(has_prev, (m_ts[end] - m_ts[prev]) / 1e6, nan)
-        columns["rate"] = count / (cfg.window / 1e6)
+        if "min" in needed:
+            columns["min"] = kern.range_min(m_x, start, end)
+        if "max" in needed:
+            columns["max"] = kern.range_max(m_x, start, end)
+        if "delta" in needed or "since" in needed:
+            has_prev = end > start
+            prev = np.where(has_prev, end - 1, end)
+            columns["delta"] = np.where(has_prev[:, None], columns["last"] - m_x[prev], np.nan)
+            columns["since"] = np.where(has_prev, (m_ts[end] - m_ts[prev]) / 1e6, np.nan)
+        if "rate" in needed:
+            columns["rate"] = count / (cfg.window / 1e6)
         if cfg.gathered:
             columns.update(self._gathered(m_ts, m_x, start, end))
-        out = np.empty((len(end), len(cfg.plan)))
-        for j, (f, agg) in enumerate(cfg.plan):
-            col = columns[agg]
-            out[:, j] = col[:, f] if col.ndim == 2 else col
         order_list = order.tolist()
-        outputs = [dict(events[i]) for i in order_list]
-        for name, column in zip(cfg.names, out.T.tolist()):
-            for event, value in zip(outputs, column):
+        outputs = list(map(dict, map(events.__getitem__, order_list)))
+        for name, (f, agg) in zip(cfg.names, cfg.plan):
+            col = columns[agg]
+            for event, value in zip(outputs, (col[:, f] if col.ndim == 2 else col).tolist()):
                 event[name] = value
-        return list(zip([keys[i] for i in order_list], outputs))
+        return list(zip(map(keys.__getitem__, order_list), outputs))
 
     def _gathered(
         self, m_ts: np.ndarray, m_x: np.ndarray, start: np.ndarray, end: np.ndarray
