@@ -1,6 +1,6 @@
 """Run the sentiment pipeline end to end: model, broker, real tweets, the dataflow, a summary.
 
-python -m examples.social_sentiment --events 5000
+python -m examples.social_sentiment --events 5000  # default 2000
 python -m examples.social_sentiment --brokers kafka:9092 --registry http://registry:8081
 """
 
@@ -47,7 +47,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument(
-        "--events", type=int, default=5_000, help="posts to stream (default: %(default)s)"
+        "--events", type=int, default=2_000, help="posts to stream (default: %(default)s)"
     )
     parser.add_argument(
         "--corrupt",
