@@ -199,7 +199,7 @@ class TextReader:
         *,
         size: tuple[int, int] = (320, 192),
         max_boxes: int = 8,
-        chunk: int = 64,
+        chunk: int = 16,
         intra_op_threads: int | None = None,
     ) -> None:
         self._net = OnnxModel(path, intra_op_threads=intra_op_threads, warmup=False)
@@ -233,15 +233,20 @@ class TextReader:
         """The underlying ONNX model (for measuring the network alone)."""
         return self._net
 
-    def crops(self, images: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """The network input for every box with a score: ``(M, 3, 48, 320)``, and where each came from.
+    def crops(
+        self, images: np.ndarray, boxes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every box with a score, cut out and scaled to the recogniser's height.
 
-        The second value lists, per crop, its flat index ``frame * max_boxes + box``.
+        Returns ``(x, widths, where)``: the crops as network input ``(M, 3,
+        48, 320)`` (zero right of each crop's scaled width, as in training),
+        each crop's scaled width, and where it came from (its flat index
+        ``frame * max_boxes + box``).
         """
-        where = np.flatnonzero(boxes[:, :, 4].reshape(-1) > 0).tolist()
+        where = np.flatnonzero(boxes[:, :, 4].reshape(-1) > 0)
         batch = np.zeros((len(where), self.height, self.width, 3), dtype=np.uint8)
-        widths = []
-        for j, flat in enumerate(where):
+        widths = np.zeros(len(where), dtype=np.int64)
+        for j, flat in enumerate(where.tolist()):
             frame, k = divmod(flat, self._max_boxes)
             x0, y0, x1, y1 = (int(round(v)) for v in boxes[frame, k, :4])
             crop = images[frame, y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)]
@@ -249,11 +254,28 @@ class TextReader:
             scaled_w = max(1, min(self.width, math.ceil(self.height * w / h)))
             resized = Image.fromarray(crop).resize((scaled_w, self.height), Image.BILINEAR)
             batch[j, :, :scaled_w] = np.asarray(resized)
-            widths.append(scaled_w)
+            widths[j] = scaled_w
         x = to_network_input(batch)
-        for j, scaled_w in enumerate(widths):  # padding is 0 after scaling, as in training
+        for j, scaled_w in enumerate(widths.tolist()):
             x[j, :, :, scaled_w:] = 0.0
-        return x, where
+        return x, widths, where
+
+    def chunks(self, x: np.ndarray, widths: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The network calls for a batch of crops: ``(crop indices, input)`` for each.
+
+        Each crop is padded to its own width rounded up to 32 pixels, and
+        crops of one padded width are read together, up to ``chunk`` a call:
+        a batch of short plates does not pay for 320 pixels of padding, and
+        what a crop reads does not depend on the other crops in its batch.
+        """
+        padded = np.minimum(-(-widths // 32) * 32, self.width)
+        calls = []
+        for width in np.unique(padded).tolist():
+            same = np.flatnonzero(padded == width)
+            for lo in range(0, len(same), self._chunk):
+                idx = same[lo : lo + self._chunk]
+                calls.append((idx, np.ascontiguousarray(x[idx, :, :, :width])))
+        return calls
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
         feeds = as_feeds(self._inputs, inputs)
@@ -261,12 +283,9 @@ class TextReader:
         n = len(images)
         texts = np.full(n * self._max_boxes, "", dtype=object)
         scores = np.zeros(n * self._max_boxes, dtype=np.float32)
-        x, where = self.crops(images, boxes)
-        for lo in range(0, len(where), self._chunk):
-            (probs,) = self._net.predict(x[lo : lo + self._chunk]).values()
-            read, conf = ctc_decode(probs, self._charset)
-            idx = where[lo : lo + self._chunk]
-            texts[idx] = read
-            scores[idx] = conf
+        x, widths, where = self.crops(images, boxes)
+        for idx, batch in self.chunks(x, widths):
+            (probs,) = self._net.predict(batch).values()
+            texts[where[idx]], scores[where[idx]] = ctc_decode(probs, self._charset)
         shape = (n, self._max_boxes)
         return {"texts": texts.reshape(shape), "text_scores": scores.reshape(shape)}
