@@ -472,6 +472,10 @@ def rolling(
     - quantiles ``p50``, ``p95``, ``p99`` (any ``p<percent>``): exact over
       the window, NumPy's linear interpolation.
 
+    Results do not depend on batch sizes, ``shards`` or worker counts, except
+    in the last bits of ``sum``/``mean``/``std``/``var`` (sums are centred
+    on rows of the current batch).
+
     Bad events never stop the flow: missing, non-numeric (``str``,
     ``bool``, ``None``) or non-finite fields, and timestamps that are not
     timezone-aware ``datetime`` or lie more than ``max_future`` beyond the
