@@ -9,22 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, TopicPartition
 
+from examples.common import TopicProgress, add_broker_arguments, open_broker, unique_topics
 from examples.sensor_anomaly.corrupt import corrupt_payloads
 from examples.sensor_anomaly.flow import SCHEMA, Topics, build_flow
 from examples.sensor_anomaly.generate import generate_fleet
 from examples.sensor_anomaly.model import DEFAULT_DIR, build_model
 from examples.sensor_anomaly.report import evaluate, plot_sensor, write_windows
-from streamml.broker import EmbeddedBroker, create_topics
+from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import consume_all, produce_all
 
@@ -55,14 +53,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="corrupt messages to mix in (default: 0.1%% of --events, at least 6)",
     )
-    parser.add_argument(
-        "--brokers", help="host:port of an existing Kafka cluster (default: embedded broker)"
-    )
-    parser.add_argument(
-        "--registry",
-        default="mock://sensor-anomaly",
-        help="schema registry URL (default: an in-process mock)",
-    )
+    add_broker_arguments(parser, registry="mock://sensor-anomaly")
     parser.add_argument(
         "--partitions",
         type=int,
@@ -88,45 +79,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class _Progress(threading.Thread):
-    """Counts what has reached the output topics and prints one updating line."""
-
-    def __init__(self, bootstrap: str, topics: list[str], total: int, enabled: bool) -> None:
-        super().__init__(daemon=True)
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "progress", "enable.auto.commit": False}
-        )
-        meta = self._consumer.list_topics(timeout=10).topics
-        self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
-        self._total, self._enabled = total, enabled
-        self._done = threading.Event()
-        self.count = 0
-
-    def run(self) -> None:
-        start = last_print = time.monotonic()
-        while not self._done.is_set():
-            msgs = self._consumer.consume(10_000, timeout=0.1)
-            self.count += sum(1 for m in msgs if m.error() is None)
-            now = time.monotonic()
-            if self._enabled and now - last_print >= 0.5:
-                last_print = now
-                rate = self.count / (now - start)
-                pct = 100 * self.count / self._total
-                print(
-                    f"\r  processed {self.count:,} / {self._total:,} ({pct:5.1f}%)  {rate:,.0f} ev/s   ",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        self._consumer.close()
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-        if self._enabled:
-            print(file=sys.stderr)
-
-
 def _secs(value: object) -> str:
     return "-" if value is None else f"{value.total_seconds():.0f} s"
 
@@ -138,21 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         f"model: IsolationForest {model.onnx} (normal-data score p99.9 {model.quantiles['q999']:.3f})"
     )
     with ExitStack() as stack:
-        if args.brokers:
-            bootstrap = args.brokers
-            run = uuid.uuid4().hex[:8]
-            defaults = Topics()
-            topics = Topics(
-                *(
-                    f"{getattr(defaults, f)}-{run}"
-                    for f in ("readings", "scores", "alerts", "dead_letters")
-                )
-            )
-            print(f"using the cluster at {bootstrap}")
-        else:
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
-            topics = Topics()
-            print(f"started an embedded tansu broker on {bootstrap}")
+        bootstrap = open_broker(stack, args.brokers)
+        topics = unique_topics(Topics()) if args.brokers else Topics()
         create_topics(bootstrap, [topics.readings], partitions=args.partitions)
         create_topics(bootstrap, [topics.scores, topics.alerts, topics.dead_letters], partitions=1)
 
@@ -180,16 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         flow = build_flow(bootstrap, topics=topics, registry=registry, model=model)
-        progress = _Progress(
-            bootstrap, [topics.scores, topics.dead_letters], produced, not args.quiet
-        )
-        progress.start()
-        t0 = time.perf_counter()
-        try:
+        outputs = [topics.scores, topics.dead_letters]
+        with TopicProgress(bootstrap, outputs, produced, enabled=not args.quiet):
+            t0 = time.perf_counter()
             run_main(flow)
-        finally:
-            progress.stop()
-        wall = time.perf_counter() - t0
+            wall = time.perf_counter() - t0
 
         scores = consume_all(bootstrap, topics.scores)
         dead = consume_all(bootstrap, topics.dead_letters)
