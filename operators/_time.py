@@ -187,6 +187,12 @@ class KeyedWatermarks:
         m = self.max_seen.get(key)
         return None if m is None else m - self.delay
 
+    def advance(self, key: str, ts: int) -> None:
+        """Raise ``key``'s watermark to at least ``ts`` (results up to ``ts`` were emitted early)."""
+        floor = ts + self.delay
+        if self.max_seen.get(key, floor) <= floor:
+            self.max_seen[key] = floor
+
     def close_all(self) -> None:
         """Make every key's watermark its newest timestamp (after flushing at end of input)."""
         delay = self.delay

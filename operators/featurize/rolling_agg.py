@@ -27,9 +27,10 @@ their rows.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
@@ -102,6 +103,76 @@ def _check_aggs(fields: Sequence[str] | Mapping[str, Sequence[str]], default: Se
     return {name: tuple(aggs) for name, aggs in spec.items()}
 
 
+@dataclass
+class _Held:
+    """Accepted events waiting for their key's watermark, column-wise.
+
+    Eviction: an event leaves when its key's watermark reaches it, when its
+    key is forgotten, after ``idle_release`` of wall-clock time, or at end
+    of input — and is then emitted with its features.
+    """
+
+    kid: np.ndarray
+    ts: np.ndarray
+    seq: np.ndarray
+    vals: np.ndarray
+    arrived: np.ndarray  # wall-clock seconds of the batch that brought it
+    keys: list[str]
+    events: list[Any]
+
+    @classmethod
+    def empty(cls, n_fields: int) -> _Held:
+        i = np.zeros(0, dtype=np.int64)
+        return cls(i, i, i, np.zeros((0, n_fields)), np.zeros(0), [], [])
+
+    def __len__(self) -> int:
+        return len(self.kid)
+
+    def extend(self, more: _Held) -> _Held:
+        if not len(self):
+            return more
+        cat = np.concatenate
+        return _Held(
+            cat([self.kid, more.kid]),
+            cat([self.ts, more.ts]),
+            cat([self.seq, more.seq]),
+            cat([self.vals, more.vals]),
+            cat([self.arrived, more.arrived]),
+            self.keys + more.keys,
+            self.events + more.events,
+        )
+
+    def split(self, mask: np.ndarray) -> tuple[_Held, _Held]:
+        """The events where ``mask`` holds, and the others."""
+        if mask.all():
+            return self, _Held.empty(self.vals.shape[1])
+        chosen, rest = np.flatnonzero(mask).tolist(), np.flatnonzero(~mask).tolist()
+
+        def part(idx: list[int], m: np.ndarray) -> _Held:
+            return _Held(
+                self.kid[m],
+                self.ts[m],
+                self.seq[m],
+                self.vals[m],
+                self.arrived[m],
+                [self.keys[i] for i in idx],
+                [self.events[i] for i in idx],
+            )
+
+        return part(chosen, mask), part(rest, ~mask)
+
+    def copy(self) -> _Held:
+        return _Held(
+            self.kid.copy(),
+            self.ts.copy(),
+            self.seq.copy(),
+            self.vals.copy(),
+            self.arrived.copy(),
+            list(self.keys),
+            list(self.events),
+        )
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     marks: WatermarkSnapshot
@@ -112,7 +183,7 @@ class _Snapshot:
     swept: int
     seq: int
     rows: tuple[np.ndarray, np.ndarray, np.ndarray]  # kid, ts, values of window rows
-    held: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[Any]]
+    held: _Held
 
 
 @dataclass
@@ -127,6 +198,7 @@ class _Config:
     half_life: float
     max_future: int | None
     ts_getter: Callable[[Any], datetime]
+    idle_release: float | None = None  # wall-clock seconds
     needed: set[str] = field(init=False)
     gathered: bool = field(init=False)
 
@@ -147,6 +219,7 @@ def _config(
     ttl: timedelta | None = None,
     max_future: timedelta | None = timedelta(days=1),
     label: str | None = None,
+    idle_release: timedelta | None = None,
 ) -> _Config:
     """Validate :func:`rolling`'s arguments into the shard states' config."""
     if window <= timedelta(0):
@@ -161,6 +234,8 @@ def _config(
         ttl = window + max_delay + timedelta(hours=1)
     if ttl < window + max_delay:
         raise ValueError(f"ttl must be >= window + max_delay ({window + max_delay}); got {ttl}")
+    if idle_release is not None and idle_release <= timedelta(0):
+        raise ValueError(f"idle_release must be > 0 or None; got {idle_release}")
     if max_future is not None and max_future < timedelta(0):
         raise ValueError(f"max_future must be >= 0 or None; got {max_future}")
     names = list(spec)
@@ -177,6 +252,7 @@ def _config(
         half_life=half_life.total_seconds() if half_life else 0.0,
         max_future=micros(max_future) if max_future is not None else None,
         ts_getter=timestamp,
+        idle_release=idle_release.total_seconds() if idle_release is not None else None,
     )
     if len(set(cfg.names)) != len(cfg.names):
         raise ValueError(f"duplicate feature names {cfg.names}; list each aggregate once")
@@ -208,21 +284,30 @@ class _RollingLogic(StatefulBatchLogic):
             self.seq = 0
             empty_i = np.zeros(0, dtype=np.int64)
             self.rows = (empty_i, empty_i, np.zeros((0, nf)))
-            self.held = (empty_i, empty_i, empty_i, np.zeros((0, nf)), [], [])
+            self.held = _Held.empty(nf)
         else:
             self.kid_of = dict(resume.kid_of)
             self.free = list(resume.free)
             self.kmax = resume.kmax.copy()
             self.clock, self.swept, self.seq = resume.clock, resume.swept, resume.seq
             self.rows = tuple(a.copy() for a in resume.rows)
-            h = resume.held
-            self.held = (h[0].copy(), h[1].copy(), h[2].copy(), h[3].copy(), list(h[4]), list(h[5]))
+            self.held = resume.held.copy()
 
     # -- Bytewax hooks -------------------------------------------------
 
     def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
         items = values[0] if len(values) == 1 else [x for part in values for x in part]
-        return [self._process(items, eof=False)], False
+        return [self._process(items)], False
+
+    def notify_at(self) -> datetime | None:
+        """When the oldest held event has waited ``idle_release`` (if set)."""
+        if self.cfg.idle_release is None or not len(self.held):
+            return None
+        due = float(self.held.arrived.min()) + self.cfg.idle_release
+        return datetime.fromtimestamp(due, tz=timezone.utc)
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        return [self._process([])], False
 
     def on_eof(self) -> tuple[list[Any], bool]:
         chunk = self._process([], eof=True)
@@ -231,7 +316,6 @@ class _RollingLogic(StatefulBatchLogic):
         return [chunk], False
 
     def snapshot(self) -> _Snapshot:
-        h = self.held
         return _Snapshot(
             self.marks.snapshot(),
             dict(self.kid_of),
@@ -241,7 +325,7 @@ class _RollingLogic(StatefulBatchLogic):
             self.swept,
             self.seq,
             tuple(a.copy() for a in self.rows),
-            (h[0].copy(), h[1].copy(), h[2].copy(), h[3].copy(), list(h[4]), list(h[5])),
+            self.held.copy(),
         )
 
     # -- work ----------------------------------------------------------
@@ -261,8 +345,9 @@ class _RollingLogic(StatefulBatchLogic):
             self.kid_of[key] = kid
         return kid
 
-    def _process(self, items: list[Any], eof: bool) -> tuple[list, list, list]:
+    def _process(self, items: list[Any], eof: bool = False) -> tuple[list, list, list]:
         cfg = self.cfg
+        now = time.time()
         cols, errs = extract(cfg.step_id, items, cfg.fields, cfg.ts_getter, cfg.max_future)
         lates: list[Rejected] = []
         keys, events, ts_arr, vals = cols.keys, cols.events, cols.ts, cols.values
@@ -288,20 +373,10 @@ class _RollingLogic(StatefulBatchLogic):
             self.clock = max(self.clock, int(ts_arr.max()))
             seq = np.arange(self.seq, self.seq + len(keys), dtype=np.int64)
             self.seq += len(keys)
-            h = self.held
-            if len(h[0]):
-                self.held = (
-                    np.concatenate([h[0], kids]),
-                    np.concatenate([h[1], ts_arr]),
-                    np.concatenate([h[2], seq]),
-                    np.concatenate([h[3], vals]),
-                    h[4] + keys,
-                    h[5] + events,
-                )
-            else:
-                self.held = (kids, ts_arr, seq, vals, keys, events)
+            arrived = np.full(len(keys), now)
+            self.held = self.held.extend(_Held(kids, ts_arr, seq, vals, arrived, keys, events))
         gone = self._sweep()
-        oks = self._release(eof, gone)
+        oks = self._release(eof, gone, now)
         if gone:
             for key in gone:
                 self.free.append(self.kid_of.pop(key))
@@ -315,49 +390,32 @@ class _RollingLogic(StatefulBatchLogic):
         self.swept = self.clock
         return self.marks.forget_idle(self.clock - ttl)
 
-    def _release(self, eof: bool, gone: list[str]) -> list[tuple[str, dict]]:
-        kids, ts, seq, vals, keys, events = self.held
-        if len(kids) == 0 and not gone:
+    def _release(self, eof: bool, gone: list[str], now: float) -> list[tuple[str, dict]]:
+        held = self.held
+        if not len(held) and not gone:
             return []
         delay = self.marks.delay
         gone_kids = np.array([self.kid_of[k] for k in gone], dtype=np.int64)
+        if cfg_idle := self.cfg.idle_release:
+            waited = held.arrived + cfg_idle <= now
+            if waited.any():  # emit early; the key's watermark moves up to what was emitted
+                for i in np.flatnonzero(waited).tolist():
+                    self.marks.advance(held.keys[i], int(held.ts[i]))
+                np.maximum.at(self.kmax, held.kid[waited], held.ts[waited] + delay)
         if eof or (delay == 0 and not gone):
-            out = np.ones(len(kids), dtype=bool)
+            out = np.ones(len(held), dtype=bool)
         else:
-            out = ts <= self.kmax[kids] - delay
+            out = held.ts <= self.kmax[held.kid] - delay
             if gone:
-                out |= np.isin(kids, gone_kids)
-        if out.all():
-            self.held = (kids[:0], ts[:0], seq[:0], vals[:0], [], [])
-            r_keys, r_events = keys, events
-        else:
-            keep = ~out
-            keep_idx = np.flatnonzero(keep).tolist()
-            out_idx = np.flatnonzero(out).tolist()
-            self.held = (
-                kids[keep],
-                ts[keep],
-                seq[keep],
-                vals[keep],
-                [keys[i] for i in keep_idx],
-                [events[i] for i in keep_idx],
-            )
-            r_keys = [keys[i] for i in out_idx]
-            r_events = [events[i] for i in out_idx]
-            kids, ts, seq, vals = kids[out], ts[out], seq[out], vals[out]
-        results = self._compute(kids, ts, seq, vals, r_keys, r_events) if len(kids) else []
+                out |= np.isin(held.kid, gone_kids)
+        released, self.held = held.split(out)
+        results = self._compute(released) if len(released) else []
         self._prune(gone_kids)
         return results
 
-    def _compute(
-        self,
-        kids: np.ndarray,
-        ts: np.ndarray,
-        seq: np.ndarray,
-        vals: np.ndarray,
-        keys: list[str],
-        events: list[Any],
-    ) -> list[tuple[str, dict]]:
+    def _compute(self, released: _Held) -> list[tuple[str, dict]]:
+        kids, ts, seq, vals = released.kid, released.ts, released.seq, released.vals
+        keys, events = released.keys, released.events
         cfg = self.cfg
         order = np.lexsort((seq, ts, kids))
         kids, ts, vals = kids[order], ts[order], vals[order]
@@ -450,6 +508,7 @@ def rolling(
     max_future: timedelta | None = timedelta(days=1),
     shards: int = 8,
     label: str | None = None,
+    idle_release: timedelta | None = None,
 ) -> TimedFeaturesOut:
     """Add rolling aggregates of each key's recent events to every event, as of its event time.
 
@@ -505,6 +564,13 @@ def rolling(
         shards: Number of state shards. Use at least the number of workers;
             fewer shards give larger batches.
         label: Name suffix; defaults to :func:`window_label` of ``window``.
+        idle_release: Emit a held event once it has waited this long in
+            wall-clock time, even if its key's watermark has not reached it
+            (a key that goes quiet would otherwise hold its last events until
+            it speaks again or input ends). Its key's watermark then moves up
+            to it, so older events arriving afterwards are late: results
+            never change, but which events are late then depends on timing.
+            ``None`` (default): only event time decides.
 
     Returns:
         ``oks``: ``(key, event with features)``, emitted when the key's
@@ -557,6 +623,7 @@ def rolling(
         ttl=ttl,
         max_future=max_future,
         label=label,
+        idle_release=idle_release,
     )
     sharded: Stream[Any] = op.flat_map_batch("shard", up, lambda b: group_by_shard(b, shards))
     chunks = op.stateful_batch("state", sharded, lambda resume: _RollingLogic(cfg, resume))

@@ -293,6 +293,7 @@ def test_far_future_accepted_when_allowed():
         ({"aggregates": ["ewma"]}, "ewma needs half_life"),
         ({"ttl": timedelta(seconds=1)}, "ttl must be >= window"),
         ({"shards": 0}, "shards must be >= 1"),
+        ({"idle_release": timedelta(0)}, "idle_release must be > 0"),
         ({"fields": []}, "fields must name at least one"),
         ({"fields": {"x": "mean"}}, "must be a list"),
     ],
@@ -391,3 +392,23 @@ def test_snapshot_restore_round_trip():
     resumed = build(pickle.loads(pickle.dumps(snap)))
     got += [c for b in batches[9:] for c in resumed.on_batch([b])[0]] + resumed.on_eof()[0]
     assert outputs(got) == outputs(expected)
+
+
+@pytest.mark.parametrize("idle_release", [None, timedelta(milliseconds=50)])
+def test_idle_release_emits_held_events_of_a_quiet_key(idle_release):
+    pause = TestingSource.PAUSE(timedelta(milliseconds=600))
+    items = [_ev(0, 10_000, x=1.0), _ev(1, 12_000, x=2.0), pause, _ev(2, 11_000, x=4.0)]
+    oks, errs, lates = run_rolling(
+        items,
+        window=timedelta(seconds=10),
+        fields=["x"],
+        aggregates=["count", "sum"],
+        max_delay=timedelta(seconds=5),
+        idle_release=idle_release,
+    )
+    sums = {e["id"]: e["x_sum_10s"] for _, e in oks}
+    if idle_release is None:  # held until end of input: event 2 counts for event 1
+        assert sums == {0: 1.0, 2: 5.0, 1: 7.0} and lates == []
+    else:  # 0 and 1 emitted during the pause; 2 is then behind the emitted 12 s
+        assert sums == {0: 1.0, 1: 3.0}
+        assert [r.original[1]["id"] for r in lates] == [2]
