@@ -106,7 +106,13 @@ def extract(
     ts_getter: Callable[[Any], datetime] | None = None,
     max_future_us: int | None = None,
 ) -> tuple[Columns, list[Rejected]]:
-    """Split ``(key, event)`` items into accepted columns and rejections (see the module table)."""
+    """Split ``(key, event)`` items into accepted columns and rejections (see the module table).
+
+    Examples:
+        >>> cols, errs = extract("s", [("k", {"x": 1}), ("k", {"x": "1"})], ["x"])
+        >>> cols.keys, cols.values.tolist(), [(r.error_type, r.reason) for r in errs]
+        (['k'], [[1.0]], [('NotANumber', "field 'x' is str '1', not a number")])
+    """
     future_limit = None
     if ts_getter is not None and max_future_us is not None:
         future_limit = micros(datetime.now(timezone.utc) - EPOCH) + max_future_us

@@ -46,6 +46,19 @@ def split_chunks(chunks: Stream[tuple[str, tuple[list, list, list]]]) -> TimedFe
     """Unpack a keyed stream of ``(oks, errs, lates)`` list triples into three flat streams.
 
     Call it inside an operator; its steps are named ``oks``, ``errs`` and ``late``.
+
+    Examples:
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> flow = Dataflow("split_doc")
+        >>> chunks = op.input("in", flow, TestingSource([("shard", ([1, 2], ["e"], []))]))
+        >>> out = split_chunks(chunks)
+        >>> oks, errs = [], []
+        >>> op.output("o", out.oks, TestingSink(oks))
+        >>> op.output("e", out.errs, TestingSink(errs))
+        >>> run_main(flow)
+        >>> oks, errs
+        ([1, 2], ['e'])
     """
 
     def pick(i: int):
