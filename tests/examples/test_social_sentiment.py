@@ -7,6 +7,8 @@ held-out real tweets whose human labels are the ground truth.
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 from pathlib import Path
 
@@ -112,3 +114,12 @@ def test_help_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--brokers" in text and "--events" in text and "--train-size" in text
+
+
+@pytest.mark.parametrize("module", ["data", "model", "flow", "evaluate"])
+def test_docstring_examples_run(module: str) -> None:
+    mod = importlib.import_module(f"examples.social_sentiment.{module}")
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(mod, optionflags=flags)
+    assert result.failed == 0
+    assert result.attempted > 0
