@@ -9,7 +9,32 @@
   :class:`FeatureSchema` order.
 
 Every operator that can reject input returns its ``errs`` (and, for event
-time, ``late``) streams of :class:`streamml.errors.Rejected`.
+time, ``late``) streams of :class:`streamml.errors.Rejected`; bad data never
+stops the dataflow. Outcomes for bad input to the numeric operators
+(``rolling``, ``window_agg``, the scalers):
+
+========================================  ==========================================
+input                                     outcome (``error_type`` on ``errs``)
+========================================  ==========================================
+item not a ``(str key, mapping)`` pair    ``BadItem``
+numeric field missing                     ``MissingField``
+``str``, ``None``, ``bool``, other        ``NotANumber`` (``"2.5"`` is not parsed)
+non-real value
+NaN, +Inf, -Inf                           ``NonFinite``
+timestamp getter raised, returned a       ``BadTimestamp``
+non-``datetime`` or a naive one
+timestamp beyond ``max_future`` of the    ``FutureTimestamp`` (protects the key's
+wall clock (default 1 day)                watermark from being pushed to year 3000)
+timestamp 0 (1970) or negative (before    a valid instant: accepted, or ``late``
+1970)                                     if the key's watermark is past it
+older than the key's watermark            ``late`` stream, ``error_type="Late"``
+========================================  ==========================================
+
+``hash_features`` and ``hash_text`` reject missing fields
+(``MissingField``) and non-strings (``NotAString``); ``one_hot`` rejects a
+missing field and puts any unknown value in ``{field}_other`` (or rejects it
+as ``UnknownCategory``); ``assemble`` fills or rejects (``InvalidFeature``)
+as configured.
 """
 
 from streamml.operators.featurize.assembly import Feature, FeatureSchema, assemble

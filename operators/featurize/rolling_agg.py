@@ -87,7 +87,9 @@ def window_label(window: timedelta) -> str:
     return f"{us}us"
 
 
-def _check_aggs(fields: Sequence[str] | Mapping[str, Sequence[str]], default: Sequence[str]):
+def _check_aggs(
+    fields: Sequence[str] | Mapping[str, Sequence[str]], default: Sequence[str]
+) -> dict[str, tuple[str, ...]]:
     spec = {f: tuple(default) for f in fields} if not isinstance(fields, Mapping) else dict(fields)
     if not spec:
         raise ValueError("fields must name at least one numeric field")
