@@ -18,6 +18,7 @@ A typical pipeline::
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -29,12 +30,14 @@ from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream, operator
 from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import KafkaError as ConfluentKafkaError
 
 from streamml.errors import Rejected
 from streamml.producer import ProducerSink
 from streamml.serde.base import BytesSerde, Deserializer, SerdeError, Serializer, StringSerde
 
 __all__ = [
+    "BrokerUnreachable",
     "Record",
     "SourceOut",
     "dead_letter_envelope",
@@ -84,6 +87,55 @@ class SourceOut(Generic[X]):
 
     errs: Stream[Rejected]
     """Consumer errors and messages that did not decode, with the reason."""
+
+
+class BrokerUnreachable(RuntimeError):
+    """No broker has answered a :func:`source` for longer than its ``broker_timeout``."""
+
+
+_UNREACHABLE = frozenset(
+    {
+        ConfluentKafkaError._ALL_BROKERS_DOWN,
+        ConfluentKafkaError._TRANSPORT,
+        ConfluentKafkaError._RESOLVE,
+    }
+)
+_STREAK_GAP_S = 11.0
+"""Errors further apart than this start a new outage (librdkafka retries a
+connection at least every ``reconnect.backoff.max.ms``, 10 s by default)."""
+
+
+class _BrokerWatch:
+    """A librdkafka ``error_cb`` that fails the consumer once brokers stay unreachable.
+
+    librdkafka reports an unreachable broker (connection refused, all brokers
+    down) through ``error_cb`` again at every reconnection attempt, then
+    silently retries forever. This callback times the streak of such errors
+    and raises :class:`BrokerUnreachable` once it is longer than the timeout;
+    confluent-kafka re-raises it from ``consume()``, so the Bytewax worker
+    stops with that error. A pause without errors longer than
+    :data:`_STREAK_GAP_S` ends a streak. A broker that hangs with its
+    connections open (e.g. a stopped process) reports nothing here.
+    """
+
+    def __init__(self, timeout: timedelta, brokers: str) -> None:
+        self._timeout_s = timeout.total_seconds()
+        self._brokers = brokers
+        self._since: float | None = None
+        self._last = 0.0
+
+    def __call__(self, err: ConfluentKafkaError) -> None:
+        if err.code() not in _UNREACHABLE:
+            return
+        now = time.monotonic()
+        if self._since is None or now - self._last > _STREAK_GAP_S:
+            self._since = now
+        self._last = now
+        if now - self._since >= self._timeout_s:
+            raise BrokerUnreachable(
+                f"no Kafka broker of {self._brokers} reachable for {now - self._since:.0f} s "
+                f"(broker_timeout={self._timeout_s:g} s); last error: {err.str()}"
+            )
 
 
 def _broker_list(brokers: str | Sequence[str]) -> list[str]:
@@ -155,6 +207,7 @@ def source(
     starting_offset: int = OFFSET_BEGINNING,
     add_config: dict[str, str] | None = None,
     batch_size: int = 1000,
+    broker_timeout: timedelta | None = None,
 ) -> SourceOut:
     """Consume topics and decode each message's value (and key) in batches.
 
@@ -180,6 +233,10 @@ def source(
         starting_offset: ``confluent_kafka.OFFSET_BEGINNING`` or ``OFFSET_END``.
         add_config: Extra librdkafka consumer settings.
         batch_size: Most messages taken per poll (and so per decode batch).
+        broker_timeout: Fail the dataflow with :class:`BrokerUnreachable`
+            once no broker has been reachable for this long (connections
+            refused, all brokers down), instead of retrying forever; ``None``
+            retries forever. Recovery then resumes from the last snapshot.
 
     Returns:
         :class:`SourceOut` with ``oks`` (records) and ``errs`` (rejections).
@@ -198,14 +255,24 @@ def source(
     topic_list = [topics] if isinstance(topics, str) else list(topics)
     if not topic_list:
         raise ValueError("topics must name at least one topic")
+    hosts = _broker_list(brokers)
+    config: dict[str, Any] = dict(add_config or {})
+    if broker_timeout is not None:
+        if broker_timeout <= timedelta(0):
+            raise ValueError(
+                f"broker_timeout must be > 0 (or None to retry forever); got {broker_timeout}"
+            )
+        if "error_cb" in config:
+            raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
+        config["error_cb"] = _BrokerWatch(broker_timeout, ",".join(hosts))
     raw = kop.input(
         "kafka",
         flow,
-        brokers=_broker_list(brokers),
+        brokers=hosts,
         topics=topic_list,
         tail=tail,
         starting_offset=starting_offset,
-        add_config=add_config,
+        add_config=config,
         batch_size=batch_size,
     )
     decoded = op.flat_map_batch(
