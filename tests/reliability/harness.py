@@ -60,6 +60,8 @@ class Inputs:
     good: int
     bad: dict[str, int]
     late: int
+    kind_of: dict[bytes, str]
+    """The kind of each bad payload (``garbage_bytes``, ``nan``, ...)."""
 
     @property
     def total(self) -> int:
@@ -105,6 +107,7 @@ def generate_inputs(
     n_bad = round(len(good_values) * bad_share)
     n_late = round(len(good_values) * late_share)
     bad: Counter[str] = Counter()
+    kind_of: dict[bytes, str] = {}
     extra: list[tuple[int, tuple[bytes, bytes]]] = []
     template = good_values[len(good_values) // 2]
     for j in range(n_bad):
@@ -123,6 +126,7 @@ def generate_inputs(
         else:
             payload = serde.encode_batch([{**v, "seq": -1, "ts": T0.replace(year=2200)}])[0]
         bad[kind] += 1
+        kind_of[payload] = kind
         extra.append((at, (key, payload)))
     for _ in range(n_late):
         at = int(rng.integers(len(messages) // 2, len(messages)))
@@ -131,7 +135,7 @@ def generate_inputs(
         extra.append((at + 1, (v["sensor_id"].encode(), serde.encode_batch([old])[0])))
     for at, msg in sorted(extra, key=lambda p: p[0], reverse=True):
         messages.insert(at, msg)
-    return messages, Inputs(good=len(good_values), bad=dict(bad), late=n_late)
+    return messages, Inputs(len(good_values), dict(bad), n_late, kind_of)
 
 
 SITES = {f"sensor-{s:03d}": {"site": f"hall-{s % 3}"} for s in range(0, 1000, 1) if s % 5}
