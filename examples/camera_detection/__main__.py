@@ -21,6 +21,7 @@ from typing import Any
 
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from PIL import Image, ImageDraw
 
 from examples.camera_detection.build import build_models
@@ -76,7 +77,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-batch",
         type=int,
-        default=16,
+        default=4,
         help="most frames per model call (default: %(default)s)",
     )
     parser.add_argument(
@@ -88,8 +89,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=Path("out/camera_detection"), help="where to write results"
     )
+    parser.add_argument(
+        "--produce-only",
+        action="store_true",
+        help=(
+            "with --brokers: only put the frames on the topic 'camera-frames' (created if "
+            "missing) and exit, for a flow started with python -m bytewax.run"
+        ),
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
+    if args.produce_only and not args.brokers:
+        parser.error("--produce-only needs --brokers (the cluster the flow will read from)")
     if args.events < 1:
         parser.error(f"--events must be >= 1; got {args.events}")
     if args.cameras < 1:
@@ -137,6 +148,15 @@ class _Progress(threading.Thread):
             print(file=sys.stderr)
 
 
+def _create_missing(bootstrap: str, topics: Topics, partitions: int) -> None:
+    existing = set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)
+    if topics.frames not in existing:
+        create_topics(bootstrap, [topics.frames], partitions=partitions)
+    missing = [t for t in (topics.detections, topics.dead_letters) if t not in existing]
+    if missing:
+        create_topics(bootstrap, missing, partitions=1)
+
+
 def _contact_sheet(
     frames: list[Frame], results: dict[tuple[str, int], dict[str, Any]], path: Path
 ) -> None:
@@ -174,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         f"from {files.manifest['package']}"
     )
     with ExitStack() as stack:
-        if args.brokers:
+        if args.produce_only:
+            bootstrap, topics = args.brokers, Topics()
+            _create_missing(bootstrap, topics, args.partitions)
+        elif args.brokers:
             bootstrap = args.brokers
             topics = Topics(
                 *(
@@ -188,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = broker.bootstrap
             topics = Topics()
             print(f"started an embedded tansu broker on {bootstrap}")
-        create_topics(bootstrap, [topics.frames], partitions=args.partitions)
-        create_topics(bootstrap, [topics.detections, topics.dead_letters], partitions=1)
+        if not args.produce_only:
+            create_topics(bootstrap, [topics.frames], partitions=args.partitions)
+            create_topics(bootstrap, [topics.detections, topics.dead_letters], partitions=1)
 
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -214,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         produced = produce_all(bootstrap, topics.frames, messages)
         megabytes = sum(len(p) for _, p in messages) / 1e6
         print(f"produced {produced:,} messages ({megabytes:.1f} MB) to {topics.frames!r}")
+        if args.produce_only:
+            print(
+                "now run the flow on them:\n  python -m bytewax.run "
+                f"\"examples.camera_detection.flow:build_flow('{bootstrap}')\""
+            )
+            return 0
 
         flow = build_flow(
             bootstrap,

@@ -181,7 +181,10 @@ class TextReader:
             appended as the last class, as PP-OCR does.
         size: ``(width, height)`` of the frames.
         max_boxes: Boxes per frame, as in :class:`TextDetector`.
-        chunk: Most crops per network call.
+        chunk: Most crops per network call. 1 by default: on a CPU this
+            network reads fastest one crop at a time (measured on a 2-core
+            Xeon: 4 or 16 crops a call cost 15–35 % more per crop, their
+            activations no longer fitting the 2 MiB L2 cache); raise it on a GPU.
         intra_op_threads: ONNX Runtime threads (``None``: one per core).
 
     Inputs ``"image"`` (a frame) and ``"boxes"`` (the detector's output for
@@ -199,7 +202,7 @@ class TextReader:
         *,
         size: tuple[int, int] = (320, 192),
         max_boxes: int = 8,
-        chunk: int = 16,
+        chunk: int = 1,
         intra_op_threads: int | None = None,
     ) -> None:
         self._net = OnnxModel(path, intra_op_threads=intra_op_threads, warmup=False)
