@@ -75,6 +75,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hop", type=float, default=2.0, help="window slide in minutes (default: %(default)s)"
     )
     parser.add_argument(
+        "--max-delay",
+        type=float,
+        default=10.0,
+        help="how far (minutes of event time) a post may trail its hashtag's newest and still "
+        "count in its windows (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-batch", type=int, default=16, help="most posts per model call (default: %(default)s)"
     )
     parser.add_argument(
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             model=built.path,
             window=window,
             hop=hop,
+            max_delay=timedelta(minutes=args.max_delay),
             max_batch=args.max_batch,
         )
         counter = _Counter(
@@ -309,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         f"({args.window:g} min sliding every {args.hop:g} min; "
         f"counts match a recount: {'yes' if counts_match else 'NO'})"
     )
+    if late:
+        print(
+            f"  late              {len(late):>9,}   post-hashtag pairs behind their hashtag's "
+            f"watermark (dead-lettered, in no window; raise --max-delay to keep them)"
+        )
     if win["windows"]:
         print(
             f"  window sentiment  MAE {win['mean_abs_error']:.3f} vs the human labels' mean, "
