@@ -1,0 +1,132 @@
+"""The fraud example on the session broker: nothing lost, the rollout lands at its time, metrics add up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from examples.common import unique_topics
+from examples.enrich_and_evaluate.__main__ import read_results, run
+from examples.enrich_and_evaluate.data import SPAN, START, generate
+from examples.enrich_and_evaluate.flow import MAX_LABEL_DELAY, WINDOW, Topics
+from examples.enrich_and_evaluate.model import build_models
+from streamml.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 4_000
+CORRUPT = 4
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture(scope="module")
+def outcome(broker: EmbeddedBroker):
+    models = build_models()  # cached under out/, rebuilt when the example's code changes
+    data = generate(N, n_accounts=400, seed=23)
+    topics = unique_topics(Topics())
+    registry = SchemaRegistryClient.new_client({"url": "mock://test-enrich-and-evaluate"})
+    summary, _ = run(broker.bootstrap, topics, registry, data, models, corrupt=CORRUPT)
+    return data, summary, read_results(broker.bootstrap, topics), models
+
+
+def test_every_transaction_and_label_is_accounted_for(outcome) -> None:
+    data, summary, results, _ = outcome
+    live = data.live_accounts
+    enrichable = {t["tx_id"] for t in data.transactions if t["account_id"] in live}
+    predicted = [p["tx_id"] for p in results.predictions]
+    assert len(predicted) == len(set(predicted))  # no duplicates
+    assert set(predicted) == enrichable  # every transaction with an account, and no other
+    assert summary["transactions_in"] == N + CORRUPT
+    assert summary["transactions_accounted_for"] and summary["labels_accounted_for"]
+    assert summary["transaction_dead_letter_reasons"] == {
+        "DecodeError": CORRUPT // 2,
+        "UnknownSchema": CORRUPT // 2,
+        "MissingRow": N - len(enrichable),
+    }
+    assert summary["other_dead_letters"] == 0
+    assert summary["outcomes_equal_predictions"]
+    assert summary["labels_match_ground_truth"]
+
+
+def test_unlabelled_predictions_are_those_whose_label_never_came_in_time(outcome) -> None:
+    data, summary, results, _ = outcome
+    sent = {t["tx_id"]: t["ts"] for t in data.transactions}
+    in_time = {
+        lb["tx_id"]
+        for lb in data.labels
+        if datetime.fromtimestamp(lb["ts"] / 1000, timezone.utc) - sent[lb["tx_id"]]
+        <= MAX_LABEL_DELAY
+    }
+    expected = {p["tx_id"] for p in results.predictions} - in_time
+    unlabelled = {o["tx_id"] for o in results.outcomes if o["is_fraud"] is None}
+    assert unlabelled == expected
+    assert summary["never_labelled"] == len(expected) > 0
+    assert summary["label_dead_letter_reasons"] == {
+        "UnmatchedLabel": len(data.labels) - (len(results.predictions) - len(expected))
+    }
+
+
+def test_rollout_lands_at_its_scheduled_time_without_stopping_the_flow(outcome) -> None:
+    _, summary, results, models = outcome
+    v1, v2 = models.versions
+    at = START + SPAN / 2
+    times = defaultdict(list)
+    for p in results.predictions:
+        times[p["model_version"]].append(_time(p["ts"]))
+    assert set(times) == {v1, v2}
+    assert min(times[v2]) >= at  # the new model never scores what came before its time
+    assert max(times[v1]) < at + timedelta(minutes=30)  # the old one stops soon after
+    assert {m["model_version"] for m in summary["windows"]} == {v1, v2}
+
+
+def test_window_metrics_match_a_recount_of_the_outcomes(outcome) -> None:
+    _, _, results, _ = outcome
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for o in results.outcomes:
+        t = _time(o["ts"])
+        start = t - timedelta(seconds=t.timestamp() % WINDOW.total_seconds())
+        groups[(start.isoformat(), o["model_version"])].append(o)
+    assert len(results.metrics) == len(groups)
+    for m in results.metrics:
+        rows = groups[(_time(m["window_start"]).isoformat(), m["model_version"])]
+        labelled = [r for r in rows if r["is_fraud"] is not None]
+        tp = sum(r["prediction"] == 1 and r["is_fraud"] == 1 for r in labelled)
+        fp = sum(r["prediction"] == 1 and r["is_fraud"] == 0 for r in labelled)
+        fn = sum(r["prediction"] == 0 and r["is_fraud"] == 1 for r in labelled)
+        assert (m["predictions"], m["labelled"], m["unlabelled"]) == (
+            len(rows),
+            len(labelled),
+            len(rows) - len(labelled),
+        )
+        assert m["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+        assert m["recall"] == pytest.approx(tp / (tp + fn) if tp + fn else 0.0)
+
+
+def test_both_models_catch_fraud_about_as_well_as_on_held_out_data(outcome) -> None:
+    _, summary, _, models = outcome
+    for version, q in summary["by_version"].items():
+        assert q["frauds"] >= 15, (version, q)
+        assert 0.25 <= q["precision"] <= 0.95, (version, q)
+        assert 0.25 <= q["recall"] <= 0.95, (version, q)
+
+
+def test_help_explains_itself() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.enrich_and_evaluate", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "--brokers" in proc.stdout and "--events" in proc.stdout
