@@ -132,12 +132,18 @@ def _predictions(threshold: float):
     return slim
 
 
-def _outcome(labelled: bool):
-    def record(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-        e = kv[1]
-        return {**e, "is_fraud": e["is_fraud"] if labelled else None}
+def _outcome(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """A prediction with its label, or ``is_fraud: None`` when the label never came."""
+    e = kv[1]
+    return e if "is_fraud" in e else {**e, "is_fraud": None}
 
-    return record
+
+def _value(kv: tuple[str, Any]) -> Any:
+    return kv[1]
+
+
+def _key(kv: tuple[str, Any]) -> str:
+    return kv[0]
 
 
 def build_flow(
@@ -242,20 +248,17 @@ def build_flow(
         probability="fraud_score",
         lateness=lateness,
     )
-    outcomes = op.merge(
-        "outcomes",
-        op.map("labelled", evaluated.labelled, _outcome(True)),
-        op.map("unlabelled", evaluated.unlabelled, _outcome(False)),
-    )
+    outcomes = op.merge("outcomes", evaluated.labelled, evaluated.unlabelled)
 
     sink_errs = [
         kafka.sink(
             "predictions_out",
-            op.key_rm("prediction_records", predictions),
+            predictions,
             brokers=brokers,
             topic=topics.predictions,
             value_serde=json_serde,
-            key=lambda r: r["tx_id"],
+            value=_value,
+            key=_key,
         ),
         kafka.sink(
             "outcomes_out",
@@ -263,7 +266,8 @@ def build_flow(
             brokers=brokers,
             topic=topics.outcomes,
             value_serde=json_serde,
-            key=lambda r: r["tx_id"],
+            value=_outcome,
+            key=_key,
         ),
         kafka.sink(
             "metrics_out",
