@@ -82,7 +82,10 @@ class _Gate:
         return (self.max_ts, self.wm, self.sys_at_max, tuple(self.pending))
 
     def restore(self, snap: tuple) -> None:
-        self.max_ts, self.wm, self.sys_at_max, pending = snap
+        self.max_ts, self.wm, _, pending = snap
+        # Downtime is not idleness: the idle clock restarts on resume, or the
+        # backlog that waited in Kafka during a crash would come out late.
+        self.sys_at_max = _now_us()
         self.pending = list(pending)
 
 
