@@ -41,7 +41,10 @@ from streamml.testing import produce_all
 
 N_SENSORS = 1000
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-_FETCH = {"fetch.max.bytes": str(64 << 20), "max.partition.fetch.bytes": str(16 << 20)}
+_FETCH = {
+    "fetch.max.bytes": str(64 << 20),
+    "max.partition.fetch.bytes": str(16 << 20),
+}
 
 
 def build_mlp() -> bytes:
@@ -189,6 +192,7 @@ def _result(event: dict, outputs: dict) -> dict:
         "vibration": event["vibration"],
         "pressure": event["pressure"],
         "p_hot": float(outputs["probabilities"][1]),
+        "sent": event.get("sent"),
     }
 
 
@@ -196,9 +200,23 @@ def _reading_time(event: dict) -> datetime:
     return datetime.fromtimestamp(event["ts"] / 1000, tz=timezone.utc)
 
 
-def streamml_flow(bootstrap: str, topic: str, out_topic: str, model_bytes: bytes) -> Dataflow:
-    """The light pipeline as a streamml dataflow on one worker."""
-    model = OnnxModel(model_bytes, intra_op_threads=1)
+def streamml_flow(
+    bootstrap: str,
+    topic: str,
+    out_topic: str,
+    model: bytes | str,
+    *,
+    tail: bool = False,
+    max_wait_ms: float = 5.0,
+    shards: int = 1,
+) -> Dataflow:
+    """The light pipeline as a streamml dataflow (``model``: ONNX bytes or a path).
+
+    Runs under ``python -m bytewax.run`` too, for several workers or processes::
+
+        python -m bytewax.run "benchmarks.pipeline:streamml_flow('127.0.0.1:9092', 'in', 'out', 'mlp.onnx', shards=2)" -w 2
+    """
+    model = OnnxModel(model, intra_op_threads=1)
     flow = Dataflow("light_pipeline")
     src = kafka.source(
         "in",
@@ -206,7 +224,7 @@ def streamml_flow(bootstrap: str, topic: str, out_topic: str, model_bytes: bytes
         brokers=bootstrap,
         topics=topic,
         value_serde=JsonSerde(),
-        tail=False,
+        tail=tail,
         batch_size=2000,
         add_config=_FETCH,
     )
@@ -218,7 +236,7 @@ def streamml_flow(bootstrap: str, topic: str, out_topic: str, model_bytes: bytes
         window=timedelta(seconds=10),
         fields=["temperature"],
         aggregates=["mean"],
-        shards=1,
+        shards=shards,
     )
     vectors = op.flat_map_batch("vector", feats.oks, _vector)
     scored = infer(
@@ -229,7 +247,8 @@ def streamml_flow(bootstrap: str, topic: str, out_topic: str, model_bytes: bytes
         outputs=_result,
         version_field=None,
         max_batch=1024,
-        max_wait=timedelta(milliseconds=5),
+        max_wait=timedelta(milliseconds=max_wait_ms),
+        shards=shards,
     )
     kafka.sink(
         "out",
