@@ -192,7 +192,9 @@ def main(quick: bool = False) -> dict:
     rate = {key: m.median for key, m in zip(names, runs)}
     ceiling = max(rate["net"], rate["net1"], rate["net16"])
     print(
-        f"  dataflow / ceiling (fastest networks-alone row) = {rate['flow'] / ceiling:.0%}; "
+        f"  dataflow {rate['flow']:.1f} frames/s, ceiling {ceiling:.1f} (fastest networks-alone "
+        f"row), microservice {rate['service']:.1f}\n"
+        f"  dataflow / ceiling = {rate['flow'] / ceiling:.0%}; "
         f"dataflow / microservice = {rate['flow'] / rate['service']:.2f}x; "
         f"networks at {BIG_BATCH} / at 1 frame a call = {rate['net16'] / rate['net1']:.2f}x "
         f"({time.perf_counter() - t0:.0f} s)",

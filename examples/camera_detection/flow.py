@@ -171,6 +171,7 @@ def build_flow(
     max_batch: int = 4,
     max_wait: timedelta = timedelta(milliseconds=50),
     threads: int | None = 1,
+    shards: int = 1,
 ) -> Dataflow:
     """The camera dataflow over ``brokers``.
 
@@ -184,6 +185,8 @@ def build_flow(
     a GPU);
     ``threads`` is ONNX Runtime's threads per model call (1 by default: the
     broker and the rest of the flow share the machine; ``None``: one per core).
+    ``shards`` is the number of batch queues of each model step: 1 for one
+    worker, the number of workers to run the models on all of them.
     """
     registry = registry if registry is not None else {"url": "mock://camera-detection"}
     serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject=f"{topics.frames}-value")
@@ -218,6 +221,7 @@ def build_flow(
         version_field="detector",
         max_batch=max_batch,
         max_wait=max_wait,
+        shards=shards,
     )
     read = infer(
         "read",
@@ -227,6 +231,7 @@ def build_flow(
         version_field="reader",
         max_batch=max_batch,
         max_wait=timedelta(0),  # frames leave the detector a batch at a time
+        shards=shards,
     )
     detections = op.map("to_detection", read.oks, to_detection)
     sink_errs = kafka.sink(
