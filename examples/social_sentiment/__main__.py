@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from datetime import datetime, timedelta
@@ -19,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, TopicPartition
 
+from examples.common import TopicProgress, add_broker_arguments, open_broker, unique_topics
 from examples.social_sentiment.corrupt import corrupt_posts
 from examples.social_sentiment.data import generate_posts, load_corpus, split_corpus
 from examples.social_sentiment.evaluate import label_metrics, window_metrics, window_truth
 from examples.social_sentiment.flow import SCHEMA, Topics, build_flow
 from examples.social_sentiment.model import build_model
-from streamml.broker import EmbeddedBroker, create_topics
+from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import consume_all, produce_all
 
@@ -84,14 +82,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-batch", type=int, default=16, help="most posts per model call (default: %(default)s)"
     )
-    parser.add_argument(
-        "--brokers", help="host:port of an existing Kafka cluster (default: embedded broker)"
-    )
-    parser.add_argument(
-        "--registry",
-        default="mock://social-sentiment",
-        help="schema registry URL (default: an in-process mock)",
-    )
+    add_broker_arguments(parser, registry="mock://social-sentiment")
     parser.add_argument(
         "--partitions",
         type=int,
@@ -111,44 +102,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.corrupt is None:
         args.corrupt = max(5, args.events // 1000)
     return args
-
-
-class _Counter(threading.Thread):
-    """Counts messages reaching some topics and shows one updating progress line."""
-
-    def __init__(self, bootstrap: str, topics: list[str], total: int, show: bool) -> None:
-        super().__init__(daemon=True)
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "progress", "enable.auto.commit": False}
-        )
-        meta = self._consumer.list_topics(timeout=10).topics
-        self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
-        self._total, self._show = total, show
-        self._done = threading.Event()
-        self.seen = 0
-
-    def run(self) -> None:
-        start = shown = time.monotonic()
-        while not self._done.is_set():
-            batch = self._consumer.consume(5_000, timeout=0.1)
-            self.seen += sum(1 for m in batch if m.error() is None)
-            now = time.monotonic()
-            if self._show and now - shown >= 0.5:
-                shown = now
-                print(
-                    f"\r  scored or dead-lettered {self.seen:,} / {self._total:,}"
-                    f"  ({100 * self.seen / self._total:5.1f}%)  {self.seen / (now - start):,.0f} posts/s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        self._consumer.close()
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-        if self._show:
-            print(file=sys.stderr)
 
 
 def _window_stage(dead_letter: dict[str, Any]) -> bool:
@@ -180,20 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     window, hop = timedelta(minutes=args.window), timedelta(minutes=args.hop)
 
     with ExitStack() as stack:
-        if args.brokers:
-            bootstrap = args.brokers
-            suffix = uuid.uuid4().hex[:8]
-            topics = Topics(
-                *(
-                    f"{name}-{suffix}"
-                    for name in (Topics.posts, Topics.scored, Topics.hashtags, Topics.dead_letters)
-                )
-            )
-            print(f"using the cluster at {bootstrap}")
-        else:
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
-            topics = Topics()
-            print(f"started an embedded tansu broker on {bootstrap}")
+        bootstrap = open_broker(stack, args.brokers)
+        topics = unique_topics(Topics()) if args.brokers else Topics()
         create_topics(bootstrap, [topics.posts], partitions=args.partitions)
         create_topics(
             bootstrap, [topics.scored, topics.hashtags, topics.dead_letters], partitions=1
@@ -226,15 +167,16 @@ def main(argv: list[str] | None = None) -> int:
             max_delay=timedelta(minutes=args.max_delay),
             max_batch=args.max_batch,
         )
-        counter = _Counter(
-            bootstrap, [topics.scored, topics.dead_letters], produced, not args.quiet
+        progress = TopicProgress(
+            bootstrap,
+            [topics.scored, topics.dead_letters],
+            produced,
+            unit="posts",
+            enabled=not args.quiet,
         )
-        counter.start()
         t0 = time.perf_counter()
-        try:
+        with progress:
             run_main(flow)
-        finally:
-            counter.stop()
         wall = time.perf_counter() - t0
 
         scored = _json(consume_all(bootstrap, topics.scored))
