@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 
 from examples.common import TopicProgress, add_broker_arguments, open_broker, unique_topics
 from examples.enrich_and_evaluate.data import SPAN, START, Dataset, generate
-from examples.enrich_and_evaluate.flow import SCHEMA, Topics, build_flow
+from examples.enrich_and_evaluate.flow import SCHEMA, WINDOW, Topics, build_flow
 from examples.enrich_and_evaluate.model import DEFAULT_DIR, ModelFiles, build_models
 from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde, JsonSerde
@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  wall time           {wall:>8.2f} s  ({s['transactions_per_second']:,} transactions/s)"
     )
-    print(f"  metrics per {15}-minute window -> topic {topics.metrics!r}")
+    minutes = int(WINDOW.total_seconds() // 60)
+    print(f"  metrics per {minutes}-minute window and model version -> topic {topics.metrics!r}")
     print(
         f"    {'window':<6} {'version':<10} {'preds':>6} {'labelled':>8} {'no label':>8} "
         f"{'precision':>9} {'recall':>6}"
