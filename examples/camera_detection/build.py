@@ -71,6 +71,10 @@ def package_models() -> tuple[Path, Path]:
 
     Raises:
         RuntimeError: the package is not installed, saying how to install it.
+
+    Examples:
+        >>> [p.name for p in package_models()]
+        ['ch_PP-OCRv4_det_infer.onnx', 'ch_PP-OCRv4_rec_infer.onnx']
     """
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -104,6 +108,11 @@ def build_models(cache_dir: Path | None = None, *, force: bool = False) -> Model
 
     Returns:
         :class:`ModelFiles`.
+
+    Examples:
+        >>> files = build_models()
+        >>> files.detector.name, files.manifest["package"]
+        ('ppocrv4_det.onnx', 'rapidocr_onnxruntime 1.4.4')
     """
     cache = cache_dir or default_cache_dir()
     det_src, rec_src = package_models()

@@ -187,6 +187,11 @@ def build_flow(
     broker and the rest of the flow share the machine; ``None``: one per core).
     ``shards`` is the number of batch queues of each model step: 1 for one
     worker, the number of workers to run the models on all of them.
+
+    Examples:
+        >>> flow = build_flow("127.0.0.1:9092")  # builds; connects only when run
+        >>> flow.flow_id
+        'camera_detection'
     """
     registry = registry if registry is not None else {"url": "mock://camera-detection"}
     serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject=f"{topics.frames}-value")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,20 @@ class TextDetector:
     The model's input ``"image"`` is one ``uint8`` RGB frame of ``size``; its
     output ``"boxes"`` is ``(max_boxes, 5)`` per frame: ``x0, y0, x1, y1,
     score``, with unused rows all zero.
+
+    Examples:
+        >>> import io
+        >>> from examples.camera_detection.build import build_models
+        >>> from examples.camera_detection.scene import render_frames
+        >>> files = build_models()
+        >>> detector = TextDetector(files.detector, intra_op_threads=1)
+        >>> frame = render_frames(1)[0]
+        >>> image = np.asarray(Image.open(io.BytesIO(frame.image)).convert("RGB"))
+        >>> boxes = detector.predict(image[None])["boxes"]
+        >>> boxes.shape, (boxes[0, :, 4] > 0).sum().item()
+        ((1, 8, 5), 1)
+        >>> frame.truths[0].box, boxes[0, 0, :4].round().astype(int).tolist()
+        ((99, 65, 169, 81), [97, 61, 173, 85])
     """
 
     def __init__(
@@ -107,7 +122,6 @@ class TextDetector:
         if max_boxes < 1:
             raise ValueError(f"max_boxes must be >= 1; got {max_boxes}")
         self._net = OnnxModel(path, intra_op_threads=intra_op_threads, warmup=False)
-        self._size = (width, height)
         self._threshold = threshold
         self._box_threshold = box_threshold
         self._unclip = unclip_ratio
@@ -117,14 +131,17 @@ class TextDetector:
 
     @property
     def version(self) -> str:
+        """The network's file stem and hash, e.g. ``"ppocrv4_det@b0b20d25"``."""
         return self._net.version
 
     @property
     def inputs(self) -> dict[str, TensorSpec]:
+        """What one event gives the model."""
         return dict(self._inputs)
 
     @property
     def outputs(self) -> tuple[str, ...]:
+        """The arrays :meth:`predict` returns."""
         return ("boxes",)
 
     @property
@@ -190,6 +207,20 @@ class TextReader:
     Inputs ``"image"`` (a frame) and ``"boxes"`` (the detector's output for
     it); outputs ``"texts"`` and ``"text_scores"``, ``max_boxes`` per frame
     (``""`` and 0 where there is no box).
+
+    Examples:
+        >>> import io
+        >>> from examples.camera_detection.build import build_models
+        >>> from examples.camera_detection.scene import render_frames
+        >>> files = build_models()
+        >>> reader = TextReader(files.recognizer, files.charset, intra_op_threads=1)
+        >>> frame = render_frames(1)[0]
+        >>> image = np.asarray(Image.open(io.BytesIO(frame.image)).convert("RGB"))
+        >>> boxes = np.zeros((1, 8, 5), np.float32)
+        >>> boxes[0, 0] = (*frame.truths[0].box, 1.0)
+        >>> out = reader.predict({"image": image[None], "boxes": boxes})
+        >>> frame.truths[0].text, out["texts"][0, 0], bool(out["text_scores"][0, 0] > 0.9)
+        ('BAY 12', 'BAY12', True)
     """
 
     height = 48
@@ -206,7 +237,9 @@ class TextReader:
         intra_op_threads: int | None = None,
     ) -> None:
         self._net = OnnxModel(path, intra_op_threads=intra_op_threads, warmup=False)
-        chars = open(charset, encoding="utf-8").read().split("\n")  # noqa: SIM115
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1; got {chunk}")
+        chars = Path(charset).read_text(encoding="utf-8").split("\n")
         self._charset = np.array(["", *chars, " "], dtype=object)
         self._chunk = chunk
         width, height = size
@@ -221,14 +254,17 @@ class TextReader:
 
     @property
     def version(self) -> str:
+        """The network's file stem and hash, e.g. ``"ppocrv4_det@b0b20d25"``."""
         return self._net.version
 
     @property
     def inputs(self) -> dict[str, TensorSpec]:
+        """What one event gives the model."""
         return dict(self._inputs)
 
     @property
     def outputs(self) -> tuple[str, ...]:
+        """The arrays :meth:`predict` returns."""
         return ("texts", "text_scores")
 
     @property
