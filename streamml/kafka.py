@@ -26,11 +26,12 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import bytewax.operators as op
 import orjson
-from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka.operators import KafkaOpOut
 from bytewax.dataflow import Dataflow, Stream, operator
-from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import OFFSET_BEGINNING, KafkaException
 from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka.admin import AdminClient
 
 from streamml.errors import Rejected
 from streamml.producer import ProducerSink
@@ -141,6 +142,43 @@ class _BrokerWatch:
             )
 
 
+class _Source(KafkaSource):
+    """Bytewax's ``KafkaSource``; with a ``broker_timeout``, start-up fails too when no broker answers.
+
+    Bytewax lists the topics' partitions with no timeout before any
+    partition is built, so a dataflow started while the brokers are down
+    would wait there forever.
+    """
+
+    def __init__(self, brokers: list[str], *args: Any, broker_timeout: timedelta | None) -> None:
+        super().__init__(brokers, *args)
+        self._bootstrap = ",".join(brokers)
+        self._timeout = broker_timeout
+
+    def list_parts(self) -> list[str]:
+        if self._timeout is not None:
+            probe = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 0})
+            try:
+                probe.list_topics(timeout=self._timeout.total_seconds())
+            except KafkaException as exc:
+                raise BrokerUnreachable(
+                    f"no Kafka broker of {self._bootstrap} answered within "
+                    f"broker_timeout={self._timeout.total_seconds():g} s at start: {exc}"
+                ) from None
+        return super().list_parts()
+
+
+def _is_message(item: object) -> bool:
+    return isinstance(item, KafkaSourceMessage)
+
+
+@operator
+def _consume(step_id: str, flow: Dataflow, source: KafkaSource) -> KafkaOpOut:
+    """As ``bytewax.connectors.kafka.operators.input``, for a given source (same input step id)."""
+    split = op.branch("split_err", op.input("kafka_input", flow, source), _is_message)
+    return KafkaOpOut(split.trues, split.falses)
+
+
 def _broker_list(brokers: str | Sequence[str]) -> list[str]:
     hosts = brokers.split(",") if isinstance(brokers, str) else list(brokers)
     hosts = [h.strip() for h in hosts if h.strip()]
@@ -242,8 +280,9 @@ def source(
         batch_size: Most messages taken per poll (and so per decode batch).
         broker_timeout: Fail the dataflow with :class:`BrokerUnreachable`
             once no broker has been reachable for this long (connections
-            refused, all brokers down), instead of retrying forever; ``None``
-            retries forever. Recovery then resumes from the last snapshot.
+            refused, all brokers down), or when none answers within it at
+            start, instead of retrying forever; ``None`` retries forever.
+            Recovery then resumes from the last snapshot.
 
     Returns:
         :class:`SourceOut` with ``oks`` (records) and ``errs`` (rejections).
@@ -272,16 +311,17 @@ def source(
         if "error_cb" in config:
             raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
         config["error_cb"] = _BrokerWatch(broker_timeout, ",".join(hosts))
-    raw = kop.input(
-        "kafka",
-        flow,
-        brokers=hosts,
-        topics=topic_list,
-        tail=tail,
-        starting_offset=starting_offset,
-        add_config=config,
-        batch_size=batch_size,
+    source = _Source(
+        hosts,
+        topic_list,
+        tail,
+        starting_offset,
+        config,
+        batch_size,
+        False,  # consumer errors go to the errs stream, not up the stack
+        broker_timeout=broker_timeout,
     )
+    raw = _consume("kafka", flow, source)
     decoded = op.flat_map_batch(
         "decode", raw.oks, _decoder(f"{step_id}.decode", value_serde, key_serde or BytesSerde())
     )

@@ -21,6 +21,7 @@ from tests.reliability.harness import (
     FlowProcess,
     TopicWatch,
     create_topics,
+    free_port,
     generate_inputs,
     produce_inputs,
     read_outputs,
@@ -107,3 +108,17 @@ def test_a_dead_broker_fails_the_flow_after_broker_timeout(
             if proc.running():
                 proc.kill()
     print(f"\ndead broker: the flow failed {failed_after:.1f} s after the broker died")
+
+
+def test_a_flow_started_without_a_broker_fails_after_broker_timeout(
+    model: Path, tmp_path: Path
+) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    proc = FlowProcess(nobody, model, "none", "none", log=tmp_path / "flow.log", broker_timeout=3.0)
+    try:
+        assert proc.wait(60) != 0
+    finally:
+        if proc.running():
+            proc.kill()
+    log = proc.tail(200)
+    assert "BrokerUnreachable" in log and "answered within broker_timeout=3 s at start" in log, log
