@@ -123,6 +123,52 @@ def test_frames_through_kafka_are_all_accounted_for_and_read(broker, topic_name,
     assert found.recall == 1.0  # boxes come back in the big frame's own pixels
 
 
+class _BrokenForOneCamera:
+    """The reader, except that it raises on any batch holding a frame of ``camera``'s size."""
+
+    def __init__(self, reader: TextReader) -> None:
+        self._reader = reader
+        self.version, self.inputs, self.outputs = reader.version, reader.inputs, reader.outputs
+
+    def predict(self, inputs):
+        if (inputs["image"][:, 0, 0] == 0).all(axis=1).any():  # the black frames
+            raise RuntimeError("recogniser crashed")
+        return self._reader.predict(inputs)
+
+
+@pytest.mark.integration
+def test_a_model_failure_dead_letters_only_its_frames(broker, topic_name, models) -> None:
+    detector, reader = models
+    frames = render_frames(6, cameras=2, seed=5)
+    black = io.BytesIO()
+    Image.new("RGB", (320, 192)).save(black, "PNG")
+    frames.append(replace(frames[0], camera_id="gate-dark", image=black.getvalue(), truths=()))
+    topics = Topics(*(f"{topic_name}-{t}" for t in ("frames", "detections", "dead")))
+    for name in (topics.frames, topics.detections, topics.dead_letters):
+        broker.create_topic(name)
+    registry = SchemaRegistryClient.new_client({"url": f"mock://{topic_name}"})
+    serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject=f"{topics.frames}-value")
+    payloads = serde.encode_batch([f.as_record() for f in frames])
+    produce_all(broker.bootstrap, topics.frames, [(b"k", p) for p in payloads])
+
+    flow = build_flow(
+        broker.bootstrap,
+        topics=topics,
+        registry=registry,
+        tail=False,
+        models=(detector, _BrokenForOneCamera(reader)),
+        max_batch=4,
+    )
+    run_main(flow)
+
+    results = [json.loads(m.value) for m in consume_all(broker.bootstrap, topics.detections)]
+    dead = [json.loads(m.value) for m in consume_all(broker.bootstrap, topics.dead_letters)]
+    assert sorted(r["camera_id"] for r in results) == ["gate-1"] * 3 + ["gate-2"] * 3
+    assert [d["error_type"] for d in dead] == ["ModelError"]
+    assert dead[0]["event"][1]["camera_id"] == "gate-dark"
+    assert "image" not in dead[0]["event"][1]  # pixels are not dead-lettered, the frame is
+
+
 def test_scoring_counts_misses_false_alarms_and_misreads() -> None:
     truth = TextTruth("plate", "AB12 CDE", (10, 10, 90, 30))
     frames = [
