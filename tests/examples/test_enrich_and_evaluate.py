@@ -130,3 +130,66 @@ def test_help_explains_itself() -> None:
     )
     assert proc.returncode == 0
     assert "--brokers" in proc.stdout and "--events" in proc.stdout
+
+
+def _run_gate(messages: list, clock: list[datetime]) -> tuple[list, list]:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from examples.enrich_and_evaluate.rollout import scheduled_rollouts
+
+    flow = Dataflow("gate_test")
+    out = scheduled_rollouts(
+        "rollout",
+        op.input("msgs", flow, TestingSource(messages)),
+        op.input("clock", flow, TestingSource(clock)),
+    )
+    released, errs = [], []
+    op.output("control", out.control, TestingSink(released))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    return released, errs
+
+
+def test_rollouts_wait_for_their_time_and_bad_messages_are_rejected() -> None:
+    at = datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
+    msgs = [
+        {"version": "v3", "model_path": "v3.onnx", "effective_at": (at + SPAN).isoformat()},
+        {"version": "v2", "model_path": "v2.onnx", "effective_at": at.isoformat()},
+        {"version": "now", "model_path": "now.onnx"},
+        {"version": "v4", "model_path": "v4.onnx", "effective_at": "2026-03-02T10:00:00"},
+        {"model_path": "nameless.onnx"},
+    ]
+    released, errs = _run_gate(msgs, [at - timedelta(minutes=1), at])
+    versions = [m["version"] for m in released]
+    # "now" and v2 as soon as due (their order depends on how the two inputs
+    # interleave); v3's time never comes, so it is released at end of input
+    assert sorted(versions[:2]) == ["now", "v2"] and versions[2:] == ["v3"]
+    assert sorted(e.reason for e in errs) == [
+        "a rollout message needs a non-empty text 'version'",
+        "effective_at must carry a time zone; got '2026-03-02T10:00:00'",
+    ]
+
+
+def test_features_reject_what_cannot_be_scored_and_keep_the_rest() -> None:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from examples.enrich_and_evaluate.features import SCHEMA, add_features
+
+    data = generate(20, n_accounts=50, unknown_share=0.0)
+    table = dict(data.accounts)  # the last row of each account
+    good = [{**t, **table[t["account_id"]]} for t in data.transactions if table[t["account_id"]]]
+    negative = {**good[1], "amount": -5.0}
+    no_limit = {k: v for k, v in good[2].items() if k != "credit_limit"}
+    flow = Dataflow("features_test")
+    items = [(e["account_id"], e) for e in (good[0], negative, no_limit)]
+    out = add_features("features", op.input("in", flow, TestingSource(items)))
+    oks, errs = [], []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    assert [(k, e["features"].shape) for k, e in oks] == [(good[0]["tx_id"], (SCHEMA.width,))]
+    assert sorted(e.error_type for e in errs) == ["InvalidFeature", "KeyError"]
