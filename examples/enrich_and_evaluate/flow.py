@@ -159,6 +159,7 @@ def build_flow(
     lateness: timedelta = timedelta(hours=3),
     account_wait: timedelta = timedelta(seconds=5),
     max_batch: int = 1024,
+    source_batch: int = 500,
     max_wait: timedelta = timedelta(milliseconds=20),
 ) -> Dataflow:
     """The fraud dataflow over ``brokers``.
@@ -168,6 +169,10 @@ def build_flow(
     models, built on first use; the flow starts with ``v1`` and swaps to
     whatever the control topic rolls out. With ``tail=False`` every source
     stops at the end of its topic (a bounded run over what is there).
+
+    ``source_batch`` is the most transactions read per poll. It also sets
+    how precisely a scheduled rollout lands: the batch that straddles its
+    time is still scored by the old model.
 
     A transaction whose account has no row waits up to ``account_wait``
     for it, then goes to the dead letters (``MissingRow``).
@@ -197,7 +202,7 @@ def build_flow(
         topics=topics.transactions,
         value_serde=avro,
         tail=tail,
-        batch_size=2000,
+        batch_size=source_batch,
     )
     keyed = op.branch(
         "keyed", op.flat_map_batch("by_account", txs.oks, _by_account("by_account")), _is_keyed

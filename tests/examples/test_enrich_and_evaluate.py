@@ -85,7 +85,8 @@ def test_rollout_lands_at_its_scheduled_time_without_stopping_the_flow(outcome) 
         times[p["model_version"]].append(_time(p["ts"]))
     assert set(times) == {v1, v2}
     assert min(times[v2]) >= at  # the new model never scores what came before its time
-    assert max(times[v1]) < at + timedelta(minutes=30)  # the old one stops soon after
+    # the old one stops within a source batch (500 of 4,000 transactions over 2 h: 15 min)
+    assert max(times[v1]) < at + timedelta(minutes=20), max(times[v1])
     assert {m["model_version"] for m in summary["windows"]} == {v1, v2}
 
 
