@@ -138,10 +138,6 @@ def generate_inputs(
     return messages, Inputs(len(good_values), dict(bad), n_late, kind_of)
 
 
-SITES = {f"sensor-{s:03d}": {"site": f"hall-{s % 3}"} for s in range(0, 1000, 1) if s % 5}
-"""Every sensor but each fifth has a site (those get the default)."""
-
-
 def create_topics(broker: EmbeddedBroker, topics: Topics, *, partitions: int = 4) -> None:
     broker.create_topic(topics.readings, partitions=partitions)
     broker.create_topic(topics.sites, partitions=1)
@@ -159,10 +155,11 @@ def produce_inputs(
     bootstrap: str, topics: Topics, messages: Sequence[tuple[bytes, bytes]], sensors: int
 ) -> None:
     produce_all(bootstrap, topics.readings, messages)
+    # every sensor but each fifth has a site row; those get the join's default
     rows = [
-        (sid.encode(), orjson.dumps(row))
-        for sid, row in SITES.items()
-        if int(sid.split("-")[1]) < sensors
+        (f"sensor-{s:03d}".encode(), orjson.dumps({"site": f"hall-{s % 3}"}))
+        for s in range(sensors)
+        if s % 5
     ]
     produce_all(bootstrap, topics.sites, rows)
 
