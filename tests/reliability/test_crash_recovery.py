@@ -32,9 +32,11 @@ PACE = dict(pace=0.08, batch_size=20)  # about 5 s of processing, so kills land 
 SNAPSHOT_S = 1
 
 
-def test_kill_9_three_times_then_resume_gives_the_uninterrupted_results(
-    broker: EmbeddedBroker, model: Path, topic_name: str, tmp_path: Path
+@pytest.mark.parametrize(("workers", "kills"), [(1, 3), (2, 2)], ids=["1-worker", "2-workers"])
+def test_kill_9_then_resume_gives_the_uninterrupted_results(
+    broker: EmbeddedBroker, model: Path, topic_name: str, tmp_path: Path, workers: int, kills: int
 ) -> None:
+    """Killed ``kills`` times (with ``workers`` workers), the union of outputs is a single worker's."""
     ref_topics = Topics.named(topic_name, f"{topic_name}-ref")
     crash_topics = Topics.named(topic_name, f"{topic_name}-crash")
     create_topics(broker, ref_topics)
@@ -56,7 +58,7 @@ def test_kill_9_three_times_then_resume_gives_the_uninterrupted_results(
     rng = random.Random(7)
     crashes = []
     watch = TopicWatch(broker.bootstrap, crash_topics.scores)
-    for run in range(3):
+    for run in range(kills):
         produced_before = watch.count()
         kill_after = produced_before + rng.randint(inputs.good // 10, inputs.good // 4)
         proc = FlowProcess(
@@ -67,6 +69,7 @@ def test_kill_9_three_times_then_resume_gives_the_uninterrupted_results(
             log=tmp_path / f"crash-{run}.log",
             recovery=recovery,
             snapshot_s=SNAPSHOT_S,
+            workers=workers,
             **PACE,
         )
         crashes.append(kill_when(proc, watch, kill_after))
@@ -80,6 +83,7 @@ def test_kill_9_three_times_then_resume_gives_the_uninterrupted_results(
         log=tmp_path / "final.log",
         recovery=recovery,
         snapshot_s=SNAPSHOT_S,
+        workers=workers,
         **PACE,
     )
     assert final.wait() == 0, final.tail()
