@@ -24,6 +24,7 @@ __all__ = [
     "Dataset",
     "LABEL_DELAY_MEAN",
     "SPAN",
+    "START",
     "fraud_probability",
     "generate",
 ]
@@ -34,6 +35,7 @@ SPAN = timedelta(hours=2)
 """Event time covered by the transactions, whatever their number."""
 LABEL_DELAY_MEAN = timedelta(minutes=8)
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+"""Event time of the first transaction."""
 
 
 @dataclass(frozen=True)
