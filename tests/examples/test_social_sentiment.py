@@ -83,6 +83,20 @@ def test_pipeline_accounts_for_every_post_and_scores_within_range(
         assert s["windows"]["mean_abs_error"] < 0.3
 
 
+def test_late_posts_are_dead_lettered_and_left_out_of_windows(
+    broker: EmbeddedBroker, built, tmp_path: Path
+) -> None:
+    """A sparse stream read a partition batch at a time: some posts trail their hashtag's watermark."""
+    args = ["--brokers", broker.bootstrap, "--events", "150", "--corrupt", "0", "--quiet"]
+    args += ["--train-size", str(TRAIN_SIZE), "--rate", "0.1", "--max-delay", "5"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["late_hashtag_signals"] > 0
+    assert s["window_dead_letters"] == s["late_hashtag_signals"]
+    assert s["scored"] == 150 and s["dead_lettered_posts"] == 0 and s["accounted_for"]
+    assert s["window_rows_match_recount"]
+
+
 def test_scores_do_not_depend_on_batch_company(built) -> None:
     """Trimming padding to the batch's longest post must not change any post's result."""
     model = OnnxModel(built.path, intra_op_threads=1)
