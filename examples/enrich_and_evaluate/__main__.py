@@ -33,6 +33,7 @@ __all__ = ["Results", "main", "produce_dataset", "produce_table", "read_results"
 PARTITIONS = 1
 TX_STEPS = ("transactions", "by_account", "enrich", "features", "fraud_model")
 LABEL_STEPS = ("labels", "labels_by_tx", "evaluate")
+CONTROL_STEPS = ("control", "rollout")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,10 +43,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             "Generate card accounts, transactions and delayed fraud labels; produce the accounts "
             "to a compacted table topic (JSON), the transactions as Avro (Confluent wire format, "
             "a few corrupt on purpose), the labels to their own topic, and a rollout of model v2 "
-            "scheduled halfway through to the control topic. Then run the dataflow: stream-table "
-            "enrichment, features, the fraud model in ONNX Runtime (v1 logistic regression, "
-            "swapped live to v2 gradient-boosted trees), the delayed-label join and per-window, "
-            "per-version metrics. Prints progress and a summary and writes it under --out. With "
+            "scheduled halfway through (and a broken one later) to the control topic. Then run "
+            "the dataflow: stream-table enrichment, features, the fraud model in ONNX Runtime "
+            "(v1 logistic regression, swapped live to v2 gradient-boosted trees), the "
+            "delayed-label join and per-window, per-version metrics. Prints progress and a summary and writes it under --out. With "
             "no --brokers, an embedded tansu broker is started on a free loopback port."
         ),
     )
@@ -125,7 +126,11 @@ def produce_dataset(
     *,
     corrupt: int,
 ) -> dict[str, int]:
-    """Produce the table, transactions (with ``corrupt`` bad messages), labels and the rollout."""
+    """Produce the table, transactions (with ``corrupt`` bad messages), labels and the rollouts.
+
+    The rollouts: v2 at the middle of the event time, and at three quarters
+    a "v3" whose file does not exist (it must be rejected while v2 serves on).
+    """
     js = JsonSerde()
     avro = ConfluentAvroSerde(registry, schema=SCHEMA, subject=f"{topics.transactions}-value")
     accounts = produce_table(
@@ -150,8 +155,16 @@ def produce_dataset(
         topics.labels,
         zip((lb["tx_id"].encode() for lb in data.labels), js.encode_batch(data.labels)),
     )
-    rollout = rollout_message(models, START + SPAN / 2)
-    produce_all(bootstrap, topics.control, [(b"fraud_model", orjson.dumps(rollout))])
+    rollouts = [
+        rollout_message(models, START + SPAN / 2),
+        # a broken rollout: the model file is not there, so v2 must keep serving
+        {
+            **rollout_message(models, START + SPAN * 3 / 4),
+            "version": "v3-missing",
+            "model_path": str(models.v2.resolve().with_name("v3-missing.onnx")),
+        },
+    ]
+    produce_all(bootstrap, topics.control, [(b"fraud_model", orjson.dumps(r)) for r in rollouts])
     return {"accounts": accounts, "transactions": transactions, "labels": labels}
 
 
@@ -168,8 +181,16 @@ class Results:
         self.dead_letters = read(topics.dead_letters)
 
     def dead_by(self, steps: tuple[str, ...]) -> list[dict[str, Any]]:
-        """Dead letters from the given top-level steps (step ids are ``flow.step.inner...``)."""
-        return [d for d in self.dead_letters if d["step_id"].split(".")[1] in steps]
+        """Dead letters from the given top-level steps; models the model step rejected are not its."""
+        return [d for d in self.dead_letters if _side(d) in steps]
+
+
+def _side(dead: dict[str, Any]) -> str:
+    """The top-level step a dead letter comes from (``control`` for rejected models)."""
+    if dead["error_type"] == "ModelRejected":
+        return "control"
+    parts = dead["step_id"].split(".")  # "flow.step.inner..." or an operator's own id
+    return parts[1] if parts[0] == "enrich_and_evaluate" and len(parts) > 1 else parts[0]
 
 
 def read_results(bootstrap: str, topics: Topics) -> Results:
@@ -211,7 +232,15 @@ def summarize(produced: dict[str, int], data: Dataset, results: Results) -> dict
         "outcomes_equal_predictions": len(results.outcomes) == len(results.predictions),
         "never_labelled": sum(m["unlabelled"] for m in results.metrics),
         "labels_match_ground_truth": truth_ok,
-        "other_dead_letters": len(results.dead_letters) - len(tx_dead) - len(label_dead),
+        "rollouts_rejected": [
+            {"version": (d.get("event") or {}).get("version"), "reason": d["reason"]}
+            for d in results.dead_by(CONTROL_STEPS)
+            if d["error_type"] == "ModelRejected"
+        ],
+        "other_dead_letters": len(results.dead_letters)
+        - len(tx_dead)
+        - len(label_dead)
+        - len(results.dead_by(CONTROL_STEPS)),
         "by_version": {v: _prf([o for o in labelled if o["model_version"] == v]) for v in versions},
         "windows": [
             {
@@ -309,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(in = labelled + dead: {'yes' if s['labels_accounted_for'] else 'NO'})"
     )
     print(f"  label never came    {s['never_labelled']:>8,}   predictions")
+    for r in s["rollouts_rejected"]:
+        print(f"  rollout rejected    {r['version']}: {r['reason'][:60]}...  (v2 kept serving)")
     print(
         f"  wall time           {wall:>8.2f} s  ({s['transactions_per_second']:,} transactions/s)"
     )

@@ -83,7 +83,9 @@ def test_rollout_lands_at_its_scheduled_time_without_stopping_the_flow(outcome) 
     times = defaultdict(list)
     for p in results.predictions:
         times[p["model_version"]].append(_time(p["ts"]))
-    assert set(times) == {v1, v2}
+    assert set(times) == {v1, v2}  # the broken "v3" rollout scored nothing
+    assert [r["version"] for r in summary["rollouts_rejected"]] == ["v3-missing"]
+    assert max(times[v2]) >= START + SPAN * 3 / 4 + timedelta(minutes=15)  # v2 served on
     assert min(times[v2]) >= at  # the new model never scores what came before its time
     # the old one stops within a source batch (500 of 4,000 transactions over 2 h: 15 min)
     assert max(times[v1]) < at + timedelta(minutes=20), max(times[v1])
