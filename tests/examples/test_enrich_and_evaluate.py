@@ -196,3 +196,15 @@ def test_features_reject_what_cannot_be_scored_and_keep_the_rest() -> None:
     run_main(flow)
     assert [(k, e["features"].shape) for k, e in oks] == [(good[0]["tx_id"], (SCHEMA.width,))]
     assert sorted(e.error_type for e in errs) == ["InvalidFeature", "KeyError"]
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    from examples.enrich_and_evaluate import data, rollout
+
+    for module in (data, rollout):
+        result = doctest.testmod(
+            module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+        )
+        assert result.attempted > 0 and result.failed == 0, module.__name__
