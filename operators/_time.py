@@ -208,10 +208,6 @@ class KeyedWatermarks:
                 self.forgotten_max = m
         return gone
 
-    def newest(self) -> int | None:
-        """The largest timestamp seen over all remembered keys."""
-        return max(self.max_seen.values(), default=None)
-
     def snapshot(self) -> WatermarkSnapshot:
         """A picklable copy of the state."""
         return WatermarkSnapshot(dict(self.max_seen), self.forgotten_max)
