@@ -62,6 +62,10 @@ def unique_topics(topics: T) -> T:
     return replace(topics, **{f.name: f"{getattr(topics, f.name)}-{run}" for f in fields(topics)})
 
 
+def _rate(per_second: float) -> str:
+    return f"{per_second:,.1f}" if per_second < 100 else f"{per_second:,.0f}"
+
+
 class TopicProgress(threading.Thread):
     """Counts messages arriving on some topics and shows one updating line on stderr.
 
@@ -99,7 +103,7 @@ class TopicProgress(threading.Thread):
                 last_print = now
                 print(
                     f"\r  processed {self.count:,} / {self._total:,} ({100 * self.count / self._total:5.1f}%)"
-                    f"  {self.count / (now - start):,.0f} {self._unit}/s   ",
+                    f"  {_rate(self.count / (now - start))} {self._unit}/s   ",
                     end="",
                     file=sys.stderr,
                     flush=True,

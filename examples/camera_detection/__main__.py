@@ -10,9 +10,7 @@ import argparse
 import io
 import json
 import sys
-import threading
 import time
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from datetime import timedelta
@@ -20,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from PIL import Image, ImageDraw
 
@@ -29,7 +26,8 @@ from examples.camera_detection.flow import SCHEMA, Topics, build_flow
 from examples.camera_detection.ocr import TextDetector, TextReader
 from examples.camera_detection.scene import FRAME_SIZE, Frame, corrupt_payloads, render_frames
 from examples.camera_detection.score import score_detections
-from streamml.broker import EmbeddedBroker, create_topics
+from examples.common import TopicProgress, open_broker, unique_topics
+from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import consume_all, produce_all
 
@@ -111,43 +109,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class _Progress(threading.Thread):
-    """Counts messages reaching the output topics; prints one updating line."""
-
-    def __init__(self, bootstrap: str, topics: list[str], total: int, enabled: bool) -> None:
-        super().__init__(daemon=True)
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "progress", "enable.auto.commit": False}
-        )
-        meta = self._consumer.list_topics(timeout=10).topics
-        self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in meta[t].partitions])
-        self._total, self._enabled = total, enabled
-        self._done = threading.Event()
-        self.count = 0
-
-    def run(self) -> None:
-        start = last = time.monotonic()
-        while not self._done.is_set():
-            self.count += sum(m.error() is None for m in self._consumer.consume(1000, timeout=0.1))
-            now = time.monotonic()
-            if self._enabled and now - last >= 0.5:
-                last = now
-                print(
-                    f"\r  processed {self.count:,} / {self._total:,} frames"
-                    f"  {self.count / (now - start):,.1f} frames/s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        self._consumer.close()
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-        if self._enabled:
-            print(file=sys.stderr)
-
-
 def _create_missing(bootstrap: str, topics: Topics, partitions: int) -> None:
     existing = set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)
     if topics.frames not in existing:
@@ -197,20 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.produce_only:
             bootstrap, topics = args.brokers, Topics()
             _create_missing(bootstrap, topics, args.partitions)
-        elif args.brokers:
-            bootstrap = args.brokers
-            topics = Topics(
-                *(
-                    f"{name}-{uuid.uuid4().hex[:8]}"
-                    for name in (Topics.frames, Topics.detections, Topics.dead_letters)
-                )
-            )
-            print(f"using the cluster at {bootstrap}")
         else:
-            broker = stack.enter_context(EmbeddedBroker())
-            bootstrap = broker.bootstrap
-            topics = Topics()
-            print(f"started an embedded tansu broker on {bootstrap}")
+            bootstrap = open_broker(stack, args.brokers)
+            topics = unique_topics(Topics()) if args.brokers else Topics()
         if not args.produce_only:
             create_topics(bootstrap, [topics.frames], partitions=args.partitions)
             create_topics(bootstrap, [topics.detections, topics.dead_letters], partitions=1)
@@ -254,16 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             max_batch=args.max_batch,
             max_wait=timedelta(milliseconds=50),
         )
-        progress = _Progress(
-            bootstrap, [topics.detections, topics.dead_letters], produced, not args.quiet
-        )
-        progress.start()
-        t0 = time.perf_counter()
-        try:
+        outputs = [topics.detections, topics.dead_letters]
+        with TopicProgress(bootstrap, outputs, produced, unit="frames", enabled=not args.quiet):
+            t0 = time.perf_counter()
             run_main(flow)
-        finally:
-            progress.stop()
-        wall = time.perf_counter() - t0
+            wall = time.perf_counter() - t0
 
         results = [json.loads(m.value) for m in consume_all(bootstrap, topics.detections)]
         dead = [json.loads(m.value) for m in consume_all(bootstrap, topics.dead_letters)]
