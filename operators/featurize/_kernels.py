@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "MAX_CELLS",
+    "chunks",
     "gather",
     "group_rows",
     "range_max",
@@ -28,6 +30,8 @@ __all__ = [
     "segment_quantile",
 ]
 
+# Upper bound on the cells of any temporary a kernel builds (64 MB of float64).
+MAX_CELLS = 1 << 23
 # Centred variance loses about eps * (mean - centre)**2 / var of relative
 # precision; past this ratio a range is recomputed by a two-pass.
 _ILL_CONDITIONED = 1e4
@@ -119,6 +123,24 @@ def gather(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx, offsets
 
 
+def chunks(start: np.ndarray, end: np.ndarray, width: int) -> list[slice]:
+    """Consecutive slices of the ranges whose gathered rows (times ``width``) stay under
+    ``MAX_CELLS``, so temporaries stay bounded however long the windows (one range at least).
+
+    Examples:
+        >>> chunks(np.array([0, 0, 0]), np.array([9, 9, 9]), MAX_CELLS // 20)
+        [slice(0, 2, None), slice(2, 3, None)]
+    """
+    total = np.cumsum(end - start + 1) * width
+    out, i, n = [], 0, len(start)
+    while i < n:
+        base = int(total[i - 1]) if i else 0
+        j = max(int(np.searchsorted(total, base + MAX_CELLS, side="right")), i + 1)
+        out.append(slice(i, j))
+        i = j
+    return out
+
+
 def range_variance(
     x: np.ndarray, centre: np.ndarray, start: np.ndarray, end: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +166,9 @@ def range_variance(
     var = np.maximum(s2 / n - m1 * m1, 0.0)
     total = s1 + n * centre[end]
     suspect = (m1 * m1 > _ILL_CONDITIONED * var) | (upto2 > _LARGER_BEFORE * s2)
-    rows = np.flatnonzero(suspect.any(axis=1))
-    if len(rows):
+    bad = np.flatnonzero(suspect.any(axis=1))
+    for part in chunks(start[bad], end[bad], x.shape[1]):
+        rows = bad[part]
         idx, offsets = gather(start[rows], end[rows])
         vals = x[idx]
         exact_total = np.add.reduceat(vals, offsets, axis=0)
@@ -162,6 +185,12 @@ def _range_reduce(x: np.ndarray, start: np.ndarray, end: np.ndarray, fn: np.ufun
         return np.zeros((0,) + x.shape[1:])
     level = np.log2(end - start + 1).astype(np.int64)  # floor; exact for lengths < 2**50
     top = int(level.max())
+    if (top + 1) * x.size > MAX_CELLS:  # long windows over many rows: gather range by range
+        out = np.empty((len(start),) + x.shape[1:])
+        for part in chunks(start, end, x[0].size):
+            idx, offsets = gather(start[part], end[part])
+            out[part] = fn.reduceat(x[idx], offsets, axis=0)
+        return out
     table = np.empty((top + 1,) + x.shape)
     table[0] = x
     for k in range(1, top + 1):

@@ -464,23 +464,25 @@ class _RollingLogic(StatefulBatchLogic):
     def _gathered(
         self, m_ts: np.ndarray, m_x: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> dict[str, np.ndarray]:
+        """ewma and quantiles, from the gathered rows of each window (in bounded chunks)."""
         cfg = self.cfg
-        idx, offsets = kern.gather(start, end)
-        lengths = end - start + 1
-        cols: dict[str, np.ndarray] = {}
-        x = m_x[idx]
-        if cfg.half_life > 0:
-            age = (np.repeat(m_ts[end], lengths) - m_ts[idx]) / 1e6
-            w = np.exp2(-age / cfg.half_life)[:, None]
-            cols["ewma"] = np.add.reduceat(w * x, offsets, axis=0) / np.add.reduceat(
-                w, offsets, axis=0
-            )
-        for agg in {a for _, a in cfg.plan if a.startswith("p")}:
-            q = float(agg[1:]) / 100.0
-            cols[agg] = np.stack(
-                [kern.segment_quantile(x[:, f], offsets, lengths, q) for f in range(x.shape[1])],
-                axis=1,
-            )
+        quantiles = sorted({a for _, a in cfg.plan if a.startswith("p")})
+        names = (["ewma"] if cfg.half_life > 0 else []) + quantiles
+        cols = {name: np.empty((len(start), m_x.shape[1])) for name in names}
+        for part in kern.chunks(start, end, m_x.shape[1]):
+            s, e = start[part], end[part]
+            idx, offsets = kern.gather(s, e)
+            lengths = e - s + 1
+            x = m_x[idx]
+            if cfg.half_life > 0:
+                age = (np.repeat(m_ts[e], lengths) - m_ts[idx]) / 1e6
+                w = np.exp2(-age / cfg.half_life)[:, None]
+                weighted = np.add.reduceat(w * x, offsets, axis=0)
+                cols["ewma"][part] = weighted / np.add.reduceat(w, offsets, axis=0)
+            for agg in quantiles:
+                q = float(agg[1:]) / 100.0
+                for f in range(x.shape[1]):
+                    cols[agg][part, f] = kern.segment_quantile(x[:, f], offsets, lengths, q)
         return cols
 
     def _prune(self, gone_kids: np.ndarray) -> None:

@@ -412,3 +412,35 @@ def test_idle_release_emits_held_events_of_a_quiet_key(idle_release):
     else:  # 0 and 1 emitted during the pause; 2 is then behind the emitted 12 s
         assert sums == {0: 1.0, 1: 3.0}
         assert [r.original[1]["id"] for r in lates] == [2]
+
+
+def test_bounded_temporaries_give_the_same_features(monkeypatch):
+    # long windows over many rows switch min/max, fallbacks, ewma and quantiles to
+    # range-by-range chunks; force that with a tiny bound and compare with brute force
+    from streamml.operators.featurize import _kernels
+
+    monkeypatch.setattr(_kernels, "MAX_CELLS", 40)
+    rng = np.random.default_rng(5)
+    items = [
+        (
+            str(rng.choice(list("abc"))),
+            {
+                "id": i,
+                "ms": int(i * 300 + rng.integers(0, 2000)),
+                "x": float(rng.integers(-50, 50)),
+                "y": float(rng.normal() * 1e3),
+            },
+        )
+        for i in range(150)
+    ]
+    oks, errs, lates = run_rolling(
+        items,
+        batch_size=40,
+        window=timedelta(seconds=10),
+        fields=["x", "y"],
+        aggregates=ALL,
+        max_delay=timedelta(seconds=2),
+        half_life=timedelta(seconds=HALF_LIFE),
+        shards=1,
+    )
+    _assert_matches(items, oks, lates, errs, 10_000, 2_000, exact_values=False)
