@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streamml.errors import Rejected
 from streamml.serde.base import Deserializer, SerdeError, StringSerde
@@ -67,7 +67,7 @@ class _Message(NamedTuple):
 
 
 class _TablePartition(StatefulSourcePartition[Any, int]):
-    """Reads one partition from ``start``; emits TableReady once past the start-time end offset."""
+    """Reads one partition from ``start``; emits TableReady when it first reaches the end of the log."""
 
     def __init__(
         self,
@@ -82,14 +82,11 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
         self._step_id = step_id
         self._tail = tail
         self._consumer = Consumer(config)
-        tp = TopicPartition(topic, partition, start)
-        low, high = self._consumer.get_watermark_offsets(tp, timeout=10.0)
-        self._consumer.assign([tp])
+        self._consumer.assign([TopicPartition(topic, partition, start)])
         self._topic = topic
         self._partition = partition
         self._partitions = partitions
-        self._end = high
-        self._next = low if start == OFFSET_BEGINNING else start
+        self._next = start
         self._announced = False
 
     def next_batch(self) -> list[Any]:
@@ -98,14 +95,15 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
         out: list[Any] = []
         for msg in self._consumer.consume(1000, 0.01):
             error = msg.error()
-            if error is not None:  # partition EOF events are off, so this is a real error
+            if error is None:
+                out.append(_Message(msg.key(), msg.value(), msg.partition(), msg.offset()))
+                self._next = msg.offset() + 1
+            elif error.code() == KafkaError._PARTITION_EOF:
+                if not self._announced:  # the first end of the log: the bootstrap is read
+                    self._announced = True
+                    out.append(TableReady(self._topic, self._partition, self._partitions))
+            else:
                 out.append(Rejected(self._step_id, "KafkaError", str(error), None))
-                continue
-            out.append(_Message(msg.key(), msg.value(), msg.partition(), msg.offset()))
-            self._next = msg.offset() + 1
-        if not self._announced and self._next >= self._end:
-            self._announced = True
-            out.append(TableReady(self._topic, self._partition, self._partitions))
         return out
 
     def snapshot(self) -> int:
@@ -129,7 +127,11 @@ class _TableSource(FixedPartitionedSource[Any, int]):
             "bootstrap.servers": ",".join(self._brokers),
             "group.id": "streamml-table",  # required by librdkafka; assign() bypasses the group
             "enable.auto.commit": "false",
-            "enable.partition.eof": "false",
+            # The bootstrap ends at the first partition EOF, which comes from fetch
+            # responses. The ListOffsets end offset cannot be used: tansu 0.6 answers
+            # with a count of record batches, so a table produced in large batches
+            # looked read after its first batch.
+            "enable.partition.eof": "true",
             **self._add_config,
         }
 

@@ -69,3 +69,25 @@ def test_table_bad_bytes_go_to_errs(broker, topic_name):
     assert [r for r in rows if isinstance(r, tuple) and len(r) == 2] == [("b", {"v": 1})]
     assert rows[-1].partitions == 1  # the TableReady marker comes after the rows
     assert len(errs) == 1 and errs[0].original.key == b"a"
+
+
+def test_bootstrap_reads_a_table_produced_in_large_batches(broker, topic_name):
+    """Regression: tansu reports end offsets in record batches; the bootstrap must not stop early."""
+    broker.create_topic(topic_name, partitions=1, config={"cleanup.policy": "compact"})
+    rows = [(f"acct-{i:05d}".encode(), orjson.dumps({"tier": i % 3})) for i in range(5000)]
+    produce_all(broker.bootstrap, topic_name, rows)  # lingers, so thousands of rows per batch
+
+    flow = Dataflow("big_batches")
+    table = kafka_table(
+        "accounts",
+        flow,
+        brokers=broker.bootstrap,
+        topic=topic_name,
+        value_serde=JsonSerde(),
+        tail=False,
+    )
+    got = []
+    op.output("rows", table.changelog, TestingSink(got))
+    run_main(flow)
+    assert len([r for r in got if isinstance(r, tuple) and len(r) == 2]) == 5000
+    assert type(got[-1]).__name__ == "TableReady"  # announced after every row
