@@ -19,9 +19,10 @@ NumPy (see :mod:`._kernels`).
 
 State and eviction (per shard): the rows of each key's events still inside
 some future window, held events, and one watermark per key. Rows leave when
-their key's watermark passes them by ``window``; keys whose newest event is
-``ttl`` older than the shard's newest event time are forgotten with all
-their rows.
+their key's watermark passes them by ``window`` (checked when the key has
+events again); keys whose newest event is ``ttl`` older than the shard's
+newest event time are forgotten with all their rows. Each batch computes on
+the rows of the keys it has events for, not on the whole state.
 """
 
 from __future__ import annotations
@@ -412,7 +413,8 @@ class _RollingLogic(StatefulBatchLogic):
                 out |= np.isin(held.kid, gone_kids)
         released, self.held = held.split(out)
         results = self._compute(released) if len(released) else []
-        self._prune(gone_kids)
+        if len(gone_kids):
+            self._drop_rows(gone_kids)
         return results
 
     def _compute(self, released: _Held) -> list[tuple[str, dict]]:
@@ -421,14 +423,22 @@ class _RollingLogic(StatefulBatchLogic):
         cfg = self.cfg
         order = np.lexsort((seq, ts, kids))
         kids, ts, vals = kids[order], ts[order], vals[order]
+        # only the rows of keys with released events take part; the others wait as they are
         r_kid, r_ts, r_vals = self.rows
+        present = np.zeros(len(self.kmax), dtype=bool)
+        present[kids] = True
+        mine = present[r_kid]
+        rest = None
+        if not mine.all():
+            rest = (r_kid[~mine], r_ts[~mine], r_vals[~mine])
+            r_kid, r_ts, r_vals = r_kid[mine], r_ts[mine], r_vals[mine]
         n_old = len(r_kid)
         all_kid = np.concatenate([r_kid, kids])
-        merge = np.argsort(all_kid, kind="stable")
+        merge = np.argsort(all_kid, kind="stable")  # groups keys, keeps each key's time order
         m_kid = all_kid[merge]
         m_ts = np.concatenate([r_ts, ts])[merge]
         m_x = np.concatenate([r_vals, vals])[merge]
-        self.rows = (m_kid, m_ts, m_x)
+        self.rows = self._recent(m_kid, m_ts, m_x, rest)
         end = np.flatnonzero(merge >= n_old)
         gstart, middle = kern.group_rows(m_kid)
         start = kern.range_starts(m_ts, gstart[end], end, m_ts[end] - cfg.window)
@@ -485,16 +495,28 @@ class _RollingLogic(StatefulBatchLogic):
                     cols[agg][part, f] = kern.segment_quantile(x[:, f], offsets, lengths, q)
         return cols
 
-    def _prune(self, gone_kids: np.ndarray) -> None:
-        m_kid, m_ts, m_x = self.rows
-        if len(m_kid) == 0:
-            return
-        horizon = self.kmax[m_kid] - self.marks.delay - self.cfg.window
-        keep = m_ts > horizon
-        if len(gone_kids):
-            keep &= ~np.isin(m_kid, gone_kids)
+    def _recent(
+        self,
+        m_kid: np.ndarray,
+        m_ts: np.ndarray,
+        m_x: np.ndarray,
+        rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The new window rows: ``rest`` plus the merged rows some future window can still use."""
+        keep = m_ts > self.kmax[m_kid] - self.marks.delay - self.cfg.window
         if not keep.all():
-            self.rows = (m_kid[keep], m_ts[keep], m_x[keep])
+            m_kid, m_ts, m_x = m_kid[keep], m_ts[keep], m_x[keep]
+        if rest is None:
+            return m_kid, m_ts, m_x
+        return tuple(np.concatenate([a, b]) for a, b in zip(rest, (m_kid, m_ts, m_x)))
+
+    def _drop_rows(self, kids: np.ndarray) -> None:
+        """Drop every window row of the given (forgotten) keys."""
+        r_kid, r_ts, r_vals = self.rows
+        gone = np.zeros(len(self.kmax), dtype=bool)
+        gone[kids] = True
+        keep = ~gone[r_kid]
+        self.rows = (r_kid[keep], r_ts[keep], r_vals[keep])
 
 
 @operator
