@@ -189,13 +189,28 @@ class _RollingState:
     def expires_at(self) -> int:
         return self.points[-1][0] + self.window if self.points else _MIN
 
+    def _exact(self) -> None:
+        """Recompute the sums exactly, relative to the oldest point: after many updates, or
+        when a point leaving the window held most of the sum (the rest lost digits)."""
+        self.since_exact = 0
+        points = self.points
+        if points:
+            self.ref = ref = points[0][1]
+            cols = [[p[1][f] - r for p in points] for f, r in enumerate(ref)]
+            self.s1 = [math.fsum(c) for c in cols]
+            self.s2 = [math.fsum(d * d for d in c) for c in cols]
+
     def _evict(self, horizon: int) -> None:
         points, s1, s2, ref, cap = self.points, self.s1, self.s2, self.ref, self.max_points
+        lossy = False
         while points and (points[0][0] <= horizon or len(points) >= cap):
             for f, x in enumerate(points.popleft()[1]):
                 d = x - ref[f]
                 s1[f] -= d
                 s2[f] -= d * d
+                lossy = lossy or d * d > s2[f]
+        if lossy:
+            self._exact()
 
     def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
         points = self.points
@@ -213,7 +228,10 @@ class _RollingState:
                 var = (s2[f] - mean * mean * n) / (n - 1)
                 # below 1e-12 of the second moment, a variance is rounding noise
                 std = math.sqrt(var) if var > 1e-12 * s2[f] / n else 0.0
-                z = abs(x - ref[f] - mean) / (std if std > min_std else min_std)
+                dev = abs(x - ref[f] - mean)
+                if dev <= 1e-9 * (abs(x) + abs(ref[f])):  # rounding noise of the sums
+                    dev = 0.0
+                z = dev / (std if std > min_std else min_std)
                 if z > best:
                     best, best_f = z, f
         points.append((ts, xs))
@@ -222,12 +240,8 @@ class _RollingState:
             s1[f] += d
             s2[f] += d * d
         self.since_exact += 1
-        if self.since_exact >= 4096:  # running sums drift: recompute them exactly
-            self.since_exact = 0
-            for f in range(len(xs)):
-                ds = [p[1][f] - ref[f] for p in points]
-                s1[f] = math.fsum(ds)
-                s2[f] = math.fsum(d * d for d in ds)
+        if self.since_exact >= 4096:  # running sums drift
+            self._exact()
         return best, best_f
 
     def snapshot(self) -> tuple:
@@ -253,11 +267,15 @@ class _RollingState1(_RollingState):
         n = len(points)
         if n and (points[0][0] <= ts - self.window or n >= self.max_points):
             horizon, ref, s1, s2 = ts - self.window, self.ref[0], self.s1[0], self.s2[0]
+            lossy = False
             while points and (points[0][0] <= horizon or len(points) >= self.max_points):
                 d = points.popleft()[1][0] - ref
                 s1 -= d
                 s2 -= d * d
+                lossy = lossy or d * d > s2
             self.s1[0], self.s2[0] = s1, s2
+            if lossy:
+                self._exact()
             n = len(points)
         if n == 0:
             self.ref, self.s1, self.s2 = xs, [0.0], [0.0]
@@ -268,15 +286,16 @@ class _RollingState1(_RollingState):
             var = (s2 - mean * mean * n) / (n - 1)
             std = math.sqrt(var) if var > 1e-12 * s2 / n else 0.0
             min_std = self.min_std
-            z = abs(x - ref - mean) / (std if std > min_std else min_std)
+            dev = abs(x - ref - mean)
+            if dev <= 1e-9 * (abs(x) + abs(ref)):  # rounding noise of the sums
+                dev = 0.0
+            z = dev / (std if std > min_std else min_std)
         points.append((ts, xs))
         d = x - ref
         self.s1[0], self.s2[0] = s1 + d, s2 + d * d
         self.since_exact += 1
-        if self.since_exact >= 4096:  # running sums drift: recompute them exactly
-            self.since_exact = 0
-            ds = [p[1][0] - ref for p in points]
-            self.s1[0], self.s2[0] = math.fsum(ds), math.fsum(d * d for d in ds)
+        if self.since_exact >= 4096:  # running sums drift
+            self._exact()
         return z, 0
 
 

@@ -130,17 +130,21 @@ class _Windows:
         self._reset()
 
     def _open(self, points: list[tuple], out: list) -> None:
-        self.open = True
-        self.start = points[0][0]
+        """Open a window on a candidate run (split at ``max_duration`` if the run is longer)."""
+        r = self.rules
+        at, at_score, _, at_field = points[-1]  # the point that completed the opening rule
         for ts, s, ev, fld in points:
+            if not self.open or ts - self.start >= r.max_duration:
+                if self.open:
+                    self._close("max_duration", out)
+                self.open, self.start = True, ts
+                if r.alerts:
+                    out.append(_Opened((ts, at, at_score, at_field)))
             self.n += 1
             self.total += s
             if s > self.peak or self.n == 1:
                 self.peak, self.peak_ts, self.peak_ev, self.peak_field = s, ts, ev, fld
-        ts, s, _, fld = points[-1]
-        self.end = ts
-        if self.rules.alerts:
-            out.append(_Opened((self.start, ts, s, fld)))
+            self.end = ts
 
     def close_by(self, wm: int, out: list) -> None:
         """Close the open window if the watermark passed its deadline."""

@@ -457,7 +457,9 @@ def test_rolling_scorers_match_bruteforce(steps, window_s):
             assert plain[i] == (0.0, 0) and robust[i] == (0.0, 0)
             continue
         mean, std = prior.mean(axis=0), prior.std(axis=0, ddof=1)
-        z = np.abs(np.array(xs) - mean) / np.maximum(std, 1e-9)
+        dev = np.abs(np.array(xs) - mean)
+        dev[dev <= 1e-9 * (np.abs(xs) + np.abs(mean))] = 0.0  # float noise is no deviation
+        z = dev / np.maximum(std, 1e-9)
         med = np.median(prior, axis=0)
         mad = np.median(np.abs(prior - med), axis=0)
         rz = np.abs(np.array(xs) - med) / np.maximum(1.4826 * mad, 1e-9)
