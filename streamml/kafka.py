@@ -27,7 +27,6 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import bytewax.operators as op
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
-from bytewax.connectors.kafka.operators import KafkaOpOut
 from bytewax.dataflow import Dataflow, Stream, operator
 from confluent_kafka import OFFSET_BEGINNING, KafkaException
 from confluent_kafka import KafkaError as ConfluentKafkaError
@@ -168,15 +167,19 @@ class _Source(KafkaSource):
         return super().list_parts()
 
 
-def _is_message(item: object) -> bool:
-    return isinstance(item, KafkaSourceMessage)
-
-
 @operator
-def _consume(step_id: str, flow: Dataflow, source: KafkaSource) -> KafkaOpOut:
-    """As ``bytewax.connectors.kafka.operators.input``, for a given source (same input step id)."""
-    split = op.branch("split_err", op.input("kafka_input", flow, source), _is_message)
-    return KafkaOpOut(split.trues, split.falses)
+def _consume(step_id: str, flow: Dataflow, source: KafkaSource) -> Stream[Any]:
+    """Messages and consumer errors, under the input step id ``bytewax.connectors.kafka`` uses."""
+    return op.input("kafka_input", flow, source)
+
+
+def _keep(wanted: type) -> Callable[[list[Any]], list[Any]]:
+    """A batch filter: one Python call per batch, where ``op.branch`` makes one per item."""
+
+    def keep(batch: list[Any]) -> list[Any]:
+        return [item for item in batch if type(item) is wanted]
+
+    return keep
 
 
 def _broker_list(brokers: str | Sequence[str]) -> list[str]:
@@ -194,12 +197,19 @@ def _broker_timestamp(msg: KafkaSourceMessage) -> int | None:
 
 
 def _decoder(
-    step_id: str, value_serde: Deserializer, key_serde: Deserializer
-) -> Callable[[list[KafkaSourceMessage]], list[Record | Rejected]]:
-    def decode(msgs: list[KafkaSourceMessage]) -> list[Record | Rejected]:
+    step_id: str, consumer_step_id: str, value_serde: Deserializer, key_serde: Deserializer
+) -> Callable[[list[KafkaSourceMessage | KafkaError]], list[Record | Rejected]]:
+    def decode(batch: list[KafkaSourceMessage | KafkaError]) -> list[Record | Rejected]:
+        msgs = [m for m in batch if type(m) is KafkaSourceMessage]
+        out: list[Record | Rejected] = []
+        if len(msgs) < len(batch):  # consumer errors, rare: reported, not decoded
+            out.extend(
+                Rejected(consumer_step_id, "KafkaError", str(e.err), e.msg)
+                for e in batch
+                if type(e) is not KafkaSourceMessage
+            )
         values = value_serde.decode_batch([m.value for m in msgs])
         keys = key_serde.decode_batch([m.key for m in msgs])
-        out: list[Record | Rejected] = []
         append = out.append
         for msg, key, value in zip(msgs, keys, values):
             if type(value) is SerdeError:
@@ -222,17 +232,6 @@ def _decoder(
         return out
 
     return decode
-
-
-def _is_record(item: object) -> bool:
-    return type(item) is Record
-
-
-def _consumer_error(step_id: str) -> Callable[[KafkaError], Rejected]:
-    def to_rejected(err: KafkaError) -> Rejected:
-        return Rejected(step_id, "KafkaError", str(err.err), err.msg)
-
-    return to_rejected
 
 
 @operator
@@ -321,13 +320,15 @@ def source(
         False,  # consumer errors go to the errs stream, not up the stack
         broker_timeout=broker_timeout,
     )
-    raw = _consume("kafka", flow, source)
     decoded = op.flat_map_batch(
-        "decode", raw.oks, _decoder(f"{step_id}.decode", value_serde, key_serde or BytesSerde())
+        "decode",
+        _consume("kafka", flow, source),
+        _decoder(f"{step_id}.decode", f"{step_id}.kafka", value_serde, key_serde or BytesSerde()),
     )
-    split = op.branch("split", decoded, _is_record)
-    consumer_errs = op.map("consumer_errors", raw.errs, _consumer_error(f"{step_id}.kafka"))
-    return SourceOut(oks=split.trues, errs=op.merge("errs", consumer_errs, split.falses))
+    return SourceOut(
+        oks=op.flat_map_batch("oks", decoded, _keep(Record)),
+        errs=op.flat_map_batch("errs", decoded, _keep(Rejected)),
+    )
 
 
 def _identity(item: Any) -> Any:
@@ -369,10 +370,6 @@ def _encoder(
         return out
 
     return encode
-
-
-def _is_key_value(item: object) -> bool:
-    return type(item) is tuple  # a Rejected is a NamedTuple subclass, so not this
 
 
 @operator
@@ -436,15 +433,15 @@ def sink(
             key,
         ),
     )
-    split = op.branch("split", encoded, _is_key_value)
+    pairs = op.flat_map_batch("pairs", encoded, _keep(tuple))  # a Rejected is a tuple subclass
     producer = ProducerSink(
         ",".join(_broker_list(brokers)),
         topic,
         delivery_timeout=delivery_timeout,
         add_config=add_config,
     )
-    op.output("kafka", split.trues, producer)
-    return split.falses
+    op.output("kafka", pairs, producer)
+    return op.flat_map_batch("rejected", encoded, _keep(Rejected))
 
 
 def _b64(data: bytes | None) -> str | None:
