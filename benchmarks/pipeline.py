@@ -196,6 +196,10 @@ def _result(event: dict, outputs: dict) -> dict:
     }
 
 
+def _keyed(records: list) -> list[tuple[str, dict]]:
+    return [(r.value["sensor_id"], r.value) for r in records]
+
+
 def _reading_time(event: dict) -> datetime:
     return datetime.fromtimestamp(event["ts"] / 1000, tz=timezone.utc)
 
@@ -228,7 +232,7 @@ def streamml_flow(
         batch_size=2000,
         add_config=_FETCH,
     )
-    keyed = op.map("key", src.oks, lambda r: (r.value["sensor_id"], r.value))
+    keyed = op.flat_map_batch("key", src.oks, _keyed)
     feats = featurize.rolling(
         "last10",
         keyed,
