@@ -3,8 +3,9 @@
 One Bytewax worker, an in-memory source (``TestingSource``, batches of
 ``SOURCE_BATCH``), 1,000 keys, 3 float fields × {count, mean, std, min, max}
 over a 60 s event-time window, in-order events one millisecond apart (so
-about 60 events per key per window), ``key_on`` then the featurizer then a
-sink that only counts:
+about 60 events per key per window). The source yields ``(key, event)``
+pairs — as a decoder keyed by the Kafka message key would — into the
+featurizer, then a sink that only counts:
 
 - ``rolling`` with 1 shard and with its default 8 shards;
 - ``rolling`` with 5 s of allowed out-of-orderness on jittered events;
@@ -81,20 +82,25 @@ class CountSink(DynamicSink):
         return _CountPartition(self)
 
 
-def make_events(n: int, *, jitter_ms: int = 0, seed: int = 7) -> list[dict[str, Any]]:
-    """``n`` sensor readings over ``N_KEYS`` keys, one millisecond apart (optionally jittered)."""
+def make_events(n: int, *, jitter_ms: int = 0, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
+    """``n`` keyed sensor readings over ``N_KEYS`` keys, one millisecond apart (optionally
+    jittered)."""
     rnd = random.Random(seed)
     out = []
     for i in range(n):
         ms = i + (rnd.randint(-jitter_ms, 0) if jitter_ms else 0)
+        key = f"s{rnd.randrange(N_KEYS)}"
         out.append(
-            {
-                "sensor": f"s{rnd.randrange(N_KEYS)}",
-                "at": T0 + timedelta(milliseconds=ms),
-                "temperature": 20.0 + rnd.gauss(0, 2),
-                "pressure": 1000.0 + rnd.gauss(0, 5),
-                "humidity": rnd.uniform(30, 60),
-            }
+            (
+                key,
+                {
+                    "sensor": key,
+                    "at": T0 + timedelta(milliseconds=ms),
+                    "temperature": 20.0 + rnd.gauss(0, 2),
+                    "pressure": 1000.0 + rnd.gauss(0, 5),
+                    "humidity": rnd.uniform(30, 60),
+                },
+            )
         )
     return out
 
@@ -128,8 +134,7 @@ def _baseline_step(state: deque | None, event: dict[str, Any]) -> tuple[deque, d
 
 def _flow(events: list, sink: CountSink, featurize: Any, batch: int = SOURCE_BATCH) -> Dataflow:
     flow = Dataflow("bench_featurize")
-    up = op.input("in", flow, TestingSource(events, batch_size=batch))
-    keyed = op.key_on("key", up, lambda e: e["sensor"])
+    keyed = op.input("in", flow, TestingSource(events, batch_size=batch))
     op.output("out", featurize(keyed), sink)
     return flow
 
@@ -175,8 +180,8 @@ def _check_same_features(events: list) -> None:
     for name, featurize in (("ours", _ours(8)), ("baseline", _baseline)):
         out: list = []
         flow = Dataflow("check")
-        up = op.input("in", flow, TestingSource(events, batch_size=1000))
-        op.output("out", featurize(op.key_on("key", up, lambda e: e["sensor"])), TestingSink(out))
+        keyed = op.input("in", flow, TestingSource(events, batch_size=1000))
+        op.output("out", featurize(keyed), TestingSink(out))
         run_main(flow)
         got[name] = sorted(out, key=lambda kv: (kv[1]["at"], kv[0]))
     for (_, a), (_, b) in zip(got["ours"], got["baseline"], strict=True):
