@@ -10,35 +10,48 @@ on with NumPy, and still sends every key to the same state on every worker
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["group_by_shard"]
+__all__ = ["shard_grouper"]
+
+_CACHE_LIMIT = 1 << 16
 
 
-def group_by_shard(items: list[Any], shards: int) -> list[tuple[str, list[Any]]]:
-    """Split ``(key, value)`` items into ``(shard id, items)`` pairs, order kept within a shard.
+def shard_grouper(shards: int) -> Callable[[list[Any]], list[tuple[str, list[Any]]]]:
+    """A batch function splitting ``(key, value)`` items into ``(shard id, items)`` pairs.
 
-    Items whose key is not a ``str`` go to shard ``"0"``, where the state
-    rejects them.
+    Order is kept within a shard. Items whose key is not a ``str`` go to
+    shard ``"0"``, where the state rejects them. The shard of recent keys is
+    memoised (at most 65,536 keys; the memo is cleared when full).
 
     Examples:
-        >>> group_by_shard([("a", 1), ("b", 2), ("a", 3)], 1)
+        >>> shard_grouper(1)([("a", 1), ("b", 2), ("a", 3)])
         [('0', [('a', 1), ('b', 2), ('a', 3)])]
-        >>> sorted(len(part) for _, part in group_by_shard([(str(i), i) for i in range(100)], 4))
+        >>> split = shard_grouper(4)([(str(i), i) for i in range(100)])
+        >>> sorted(len(part) for _, part in split)
         [24, 24, 26, 26]
     """
     if shards == 1:
-        return [("0", items)]
-    parts: dict[int, list[Any]] = {}
+        return lambda items: [("0", items)]
+    names = [str(i) for i in range(shards)]
+    memo: dict[Any, int] = {}
     crc = zlib.crc32
-    for item in items:
-        try:
-            shard = crc(item[0].encode()) % shards
-        except (AttributeError, TypeError, IndexError, KeyError):
-            shard = 0
-        part = parts.get(shard)
-        if part is None:
-            parts[shard] = [item]
-        else:
-            part.append(item)
-    return [(str(shard), part) for shard, part in parts.items()]
+
+    def group(items: list[Any]) -> list[tuple[str, list[Any]]]:
+        if len(memo) > _CACHE_LIMIT:
+            memo.clear()
+        parts: list[list[Any]] = [[] for _ in names]
+        get = memo.get
+        for item in items:
+            try:
+                key = item[0]
+                shard = get(key)
+                if shard is None:
+                    shard = memo[key] = crc(key.encode()) % shards
+            except (AttributeError, TypeError, IndexError, KeyError):
+                shard = 0
+            parts[shard].append(item)
+        return [(names[i], part) for i, part in enumerate(parts) if part]
+
+    return group

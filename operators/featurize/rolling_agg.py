@@ -41,7 +41,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators._time import KeyedWatermarks, WatermarkSnapshot, late, micros
 from streamml.operators.featurize import _kernels as kern
 from streamml.operators.featurize._batch import extract
-from streamml.operators.featurize._shard import group_by_shard
+from streamml.operators.featurize._shard import shard_grouper
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
 
 from streamml.errors import Rejected
@@ -587,8 +587,10 @@ def rolling(
         max_future: Reject timestamps further than this beyond the wall
             clock (``None`` accepts any): one far-future event would
             otherwise make every later event of its key late.
-        shards: Number of state shards. Use at least the number of workers;
-            fewer shards give larger batches.
+        shards: Number of state shards (keys are spread over them by a
+            stable hash; each shard lives on one worker). Use about twice
+            the number of workers; on a single worker ``shards=1`` is
+            fastest (one large batch instead of several smaller ones).
         label: Name suffix; defaults to :func:`window_label` of ``window``.
         idle_release: Emit a held event once it has waited this long in
             wall-clock time, even if its key's watermark has not reached it
@@ -651,6 +653,6 @@ def rolling(
         label=label,
         idle_release=idle_release,
     )
-    sharded: Stream[Any] = op.flat_map_batch("shard", up, lambda b: group_by_shard(b, shards))
+    sharded: Stream[Any] = op.flat_map_batch("shard", up, shard_grouper(shards))
     chunks = op.stateful_batch("state", sharded, lambda resume: _RollingLogic(cfg, resume))
     return split_chunks(chunks)
