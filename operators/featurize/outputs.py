@@ -63,6 +63,8 @@ def split_chunks(chunks: Stream[tuple[str, tuple[list, list, list]]]) -> TimedFe
 
     def pick(i: int):
         def flatten(batch: list[tuple[str, tuple[list, list, list]]]) -> list[Any]:
+            if len(batch) == 1:
+                return batch[0][1][i]
             return [x for _, triple in batch for x in triple[i]]
 
         return flatten

@@ -116,8 +116,7 @@ class _Held:
     """
 
     kid: np.ndarray
-    ts: np.ndarray
-    seq: np.ndarray
+    ts: np.ndarray  # events stay in arrival order (ties are ordered by it)
     vals: np.ndarray
     arrived: np.ndarray  # wall-clock seconds of the batch that brought it
     keys: list[str]
@@ -126,7 +125,7 @@ class _Held:
     @classmethod
     def empty(cls, n_fields: int) -> _Held:
         i = np.zeros(0, dtype=np.int64)
-        return cls(i, i, i, np.zeros((0, n_fields)), np.zeros(0), [], [])
+        return cls(i, i, np.zeros((0, n_fields)), np.zeros(0), [], [])
 
     def __len__(self) -> int:
         return len(self.kid)
@@ -138,7 +137,6 @@ class _Held:
         return _Held(
             cat([self.kid, more.kid]),
             cat([self.ts, more.ts]),
-            cat([self.seq, more.seq]),
             cat([self.vals, more.vals]),
             cat([self.arrived, more.arrived]),
             self.keys + more.keys,
@@ -155,7 +153,6 @@ class _Held:
             return _Held(
                 self.kid[m],
                 self.ts[m],
-                self.seq[m],
                 self.vals[m],
                 self.arrived[m],
                 [self.keys[i] for i in idx],
@@ -168,7 +165,6 @@ class _Held:
         return _Held(
             self.kid.copy(),
             self.ts.copy(),
-            self.seq.copy(),
             self.vals.copy(),
             self.arrived.copy(),
             list(self.keys),
@@ -184,7 +180,6 @@ class _Snapshot:
     kmax: np.ndarray
     clock: int
     swept: int
-    seq: int
     rows: tuple[np.ndarray, np.ndarray, np.ndarray]  # kid, ts, values of window rows
     held: _Held
 
@@ -284,7 +279,6 @@ class _RollingLogic(StatefulBatchLogic):
             self.kmax = np.full(16, _INT64_MIN, dtype=np.int64)
             self.clock = _INT64_MIN
             self.swept = _INT64_MIN
-            self.seq = 0
             empty_i = np.zeros(0, dtype=np.int64)
             self.rows = (empty_i, empty_i, np.zeros((0, nf)))
             self.held = _Held.empty(nf)
@@ -292,7 +286,7 @@ class _RollingLogic(StatefulBatchLogic):
             self.kid_of = dict(resume.kid_of)
             self.free = list(resume.free)
             self.kmax = resume.kmax.copy()
-            self.clock, self.swept, self.seq = resume.clock, resume.swept, resume.seq
+            self.clock, self.swept = resume.clock, resume.swept
             self.rows = tuple(a.copy() for a in resume.rows)
             self.held = resume.held.copy()
 
@@ -326,7 +320,6 @@ class _RollingLogic(StatefulBatchLogic):
             self.kmax.copy(),
             self.clock,
             self.swept,
-            self.seq,
             tuple(a.copy() for a in self.rows),
             self.held.copy(),
         )
@@ -368,16 +361,15 @@ class _RollingLogic(StatefulBatchLogic):
                 events = [events[i] for i in idx]
                 ts_arr, vals = ts_arr[ok], vals[ok]
         if keys:
-            kid_of = self.kid_of
-            kids = np.array(
-                [kid_of[k] if k in kid_of else self._kid(k) for k in keys], dtype=np.int64
-            )
+            get = self.kid_of.get
+            found = [get(k) for k in keys]
+            if None in found:
+                found = [self._kid(k) if v is None else v for k, v in zip(keys, found)]
+            kids = np.array(found, dtype=np.int64)
             np.maximum.at(self.kmax, kids, ts_arr)
             self.clock = max(self.clock, int(ts_arr.max()))
-            seq = np.arange(self.seq, self.seq + len(keys), dtype=np.int64)
-            self.seq += len(keys)
             arrived = np.full(len(keys), now)
-            self.held = self.held.extend(_Held(kids, ts_arr, seq, vals, arrived, keys, events))
+            self.held = self.held.extend(_Held(kids, ts_arr, vals, arrived, keys, events))
         gone = self._sweep()
         oks = self._release(eof, gone, now)
         if gone:
@@ -418,10 +410,10 @@ class _RollingLogic(StatefulBatchLogic):
         return results
 
     def _compute(self, released: _Held) -> list[tuple[str, dict]]:
-        kids, ts, seq, vals = released.kid, released.ts, released.seq, released.vals
+        kids, ts, vals = released.kid, released.ts, released.vals
         keys, events = released.keys, released.events
         cfg = self.cfg
-        order = np.lexsort((seq, ts, kids))
+        order = np.lexsort((ts, kids))  # stable, so equal times keep arrival order
         kids, ts, vals = kids[order], ts[order], vals[order]
         # only the rows of keys with released events take part; the others wait as they are
         r_kid, r_ts, r_vals = self.rows
