@@ -26,7 +26,11 @@ from streamml import kafka
 from streamml.broker import EmbeddedBroker
 from streamml.serde import JsonSerde
 
-BIG_FETCH = {"fetch.max.bytes": str(64 << 20), "max.partition.fetch.bytes": str(16 << 20)}
+BIG_FETCH = {
+    "fetch.max.bytes": str(64 << 20),
+    "max.partition.fetch.bytes": str(16 << 20),
+    **kafka.SOURCE_DEFAULTS,  # tansu holds a fetch for fetch.wait.max.ms even with data waiting
+}
 
 
 class _CountPartition(StatelessSinkPartition):
@@ -89,7 +93,7 @@ def _consume(bootstrap: str, topic: str, config: dict[str, str]) -> int:
     consumer.assign([TopicPartition(topic, 0, 0)])
     n = 0
     while True:
-        msgs = consumer.consume(10_000, timeout=1.0)
+        msgs = consumer.consume(1000, timeout=0.01)
         eof = False
         for m in msgs:
             if m.error() is None:
@@ -158,7 +162,9 @@ def main(quick: bool = False) -> dict:
                 "confluent-kafka consume (big fetches)": lambda: _consume(
                     bootstrap, "ceiling", BIG_FETCH
                 ),
-                "confluent-kafka consume (defaults)": lambda: _consume(bootstrap, "ceiling", {}),
+                "confluent-kafka consume (fetch wait 500 ms)": lambda: _consume(
+                    bootstrap, "ceiling", {}
+                ),
                 "Bytewax KafkaSource, no decoding": lambda: _bytewax_source(
                     bootstrap, "ceiling", n
                 ),
