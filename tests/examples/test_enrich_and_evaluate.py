@@ -42,16 +42,20 @@ def outcome(broker: EmbeddedBroker):
 def test_every_transaction_and_label_is_accounted_for(outcome) -> None:
     data, summary, results, _ = outcome
     live = data.live_accounts
+    ever = {key for key, row in data.accounts if row is not None}
     enrichable = {t["tx_id"] for t in data.transactions if t["account_id"] in live}
+    # The table is read while transactions flow (no bootstrap wait), so a transaction of an
+    # account closed later in the table may be scored with the row it saw before the tombstone.
+    closed_later = {t["tx_id"] for t in data.transactions if t["account_id"] in ever - live}
     predicted = [p["tx_id"] for p in results.predictions]
     assert len(predicted) == len(set(predicted))  # no duplicates
-    assert set(predicted) == enrichable  # every transaction with an account, and no other
+    assert enrichable <= set(predicted) <= enrichable | closed_later
     assert summary["transactions_in"] == N + CORRUPT
     assert summary["transactions_accounted_for"] and summary["labels_accounted_for"]
     assert summary["transaction_dead_letter_reasons"] == {
         "DecodeError": CORRUPT // 2,
         "UnknownSchema": CORRUPT // 2,
-        "MissingRow": N - len(enrichable),
+        "MissingRow": N - len(predicted),
     }
     assert summary["other_dead_letters"] == 0
     assert summary["outcomes_equal_predictions"]
