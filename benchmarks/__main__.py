@@ -24,6 +24,9 @@ from benchmarks.report import write_report
 
 RESULTS = Path(__file__).with_name("results")
 _NOT_FAMILIES = {"harness", "report", "__main__"}
+_QUICK_IN_SUITE = {"soak": "python -m benchmarks.soak"}
+"""Families whose full size is too long for the suite (the 10M-event soak takes ~30 min
+here): the suite runs them quick and says how to run them in full."""
 
 
 def families() -> list[str]:
@@ -66,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
-            report["families"][name] = module.main(quick=args.quick)
+            quick = args.quick or name in _QUICK_IN_SUITE
+            if quick and not args.quick:
+                print(f"(quick size in the suite; full run: {_QUICK_IN_SUITE[name]})", flush=True)
+            report["families"][name] = module.main(quick=quick)
         except Exception:  # noqa: BLE001 - one broken family must not hide the others
             traceback.print_exc()
             failed.append(name)
