@@ -375,8 +375,8 @@ def main(quick: bool = False) -> dict:
         flush=True,
     )
     results: dict[str, Any] = {"quality": quality(sets)}
-    n = 100_000 if quick else 400_000
-    results["throughput"] = throughput(n, keys=1000, rounds=2 if quick else 3)
+    n = 50_000 if quick else 400_000
+    results["throughput"] = throughput(n, keys=1000, rounds=3)
     return results
 
 

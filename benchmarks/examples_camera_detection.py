@@ -134,7 +134,7 @@ def _microservice_run(
 
 
 def main(quick: bool = False) -> dict:
-    n = 32 if quick else 96
+    n = 16 if quick else 96
     rounds = 3
     print(f"camera_detection: preparing models and {n} frames ...", flush=True)
     files = build_models()

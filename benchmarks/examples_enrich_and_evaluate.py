@@ -263,7 +263,7 @@ class _Cpu:
 
 def main(quick: bool = False) -> dict:
     n = 5_000 if quick else 20_000
-    rounds = 2 if quick else 3
+    rounds = 3
     corrupt = 4
     print(f"enrich_and_evaluate: models (cached) and {n:,} transactions ...", flush=True)
     models = build_models()

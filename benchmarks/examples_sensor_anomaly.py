@@ -109,7 +109,7 @@ def per_event_service(
 
 
 def main(quick: bool = False) -> dict:
-    n = 12_000 if quick else 100_000
+    n = 8_000 if quick else 100_000
     sensors = 20
     model = build_model(DEFAULT_DIR)
     fleet = generate_fleet(n, n_sensors=sensors)

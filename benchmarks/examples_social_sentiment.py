@@ -171,8 +171,8 @@ def _per_event(
 
 
 def main(quick: bool = False) -> dict:
-    n = 150 if quick else 400
-    rounds = 2 if quick else 5
+    n = 100 if quick else 400
+    rounds = 3 if quick else 5
     print(
         f"social_sentiment: model (train size {TRAIN_SIZE}, cached) and {n} posts ...", flush=True
     )

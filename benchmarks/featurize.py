@@ -191,7 +191,7 @@ def _check_same_features(events: list) -> None:
 
 
 def throughput(quick: bool) -> dict[str, Any]:
-    n = 200_000 if quick else 1_000_000
+    n = 100_000 if quick else 1_000_000
     rounds = 3 if quick else 5
     print(f"featurize: generating {n:,} events over {N_KEYS:,} keys ...", flush=True)
     events = make_events(n)

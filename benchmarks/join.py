@@ -171,7 +171,7 @@ def _cpu_table(cpu: dict[str, list[float]]) -> str:
 def main(quick: bool = False) -> dict:
     rounds = 3
     rows = 100_000
-    n_events = 200_000 if quick else 500_000
+    n_events = 100_000 if quick else 500_000
     table, stream = _enrich_data(rows, n_events)
     print(
         f"enrich: {rows:,}-row table, {n_events:,} events, {rounds} alternating rounds", flush=True
@@ -195,7 +195,7 @@ def main(quick: bool = False) -> dict:
     print(_cpu_table(enrich_cpu))
 
     keys = 1000
-    n_interval = 200_000 if quick else 600_000
+    n_interval = 100_000 if quick else 600_000
     lefts, rights = _interval_data(keys, n_interval)
     pairs = [0]
     print(

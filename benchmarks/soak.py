@@ -1,7 +1,7 @@
 """Soak: millions of events over hundreds of thousands of keys with churn; RSS must level off.
 
     python -m benchmarks.soak            # 10,000,000 events over 200,000 keys
-    python -m benchmarks.soak --quick    # 600,000 events over 12,000 keys (about a minute)
+    python -m benchmarks.soak --quick    # 300,000 events over 6,000 keys (about 15 s)
 
 The pipeline has every stateful operator family, as in production: a
 stream–table join (``enrich``, a table row for half of the keys), rolling
@@ -286,7 +286,7 @@ def soak(n: int, keys: int, active: int, *, every_s: float) -> dict[str, Any]:
 def main(quick: bool = False) -> dict:
     """Run the soak, print RSS over time, return the samples and the growth figures."""
     if quick:
-        return soak(600_000, 12_000, 1_500, every_s=2.0)
+        return soak(300_000, 6_000, 1_500, every_s=2.0)
     return soak(10_000_000, 200_000, 10_000, every_s=10.0)
 
 
