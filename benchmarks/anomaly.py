@@ -28,7 +28,6 @@ from typing import Any
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators.anomaly import (
     Ewma,
@@ -40,7 +39,7 @@ from streamml.operators.anomaly import (
     score,
 )
 
-from benchmarks.harness import alternate, format_table
+from benchmarks.harness import CountSink, alternate, format_table
 from streamml.evaluation import SensorSet, TrueWindow, score_windows, sensor_set
 
 MINUTE = timedelta(minutes=1)
@@ -253,24 +252,6 @@ def quality(sets: list[SensorSet]) -> dict[str, dict]:
 # --------------------------------------------------------------- throughput
 
 
-class _CountPartition(StatelessSinkPartition):
-    def __init__(self, counter: list[int]) -> None:
-        self.counter = counter
-
-    def write_batch(self, items: list) -> None:
-        self.counter[0] += len(items)
-
-
-class _CountSink(DynamicSink):
-    """Counts items: a sink that costs nothing, so the dataflow is what is measured."""
-
-    def __init__(self) -> None:
-        self.counter = [0]
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
-        return _CountPartition(self.counter)
-
-
 class _PassThrough(op.StatefulBatchLogic):
     def on_batch(self, values: list) -> tuple[list, bool]:
         return values, False
@@ -303,7 +284,7 @@ def throughput(n: int, keys: int, rounds: int) -> dict[str, Any]:
         def run() -> int:
             flow = Dataflow("anomaly_speed")
             s = op.input("in", flow, TestingSource(data, batch_size=5000))
-            sink = _CountSink()
+            sink = CountSink()
             for stream in build(s):
                 op.output(f"out{id(stream)}", stream, sink)
             run_main(flow)

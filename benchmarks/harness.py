@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Measurement", "alternate", "machine_info", "format_table"]
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+__all__ = ["CountSink", "Measurement", "alternate", "format_table", "machine_info"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +105,24 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "libraries": libs,
     }
+
+
+class _CountPartition(StatelessSinkPartition[Any]):
+    def __init__(self, counter: list[int]) -> None:
+        self._counter = counter
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._counter[0] += len(items)
+
+
+class CountSink(DynamicSink[Any]):
+    """Counts what reaches it and keeps nothing, so the dataflow, not the sink, is measured.
+
+    ``counter[0]`` is the count (shared by the workers of one process).
+    """
+
+    def __init__(self) -> None:
+        self.counter = [0]
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
+        return _CountPartition(self.counter)

@@ -21,35 +21,16 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 from streamml.operators.join import TableReady, enrich, interval_join
 from streamml.operators.join._shards import LEFT, RIGHT, micros, split_outputs
 from streamml.operators.join.enrich import _EnrichLogic, _EnrichState, merge_fields
 from streamml.operators.join.interval import _IntervalLogic, _IntervalState
 
-from benchmarks.harness import alternate, format_table
+from benchmarks.harness import CountSink, alternate, format_table
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 BATCH = 1000
-
-
-class _CountPartition(StatelessSinkPartition[Any]):
-    def __init__(self, box: list[int]) -> None:
-        self._box = box
-
-    def write_batch(self, items: list[Any]) -> None:
-        self._box[0] += len(items)
-
-
-class _Count(DynamicSink[Any]):
-    """Counts items; keeps nothing, so the sink costs next to nothing."""
-
-    def __init__(self) -> None:
-        self.box = [0]
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
-        return _CountPartition(self.box)
 
 
 def _per_key(step_id: str, left, right, build: Callable[[Any], Any]):
@@ -97,10 +78,10 @@ def _run_enrich(table: list, stream: list, *, per_key: bool) -> int:
         )
     else:
         out = enrich("enrich", ev, tb)
-    sink = _Count()
+    sink = CountSink()
     op.output("out", out.oks, sink)
     run_main(flow)
-    assert sink.box[0] == len(stream), (sink.box[0], len(stream))
+    assert sink.counter[0] == len(stream), (sink.counter[0], len(stream))
     return len(stream)
 
 
@@ -133,10 +114,10 @@ def _run_interval(lefts: list, rights: list, *, per_key: bool, counter: list[int
         out = interval_join(
             "interval", left, right, left_ts=_ts, lower=lower, upper=upper, lateness=lateness
         )
-    sink = _Count()
+    sink = CountSink()
     op.output("out", out.oks, sink)
     run_main(flow)
-    counter[0] = sink.box[0]
+    counter[0] = sink.counter[0]
     return len(lefts) + len(rights)
 
 

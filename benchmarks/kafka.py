@@ -17,11 +17,10 @@ import bytewax.operators as op
 import orjson
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from benchmarks.harness import alternate, format_table
+from benchmarks.harness import CountSink, alternate, format_table
 from streamml import kafka
 from streamml.broker import EmbeddedBroker
 from streamml.serde import JsonSerde
@@ -31,24 +30,6 @@ BIG_FETCH = {
     "max.partition.fetch.bytes": str(16 << 20),
     **kafka.SOURCE_DEFAULTS,  # tansu holds a fetch for fetch.wait.max.ms even with data waiting
 }
-
-
-class _CountPartition(StatelessSinkPartition):
-    def __init__(self, counter: list[int]) -> None:
-        self._counter = counter
-
-    def write_batch(self, items: list) -> None:
-        self._counter[0] += len(items)
-
-
-class CountSink(DynamicSink):
-    """Counts what reaches it and keeps nothing."""
-
-    def __init__(self) -> None:
-        self.counter = [0]
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountPartition:
-        return _CountPartition(self.counter)
 
 
 def _payloads(n: int) -> list[bytes]:

@@ -79,7 +79,7 @@ from benchmarks.pipeline import _vector, _result, _reading_time
 from streamml.models import OnnxModel
 from streamml.operators import featurize
 from streamml.operators.infer import infer
-from benchmarks.kafka import CountSink
+from benchmarks.harness import CountSink
 keys, n, model_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 t0 = 1_767_225_600_000
 events = ((f"s{i % keys}", {"sensor_id": f"s{i % keys}", "ts": t0 + (i // keys) * 1000, "temperature": 60.0 + i % 7,
