@@ -90,14 +90,17 @@ def _attach_score(event: dict[str, Any], outputs: dict[str, Any]) -> dict[str, A
     return {**event, "if_score": -float(outputs["scores"]) if event["warm"] else 0.0}
 
 
-def _score_record(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-    _, e = kv
-    return {
-        "sensor_id": e["sensor_id"],
-        "ts": e["ts"],
-        "if_score": round(e["if_score"], 5),
-        "model_version": e["model_version"],
-    }
+def _score_records(batch: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The scores topic's records, built once per batch."""
+    return [
+        {
+            "sensor_id": e["sensor_id"],
+            "ts": e["ts"],
+            "if_score": round(e["if_score"], 5),
+            "model_version": e["model_version"],
+        }
+        for _, e in batch
+    ]
 
 
 def _tag(detector: str, kind: str):
@@ -196,7 +199,7 @@ def build_flow(
     json_out = JsonSerde()
     score_errs = kafka.sink(
         "scores",
-        op.map("score_records", scored.oks, _score_record),
+        op.flat_map_batch("score_records", scored.oks, _score_records),
         brokers=brokers,
         topic=topics.scores,
         value_serde=json_out,
