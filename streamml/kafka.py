@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import bytewax.operators as op
@@ -158,7 +160,7 @@ class _Partition(_KafkaSourcePartition):
         msgs = self._consumer.consume(self._batch_size, 0.001)
         if not msgs:
             return msgs
-        if any(m.error() is not None for m in msgs):
+        if any(map(Message.error, msgs)):  # a KafkaError is truthy, no error is None
             kept = []
             for m in msgs:
                 error = m.error()
@@ -247,46 +249,61 @@ def _as_source_message(msg: Message) -> KafkaSourceMessage:
     )
 
 
-def _timestamp_ms(msg: Message) -> int | None:
-    kind, ms = msg.timestamp()
-    return ms if kind else None  # kind 0 is TIMESTAMP_NOT_AVAILABLE
+_kind, _ms = itemgetter(0), itemgetter(1)
+
+
+def _timestamps_ms(msgs: list[Message]) -> list[int | None]:
+    """Each message's broker timestamp in ms, ``None`` where it has none (kind 0)."""
+    stamps = list(map(Message.timestamp, msgs))  # (kind, ms)
+    if 0 in map(_kind, stamps):  # TIMESTAMP_NOT_AVAILABLE somewhere: rare
+        return [ms if kind else None for kind, ms in stamps]
+    return list(map(_ms, stamps))
 
 
 def _decoder(
     step_id: str, consumer_step_id: str, value_serde: Deserializer, key_serde: Deserializer
 ) -> Callable[[list[Message]], list[Record | Rejected]]:
     def decode(msgs: list[Message]) -> list[Record | Rejected]:
+        """Records in message order; rejections (consumer errors first) in their place.
+
+        Every per-message step is a ``map`` over a C method or function: no
+        Python bytecode runs per message unless a batch holds an error.
+        """
         out: list[Record | Rejected] = []
-        failed = [m for m in msgs if m.error() is not None]
-        if failed:  # consumer errors, rare: reported, not decoded
+        if any(map(Message.error, msgs)):  # consumer errors, rare: reported, not decoded
             out.extend(
                 Rejected(consumer_step_id, "KafkaError", str(m.error()), _as_source_message(m))
-                for m in failed
+                for m in msgs
+                if m.error() is not None
             )
             msgs = [m for m in msgs if m.error() is None]
-        raw_values = [m.value() for m in msgs]
-        raw_keys = [m.key() for m in msgs]
+        raw_values = list(map(Message.value, msgs))
+        raw_keys = list(map(Message.key, msgs))
         values = value_serde.decode_batch(raw_values)
         keys = key_serde.decode_batch(raw_keys)
+        fields = zip(
+            values,
+            keys,
+            map(Message.topic, msgs),
+            map(Message.partition, msgs),
+            map(Message.offset, msgs),
+            _timestamps_ms(msgs),
+            raw_keys,
+            raw_values,
+        )
+        if SerdeError not in map(type, values) and SerdeError not in map(type, keys):
+            # tuple.__new__(Record, fields) builds a Record in C; Record(...) runs Python.
+            out.extend(map(tuple.__new__, repeat(Record), fields))
+            return out
         append = out.append
-        for msg, key, value, raw_key, raw_value in zip(msgs, keys, values, raw_keys, raw_values):
+        for msg, record in zip(msgs, fields):
+            value, key = record[0], record[1]
             if type(value) is SerdeError:
                 append(Rejected(step_id, value.kind, f"value: {value}", _as_source_message(msg)))
             elif type(key) is SerdeError:
                 append(Rejected(step_id, key.kind, f"key: {key}", _as_source_message(msg)))
             else:
-                append(
-                    Record(
-                        value,
-                        key,
-                        msg.topic(),
-                        msg.partition(),
-                        msg.offset(),
-                        _timestamp_ms(msg),
-                        raw_key,
-                        raw_value,
-                    )
-                )
+                append(Record._make(record))
         return out
 
     return decode
@@ -389,20 +406,18 @@ def source(
     )
 
 
-def _identity(item: Any) -> Any:
-    return item
-
-
 def _encoder(
     step_id: str,
     value_serde: Serializer,
     key_serde: Serializer,
-    value: Callable[[Any], Any],
+    value: Callable[[Any], Any] | None,
     key: Callable[[Any], Any] | None,
 ) -> Callable[[list[Any]], list[tuple[bytes | None, bytes | None] | Rejected]]:
-    def pick(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def pick(fn: Callable[[Any], Any] | None, items: list[Any]) -> list[Any]:
+        if fn is None:  # the item itself
+            return items
         try:
-            return [fn(item) for item in items]
+            return list(map(fn, items))  # a C getter (operator.itemgetter) runs no bytecode
         except Exception:  # noqa: BLE001 - redo item by item to find the culprits
             out = []
             for item in items:
@@ -416,6 +431,12 @@ def _encoder(
         values = pick(value, items)
         payloads = value_serde.encode_batch(values)
         keys = key_serde.encode_batch(pick(key, items)) if key is not None else [None] * len(items)
+        if (
+            SerdeError not in map(type, payloads)
+            and SerdeError not in map(type, values)
+            and SerdeError not in map(type, keys)
+        ):
+            return list(zip(keys, payloads))
         out: list[tuple[bytes | None, bytes | None] | Rejected] = []
         for item, raw_value, picked, raw_key in zip(items, payloads, values, keys):
             if type(raw_value) is SerdeError or type(picked) is SerdeError:
@@ -487,7 +508,7 @@ def sink(
             f"{step_id}.encode",
             value_serde,
             key_serde or StringSerde(),
-            value or _identity,
+            value,
             key,
         ),
     )
