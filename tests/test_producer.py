@@ -16,10 +16,13 @@ from streamml.testing import consume_all
 pytestmark = pytest.mark.integration
 
 
-def _flow(bootstrap: str, topic: str, n: int, timeout: timedelta) -> Dataflow:
+def _flow(
+    bootstrap: str, topic: str, n: int, timeout: timedelta, add_config: dict | None = None
+) -> Dataflow:
     flow = Dataflow("produce")
     pairs = op.input("pairs", flow, TestingSource([(b"k", str(i).encode()) for i in range(n)]))
-    op.output("kafka", pairs, ProducerSink(bootstrap, topic, delivery_timeout=timeout))
+    sink = ProducerSink(bootstrap, topic, delivery_timeout=timeout, add_config=add_config)
+    op.output("kafka", pairs, sink)
     return flow
 
 
@@ -42,6 +45,35 @@ def test_undeliverable_batch_fails_the_worker_with_a_clear_error() -> None:
     assert cause is not None, f"no DeliveryError behind {raised.value!r}"
     assert "could not deliver to topic 't' within 2 s" in str(cause)
     assert "Message timed out" in str(cause)
+
+
+@pytest.mark.parametrize(
+    "add_config",
+    [
+        {"delivery.report.only.error": False},  # a report for every message, as before
+        {"on_delivery": lambda err, msg: None},  # a user's callback does not hide failures
+    ],
+)
+def test_failures_are_reported_whatever_the_delivery_report_settings(add_config: dict) -> None:
+    with EmbeddedBroker() as gone:
+        gone.create_topic("t")
+        bootstrap = gone.bootstrap
+    with pytest.raises(Exception) as raised:  # noqa: B017 - Bytewax wraps the sink's error
+        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2), add_config))
+    cause = raised.value
+    while cause is not None and not isinstance(cause, DeliveryError):
+        cause = cause.__cause__
+    assert cause is not None, f"no DeliveryError behind {raised.value!r}"
+    assert "1 message(s) failed" in str(cause)  # TestingSource: one message per batch
+    assert "Message timed out" in str(cause)
+
+
+def test_every_pair_is_delivered_with_every_report(broker: EmbeddedBroker, topic_name: str) -> None:
+    broker.create_topic(topic_name)
+    config = {"delivery.report.only.error": False}
+    run_main(_flow(broker.bootstrap, topic_name, 300, timedelta(seconds=30), config))
+    values = [m.value for m in consume_all(broker.bootstrap, topic_name)]
+    assert values == [str(i).encode() for i in range(300)]
 
 
 def test_delivery_timeout_must_be_positive() -> None:
