@@ -6,8 +6,8 @@ against the key's history strictly before it, then learns the point.
 
 from __future__ import annotations
 
-import bisect
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,7 +71,9 @@ class RobustZScore(ZScore):
 
     Use it when the signal has outliers or heavy tails that would inflate a
     plain standard deviation and hide the next anomaly. Median and MAD are
-    exact (kept in sorted order, O(log n) per point for the MAD).
+    exact: values are kept in sorted order, and each point's MAD is found
+    from the previous point's (a few comparisons; O(log n) when the median
+    jumps).
 
     Examples:
         >>> RobustZScore(["vibration", "temperature"], window=timedelta(hours=1)).fields
@@ -122,40 +124,126 @@ class Ewma:
 Scorer = ZScore | Ewma
 
 
-def _kth_distances(s: list[float], h: int, m: float, k: int) -> tuple[float, float]:
-    """The (k-1)-th and k-th smallest (0-based) of ``|x - m|`` over sorted ``s``, split at ``h``.
+def _block_right(s: list[float], m: float, k: int, lo: int, top: int) -> int:
+    """The MAD block start: first ``L`` in ``[lo, top]`` where shifting right no longer helps.
 
-    ``s[:h]`` are below ``m`` (distances ascending leftwards), ``s[h:]`` at or
-    above it (ascending rightwards): a binary search over how many of the
-    k + 1 smallest come from the left side, O(log n).
+    ``g(L)``: ``|s[L+k+1] - m| < |s[L] - m|`` is true then false as ``L`` grows
+    (see :func:`_robust_scores`); ``g(lo - 1)`` is known true. A few steps,
+    then a binary search, so a jump of the median costs O(log n).
     """
-    lo, hi = max(0, k + 1 - (len(s) - h)), min(k + 1, h)
+    for _ in range(3):
+        if lo >= top or not s[lo + k + 1] - m < m - s[lo]:
+            return lo
+        lo += 1
+    hi = top
     while lo < hi:
         i = (lo + hi) // 2
-        if m - s[h - 1 - i] < s[h + k - i] - m:
+        if s[i + k + 1] - m < m - s[i]:
             lo = i + 1
         else:
             hi = i
-    i, j = lo, k + 1 - lo  # the k + 1 smallest: i from the left, j from the right
-    a = m - s[h - i] if i > 0 else -math.inf
-    b = s[h + j - 1] - m if j > 0 else -math.inf
-    if a > b:
-        a2 = m - s[h - i + 1] if i > 1 else -math.inf
-        return (a2 if a2 > b else b), a
-    b2 = s[h + j - 2] - m if j > 1 else -math.inf
-    return (a if a > b2 else b2), b
+    return lo
 
 
-def _median_mad(s: list[float]) -> tuple[float, float]:
-    """Median and median absolute deviation of sorted ``s`` (averaging the middle pair, as NumPy)."""
-    n = len(s)
-    mid = n // 2
-    if n % 2:
-        m = s[mid]
-        return m, _kth_distances(s, bisect.bisect_left(s, m), m, mid)[1]
-    m = (s[mid - 1] + s[mid]) / 2
-    below, at = _kth_distances(s, bisect.bisect_left(s, m), m, mid)
-    return m, (below + at) / 2
+def _block_left(s: list[float], m: float, k: int, hi: int) -> int:
+    """The MAD block start: last ``L`` in ``[0, hi]`` where shifting left no longer helps.
+
+    ``h(L)``: ``|s[L-1] - m| < |s[L+k] - m|`` is false then true as ``L``
+    grows; ``h(hi + 1)`` is known true. Steps, then a binary search.
+    """
+    for _ in range(3):
+        if hi == 0 or not m - s[hi - 1] < s[hi + k] - m:
+            return hi
+        hi -= 1
+    lo = 0
+    while lo < hi:
+        i = (lo + hi + 1) // 2
+        if m - s[i - 1] < s[i + k] - m:
+            hi = i - 1
+        else:
+            lo = i
+    return lo
+
+
+def _robust_scores(
+    s: list[float],
+    at: int,
+    gone: list[float],
+    cuts: list[int],
+    xs: list[float],
+    min_points: int,
+    min_std: float,
+) -> tuple[list[float], int]:
+    """Robust z-scores of a run of one field's values ``xs``, learning each after scoring it.
+
+    ``s`` is the field's window in sorted order (updated in place); before
+    point ``j`` the first ``cuts[j]`` values of ``gone`` (in eviction order)
+    leave it. ``at`` is where the previous MAD block started (a hint).
+
+    The MAD of ``n`` values around median ``m`` is the ``k``-th smallest
+    (``k = n // 2``, 0-based) of ``|x - m|``. The ``k + 1`` smallest are a
+    block ``s[L : L + k + 1]``; any ``L`` in ``[0, n - k - 1]`` keeps the
+    median's position inside the block, so ``|x - m|`` falls towards the block
+    and rises away from it, and the block holds the ``k + 1`` smallest exactly
+    when shifting it one place either way would not swap in a strictly smaller
+    distance. The block moves little from one point to the next, so the
+    search starts from the previous one. Returns the scores and the last
+    block start.
+
+    Examples:
+        Window [1, 2, 4] (median 2, MAD 1); score 3, learn it; 1 leaves; score 9
+        against [2, 3, 4] (median 3, MAD 1):
+
+        >>> s = [1.0, 2.0, 4.0]
+        >>> zs, _ = _robust_scores(s, 0, [1.0], [0, 1], [3.0, 9.0], 3, 1e-9)
+        >>> [round(z * 1.4826, 6) for z in zs]
+        [1.0, 6.0]
+        >>> s
+        [2.0, 3.0, 4.0, 9.0]
+    """
+    out = []
+    append = out.append
+    e = 0
+    blk = at
+    for x, c in zip(xs, cuts):
+        while e < c:
+            del s[bisect_left(s, gone[e])]
+            e += 1
+        n = len(s)
+        if n < min_points:
+            append(0.0)
+            insort(s, x)
+            continue
+        k = n >> 1
+        top = n - k - 1
+        if blk > top:
+            blk = top
+        m = s[k] if n & 1 else (s[k - 1] + s[k]) / 2
+        # s[i] <= m for i <= top, s[i] >= m for i >= k: distances without abs()
+        a = m - s[blk]
+        if blk < top and s[blk + k + 1] - m < a:
+            blk += 1
+            if blk < top and s[blk + k + 1] - m < m - s[blk]:
+                blk = _block_right(s, m, k, blk + 1, top)
+            a = m - s[blk]
+        elif blk and m - s[blk - 1] < s[blk + k] - m:
+            blk -= 1
+            if blk and m - s[blk - 1] < s[blk + k] - m:
+                blk = _block_left(s, m, k, blk - 1)
+            a = m - s[blk]
+        b = s[blk + k] - m
+        if n & 1:
+            mad = a if a > b else b
+        elif a > b:
+            c2 = abs(s[blk + 1] - m)
+            mad = ((c2 if c2 > b else b) + a) / 2
+        else:
+            c2 = abs(s[blk + k - 1] - m)
+            mad = ((a if a > c2 else c2) + b) / 2
+        scale = _MAD_TO_SIGMA * mad
+        append(abs(x - m) / (scale if scale > min_std else min_std))
+        insort(s, x)
+    return out, blk
 
 
 class _RollingState:
@@ -244,6 +332,13 @@ class _RollingState:
             self._exact()
         return best, best_f
 
+    def update_many(
+        self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]
+    ) -> list[tuple[float, int]]:
+        """:meth:`update` on each point of a run, in order."""
+        update = self.update
+        return [update(t, x) for t, x in zip(ts, xs)]
+
     def snapshot(self) -> tuple:
         return (tuple(self.points), tuple(self.s1), tuple(self.s2), self.ref, self.since_exact)
 
@@ -305,37 +400,49 @@ class _RobustState:
     Eviction: as :class:`_RollingState`.
     """
 
-    __slots__ = ("window", "min_points", "max_points", "min_std", "points", "sorted")
+    __slots__ = ("window", "min_points", "max_points", "min_std", "points", "sorted", "blocks")
 
     def __init__(self, cfg: ZScore) -> None:
         self.window = _us(cfg.window)
         self.min_points, self.max_points, self.min_std = cfg.min_points, cfg.max_points, cfg.min_std
         self.points: deque[tuple[int, tuple[float, ...]]] = deque()
         self.sorted: list[list[float]] = [[] for _ in cfg.fields]
+        self.blocks = [0] * len(cfg.fields)  # where each field's last MAD block started (a hint)
 
     def expires_at(self) -> int:
         return self.points[-1][0] + self.window if self.points else _MIN
 
     def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
-        points, srt = self.points, self.sorted
-        horizon = ts - self.window
-        while points and (points[0][0] <= horizon or len(points) >= self.max_points):
-            for f, x in enumerate(points.popleft()[1]):
-                s = srt[f]
-                del s[bisect.bisect_left(s, x)]
-        best, best_f = 0.0, 0
-        if len(points) >= self.min_points:
-            min_std = self.min_std
-            for f, x in enumerate(xs):
-                m, mad = _median_mad(srt[f])
-                scale = _MAD_TO_SIGMA * mad
-                z = abs(x - m) / (scale if scale > min_std else min_std)
-                if z > best:
-                    best, best_f = z, f
-        points.append((ts, xs))
-        for f, x in enumerate(xs):
-            bisect.insort(srt[f], x)
-        return best, best_f
+        return self.update_many((ts,), (xs,))[0]
+
+    def update_many(
+        self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]
+    ) -> list[tuple[float, int]]:
+        """Score a run of points in timestamp order, as :meth:`update` on each in turn.
+
+        The window's evictions are worked out once for the run; each field is
+        then scored along the whole run in one loop.
+        """
+        points, window, cap = self.points, self.window, self.max_points
+        gone: list[tuple[float, ...]] = []
+        cuts: list[int] = []
+        for t, x in zip(ts, xs):
+            horizon = t - window
+            while points and (points[0][0] <= horizon or len(points) >= cap):
+                gone.append(points.popleft()[1])
+            cuts.append(len(gone))
+            points.append((t, x))
+        blocks, min_points, min_std = self.blocks, self.min_points, self.min_std
+        cols = []
+        for f, s in enumerate(self.sorted):
+            zs, blocks[f] = _robust_scores(
+                s, blocks[f], [g[f] for g in gone], cuts, [x[f] for x in xs], min_points, min_std
+            )
+            cols.append(zs)
+        if len(cols) == 1:
+            return [(z, 0) for z in cols[0]]
+        # the largest score, and the first field that has it (field 0 when all are 0.0)
+        return [(b := max(zz), zz.index(b)) for zz in zip(*cols)]
 
     def snapshot(self) -> tuple:
         return (tuple(self.points), tuple(tuple(s) for s in self.sorted))
@@ -385,6 +492,13 @@ class _EwmaState:
         self.n += 1
         self.last = ts
         return best, best_f
+
+    def update_many(
+        self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]
+    ) -> list[tuple[float, int]]:
+        """:meth:`update` on each point of a run, in order."""
+        update = self.update
+        return [update(t, x) for t, x in zip(ts, xs)]
 
     def snapshot(self) -> tuple:
         return (self.n, self.last, tuple(self.mean), tuple(self.var))

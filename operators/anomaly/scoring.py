@@ -51,10 +51,9 @@ class _ScoreLogic(StatefulBatchLogic):
             self.state.restore(resume[1])
 
     def _run(self, ready: list[tuple], out: list) -> None:
-        update = self.state.update
         into, into_field, names = self.cfg.into, self.cfg.into_field, self.cfg.scorer.fields
-        for ts, ev, xs in ready:
-            s, f = update(ts, xs)
+        scored = self.state.update_many([r[0] for r in ready], [r[2] for r in ready])
+        for (_, ev, _), (s, f) in zip(ready, scored):
             out.append({**ev, into: s, into_field: names[f]})
 
     def _discard(self) -> bool:

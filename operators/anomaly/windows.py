@@ -258,9 +258,9 @@ class _WindowsLogic(StatefulBatchLogic):
         fixed = self.fixed
         levels = self.levels.levels
         if scorer is not None:
-            update, names = scorer.update, self.cfg.scorer.fields
-            for ts, ev, xs in ready:
-                s, f = update(ts, xs)
+            names = self.cfg.scorer.fields
+            scored = scorer.update_many([r[0] for r in ready], [r[2] for r in ready])
+            for (ts, ev, _), (s, f) in zip(ready, scored):
                 push(ts, s, fixed or levels(ts, s), ev, names[f], out)
         else:
             driver = self.cfg.driver
