@@ -125,11 +125,18 @@ def _field_values(fields: tuple[str, ...]) -> Callable[[Event], tuple[float, ...
 
         return one
 
+    get = itemgetter(*fields)
+
     def many(event: Event) -> tuple[float, ...]:
-        xs = tuple(float(event[f]) for f in fields)
-        for x in xs:
-            if x - x != 0.0:
-                raise _NonFiniteError(x)
+        try:
+            xs = tuple(map(float, get(event)))
+        except Exception:  # noqa: BLE001 - raise what the field-by-field reading raises first
+            xs = tuple(float(event[f]) for f in fields)
+        total = sum(xs)
+        if total - total != 0.0:  # a non-finite value, or a sum that overflowed
+            for x in xs:
+                if x - x != 0.0:
+                    raise _NonFiniteError(x)
         return xs
 
     return many

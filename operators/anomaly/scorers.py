@@ -168,9 +168,9 @@ def _block_left(s: list[float], m: float, k: int, hi: int) -> int:
 def _robust_scores(
     s: list[float],
     at: int,
-    gone: list[float],
+    gone: Sequence[float],
     cuts: list[int],
-    xs: list[float],
+    xs: Sequence[float],
     min_points: int,
     min_std: float,
 ) -> tuple[list[float], int]:
@@ -423,20 +423,27 @@ class _RobustState:
         The window's evictions are worked out once for the run; each field is
         then scored along the whole run in one loop.
         """
+        if not xs:
+            return []
         points, window, cap = self.points, self.window, self.max_points
         gone: list[tuple[float, ...]] = []
         cuts: list[int] = []
+        n = len(points)
         for t, x in zip(ts, xs):
             horizon = t - window
-            while points and (points[0][0] <= horizon or len(points) >= cap):
+            while n and (points[0][0] <= horizon or n >= cap):
                 gone.append(points.popleft()[1])
+                n -= 1
             cuts.append(len(gone))
             points.append((t, x))
+            n += 1
         blocks, min_points, min_std = self.blocks, self.min_points, self.min_std
+        srt = self.sorted
+        gone_cols = list(zip(*gone)) if gone else [()] * len(srt)
         cols = []
-        for f, s in enumerate(self.sorted):
+        for f, new in enumerate(zip(*xs)):
             zs, blocks[f] = _robust_scores(
-                s, blocks[f], [g[f] for g in gone], cuts, [x[f] for x in xs], min_points, min_std
+                srt[f], blocks[f], gone_cols[f], cuts, new, min_points, min_std
             )
             cols.append(zs)
         if len(cols) == 1:

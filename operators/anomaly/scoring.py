@@ -51,9 +51,11 @@ class _ScoreLogic(StatefulBatchLogic):
             self.state.restore(resume[1])
 
     def _run(self, ready: list[tuple], out: list) -> None:
+        if not ready:
+            return
         into, into_field, names = self.cfg.into, self.cfg.into_field, self.cfg.scorer.fields
-        scored = self.state.update_many([r[0] for r in ready], [r[2] for r in ready])
-        for (_, ev, _), (s, f) in zip(ready, scored):
+        stamps, events, xs = zip(*ready)
+        for ev, (s, f) in zip(events, self.state.update_many(stamps, xs)):
             out.append({**ev, into: s, into_field: names[f]})
 
     def _discard(self) -> bool:

@@ -258,10 +258,11 @@ class _WindowsLogic(StatefulBatchLogic):
         fixed = self.fixed
         levels = self.levels.levels
         if scorer is not None:
-            names = self.cfg.scorer.fields
-            scored = scorer.update_many([r[0] for r in ready], [r[2] for r in ready])
-            for (ts, ev, _), (s, f) in zip(ready, scored):
-                push(ts, s, fixed or levels(ts, s), ev, names[f], out)
+            if ready:
+                names = self.cfg.scorer.fields
+                stamps, events, xs = zip(*ready)
+                for ts, ev, (s, f) in zip(stamps, events, scorer.update_many(stamps, xs)):
+                    push(ts, s, fixed or levels(ts, s), ev, names[f], out)
         else:
             driver = self.cfg.driver
             for ts, ev, s in ready:
