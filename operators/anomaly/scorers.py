@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import repeat
 
 from streamml.operators.anomaly._clock import _MIN, _positive, _us
 
@@ -427,27 +428,31 @@ class _RobustState:
             return []
         points, window, cap = self.points, self.window, self.max_points
         gone: list[tuple[float, ...]] = []
-        cuts: list[int] = []
         n = len(points)
-        for t, x in zip(ts, xs):
-            horizon = t - window
-            while n and (points[0][0] <= horizon or n >= cap):
-                gone.append(points.popleft()[1])
-                n -= 1
-            cuts.append(len(gone))
-            points.append((t, x))
-            n += 1
+        if (points[0][0] if n else ts[0]) > ts[-1] - window and n + len(xs) <= cap:
+            cuts = [0] * len(xs)  # the whole run fits in the window: nothing leaves
+            points.extend(zip(ts, xs))
+        else:
+            cuts = []
+            e = 0
+            for t, x in zip(ts, xs):
+                horizon = t - window
+                while n and (points[0][0] <= horizon or n >= cap):
+                    gone.append(points.popleft()[1])
+                    n -= 1
+                    e += 1
+                cuts.append(e)
+                points.append((t, x))
+                n += 1
         blocks, min_points, min_std = self.blocks, self.min_points, self.min_std
         srt = self.sorted
-        gone_cols = list(zip(*gone)) if gone else [()] * len(srt)
+        gone_cols = zip(*gone) if gone else repeat(())
         cols = []
-        for f, new in enumerate(zip(*xs)):
-            zs, blocks[f] = _robust_scores(
-                srt[f], blocks[f], gone_cols[f], cuts, new, min_points, min_std
-            )
+        for f, new, old in zip(range(len(srt)), zip(*xs), gone_cols):
+            zs, blocks[f] = _robust_scores(srt[f], blocks[f], old, cuts, new, min_points, min_std)
             cols.append(zs)
         if len(cols) == 1:
-            return [(z, 0) for z in cols[0]]
+            return list(zip(cols[0], repeat(0)))
         # the largest score, and the first field that has it (field 0 when all are 0.0)
         return [(b := max(zz), zz.index(b)) for zz in zip(*cols)]
 
