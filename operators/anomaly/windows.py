@@ -32,6 +32,8 @@ from streamml.errors import Rejected
 
 __all__ = ["AnomalyWindowsOut", "anomaly_windows"]
 
+_score = itemgetter(2)  # the score of a released (timestamp, event, score) point
+
 
 class _Opened(tuple):
     """(start, opened_at, score, field): a window just opened; key and id added downstream."""
@@ -153,6 +155,12 @@ class _Windows:
         if not self.open and self.cand and wm >= self.last + self.rules.gap:
             self.cand = []
 
+    def quiet(self, ts: int) -> None:
+        """:meth:`push` of a run of points, the last at ``ts``, none above ``open_above``, no window open."""
+        if self.cand:
+            self.cand = []
+        self.last = ts
+
     def push(
         self, ts: int, s: float, lv: tuple[float, float] | None, ev: Event, fld: Any, out: list
     ) -> None:
@@ -254,20 +262,25 @@ class _WindowsLogic(StatefulBatchLogic):
             self._settle()
 
     def _run(self, ready: list[tuple], out: list) -> None:
-        push, scorer = self.windows.push, self.scorer
-        fixed = self.fixed
-        levels = self.levels.levels
-        if scorer is not None:
-            if ready:
-                names = self.cfg.scorer.fields
+        windows, scorer, fixed = self.windows, self.scorer, self.fixed
+        if ready:
+            if scorer is not None:
                 stamps, events, xs = zip(*ready)
-                for ts, ev, (s, f) in zip(stamps, events, scorer.update_many(stamps, xs)):
+                scored = scorer.update_many(stamps, xs)
+                top = max(scored)[0]
+            else:
+                top = max(map(_score, ready))
+            if fixed is not None and top <= fixed[0] and not windows.open:
+                windows.quiet(ready[-1][0])
+            elif scorer is not None:
+                push, levels, names = windows.push, self.levels.levels, self.cfg.scorer.fields
+                for ts, ev, (s, f) in zip(stamps, events, scored):
                     push(ts, s, fixed or levels(ts, s), ev, names[f], out)
-        else:
-            driver = self.cfg.driver
-            for ts, ev, s in ready:
-                push(ts, s, fixed or levels(ts, s), ev, ev.get(driver), out)
-        self.windows.close_by(self.gate.wm, out)
+            else:
+                push, levels, driver = windows.push, self.levels.levels, self.cfg.driver
+                for ts, ev, s in ready:
+                    push(ts, s, fixed or levels(ts, s), ev, ev.get(driver), out)
+        windows.close_by(self.gate.wm, out)
 
     def _expiry(self) -> int:
         due = max(self.windows.deadline(), self.levels.expires_at())
