@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "machine": machine_info(),
         "families": {},
+        "seconds": {},
     }
+    suite_start = time.perf_counter()
     failed = []
     for i, name in enumerate(chosen, 1):
         print(f"\n[{i}/{len(chosen)}] {name}", flush=True)
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(name)
             report["families"][name] = {"error": traceback.format_exc()}
-        print(f"[{i}/{len(chosen)}] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        report["seconds"][name] = round(time.perf_counter() - start, 1)
+        print(f"[{i}/{len(chosen)}] {name} done in {report['seconds'][name]:.0f} s", flush=True)
+    report["seconds"]["total"] = round(time.perf_counter() - suite_start, 1)
 
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")

@@ -152,6 +152,14 @@ def write_report(results: dict[str, Any], source: Path, docs: Path = DOCS) -> Pa
         "shared and noisy, so the ratios are the result and absolute rates are context.",
         "",
     ]
+    seconds = results.get("seconds", {})
+    if seconds:
+        lines += [
+            f"The run took {seconds.get('total', sum(seconds.values())) / 60:.1f} minutes: "
+            + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items() if name != "total")
+            + ".",
+            "",
+        ]
     for family, value in results.get("families", {}).items():
         lines += [f"## {family}", ""]
         if isinstance(value, dict) and "error" in value:
