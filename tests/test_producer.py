@@ -59,7 +59,10 @@ def test_failures_are_reported_whatever_the_delivery_report_settings(add_config:
         gone.create_topic("t")
         bootstrap = gone.bootstrap
     with pytest.raises(Exception) as raised:  # noqa: B017 - Bytewax wraps the sink's error
-        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2), add_config))
+        # Messages time out (0.5 s) well before the flush gives up (2 s): the failure
+        # must come back through the delivery callback, not as "still queued".
+        config = {**add_config, "message.timeout.ms": 500}
+        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2), config))
     cause = raised.value
     while cause is not None and not isinstance(cause, DeliveryError):
         cause = cause.__cause__
