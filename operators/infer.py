@@ -23,7 +23,9 @@ import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import repeat
@@ -50,6 +52,9 @@ InputGetter = str | Callable[[Event], Any]
 OutputFn = Callable[[Event, dict[str, Any]], Event]
 
 _ROUTE_CACHE_MAX = 100_000
+# Model calls a shard lets run ahead of the dataflow, and how often it looks whether they are done.
+_MAX_IN_FLIGHT = 2
+_COLLECT_EVERY_S = 0.0005
 
 
 class InferStats:
@@ -456,6 +461,7 @@ class _Config:
     wait_field: str | None
     max_batch: int
     max_wait_s: float
+    overlap: bool
     watch: Path | None
     watch_interval_s: float
     watch_initial: tuple[int, int] | None
@@ -494,11 +500,45 @@ def _check_compatible(old: _Served, new: _Served) -> None:
             )
 
 
+class _Batch:
+    """One model call's worth of events, from assembly until its outputs are attached."""
+
+    __slots__ = ("items", "columns", "bad", "waits", "arrivals", "wait_values", "served", "future")
+
+    def __init__(self, items, columns, bad, waits, arrivals, wait_values, served) -> None:
+        self.items: list[tuple[str, Event]] = items  # the events the model scores
+        self.columns: dict[str, np.ndarray] = columns
+        self.bad: int = bad  # events rejected before the call
+        self.waits: list[float] = waits
+        self.arrivals: list[tuple[int, float]] = arrivals
+        self.wait_values: list[float] | None = wait_values
+        self.served: _Served = served  # the model serving when the batch was cut
+        self.future: Future | None = None
+
+
+def _call_model(served: _Served, columns: dict[str, np.ndarray], n: int) -> dict[str, list[Any]]:
+    """Run the model on ``n`` rows and turn the outputs it attaches into per-row lists."""
+    outs = served.model.predict(columns)
+    if not isinstance(served.outputs, list):
+        return {name: _column_values(v, n) for name, v in outs.items()}
+    return {name: _column_values(outs[name], n) for name, _ in served.outputs}
+
+
+def _timed_call(
+    served: _Served, columns: dict[str, np.ndarray], n: int
+) -> tuple[dict[str, list[Any]], float]:
+    started = time.monotonic()
+    outs = _call_model(served, columns, n)
+    return outs, time.monotonic() - started
+
+
 class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
     """One shard: a dynamic batcher in front of the served model.
 
     State: the waiting events (evicted within ``max_wait``, or at end of
-    input) and the control item that installed the current model.
+    input), the batches in the model thread (at most ``_MAX_IN_FLIGHT``,
+    collected in order at every callback and all at end of input), and the
+    control item that installed the current model.
     """
 
     def __init__(self, cfg: _Config, served: _Served, pending: Iterable[tuple[str, Event]]) -> None:
@@ -508,6 +548,8 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
             max_batch=cfg.max_batch, max_wait_s=cfg.max_wait_s
         )
         self._batcher.push(list(pending), time.monotonic())
+        self._in_flight: deque[_Batch] = deque()
+        self._thread: ThreadPoolExecutor | None = None
         self._shard: int | None = None
         self._watch_seen = cfg.watch_initial
         self._next_poll = 0.0
@@ -516,6 +558,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[_Result], bool]:
         now = time.monotonic()
         result = _Result([], [])
+        self._collect(result, wait=False)
         for v in values:
             if type(v) is _Chunk:
                 self._shard = v.shard
@@ -526,15 +569,23 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         return self._step(now, result), self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[_Result], bool]:
-        return self._step(time.monotonic(), _Result([], [])), self.RETAIN
+        result = _Result([], [])
+        self._collect(result, wait=False)
+        return self._step(time.monotonic(), result), self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[_Result], bool]:
         result = _Result([], [])
         self._run_all(self._batcher.flush(), result)
+        self._collect(result, wait=True)
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
         return ([result] if result.oks or result.errs else []), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         times = [t for t in (self._batcher.deadline(), self._poll_at()) if t is not None]
+        if self._in_flight:
+            times.append(time.monotonic() + _COLLECT_EVERY_S)
         if not times:
             return None
         return datetime.now(timezone.utc) + timedelta(
@@ -543,9 +594,12 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
 
     def snapshot(self) -> _Snapshot:
         source = self._served.source
+        # Batches in the model thread have not been emitted: they resume as waiting events.
+        in_flight = [x for b in self._in_flight for x in b.items]
         # A model object may not pickle (and an ONNX one is its whole file): keep references only.
         return _Snapshot(
-            tuple(self._batcher.pending()), None if isinstance(source, Model) else source
+            tuple(in_flight + self._batcher.pending()),
+            None if isinstance(source, Model) else source,
         )
 
     # -- batching ------------------------------------------------------------
@@ -553,13 +607,31 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         if self._cfg.watch is not None and now >= self._next_poll:
             self._poll(now, result)
         self._run_all(self._batcher.due(now), result)
+        self._collect(result, wait=False)
         return [result] if result.oks or result.errs else []
 
     def _run_all(self, batches: Iterable[tuple[list, list]], result: _Result) -> None:
         for items, arrivals in batches:
-            self._run(items, arrivals, result)
+            batch = self._prepare(items, arrivals, result)
+            if not self._cfg.overlap or not batch.items:
+                self._finish(batch, result)
+                continue
+            while len(self._in_flight) >= _MAX_IN_FLIGHT:
+                self._finish(self._in_flight.popleft(), result)
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix=self._cfg.step_id)
+            batch.future = self._thread.submit(
+                _timed_call, batch.served, batch.columns, len(batch.items)
+            )
+            self._in_flight.append(batch)
 
-    def _run(self, items: list[tuple[str, Event]], arrivals: list, result: _Result) -> None:
+    def _collect(self, result: _Result, *, wait: bool) -> None:
+        """Attach the outputs of finished model calls, oldest first (all of them if ``wait``)."""
+        while self._in_flight and (wait or self._in_flight[0].future.done()):
+            self._finish(self._in_flight.popleft(), result)
+
+    def _prepare(self, items: list[tuple[str, Event]], arrivals: list, result: _Result) -> _Batch:
+        """Stack a batch's model inputs; events that cannot be scored go to ``result.errs``."""
         cfg, served = self._cfg, self._served
         started = time.monotonic()
         waits = [started - arrived for _, arrived in arrivals]
@@ -579,37 +651,60 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
                 for w in repeat(wait, count)
             ]
             wait_values = [per_event[i] for i in range(len(items)) if i not in bad]
+        return _Batch(ok_items, columns, len(bad), waits, arrivals, wait_values, served)
+
+    def _finish(self, batch: _Batch, result: _Result) -> None:
+        """Wait for the batch's model call (or make it) and emit its events."""
+        ok_items, served = batch.items, batch.served
         segments: list[tuple[int, int, dict[str, Any]]] = []
         failures: list[tuple[int, BaseException]] = []
         calls = [0]
-        model_started = time.monotonic()
-        if ok_items:
-            self._predict(columns, 0, len(ok_items), segments, failures, calls)
-        model_seconds = time.monotonic() - model_started
+        model_seconds = 0.0
+        if batch.future is not None:
+            try:
+                outs, model_seconds = batch.future.result()
+                calls[0] += 1
+                segments.append((0, len(ok_items), outs))
+            except Exception:  # find the bad rows by splitting, as a direct call would
+                started = time.monotonic()
+                mid = len(ok_items) // 2
+                if mid == 0:
+                    self._predict(served, batch.columns, 0, 1, segments, failures, calls)
+                else:
+                    self._predict(served, batch.columns, 0, mid, segments, failures, calls)
+                    self._predict(
+                        served, batch.columns, mid, len(ok_items), segments, failures, calls
+                    )
+                model_seconds = time.monotonic() - started
+        elif ok_items:
+            started = time.monotonic()
+            self._predict(served, batch.columns, 0, len(ok_items), segments, failures, calls)
+            model_seconds = time.monotonic() - started
         for lo, hi, outs in segments:
-            self._attach(ok_items[lo:hi], outs, hi - lo, wait_values, lo, result)
+            self._attach(served, ok_items[lo:hi], outs, hi - lo, batch.wait_values, lo, result)
         for i, exc in failures:
             result.errs.append(
                 Rejected(
-                    cfg.step_id,
+                    self._cfg.step_id,
                     "ModelError",
                     f"model {served.model.version!r} raised {type(exc).__name__}: {exc}",
                     ok_items[i],
                 )
             )
-        cfg.stats._record(
-            started=min(arrived for _, arrived in arrivals),
+        self._cfg.stats._record(
+            started=min(arrived for _, arrived in batch.arrivals),
             ended=time.monotonic(),
             batches=calls[0],
             scored=sum(hi - lo for lo, hi, _ in segments),
-            rejected=len(bad) + len(failures),
+            rejected=batch.bad + len(failures),
             model_errors=len(failures),
             model_seconds=model_seconds,
-            max_wait=max(waits),
+            max_wait=max(batch.waits),
         )
 
     def _predict(
         self,
+        served: _Served,
         columns: dict[str, np.ndarray],
         lo: int,
         hi: int,
@@ -620,24 +715,21 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         """Score rows ``lo:hi``; when the model raises, split in halves to isolate bad rows."""
         part = {n: a[lo:hi] for n, a in columns.items()}
         try:
-            outs = self._served.model.predict(part)
-            if not isinstance(self._served.outputs, list):
-                outs = {n: _column_values(v, hi - lo) for n, v in outs.items()}
-            else:
-                outs = {n: _column_values(outs[n], hi - lo) for n, _ in self._served.outputs}
+            outs = _call_model(served, part, hi - lo)
         except Exception as exc:
             if hi - lo == 1:
                 failures.append((lo, exc))
                 return
             mid = (lo + hi) // 2
-            self._predict(columns, lo, mid, segments, failures, calls)
-            self._predict(columns, mid, hi, segments, failures, calls)
+            self._predict(served, columns, lo, mid, segments, failures, calls)
+            self._predict(served, columns, mid, hi, segments, failures, calls)
             return
         calls[0] += 1
         segments.append((lo, hi, outs))
 
     def _attach(
         self,
+        served: _Served,
         items: list[tuple[str, Event]],
         outs: dict[str, list[Any]],
         n: int,
@@ -645,7 +737,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         offset: int,
         result: _Result,
     ) -> None:
-        cfg, served = self._cfg, self._served
+        cfg = self._cfg
         extra_names: list[str] = []
         extra_cols: list[Iterable[Any]] = []
         if cfg.version_field is not None:
@@ -772,6 +864,7 @@ def infer(
     max_batch: int = 1024,
     max_wait: timedelta = timedelta(milliseconds=10),
     shards: int = 1,
+    overlap: bool = True,
     control: Stream[Any] | None = None,
     watch: str | os.PathLike[str] | None = None,
     watch_interval: timedelta = timedelta(seconds=1),
@@ -825,6 +918,13 @@ def infer(
         shards: Number of batch queues. Events are spread over them by key
             and Bytewax spreads the queues over workers; use 1 for a single
             worker, and a few per worker otherwise.
+        overlap: Run each shard's model calls in a thread of their own, so
+            the dataflow goes on with the next events while the model
+            works (ONNX Runtime releases the GIL while it computes; a
+            Python model gains nothing). A shard lets at most two calls run
+            ahead, and their events are emitted, in order, as soon as the
+            calls are done; recovery snapshots count them as waiting.
+            ``False``: the model runs inside the step, as a plain call.
         control: Models (or items for ``loader``) to switch to, in order.
             After a restart from a recovery snapshot, a model that came as
             a path, bytes or message is loaded again; one sent as a model
@@ -900,6 +1000,7 @@ def infer(
         wait_field=wait_field,
         max_batch=max_batch,
         max_wait_s=max_wait.total_seconds(),
+        overlap=bool(overlap),
         watch=Path(watch) if watch is not None else None,
         watch_interval_s=watch_interval.total_seconds(),
         watch_initial=_file_signature(watch) if watch is not None else None,
