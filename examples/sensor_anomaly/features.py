@@ -17,6 +17,7 @@ data, the model sees exactly the layout and semantics it is served with.
 from __future__ import annotations
 
 from datetime import timedelta
+from operator import itemgetter
 from typing import Any
 
 import bytewax.operators as op
@@ -39,6 +40,16 @@ _MIN_STD = np.array(
 )  # a tenth of each field's usual noise: no division blow-ups
 
 
+_STATISTICS = itemgetter(
+    *(
+        name
+        for f in FIELDS
+        for name in (f, f"{f}_mean_1m", f"{f}_std_1m", f"{f}_mean_10m", f"{f}_std_10m")
+    )
+)
+"""Each reading's value and rolling statistics, field by field, in ``_vectorize``'s layout."""
+
+
 def reading_time(reading: dict[str, Any]):
     """Event time of a reading (its ``ts``, a UTC datetime)."""
     return reading["ts"]
@@ -48,12 +59,7 @@ def _vectorize(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[
     """Add the float32 ``features`` vector and the ``warm`` flag to each event, one NumPy pass per batch."""
     if not batch:
         return batch
-    names = [
-        name
-        for f in FIELDS
-        for name in (f, f"{f}_mean_1m", f"{f}_std_1m", f"{f}_mean_10m", f"{f}_std_10m")
-    ]
-    cols = np.array([[e[n] for n in names] for _, e in batch]).reshape(len(batch), len(FIELDS), 5)
+    cols = np.array([_STATISTICS(e) for _, e in batch]).reshape(len(batch), len(FIELDS), 5)
     x, mean_1m, std_1m, mean_10m, std_10m = np.moveaxis(cols, 2, 0)
     base_std = np.maximum(std_10m, _MIN_STD)
     z = (x - mean_10m) / base_std

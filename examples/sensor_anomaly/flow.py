@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,37 @@ def _check(value: dict[str, Any], now: datetime) -> str | None:
         if not isinstance(x, float) or not math.isfinite(x):
             return f"{name} is {x!r}, not a finite number"
     ts = value.get("ts")
-    if not isinstance(ts, datetime) or not EARLIEST <= ts <= now + MAX_CLOCK_SKEW:
+    if (
+        not isinstance(ts, datetime)
+        or ts.tzinfo is None
+        or not EARLIEST <= ts <= now + MAX_CLOCK_SKEW
+    ):
         return f"timestamp {ts!r} is outside {EARLIEST.date()} .. now + {MAX_CLOCK_SKEW}"
     return None
+
+
+_MEASURES = itemgetter(*FIELDS)
+_FLOATS = (float,) * len(FIELDS)
+
+
+def _plainly_fine(value: Any, limit: datetime) -> bool:
+    """The common case in a few operations: plain finite floats and an aware time in range.
+
+    ``False`` only means "look closer" (:func:`_check` decides): a sum of
+    finite floats can overflow, and subclasses of ``float`` or ``datetime``
+    are not plain.
+    """
+    try:
+        xs = _MEASURES(value)
+        ts = value["ts"]
+        return (
+            tuple(map(type, xs)) == _FLOATS
+            and math.isfinite(sum(xs))
+            and type(ts) is datetime
+            and EARLIEST <= ts <= limit
+        )
+    except Exception:  # a missing field, or a naive time (it does not compare with aware ones)
+        return False
 
 
 def validate_readings(step_id: str):
@@ -68,9 +97,13 @@ def validate_readings(step_id: str):
 
     def validate(records: list[Record]) -> list[tuple[str, dict[str, Any]] | Rejected]:
         now = datetime.now(timezone.utc)
+        limit = now + MAX_CLOCK_SKEW
         out: list[tuple[str, dict[str, Any]] | Rejected] = []
         for record in records:
             value = record.value
+            if _plainly_fine(value, limit):
+                out.append((value["sensor_id"], value))
+                continue
             problem = _check(value, now) if isinstance(value, dict) else "value is not a record"
             if problem is None:
                 out.append((value["sensor_id"], value))
@@ -81,13 +114,22 @@ def validate_readings(step_id: str):
     return validate
 
 
-def _is_keyed(item: object) -> bool:
-    return type(item) is tuple
+def _usable(batch: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [x for x in batch if type(x) is tuple]
 
 
-def _attach_score(event: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
-    """The forest's anomaly score (higher = stranger); 0 while the sensor's baseline is thin."""
-    return {**event, "if_score": -float(outputs["scores"]) if event["warm"] else 0.0}
+def _unusable(batch: list[Any]) -> list[Rejected]:
+    return [x for x in batch if type(x) is not tuple]
+
+
+def _score_attacher(version: str):
+    """The forest's anomaly score (higher = stranger; 0 while the sensor's baseline is thin) and its version."""
+
+    def attach_score(event: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        score = -float(outputs["scores"]) if event["warm"] else 0.0
+        return {**event, "if_score": score, "model_version": version}
+
+    return attach_score
 
 
 def _score_records(batch: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -147,8 +189,7 @@ def build_flow(
         batch_size=2000,
     )
     checked = op.flat_map_batch("validate", src.oks, validate_readings("sensor_anomaly.validate"))
-    valid = op.branch("usable", checked, _is_keyed)
-    readings = valid.trues
+    readings = op.flat_map_batch("usable", checked, _usable)
 
     feats = add_features("features", readings)
     forest = OnnxModel(model.onnx, version=model.version, intra_op_threads=1)
@@ -157,7 +198,8 @@ def build_flow(
         feats.oks,
         forest,
         inputs="features",
-        outputs=_attach_score,
+        outputs=_score_attacher(forest.version),
+        version_field=None,  # attached by the outputs function, in the same dict
         max_batch=1024,
         max_wait=max_wait,
     )
@@ -218,7 +260,7 @@ def build_flow(
         op.merge(
             "all_rejections",
             src.errs,
-            valid.falses,
+            op.flat_map_batch("unusable", checked, _unusable),
             feats.errs,
             feats.late,
             scored.errs,
