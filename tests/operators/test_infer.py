@@ -293,7 +293,8 @@ def test_invalid_inputs_go_to_errs_and_the_rest_is_scored(mlp: OnnxModel) -> Non
     assert stats.rejected == 7 and stats.scored == 7
 
 
-def test_model_raising_on_rows_splits_the_batch() -> None:
+@pytest.mark.parametrize("overlap", [True, False])
+def test_model_raising_on_rows_splits_the_batch(overlap: bool) -> None:
     calls: list[int] = []
 
     def fragile(x: np.ndarray) -> np.ndarray:
@@ -304,7 +305,7 @@ def test_model_raising_on_rows_splits_the_batch() -> None:
 
     model = CallableModel(fragile, outputs="y", shape=(2,))
     events = [("k", {"id": i, "features": [float(i), 0.0]}) for i in range(40)]
-    oks, errs, stats = _run(events, model=model, max_batch=16, source_batch=40)
+    oks, errs, stats = _run(events, model=model, max_batch=16, source_batch=40, overlap=overlap)
     assert [e["id"] for _, e in oks] == [i for i in range(40) if i != 13]
     assert all(e["y"] == 2 * e["id"] for _, e in oks)
     assert [(r.error_type, r.original[1]["id"]) for r in errs] == [("ModelError", 13)]
@@ -474,6 +475,48 @@ def test_recovery_keeps_waiting_events_and_the_swapped_model(
     assert sorted(e["id"] for _, e in oks) == list(range(15))
     v2_version = OnnxModel(mlp_v2, warmup=False).version
     assert {e["model_version"] for _, e in oks} == {v2_version}
+
+
+def test_recovery_keeps_events_whose_model_call_was_still_running(tmp_path: Path) -> None:
+    """A batch in the model thread at a snapshot is not lost when the flow stops before it is done."""
+    import time
+
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    init_db_dir(tmp_path, 1)
+    first_call = [True]
+
+    def slow_the_first_time(x: np.ndarray) -> np.ndarray:
+        if first_call[0]:
+            first_call[0] = False
+            time.sleep(1.0)  # still running at the pause's snapshots and at the abort
+        return x[:, 0] * 2
+
+    model = CallableModel(slow_the_first_time, outputs="y", shape=(2,))
+    events = [("k", {"id": i, "features": [float(i), 0.0]}) for i in range(15)]
+    data = [
+        *events[:10],
+        TestingSource.PAUSE(timedelta(seconds=0.3)),
+        TestingSource.ABORT(),
+        *events[10:],
+    ]
+
+    def build() -> tuple[Dataflow, list]:
+        flow = Dataflow("rec_in_flight")
+        up = op.input("in", flow, TestingSource(data, batch_size=100))
+        out = infer("infer", up, model, max_wait=timedelta(0))
+        oks: list = []
+        op.output("oks", out.oks, TestingSink(oks))
+        return flow, oks
+
+    config = RecoveryConfig(str(tmp_path))
+    flow, oks = build()
+    run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=config)
+    assert oks == []  # the first ten were in the model thread at the abort
+    flow, oks = build()
+    run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=config)
+    assert [e["id"] for _, e in oks] == list(range(15))
+    assert all(e["y"] == 2 * e["id"] for _, e in oks)
 
 
 @pytest.mark.integration
