@@ -378,8 +378,12 @@ def _attach_fields(
     names: list[str],
     cols: list[Iterable[Any]],
     out: list[tuple[str, Event]],
+    fresh: bool = False,
 ) -> None:
     """Append ``(key, {**event, names[j]: cols[j][i]})`` for every event ``i``.
+
+    ``fresh``: the events were just made by an outputs function; with no
+    fields to attach they are passed on as they are, not copied again.
 
     This is the per-event hot loop of the operator: explicit assignments for
     the usual one to four fields run about three times faster than
@@ -387,7 +391,7 @@ def _attach_fields(
     """
     app = out.append
     if not names:
-        out.extend((k, {**e}) for k, e in items)
+        out.extend(items if fresh else [(k, {**e}) for k, e in items])
     elif len(names) == 1:
         (n0,), (c0,) = names, cols
         for (k, e), v0 in zip(items, c0, strict=False):
@@ -752,7 +756,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         else:
             items = self._apply_output_fn(served.outputs, items, outs, extra_cols, result)
             names, cols = extra_names, extra_cols
-        _attach_fields(items, names, cols, result.oks)
+        _attach_fields(items, names, cols, result.oks, fresh=not isinstance(served.outputs, list))
 
     def _apply_output_fn(
         self,
@@ -766,8 +770,12 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
 
         ``extra_cols`` are narrowed in place to the events that remain.
         """
-        names = list(outs)
-        rows = [dict(zip(names, r, strict=True)) for r in zip(*outs.values(), strict=True)]
+        if len(outs) == 1:
+            [(name, values)] = outs.items()
+            rows = [{name: v} for v in values]
+        else:
+            names = list(outs)
+            rows = [dict(zip(names, r, strict=True)) for r in zip(*outs.values(), strict=True)]
         try:
             return [(k, fn(e, row)) for (k, e), row in zip(items, rows, strict=True)]
         except Exception:  # find which events, keep the others
