@@ -38,7 +38,9 @@ def test_undeliverable_batch_fails_the_worker_with_a_clear_error() -> None:
         gone.create_topic("t")
         bootstrap = gone.bootstrap
     with pytest.raises(Exception) as raised:  # noqa: B017 - Bytewax wraps the sink's error
-        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2)))
+        # Messages time out (0.5 s) before the flush gives up (2 s); with both at 2 s,
+        # the flush sometimes won the race and reported "still queued" instead.
+        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2), {"message.timeout.ms": 500}))
     cause = raised.value
     while cause is not None and not isinstance(cause, DeliveryError):
         cause = cause.__cause__
