@@ -30,6 +30,7 @@ from examples.common import TopicProgress, open_broker, unique_topics
 from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import consume_all, produce_all
+from streamml.tuning import relaxed_gc
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         outputs = [topics.detections, topics.dead_letters]
         with TopicProgress(bootstrap, outputs, produced, unit="frames", enabled=not args.quiet):
             t0 = time.perf_counter()
-            run_main(flow)
+            with relaxed_gc():  # see streamml.tuning
+                run_main(flow)
             wall = time.perf_counter() - t0
 
         results = [json.loads(m.value) for m in consume_all(bootstrap, topics.detections)]

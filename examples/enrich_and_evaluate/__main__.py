@@ -27,6 +27,7 @@ from examples.enrich_and_evaluate.model import DEFAULT_DIR, ModelFiles, build_mo
 from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde, JsonSerde
 from streamml.testing import consume_all, produce_all
+from streamml.tuning import relaxed_gc
 
 __all__ = ["Results", "main", "produce_dataset", "produce_table", "read_results", "run"]
 
@@ -277,13 +278,16 @@ def run(
     produced = produce_dataset(bootstrap, topics, registry, data, models, corrupt=corrupt)
     flow = build_flow(bootstrap, topics=topics, registry=registry, models=models)
     t0 = time.perf_counter()
-    with TopicProgress(
-        bootstrap,
-        [topics.predictions, topics.dead_letters],
-        produced["transactions"],
-        unit="tx",
-        enabled=progress,
-    ):
+    with (
+        TopicProgress(
+            bootstrap,
+            [topics.predictions, topics.dead_letters],
+            produced["transactions"],
+            unit="tx",
+            enabled=progress,
+        ),
+        relaxed_gc(),
+    ):  # see streamml.tuning
         run_main(flow)
     wall = time.perf_counter() - t0
     summary = summarize(produced, data, read_results(bootstrap, topics))

@@ -25,6 +25,7 @@ from examples.sensor_anomaly.report import evaluate, plot_sensor, write_windows
 from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import consume_all, produce_all
+from streamml.tuning import relaxed_gc
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         outputs = [topics.scores, topics.dead_letters]
         with TopicProgress(bootstrap, outputs, produced, enabled=not args.quiet):
             t0 = time.perf_counter()
-            run_main(flow)
+            with relaxed_gc():  # see streamml.tuning
+                run_main(flow)
             wall = time.perf_counter() - t0
 
         scores = consume_all(bootstrap, topics.scores)

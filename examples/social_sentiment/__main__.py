@@ -27,6 +27,7 @@ from examples.social_sentiment.model import build_model
 from streamml.broker import create_topics
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import consume_all, produce_all
+from streamml.tuning import relaxed_gc
 
 WINDOW_STEPS = ("hashtag_windows", "hashtags_out")
 """Dead letters from these steps are window contributions, not lost posts."""
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             enabled=not args.quiet,
         )
         t0 = time.perf_counter()
-        with progress:
+        with progress, relaxed_gc():  # see streamml.tuning
             run_main(flow)
         wall = time.perf_counter() - t0
 
