@@ -53,7 +53,7 @@ OutputFn = Callable[[Event, dict[str, Any]], Event]
 
 _ROUTE_CACHE_MAX = 100_000
 # Model calls a shard lets run ahead of the dataflow, and how often it looks whether they are done.
-_MAX_IN_FLIGHT = 2
+_MAX_IN_FLIGHT = 8
 _COLLECT_EVERY_S = 0.0005
 
 
@@ -929,7 +929,7 @@ def infer(
         overlap: Run each shard's model calls in a thread of their own, so
             the dataflow goes on with the next events while the model
             works (ONNX Runtime releases the GIL while it computes; a
-            Python model gains nothing). A shard lets at most two calls run
+            Python model gains nothing). A shard lets up to eight calls run
             ahead, and their events are emitted, in order, as soon as the
             calls are done; recovery snapshots count them as waiting.
             ``False``: the model runs inside the step, as a plain call.
