@@ -430,20 +430,28 @@ def _encoder(
     def encode(items: list[Any]) -> list[tuple[bytes | None, bytes | None] | Rejected]:
         values = pick(value, items)
         payloads = value_serde.encode_batch(values)
-        keys = key_serde.encode_batch(pick(key, items)) if key is not None else [None] * len(items)
+        if key is None:
+            picked_keys = keys = [None] * len(items)
+        else:
+            picked_keys = pick(key, items)
+            keys = key_serde.encode_batch(picked_keys)
         if (
             SerdeError not in map(type, payloads)
             and SerdeError not in map(type, values)
             and SerdeError not in map(type, keys)
+            and SerdeError not in map(type, picked_keys)
         ):
             return list(zip(keys, payloads))
         out: list[tuple[bytes | None, bytes | None] | Rejected] = []
-        for item, raw_value, picked, raw_key in zip(items, payloads, values, keys):
+        for item, raw_value, picked, raw_key, picked_key in zip(
+            items, payloads, values, keys, picked_keys
+        ):
             if type(raw_value) is SerdeError or type(picked) is SerdeError:
                 err = raw_value if type(raw_value) is SerdeError else picked
                 out.append(Rejected(step_id, err.kind, f"value: {err}", item))
-            elif type(raw_key) is SerdeError:
-                out.append(Rejected(step_id, raw_key.kind, f"key: {raw_key}", item))
+            elif type(raw_key) is SerdeError or type(picked_key) is SerdeError:
+                err = picked_key if type(picked_key) is SerdeError else raw_key
+                out.append(Rejected(step_id, err.kind, f"key: {err}", item))
             else:
                 out.append((raw_key, raw_value))
         return out

@@ -140,7 +140,7 @@ def _encode_one_by_one(items: list[Any], value: Any, key: Any) -> list[Any]:
         except Exception as exc:  # noqa: BLE001
             picked = SerdeError("BadItem", f"{type(exc).__name__}: {exc}")
         (raw_value,) = value_serde.encode_batch([picked])
-        raw_key = None
+        raw_key = k = None
         if key is not None:
             try:
                 k = key(item)
@@ -150,6 +150,8 @@ def _encode_one_by_one(items: list[Any], value: Any, key: Any) -> list[Any]:
         if type(raw_value) is SerdeError or type(picked) is SerdeError:
             err = raw_value if type(raw_value) is SerdeError else picked
             out.append(Rejected("out.encode", err.kind, f"value: {err}", item))
+        elif type(k) is SerdeError:  # the key getter raised: never produce its error text as a key
+            out.append(Rejected("out.encode", k.kind, f"key: {k}", item))
         elif type(raw_key) is SerdeError:
             out.append(Rejected("out.encode", raw_key.kind, f"key: {raw_key}", item))
         else:
@@ -163,20 +165,33 @@ def _second_or_fail(kv: tuple[Any, Any]) -> Any:
     return kv[1]
 
 
+def _first_or_fail(kv: tuple[Any, Any]) -> Any:
+    if kv[0] == 1:
+        raise LookupError("no key for 1")
+    return kv[0]
+
+
 @given(
     st.lists(_item, max_size=12),
     st.sampled_from(["itemgetter", "function", "failing", "none"]),
-    st.booleans(),
+    st.sampled_from(["itemgetter", "failing", "none"]),
 )
-def test_encode_batch_equals_one_item_at_a_time(items: list[Any], value: str, keyed: bool) -> None:
+def test_encode_batch_equals_one_item_at_a_time(items: list[Any], value: str, keyed: str) -> None:
     pick_value = {
         "itemgetter": itemgetter(1),
         "function": lambda kv: kv[1],
         "failing": _second_or_fail,
         "none": None,
     }[value]
-    pick_key = itemgetter(0) if keyed else None
+    pick_key = {"itemgetter": itemgetter(0), "failing": _first_or_fail, "none": None}[keyed]
     encode = _encoder("out.encode", JsonSerde(), StringSerde(), pick_value, pick_key)
     got = encode(items)
     want = _encode_one_by_one(items, pick_value, pick_key)
     assert [(type(x), x) for x in got] == [(type(x), x) for x in want]
+
+
+def test_a_key_getter_that_raises_rejects_the_item_instead_of_producing_its_error() -> None:
+    encode = _encoder("out.encode", JsonSerde(), StringSerde(), itemgetter(1), _first_or_fail)
+    ok, bad = encode([("a", {"x": 1}), (1, {"x": 2})])
+    assert ok == (b"a", b'{"x":1}')
+    assert isinstance(bad, Rejected) and bad.reason == "key: LookupError: no key for 1"
