@@ -42,10 +42,18 @@ class _Gate:
     """Per-key watermark (max timestamp - lateness) and the buffer of not-yet-released events.
 
     Eviction: the buffer empties as the watermark passes; the watermark
-    advances with system time while the key is idle (see ``idle_watermark``).
+    advances with system time while the key is idle (see ``idle_watermark``),
+    so a key that goes quiet still has its events released and its windows
+    closed.
+
+    An event is late only when it is older than ``max timestamp - lateness``
+    or than an event already released, never merely because the idle clock
+    ran ahead: when processing lags event time (a backlog, a slow worker),
+    the next in-order event of a key arrives later in system time than its
+    event-time gap, and it is still on time.
     """
 
-    __slots__ = ("lateness", "max_ts", "wm", "sys_at_max", "pending")
+    __slots__ = ("lateness", "max_ts", "wm", "sys_at_max", "pending", "released")
 
     def __init__(self, lateness: int) -> None:
         self.lateness = lateness
@@ -53,6 +61,7 @@ class _Gate:
         self.wm = _MIN
         self.sys_at_max = 0
         self.pending: list[tuple] = []
+        self.released = _MIN  # timestamp of the newest released event
 
     def idle_watermark(self) -> None:
         """Advance the watermark by the system time passed since the newest event."""
@@ -69,9 +78,12 @@ class _Gate:
             pending.sort(key=_first)
         if everything or pending[-1][0] <= self.wm:
             self.pending = []
+            self.released = max(self.released, pending[-1][0])
             return pending
         cut = bisect.bisect_right(pending, self.wm, key=_first)
         out, self.pending = pending[:cut], pending[cut:]
+        if out:
+            self.released = max(self.released, out[-1][0])
         return out
 
     def system_time_of(self, event_us: int) -> datetime:
@@ -79,10 +91,12 @@ class _Gate:
         return _dt(self.sys_at_max + (event_us - (self.max_ts - self.lateness)))
 
     def snapshot(self) -> tuple:
-        return (self.max_ts, self.wm, self.sys_at_max, tuple(self.pending))
+        return (self.max_ts, self.wm, self.sys_at_max, tuple(self.pending), self.released)
 
     def restore(self, snap: tuple) -> None:
-        self.max_ts, self.wm, _, pending = snap
+        self.max_ts, self.wm, _, pending = snap[:4]
+        # A snapshot from before ``released`` was kept: its watermark is the safe floor.
+        self.released = snap[4] if len(snap) > 4 else self.wm
         # Downtime is not idleness: the idle clock restarts on resume, or the
         # backlog that waited in Kafka during a crash would come out late.
         self.sys_at_max = _now_us()
@@ -149,6 +163,7 @@ def _admit(
     problems: list[tuple] = []
     append = gate.pending.append
     max_ts, wm, lateness = gate.max_ts, gate.wm, gate.lateness
+    floor = max(max_ts - lateness, gate.released)  # older than this is late
     moved = False
     for ev in values:
         try:
@@ -166,12 +181,14 @@ def _admit(
             continue
         if ts > max_ts:
             max_ts = ts
+            if ts - lateness > floor:
+                floor = ts - lateness
             if ts - lateness > wm:
                 wm, moved = ts - lateness, True
-        if ts >= wm:
+        if ts >= floor:
             append((ts, ev, x))
         else:
-            behind = f"{_dt(ts).isoformat()} is behind the watermark {_dt(wm).isoformat()}"
+            behind = f"{_dt(ts).isoformat()} is behind the watermark {_dt(floor).isoformat()}"
             problems.append(_Late((f"event time {behind}", ev)))
     gate.max_ts, gate.wm = max_ts, wm
     if moved:
