@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
-from streamml.operators import featurize
 from streamml.operators.featurize import Feature, FeatureSchema, FeaturesOut
 
 from examples.enrich_and_evaluate.data import CATEGORIES
-from streamml.errors import reject
+from streamml.errors import Rejected, reject
 
 __all__ = ["SCHEMA", "add_features"]
 
@@ -40,54 +40,142 @@ SCHEMA = FeatureSchema(
 """The model's input vector: derived numbers, then the one-hot merchant category."""
 
 
-def _derive(step_id: str):
-    """A batch function: derived fields of each enriched transaction, re-keyed by ``tx_id``.
+_HOT = [f"merchant_category_{c}" for c in CATEGORIES] + ["merchant_category_other"]
+_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
+_ONE_HOT = [dict(zip(_HOT, row)) for row in np.eye(len(_HOT)).tolist()]
+"""Per merchant-category position, the one-hot fields an event gets (Python floats 1.0/0.0)."""
+_LIMIT = float(np.finfo(np.float32).max)
+
+
+def _derive(e: Mapping[str, Any]) -> dict[str, Any]:
+    """The derived fields of one enriched transaction (raises on a missing or mistyped field).
 
     The new event keeps what identifies the transaction (``tx_id``,
     ``account_id``, ``ts``, ``amount``) and the features, not every field of
     the transaction and its account: each later step copies the event, so
-    fewer fields make every step cheaper.
-
-    A number out of range gives NaN (``assemble`` rejects it and says which);
-    a missing or mistyped field rejects the event here.
+    fewer fields make every step cheaper. A number out of range gives NaN.
     """
+    log1p, nan = math.log1p, math.nan
+    amount, limit, distance = e["amount"], e["credit_limit"], e["distance_km"]
+    return {
+        "tx_id": e["tx_id"],
+        "account_id": e["account_id"],
+        "ts": e["ts"],
+        "amount": amount,
+        "merchant_category": e["merchant_category"],
+        "log_amount": log1p(amount) if amount >= 0 else nan,
+        "amount_to_limit": amount / limit if limit > 0 else nan,
+        "foreign": float(e["country"] != e["home_country"]),
+        "card_present": float(e["card_present"]),
+        "night": float(1 <= e["local_hour"] <= 4),
+        "log_distance": log1p(distance) if distance >= 0 else nan,
+        "log_account_age": log1p(max(e["account_age_days"], 0)),
+        "risk_tier": float(e["risk_tier"]),
+    }
 
-    def derive(items: list[tuple[str, Mapping[str, Any]]]) -> list[Any]:
-        log1p, nan = math.log1p, math.nan
+
+def _number(name: str, v: Any) -> tuple[float, str | None]:
+    """A derived value as a float, or why it is not one (the words of ``featurize.assemble``)."""
+    if type(v) is float:
+        return v, None
+    try:
+        if v is None or isinstance(v, (str, bytes)):
+            raise TypeError
+        arr = np.asarray(v, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0, f"{name} is {type(v).__name__}, not a number"
+    if arr.shape != (1,):
+        return 0.0, f"{name} has shape {arr.shape}, expected (1,)"
+    return float(arr[0]), None
+
+
+def _features(step_id: str):
+    """A batch function: enriched ``(account_id, event)`` to ``(tx_id, features event)`` or a rejection.
+
+    One pass does what ``derive`` → ``featurize.one_hot`` → ``featurize.assemble``
+    did as three steps, with the same events and rejections: the event gets
+    the derived fields, then the one-hot fields of :data:`SCHEMA`, then
+    ``features`` (a float32 row of one matrix built per batch). A missing or
+    mistyped field rejects the event as the exception's type (step
+    ``{step_id}.derive``); derived numbers that are not finite or overflow
+    float32 reject it as ``InvalidFeature`` (step ``{step_id}.assemble``),
+    naming every bad feature.
+    """
+    derive_id, assemble_id = f"{step_id}.derive", f"{step_id}.assemble"
+    other = len(CATEGORIES)
+    index_get = _INDEX.get
+
+    def features(items: list[tuple[str, Mapping[str, Any]]]) -> list[Any]:
         out: list[Any] = []
+        keys: list[str] = []
+        events: list[dict[str, Any]] = []
+        rows: list[list[float]] = []
+        hot: list[int] = []
+        slots: list[int] = []  # where each event's output goes in ``out``
+        exotic = False  # a derived value that is not a float (only a division can give one)
         for item in items:
-            e = item[1]
             try:
-                amount, limit, distance = e["amount"], e["credit_limit"], e["distance_km"]
-                out.append(
-                    (
-                        e["tx_id"],
-                        {
-                            "tx_id": e["tx_id"],
-                            "account_id": e["account_id"],
-                            "ts": e["ts"],
-                            "amount": amount,
-                            "merchant_category": e["merchant_category"],
-                            "log_amount": log1p(amount) if amount >= 0 else nan,
-                            "amount_to_limit": amount / limit if limit > 0 else nan,
-                            "foreign": float(e["country"] != e["home_country"]),
-                            "card_present": float(e["card_present"]),
-                            "night": float(1 <= e["local_hour"] <= 4),
-                            "log_distance": log1p(distance) if distance >= 0 else nan,
-                            "log_account_age": log1p(max(e["account_age_days"], 0)),
-                            "risk_tier": float(e["risk_tier"]),
-                        },
-                    )
-                )
+                d = _derive(item[1])
             except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                out.append(reject(step_id, exc, item))
+                out.append(reject(derive_id, exc, item))
+                continue
+            try:
+                pos = index_get(d["merchant_category"], other)
+            except TypeError:  # unhashable: not one of the categories
+                pos = other
+            keys.append(d["tx_id"])
+            events.append(d)
+            rows.append([d[name] for name in _DERIVED])
+            exotic = exotic or type(d["amount_to_limit"]) is not float
+            hot.append(pos)
+            slots.append(len(out))
+            out.append(None)
+        if not events:
+            return out
+        n = len(events)
+        matrix = np.zeros((n, len(_DERIVED) + len(_HOT)))
+        problems: dict[int, list[str]] = {}
+        if not exotic:
+            matrix[:, : len(_DERIVED)] = rows
+        else:  # convert and check value by value, as assemble does
+            for i, row in enumerate(rows):
+                for j, (name, v) in enumerate(zip(_DERIVED, row)):
+                    matrix[i, j], why = _number(name, v)
+                    if why is not None:
+                        problems.setdefault(i, []).append(why)
+        matrix[np.arange(n), len(_DERIVED) + np.array(hot, dtype=np.int64)] = 1.0
+        block = matrix[:, : len(_DERIVED)]
+        finite = np.isfinite(block)
+        if not finite.all() or (np.abs(block[finite]) > _LIMIT).any():
+            bad = ~finite | (np.abs(np.where(finite, block, 0.0)) > _LIMIT)
+            for i, j in zip(*np.nonzero(bad)):
+                kind = "is not finite" if not finite[i, j] else "overflows the dtype"
+                problems.setdefault(int(i), []).append(f"{_DERIVED[j]} {kind}")
+        if problems:
+            matrix[list(problems)] = 0.0  # those rows are rejected; keep the cast quiet
+        vectors = matrix.astype(np.float32)
+        for i, d in enumerate(events):
+            event = {**d, **_ONE_HOT[hot[i]]}
+            if i in problems:
+                # assemble lists a feature's problems in schema order
+                why = sorted(problems[i], key=lambda p: _DERIVED.index(p.split(" ", 1)[0]))
+                reason = "; ".join(why)
+                out[slots[i]] = Rejected(assemble_id, "InvalidFeature", reason, (keys[i], event))
+            else:
+                event["features"] = vectors[i]
+                out[slots[i]] = (keys[i], event)
         return out
 
-    return derive
+    return features
 
 
-def _is_keyed(item: object) -> bool:
-    return type(item) is tuple  # a Rejected is a NamedTuple, so not exactly a tuple
+def _oks(items: list[Any]) -> list[Any]:
+    # a Rejected is a NamedTuple, so not exactly a tuple
+    return [x for x in items if type(x) is tuple]
+
+
+def _errs(items: list[Any]) -> list[Any]:
+    return [x for x in items if type(x) is not tuple]
 
 
 @operator
@@ -98,12 +186,31 @@ def add_features(step_id: str, up: KeyedStream[Mapping[str, Any]]) -> FeaturesOu
     derived numbers are not finite (a negative amount, a zero credit limit)
     go to ``errs`` as ``InvalidFeature``, events missing a field (an account
     row without ``credit_limit``) with the exception's type.
+
+    One batch step builds the whole batch's matrix: no per-event step or
+    branch between the derived numbers and the vector.
+
+    Examples:
+        >>> import bytewax.operators as op
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> tx = {"tx_id": "t1", "account_id": "a1", "ts": 0, "amount": 9.0,
+        ...       "merchant_category": "fuel", "credit_limit": 100.0, "distance_km": 2.0,
+        ...       "country": "NO", "home_country": "NO", "card_present": True,
+        ...       "local_hour": 3, "account_age_days": 400, "risk_tier": 1}
+        >>> flow = Dataflow("features_doc")
+        >>> out = add_features("f", op.input("in", flow, TestingSource([
+        ...     ("a1", tx), ("a1", {**tx, "tx_id": "t2", "credit_limit": 0.0})])))
+        >>> oks, errs = [], []
+        >>> op.output("oks", out.oks, TestingSink(oks))
+        >>> op.output("errs", out.errs, TestingSink(errs))
+        >>> run_main(flow)
+        >>> [(k, [round(x, 2) for x in e["features"].tolist()[:5]]) for k, e in oks]
+        [('t1', [2.3, 0.09, 0.0, 1.0, 1.0])]
+        >>> [(r.step_id, r.error_type, r.reason) for r in errs]
+        [('features_doc.f.assemble', 'InvalidFeature', 'amount_to_limit is not finite')]
     """
-    derived = op.branch(
-        "derived", op.flat_map_batch("derive", up, _derive(f"{step_id}.derive")), _is_keyed
+    batches = op.flat_map_batch("derive_assemble", up, _features(step_id))
+    return FeaturesOut(
+        oks=op.flat_map_batch("oks", batches, _oks), errs=op.flat_map_batch("errs", batches, _errs)
     )
-    hot = featurize.one_hot(
-        "merchant_category", derived.trues, field="merchant_category", categories=CATEGORIES
-    )
-    vec = featurize.assemble("assemble", hot.oks, schema=SCHEMA)
-    return FeaturesOut(oks=vec.oks, errs=op.merge("errs", derived.falses, hot.errs, vec.errs))
