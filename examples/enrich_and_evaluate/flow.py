@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -62,39 +63,51 @@ class Topics:
 
 
 def _by_account(step_id: str):
-    def key(records: list[Record]) -> list[Any]:
+    """A batch function: records to one ``(keyed, rejected)`` pair of lists per batch."""
+
+    def key(records: list[Record]) -> list[tuple[list[Any], list[Rejected]]]:
         out: list[Any] = []
+        errs: list[Rejected] = []
         for r in records:
             v = r.value
             if isinstance(v, dict) and isinstance(v.get("account_id"), str):
                 out.append((v["account_id"], v))
             else:
-                out.append(Rejected(step_id, "MissingKey", "no account_id", r))
-        return out
+                errs.append(Rejected(step_id, "MissingKey", "no account_id", r))
+        return [(out, errs)]
 
     return key
 
 
 def _labels_by_tx(step_id: str):
-    """Label records to ``(tx_id, {"is_fraud", "ts"})``, ``ts`` an aware datetime."""
+    """Label records to ``(tx_id, {"is_fraud", "ts"})``, ``ts`` an aware datetime.
 
-    def key(records: list[Record]) -> list[Any]:
+    One ``(keyed, rejected)`` pair of lists per batch.
+    """
+
+    def key(records: list[Record]) -> list[tuple[list[Any], list[Rejected]]]:
         out: list[Any] = []
+        errs: list[Rejected] = []
         utc = timezone.utc
+        fromtimestamp = datetime.fromtimestamp
         for r in records:
             try:
                 v = r.value
-                ts = datetime.fromtimestamp(v["ts"] / 1000, utc)
+                ts = fromtimestamp(v["ts"] / 1000, utc)
                 out.append((v["tx_id"], {"is_fraud": int(v["is_fraud"]), "ts": ts}))
             except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                out.append(reject(step_id, exc, r))
-        return out
+                errs.append(reject(step_id, exc, r))
+        return [(out, errs)]
 
     return key
 
 
-def _is_keyed(item: object) -> bool:
-    return type(item) is tuple
+def _oks(pairs: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+    return [x for oks, _ in pairs for x in oks]
+
+
+def _errs(pairs: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+    return [x for _, errs in pairs for x in errs]
 
 
 def _clock(items: list[tuple[str, dict[str, Any]]]) -> list[datetime]:
@@ -132,18 +145,14 @@ def _predictions(threshold: float):
     return slim
 
 
-def _outcome(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-    """A prediction with its label, or ``is_fraud: None`` when the label never came."""
-    e = kv[1]
-    return e if "is_fraud" in e else {**e, "is_fraud": None}
+def _no_label(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Unlabelled predictions as outcomes: ``is_fraud: None``, the label that never came."""
+    return [(k, e if "is_fraud" in e else {**e, "is_fraud": None}) for k, e in items]
 
 
-def _value(kv: tuple[str, Any]) -> Any:
-    return kv[1]
-
-
-def _key(kv: tuple[str, Any]) -> str:
-    return kv[0]
+_key = itemgetter(0)
+_value = itemgetter(1)
+_ts = itemgetter("ts")
 
 
 def build_flow(
@@ -204,12 +213,12 @@ def build_flow(
         tail=tail,
         batch_size=source_batch,
     )
-    keyed = op.branch(
-        "keyed", op.flat_map_batch("by_account", txs.oks, _by_account("by_account")), _is_keyed
-    )
+    # Batch steps split keyed records from rejections: no per-record op.branch predicate.
+    by_account = op.flat_map_batch("by_account", txs.oks, _by_account("by_account"))
+    keyed = op.flat_map_batch("keyed", by_account, _oks)
     # A miss waits a little for its row: an account may be created just before its first transaction.
     enriched = join.enrich(
-        "enrich", keyed.trues, table.changelog, max_wait=account_wait, wait_for_bootstrap=False
+        "enrich", keyed, table.changelog, max_wait=account_wait, wait_for_bootstrap=False
     )
     feats = add_features("features", enriched.oks)
 
@@ -236,16 +245,13 @@ def build_flow(
     labels_src = kafka.source(
         "labels", flow, brokers=brokers, topics=topics.labels, value_serde=json_serde, tail=tail
     )
-    labels = op.branch(
-        "labels_keyed",
-        op.flat_map_batch("labels_by_tx", labels_src.oks, _labels_by_tx("labels_by_tx")),
-        _is_keyed,
-    )
+    labels_by_tx = op.flat_map_batch("labels_by_tx", labels_src.oks, _labels_by_tx("labels_by_tx"))
+    labels = op.flat_map_batch("labels_keyed", labels_by_tx, _oks)
     evaluated = join.label_join(
         "evaluate",
         predictions,
-        labels.trues,
-        ts=lambda e: e["ts"],
+        labels,
+        ts=_ts,
         max_delay=max_label_delay,
         window=window,
         prediction="prediction",
@@ -253,7 +259,11 @@ def build_flow(
         probability="fraud_score",
         lateness=lateness,
     )
-    outcomes = op.merge("outcomes", evaluated.labelled, evaluated.unlabelled)
+    outcomes = op.merge(
+        "outcomes",
+        evaluated.labelled,
+        op.flat_map_batch("no_label", evaluated.unlabelled, _no_label),
+    )
 
     sink_errs = [
         kafka.sink(
@@ -271,7 +281,7 @@ def build_flow(
             brokers=brokers,
             topic=topics.outcomes,
             value_serde=json_serde,
-            value=_outcome,
+            value=_value,
             key=_key,
         ),
         kafka.sink(
@@ -289,14 +299,14 @@ def build_flow(
             "all_rejections",
             table.errs,
             txs.errs,
-            keyed.falses,
+            op.flat_map_batch("unkeyed", by_account, _errs),
             enriched.errs,
             feats.errs,
             control.errs,
             rollouts.errs,
             scored.errs,
             labels_src.errs,
-            labels.falses,
+            op.flat_map_batch("labels_unkeyed", labels_by_tx, _errs),
             evaluated.errs,
             evaluated.late,
             *sink_errs,
