@@ -39,6 +39,7 @@ from examples.camera_detection.build import build_models
 from examples.camera_detection.flow import SCHEMA, Topics, build_flow, to_detection
 from examples.camera_detection.ocr import TextDetector, TextReader, to_network_input
 from examples.camera_detection.scene import render_frames
+from streamml import kafka
 from streamml.broker import EmbeddedBroker
 from streamml.serde import ConfluentAvroSerde
 from streamml.testing import produce_all
@@ -99,6 +100,7 @@ def _microservice_run(
                 "bootstrap.servers": bootstrap,
                 "group.id": f"bench-{uuid.uuid4().hex[:6]}",
                 "enable.auto.commit": False,
+                **kafka.SOURCE_DEFAULTS,  # the fetch settings of the dataflow's source
             }
         )
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -44,6 +44,7 @@ from benchmarks.harness import Measurement, alternate, format_table
 from examples.social_sentiment.data import LABELS, generate_posts, load_corpus, split_corpus
 from examples.social_sentiment.flow import SCHEMA, Topics, build_flow, hashtags_of
 from examples.social_sentiment.model import build_model, load_tokenizer, tokenize
+from streamml import kafka
 from streamml.broker import EmbeddedBroker, create_topics
 from streamml.models import OnnxModel
 from streamml.serde import ConfluentAvroSerde
@@ -133,7 +134,12 @@ def _per_event(
         out_topic = f"bench-per-event-{next(runs)}"
         create_topics(bootstrap, [out_topic])
         consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "bench",
+                "enable.auto.commit": False,
+                **kafka.SOURCE_DEFAULTS,  # the fetch settings of the dataflow's source
+            }
         )
         consumer.assign(
             [TopicPartition(posts_topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]

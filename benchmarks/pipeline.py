@@ -120,6 +120,7 @@ def _consumer(bootstrap: str, topic: str) -> Consumer:
             "group.id": "bench",
             "enable.partition.eof": True,
             "enable.auto.commit": False,
+            **kafka.SOURCE_DEFAULTS,  # the same fetch settings as streamml's source: a fair race
             **_FETCH,
         }
     )
