@@ -215,7 +215,9 @@ def main(quick: bool = False) -> dict:
         }
         cpu = _CpuMeter()
         runs = alternate(
-            {name: cpu.wrap(name, fn) for name, fn in contenders.items()}, rounds=rounds
+            {name: cpu.wrap(name, fn) for name, fn in contenders.items()},
+            rounds=rounds,
+            warmup=not quick,  # quick mode: the first round is the warm-up's price
         )
     title = (
         "social_sentiment, posts/s: 1 Bytewax worker, 1 ORT thread, all-MiniLM-L6-v2 int8 + head "

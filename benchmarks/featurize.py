@@ -214,7 +214,7 @@ def throughput(quick: bool) -> dict[str, Any]:
         name: _runner(ev, f, cpu.setdefault(name, []), batch)
         for name, (ev, f, batch) in plan.items()
     }
-    results = alternate(contenders, rounds=rounds)
+    results = alternate(contenders, rounds=rounds, warmup=not quick)
     title = (
         f"rolling: {n:,} events, {N_KEYS:,} keys, 3 fields x {{count, mean, std, min, max}}"
         " over 60 s, 1 worker"
