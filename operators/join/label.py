@@ -32,6 +32,7 @@ from streamml.errors import Rejected, reject
 __all__ = ["LabelJoinOut", "label_join"]
 
 _END = 2**62
+_ABSENT: Any = object()  # a field the event does not have (read again the slow way)
 
 
 @dataclass(frozen=True)
@@ -196,36 +197,65 @@ class _LabelLogic(StatefulBatchLogic[Any, Any, _LabelState]):
         errs, late = out[2], out[3]
         if state.shard is None and values:
             state.shard = str(zlib.crc32(values[0][1].encode()) % cfg.shards)
-        preds, labels, timers = state.preds, state.labels, state.timers
-        delay = cfg.max_delay
+        preds, labels, timers, parts = state.preds, state.labels, state.timers, state.parts
+        delay, window, lateness = cfg.max_delay, cfg.window, cfg.lateness
+        heappush = heapq.heappush
+        # The usual prediction (a hashable class, a float probability) and label are
+        # read inline; anything else goes through _read_pred / _read_label.
+        prediction, probability, version_field = cfg.prediction, cfg.probability, cfg.model_version
+        label_field = cfg.label
+        inline = not cfg.regression
+        plain = (int, str, bool)
+        watermark, max_seen = state.watermark, state.max_seen
         for side, key, item, t in timestamps(cfg.step_id, values, cfg.getters, never, errs):
-            if t < state.watermark:
-                late.append(late_record(cfg.step_id, t, state.watermark, (key, item)))
+            if t < watermark:
+                late.append(late_record(cfg.step_id, t, watermark, (key, item)))
                 continue
-            if t > state.max_seen:
-                state.max_seen = t
-                state.watermark = t - cfg.lateness
+            if t > max_seen:
+                max_seen = state.max_seen = t
+                watermark = state.watermark = t - lateness
             if side == LEFT:
-                pred = self._read_pred(key, t, item, errs)
+                pred = None
+                if inline and type(item) is dict:
+                    y_pred = item.get(prediction, _ABSENT)
+                    proba = None if probability is None else item.get(probability, _ABSENT)
+                    if type(y_pred) in plain and (proba is None or type(proba) is float):
+                        pred = (t, item, y_pred, proba, item.get(version_field))
                 if pred is None:
-                    continue
-                self._part(t, pred[4]).predictions += 1
-                match = _take(labels, key, t, t + delay)
+                    pred = self._read_pred(key, t, item, errs)
+                    if pred is None:
+                        continue
+                wv = (t - t % window, pred[4])
+                part = parts.get(wv)
+                if part is None:
+                    part = parts[wv] = _WindowPart(cfg.new_stats())
+                part.predictions += 1
+                match = _take(labels, key, t, t + delay) if key in labels else None
                 if match is not None:
                     self._labelled(key, pred, match[2], out)
                     continue
-                preds.setdefault(key, []).append(pred)
-                heapq.heappush(timers, (t + delay, key))
+                waiting = preds.get(key)
+                if waiting is None:
+                    preds[key] = [pred]
+                else:
+                    waiting.append(pred)
+                heappush(timers, (t + delay, key))
             else:
-                ok, y_true = self._read_label(key, item, errs)
-                if not ok:
-                    continue
-                match = _take(preds, key, t - delay, t)
+                y_true = item.get(label_field, _ABSENT) if inline and type(item) is dict else None
+                if type(y_true) not in plain:
+                    ok, y_true = self._read_label(key, item, errs)
+                    if not ok:
+                        continue
+                match = _take(preds, key, t - delay, t) if key in preds else None
                 if match is not None:
                     self._labelled(key, match, y_true, out)
                     continue
-                labels.setdefault(key, []).append((t, item, y_true))
-                heapq.heappush(timers, (t, key))
+                waiting = labels.get(key)
+                if waiting is None:
+                    labels[key] = [(t, item, y_true)]
+                else:
+                    waiting.append((t, item, y_true))
+                heappush(timers, (t, key))
         self._expire(state.watermark, out)
         self._close(state.watermark - delay, out)
         return ([tuple(out)] if any(out) else []), False

@@ -53,7 +53,11 @@ class ClassificationStats:
 
     def add(self, y_true: Hashable, y_pred: Hashable, proba: Any = None) -> None:
         """Count one labelled prediction (raises on a probability that is not a number)."""
-        if proba is not None:
+        if type(proba) is float:  # the usual binary probability: no ABC isinstance check
+            p = proba if y_true == self.pos_label else 1.0 - proba
+            self.loss_sum -= math.log(min(max(p, _EPS), 1.0 - _EPS))
+            self.loss_n += 1
+        elif proba is not None:
             if isinstance(proba, Mapping):
                 total = math.fsum(proba.values())
                 p = proba.get(y_true, 0.0) / total
