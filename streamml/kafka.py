@@ -471,6 +471,7 @@ def sink(
     key: Callable[[X], Any] | None = None,
     key_serde: Serializer | None = None,
     delivery_timeout: timedelta = timedelta(seconds=60),
+    confirm_each_batch: bool = True,
     add_config: dict[str, str] | None = None,
 ) -> Stream[Rejected]:
     """Encode items in batches and produce them to a topic.
@@ -494,6 +495,11 @@ def sink(
             acknowledgements; past it the worker fails with
             :class:`~streamml.producer.DeliveryError` (no message is ever
             dropped silently; recovery resumes from the last snapshot).
+        confirm_each_batch: Wait for the broker's acknowledgements at the
+            end of each batch (the default; at-least-once with recovery).
+            ``False`` trades that for not stalling a broker round trip per
+            batch: failures still stop the worker, but a crash can lose the
+            last moments' messages (see :class:`~streamml.producer.ProducerSink`).
         add_config: Extra librdkafka producer settings.
 
     Returns:
@@ -525,6 +531,7 @@ def sink(
         ",".join(_broker_list(brokers)),
         topic,
         delivery_timeout=delivery_timeout,
+        confirm_each_batch=confirm_each_batch,
         add_config=add_config,
     )
     op.output("kafka", pairs, producer)

@@ -18,6 +18,7 @@ Python callback runs for each message that succeeded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -35,12 +36,15 @@ class DeliveryError(RuntimeError):
 
 
 class _ProducerPartition(StatelessSinkPartition[KeyValue]):
-    def __init__(self, config: Mapping[str, Any], topic: str, timeout_s: float) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], topic: str, timeout_s: float, confirm_each_batch: bool
+    ) -> None:
         # The producer-wide delivery callback (not one passed with every
         # produce() call) keeps the produce loop free of keyword arguments.
         self._producer = Producer({**config, "on_delivery": self._on_delivery})
         self._topic = topic
         self._timeout_s = timeout_s
+        self._confirm_each_batch = confirm_each_batch
         self._failures: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
@@ -53,20 +57,36 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue]):
         for key, value in items:
             try:
                 produce(topic, value, key)
-            except BufferError:  # local queue full: serve delivery reports, then retry once
-                poll(1.0)
-                produce(topic, value, key)
-        remaining = self._producer.flush(self._timeout_s)
+            except BufferError:  # local queue full: wait for the broker to drain it
+                self._produce_when_room(key, value)
+        if self._confirm_each_batch:
+            self._confirm(self._producer.flush(self._timeout_s))
+        else:
+            poll(0)  # serve the reports that arrived; fail on any failure seen so far
+            self._confirm(0)
+
+    def _produce_when_room(self, key: bytes | None, value: bytes | None) -> None:
+        give_up = time.monotonic() + self._timeout_s
+        while True:
+            self._producer.poll(0.1)
+            try:
+                self._producer.produce(self._topic, value, key)
+                return
+            except BufferError:
+                if time.monotonic() > give_up:
+                    self._confirm(len(self._producer))
+
+    def _confirm(self, remaining: int) -> None:
         if remaining or self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryError(
-                f"could not deliver to topic {topic!r} within {self._timeout_s:g} s: "
+                f"could not deliver to topic {self._topic!r} within {self._timeout_s:g} s: "
                 f"{len(failures)} message(s) failed, {remaining} still queued; "
                 f"first errors: {failures[:3]}"
             )
 
     def close(self) -> None:
-        self._producer.flush(self._timeout_s)
+        self._confirm(self._producer.flush(self._timeout_s))
 
 
 class ProducerSink(DynamicSink[KeyValue]):
@@ -77,6 +97,15 @@ class ProducerSink(DynamicSink[KeyValue]):
         topic: Topic to produce to.
         delivery_timeout: How long a batch may wait for the broker's
             acknowledgements before the worker fails with :class:`DeliveryError`.
+        confirm_each_batch: Wait at the end of every batch until the broker
+            has acknowledged all its messages (the default): with Bytewax
+            recovery, nothing is lost even in a crash (at-least-once).
+            ``False`` lets batches go without waiting, so the dataflow does
+            not stall for a broker round trip per batch; a failed delivery
+            still stops the worker with :class:`DeliveryError` (at a later
+            batch or at the end), but a crash can lose the messages sent in
+            the moments before it, as with Bytewax's own ``KafkaSink`` or a
+            hand-written producer loop.
         add_config: Extra librdkafka producer settings (override the defaults:
             idempotence on, ``linger.ms`` 5, ``delivery.report.only.error``
             on). Its ``on_delivery`` is replaced: the sink's own callback
@@ -94,12 +123,14 @@ class ProducerSink(DynamicSink[KeyValue]):
         topic: str,
         *,
         delivery_timeout: timedelta = timedelta(seconds=60),
+        confirm_each_batch: bool = True,
         add_config: Mapping[str, str] | None = None,
     ) -> None:
         if delivery_timeout <= timedelta(0):
             raise ValueError(f"delivery_timeout must be > 0; got {delivery_timeout}")
         self.topic = topic
         self._timeout_s = delivery_timeout.total_seconds()
+        self._confirm_each_batch = bool(confirm_each_batch)
         self._config = {
             "bootstrap.servers": brokers,
             "enable.idempotence": True,
@@ -110,4 +141,6 @@ class ProducerSink(DynamicSink[KeyValue]):
         }
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
-        return _ProducerPartition(self._config, self.topic, self._timeout_s)
+        return _ProducerPartition(
+            self._config, self.topic, self._timeout_s, self._confirm_each_batch
+        )

@@ -17,30 +17,49 @@ pytestmark = pytest.mark.integration
 
 
 def _flow(
-    bootstrap: str, topic: str, n: int, timeout: timedelta, add_config: dict | None = None
+    bootstrap: str,
+    topic: str,
+    n: int,
+    timeout: timedelta,
+    add_config: dict | None = None,
+    confirm_each_batch: bool = True,
 ) -> Dataflow:
     flow = Dataflow("produce")
     pairs = op.input("pairs", flow, TestingSource([(b"k", str(i).encode()) for i in range(n)]))
-    sink = ProducerSink(bootstrap, topic, delivery_timeout=timeout, add_config=add_config)
+    sink = ProducerSink(
+        bootstrap,
+        topic,
+        delivery_timeout=timeout,
+        confirm_each_batch=confirm_each_batch,
+        add_config=add_config,
+    )
     op.output("kafka", pairs, sink)
     return flow
 
 
-def test_every_pair_is_delivered(broker: EmbeddedBroker, topic_name: str) -> None:
+@pytest.mark.parametrize("confirm_each_batch", [True, False])
+def test_every_pair_is_delivered(
+    broker: EmbeddedBroker, topic_name: str, confirm_each_batch: bool
+) -> None:
     broker.create_topic(topic_name)
-    run_main(_flow(broker.bootstrap, topic_name, 500, timedelta(seconds=30)))
+    run_main(
+        _flow(broker.bootstrap, topic_name, 500, timedelta(seconds=30), None, confirm_each_batch)
+    )
     values = [m.value for m in consume_all(broker.bootstrap, topic_name)]
     assert values == [str(i).encode() for i in range(500)]
 
 
-def test_undeliverable_batch_fails_the_worker_with_a_clear_error() -> None:
+@pytest.mark.parametrize("confirm_each_batch", [True, False])
+def test_undeliverable_batch_fails_the_worker_with_a_clear_error(confirm_each_batch: bool) -> None:
+    """Also without a wait per batch: the failure surfaces at a later batch or at the end."""
     with EmbeddedBroker() as gone:
         gone.create_topic("t")
         bootstrap = gone.bootstrap
     with pytest.raises(Exception) as raised:  # noqa: B017 - Bytewax wraps the sink's error
         # Messages time out (0.5 s) before the flush gives up (2 s); with both at 2 s,
         # the flush sometimes won the race and reported "still queued" instead.
-        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2), {"message.timeout.ms": 500}))
+        config = {"message.timeout.ms": 500}
+        run_main(_flow(bootstrap, "t", 10, timedelta(seconds=2), config, confirm_each_batch))
     cause = raised.value
     while cause is not None and not isinstance(cause, DeliveryError):
         cause = cause.__cause__
