@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import bytewax.operators as op
@@ -90,7 +92,9 @@ def _number(name: str, v: Any) -> tuple[float, str | None]:
 
 
 def _features(step_id: str):
-    """A batch function: enriched ``(account_id, event)`` to ``(tx_id, features event)`` or a rejection.
+    """A batch function: enriched ``(account_id, event)`` to ``(tx_id, features event)`` and rejections.
+
+    It returns one ``(oks, errs)`` pair of lists per batch.
 
     One pass does what ``derive`` → ``featurize.one_hot`` → ``featurize.assemble``
     did as three steps, with the same events and rejections: the event gets
@@ -104,20 +108,21 @@ def _features(step_id: str):
     derive_id, assemble_id = f"{step_id}.derive", f"{step_id}.assemble"
     other = len(CATEGORIES)
     index_get = _INDEX.get
+    derived_row = itemgetter(*_DERIVED)
+    one_hot = _ONE_HOT
 
-    def features(items: list[tuple[str, Mapping[str, Any]]]) -> list[Any]:
-        out: list[Any] = []
+    def features(items: list[tuple[str, Mapping[str, Any]]]) -> list[tuple[list, list]]:
+        errs: list[Any] = []
         keys: list[str] = []
         events: list[dict[str, Any]] = []
-        rows: list[list[float]] = []
+        rows: list[tuple[float, ...]] = []
         hot: list[int] = []
-        slots: list[int] = []  # where each event's output goes in ``out``
         exotic = False  # a derived value that is not a float (only a division can give one)
         for item in items:
             try:
                 d = _derive(item[1])
             except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                out.append(reject(derive_id, exc, item))
+                errs.append(reject(derive_id, exc, item))
                 continue
             try:
                 pos = index_get(d["merchant_category"], other)
@@ -125,18 +130,17 @@ def _features(step_id: str):
                 pos = other
             keys.append(d["tx_id"])
             events.append(d)
-            rows.append([d[name] for name in _DERIVED])
+            rows.append(derived_row(d))
             exotic = exotic or type(d["amount_to_limit"]) is not float
             hot.append(pos)
-            slots.append(len(out))
-            out.append(None)
         if not events:
-            return out
+            return [([], errs)]
         n = len(events)
         matrix = np.zeros((n, len(_DERIVED) + len(_HOT)))
         problems: dict[int, list[str]] = {}
-        if not exotic:
-            matrix[:, : len(_DERIVED)] = rows
+        if not exotic:  # all floats: read straight into an array, no shape discovery
+            flat = np.fromiter(chain.from_iterable(rows), np.float64, n * len(_DERIVED))
+            matrix[:, : len(_DERIVED)] = flat.reshape(n, len(_DERIVED))
         else:  # convert and check value by value, as assemble does
             for i, row in enumerate(rows):
                 for j, (name, v) in enumerate(zip(_DERIVED, row)):
@@ -153,29 +157,29 @@ def _features(step_id: str):
                 problems.setdefault(int(i), []).append(f"{_DERIVED[j]} {kind}")
         if problems:
             matrix[list(problems)] = 0.0  # those rows are rejected; keep the cast quiet
-        vectors = matrix.astype(np.float32)
-        for i, d in enumerate(events):
-            event = {**d, **_ONE_HOT[hot[i]]}
-            if i in problems:
+        vectors = list(matrix.astype(np.float32))  # row views, made in one C loop
+        oks: list[tuple[str, dict[str, Any]]] = []
+        for i, (key, d, pos, vector) in enumerate(zip(keys, events, hot, vectors)):
+            event = {**d, **one_hot[pos]}
+            if problems and i in problems:
                 # assemble lists a feature's problems in schema order
                 why = sorted(problems[i], key=lambda p: _DERIVED.index(p.split(" ", 1)[0]))
                 reason = "; ".join(why)
-                out[slots[i]] = Rejected(assemble_id, "InvalidFeature", reason, (keys[i], event))
+                errs.append(Rejected(assemble_id, "InvalidFeature", reason, (key, event)))
             else:
-                event["features"] = vectors[i]
-                out[slots[i]] = (keys[i], event)
-        return out
+                event["features"] = vector
+                oks.append((key, event))
+        return [(oks, errs)]
 
     return features
 
 
-def _oks(items: list[Any]) -> list[Any]:
-    # a Rejected is a NamedTuple, so not exactly a tuple
-    return [x for x in items if type(x) is tuple]
+def _oks(pairs: list[tuple[list, list]]) -> list[Any]:
+    return [x for oks, _ in pairs for x in oks]
 
 
-def _errs(items: list[Any]) -> list[Any]:
-    return [x for x in items if type(x) is not tuple]
+def _errs(pairs: list[tuple[list, list]]) -> list[Any]:
+    return [x for _, errs in pairs for x in errs]
 
 
 @operator
