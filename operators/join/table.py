@@ -24,6 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streamml.errors import Rejected
+from streamml.kafka import SOURCE_DEFAULTS
 from streamml.serde.base import Deserializer, SerdeError, StringSerde
 
 __all__ = ["Table", "TableReady", "kafka_table"]
@@ -93,7 +94,7 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
         if self._announced and not self._tail:
             raise StopIteration
         out: list[Any] = []
-        for msg in self._consumer.consume(1000, 0.01):
+        for msg in self._consumer.consume(1000, 0.001):
             error = msg.error()
             if error is None:
                 out.append(_Message(msg.key(), msg.value(), msg.partition(), msg.offset()))
@@ -132,6 +133,7 @@ class _TableSource(FixedPartitionedSource[Any, int]):
             # with a count of record batches, so a table produced in large batches
             # looked read after its first batch.
             "enable.partition.eof": "true",
+            **SOURCE_DEFAULTS,
             **self._add_config,
         }
 
@@ -219,7 +221,9 @@ def kafka_table(
         topic: The table's topic.
         value_serde: Decodes values (:mod:`streamml.serde`).
         key_serde: Decodes keys; UTF-8 text when omitted.
-        add_config: Extra librdkafka consumer settings.
+        add_config: Extra librdkafka consumer settings, over the defaults
+            :func:`streamml.kafka.source` uses (``fetch.wait.max.ms`` 20: the
+            bootstrap's end is seen without the broker's 500 ms fetch wait).
         tail: Keep following the topic after the bootstrap; with ``False``
             each partition ends once read to its start-time end offset (batch jobs,
             back-fills, tests).
