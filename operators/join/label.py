@@ -194,7 +194,7 @@ class _LabelLogic(StatefulBatchLogic[Any, Any, _LabelState]):
     def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
         cfg, state = self.cfg, self.state
         out: list[list] = [[], [], [], [], []]  # labelled, unlabelled, errs, late, parts
-        errs, late = out[2], out[3]
+        labelled, errs, late = out[0], out[2], out[3]
         if state.shard is None and values:
             state.shard = str(zlib.crc32(values[0][1].encode()) % cfg.shards)
         preds, labels, timers, parts = state.preds, state.labels, state.timers, state.parts
@@ -230,9 +230,19 @@ class _LabelLogic(StatefulBatchLogic[Any, Any, _LabelState]):
                 if part is None:
                     part = parts[wv] = _WindowPart(cfg.new_stats())
                 part.predictions += 1
-                match = _take(labels, key, t, t + delay) if key in labels else None
+                stored = labels.get(key)
+                if stored is None:
+                    match = None
+                elif len(stored) == 1 and t <= stored[0][0] <= t + delay:  # _take's usual case
+                    match = stored[0]
+                    del labels[key]
+                else:
+                    match = _take(labels, key, t, t + delay)
                 if match is not None:
-                    self._labelled(key, pred, match[2], out)
+                    y_true = match[2]
+                    part.stats.add(y_true, pred[2], pred[3])
+                    part.labelled += 1
+                    labelled.append((key, {**item, label_field: y_true}))
                     continue
                 waiting = preds.get(key)
                 if waiting is None:
