@@ -228,15 +228,8 @@ def _vector(batch: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 
 
 def _result(event: dict, outputs: dict) -> dict:
-    return {
-        "sensor_id": event["sensor_id"],
-        "ts": event["ts"],
-        "temperature": event["temperature"],
-        "vibration": event["vibration"],
-        "pressure": event["pressure"],
-        "p_hot": float(outputs["probabilities"][1]),
-        "sent": event.get("sent"),
-    }
+    """The reading with its rolling mean and ``p_hot`` (as the loops: the reading and ``p_hot``)."""
+    return {**event, "p_hot": outputs["probabilities"][1]}
 
 
 def _keyed(records: list) -> list[tuple[str, dict]]:

@@ -772,14 +772,18 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         """
         if len(outs) == 1:
             [(name, values)] = outs.items()
+            try:  # the common case in one pass: no list of per-row dicts first
+                return [(k, fn(e, {name: v})) for (k, e), v in zip(items, values, strict=True)]
+            except Exception:  # find which events, keep the others
+                pass
             rows = [{name: v} for v in values]
         else:
             names = list(outs)
             rows = [dict(zip(names, r, strict=True)) for r in zip(*outs.values(), strict=True)]
-        try:
-            return [(k, fn(e, row)) for (k, e), row in zip(items, rows, strict=True)]
-        except Exception:  # find which events, keep the others
-            pass
+            try:
+                return [(k, fn(e, row)) for (k, e), row in zip(items, rows, strict=True)]
+            except Exception:  # find which events, keep the others
+                pass
         kept, keep = [], []
         for i, ((k, e), row) in enumerate(zip(items, rows, strict=True)):
             try:
