@@ -129,8 +129,9 @@ def _features(step_id: str):
             except TypeError:  # unhashable: not one of the categories
                 pos = other
             keys.append(d["tx_id"])
-            events.append(d)
             rows.append(derived_row(d))
+            d.update(one_hot[pos])  # the event as featurize.one_hot left it
+            events.append(d)
             exotic = exotic or type(d["amount_to_limit"]) is not float
             hot.append(pos)
         if not events:
@@ -159,8 +160,7 @@ def _features(step_id: str):
             matrix[list(problems)] = 0.0  # those rows are rejected; keep the cast quiet
         vectors = list(matrix.astype(np.float32))  # row views, made in one C loop
         oks: list[tuple[str, dict[str, Any]]] = []
-        for i, (key, d, pos, vector) in enumerate(zip(keys, events, hot, vectors)):
-            event = {**d, **one_hot[pos]}
+        for i, (key, event, vector) in enumerate(zip(keys, events, vectors)):
             if problems and i in problems:
                 # assemble lists a feature's problems in schema order
                 why = sorted(problems[i], key=lambda p: _DERIVED.index(p.split(" ", 1)[0]))
