@@ -50,9 +50,8 @@ _STATISTICS = itemgetter(
 """Each reading's value and rolling statistics, field by field, in ``_vectorize``'s layout."""
 
 
-def reading_time(reading: dict[str, Any]):
-    """Event time of a reading (its ``ts``, a UTC datetime)."""
-    return reading["ts"]
+reading_time = itemgetter("ts")
+"""Event time of a reading: its ``ts``, a UTC datetime (a C getter: four steps call it per reading)."""
 
 
 def _vectorize(batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
