@@ -9,6 +9,7 @@ scikit-learn and skl2onnx from generated data:
   ``InferenceSession.run`` over pre-stacked batches of 1,024 (the ceiling).
 - IsolationForest, 100 trees: ``infer`` vs the raw runtime at the same batch
   size.
+- Ceilings: each model alone in ONNX Runtime at batch 1, 64 and 1,024.
 - Latency: ``max_wait`` = 10 ms, a source paced at half the MLP's measured
   ``infer`` rate; the time from the source handing an event to Bytewax to
   the sink receiving it (so an upper bound on the time spent in the
@@ -198,6 +199,24 @@ def _raw_run(model: OnnxModel, matrix: np.ndarray, batch: int) -> Callable[[], i
     return run
 
 
+def _ceilings(models: dict[str, OnnxModel], matrix: np.ndarray, quick: bool) -> dict[str, Any]:
+    """Raw ONNX Runtime rows/s of each model at batch 1, 64 and 1,024 (one thread)."""
+    rows = {1: 500 if quick else 3_000, 64: 20_000 if quick else 100_000}  # batch 1 is slow
+    out: dict[str, Any] = {}
+    for name, model in models.items():
+        runs = alternate(
+            {
+                f"{name}, batch {b:,}": _raw_run(model, matrix[: rows.get(b, len(matrix))], b)
+                for b in (1, 64, MAX_BATCH)
+            },
+            rounds=3,
+            warmup=False,
+        )
+        print(format_table(f"{name}: raw ONNX Runtime rows/s by batch size", runs, "rows/s"))
+        out[name] = [m.as_dict() for m in runs]
+    return out
+
+
 def _latency(model: OnnxModel, events: list, rate: float | None, limit: int) -> dict[str, float]:
     """Run the stamped dataflow, paced at ``rate`` (``None``: as fast as it goes)."""
     latencies: list[float] = []
@@ -267,6 +286,7 @@ def main(quick: bool = False) -> dict:
     print(f"  infer / raw runtime = {share:.0%} (target >= 80%)")
     results["iforest"] = {m.name: m.as_dict() for m in forest_runs}
     results["iforest_share_of_raw"] = share
+    results["ceilings"] = _ceilings({"MLP": mlp, "IsolationForest": forest}, matrix, quick)
 
     # The latency dataflow time-stamps events at the source and reads the clock at
     # the sink; its own maximum rate is measured first, then it is paced at half.
