@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streamml.errors import Rejected
 from streamml.kafka import SOURCE_DEFAULTS
@@ -135,6 +135,11 @@ class _TableSource(FixedPartitionedSource[Any, int]):
             "enable.partition.eof": "true",
             **SOURCE_DEFAULTS,
             **self._add_config,
+            # A table is read from its first row. The reader starts at offset 0, not at
+            # OFFSET_BEGINNING, whose offset query waits 500 ms in librdkafka before the
+            # first fetch; if the log no longer starts at 0, the fetch is out of range
+            # and this reset moves it to the first offset there is.
+            "auto.offset.reset": "earliest",
         }
 
     def _partitions(self) -> int:
@@ -151,7 +156,7 @@ class _TableSource(FixedPartitionedSource[Any, int]):
         return [str(p) for p in range(self._partitions())]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TablePartition:
-        start = OFFSET_BEGINNING if resume_state is None else resume_state
+        start = 0 if resume_state is None else resume_state
         return _TablePartition(
             step_id,
             self._config(),

@@ -7,7 +7,8 @@ import orjson
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-from streamml.operators.join import enrich, kafka_table
+from streamml.operators.join import TableReady, enrich, kafka_table
+from streamml.operators.join.table import _TableSource
 
 from streamml.serde import JsonSerde
 from streamml.testing import produce_all
@@ -91,3 +92,24 @@ def test_bootstrap_reads_a_table_produced_in_large_batches(broker, topic_name):
     run_main(flow)
     assert len([r for r in got if isinstance(r, tuple) and len(r) == 2]) == 5000
     assert type(got[-1]).__name__ == "TableReady"  # announced after every row
+
+
+def test_table_is_read_without_librdkafkas_offset_query_wait(broker, topic_name):
+    """A fresh reader starts at offset 0: OFFSET_BEGINNING's offset query waits 500 ms first."""
+    import time
+
+    broker.create_topic(topic_name, partitions=1, config={"cleanup.policy": "compact"})
+    produce_all(broker.bootstrap, topic_name, [(b"k", orjson.dumps({"v": 1}))])
+    source = _TableSource([broker.bootstrap], topic_name, {}, tail=False)
+    part = source.build_part("t", "0", None)
+    try:
+        [assigned] = part._consumer.assignment()
+        assert assigned.offset == 0
+        start, got = time.perf_counter(), []
+        while not any(type(x) is TableReady for x in got):
+            got += part.next_batch()
+        # the offset query alone took 500 ms; generous for a loaded machine
+        assert time.perf_counter() - start < 0.45
+        assert [(m.key, m.offset) for m in got if type(m) is not TableReady] == [(b"k", 0)]
+    finally:
+        part.close()
