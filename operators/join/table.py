@@ -170,8 +170,10 @@ class _TableSource(FixedPartitionedSource[Any, int]):
 
 def _decoder(
     step_id: str, key_serde: Deserializer, value_serde: Deserializer
-) -> Callable[[list[Any]], list[Any]]:
-    def decode(batch: list[Any]) -> list[Any]:
+) -> Callable[[list[Any]], list[tuple[list[Any], list[Rejected]]]]:
+    """A batch function: read items to one ``(changelog items, rejections)`` pair per batch."""
+
+    def decode(batch: list[Any]) -> list[tuple[list[Any], list[Rejected]]]:
         msgs = [m for m in batch if type(m) is _Message]
         decoded = iter(
             zip(
@@ -181,21 +183,30 @@ def _decoder(
             )
         )
         out: list[Any] = []
+        errs: list[Rejected] = []
         for msg in batch:  # markers stay behind the rows read before them
             if type(msg) is not _Message:
-                out.append(msg)
+                (errs if type(msg) is Rejected else out).append(msg)
                 continue
             key, value = next(decoded)
             bad = key if type(key) is SerdeError else value if type(value) is SerdeError else None
             if bad is not None:
-                out.append(Rejected(step_id, bad.kind, str(bad), msg))
+                errs.append(Rejected(step_id, bad.kind, str(bad), msg))
             elif not isinstance(key, str):
-                out.append(Rejected(step_id, "MissingKey", "a table row needs a text key", msg))
+                errs.append(Rejected(step_id, "MissingKey", "a table row needs a text key", msg))
             else:
                 out.append((key, value))
-        return out
+        return [(out, errs)]
 
     return decode
+
+
+def _rows(pairs: list[tuple[list[Any], list[Rejected]]]) -> list[Any]:
+    return [x for rows, _ in pairs for x in rows]
+
+
+def _errs(pairs: list[tuple[list[Any], list[Rejected]]]) -> list[Rejected]:
+    return [x for _, errs in pairs for x in errs]
 
 
 @operator
@@ -256,5 +267,8 @@ def kafka_table(
     decoded = op.flat_map_batch(
         "decode", raw, _decoder(f"{step_id}.decode", key_serde or StringSerde(), value_serde)
     )
-    split = op.branch("split", decoded, lambda x: type(x) is not Rejected)
-    return Table(changelog=split.trues, errs=split.falses)
+    # Batch steps split rows from rejections: no per-row op.branch predicate.
+    return Table(
+        changelog=op.flat_map_batch("rows", decoded, _rows),
+        errs=op.flat_map_batch("errs", decoded, _errs),
+    )

@@ -113,3 +113,26 @@ def test_table_is_read_without_librdkafkas_offset_query_wait(broker, topic_name)
         assert [(m.key, m.offset) for m in got if type(m) is not TableReady] == [(b"k", 0)]
     finally:
         part.close()
+
+
+def test_decode_keeps_markers_in_order_and_sends_reader_errors_to_errs():
+    from streamml.operators.join.table import _decoder, _Message
+
+    from streamml.errors import Rejected
+    from streamml.serde.base import StringSerde
+
+    broken = Rejected("devices", "KafkaError", "broker down", None)
+    ready = TableReady("devices", 0, 1)
+    batch = [
+        _Message(b"a", b'{"v": 1}', 0, 0),
+        broken,
+        _Message(b"b", b"{oops", 0, 1),
+        ready,
+        _Message(b"c", None, 0, 2),
+    ]
+    [(rows, errs)] = _decoder("t.decode", StringSerde(), JsonSerde())(batch)
+    assert rows == [("a", {"v": 1}), ready, ("c", None)]
+    assert errs[0] is broken
+    assert [(r.step_id, r.error_type, r.original) for r in errs[1:]] == [
+        ("t.decode", "DecodeError", batch[2])
+    ]
