@@ -22,6 +22,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
+from bytewax.operators import StatefulBatchLogic
 
 from streamml.errors import Rejected, reject
 
@@ -29,6 +30,7 @@ __all__ = [
     "LEFT",
     "RIGHT",
     "CONTROL",
+    "Chunked",
     "MISSING",
     "NEVER",
     "late_record",
@@ -106,32 +108,46 @@ def tag_sides(
     right: Stream[Any],
     shards: int,
     control: type | None = None,
-) -> Stream[tuple[str, tuple[int, str, Any]]]:
-    """Route both sides of a join to shards: ``(shard, (side, key, value))``.
+) -> Stream[tuple[str, list[tuple[int, str, Any]]]]:
+    """Route both sides of a join to shards: ``(shard, [(side, key, value), ...])``.
+
+    Each upstream batch gives one chunk per shard it touches, in arrival
+    order, so the shard step receives a handful of lists instead of every
+    item (Bytewax's routing and grouping cost is per item); wrap the shard
+    logic in :class:`Chunked` to see the items one by one again.
 
     Items of type ``control`` on the right side (bootstrap markers) are not
-    keyed: each is sent to every shard as ``(shard, (CONTROL, "", item))``,
-    behind the rows that came before it on the same stream.
+    keyed: each is sent to every shard as ``(CONTROL, "", item)``, behind the
+    rows that came before it on the same stream.
     """
     names = shard_names(shards)
 
-    def tagger(side: int) -> Callable[[list[Any]], list[tuple[str, Any]]]:
-        def tag(batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    def tagger(side: int) -> Callable[[list[Any]], list[tuple[str, list]]]:
+        def tag(batch: list[tuple[str, Any]]) -> list[tuple[str, list]]:
             crc = zlib.crc32
-            return [(names[crc(k.encode()) % shards], (side, k, v)) for k, v in batch]
+            chunks: dict[str, list] = {}
+            for k, v in batch:
+                name = names[crc(k.encode()) % shards]
+                chunk = chunks.get(name)
+                if chunk is None:
+                    chunks[name] = [(side, k, v)]
+                else:
+                    chunk.append((side, k, v))
+            return list(chunks.items())
 
         return tag
 
-    def tag_with_control(batch: list[Any]) -> list[tuple[str, Any]]:
+    def tag_with_control(batch: list[Any]) -> list[tuple[str, list]]:
         crc = zlib.crc32
-        out: list[tuple[str, Any]] = []
+        chunks: dict[str, list] = {}
         for item in batch:
             if type(item) is control:
-                out.extend((name, (CONTROL, "", item)) for name in names)
+                for name in names:
+                    chunks.setdefault(name, []).append((CONTROL, "", item))
             else:
                 k, v = item
-                out.append((names[crc(k.encode()) % shards], (RIGHT, k, v)))
-        return out
+                chunks.setdefault(names[crc(k.encode()) % shards], []).append((RIGHT, k, v))
+        return list(chunks.items())
 
     return op.merge(
         "merge",
@@ -140,6 +156,41 @@ def tag_sides(
             "shard_right", right, tagger(RIGHT) if control is None else tag_with_control
         ),
     )
+
+
+class Chunked(StatefulBatchLogic[list, Any, Any]):
+    """A shard logic fed the chunks of :func:`tag_sides`: it sees their items, in order.
+
+    Everything else (notifications, end of input, snapshots) is the wrapped
+    logic's own, so its snapshots are the same as without the wrapper.
+
+    Examples:
+        >>> class Echo(StatefulBatchLogic):
+        ...     def on_batch(self, values):
+        ...         return [values], False
+        >>> Chunked(Echo()).on_batch([[(0, "a", 1), (0, "b", 2)], [(1, "a", 3)]])
+        ([[(0, 'a', 1), (0, 'b', 2), (1, 'a', 3)]], False)
+    """
+
+    def __init__(self, inner: StatefulBatchLogic) -> None:
+        self.inner = inner
+
+    def on_batch(self, values: list[list]) -> tuple[Iterable[Any], bool]:
+        if len(values) == 1:
+            return self.inner.on_batch(values[0])
+        return self.inner.on_batch([x for chunk in values for x in chunk])
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        return self.inner.on_notify()
+
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
+        return self.inner.on_eof()
+
+    def notify_at(self) -> datetime | None:
+        return self.inner.notify_at()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
 
 
 def timestamps(

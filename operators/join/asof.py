@@ -15,6 +15,7 @@ from streamml.operators.join._shards import (
     LEFT,
     MISSING,
     NEVER,
+    Chunked,
     check_shards,
     late_record,
     micros,
@@ -301,10 +302,12 @@ def asof_join(
     late_us, ttl_us = micros(lateness), None if ttl is None else micros(ttl)
     full_id = f"{step_id}.join"
 
-    def build(resume: _AsofState | None) -> _AsofLogic:
+    def build(resume: _AsofState | None) -> Chunked:
         state = _AsofState() if resume is None else resume
-        return _AsofLogic(
-            full_id, state, getters, value, merge, default, late_us, max_versions, ttl_us
+        return Chunked(
+            _AsofLogic(
+                full_id, state, getters, value, merge, default, late_us, max_versions, ttl_us
+            )
         )
 
     tagged = tag_sides("shard", up, table, shards)

@@ -15,6 +15,7 @@ from streamml.operators.join._shards import (
     CONTROL,
     LEFT,
     MISSING,
+    Chunked,
     check_shards,
     split_outputs,
     tag_sides,
@@ -286,9 +287,9 @@ def enrich(
     bootstrapping = wait_for_bootstrap
     full_id = f"{step_id}.join"
 
-    def build(resume: _EnrichState | None) -> _EnrichLogic:
+    def build(resume: _EnrichState | None) -> Chunked:
         state = _EnrichState(bootstrapping) if resume is None else resume
-        return _EnrichLogic(full_id, state, merge, default, max_wait)
+        return Chunked(_EnrichLogic(full_id, state, merge, default, max_wait))
 
     joined = op.stateful_batch("join", tagged, build)
     out = split_outputs("split", joined)

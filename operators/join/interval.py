@@ -15,6 +15,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators.join._shards import (
     LEFT,
     NEVER,
+    Chunked,
     check_shards,
     late_record,
     micros,
@@ -324,9 +325,9 @@ def interval_join(
     lo, hi, late_us = micros(lower), micros(upper), micros(lateness)
     full_id = f"{step_id}.join"
 
-    def build(resume: _IntervalState | None) -> _IntervalLogic:
+    def build(resume: _IntervalState | None) -> Chunked:
         state = _IntervalState() if resume is None else resume
-        return _IntervalLogic(full_id, state, getters, lo, hi, late_us, how == "left")
+        return Chunked(_IntervalLogic(full_id, state, getters, lo, hi, late_us, how == "left"))
 
     tagged = tag_sides("shard", left, right, shards)
     out = split_outputs("split", op.stateful_batch("join", tagged, build))

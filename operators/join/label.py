@@ -16,6 +16,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators.join._shards import (
     LEFT,
     NEVER,
+    Chunked,
     check_shards,
     late_record,
     micros,
@@ -512,8 +513,8 @@ def label_join(
         average=average,
     )
 
-    def build(resume: _LabelState | None) -> _LabelLogic:
-        return _LabelLogic(cfg, _LabelState() if resume is None else resume)
+    def build(resume: _LabelState | None) -> Chunked:
+        return Chunked(_LabelLogic(cfg, _LabelState() if resume is None else resume))
 
     def build_metrics(resume: _MetricsState | None) -> _MetricsLogic:
         return _MetricsLogic(cfg, _MetricsState() if resume is None else resume)

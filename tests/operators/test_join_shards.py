@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from streamml.operators.join import TableReady
 from streamml.operators.join._shards import LEFT, RIGHT, never, timestamps
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -55,3 +56,60 @@ def test_skipped_items_get_zero_without_a_getter_call() -> None:
     batch = [(LEFT, "a", one), (RIGHT, "b", one)]
     got = timestamps("j", batch, (ts, ts), lambda side, v: side == RIGHT, [])
     assert [t for *_, t in got] == [1_000_000, 0]
+
+
+def _reference_tags(left, right, shards):
+    """The per-item tagging tag_sides did before chunks, grouped by shard in arrival order."""
+    import zlib
+
+    from streamml.operators.join._shards import CONTROL
+
+    per_shard: dict[str, list] = {}
+    for side, batch in ((LEFT, left), (RIGHT, right)):
+        for item in batch:
+            if type(item) is TableReady:
+                for s in range(shards):
+                    per_shard.setdefault(str(s), []).append((CONTROL, "", item))
+            else:
+                k, v = item
+                per_shard.setdefault(str(zlib.crc32(k.encode()) % shards), []).append((side, k, v))
+    return per_shard
+
+
+@given(
+    st.lists(st.tuples(st.text(max_size=2), st.integers()), max_size=20),
+    st.lists(
+        st.one_of(
+            st.tuples(st.text(max_size=2), st.integers()),
+            st.builds(TableReady, st.just("t"), st.integers(0, 2), st.just(3)),
+        ),
+        max_size=20,
+    ),
+    st.integers(1, 4),
+)
+def test_chunks_keep_each_shards_items_in_arrival_order(left, right, shards) -> None:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from streamml.operators.join._shards import tag_sides
+
+    flow = Dataflow("tags")
+    # One batch per side, the left before the right: arrival order is fixed.
+    lefts = op.input("left", flow, TestingSource(left, batch_size=max(len(left), 1)))
+    rights = op.input("right", flow, TestingSource(right, batch_size=max(len(right), 1)))
+    got: list = []
+    op.output("out", tag_sides("t", lefts, rights, shards, TableReady), TestingSink(got))
+    run_main(flow)
+    per_shard: dict[str, list] = {}
+    for shard, chunk in got:
+        assert chunk and type(chunk) is list
+        per_shard.setdefault(shard, []).extend(chunk)
+    want = _reference_tags(left, right, shards)
+    for shard in want:  # the right side's order per shard (the sides may interleave)
+        assert [x for x in per_shard[shard] if x[0] != LEFT] == [
+            x for x in want[shard] if x[0] != LEFT
+        ]
+        assert [x for x in per_shard[shard] if x[0] == LEFT] == [
+            x for x in want[shard] if x[0] == LEFT
+        ]
+    assert set(per_shard) == set(want)
