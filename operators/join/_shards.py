@@ -168,6 +168,8 @@ class Chunked(StatefulBatchLogic[list, Any, Any]):
         >>> class Echo(StatefulBatchLogic):
         ...     def on_batch(self, values):
         ...         return [values], False
+        ...     def snapshot(self):
+        ...         return None
         >>> Chunked(Echo()).on_batch([[(0, "a", 1), (0, "b", 2)], [(1, "a", 3)]])
         ([[(0, 'a', 1), (0, 'b', 2), (1, 'a', 3)]], False)
     """
