@@ -53,6 +53,7 @@ from examples.enrich_and_evaluate.data import CATEGORIES, generate
 from examples.enrich_and_evaluate.features import SCHEMA as FEATURES
 from examples.enrich_and_evaluate.flow import SCHEMA, WINDOW, Topics, build_flow
 from examples.enrich_and_evaluate.model import build_models, featurize_offline
+from streamml import kafka
 from streamml.broker import EmbeddedBroker, create_topics
 from streamml.models import OnnxModel
 from streamml.serde import ConfluentAvroSerde
@@ -114,6 +115,7 @@ def _read_table(bootstrap: str, topic: str) -> dict[str, Any]:
             "group.id": "bench",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            **kafka.SOURCE_DEFAULTS,  # the fetch settings of the dataflow's source
         }
     )
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -160,7 +162,12 @@ def _per_event(
         create_topics(bootstrap, [getattr(out, name) for name in _OUTPUTS])
         table = _read_table(bootstrap, topics.accounts)
         consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "bench",
+                "enable.auto.commit": False,
+                **kafka.SOURCE_DEFAULTS,  # the fetch settings of the dataflow's source
+            }
         )
         consumer.assign(
             [
