@@ -143,6 +143,11 @@ class _BrokerWatch:
             )
 
 
+# How long a read waits for a fuller batch; 0 was no faster (light pipeline, 4 alternating
+# runs each: 100,387 vs 101,910 ev/s).
+_CONSUME_WAIT_S = 0.001
+
+
 class _Partition(_KafkaSourcePartition):
     """Bytewax's partition reader (its consumer, offsets and recovery state), handing on raw messages.
 
@@ -157,7 +162,7 @@ class _Partition(_KafkaSourcePartition):
     def next_batch(self) -> list[Message]:
         if self._eof:
             raise StopIteration()
-        msgs = self._consumer.consume(self._batch_size, 0.001)
+        msgs = self._consumer.consume(self._batch_size, _CONSUME_WAIT_S)
         if not msgs:
             return msgs
         if any(map(Message.error, msgs)):  # a KafkaError is truthy, no error is None
