@@ -54,6 +54,8 @@ OutputFn = Callable[[Event, dict[str, Any]], Event]
 _ROUTE_CACHE_MAX = 100_000
 # Model calls a shard lets run ahead of the dataflow, and how often it looks whether they are done.
 _MAX_IN_FLIGHT = 8
+# A model call shorter than this runs inline: handing it to the thread costs more than it saves.
+_OVERLAP_MIN_S = 0.001
 _COLLECT_EVERY_S = 0.0005
 
 
@@ -554,6 +556,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         self._batcher.push(list(pending), time.monotonic())
         self._in_flight: deque[_Batch] = deque()
         self._thread: ThreadPoolExecutor | None = None
+        self._row_seconds: float | None = None  # the model's recent time per row
         self._shard: int | None = None
         self._watch_seen = cfg.watch_initial
         self._next_poll = 0.0
@@ -617,8 +620,8 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
     def _run_all(self, batches: Iterable[tuple[list, list]], result: _Result) -> None:
         for items, arrivals in batches:
             batch = self._prepare(items, arrivals, result)
-            if not self._cfg.overlap or not batch.items:
-                self._finish(batch, result)
+            if not batch.items or not (self._in_flight or self._worth_a_thread(len(batch.items))):
+                self._finish(batch, result)  # inline (after any call in flight: order is kept)
                 continue
             while len(self._in_flight) >= _MAX_IN_FLIGHT:
                 self._finish(self._in_flight.popleft(), result)
@@ -628,6 +631,12 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
                 _timed_call, batch.served, batch.columns, len(batch.items)
             )
             self._in_flight.append(batch)
+
+    def _worth_a_thread(self, rows: int) -> bool:
+        """Overlap a call expected to take at least ``_OVERLAP_MIN_S`` (the first one: to learn)."""
+        if not self._cfg.overlap:
+            return False
+        return self._row_seconds is None or rows * self._row_seconds >= _OVERLAP_MIN_S
 
     def _collect(self, result: _Result, *, wait: bool) -> None:
         """Attach the outputs of finished model calls, oldest first (all of them if ``wait``)."""
@@ -684,6 +693,8 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
             started = time.monotonic()
             self._predict(served, batch.columns, 0, len(ok_items), segments, failures, calls)
             model_seconds = time.monotonic() - started
+        if ok_items and model_seconds > 0:
+            self._row_seconds = model_seconds / len(ok_items)
         for lo, hi, outs in segments:
             self._attach(served, ok_items[lo:hi], outs, hi - lo, batch.wait_values, lo, result)
         for i, exc in failures:
@@ -935,8 +946,10 @@ def infer(
             works (ONNX Runtime releases the GIL while it computes; a
             Python model gains nothing). A shard lets up to eight calls run
             ahead, and their events are emitted, in order, as soon as the
-            calls are done; recovery snapshots count them as waiting.
-            ``False``: the model runs inside the step, as a plain call.
+            calls are done; recovery snapshots count them as waiting. Calls
+            the model's recent speed says take under a millisecond run
+            inline, since handing them over would cost more than it saves.
+            ``False``: the model always runs inside the step, as a plain call.
         control: Models (or items for ``loader``) to switch to, in order.
             After a restart from a recovery snapshot, a model that came as
             a path, bytes or message is loaded again; one sent as a model
