@@ -620,8 +620,11 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
     def _run_all(self, batches: Iterable[tuple[list, list]], result: _Result) -> None:
         for items, arrivals in batches:
             batch = self._prepare(items, arrivals, result)
-            if not batch.items or not (self._in_flight or self._worth_a_thread(len(batch.items))):
-                self._finish(batch, result)  # inline (after any call in flight: order is kept)
+            if self._cfg.overlap and self._row_seconds is None and self._in_flight:
+                self._collect(result, wait=True)  # learn the model's speed from its first call
+            if not batch.items or not self._worth_a_thread(len(batch.items)):
+                self._collect(result, wait=True)  # calls in flight first: order is kept
+                self._finish(batch, result)
                 continue
             while len(self._in_flight) >= _MAX_IN_FLIGHT:
                 self._finish(self._in_flight.popleft(), result)
