@@ -273,7 +273,7 @@ def _fleet(n: int, keys: int, seed: int = 0) -> list[tuple[str, dict]]:
     return out
 
 
-def throughput(n: int, keys: int, rounds: int) -> dict[str, Any]:
+def throughput(n: int, keys: int, rounds: int, warmup: bool = True) -> dict[str, Any]:
     items = _fleet(n, keys)
     model_items = [(k, {**e, "score": abs(e["value"] - 10.0)}) for k, e in items]
     threshold = FixedThreshold(4.0, 2.0)
@@ -320,7 +320,7 @@ def throughput(n: int, keys: int, rounds: int) -> dict[str, Any]:
             lambda s: [op.stateful_batch("pass", s, lambda _: _PassThrough())], items
         ),
     }
-    measurements = alternate(contenders, rounds=rounds)
+    measurements = alternate(contenders, rounds=rounds, warmup=warmup)
     print(
         format_table(
             f"Throughput, one worker, {keys:,} keys, {n:,} events (in-memory source)",
@@ -357,7 +357,7 @@ def main(quick: bool = False) -> dict:
     )
     results: dict[str, Any] = {"quality": quality(sets)}
     n = 50_000 if quick else 400_000
-    results["throughput"] = throughput(n, keys=1000, rounds=3)
+    results["throughput"] = throughput(n, keys=1000, rounds=3, warmup=not quick)
     return results
 
 

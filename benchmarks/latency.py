@@ -135,7 +135,7 @@ def _measure(
 
 
 def main(quick: bool = False) -> dict:
-    seconds = 2.0 if quick else 8.0
+    seconds = 1.0 if quick else 8.0
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         model_path = str(Path(tmp) / "mlp.onnx")
         model_bytes = build_mlp()
