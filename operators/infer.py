@@ -681,16 +681,9 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
                 outs, model_seconds = batch.future.result()
                 calls[0] += 1
                 segments.append((0, len(ok_items), outs))
-            except Exception:  # find the bad rows by splitting, as a direct call would
+            except Exception as exc:  # find the bad rows by splitting, as a direct call would
                 started = time.monotonic()
-                mid = len(ok_items) // 2
-                if mid == 0:
-                    self._predict(served, batch.columns, 0, 1, segments, failures, calls)
-                else:
-                    self._predict(served, batch.columns, 0, mid, segments, failures, calls)
-                    self._predict(
-                        served, batch.columns, mid, len(ok_items), segments, failures, calls
-                    )
+                self._split(served, batch.columns, 0, len(ok_items), exc, segments, failures, calls)
                 model_seconds = time.monotonic() - started
         elif ok_items:
             started = time.monotonic()
@@ -735,15 +728,29 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, _Snapshot]):
         try:
             outs = _call_model(served, part, hi - lo)
         except Exception as exc:
-            if hi - lo == 1:
-                failures.append((lo, exc))
-                return
-            mid = (lo + hi) // 2
-            self._predict(served, columns, lo, mid, segments, failures, calls)
-            self._predict(served, columns, mid, hi, segments, failures, calls)
+            self._split(served, columns, lo, hi, exc, segments, failures, calls)
             return
         calls[0] += 1
         segments.append((lo, hi, outs))
+
+    def _split(
+        self,
+        served: _Served,
+        columns: dict[str, np.ndarray],
+        lo: int,
+        hi: int,
+        exc: BaseException,
+        segments: list,
+        failures: list,
+        calls: list[int],
+    ) -> None:
+        """Rows ``lo:hi`` raised ``exc`` together: one row is the failure, more are scored by halves."""
+        if hi - lo == 1:
+            failures.append((lo, exc))
+            return
+        mid = (lo + hi) // 2
+        self._predict(served, columns, lo, mid, segments, failures, calls)
+        self._predict(served, columns, mid, hi, segments, failures, calls)
 
     def _attach(
         self,

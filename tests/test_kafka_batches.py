@@ -12,13 +12,12 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from bytewax.connectors.kafka import KafkaSourceMessage
 from confluent_kafka import KafkaError, Message
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamml.errors import Rejected
-from streamml.kafka import Record, _decoder, _encoder
+from streamml.kafka import Record, _as_source_message, _decoder, _encoder
 from streamml.serde import BytesSerde, JsonSerde, SerdeError, StringSerde
 
 _payload = st.one_of(
@@ -48,22 +47,10 @@ def _messages(draw: Any) -> list[Message]:
     return msgs
 
 
-def _source_message(m: Message) -> KafkaSourceMessage:
-    return KafkaSourceMessage(
-        key=m.key(),
-        value=m.value(),
-        topic=m.topic(),
-        headers=m.headers() or [],
-        offset=m.offset(),
-        partition=m.partition(),
-        timestamp=m.timestamp(),
-    )
-
-
 def _decode_one_by_one(msgs: list[Message], value_serde: Any, key_serde: Any) -> list[Any]:
     """The reference: consumer errors first, then each message decoded on its own."""
     out: list[Any] = [
-        Rejected("in.kafka", "KafkaError", str(m.error()), _source_message(m))
+        Rejected("in.kafka", "KafkaError", str(m.error()), _as_source_message(m))
         for m in msgs
         if m.error() is not None
     ]
@@ -73,9 +60,9 @@ def _decode_one_by_one(msgs: list[Message], value_serde: Any, key_serde: Any) ->
         (value,) = value_serde.decode_batch([m.value()])
         (key,) = key_serde.decode_batch([m.key()])
         if type(value) is SerdeError:
-            out.append(Rejected("in.decode", value.kind, f"value: {value}", _source_message(m)))
+            out.append(Rejected("in.decode", value.kind, f"value: {value}", _as_source_message(m)))
         elif type(key) is SerdeError:
-            out.append(Rejected("in.decode", key.kind, f"key: {key}", _source_message(m)))
+            out.append(Rejected("in.decode", key.kind, f"key: {key}", _as_source_message(m)))
         else:
             kind, ms = m.timestamp()
             out.append(
