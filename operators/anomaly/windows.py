@@ -25,6 +25,7 @@ from streamml.operators.anomaly._clock import (
     _Reject,
     _us,
 )
+from streamml.operators.anomaly._shard import _group_by_shard, _ShardLogic, _unshard
 from streamml.operators.anomaly.scorers import Ewma, Scorer, ZScore
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold, Threshold
 
@@ -243,6 +244,14 @@ class _WindowsConfig:
 
 
 class _WindowsLogic(StatefulBatchLogic):
+    """The windows state of one key: its gate, threshold levels, scorer and windows.
+
+    It is a complete keyed logic (what a keyed ``stateful_batch`` would run);
+    the operator runs many of them inside each :class:`._shard._ShardLogic`.
+    Eviction: dropped once nothing is pending, no window or candidate run is
+    open and the scorer's and levels' history has expired (see ``_settle``).
+    """
+
     def __init__(self, cfg: _WindowsConfig, resume: tuple | None) -> None:
         self.cfg = cfg
         self.gate = _Gate(cfg.lateness)
@@ -323,8 +332,16 @@ class _WindowsLogic(StatefulBatchLogic):
         self._settle()
         return out, False
 
+    def due_us(self) -> int | None:
+        """System time (µs) at which the idle watermark reaches the next deadline, or None."""
+        if self.wake > _MIN:
+            gate = self.gate
+            return gate.sys_at_max + (self.wake - (gate.max_ts - gate.lateness))
+        return None
+
     def notify_at(self) -> datetime | None:
-        return self.gate.system_time_of(self.wake) if self.wake > _MIN else None
+        due = self.due_us()
+        return _dt(due) if due is not None else None
 
     def snapshot(self) -> tuple:
         return (
@@ -370,8 +387,9 @@ def _records(step_id: str) -> Callable[[tuple[str, Any]], list]:
                 "field": fld,
             }
             return [("opened", (key, alert))]
-        if t is _Reject:
-            return [("errs", Rejected(step_id, v[0], v[1], (key, v[2])))]
+        if t is _Reject:  # key None: the item was not a (key, event) pair
+            original = (key, v[2]) if key is not None else v[2]
+            return [("errs", Rejected(step_id, v[0], v[1], original))]
         return [("late", Rejected(step_id, "Late", v[0], (key, v[1])))]
 
     return to_record
@@ -404,6 +422,7 @@ def anomaly_windows(
     max_duration: timedelta = timedelta(hours=1),
     lateness: timedelta = timedelta(0),
     alerts: bool = False,
+    shards: int = 8,
 ) -> AnomalyWindowsOut:
     """Group each key's anomalous points into windows with a start, an end and a peak.
 
@@ -444,9 +463,19 @@ def anomaly_windows(
             watermark go to ``late``. Points wait up to this long before they
             are scored, so alerts come ``lateness`` after the event.
         alerts: Emit an "opened" alert on ``opened`` as soon as a window opens.
+        shards: Number of state shards. Keys are spread over them by a
+            stable hash and each shard's state (one per shard, on one
+            worker) holds many keys, so the step costs one call per shard
+            per batch instead of one per key. Results do not depend on it.
+            Use about twice the number of workers; on a single worker
+            ``shards=1`` is fastest (one large batch instead of several
+            smaller ones).
 
     Returns:
         :class:`AnomalyWindowsOut` with ``windows``, ``opened``, ``errs``, ``late``.
+        Events with a missing, non-numeric or non-finite score or a bad
+        timestamp go to ``errs`` with their ``(key, event)``; items that are
+        not ``(str key, event)`` pairs go there too (``BadItem``, with the item).
 
     Examples:
         >>> from datetime import datetime, timedelta, timezone
@@ -473,6 +502,8 @@ def anomaly_windows(
         (datetime.time(10, 0, 10), datetime.time(10, 0, 40), 4, 9.3, 'vibration', 'cooldown')
     """
     _check_common(timestamp, lateness)
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1; got {shards}")
     if not isinstance(threshold, FixedThreshold | QuantileThreshold):
         raise ValueError(
             f"threshold must be a FixedThreshold or QuantileThreshold; got {threshold!r}"
@@ -499,7 +530,11 @@ def anomaly_windows(
         min_points, _us(min_duration), _us(cooldown), _us(gap), _us(max_duration), alerts
     )
     cfg = _WindowsConfig(rules, threshold, scorer, timestamp, _us(lateness), extract, driver)
-    out = op.stateful_batch("windows", up, lambda resume: _WindowsLogic(cfg, resume))
+    sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
+    state = op.stateful_batch(
+        "shard_state", sharded, lambda resume: _ShardLogic(lambda snap: _WindowsLogic(cfg, snap), resume)
+    )
+    out = op.flat_map_batch("unshard", state, _unshard)
     routed = op.flat_map("records", out, _records(step_id))
     closed = op.branch("split_closed", routed, lambda t: t[0] == "closed")
     opened = op.branch("split_opened", closed.falses, lambda t: t[0] == "opened")
