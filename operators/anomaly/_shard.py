@@ -99,7 +99,12 @@ def _group_by_shard(shards: int) -> Callable[[list[Any]], list[tuple[str, Groupe
 
 
 def _merge(values: list[Grouped]) -> Grouped:
-    """One ``(events by key, bad items)`` from several, order kept within each key."""
+    """One ``(events by key, bad items)`` from several, order kept within each key.
+
+    Examples:
+        >>> _merge([({"a": [1], "b": [2]}, ["x"]), ({"b": [3], "c": [4]}, [])])
+        ({'a': [1], 'b': [2, 3], 'c': [4]}, ['x'])
+    """
     if len(values) == 1:
         return values[0]
     by_key: dict[str, list[Any]] = {}
