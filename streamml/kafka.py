@@ -148,6 +148,28 @@ class _BrokerWatch:
 _CONSUME_WAIT_S = 0.001
 
 
+def _start_position(starting_offset: int, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The offset to assign and the consumer config that start where ``starting_offset`` asks.
+
+    Assigning ``OFFSET_BEGINNING`` makes librdkafka look the offset up
+    first, which waits 500 ms per start on the embedded broker (1,000
+    messages: 0.53 s to read against 0.03 s from offset 0). Offset 0 is the
+    first message of a partition whose log was never trimmed; when retention
+    has trimmed it, the fetch is out of range and ``auto.offset.reset``
+    ``earliest`` moves it to the first offset there is. A reset policy the
+    user chose is left alone, and so is the lookup.
+
+    Examples:
+        >>> _start_position(OFFSET_BEGINNING, {})
+        (0, {'auto.offset.reset': 'earliest'})
+        >>> _start_position(OFFSET_BEGINNING, {"auto.offset.reset": "error"})
+        (-2, {'auto.offset.reset': 'error'})
+    """
+    if starting_offset != OFFSET_BEGINNING or "auto.offset.reset" in config:
+        return starting_offset, config
+    return 0, {**config, "auto.offset.reset": "earliest"}
+
+
 class _Partition(_KafkaSourcePartition):
     """Bytewax's partition reader (its consumer, offsets and recovery state), handing on raw messages.
 
@@ -351,6 +373,13 @@ def source(
         tail: Keep waiting for new messages at the end of the topic; with
             ``False`` the source ends at the end of each partition.
         starting_offset: ``confluent_kafka.OFFSET_BEGINNING`` or ``OFFSET_END``.
+            From the beginning, unless ``add_config`` sets
+            ``auto.offset.reset``, the source starts at offset 0 with
+            ``auto.offset.reset=earliest`` (the same first message, without
+            librdkafka's offset lookup, which waits 500 ms per start); that
+            reset also applies when a resumed offset has been trimmed by
+            retention: reading continues at the oldest message kept rather
+            than skipping to the end.
         add_config: Extra librdkafka consumer settings, over streamml's
             defaults (``fetch.wait.max.ms`` 20: a fetch waits at most 20 ms
             for data; librdkafka's 500 ms added ~150 ms to the median
@@ -382,6 +411,7 @@ def source(
         raise ValueError("topics must name at least one topic")
     hosts = _broker_list(brokers)
     config: dict[str, Any] = {**SOURCE_DEFAULTS, **(add_config or {})}
+    starting_offset, config = _start_position(starting_offset, config)
     if broker_timeout is not None:
         if broker_timeout <= timedelta(0):
             raise ValueError(

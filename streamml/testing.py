@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
+
+from streamml.producer import ready_producer
 
 __all__ = ["Message", "consume_all", "produce_all"]
 
@@ -45,8 +45,8 @@ def produce_all(
     Returns the number of messages produced; raises ``RuntimeError`` if any
     delivery failed.
     """
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    producer = ready_producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}, topic
     )
     failures: list[str] = []
 
@@ -95,12 +95,14 @@ def consume_all(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Me
             "group.id": "streamml-read",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # offset 0, reset to the earliest kept: OFFSET_BEGINNING's lookup waits 500 ms
+            "auto.offset.reset": "earliest",
         }
     )
     try:
         deadline = time.monotonic() + timeout
         partitions = _partitions(consumer, topic, timeout)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         pending = set(partitions)
         out: list[Message] = []
         while pending:

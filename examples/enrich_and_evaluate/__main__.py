@@ -18,13 +18,13 @@ from typing import Any
 
 import orjson
 from bytewax.testing import run_main
-from confluent_kafka import Producer
 
 from examples.common import TopicProgress, add_broker_arguments, open_broker, unique_topics
 from examples.enrich_and_evaluate.data import SPAN, START, Dataset, generate
 from examples.enrich_and_evaluate.flow import SCHEMA, WINDOW, Topics, build_flow
 from examples.enrich_and_evaluate.model import DEFAULT_DIR, ModelFiles, build_models
 from streamml.broker import create_topics
+from streamml.producer import ready_producer
 from streamml.serde import ConfluentAvroSerde, JsonSerde
 from streamml.testing import consume_all, produce_all
 from streamml.tuning import relaxed_gc
@@ -102,13 +102,14 @@ def produce_table(bootstrap: str, topic: str, rows: list[tuple[bytes, bytes | No
     end of its bootstrap. One record per batch keeps the two equal; a real
     Kafka cluster does not need this.
     """
-    producer = Producer(
+    producer = ready_producer(
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": 0,
             "batch.num.messages": 1,
             "enable.idempotence": True,
-        }
+        },
+        topic,
     )
     for key, value in rows:
         producer.produce(topic, key=key, value=value)
