@@ -10,10 +10,15 @@ once:
 - variance from centred sums, with ranges whose sums are ill-conditioned
   recomputed exactly by a two-pass over the gathered range;
 - min/max by a sparse table (O(n log w) build, O(1) per range);
+- several sets of ranges over the same rows (one set per window length)
+  share the prefix sums and the sparse table (``range_variances``,
+  ``range_reduce``);
 - anything else (quantiles, decayed means) by gathering the ranges.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,9 +29,11 @@ __all__ = [
     "group_rows",
     "range_max",
     "range_min",
+    "range_reduce",
     "range_starts",
     "range_sums",
     "range_variance",
+    "range_variances",
     "segment_quantile",
 ]
 
@@ -94,6 +101,11 @@ def range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.nd
         >>> sums.ravel().tolist(), upto.ravel().tolist()
         ([2.0, 1e+16], [1e+16, 1e+16])
     """
+    return _sums_from(_prefix_sums(x), start, end)
+
+
+def _prefix_sums(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prefix sums of ``x`` along axis 0 (with a leading zero row) and their compensation terms."""
     n = len(x)
     s = np.empty((n + 1,) + x.shape[1:])
     s[0] = 0.0
@@ -107,6 +119,14 @@ def range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.nd
     e = np.empty_like(s)
     e[0] = 0.0
     np.cumsum(err, axis=0, out=e[1:])
+    return s, e
+
+
+def _sums_from(
+    prefix: tuple[np.ndarray, np.ndarray], start: np.ndarray, end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`range_sums` from the prefix sums of :func:`_prefix_sums`."""
+    s, e = prefix
     return (s[end + 1] - s[start]) + (e[end + 1] - e[start]), s[end + 1]
 
 
@@ -158,45 +178,85 @@ def range_variance(
         >>> var[0], float(total[1, 0])
         (array([0.66666667]), 3000000008.0)
     """
+    return range_variances(x, centre, [(start, end)])[0]
+
+
+def range_variances(
+    x: np.ndarray, centre: np.ndarray, ranges: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`range_variance` for several sets of ``(start, end)`` ranges over the same rows.
+
+    The prefix sums are built once and shared, so each set gives exactly
+    what :func:`range_variance` gives it alone.
+
+    Examples:
+        >>> x = np.array([[1.0], [2.0], [3.0]])
+        >>> [(v.ravel().tolist(), t.ravel().tolist()) for v, t in
+        ...  range_variances(x, np.full_like(x, 2.0), [(np.array([0]), np.array([2])),
+        ...                                            (np.array([1]), np.array([2]))])]
+        [([0.6666666666666666], [6.0]), ([0.25], [5.0])]
+    """
     d = x - centre
-    n = (end - start + 1).astype(np.float64)[:, None]
-    s1, _ = range_sums(d, start, end)
-    s2, upto2 = range_sums(d * d, start, end)
-    m1 = s1 / n
-    var = np.maximum(s2 / n - m1 * m1, 0.0)
-    total = s1 + n * centre[end]
-    suspect = (m1 * m1 > _ILL_CONDITIONED * var) | (upto2 > _LARGER_BEFORE * s2)
-    bad = np.flatnonzero(suspect.any(axis=1))
-    for part in chunks(start[bad], end[bad], x.shape[1]):
-        rows = bad[part]
-        idx, offsets = gather(start[rows], end[rows])
-        vals = x[idx]
-        exact_total = np.add.reduceat(vals, offsets, axis=0)
-        mean = exact_total / n[rows]
-        dev = vals - np.repeat(mean, (end[rows] - start[rows] + 1), axis=0)
-        var[rows] = np.add.reduceat(dev * dev, offsets, axis=0) / n[rows]
-        total[rows] = exact_total
-    return var, total
+    p1, p2 = _prefix_sums(d), _prefix_sums(d * d)
+    out = []
+    for start, end in ranges:
+        n = (end - start + 1).astype(np.float64)[:, None]
+        s1, _ = _sums_from(p1, start, end)
+        s2, upto2 = _sums_from(p2, start, end)
+        m1 = s1 / n
+        var = np.maximum(s2 / n - m1 * m1, 0.0)
+        total = s1 + n * centre[end]
+        suspect = (m1 * m1 > _ILL_CONDITIONED * var) | (upto2 > _LARGER_BEFORE * s2)
+        bad = np.flatnonzero(suspect.any(axis=1))
+        for part in chunks(start[bad], end[bad], x.shape[1]):
+            rows = bad[part]
+            idx, offsets = gather(start[rows], end[rows])
+            vals = x[idx]
+            exact_total = np.add.reduceat(vals, offsets, axis=0)
+            mean = exact_total / n[rows]
+            dev = vals - np.repeat(mean, (end[rows] - start[rows] + 1), axis=0)
+            var[rows] = np.add.reduceat(dev * dev, offsets, axis=0) / n[rows]
+            total[rows] = exact_total
+        out.append((var, total))
+    return out
 
 
-def _range_reduce(x: np.ndarray, start: np.ndarray, end: np.ndarray, fn: np.ufunc) -> np.ndarray:
-    """``fn``-reduction of each range by a sparse table: level k reduces 2**k rows."""
-    if len(start) == 0:
-        return np.zeros((0,) + x.shape[1:])
-    level = np.log2(end - start + 1).astype(np.int64)  # floor; exact for lengths < 2**50
-    top = int(level.max())
+def range_reduce(
+    x: np.ndarray, ranges: Sequence[tuple[np.ndarray, np.ndarray]], fn: np.ufunc
+) -> list[np.ndarray]:
+    """``fn``-reduction (``np.minimum``/``np.maximum``) of each range along axis 0, for several
+    sets of ``(start, end)`` ranges over the same rows, sharing one sparse table (level k
+    reduces 2**k rows; O(n log w) to build, O(1) per range).
+
+    Examples:
+        >>> x = np.array([5.0, 1.0, 4.0, 2.0])
+        >>> range_reduce(x, [(np.array([0]), np.array([3])), (np.array([2]), np.array([3]))],
+        ...              np.minimum)
+        [array([1.]), array([2.])]
+    """
+    lengths = [int((end - start).max()) + 1 for start, end in ranges if len(start)]
+    if not lengths:
+        return [np.zeros((0,) + x.shape[1:]) for _ in ranges]
+    top = int(np.log2(max(lengths)))
     if (top + 1) * x.size > MAX_CELLS:  # long windows over many rows: gather range by range
-        out = np.empty((len(start),) + x.shape[1:])
-        for part in chunks(start, end, x[0].size):
-            idx, offsets = gather(start[part], end[part])
-            out[part] = fn.reduceat(x[idx], offsets, axis=0)
+        out = []
+        for start, end in ranges:
+            reduced = np.empty((len(start),) + x.shape[1:])
+            for part in chunks(start, end, x[0].size):
+                idx, offsets = gather(start[part], end[part])
+                reduced[part] = fn.reduceat(x[idx], offsets, axis=0)
+            out.append(reduced)
         return out
     table = np.empty((top + 1,) + x.shape)
     table[0] = x
     for k in range(1, top + 1):
         half = 1 << (k - 1)
         fn(table[k - 1, :-half], table[k - 1, half:], out=table[k, :-half])
-    return fn(table[level, start], table[level, end - (1 << level) + 1])
+    out = []
+    for start, end in ranges:
+        level = np.log2(end - start + 1).astype(np.int64)  # floor; exact for lengths < 2**50
+        out.append(fn(table[level, start], table[level, end - (1 << level) + 1]))
+    return out
 
 
 def range_min(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -206,7 +266,7 @@ def range_min(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         >>> range_min(np.array([5.0, 1.0, 4.0, 2.0]), np.array([0, 2, 3]), np.array([3, 3, 3]))
         array([1., 2., 2.])
     """
-    return _range_reduce(x, start, end, np.minimum)
+    return range_reduce(x, [(start, end)], np.minimum)[0]
 
 
 def range_max(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -216,7 +276,7 @@ def range_max(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         >>> range_max(np.array([5.0, 1.0, 4.0, 2.0]), np.array([0, 1]), np.array([3, 3]))
         array([5., 4.])
     """
-    return _range_reduce(x, start, end, np.maximum)
+    return range_reduce(x, [(start, end)], np.maximum)[0]
 
 
 def segment_quantile(

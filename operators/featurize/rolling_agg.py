@@ -13,14 +13,18 @@ event older than its key's watermark is late and goes to the ``late``
 stream, so no emitted feature ever changes. With ``max_delay=0`` nothing is
 held. At end of input every held event is emitted.
 
+One step can compute several windows (``window=[1 min, 10 min]``): the
+watermarks, held events and rows are shared, and each window is one more
+range per released event over the same rows.
+
 Speed: keys are hashed into ``shards`` states; each state receives whole
 micro-batches and computes every aggregate of every released event with
 NumPy (see :mod:`._kernels`).
 
 State and eviction (per shard): the rows of each key's events still inside
 some future window, held events, and one watermark per key. Rows leave when
-their key's watermark passes them by ``window`` (checked when the key has
-events again); keys whose newest event is ``ttl`` older than the shard's
+their key's watermark passes them by the longest window (checked when the
+key has events again); keys whose newest event is ``ttl`` older than the shard's
 newest event time are forgotten with all their rows. Each batch computes on
 the rows of the keys it has events for, not on the whole state.
 """
@@ -188,19 +192,21 @@ class _Snapshot:
 class _Config:
     step_id: str
     fields: tuple[str, ...]
-    plan: list[tuple[int, str]]  # (field index, aggregate) per output column
-    names: list[str]
-    window: int
+    plan: list[tuple[int, str]]  # (field index, aggregate) per output column of one window
+    names: list[str]  # output fields: every window (in the order given), each with the plan
+    windows: tuple[int, ...]  # microseconds, in the order given
     delay: timedelta
     ttl: int
     half_life: float
     max_future: int | None
     ts_getter: Callable[[Any], datetime]
     idle_release: float | None = None  # wall-clock seconds
+    window: int = field(init=False)  # the longest: rows, watermark guard and TTL follow it
     needed: set[str] = field(init=False)
     gathered: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        self.window = max(self.windows)
         self.needed = {a for _, a in self.plan}
         self.gathered = any(a == "ewma" or a.startswith("p") for a in self.needed)
 
@@ -209,19 +215,19 @@ def _config(
     step_id: str,
     *,
     timestamp: Callable[[Any], datetime],
-    window: timedelta,
+    window: timedelta | Sequence[timedelta],
     fields: Sequence[str] | Mapping[str, Sequence[str]],
     aggregates: Sequence[str] = ("count", "mean", "std", "min", "max"),
     max_delay: timedelta = timedelta(0),
     half_life: timedelta | None = None,
     ttl: timedelta | None = None,
     max_future: timedelta | None = timedelta(days=1),
-    label: str | None = None,
+    label: str | Sequence[str] | None = None,
     idle_release: timedelta | None = None,
 ) -> _Config:
     """Validate :func:`rolling`'s arguments into the shard states' config."""
-    if window <= timedelta(0):
-        raise ValueError(f"window must be > 0; got {window}")
+    windows, labels = _windows(window, label)
+    window = max(windows)
     if max_delay < timedelta(0):
         raise ValueError(f"max_delay must be >= 0; got {max_delay}")
     spec = _check_aggs(fields, aggregates)
@@ -237,14 +243,13 @@ def _config(
     if max_future is not None and max_future < timedelta(0):
         raise ValueError(f"max_future must be >= 0 or None; got {max_future}")
     names = list(spec)
-    suffix = label if label is not None else window_label(window)
     plan = [(names.index(f), a) for f, aggs in spec.items() for a in aggs]
     cfg = _Config(
         step_id=step_id,
         fields=tuple(names),
         plan=plan,
-        names=[f"{names[f]}_{a}_{suffix}" for f, a in plan],
-        window=micros(window),
+        names=[f"{names[f]}_{a}_{suffix}" for suffix in labels for f, a in plan],
+        windows=tuple(map(micros, windows)),
         delay=max_delay,
         ttl=micros(ttl),
         half_life=half_life.total_seconds() if half_life else 0.0,
@@ -253,8 +258,40 @@ def _config(
         idle_release=idle_release.total_seconds() if idle_release is not None else None,
     )
     if len(set(cfg.names)) != len(cfg.names):
-        raise ValueError(f"duplicate feature names {cfg.names}; list each aggregate once")
+        raise ValueError(
+            f"duplicate feature names {cfg.names}; list each aggregate and each window label once"
+        )
     return cfg
+
+
+def _windows(
+    window: timedelta | Sequence[timedelta], label: str | Sequence[str] | None
+) -> tuple[list[timedelta], list[str]]:
+    """The windows of :func:`rolling` as a list, each with its name suffix."""
+    if isinstance(window, timedelta):
+        if label is not None and not isinstance(label, str):
+            raise ValueError(f"label must be a str for a single window; got {label!r}")
+        windows = [window]
+        labels = None if label is None else [label]
+    else:
+        windows = list(window)
+        if not windows or not all(isinstance(w, timedelta) for w in windows):
+            raise ValueError(
+                f"window must be a timedelta or a non-empty list of them; got {window!r}"
+            )
+        if isinstance(label, str):
+            raise ValueError(
+                f"label must be a list of {len(windows)} labels, one per window; got {label!r}"
+            )
+        labels = None if label is None else list(label)
+        if labels is not None and len(labels) != len(windows):
+            raise ValueError(
+                f"label must give one label per window ({len(windows)}); got {len(labels)}"
+            )
+    for w in windows:
+        if w <= timedelta(0):
+            raise ValueError(f"window must be > 0; got {w}")
+    return windows, labels if labels is not None else [window_label(w) for w in windows]
 
 
 class _RollingLogic(StatefulBatchLogic):
@@ -433,35 +470,67 @@ class _RollingLogic(StatefulBatchLogic):
         self.rows = self._recent(m_kid, m_ts, m_x, rest)
         end = np.flatnonzero(merge >= n_old)
         gstart, middle = kern.group_rows(m_kid)
-        start = kern.range_starts(m_ts, gstart[end], end, m_ts[end] - cfg.window)
-        count = (end - start + 1).astype(np.float64)
-        needed = cfg.needed
-        columns: dict[str, np.ndarray] = {"count": count}
-        if "last" in needed or "delta" in needed:
-            columns["last"] = m_x[end]
-        if needed & {"var", "std", "sum", "mean"}:
-            var, total = kern.range_variance(m_x, m_x[middle], start, end)
-            columns.update(var=var, sum=total, std=np.sqrt(var), mean=total / count[:, None])
-        if "min" in needed:
-            columns["min"] = kern.range_min(m_x, start, end)
-        if "max" in needed:
-            columns["max"] = kern.range_max(m_x, start, end)
-        if "delta" in needed or "since" in needed:
-            has_prev = end > start
-            prev = np.where(has_prev, end - 1, end)
-            columns["delta"] = np.where(has_prev[:, None], columns["last"] - m_x[prev], np.nan)
-            columns["since"] = np.where(has_prev, (m_ts[end] - m_ts[prev]) / 1e6, np.nan)
-        if "rate" in needed:
-            columns["rate"] = count / (cfg.window / 1e6)
-        if cfg.gathered:
-            columns.update(self._gathered(m_ts, m_x, start, end))
+        columns = self._aggregates(m_ts, m_x, middle, end, self._starts(m_ts, gstart[end], end))
         order_list = order.tolist()
         outputs = list(map(dict, map(events.__getitem__, order_list)))
-        for name, (f, agg) in zip(cfg.names, cfg.plan):
-            col = columns[agg]
-            for event, value in zip(outputs, (col[:, f] if col.ndim == 2 else col).tolist()):
+        for name, values in zip(cfg.names, columns):
+            for event, value in zip(outputs, values.tolist()):
                 event[name] = value
         return list(zip(map(keys.__getitem__, order_list), outputs))
+
+    def _starts(self, m_ts: np.ndarray, lo: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
+        """Each window's first row for each released row ``end``, in the config's window order.
+
+        Longest window first: a shorter window starts no earlier, which narrows its search.
+        """
+        windows = self.cfg.windows
+        starts: dict[int, np.ndarray] = {}
+        for w in sorted(set(windows), reverse=True):
+            lo = starts[w] = kern.range_starts(m_ts, lo, end, m_ts[end] - w)
+        return [starts[w] for w in windows]
+
+    def _aggregates(
+        self,
+        m_ts: np.ndarray,
+        m_x: np.ndarray,
+        middle: np.ndarray,
+        end: np.ndarray,
+        starts: list[np.ndarray],
+    ) -> list[np.ndarray]:
+        """One column per output name: every window's aggregates over ``[start, end]``."""
+        cfg = self.cfg
+        needed = cfg.needed
+        ranges = [(start, end) for start in starts]
+        moments: list[tuple[np.ndarray, np.ndarray]] = []
+        if needed & {"var", "std", "sum", "mean"}:
+            moments = kern.range_variances(m_x, m_x[middle], ranges)
+        mins = kern.range_reduce(m_x, ranges, np.minimum) if "min" in needed else []
+        maxs = kern.range_reduce(m_x, ranges, np.maximum) if "max" in needed else []
+        last = m_x[end]
+        out = []
+        for i, (start, window) in enumerate(zip(starts, cfg.windows)):
+            count = (end - start + 1).astype(np.float64)
+            columns: dict[str, np.ndarray] = {"count": count, "last": last}
+            if moments:
+                var, total = moments[i]
+                columns.update(var=var, sum=total, std=np.sqrt(var), mean=total / count[:, None])
+            if mins:
+                columns["min"] = mins[i]
+            if maxs:
+                columns["max"] = maxs[i]
+            if "delta" in needed or "since" in needed:
+                has_prev = end > start
+                prev = np.where(has_prev, end - 1, end)
+                columns["delta"] = np.where(has_prev[:, None], last - m_x[prev], np.nan)
+                columns["since"] = np.where(has_prev, (m_ts[end] - m_ts[prev]) / 1e6, np.nan)
+            if "rate" in needed:
+                columns["rate"] = count / (window / 1e6)
+            if cfg.gathered:
+                columns.update(self._gathered(m_ts, m_x, start, end))
+            for f, agg in cfg.plan:
+                col = columns[agg]
+                out.append(col[:, f] if col.ndim == 2 else col)
+        return out
 
     def _gathered(
         self, m_ts: np.ndarray, m_x: np.ndarray, start: np.ndarray, end: np.ndarray
@@ -517,7 +586,7 @@ def rolling(
     up: KeyedStream[Mapping[str, Any]],
     *,
     timestamp: Callable[[Mapping[str, Any]], datetime],
-    window: timedelta,
+    window: timedelta | Sequence[timedelta],
     fields: Sequence[str] | Mapping[str, Sequence[str]],
     aggregates: Sequence[str] = ("count", "mean", "std", "min", "max"),
     max_delay: timedelta = timedelta(0),
@@ -525,7 +594,7 @@ def rolling(
     ttl: timedelta | None = None,
     max_future: timedelta | None = timedelta(days=1),
     shards: int = 8,
-    label: str | None = None,
+    label: str | Sequence[str] | None = None,
     idle_release: timedelta | None = None,
 ) -> TimedFeaturesOut:
     """Add rolling aggregates of each key's recent events to every event, as of its event time.
@@ -549,9 +618,19 @@ def rolling(
     - quantiles ``p50``, ``p95``, ``p99`` (any ``p<percent>``): exact over
       the window, NumPy's linear interpolation.
 
-    Results do not depend on batch sizes, ``shards`` or worker counts, except
-    in the last bits of ``sum``/``mean``/``std``/``var`` (sums are centred
-    on rows of the current batch).
+    Several windows at once: give ``window`` a list (and ``label``, if
+    given, a list of the same length). Every window gets every (field,
+    aggregate), named with its own label, in the order given — the same
+    fields, with the same values, as one step per window with the same
+    ``max_delay`` would add, for a fraction of the per-event cost (events
+    are checked, copied and routed once). Rows are kept, and ``ttl``
+    defaults and is checked, for the longest window; ``rate`` is per second
+    of each window's own length.
+
+    Results do not depend on batch sizes, ``shards``, worker counts or the
+    other windows of the step, except in the last bits of
+    ``sum``/``mean``/``std``/``var`` (sums are centred on rows of the
+    current batch).
 
     Bad events never stop the flow: missing, non-numeric (``str``,
     ``bool``, ``None``) or non-finite fields, and timestamps that are not
@@ -563,7 +642,8 @@ def rolling(
         step_id: Unique ID.
         up: Keyed stream of ``(key, event)``; events are mappings.
         timestamp: Gets an event's timezone-aware event time.
-        window: Length of the look-back window (``> 0``).
+        window: Length of the look-back window (``> 0``), or a list of
+            lengths for several windows in one step.
         fields: Numeric fields, each with ``aggregates``; or a mapping
             ``{field: [aggregates]}``.
         aggregates: Default aggregates (see above).
@@ -573,7 +653,8 @@ def rolling(
         half_life: Half-life for ``ewma`` (required when asked for).
         ttl: Forget keys idle this long in event time (measured against the
             newest event of their shard); must be at least
-            ``window + max_delay``. Defaults to ``window + max_delay + 1h``.
+            ``window + max_delay`` (the longest window's).
+            Defaults to ``window + max_delay + 1h``.
             After keys are forgotten, events of unknown keys older than the
             newest forgotten event plus ``window`` are sent to ``late``.
         max_future: Reject timestamps further than this beyond the wall
@@ -584,6 +665,7 @@ def rolling(
             the number of workers; on a single worker ``shards=1`` is
             fastest (one large batch instead of several smaller ones).
         label: Name suffix; defaults to :func:`window_label` of ``window``.
+            With several windows, a list of suffixes, one per window.
         idle_release: Emit a held event once it has waited this long in
             wall-clock time, even if its key's watermark has not reached it
             (a key that goes quiet would otherwise hold its last events until
@@ -629,6 +711,24 @@ def rolling(
         80 2.0 26.0 30.0
         >>> [(r.error_type, r.original[1]["s"]) for r in lates + errs]
         [('Late', 40), ('NotANumber', 95)]
+
+        Two windows in one step:
+
+        >>> flow = Dataflow("rolling_two_windows")
+        >>> keyed = op.key_on("key", op.input("in", flow, TestingSource(events)), lambda e: e["id"])
+        >>> feats = rolling("temp", keyed, timestamp=lambda e: t0 + timedelta(seconds=e["s"]),
+        ...                 window=[timedelta(seconds=30), timedelta(minutes=2)],
+        ...                 label=["30s", "2m"], fields=["temp"], aggregates=["count", "mean"],
+        ...                 max_delay=timedelta(seconds=15))
+        >>> oks = []
+        >>> op.output("oks", feats.oks, TestingSink(oks))
+        >>> run_main(flow)
+        >>> for _, e in oks:
+        ...     print(e["s"], {k: v for k, v in e.items() if k.startswith("temp_")})
+        0 {'temp_count_30s': 1.0, 'temp_mean_30s': 20.0, 'temp_count_2m': 1.0, 'temp_mean_2m': 20.0}
+        20 {'temp_count_30s': 2.0, 'temp_mean_30s': 20.5, 'temp_count_2m': 2.0, 'temp_mean_2m': 20.5}
+        30 {'temp_count_30s': 2.0, 'temp_mean_30s': 21.5, 'temp_count_2m': 3.0, 'temp_mean_2m': 21.0}
+        80 {'temp_count_30s': 1.0, 'temp_mean_30s': 30.0, 'temp_count_2m': 4.0, 'temp_mean_2m': 23.25}
     """
     if shards < 1:
         raise ValueError(f"shards must be >= 1; got {shards}")

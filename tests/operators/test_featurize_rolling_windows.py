@@ -1,0 +1,308 @@
+"""rolling with several windows in one step: the same results as one step per window."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import bytewax.operators as op
+import numpy as np
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from streamml.operators.featurize import rolling, rolling_agg
+
+from tests.operators.test_featurize_rolling import ALL, HALF_LIFE, T0, _ts, run_rolling
+
+# computed from the rows of the window alone: the other windows of the step cannot change them
+WINDOW_ONLY = {"count", "min", "max", "last", "delta", "since", "rate", "ewma", "p50", "p95", "p99"}
+
+
+@st.composite
+def messy_streams(draw, values):
+    """Keyed events out of order (some late), with some bad ones."""
+    n = draw(st.integers(1, 50))
+    keys = draw(st.lists(st.sampled_from("abc"), min_size=n, max_size=n))
+    base = sorted(draw(st.lists(st.integers(0, 80), min_size=n, max_size=n)))
+    jitter = draw(st.lists(st.integers(-14, 6), min_size=n, max_size=n))
+    xs = draw(st.lists(values, min_size=n, max_size=n))
+    ys = draw(st.lists(values, min_size=n, max_size=n))
+    bad = draw(
+        st.lists(
+            st.sampled_from([None, None, None, None, None, None, "missing", "str", "nan"]),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    items = []
+    for i, (k, b, j, x, y, what) in enumerate(zip(keys, base, jitter, xs, ys, bad)):
+        event = {"id": i, "ms": max(0, b + j) * 500, "x": x, "y": y}
+        if what == "missing":
+            del event["y"]
+        elif what == "str":
+            event["x"] = str(x)
+        elif what == "nan":
+            event["y"] = math.nan
+        items.append((k, event))
+    return items
+
+
+def _windows_and_labels(draw_windows):
+    labels = [f"w{i}" for i in range(len(draw_windows))]
+    return [timedelta(milliseconds=500 * w) for w in draw_windows], labels
+
+
+def _compare(items, windows, labels, *, exact_values, **kwargs):
+    ttl = max(windows) + kwargs["max_delay"] + timedelta(hours=1)
+    multi = run_rolling(items, window=windows, label=labels, ttl=ttl, **kwargs)
+    singles = [
+        run_rolling(items, window=w, label=lb, ttl=ttl, **kwargs) for w, lb in zip(windows, labels)
+    ]
+    m_oks, m_errs, m_lates = multi
+    longest = max(range(len(windows)), key=lambda i: windows[i])
+    for i, (oks, errs, lates) in enumerate(singles):
+        # the same events, in the same order, rejected alike
+        assert [(k, e["id"]) for k, e in oks] == [(k, e["id"]) for k, e in m_oks]
+        assert [(r.error_type, r.reason, r.original) for r in errs] == [
+            (r.error_type, r.reason, r.original) for r in m_errs
+        ]
+        assert [(r.reason, r.original) for r in lates] == [(r.reason, r.original) for r in m_lates]
+        suffix = f"_{labels[i]}"
+        for (_, single), (_, both) in zip(oks, m_oks):
+            mine = {k: v for k, v in both.items() if k.endswith(suffix)}
+            theirs = {k: v for k, v in single.items() if k.endswith(suffix)}
+            assert mine.keys() == theirs.keys() and mine
+            assert {k: v for k, v in both.items() if "_w" not in k} == items[both["id"]][1]
+            for name, want in theirs.items():
+                got = mine[name]
+                agg = name.split("_")[1]
+                if i == longest or agg in WINDOW_ONLY or (exact_values and agg in {"sum", "mean"}):
+                    assert got == want or (math.isnan(got) and math.isnan(want)), (name, got, want)
+                else:  # the documented last-bits caveat
+                    scale = max(
+                        1.0,
+                        abs(single[f"{name[0]}_max{suffix}"]),
+                        abs(single[f"{name[0]}_min{suffix}"]),
+                    )
+                    scale = scale * scale if agg == "var" else scale
+                    assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9 * scale), (
+                        name,
+                        got,
+                        want,
+                    )
+    # outputs are new dicts with every window's fields, window by window in the order given
+    for _, both in m_oks:
+        names = [k for k in both if "_w" in k]
+        assert names == [
+            f"{f}_{a}_{lb}" for lb in labels for f in ("x", "y") for a in kwargs["aggregates"]
+        ]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    items=messy_streams(st.integers(-1000, 1000).map(float)),
+    windows=st.lists(st.integers(1, 30), min_size=1, max_size=3),
+    delay_s=st.integers(0, 5),
+    batch_size=st.integers(1, 9),
+    shards=st.integers(1, 3),
+)
+def test_one_step_equals_one_step_per_window_exact_values(
+    items, windows, delay_s, batch_size, shards
+):
+    windows, labels = _windows_and_labels(windows)
+    _compare(
+        items,
+        windows,
+        labels,
+        exact_values=True,
+        batch_size=batch_size,
+        fields=["x", "y"],
+        aggregates=ALL,
+        max_delay=timedelta(seconds=delay_s),
+        half_life=timedelta(seconds=HALF_LIFE),
+        shards=shards,
+    )
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    items=messy_streams(st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)),
+    windows=st.lists(st.integers(1, 30), min_size=2, max_size=3),
+    delay_s=st.integers(0, 5),
+    batch_size=st.integers(1, 9),
+)
+def test_one_step_equals_one_step_per_window_float_values(items, windows, delay_s, batch_size):
+    windows, labels = _windows_and_labels(windows)
+    _compare(
+        items,
+        windows,
+        labels,
+        exact_values=False,
+        batch_size=batch_size,
+        fields=["x", "y"],
+        aggregates=ALL,
+        max_delay=timedelta(seconds=delay_s),
+        half_life=timedelta(seconds=HALF_LIFE),
+        shards=2,
+    )
+
+
+def test_bounded_temporaries_give_the_same_features(monkeypatch):
+    # long windows over many rows: min/max gathered range by range for every window
+    from streamml.operators.featurize import _kernels
+
+    rng = np.random.default_rng(7)
+    items = [
+        (
+            str(rng.choice(list("ab"))),
+            {
+                "id": i,
+                "ms": int(i * 300 + rng.integers(0, 2000)),
+                "x": float(rng.integers(-50, 50)),
+                "y": float(rng.integers(-9, 9)),
+            },
+        )
+        for i in range(150)
+    ]
+    args = dict(
+        batch_size=40,
+        fields=["x", "y"],
+        aggregates=["min", "max", "p50", "sum"],
+        max_delay=timedelta(seconds=2),
+        shards=1,
+    )
+    windows = [timedelta(seconds=3), timedelta(seconds=12)]
+    want, _, _ = run_rolling(items, window=windows, **args)
+    monkeypatch.setattr(_kernels, "MAX_CELLS", 40)
+    got, _, _ = run_rolling(items, window=windows, **args)
+    assert got == want
+
+
+def test_default_labels_and_rate_per_window():
+    items = [("k", {"id": i, "ms": i * 1000, "x": float(i)}) for i in range(5)]
+    oks, _, _ = run_rolling(
+        items,
+        window=[timedelta(seconds=2), timedelta(minutes=5)],
+        fields=["x"],
+        aggregates=["rate"],
+    )
+    assert oks[-1][1] == {"id": 4, "ms": 4000, "x": 4.0, "x_rate_2s": 1.0, "x_rate_5m": 5 / 300}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"window": []}, "non-empty list"),
+        ({"window": [timedelta(seconds=1), 5]}, "non-empty list"),
+        ({"window": [timedelta(seconds=1), timedelta(0)]}, "window must be > 0"),
+        ({"window": [timedelta(seconds=1), timedelta(seconds=2)], "label": "1s"}, "one per window"),
+        ({"window": [timedelta(seconds=1), timedelta(seconds=2)], "label": ["a"]}, "one label per"),
+        ({"window": timedelta(seconds=1), "label": ["a"]}, "label must be a str"),
+        ({"window": [timedelta(seconds=60), timedelta(minutes=1)]}, "duplicate feature names"),
+        (
+            {"window": [timedelta(seconds=1), timedelta(seconds=2)], "label": ["a", "a"]},
+            "duplicate",
+        ),
+        (
+            {"window": [timedelta(seconds=1), timedelta(seconds=20)], "ttl": timedelta(seconds=10)},
+            "ttl must be >= window",
+        ),
+    ],
+)
+def test_misconfiguration_raises_at_build_time(kwargs, message):
+    flow = Dataflow("t")
+    up = op.input("in", flow, TestingSource([]))
+    with pytest.raises(ValueError, match=message):
+        rolling("roll", up, timestamp=_ts, fields=["x"], **kwargs)
+
+
+def test_snapshot_restore_round_trip():
+    cfg = rolling_agg._config(
+        "roll",
+        timestamp=_ts,
+        fields=["x"],
+        window=[timedelta(seconds=4), timedelta(seconds=10)],
+        aggregates=["count", "mean", "max"],
+        max_delay=timedelta(seconds=3),
+    )
+    rng = np.random.default_rng(1)
+    batches = [
+        [
+            (
+                f"k{rng.integers(5)}",
+                {
+                    "id": b * 10 + j,
+                    "ms": int(b * 2000 + rng.integers(-2500, 2500)),
+                    "x": float(rng.normal()),
+                },
+            )
+            for j in range(10)
+        ]
+        for b in range(20)
+    ]
+    straight = rolling_agg._RollingLogic(cfg, None)
+    expected = [c for b in batches for c in straight.on_batch([b])[0]] + straight.on_eof()[0]
+    first = rolling_agg._RollingLogic(cfg, None)
+    got = [c for b in batches[:9] for c in first.on_batch([b])[0]]
+    snap = first.snapshot()
+    first.on_batch([batches[9]])
+    resumed = rolling_agg._RollingLogic(cfg, pickle.loads(pickle.dumps(snap)))
+    got += [c for b in batches[9:] for c in resumed.on_batch([b])[0]] + resumed.on_eof()[0]
+
+    def outputs(chunks):
+        return [kv for oks, _, _ in chunks for kv in oks], [
+            r.original for _, _, lates in chunks for r in lates
+        ]
+
+    assert outputs(got) == outputs(expected)
+    assert any(lates for _, _, lates in expected) and all(
+        "x_max_4s" in e for _, e in outputs(got)[0]
+    )
+
+
+def _flow(items, sink):
+    flow = Dataflow("recover_windows")
+    up = op.input("in", flow, TestingSource(items, batch_size=3))
+    roll = rolling(
+        "roll",
+        up,
+        timestamp=lambda e: T0 + timedelta(seconds=e["s"]),
+        window=[timedelta(seconds=10), timedelta(seconds=3)],
+        fields=["x"],
+        aggregates=["count", "mean", "max", "p50"],
+        max_delay=timedelta(seconds=4),
+        shards=2,
+    )
+    op.output("out", roll.oks, TestingSink(sink))
+    op.output("late", roll.late, TestingSink(sink))
+    return flow
+
+
+def test_abort_and_resume_gives_the_same_results(tmp_path: Path):
+    items = [
+        (
+            f"k{i % 3}",
+            {
+                "id": i,
+                "s": i - (4 if i % 7 == 0 else 0) - (9 if i % 11 == 0 else 0),
+                "x": float(i % 5),
+            },
+        )
+        for i in range(60)
+    ]
+    whole: list = []
+    run_main(_flow(items, whole))
+    init_db_dir(tmp_path, 1)
+    cfg = RecoveryConfig(str(tmp_path))
+    crashed: list = []
+    aborting = items[:31] + [TestingSource.ABORT()] + items[31:]
+    run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
+    assert len(crashed) < len(whole)
+    run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
+    assert Counter(map(repr, crashed)) == Counter(map(repr, whole))
