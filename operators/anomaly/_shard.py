@@ -42,6 +42,41 @@ class _KeyLogic(Protocol):
         ...
 
 
+class _NotAPair(Exception):
+    """A batch holds an item that is not a ``(str key, event)`` pair."""
+
+
+def _group_pairs(items: list[tuple[Any, Any]], by_key: dict[str, list[Any]]) -> None:
+    """Group tuples by key; raise on an item that is not a ``(str, event)`` pair."""
+    get = by_key.get
+    for key, event in items:
+        events = get(key)
+        if events is None:
+            if not isinstance(key, str):
+                raise _NotAPair
+            events = by_key[key] = []
+        events.append(event)
+
+
+def _group_each(items: list[Any], by_key: dict[str, list[Any]], bad: list[Any]) -> None:
+    """Group items by key, putting those that are not ``(str, event)`` pairs in ``bad``."""
+    get = by_key.get
+    for item in items:
+        try:
+            events = get(item[0]) if isinstance(item, tuple) and len(item) == 2 else _NOT_A_PAIR
+        except TypeError:  # an unhashable key
+            events = _NOT_A_PAIR
+        if events is None:
+            if not isinstance(item[0], str):
+                bad.append(item)
+                continue
+            events = by_key[item[0]] = []
+        elif events is _NOT_A_PAIR:
+            bad.append(item)
+            continue
+        events.append(item[1])
+
+
 def _group_by_shard(shards: int) -> Callable[[list[Any]], list[tuple[str, Grouped]]]:
     """A batch function: ``(key, event)`` items into ``(shard id, (events by key, bad items))``.
 
@@ -64,23 +99,15 @@ def _group_by_shard(shards: int) -> Callable[[list[Any]], list[tuple[str, Groupe
     def group(items: list[Any]) -> list[tuple[str, Grouped]]:
         by_key: dict[str, list[Any]] = {}
         bad: list[Any] = []
-        get = by_key.get
-        for item in items:
-            try:
-                events = get(item[0]) if type(item) is tuple and len(item) == 2 else _NOT_A_PAIR
-            except TypeError:  # an unhashable key
-                events = _NOT_A_PAIR
-            if events is None:
-                if not isinstance(item[0], str):
-                    bad.append(item)
-                    continue
-                events = by_key[item[0]] = []
-            elif events is _NOT_A_PAIR:
-                bad.append(item)
-                continue
-            events.append(item[1])
+        try:
+            if set(map(type, items)) - {tuple}:  # a tuple subclass is fine, but goes the long way
+                raise _NotAPair
+            _group_pairs(items, by_key)
+        except (_NotAPair, TypeError, ValueError):  # a bad item: sort the batch out item by item
+            by_key.clear()
+            _group_each(items, by_key, bad)
         if shards == 1:
-            return [(names[0], (by_key, bad))]
+            return [(names[0], (by_key, bad))] if by_key or bad else []
         if len(memo) > _MEMO_LIMIT:
             memo.clear()
         parts: list[dict[str, list[Any]]] = [{} for _ in names]

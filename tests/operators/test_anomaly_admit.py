@@ -1,0 +1,145 @@
+"""The whole-batch admission and grouping fast paths against their event-by-event forms."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from streamml.operators.anomaly import _clock, _shard
+from streamml.operators.anomaly.windows import _score_field
+
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+EST = timezone(timedelta(hours=-5))
+
+good = st.builds(
+    lambda k, d, s, tz: {"t": (T0 + timedelta(microseconds=k * 1_000_000 + d)).astimezone(tz), "s": s},
+    st.integers(-40, 40),
+    st.sampled_from([-1, 0, 1]),
+    st.sampled_from([0.5, 3.0, 7, True, "2.5"]),
+    st.sampled_from([timezone.utc, EST]),
+)
+bad = st.sampled_from(
+    [
+        {"t": T0, "s": float("nan")},
+        {"t": T0, "s": "x"},
+        {"t": datetime(2026, 3, 1), "s": 1.0},  # naive
+        {"s": 1.0},  # no time
+        {"t": "10:00", "s": 1.0},  # not a datetime
+    ]
+)
+
+
+def _gate(lateness: int, seen: int | None, released: int | None) -> _clock._Gate:
+    gate = _clock._Gate(lateness)
+    if seen is not None:
+        gate.max_ts = seen
+        gate.wm = seen - lateness
+        gate.released = min(released, gate.wm) if released is not None else _clock._MIN
+    return gate
+
+
+def _state(gate: _clock._Gate) -> tuple:
+    return gate.max_ts, gate.wm, gate.sys_at_max, list(gate.pending), gate.released
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(st.lists(good, max_size=25), st.lists(st.tuples(st.integers(0, 25), bad), max_size=2)),
+        min_size=1,
+        max_size=5,
+    ),
+    lateness=st.sampled_from([0, 1, 5_000_000, 20_000_001]),
+    seen=st.one_of(st.none(), st.integers(-40, 40).map(lambda k: k * 1_000_000)),
+    released=st.one_of(st.none(), st.integers(-40, 40).map(lambda k: k * 1_000_000 - 1)),
+)
+def test_admit_is_admit_each(batches, lateness, seen, released):
+    """Same rejections, late records, pending events, watermark and idle clock, batch after batch."""
+    now = [10**15]
+    stamp, extract = (lambda e: e["t"]), _score_field("s")
+    for events, bad_events in batches:  # a batch with a bad event goes the careful way
+        for at, e in bad_events:
+            events.insert(at, e)
+    batches = [events for events, _ in batches]
+    fast, each = _gate(lateness, seen, released), _gate(lateness, seen, released)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_clock, "_now_us", lambda: now[0])
+        for i, batch in enumerate(batches):
+            now[0] += 1
+            got = _clock._admit(fast, batch, stamp, extract)
+            want = _clock._admit_each(each, batch, stamp, extract)
+            assert got == want
+            assert _state(fast) == _state(each)
+            if i % 2 and fast.pending:  # release half: later events older than those are late
+                mid = sorted(fast.pending, key=lambda p: p[0])[len(fast.pending) // 2][0]
+                for g in (fast, each):
+                    g.wm = max(g.wm, mid)
+                    g.release()
+
+
+def test_admit_reads_a_timestamp_to_the_microsecond():
+    gate = _clock._Gate(0)
+    t = datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=EST)
+    _clock._admit(gate, [{"t": t, "s": 1.0}], lambda e: e["t"], _score_field("s"))
+    assert gate.pending[0][0] == (t - _clock._EPOCH) // timedelta(microseconds=1)
+
+
+# ---------------------------------------------------------------- grouping by key
+
+item = st.one_of(
+    st.tuples(st.sampled_from(["a", "b", "c", "é", "\ud800"]), st.integers()),
+    st.tuples(st.integers(0, 2), st.integers()),  # key not a str
+    st.tuples(st.just("a"), st.integers(), st.integers()),  # not a pair
+    st.just(["a", 1]),  # a list, not a tuple
+    st.just((["a"], 1)),  # unhashable key
+    st.integers(),
+)
+
+
+def _reference(items: list[Any]) -> tuple[dict[str, list[Any]], list[Any]]:
+    by_key: dict[str, list[Any]] = {}
+    bad: list[Any] = []
+    for x in items:
+        if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str):
+            by_key.setdefault(x[0], []).append(x[1])
+        else:
+            bad.append(x)
+    return by_key, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(item, max_size=40), shards=st.sampled_from([1, 2, 5]))
+def test_grouping_by_shard_and_key(items, shards):
+    parts = _shard._group_by_shard(shards)(items)
+    want_keys, want_bad = _reference(items)
+    assert [name for name, _ in parts] == sorted((name for name, _ in parts), key=int)
+    got_keys = {k: v for _, (part, _) in parts for k, v in part.items()}
+    assert got_keys == want_keys
+    assert [x for _, (_, bad) in parts for x in bad] == want_bad
+    assert all(bad == [] for name, (_, bad) in parts if name != "0")
+    assert all(part or bad for _, (part, bad) in parts)
+    for name, (part, _) in parts:  # a key always lands in the same shard
+        for key in part:
+            assert _shard._group_by_shard(shards)([(key, 0)])[0][0] == name
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_an_empty_batch_gives_no_shard_work(shards):
+    assert _shard._group_by_shard(shards)([]) == []
+
+
+def test_an_event_older_than_the_newest_released_is_late_by_one_microsecond():
+    stamp, extract = (lambda e: e["t"]), _score_field("s")
+    for fn in (_clock._admit, _clock._admit_each):
+        gate = _clock._Gate(5_000_000)
+        at_floor = {"t": T0 + timedelta(microseconds=10_000_000), "s": 1.0}
+        below = {"t": T0 + timedelta(microseconds=9_999_999), "s": 1.0}
+        base = (T0 - _clock._EPOCH) // timedelta(microseconds=1)
+        # released ahead of max_ts - lateness (an idle watermark released it)
+        gate.max_ts, gate.wm, gate.released = base + 10_000_000, base + 10_000_000, base + 10_000_000
+        assert fn(gate, [at_floor], stamp, extract) == []
+        (late,) = fn(gate, [below], stamp, extract)
+        assert type(late) is _clock._Late
