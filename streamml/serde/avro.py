@@ -20,6 +20,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import load_schema
 
+from streamml.serde._avro_flat import FlatRecordReader, flat_reader, join_payloads
 from streamml.serde.base import SerdeError, map_each
 
 __all__ = ["AvroSerde", "ConfluentAvroSerde", "load_avro_schema"]
@@ -89,6 +90,7 @@ class AvroSerde:
     def __init__(self, schema: SchemaLike, *, reader_schema: SchemaLike | None = None) -> None:
         self._writer = load_avro_schema(schema)
         self._reader = load_avro_schema(reader_schema) if reader_schema is not None else None
+        self._flat = flat_reader(self._writer) if self._reader is None else None
 
     def _decode_one(self, payload: bytes) -> Any:
         return _read_exact(io.BytesIO(payload), len(payload), self._writer, self._reader)
@@ -99,6 +101,17 @@ class AvroSerde:
         return buf.getvalue()
 
     def decode_batch(self, payloads: Sequence[bytes | None]) -> list[Any]:
+        """Decode each payload; a payload that is not a valid record becomes a SerdeError.
+
+        A batch of flat records (see ``streamml.serde._avro_flat``) is decoded
+        all at once with NumPy, with exactly fastavro's results; anything else,
+        or a batch with any bad payload, is decoded one payload at a time.
+        """
+        if self._flat is not None:
+            joined = join_payloads(payloads)
+            values = self._flat.read(joined, 0) if joined is not None else None
+            if values is not None:
+                return values
         return map_each(
             lambda p: None if p is None else self._decode_one(p), payloads, "DecodeError", _describe
         )
@@ -166,6 +179,7 @@ class ConfluentAvroSerde:
         self._reader = load_avro_schema(reader_schema) if reader_schema is not None else None
         self._schema_id: int | None = None
         self._writers: dict[int, Any] = {}
+        self._flat: dict[int, FlatRecordReader | None] = {}
 
     @property
     def schema_id(self) -> int:
@@ -214,10 +228,40 @@ class ConfluentAvroSerde:
         return _read_exact(buf, len(payload), writer, self._reader)
 
     def decode_batch(self, payloads: Sequence[bytes | None]) -> list[Any]:
+        """Decode each payload; a payload that cannot be decoded becomes a SerdeError saying why.
+
+        Without a reader schema, a batch whose payloads all carry the same
+        schema id of a flat record schema (see ``streamml.serde._avro_flat``)
+        is decoded all at once with NumPy, with exactly fastavro's results;
+        anything else, or a batch with any bad payload, is decoded one payload
+        at a time.
+        """
+        if self._reader is None:
+            values = self._decode_flat(payloads)
+            if values is not None:
+                return values
         return [
             item if type(item) is not _Wrapped else item.error
             for item in map_each(self._decode_guarded, payloads, "DecodeError", _describe)
         ]
+
+    def _decode_flat(self, payloads: Sequence[bytes | None]) -> list[Any] | None:
+        """The whole batch decoded by a flat-record reader, or None to decode per payload."""
+        joined = join_payloads(payloads)
+        if joined is None:
+            return None
+        header = payloads[0][: _HEADER.size]  # type: ignore[index]  # all bytes: checked
+        if len(header) < _HEADER.size or header[0] != MAGIC_BYTE or not joined.same_prefix(header):
+            return None
+        schema_id = _HEADER.unpack(header)[1]
+        if schema_id not in self._flat:
+            try:
+                writer = self._writer_for(schema_id)
+            except SerdeError:
+                return None
+            self._flat[schema_id] = flat_reader(writer)
+        reader = self._flat[schema_id]
+        return reader.read(joined, _HEADER.size) if reader is not None else None
 
     def _decode_guarded(self, payload: bytes | None) -> Any:
         if payload is None:

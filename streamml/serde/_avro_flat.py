@@ -1,0 +1,325 @@
+"""Flat Avro records decoded a whole batch at a time with NumPy.
+
+fastavro reads one record at a time and spends ~2 µs of Python-level work per
+record. For a *flat* record — every field a ``boolean``, ``int``, ``long``,
+``float``, ``double``, ``string``, ``bytes``, or a ``long`` with logical type
+``timestamp-millis`` / ``timestamp-micros`` — the layout is simple enough to
+decode one field of every record in the batch at once: the bodies are joined
+into one buffer, each field is read at an array of offsets (varints through a
+little-endian 8-byte window, floats and doubles through an unaligned float
+view), and the offsets move on by each field's length.
+
+The result is exactly what ``fastavro.schemaless_reader`` returns for each
+body (same values, same types, timestamps as aware UTC datetimes). Whatever
+this module cannot decode with certainty — a record that does not end exactly
+at its payload's end, a varint longer than 10 bytes or beyond 64 bits, a
+negative or overlong length, invalid UTF-8, a timestamp outside
+``datetime``'s range — makes :meth:`FlatRecordReader.read` return ``None``,
+and the caller decodes the batch the per-record way, which reports each
+failure precisely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["FlatRecordReader", "JoinedPayloads", "flat_reader", "join_payloads"]
+
+# Reads run at most 10 bytes past a record's last valid offset; the padding keeps them in bounds.
+_PAD = bytes(16)
+_BYTES_ONLY = frozenset({bytes})
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # fastavro's epoch, tzinfo included
+
+_PRIMITIVES = frozenset({"boolean", "int", "long", "float", "double", "string", "bytes"})
+# Microseconds per unit, and the range that fits ``datetime`` (years 1 to 9999) in that unit.
+_TIMESTAMPS = {
+    "timestamp-millis": (1000, -62_135_596_800_000, 253_402_300_799_999),
+    "timestamp-micros": (1, -62_135_596_800_000_000, 253_402_300_799_999_999),
+}
+
+_CONT = np.uint64(0x8080808080808080)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_ONE = np.uint64(1)
+_SEVEN = np.uint64(7)
+# Squeezing the 7-bit groups of 8 bytes into 56 bits: pairs, then quads, then the halves.
+_SQUEEZE = tuple(
+    (np.uint64(keep), np.uint64(move), np.uint64(shift))
+    for keep, move, shift in (
+        (0x007F007F007F007F, 0x7F007F007F007F00, 1),
+        (0x00003FFF00003FFF, 0x3FFF00003FFF0000, 2),
+        (0x000000000FFFFFFF, 0x0FFFFFFF00000000, 4),
+    )
+)
+
+
+class JoinedPayloads:
+    """A batch of payloads joined into one padded buffer, with each payload's start and end.
+
+    Attributes:
+        buffer: All payloads back to back, then 16 zero bytes.
+        data: ``buffer`` as a uint8 array (no copy).
+        starts: Offset of each payload in ``buffer`` (int64).
+        ends: Offset just past each payload (int64).
+    """
+
+    __slots__ = ("buffer", "data", "ends", "starts")
+
+    def __init__(self, payloads: Sequence[bytes]) -> None:
+        self.buffer = b"".join([*payloads, _PAD])
+        self.data = np.frombuffer(self.buffer, np.uint8)
+        lengths = np.fromiter(map(len, payloads), np.int64, len(payloads))
+        self.ends = np.cumsum(lengths)
+        self.starts = self.ends - lengths
+
+    def same_prefix(self, prefix: bytes) -> bool:
+        """True when every payload is at least ``len(prefix)`` bytes and starts with ``prefix``.
+
+        Examples:
+            >>> joined = join_payloads([b"\\x00ab", b"\\x00ac"])
+            >>> joined.same_prefix(b"\\x00a"), joined.same_prefix(b"\\x00ab")
+            (True, False)
+        """
+        size = len(prefix)
+        if np.any(self.ends - self.starts < size):
+            return False
+        heads = self.data[self.starts[:, None] + np.arange(size)]
+        return bool((heads == np.frombuffer(prefix, np.uint8)).all())
+
+
+def join_payloads(payloads: Sequence[Any]) -> JoinedPayloads | None:
+    """Join a non-empty batch of ``bytes`` payloads, or ``None`` if any is not ``bytes``.
+
+    Examples:
+        >>> joined = join_payloads([b"ab", b"", b"cde"])
+        >>> joined.starts.tolist(), joined.ends.tolist()
+        ([0, 2, 2], [2, 2, 5])
+        >>> join_payloads([b"ab", None]) is None, join_payloads([]) is None
+        (True, True)
+    """
+    if not payloads or set(map(type, payloads)) != _BYTES_ONLY:
+        return None
+    return JoinedPayloads(payloads)
+
+
+def flat_reader(schema: Any) -> FlatRecordReader | None:
+    """A batch reader for a parsed writer schema, or ``None`` if the schema is not a flat record.
+
+    Examples:
+        >>> from fastavro import parse_schema
+        >>> flat = parse_schema({"type": "record", "name": "R", "fields": [
+        ...     {"name": "id", "type": "string"},
+        ...     {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]})
+        >>> flat_reader(flat).names
+        ('id', 'ts')
+        >>> nested = parse_schema({"type": "record", "name": "R", "fields": [
+        ...     {"name": "id", "type": ["null", "string"]}]})
+        >>> flat_reader(nested) is None
+        True
+    """
+    if not isinstance(schema, Mapping) or schema.get("type") != "record":
+        return None
+    names: list[str] = []
+    kinds: list[str] = []
+    for field in schema.get("fields", ()):
+        kind = _field_kind(field.get("type"))
+        if kind is None or not isinstance(field.get("name"), str):
+            return None
+        names.append(field["name"])
+        kinds.append(kind)
+    return FlatRecordReader(names, kinds)
+
+
+def _field_kind(avro_type: Any) -> str | None:
+    """``"long"``, ``"timestamp-millis"``, ...: how to read a field type, or None if not flat."""
+    if isinstance(avro_type, str):
+        return avro_type if avro_type in _PRIMITIVES else None
+    if not isinstance(avro_type, Mapping) or avro_type.get("type") not in _PRIMITIVES:
+        return None
+    if "logicalType" not in avro_type:
+        return str(avro_type["type"])
+    if avro_type["type"] == "long" and avro_type["logicalType"] in _TIMESTAMPS:
+        return str(avro_type["logicalType"])
+    return None  # other logical types (decimal, uuid, date, local timestamps...) stay per record
+
+
+class FlatRecordReader:
+    """Decodes one flat record schema for many bodies at once; see the module docstring.
+
+    Examples:
+        >>> from fastavro import parse_schema
+        >>> reader = flat_reader(parse_schema({"type": "record", "name": "R", "fields": [
+        ...     {"name": "id", "type": "string"}, {"name": "n", "type": "long"}]}))
+        >>> joined = join_payloads([b"\\x02a\\x03", b"\\x04bc\\x80\\x01"])
+        >>> reader.read(joined, 0)
+        [{'id': 'a', 'n': -2}, {'id': 'bc', 'n': 64}]
+        >>> reader.read(join_payloads([b"\\x02a\\x03\\x00"]), 0) is None  # a byte too many
+        True
+    """
+
+    __slots__ = ("_build", "_kinds", "names")
+
+    def __init__(self, names: Sequence[str], kinds: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._kinds = tuple(kinds)
+        self._build = _dict_builder(self.names)
+
+    def read(self, joined: JoinedPayloads, skip: int) -> list[dict[str, Any]] | None:
+        """Decode every payload's body (after ``skip`` header bytes), or ``None`` if any is off.
+
+        ``None`` means: some body is not a valid record of this schema, or is
+        one this reader does not decode itself; decode the batch per record.
+        """
+        data, buffer, ends = joined.data, joined.buffer, joined.ends
+        pos = joined.starts + skip
+        columns: list[list[Any]] = []
+        try:
+            for kind in self._kinds:
+                column, pos = _READERS[kind](data, buffer, pos, ends)
+                if column is None or np.any(pos > ends):
+                    return None
+                columns.append(column)
+        except UnicodeDecodeError:
+            return None
+        if not np.array_equal(pos, ends):
+            return None
+        if not columns:
+            return [{} for _ in range(len(ends))]
+        return list(map(self._build, *columns))
+
+
+def _dict_builder(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
+    """A function of one positional argument per field that returns the record dict.
+
+    A dict display in a generated function builds each record about four
+    times faster than ``dict(zip(names, row))``. The field names are passed in
+    as values, never pasted into the source.
+    """
+    args = ", ".join(f"v{i}" for i in range(len(names)))
+    items = ", ".join(f"k{i}: v{i}" for i in range(len(names)))
+    keys = ", ".join(f"k{i}" for i in range(len(names)))
+    source = f"def make({keys}):\n    def build({args}):\n        return {{{items}}}\n    return build\n"
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # noqa: S102 - the source is built from indices only
+    return namespace["make"](*names)
+
+
+def _varints(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Zigzag varints at ``pos``: (int64 values, offsets after them), or None if not 64-bit.
+
+    Reads each varint's first 8 bytes as one little-endian word; the rare 9-
+    and 10-byte varints (magnitudes from 2**55) add their last bytes after.
+    """
+    words = sliding_window_view(data, 8).view("<u8")[:, 0][pos]
+    stops = ~words & _CONT  # the high bit of every byte that ends a varint
+    lowest = stops & (~stops + _ONE)
+    mask = (lowest << _ONE) - _ONE  # the bytes up to the first stop (all 8 if none)
+    value = words & mask & _LOW7
+    for keep, move, shift in _SQUEEZE:
+        value = (value & keep) | ((value & move) >> shift)
+    size = np.bitwise_count(mask).astype(np.int64) >> 3
+    long = np.flatnonzero(stops == 0)
+    if long.size:
+        at = pos[long] + 8
+        b8 = data[at].astype(np.uint64)
+        b9 = data[at + 1].astype(np.uint64)
+        ten = b8 >= 0x80
+        if np.any(ten & (b9 > 1)):
+            return None  # an 11th byte, or bits past the 64th
+        value[long] |= ((b8 & np.uint64(0x7F)) << np.uint64(56)) | ((b9 * ten) << np.uint64(63))
+        size[long] = 9 + ten
+    value = (value >> _ONE) ^ (np.uint64(0) - (value & _ONE))
+    return value.view(np.int64), pos + size
+
+
+_Column = tuple[list[Any] | None, np.ndarray]
+
+
+def _read_long(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
+    read = _varints(data, pos)
+    if read is None:
+        return None, pos
+    return read[0].tolist(), read[1]
+
+
+def _read_timestamp(unit: int, low: int, high: int) -> Callable[..., _Column]:
+    def read(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
+        got = _varints(data, pos)
+        if got is None:
+            return None, pos
+        values, after = got
+        if values.size and (values.min() < low or values.max() > high):
+            return None, pos  # fastavro raises OverflowError: let the per-record path say so
+        deltas = (values * unit).astype("m8[us]").tolist()
+        return list(map(_EPOCH.__add__, deltas)), after
+
+    return read
+
+
+def _read_fixed(dtype: str) -> Callable[..., _Column]:
+    width = np.dtype(dtype).itemsize
+
+    def read(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
+        return sliding_window_view(data, width).view(dtype)[:, 0][pos].tolist(), pos + width
+
+    return read
+
+
+def _read_boolean(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
+    return (data[pos] != 0).tolist(), pos + 1  # fastavro: any byte but 0 is True
+
+
+def _read_blobs(decode: bool) -> Callable[..., _Column]:
+    def read(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
+        got = _varints(data, pos)
+        if got is None:
+            return None, pos
+        sizes, first = got
+        if np.any((sizes < 0) | (sizes > ends - first)):
+            return None, pos  # fastavro reads a negative or overlong size to the end of the body
+        after = first + sizes
+        if decode:
+            strings = _decode_joined(data, first, sizes)
+            if strings is not None:
+                return strings, after
+        blobs = map(buffer.__getitem__, map(slice, first.tolist(), after.tolist()))
+        return list(map(bytes.decode, blobs) if decode else blobs), after
+
+    return read
+
+
+def _decode_joined(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> list[str] | None:
+    """The UTF-8 strings at ``first`` decoded in one go, or None if any holds a NUL byte.
+
+    The strings are gathered into one buffer with a NUL after each, decoded
+    once and split at the NULs. Joining with NUL neither hides nor creates a
+    UTF-8 error (NUL is a whole character, never part of a sequence), so the
+    one decode fails exactly when decoding some string alone would.
+    """
+    step = sizes + 1
+    offsets = np.cumsum(step) - step
+    total = int(offsets[-1] + step[-1])
+    joined = data[np.arange(total) + np.repeat(first - offsets, step)]
+    joined[offsets + sizes] = 0
+    if np.count_nonzero(joined) != total - len(sizes):
+        return None  # a NUL inside a string: decode each one by itself
+    strings = joined.tobytes().decode().split("\x00")
+    strings.pop()  # the empty piece after the last NUL
+    return strings
+
+
+_READERS: dict[str, Callable[..., _Column]] = {
+    "boolean": _read_boolean,
+    "int": _read_long,  # fastavro reads int exactly as long
+    "long": _read_long,
+    "float": _read_fixed("<f4"),
+    "double": _read_fixed("<f8"),
+    "string": _read_blobs(decode=True),
+    "bytes": _read_blobs(decode=False),
+    **{name: _read_timestamp(*spec) for name, spec in _TIMESTAMPS.items()},
+}
