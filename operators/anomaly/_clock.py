@@ -8,11 +8,12 @@ released in timestamp order. Timestamps are integer microseconds inside.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from itertools import accumulate, repeat
-from operator import add, floordiv, itemgetter, le, sub
+from itertools import accumulate, chain, islice, repeat
+from operator import add, itemgetter, le, sub
 from typing import Any
 
 __all__: list[str] = []
@@ -157,28 +158,83 @@ def _field_values(fields: tuple[str, ...]) -> Callable[[Event], tuple[float, ...
     return many
 
 
+class _NotPlain(Exception):
+    """A value in the batch is not a plain finite float: read the batch event by event."""
+
+
+def _plain_reader(fields: tuple[str, ...], rows: bool) -> Callable[[list[Event]], list[Any]]:
+    """Read ``fields`` of a whole batch at once, as the per-event readers would, or raise.
+
+    The result equals ``[extract(e) for e in events]`` for the readers of
+    :func:`_field_values` (``rows=True``: tuples) and of a score field
+    (``rows=False``, one field: floats) whenever every value is a plain
+    finite ``float``; anything else (a missing field, an int, a string, a
+    NaN, a sum that overflows) raises, and the batch is read event by event.
+
+    Examples:
+        >>> read = _plain_reader(("x", "y"), rows=True)
+        >>> read([{"x": 1.0, "y": 2.0}, {"x": 3.0, "y": 4.0}])
+        [(1.0, 2.0), (3.0, 4.0)]
+        >>> _plain_reader(("x",), rows=False)([{"x": 1.5}])
+        [1.5]
+        >>> _plain_reader(("x",), rows=False)([{"x": 1}])
+        Traceback (most recent call last):
+        ...
+        streamml.operators.anomaly._clock._NotPlain
+    """
+    get = itemgetter(*fields)
+    floats = {float}
+
+    def read_one(values: list[Event]) -> list[Any]:
+        xs = list(map(get, values))
+        if set(map(type, xs)) != floats or not math.isfinite(sum(xs)):
+            raise _NotPlain
+        return list(zip(xs)) if rows else xs
+
+    def read_many(values: list[Event]) -> list[Any]:
+        got = list(map(get, values))
+        flat = list(chain.from_iterable(got))
+        if set(map(type, flat)) != floats or not math.isfinite(sum(flat)):
+            raise _NotPlain
+        return got
+
+    return read_many if len(fields) > 1 else read_one
+
+
 def _admit(
-    gate: _Gate, values: list[Event], stamp: TimestampGetter, extract: Callable[[Event], Any]
+    gate: _Gate,
+    values: list[Event],
+    stamp: TimestampGetter,
+    extract: Callable[[Event], Any],
+    read_all: Callable[[list[Event]], list[Any]] | None = None,
 ) -> list[tuple]:
     """Timestamp and validate a batch into the gate; returns rejections and late records.
 
-    Whole-batch fast path: timestamps and values are read with ``map`` (no
-    per-event bytecode); a batch with any event that fails either is taken
-    again event by event by :func:`_admit_each`, which routes the failures.
+    ``read_all``, if given, reads the values of the whole batch as
+    ``extract`` would, or raises (see :func:`_plain_reader`).
+
+    Whole-batch fast path: timestamps and values are read in one pass each
+    and lateness is checked with ``min``/``max``; a batch with any event that
+    fails either is taken again event by event by :func:`_admit_each`, which
+    routes the failures.
     """
+    if not values:
+        return []
     try:
-        stamps = list(map(floordiv, map(sub, map(stamp, values), repeat(_EPOCH)), repeat(_US)))
-        xs = list(map(extract, values))
+        xs = read_all(values) if read_all is not None else list(map(extract, values))
+        stamps = [
+            (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds  # faster than td // _US
+            for td in map(sub, map(stamp, values), repeat(_EPOCH))
+        ]
     except Exception:  # noqa: BLE001 - a bad event somewhere: the careful path says which
         return _admit_each(gate, values, stamp, extract)
-    if not stamps:
-        return []
     max_ts, lateness = gate.max_ts, gate.lateness
     floor = max(max_ts - lateness, gate.released)  # older than this is late
     top = max(stamps)
     low = min(stamps)
     if low >= floor and (
         low >= top - lateness  # no event more than `lateness` behind any other
+        or all(map(le, stamps, islice(stamps, 1, None)))  # in order
         or all(map(le, accumulate(stamps, max), map(add, stamps, repeat(lateness))))
     ):
         gate.pending.extend(zip(stamps, values, xs))

@@ -19,6 +19,7 @@ from streamml.operators.anomaly._clock import (
     _field_values,
     _Gate,
     _Late,
+    _plain_reader,
     _Reject,
     _us,
 )
@@ -62,7 +63,8 @@ class _ScoreLogic(StatefulBatchLogic):
         return not self.gate.pending and self.state.expires_at() <= self.gate.wm
 
     def on_batch(self, values: list) -> tuple[list, bool]:
-        out = _admit(self.gate, values, self.cfg.timestamp, self.cfg.extract)
+        cfg = self.cfg
+        out = _admit(self.gate, values, cfg.timestamp, cfg.extract, cfg.read_all)
         self._run(self.gate.release(), out)
         return out, self._discard()
 
@@ -94,9 +96,11 @@ class _ScoreConfig:
     into: str
     into_field: str
     extract: Callable[[Event], tuple[float, ...]] = field(init=False)
+    read_all: Callable[[list[Event]], list[tuple[float, ...]]] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extract", _field_values(self.scorer.fields))
+        object.__setattr__(self, "read_all", _plain_reader(self.scorer.fields, rows=True))
 
 
 def _unwrap(step_id: str) -> Callable[[tuple[str, Any]], list]:

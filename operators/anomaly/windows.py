@@ -21,6 +21,7 @@ from streamml.operators.anomaly._clock import (
     _field_values,
     _Gate,
     _NonFiniteError,
+    _plain_reader,
     _positive,
     _Reject,
     _us,
@@ -241,6 +242,7 @@ class _WindowsConfig:
     lateness: int
     extract: Callable[[Event], Any]
     driver: str
+    read_all: Callable[[list[Event]], list[Any]] | None = None  # ``extract`` for a plain batch
 
 
 class _WindowsLogic(StatefulBatchLogic):
@@ -314,7 +316,8 @@ class _WindowsLogic(StatefulBatchLogic):
         return False
 
     def on_batch(self, values: list) -> tuple[list, bool]:
-        out = _admit(self.gate, values, self.cfg.timestamp, self.cfg.extract)
+        cfg = self.cfg
+        out = _admit(self.gate, values, cfg.timestamp, cfg.extract, cfg.read_all)
         self._run(self.gate.release(), out)
         return out, self._settle()
 
@@ -520,8 +523,10 @@ def anomaly_windows(
         )
     if isinstance(score, str):
         scorer, extract, driver = None, _score_field(score), score + "_field"
+        read_all = _plain_reader((score,), rows=False)
     elif isinstance(score, ZScore | Ewma):
         scorer, extract, driver = score, _field_values(score.fields), ""
+        read_all = _plain_reader(score.fields, rows=True)
     else:
         raise ValueError(
             f"score must be a field name or a scorer (ZScore, RobustZScore, Ewma); got {score!r}"
@@ -529,7 +534,9 @@ def anomaly_windows(
     rules = _WindowRules(
         min_points, _us(min_duration), _us(cooldown), _us(gap), _us(max_duration), alerts
     )
-    cfg = _WindowsConfig(rules, threshold, scorer, timestamp, _us(lateness), extract, driver)
+    cfg = _WindowsConfig(
+        rules, threshold, scorer, timestamp, _us(lateness), extract, driver, read_all
+    )
     sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
     state = op.stateful_batch(
         "shard_state", sharded, lambda resume: _ShardLogic(lambda snap: _WindowsLogic(cfg, snap), resume)
