@@ -27,6 +27,7 @@ __all__ = [
     "chunks",
     "gather",
     "group_rows",
+    "group_range_starts",
     "range_max",
     "range_min",
     "range_reduce",
@@ -42,6 +43,8 @@ MAX_CELLS = 1 << 23
 # Centred variance loses about eps * (mean - centre)**2 / var of relative
 # precision; past this ratio a range is recomputed by a two-pass.
 _ILL_CONDITIONED = 1e4
+# Integers from -2**53 to 2**53 are exact in a float64.
+_EXACT = 1 << 53
 # A range whose prefix of squares is this much larger than its own sum of
 # squares is recomputed too (compensated sums keep about eps**2 * prefix).
 _LARGER_BEFORE = 1e13
@@ -85,6 +88,37 @@ def range_starts(ts: np.ndarray, lo: np.ndarray, end: np.ndarray, after: np.ndar
         right = ts[mid] > after
         hi = np.where(active & right, mid, hi)
         lo = np.where(active & ~right, mid + 1, lo)
+
+
+def group_range_starts(
+    group: np.ndarray, ts: np.ndarray, end: np.ndarray, afters: Sequence[np.ndarray]
+) -> list[np.ndarray] | None:
+    """For each array of ``afters``: the first row ``i`` of row ``end``'s group with ``ts[i] > after``.
+
+    Rows must be sorted by ``group`` (small non-negative integers) and then
+    ``ts``, and ``ts[end] > after``. The same answers as :func:`range_starts`
+    from each group's first row, found by one binary search in C per
+    array: the ``(group, ts)`` pairs as complex numbers, which NumPy orders
+    lexicographically. ``None`` when a time or bound does not fit a
+    float64 exactly (``|t| >= 2**53``); use :func:`range_starts` then.
+
+    Examples:
+        >>> group_range_starts(np.array([0, 0, 0, 1, 1]), np.array([1, 2, 3, 10, 11]),
+        ...                    np.array([2, 4]), [np.array([1, 10]), np.array([0, 0])])
+        [array([1, 4]), array([0, 3])]
+    """
+    if any(len(a) and max(int(a.max()), -int(a.min())) >= _EXACT for a in (ts, *afters)):
+        return None
+    pairs = np.empty(len(ts), dtype=np.complex128)
+    pairs.real = group
+    pairs.imag = ts
+    query = np.empty(len(end), dtype=np.complex128)
+    query.real = group[end]
+    out = []
+    for after in afters:
+        query.imag = after
+        out.append(np.searchsorted(pairs, query, side="right"))
+    return out
 
 
 def range_sums(x: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -470,7 +470,8 @@ class _RollingLogic(StatefulBatchLogic):
         self.rows = self._recent(m_kid, m_ts, m_x, rest)
         end = np.flatnonzero(merge >= n_old)
         gstart, middle = kern.group_rows(m_kid)
-        columns = self._aggregates(m_ts, m_x, middle, end, self._starts(m_ts, gstart[end], end))
+        starts = self._starts(m_kid, m_ts, gstart, end)
+        columns = self._aggregates(m_ts, m_x, middle, end, starts)
         order_list = order.tolist()
         outputs = list(map(dict, map(events.__getitem__, order_list)))
         for name, values in zip(cfg.names, columns):
@@ -478,16 +479,18 @@ class _RollingLogic(StatefulBatchLogic):
                 event[name] = value
         return list(zip(map(keys.__getitem__, order_list), outputs))
 
-    def _starts(self, m_ts: np.ndarray, lo: np.ndarray, end: np.ndarray) -> list[np.ndarray]:
-        """Each window's first row for each released row ``end``, in the config's window order.
-
-        Longest window first: a shorter window starts no earlier, which narrows its search.
-        """
+    def _starts(
+        self, m_kid: np.ndarray, m_ts: np.ndarray, gstart: np.ndarray, end: np.ndarray
+    ) -> list[np.ndarray]:
+        """Each window's first row for each released row ``end``, in the config's window order."""
         windows = self.cfg.windows
-        starts: dict[int, np.ndarray] = {}
-        for w in sorted(set(windows), reverse=True):
-            lo = starts[w] = kern.range_starts(m_ts, lo, end, m_ts[end] - w)
-        return [starts[w] for w in windows]
+        t_end = m_ts[end]
+        afters = [t_end - w for w in windows]
+        found = kern.group_range_starts(m_kid, m_ts, end, afters)
+        if found is not None:
+            return found
+        # times beyond float64's exact integers: a vectorised binary search per window
+        return [kern.range_starts(m_ts, gstart[end], end, after) for after in afters]
 
     def _aggregates(
         self,

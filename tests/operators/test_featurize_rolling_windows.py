@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import bytewax.operators as op
@@ -306,3 +306,50 @@ def test_abort_and_resume_gives_the_same_results(tmp_path: Path):
     assert len(crashed) < len(whole)
     run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
     assert Counter(map(repr, crashed)) == Counter(map(repr, whole))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    data=st.data(),
+    base=st.sampled_from([0, -(2**53) + 10**6, 2**53 - 10**6, 2**60]),
+)
+def test_group_range_starts_matches_the_binary_search(sizes, data, base):
+    from streamml.operators.featurize import _kernels
+
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    ts = np.concatenate(
+        [np.sort(data.draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))) for n in sizes]
+    ).astype(np.int64) + np.int64(base)
+    end = np.flatnonzero(data.draw(st.lists(st.booleans(), min_size=len(ts), max_size=len(ts))))
+    windows = data.draw(st.lists(st.integers(1, 60), min_size=1, max_size=3))
+    afters = [ts[end] - w for w in windows]
+    got = _kernels.group_range_starts(group, ts, end, afters)
+    if base == 2**60:
+        assert got is None  # not exact as floats: the caller falls back to range_starts
+        return
+    first, _ = _kernels.group_rows(group)
+    want = [_kernels.range_starts(ts, first[end], end, after) for after in afters]
+    assert [g.tolist() for g in got] == [w.tolist() for w in want]
+
+
+def test_times_beyond_float_precision_use_the_binary_search():
+    far = datetime(9999, 1, 1, tzinfo=timezone.utc)  # 2.5e17 us: a float64 step is 32 us here
+    items = [("k", {"id": i, "s": i, "x": float(i)}) for i in range(6)]
+    oks, errs, lates = run_rolling(
+        items,
+        timestamp=lambda e: far + timedelta(seconds=e["s"], microseconds=e["s"] % 2),
+        window=[timedelta(seconds=3), timedelta(seconds=1)],
+        fields=["x"],
+        aggregates=["count", "sum"],
+        max_future=None,
+        batch_size=4,
+    )
+    assert [(e["x_count_3s"], e["x_sum_3s"], e["x_count_1s"]) for _, e in oks] == [
+        (1.0, 0.0, 1.0),
+        (2.0, 1.0, 1.0),
+        (3.0, 3.0, 2.0),
+        (3.0, 6.0, 1.0),  # 3 s + 1 us back is the first event's time: out of the window
+        (4.0, 10.0, 2.0),  # 4 s back is 1 us before the second event
+        (3.0, 12.0, 1.0),
+    ]
