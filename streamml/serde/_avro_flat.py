@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -203,7 +202,9 @@ def _dict_builder(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
     args = ", ".join(f"v{i}" for i in range(len(names)))
     items = ", ".join(f"k{i}: v{i}" for i in range(len(names)))
     keys = ", ".join(f"k{i}" for i in range(len(names)))
-    source = f"def make({keys}):\n    def build({args}):\n        return {{{items}}}\n    return build\n"
+    source = (
+        f"def make({keys}):\n    def build({args}):\n        return {{{items}}}\n    return build\n"
+    )
     namespace: dict[str, Any] = {}
     exec(source, namespace)  # noqa: S102 - the source is built from indices only
     return namespace["make"](*names)

@@ -1,0 +1,384 @@
+"""The NumPy batch decoder for flat Avro records gives exactly what fastavro gives per record.
+
+The reference is the per-record path as it was before the batch decoder (the
+same code, copied here), so every comparison is against fastavro itself:
+values, their types (int vs float, bool, aware datetimes), and for a bad
+payload the same SerdeError kind and message.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import re
+import struct
+from datetime import datetime
+from typing import Any
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from fastavro import parse_schema, schemaless_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamml.serde import AvroSerde, ConfluentAvroSerde, SerdeError
+from streamml.serde._avro_flat import flat_reader, join_payloads
+from streamml.serde.avro import _describe, _Wrapped
+from streamml.serde.base import map_each
+
+INT64 = (-(2**63), 2**63 - 1)
+MILLIS_OK = (-62_135_596_800_000, 253_402_300_799_999)
+MICROS_OK = (MILLIS_OK[0] * 1000, MILLIS_OK[1] * 1000 + 999)
+
+_TYPES: dict[str, Any] = {
+    "boolean": "boolean",
+    "int": "int",
+    "long": "long",
+    "float": "float",
+    "double": "double",
+    "string": "string",
+    "bytes": "bytes",
+    "timestamp-millis": {"type": "long", "logicalType": "timestamp-millis"},
+    "timestamp-micros": {"type": "long", "logicalType": "timestamp-micros"},
+    "string-dict": {"type": "string"},  # a primitive written as {"type": ...}
+}
+
+
+def _edge_ints(low: int, high: int) -> st.SearchStrategy[int]:
+    edges = [low, low + 1, -1, 0, 1, high - 1, high, -(2**55), 2**55, -(2**62), 2**62]
+    return st.one_of(
+        st.sampled_from([e for e in edges if low <= e <= high]), st.integers(low, high)
+    )
+
+
+def _timestamps(ok: tuple[int, int]) -> st.SearchStrategy[int]:
+    # Mostly in datetime's range; sometimes beyond it, where fastavro raises OverflowError.
+    return st.one_of(_edge_ints(*ok), _edge_ints(*ok), _edge_ints(*INT64))
+
+
+# NUL (the batch decoder's separator), and 1- to 4-byte UTF-8 characters, often.
+_CHARS = st.one_of(
+    st.sampled_from(["\x00", "a", "\xe9", "\u20ac", "\U0001d11e"]), st.characters(codec="utf-8")
+)
+
+_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "boolean": st.booleans(),
+    "int": _edge_ints(-(2**31), 2**31 - 1),
+    "long": _edge_ints(*INT64),
+    "float": st.floats(width=32),
+    "double": st.one_of(st.floats(), st.sampled_from([-0.0, math.nan, -math.inf, 5e-324])),
+    "string": st.text(_CHARS, max_size=12),  # non-ASCII, NUL and empty strings included
+    "bytes": st.binary(max_size=12),
+    "timestamp-millis": _timestamps(MILLIS_OK),
+    "timestamp-micros": _timestamps(MICROS_OK),
+    "string-dict": st.text(max_size=4),
+}
+
+_kinds = st.lists(st.sampled_from(sorted(_TYPES)), max_size=6)
+
+
+def _schema(kinds: list[str]) -> dict[str, Any]:
+    fields = [
+        {"name": f"f{i}_{k.replace('-', '_')}", "type": _TYPES[k]} for i, k in enumerate(kinds)
+    ]
+    return {"type": "record", "name": "Flat", "fields": fields}
+
+
+@st.composite
+def _batches(draw: st.DrawFn, max_records: int = 12) -> tuple[dict[str, Any], list[bytes]]:
+    """A random flat schema and a batch of bodies written by fastavro."""
+    kinds = draw(_kinds)
+    schema = _schema(kinds)
+    parsed = parse_schema(schema)
+    rows = draw(st.lists(st.tuples(*(_VALUES[k] for k in kinds)), min_size=1, max_size=max_records))
+    bodies = []
+    for row in rows:
+        buf = io.BytesIO()
+        schemaless_writer(buf, parsed, {f["name"]: v for f, v in zip(schema["fields"], row)})
+        bodies.append(buf.getvalue())
+    return schema, bodies
+
+
+def _per_record_avro(serde: AvroSerde, payloads: list[Any]) -> list[Any]:
+    """``AvroSerde.decode_batch`` as it was before the batch decoder."""
+    return map_each(
+        lambda p: None if p is None else serde._decode_one(p), payloads, "DecodeError", _describe
+    )
+
+
+def _per_record_confluent(serde: ConfluentAvroSerde, payloads: list[Any]) -> list[Any]:
+    """``ConfluentAvroSerde.decode_batch`` as it was before the batch decoder."""
+    return [
+        item if type(item) is not _Wrapped else item.error
+        for item in map_each(serde._decode_guarded, payloads, "DecodeError", _describe)
+    ]
+
+
+def _same_value(got: Any, want: Any) -> None:
+    assert type(got) is type(want), (got, want)
+    if isinstance(want, float):  # bit for bit: NaN payloads, -0.0
+        assert struct.pack("<d", got) == struct.pack("<d", want), (got, want)
+    elif isinstance(want, datetime):
+        assert got == want and got.tzinfo is want.tzinfo, (got, want)
+    else:
+        assert got == want, (got, want)
+
+
+def _message(error: SerdeError) -> str:
+    """The message without object addresses (fastavro names its BytesIO: ``at 0x7f...``)."""
+    return re.sub(r" at 0x[0-9a-f]+", " at 0x...", str(error))
+
+
+def _same(got: list[Any], want: list[Any]) -> None:
+    """Equal item by item: dicts key by key in order, SerdeErrors by kind and message."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if type(w) is SerdeError:
+            assert type(g) is SerdeError and (g.kind, _message(g)) == (w.kind, _message(w))
+        elif type(w) is dict:
+            assert type(g) is dict and list(g) == list(w)
+            for key in w:
+                _same_value(g[key], w[key])
+        else:
+            assert g is None and w is None
+
+
+def _all_ok(values: list[Any]) -> bool:
+    return not any(type(v) is SerdeError for v in values)
+
+
+@given(_batches())
+def test_flat_reader_equals_fastavro_per_record(batch: tuple[dict[str, Any], list[bytes]]) -> None:
+    schema, bodies = batch
+    serde = AvroSerde(schema)
+    want = _per_record_avro(serde, bodies)
+    reader = flat_reader(parse_schema(schema))
+    assert reader is not None
+    got = reader.read(join_payloads(bodies), 0)
+    if _all_ok(want):
+        assert got is not None  # the batch path decoded it itself, not by falling back
+        _same(got, want)
+    else:
+        assert got is None  # e.g. a timestamp beyond datetime: the per-record path reports it
+    _same(serde.decode_batch(bodies), want)
+
+
+@st.composite
+def _corruptions(draw: st.DrawFn) -> tuple[dict[str, Any], list[bytes]]:
+    """A valid batch with some bodies truncated, extended, overwritten or given a flipped byte."""
+    schema, bodies = draw(_batches())
+    out = list(bodies)
+    for i in draw(st.lists(st.integers(0, len(out) - 1), min_size=1, max_size=3)):
+        body = out[i]
+        how = draw(st.sampled_from(["truncate", "extend", "random", "flip", "splice"]))
+        if how == "truncate":
+            out[i] = body[: draw(st.integers(0, max(len(body) - 1, 0)))]
+        elif how == "extend":
+            out[i] = body + draw(st.binary(min_size=1, max_size=4))
+        elif how == "random":
+            out[i] = draw(st.binary(max_size=2 * len(body) + 2))
+        elif how == "flip" and body:  # e.g. a string's length varint, or its continuation bit
+            at = draw(st.integers(0, len(body) - 1))
+            bit = draw(st.sampled_from([0x01, 0x02, 0x40, 0x80]))
+            out[i] = body[:at] + bytes([body[at] ^ bit]) + body[at + 1 :]
+        elif how == "splice":  # long varints and overlong sizes: 0x80-0xff runs, then a byte
+            run = draw(st.binary(min_size=1, max_size=11).map(lambda b: bytes(x | 0x80 for x in b)))
+            at = draw(st.integers(0, len(body)))
+            out[i] = body[:at] + run + draw(st.binary(min_size=1, max_size=2)) + body[at:]
+    return schema, out
+
+
+@given(_corruptions())
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_corrupt_batches_give_the_per_record_results(
+    batch: tuple[dict[str, Any], list[bytes]],
+) -> None:
+    schema, bodies = batch
+    serde = AvroSerde(schema)
+    _same(serde.decode_batch(bodies), _per_record_avro(serde, bodies))
+
+
+_REGISTRY_URLS = (f"mock://avro-flat-{i}" for i in itertools.count())
+
+
+@given(_corruptions(), st.data())
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=50)
+def test_confluent_batches_give_the_per_record_results(
+    batch: tuple[dict[str, Any], list[bytes]], data: st.DataObject
+) -> None:
+    schema, bodies = batch
+    registry = SchemaRegistryClient.new_client({"url": next(_REGISTRY_URLS)})
+    writer = ConfluentAvroSerde(registry, schema=schema, subject="flat-value")
+    header = struct.pack(">bI", 0, writer.schema_id)
+    payloads: list[Any] = [header + b for b in bodies]
+    if data.draw(st.booleans()):  # and some wire-format trouble, sometimes
+        i = data.draw(st.integers(0, len(payloads) - 1))
+        payloads[i] = data.draw(
+            st.sampled_from(
+                [
+                    None,
+                    b"\x00\x00\x00",  # shorter than the header
+                    b"\x01" + payloads[i][1:],  # wrong magic byte
+                    struct.pack(">bI", 0, 999) + bodies[i],  # an id the registry does not know
+                    payloads[i][:5],  # a header and no body
+                ]
+            )
+        )
+    reader = ConfluentAvroSerde(registry)
+    want = _per_record_confluent(ConfluentAvroSerde(registry), payloads)
+    _same(reader.decode_batch(payloads), want)
+
+
+@given(_batches())
+@settings(max_examples=30)
+def test_confluent_clean_batches_take_the_batch_path(
+    batch: tuple[dict[str, Any], list[bytes]],
+) -> None:
+    schema, bodies = batch
+    registry = SchemaRegistryClient.new_client({"url": next(_REGISTRY_URLS)})
+    writer = ConfluentAvroSerde(registry, schema=schema, subject="flat-value")
+    payloads = [struct.pack(">bI", 0, writer.schema_id) + b for b in bodies]
+    want = _per_record_confluent(ConfluentAvroSerde(registry), payloads)
+    reader = ConfluentAvroSerde(registry)
+    got = reader._decode_flat(payloads)
+    assert (got is not None) == _all_ok(want)
+    _same(reader.decode_batch(payloads), want)
+
+
+def _varint(n: int) -> bytes:
+    """Zigzag varint of a 64-bit signed int, as Avro writes it."""
+    n = ((n << 1) ^ (n >> 63)) & (2**64 - 1)
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes([*out, n])
+
+
+LONG = {"type": "record", "name": "L", "fields": [{"name": "n", "type": "long"}]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _varint(2**63 - 1),  # 10 bytes, 10th byte 0x01
+        _varint(-(2**63)),
+        _varint(2**62),  # 9 bytes
+        b"\x80\x00",  # an overlong 0: fastavro accepts it
+        b"\xff" * 9 + b"\x01",  # 10 bytes, every bit set: -2**63
+        b"\xff" * 9 + b"\x00",  # 10th byte 0
+        b"\xff" * 9 + b"\x02",  # bits past the 64th: fastavro wraps them, we defer to it
+        b"\xff" * 9 + b"\x81\x00",  # 11 bytes
+        b"\xff" * 10,  # no end in sight
+        b"\x80" * 9,  # runs out
+    ],
+)
+def test_varint_limits_match_fastavro(body: bytes) -> None:
+    serde = AvroSerde(LONG)
+    batch = [_varint(5), body, _varint(-5)]
+    _same(serde.decode_batch(batch), _per_record_avro(serde, batch))
+    _same(serde.decode_batch([body]), _per_record_avro(serde, [body]))
+
+
+def test_sensor_readings_take_the_batch_path() -> None:
+    """The example's schema (string, timestamp-millis, 3 doubles) is a flat record."""
+    from examples.sensor_anomaly.flow import SCHEMA
+    from examples.sensor_anomaly.generate import generate_fleet
+
+    registry = SchemaRegistryClient.new_client({"url": next(_REGISTRY_URLS)})
+    serde = ConfluentAvroSerde(registry, schema=SCHEMA, subject="readings-value")
+    payloads = serde.encode_batch(generate_fleet(300, n_sensors=5).events)
+    got = serde._decode_flat(payloads)
+    assert got is not None
+    _same(got, _per_record_confluent(serde, payloads))
+    assert type(got[0]["ts"]) is datetime and got[0]["ts"].tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    "field_type",
+    [
+        ["null", "string"],
+        {"type": "array", "items": "long"},
+        {"type": "map", "values": "long"},
+        {"type": "enum", "name": "E", "symbols": ["A"]},
+        {"type": "fixed", "name": "F", "size": 2},
+        {"type": "record", "name": "In", "fields": [{"name": "x", "type": "long"}]},
+        {"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": 2},
+        {"type": "string", "logicalType": "uuid"},
+        {"type": "int", "logicalType": "date"},
+        {"type": "long", "logicalType": "local-timestamp-millis"},
+        {"type": "long", "logicalType": "time-micros"},
+        "null",
+    ],
+)
+def test_anything_but_flat_fields_is_left_to_fastavro(field_type: Any) -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": field_type}]}
+    assert flat_reader(parse_schema(schema)) is None
+
+
+def test_reader_schema_is_left_to_fastavro() -> None:
+    writer = {"type": "record", "name": "R", "fields": [{"name": "x", "type": "int"}]}
+    reader = {"type": "record", "name": "R", "fields": [{"name": "x", "type": "double"}]}
+    serde = AvroSerde(writer, reader_schema=reader)
+    [payload] = AvroSerde(writer).encode_batch([{"x": 3}])
+    value = serde.decode_batch([payload])[0]["x"]
+    assert type(value) is float and value == 3.0
+
+
+def test_invalid_utf8_is_one_payloads_error() -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}]}
+    serde = AvroSerde(schema)
+    batch = [b"\x02a", b"\x04\xc3(", b"\x02\x00", b"\x02b"]
+    got = serde.decode_batch(batch)
+    assert got[0] == {"s": "a"} and got[2] == {"s": "\x00"} and type(got[1]) is SerdeError
+    _same(got, _per_record_avro(serde, batch))
+
+
+@pytest.mark.parametrize("byte", [0, 1, 2, 0x80, 0xFF])
+def test_any_nonzero_boolean_byte_is_true_as_in_fastavro(byte: int) -> None:
+    schema = {"type": "record", "name": "B", "fields": [{"name": "b", "type": "boolean"}]}
+    serde = AvroSerde(schema)
+    batch = [b"\x01", bytes([byte]), b"\x00"]
+    got = serde.decode_batch(batch)
+    assert got[1] == {"b": byte != 0}
+    _same(got, _per_record_avro(serde, batch))
+
+
+@pytest.mark.parametrize(
+    ("logical", "edges"), [("timestamp-millis", MILLIS_OK), ("timestamp-micros", MICROS_OK)]
+)
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_timestamps_at_the_ends_of_datetime_match_fastavro(
+    logical: str, edges: tuple[int, int], delta: int
+) -> None:
+    """One past either end fastavro raises OverflowError, one SerdeError for that payload."""
+    schema = {"type": "record", "name": "T", "fields": [{"name": "t", "type": _TYPES[logical]}]}
+    serde = AvroSerde(schema)
+    batch = [_varint(0), _varint(edges[0] + delta), _varint(edges[1] + delta), _varint(-1)]
+    got = serde.decode_batch(batch)
+    assert _all_ok(got) == (delta == 0)
+    _same(got, _per_record_avro(serde, batch))
+
+
+@pytest.mark.parametrize("kind", ["bytes", "string"])
+@pytest.mark.parametrize("size", [-1, -2, 9])
+def test_negative_and_overlong_sizes_match_fastavro(kind: str, size: int) -> None:
+    """fastavro reads a negative size to the end of the body, an overlong one as far as it goes."""
+    fields = [{"name": "b", "type": kind}, {"name": "d", "type": "double"}]
+    serde = AvroSerde({"type": "record", "name": "S", "fields": fields})
+    good = _varint(1) + b"a" + struct.pack("<d", 1.5)
+    batch = [good, _varint(size) + b"abcdefg", _varint(size) + b"abcdefgh", good]
+    _same(serde.decode_batch(batch), _per_record_avro(serde, batch))
+    last = AvroSerde({"type": "record", "name": "S", "fields": fields[::-1]})
+    batch = [struct.pack("<d", 1.5) + _varint(size) + b"abc", struct.pack("<d", 2.5) + b"\x02a"]
+    _same(last.decode_batch(batch), _per_record_avro(last, batch))
+
+
+def test_strings_holding_nul_bytes_decode_as_in_fastavro() -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}]}
+    serde = AvroSerde(schema)
+    texts = ["a\x00b", "\x00", "", "x\x00", "\u20ac"]
+    batch = serde.encode_batch([{"s": t} for t in texts])
+    assert serde.decode_batch(batch) == [{"s": t} for t in texts]
+    _same(serde.decode_batch(batch), _per_record_avro(serde, batch))
