@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["FlatRecordReader", "JoinedPayloads", "flat_reader", "join_payloads"]
 
@@ -76,6 +75,16 @@ class JoinedPayloads:
         self.ends = np.cumsum(lengths)
         self.starts = self.ends - lengths
 
+    def window(self, dtype: str) -> np.ndarray:
+        """``buffer`` read as ``dtype`` at every byte offset: ``window(dtype)[i]`` starts at byte i.
+
+        Examples:
+            >>> join_payloads([b"\x01\x02\x03"]).window("<u2")[:3].tolist()
+            [513, 770, 3]
+        """
+        width = np.dtype(dtype).itemsize
+        return np.ndarray((len(self.buffer) - width + 1,), dtype, self.buffer, 0, (1,))
+
     def same_prefix(self, prefix: bytes) -> bool:
         """True when every payload is at least ``len(prefix)`` bytes and starts with ``prefix``.
 
@@ -85,7 +94,7 @@ class JoinedPayloads:
             (True, False)
         """
         size = len(prefix)
-        if np.any(self.ends - self.starts < size):
+        if (self.ends - self.starts < size).any():
             return False
         heads = self.data[self.starts[:, None] + np.arange(size)]
         return bool((heads == np.frombuffer(prefix, np.uint8)).all())
@@ -174,18 +183,18 @@ class FlatRecordReader:
         ``None`` means: some body is not a valid record of this schema, or is
         one this reader does not decode itself; decode the batch per record.
         """
-        data, buffer, ends = joined.data, joined.buffer, joined.ends
+        ends = joined.ends
         pos = joined.starts + skip
         columns: list[list[Any]] = []
         try:
             for kind in self._kinds:
-                column, pos = _READERS[kind](data, buffer, pos, ends)
-                if column is None or np.any(pos > ends):
+                column, pos = _READERS[kind](joined, pos)
+                if column is None or (pos > ends).any():
                     return None
                 columns.append(column)
         except UnicodeDecodeError:
             return None
-        if not np.array_equal(pos, ends):
+        if (pos != ends).any():
             return None
         if not columns:
             return [{} for _ in range(len(ends))]
@@ -210,13 +219,13 @@ def _dict_builder(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
     return namespace["make"](*names)
 
 
-def _varints(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _varints(joined: JoinedPayloads, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Zigzag varints at ``pos``: (int64 values, offsets after them), or None if not 64-bit.
 
     Reads each varint's first 8 bytes as one little-endian word; the rare 9-
     and 10-byte varints (magnitudes from 2**55) add their last bytes after.
     """
-    words = sliding_window_view(data, 8).view("<u8")[:, 0][pos]
+    words = joined.window("<u8")[pos]
     stops = ~words & _CONT  # the high bit of every byte that ends a varint
     lowest = stops & (~stops + _ONE)
     mask = (lowest << _ONE) - _ONE  # the bytes up to the first stop (all 8 if none)
@@ -224,13 +233,13 @@ def _varints(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     for keep, move, shift in _SQUEEZE:
         value = (value & keep) | ((value & move) >> shift)
     size = np.bitwise_count(mask).astype(np.int64) >> 3
-    long = np.flatnonzero(stops == 0)
-    if long.size:
+    if not stops.all():
+        long = np.flatnonzero(stops == 0)
         at = pos[long] + 8
-        b8 = data[at].astype(np.uint64)
-        b9 = data[at + 1].astype(np.uint64)
+        b8 = joined.data[at].astype(np.uint64)
+        b9 = joined.data[at + 1].astype(np.uint64)
         ten = b8 >= 0x80
-        if np.any(ten & (b9 > 1)):
+        if (ten & (b9 > 1)).any():
             return None  # an 11th byte, or bits past the 64th
         value[long] |= ((b8 & np.uint64(0x7F)) << np.uint64(56)) | ((b9 * ten) << np.uint64(63))
         size[long] = 9 + ten
@@ -239,22 +248,23 @@ def _varints(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 _Column = tuple[list[Any] | None, np.ndarray]
+_Reader = Callable[[JoinedPayloads, np.ndarray], _Column]
 
 
-def _read_long(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
-    read = _varints(data, pos)
+def _read_long(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
+    read = _varints(joined, pos)
     if read is None:
         return None, pos
     return read[0].tolist(), read[1]
 
 
-def _read_timestamp(unit: int, low: int, high: int) -> Callable[..., _Column]:
-    def read(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
-        got = _varints(data, pos)
+def _read_timestamp(unit: int, low: int, high: int) -> _Reader:
+    def read(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
+        got = _varints(joined, pos)
         if got is None:
             return None, pos
         values, after = got
-        if values.size and (values.min() < low or values.max() > high):
+        if values.min() < low or values.max() > high:
             return None, pos  # fastavro raises OverflowError: let the per-record path say so
         deltas = (values * unit).astype("m8[us]").tolist()
         return list(map(_EPOCH.__add__, deltas)), after
@@ -262,33 +272,33 @@ def _read_timestamp(unit: int, low: int, high: int) -> Callable[..., _Column]:
     return read
 
 
-def _read_fixed(dtype: str) -> Callable[..., _Column]:
+def _read_fixed(dtype: str) -> _Reader:
     width = np.dtype(dtype).itemsize
 
-    def read(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
-        return sliding_window_view(data, width).view(dtype)[:, 0][pos].tolist(), pos + width
+    def read(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
+        return joined.window(dtype)[pos].tolist(), pos + width
 
     return read
 
 
-def _read_boolean(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
-    return (data[pos] != 0).tolist(), pos + 1  # fastavro: any byte but 0 is True
+def _read_boolean(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
+    return (joined.data[pos] != 0).tolist(), pos + 1  # fastavro: any byte but 0 is True
 
 
-def _read_blobs(decode: bool) -> Callable[..., _Column]:
-    def read(data: np.ndarray, buffer: bytes, pos: np.ndarray, ends: np.ndarray) -> _Column:
-        got = _varints(data, pos)
+def _read_blobs(decode: bool) -> _Reader:
+    def read(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
+        got = _varints(joined, pos)
         if got is None:
             return None, pos
         sizes, first = got
-        if np.any((sizes < 0) | (sizes > ends - first)):
+        if ((sizes < 0) | (sizes > joined.ends - first)).any():
             return None, pos  # fastavro reads a negative or overlong size to the end of the body
         after = first + sizes
         if decode:
-            strings = _decode_joined(data, first, sizes)
+            strings = _decode_joined(joined.data, first, sizes)
             if strings is not None:
                 return strings, after
-        blobs = map(buffer.__getitem__, map(slice, first.tolist(), after.tolist()))
+        blobs = map(joined.buffer.__getitem__, map(slice, first.tolist(), after.tolist()))
         return list(map(bytes.decode, blobs) if decode else blobs), after
 
     return read
@@ -314,7 +324,7 @@ def _decode_joined(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> li
     return strings
 
 
-_READERS: dict[str, Callable[..., _Column]] = {
+_READERS: dict[str, _Reader] = {
     "boolean": _read_boolean,
     "int": _read_long,  # fastavro reads int exactly as long
     "long": _read_long,

@@ -13,6 +13,7 @@ import itertools
 import math
 import re
 import struct
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -22,10 +23,19 @@ from fastavro import parse_schema, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamml.serde import AvroSerde, ConfluentAvroSerde, SerdeError
+from streamml.serde import AvroSerde, ConfluentAvroSerde, SerdeError, avro
 from streamml.serde._avro_flat import flat_reader, join_payloads
 from streamml.serde.avro import _describe, _Wrapped
 from streamml.serde.base import map_each
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _batch_path_for_every_batch() -> Iterator[None]:
+    """The small batches drawn here take the batch path too (by default only 32 and more do)."""
+    saved, avro._FLAT_MIN_BATCH = avro._FLAT_MIN_BATCH, 1
+    yield
+    avro._FLAT_MIN_BATCH = saved
+
 
 INT64 = (-(2**63), 2**63 - 1)
 MILLIS_OK = (-62_135_596_800_000, 253_402_300_799_999)
@@ -382,3 +392,32 @@ def test_strings_holding_nul_bytes_decode_as_in_fastavro() -> None:
     batch = serde.encode_batch([{"s": t} for t in texts])
     assert serde.decode_batch(batch) == [{"s": t} for t in texts]
     _same(serde.decode_batch(batch), _per_record_avro(serde, batch))
+
+
+def test_only_batches_of_32_and_more_take_the_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(avro, "_FLAT_MIN_BATCH", 32)
+    schema = {"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]}
+    serde = AvroSerde(schema)
+    reads: list[int] = []
+    reader = serde._flat
+    assert reader is not None
+
+    class Spy:
+        def read(self, joined: Any, skip: int) -> Any:
+            reads.append(len(joined.ends))
+            return reader.read(joined, skip)
+
+    monkeypatch.setattr(serde, "_flat", Spy())
+    for n in (31, 32):
+        payloads = serde.encode_batch([{"n": i} for i in range(n)])
+        assert serde.decode_batch(payloads) == [{"n": i} for i in range(n)]
+    assert reads == [32]
+
+
+def test_a_short_last_payload_is_not_read_past_the_buffer() -> None:
+    """Each field stops the batch path once a record has overrun its payload."""
+    fields = [{"name": f"d{i}", "type": "double"} for i in range(4)]
+    serde = AvroSerde({"type": "record", "name": "D", "fields": fields})
+    [good] = serde.encode_batch([{f"d{i}": float(i) for i in range(4)}])
+    for batch in ([good, b""], [good, good[:3]], [b"", b""]):
+        _same(serde.decode_batch(batch), _per_record_avro(serde, batch))
