@@ -197,15 +197,25 @@ class _ShardLogic(StatefulBatchLogic):
     def on_batch(self, values: list[Grouped]) -> tuple[list[list], bool]:
         by_key, bad = _merge(values)
         out = [_bad_item(item) for item in bad]
-        keys, make = self.keys, self.make
-        for key, events in by_key.items():
+        keys, make, due, heap = self.keys, self.make, self.due, self.heap
+        self.dirty.update(by_key)
+        for key, events in by_key.items():  # _after, inlined: this loop runs once per key per batch
             logic = keys.get(key)
             if logic is None:
                 logic = keys[key] = make(None)
             got, discard = logic.on_batch(events)
             if got:
                 out.extend([(key, v) for v in got])
-            self._after(key, discard)
+            if discard:
+                del keys[key]
+                due.pop(key, None)
+                continue
+            at = logic.due_us()
+            if at is None:
+                due.pop(key, None)
+            elif due.get(key) != at:
+                due[key] = at
+                heapq.heappush(heap, (at, key))
         return ([out] if out else []), False
 
     def on_notify(self) -> tuple[list[list], bool]:

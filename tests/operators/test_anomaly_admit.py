@@ -18,18 +18,30 @@ T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 EST = timezone(timedelta(hours=-5))
 
 plain = st.sampled_from([0.5, 3.0, -0.0, 1e308])
-value = st.one_of(plain, plain, st.sampled_from([7, True, "2.5", np.float64(2.0), float("inf")]))
-good = st.builds(
-    lambda k, d, s, u, tz: {
-        "t": (T0 + timedelta(microseconds=k * 1_000_000 + d)).astimezone(tz),
-        "s": s,
-        "u": u,
-    },
-    st.integers(-40, 40),
-    st.sampled_from([-1, 0, 1]),
+weird = st.sampled_from([7, True, "2.5", np.float64(2.0), float("inf")])
+value = st.one_of(plain, plain, plain, plain, plain, plain, weird)
+point = st.tuples(
+    st.integers(-3, 6),  # seconds after the previous event of the batch: mostly forward
+    st.sampled_from([-1, 0, 1]),  # and a microsecond either side
     value,
     value,
     st.sampled_from([timezone.utc, EST]),
+)
+
+
+def _events(start: int, points: list[tuple]) -> list[dict[str, Any]]:
+    out, k = [], start
+    for step, d, s, u, tz in points:
+        k += step
+        t = T0 + timedelta(microseconds=k * 1_000_000 + d)
+        out.append({"t": t.astimezone(tz), "s": s, "u": u})
+    return out
+
+
+good = st.builds(
+    _events,
+    st.integers(-20, 20),
+    st.one_of(st.lists(point, max_size=7), st.lists(point, min_size=8, max_size=30)),
 )
 bad = st.sampled_from(
     [
@@ -59,11 +71,14 @@ def _state(gate: _clock._Gate) -> tuple:
 @settings(max_examples=600, deadline=None)
 @given(
     batches=st.lists(
-        st.tuples(st.lists(good, max_size=25), st.lists(st.tuples(st.integers(0, 25), bad), max_size=2)),
+        st.tuples(
+            good,
+            st.lists(st.tuples(st.integers(0, 25), bad), max_size=1),
+        ),
         min_size=1,
         max_size=5,
     ),
-    lateness=st.sampled_from([0, 1, 5_000_000, 20_000_001]),
+    lateness=st.sampled_from([0, 1, 2_000_000, 5_000_001]),
     seen=st.one_of(st.none(), st.integers(-40, 40).map(lambda k: k * 1_000_000)),
     released=st.one_of(st.none(), st.integers(-40, 40).map(lambda k: k * 1_000_000 - 1)),
     reader=st.sampled_from(["field", "one", "two", "none"]),
@@ -158,6 +173,37 @@ def test_an_event_older_than_the_newest_released_is_late_by_one_microsecond():
         base = (T0 - _clock._EPOCH) // timedelta(microseconds=1)
         # released ahead of max_ts - lateness (an idle watermark released it)
         gate.max_ts, gate.wm, gate.released = base + 10_000_000, base + 10_000_000, base + 10_000_000
-        assert fn(gate, [at_floor], stamp, extract) == []
-        (late,) = fn(gate, [below], stamp, extract)
-        assert type(late) is _clock._Late
+        n = _clock._SMALL_BATCH  # a batch large enough for the whole-batch path
+        assert fn(gate, [at_floor] * n, stamp, extract) == []
+        late = fn(gate, [below] * n, stamp, extract)
+        assert [type(x) for x in late] == [_clock._Late] * n
+
+
+@pytest.mark.parametrize(
+    "fields, rows, extract",
+    [
+        (("s",), False, _score_field("s")),
+        (("s",), True, _clock._field_values(("s",))),
+        (("s", "u"), True, _clock._field_values(("s", "u"))),
+    ],
+)
+def test_plain_reader_reads_plain_floats_as_extract_and_raises_on_anything_else(fields, rows, extract):
+    read = _clock._plain_reader(fields, rows)
+    plain = [{"s": 0.5, "u": -0.0}, {"s": 1e300, "u": 2.0}]
+    assert read(plain) == [extract(e) for e in plain]
+    assert repr(read(plain)) == repr([extract(e) for e in plain])
+    for odd in (7, True, "2.5", np.float64(2.0), float("inf"), float("nan"), None):
+        for name in fields:
+            with pytest.raises(Exception):  # noqa: B017 - any exception sends the batch event by event
+                read(plain + [{"s": 1.0, "u": 1.0, name: odd}])
+    with pytest.raises(Exception):  # noqa: B017
+        read(plain + [{"u": 1.0}])
+    with pytest.raises(Exception):  # noqa: B017 - a sum that overflows: the careful path decides
+        read([{"s": 1e308, "u": 1e308}, {"s": 1e308, "u": 1e308}])
+
+
+def test_an_event_behind_an_earlier_one_of_its_batch_by_more_than_lateness_is_late():
+    events = [{"t": T0 + timedelta(seconds=s), "s": 1.0} for s in (0, 3, 3, 3, 3, 3, 3, 0.9)]
+    gate = _clock._Gate(2_000_000)
+    (late,) = _clock._admit(gate, events, itemgetter("t"), _score_field("s"))
+    assert late[1] is events[-1] and [p[1] for p in gate.pending] == events[:-1]
