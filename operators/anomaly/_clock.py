@@ -55,7 +55,7 @@ class _Gate:
     event-time gap, and it is still on time.
     """
 
-    __slots__ = ("lateness", "max_ts", "wm", "sys_at_max", "pending", "released")
+    __slots__ = ("lateness", "max_ts", "wm", "sys_at_max", "pending", "released", "mixed")
 
     def __init__(self, lateness: int) -> None:
         self.lateness = lateness
@@ -64,6 +64,7 @@ class _Gate:
         self.sys_at_max = 0
         self.pending: list[tuple] = []
         self.released = _MIN  # timestamp of the newest released event
+        self.mixed = False  # pending may be out of timestamp order (else it is in order)
 
     def idle_watermark(self) -> None:
         """Advance the watermark by the system time passed since the newest event."""
@@ -76,8 +77,9 @@ class _Gate:
         pending = self.pending
         if not pending:
             return pending
-        if self.lateness and len(pending) > 1:  # with no lateness, admitted events are in order
+        if self.mixed:
             pending.sort(key=_first)
+            self.mixed = False
         if everything or pending[-1][0] <= self.wm:
             self.pending = []
             self.released = max(self.released, pending[-1][0])
@@ -103,6 +105,7 @@ class _Gate:
         # backlog that waited in Kafka during a crash would come out late.
         self.sys_at_max = _now_us()
         self.pending = list(pending)
+        self.mixed = True
 
 
 def _now_us() -> int:
@@ -239,12 +242,16 @@ def _admit(
     floor = max(max_ts - lateness, gate.released)  # older than this is late
     top = max(stamps)
     low = min(stamps)
+    ordered = all(map(le, stamps, islice(stamps, 1, None)))
     if low >= floor and (
-        low >= top - lateness  # no event more than `lateness` behind any other
-        or all(map(le, stamps, islice(stamps, 1, None)))  # in order
+        ordered
+        or low >= top - lateness  # no event more than `lateness` behind any other
         or all(map(le, accumulate(stamps, max), map(add, stamps, repeat(lateness))))
     ):
-        gate.pending.extend(zip(stamps, values, xs))
+        pending = gate.pending
+        if not ordered or (pending and stamps[0] < pending[-1][0]):
+            gate.mixed = True
+        pending.extend(zip(stamps, values, xs))
         problems: list[tuple] = []
     else:
         problems = _admit_ordered(gate, stamps, values, xs, floor)
@@ -262,6 +269,7 @@ def _admit_ordered(
     """Admit timestamped events one by one, in arrival order, sending the late ones away."""
     problems: list[tuple] = []
     append = gate.pending.append
+    last = gate.pending[-1][0] if gate.pending else _MIN
     max_ts, lateness = gate.max_ts, gate.lateness
     for ts, ev, x in zip(stamps, values, xs):
         if ts > max_ts:
@@ -270,6 +278,9 @@ def _admit_ordered(
                 floor = ts - lateness
         if ts >= floor:
             append((ts, ev, x))
+            if ts < last:
+                gate.mixed = True
+            last = ts
         else:
             behind = f"{_dt(ts).isoformat()} is behind the watermark {_dt(floor).isoformat()}"
             problems.append(_Late((f"event time {behind}", ev)))
@@ -282,6 +293,7 @@ def _admit_each(
     """:func:`_admit`, event by event: failures to read an event are routed as rejections."""
     problems: list[tuple] = []
     append = gate.pending.append
+    last = gate.pending[-1][0] if gate.pending else _MIN
     max_ts, wm, lateness = gate.max_ts, gate.wm, gate.lateness
     floor = max(max_ts - lateness, gate.released)  # older than this is late
     moved = False
@@ -307,6 +319,9 @@ def _admit_each(
                 wm, moved = ts - lateness, True
         if ts >= floor:
             append((ts, ev, x))
+            if ts < last:
+                gate.mixed = True
+            last = ts
         else:
             behind = f"{_dt(ts).isoformat()} is behind the watermark {_dt(floor).isoformat()}"
             problems.append(_Late((f"event time {behind}", ev)))

@@ -106,6 +106,9 @@ def test_admit_is_admit_each(batches, lateness, seen, released, reader):
             want = _clock._admit_each(each, batch, stamp, extract)
             assert got == want
             assert _state(fast) == _state(each)
+            for g in (fast, each):  # release sorts only a gate that says it may be out of order
+                stamps = [p[0] for p in g.pending]
+                assert g.mixed or stamps == sorted(stamps)
             if i % 2 and fast.pending:  # release half: later events older than those are late
                 mid = sorted(fast.pending, key=lambda p: p[0])[len(fast.pending) // 2][0]
                 for g in (fast, each):
@@ -207,3 +210,16 @@ def test_an_event_behind_an_earlier_one_of_its_batch_by_more_than_lateness_is_la
     gate = _clock._Gate(2_000_000)
     (late,) = _clock._admit(gate, events, itemgetter("t"), _score_field("s"))
     assert late[1] is events[-1] and [p[1] for p in gate.pending] == events[:-1]
+
+
+@pytest.mark.parametrize("admit", [_clock._admit, _clock._admit_each])
+def test_a_batch_starting_before_the_pending_events_is_sorted_on_release(admit):
+    gate = _clock._Gate(5_000_000)
+    batch = lambda first: [{"t": T0 + timedelta(seconds=first + i), "s": 1.0} for i in range(8)]  # noqa: E731
+    admit(gate, batch(0), itemgetter("t"), _score_field("s"))
+    assert not gate.mixed
+    admit(gate, batch(3), itemgetter("t"), _score_field("s"))  # 3..10 s after 0..7 s: on time
+    assert gate.mixed
+    gate.wm = gate.max_ts
+    stamps = [p[0] for p in gate.release()]
+    assert stamps == sorted(stamps) and len(stamps) == 16 and not gate.mixed
