@@ -123,11 +123,16 @@ def _unusable(batch: list[Any]) -> list[Rejected]:
 
 
 def _score_attacher(version: str):
-    """The forest's anomaly score (higher = stranger; 0 while the sensor's baseline is thin) and its version."""
+    """The forest's anomaly score (higher = stranger; 0 while the sensor's baseline is thin) and its version.
+
+    Written into the event itself, not a copy: the events reaching the model
+    are the feature step's new dicts, and the model step is their only reader.
+    """
 
     def attach_score(event: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
-        score = -float(outputs["scores"]) if event["warm"] else 0.0
-        return {**event, "if_score": score, "model_version": version}
+        event["if_score"] = -float(outputs["scores"]) if event["warm"] else 0.0
+        event["model_version"] = version
+        return event
 
     return attach_score
 
@@ -245,7 +250,7 @@ def build_flow(
         brokers=brokers,
         topic=topics.scores,
         value_serde=json_out,
-        key=lambda r: r["sensor_id"],
+        key=itemgetter("sensor_id"),
     )
     alert_errs = kafka.sink(
         "alerts_out",
@@ -253,7 +258,7 @@ def build_flow(
         brokers=brokers,
         topic=topics.alerts,
         value_serde=json_out,
-        key=lambda r: r["key"],
+        key=itemgetter("key"),
     )
     kafka.dead_letter_sink(
         "dead_letters",

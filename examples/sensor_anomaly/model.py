@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 import bytewax.operators as op
@@ -55,9 +56,10 @@ def _training_features(n_events: int, n_sensors: int, seed: int) -> np.ndarray:
     rows: list = []
     op.output("rows", add_features("features", keyed).oks, TestingSink(rows))
     run_main(flow)
-    return np.stack(
-        [e["features"] for _, e in rows if e["warm"]]
-    )  # as served: thin baselines score 0
+    # as served: thin baselines score 0. Sorted, so the model does not depend on the
+    # order in which the feature step's shards emit (it changes with their number).
+    warm = sorted((e for _, e in rows if e["warm"]), key=itemgetter("sensor_id", "ts"))
+    return np.stack([e["features"] for e in warm])
 
 
 def _fingerprint() -> str:
