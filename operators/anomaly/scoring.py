@@ -16,6 +16,7 @@ from streamml.operators.anomaly._clock import (
     TimestampGetter,
     _admit,
     _check_common,
+    _dt,
     _field_values,
     _Gate,
     _Late,
@@ -23,6 +24,7 @@ from streamml.operators.anomaly._clock import (
     _Reject,
     _us,
 )
+from streamml.operators.anomaly._shard import _group_by_shard, _ShardLogic, _unshard
 from streamml.operators.anomaly.scorers import Ewma, Scorer, ZScore
 
 from streamml.errors import Rejected
@@ -37,12 +39,19 @@ class ScoreOut:
     oks: KeyedStream[dict[str, Any]]
     """Each event with ``into`` (the score) and ``into + "_field"`` (the field with the largest deviation)."""
     errs: Stream[Rejected]
-    """Events with a missing, non-numeric or non-finite field, or a bad timestamp."""
+    """Events with a missing, non-numeric or non-finite field, or a bad timestamp; items that are not ``(str key, event)`` pairs (``BadItem``)."""
     late: Stream[Rejected]
     """Events older than the key's watermark (``error_type="Late"``)."""
 
 
 class _ScoreLogic(StatefulBatchLogic):
+    """The scoring state of one key: its gate and scorer.
+
+    A complete keyed logic; :func:`score` runs many of them inside each
+    :class:`._shard._ShardLogic`. Eviction: dropped once nothing is pending
+    and the scorer's history has expired.
+    """
+
     def __init__(self, cfg: _ScoreConfig, resume: tuple | None) -> None:
         self.cfg = cfg
         self.gate = _Gate(cfg.lateness)
@@ -79,10 +88,15 @@ class _ScoreLogic(StatefulBatchLogic):
         self._run(self.gate.release(everything=True), out)
         return out, False
 
-    def notify_at(self) -> datetime | None:
+    def due_us(self) -> int | None:
+        """System time (µs) at which the idle watermark reaches the next pending event or expiry."""
         gate = self.gate
         due = gate.pending[0][0] if gate.pending else self.state.expires_at()
-        return gate.system_time_of(due) if due > _MIN else None
+        return gate.sys_at_max + (due - (gate.max_ts - gate.lateness)) if due > _MIN else None
+
+    def notify_at(self) -> datetime | None:
+        due = self.due_us()
+        return _dt(due) if due is not None else None
 
     def snapshot(self) -> tuple:
         return (self.gate.snapshot(), self.state.snapshot())
@@ -106,8 +120,8 @@ class _ScoreConfig:
 def _unwrap(step_id: str) -> Callable[[tuple[str, Any]], list]:
     def split(kv: tuple[str, Any]) -> list:
         key, v = kv
-        if type(v) is _Reject:
-            return [Rejected(step_id, v[0], v[1], (key, v[2]))]
+        if type(v) is _Reject:  # key None: the item was not a (key, event) pair
+            return [Rejected(step_id, v[0], v[1], (key, v[2]) if key is not None else v[2])]
         if type(v) is _Late:
             return [Rejected(step_id, "Late", v[0], (key, v[1]))]
         return []
@@ -129,6 +143,7 @@ def score(
     timestamp: TimestampGetter,
     lateness: timedelta = timedelta(0),
     into: str = "score",
+    shards: int = 8,
 ) -> ScoreOut:
     """Add a per-key anomaly score to every event, in event time.
 
@@ -151,6 +166,11 @@ def score(
         lateness: Allowed out-of-orderness; events older than the watermark go to ``late``.
         into: Name of the score field added to each event; the driving field's
             name goes to ``into + "_field"``.
+        shards: Number of state shards. Keys are spread over them by a
+            stable hash and each shard's state holds many keys, so the step
+            costs one call per shard per batch instead of one per key.
+            Results do not depend on it. Use about twice the number of
+            workers; on a single worker ``shards=1`` is fastest.
 
     Returns:
         :class:`ScoreOut` with ``oks``, ``errs`` and ``late``.
@@ -179,8 +199,14 @@ def score(
     if not isinstance(scorer, ZScore | Ewma):
         raise ValueError(f"scorer must be a ZScore, RobustZScore or Ewma; got {scorer!r}")
     _check_common(timestamp, lateness)
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1; got {shards}")
     cfg = _ScoreConfig(scorer, timestamp, _us(lateness), into, into + "_field")
-    out = op.stateful_batch("score", up, lambda resume: _ScoreLogic(cfg, resume))
+    sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
+    state = op.stateful_batch(
+        "shard_state", sharded, lambda resume: _ShardLogic(lambda snap: _ScoreLogic(cfg, snap), resume)
+    )
+    out = op.flat_map_batch("unshard", state, _unshard)
     split = op.branch("split", out, _is_event)
     problems = op.flat_map("rejections", split.falses, _unwrap(step_id))
     late = op.branch("late_or_error", problems, lambda r: r.error_type == "Late")

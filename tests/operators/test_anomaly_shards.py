@@ -20,8 +20,10 @@ from streamml.operators.anomaly import (
     ZScore,
     _clock,
     anomaly_windows,
+    score,
 )
 from streamml.operators.anomaly import _shard
+from streamml.operators.anomaly import scoring as scoring_mod
 from streamml.operators.anomaly import windows as windows_mod
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -330,3 +332,60 @@ def test_recovery_of_shard_state_gives_the_uninterrupted_output(tmp_path):
     assert len(first[0]) < len(whole[0])  # the crash came mid-stream, with windows still to come
     assert {**first[0], **second[0]} == whole[0]
     assert {**first[1], **second[1]} == whole[1]
+
+
+# ---------------------------------------------------------------- score
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    points=st.lists(point, min_size=1, max_size=120),
+    batch_size=st.integers(1, 40),
+    lateness_s=st.sampled_from([0, 3, 7]),
+    shards=st.sampled_from([1, 3]),
+)
+def test_sharded_score_matches_keyed_routing(points, batch_size, lateness_s, shards):
+    clock = dict.fromkeys(KEYS, 0)
+    items: list = []
+    for key, step_ms, s in points:
+        clock[key] += step_ms
+        e = {"t": T0 + timedelta(milliseconds=clock[key] + 60_000), "s": s}
+        if s is None:
+            del e["s"]
+        items.append((key, e))
+    scorer = ZScore("s", window=30 * SEC, min_points=2)
+    flow = Dataflow("score_shards")
+    s = op.input("in", flow, TestingSource(items, batch_size=batch_size))
+    got = score("sc", s, scorer=scorer, timestamp=lambda e: e["t"], lateness=lateness_s * SEC, shards=shards)
+    cfg = scoring_mod._ScoreConfig(scorer, lambda e: e["t"], lateness_s * 1_000_000, "score", "score_field")
+    ref = op.stateful_batch("ref", s, lambda resume: scoring_mod._ScoreLogic(cfg, resume))
+    ref_split = op.branch("ref_split", ref, scoring_mod._is_event)
+    ref_rej = op.flat_map("ref_rej", ref_split.falses, scoring_mod._unwrap("score_shards.sc"))
+    sinks: dict[str, list] = {k: [] for k in ("oks", "errs", "late", "ref_oks", "ref_rej")}
+    op.output("oks", got.oks, TestingSink(sinks["oks"]))
+    op.output("errs", got.errs, TestingSink(sinks["errs"]))
+    op.output("late", got.late, TestingSink(sinks["late"]))
+    op.output("ref_oks", ref_split.trues, TestingSink(sinks["ref_oks"]))
+    op.output("ref_rej_out", ref_rej, TestingSink(sinks["ref_rej"]))
+    run_main(flow)
+    assert _by_key(sinks["oks"]) == _by_key(sinks["ref_oks"])
+    for kind, late in (("errs", False), ("late", True)):  # each stream in order; not the two merged
+        want = [(r.original[0], r) for r in sinks["ref_rej"] if (r.error_type == "Late") == late]
+        assert _by_key([(r.original[0], r) for r in sinks[kind]]) == _by_key(want)
+    assert len(sinks["oks"]) + len(sinks["errs"]) + len(sinks["late"]) == len(items)
+
+
+def test_score_rejects_items_that_are_not_key_event_pairs():
+    items = [("p", {"t": T0, "s": 1.0}), 5, (3, {"t": T0, "s": 2.0}), ("p", {"t": T0 + SEC, "s": 2.0})]
+    flow = Dataflow("score_bad")
+    s = op.input("in", flow, TestingSource(items, batch_size=2))
+    res = score("sc", s, scorer=ZScore("s", window=30 * SEC), timestamp=lambda e: e["t"], shards=2)
+    oks: list = []
+    errs: list = []
+    op.output("o", res.oks, TestingSink(oks))
+    op.output("e", res.errs, TestingSink(errs))
+    run_main(flow)
+    assert [(r.error_type, r.original) for r in errs] == [("BadItem", 5), ("BadItem", items[2])]
+    assert [k for k, _ in oks] == ["p", "p"]
+    with pytest.raises(ValueError, match="shards must be >= 1"):
+        score("sc2", s, scorer=ZScore("s", window=SEC), timestamp=lambda e: e["t"], shards=0)
