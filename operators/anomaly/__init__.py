@@ -17,6 +17,12 @@ Two operators, both per key and in event time:
   already on the events (a model's score from the inference operator, or the
   output of :func:`score`) or a scorer, which then runs inside the same step.
 
+Speed: results are per key, but state is kept per shard. Each batch is
+grouped by key once, keys are spread over ``shards`` states by a stable hash
+of the key (CRC-32, the same on every worker), and each shard's state runs
+the per-key logic of all its keys, so Bytewax routes one item per shard per
+batch instead of every event by key.
+
 Thresholds are a :class:`FixedThreshold` or a per-key adaptive
 :class:`QuantileThreshold` with a warm-up period.
 

@@ -171,7 +171,8 @@ class _ShardLogic(StatefulBatchLogic):
     def __init__(self, make: Callable[[Any], _KeyLogic], resume: dict[str, Any] | None) -> None:
         self.make = make
         self.keys: dict[str, _KeyLogic] = {}
-        self.due: dict[str, int] = {}  # key -> its wake time (system µs); heap entries that differ are stale
+        # key -> its wake time (system µs); heap entries that differ from it are stale
+        self.due: dict[str, int] = {}
         self.heap: list[tuple[int, str]] = []
         self.snaps: dict[str, Any] = {}  # the last snapshot of each key
         self.dirty: set[str] = set()  # keys whose state changed since the last snapshot

@@ -204,7 +204,9 @@ def score(
     cfg = _ScoreConfig(scorer, timestamp, _us(lateness), into, into + "_field")
     sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
     state = op.stateful_batch(
-        "shard_state", sharded, lambda resume: _ShardLogic(lambda snap: _ScoreLogic(cfg, snap), resume)
+        "shard_state",
+        sharded,
+        lambda resume: _ShardLogic(lambda snap: _ScoreLogic(cfg, snap), resume),
     )
     out = op.flat_map_batch("unshard", state, _unshard)
     split = op.branch("split", out, _is_event)

@@ -539,7 +539,9 @@ def anomaly_windows(
     )
     sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
     state = op.stateful_batch(
-        "shard_state", sharded, lambda resume: _ShardLogic(lambda snap: _WindowsLogic(cfg, snap), resume)
+        "shard_state",
+        sharded,
+        lambda resume: _ShardLogic(lambda snap: _WindowsLogic(cfg, snap), resume),
     )
     out = op.flat_map_batch("unshard", state, _unshard)
     routed = op.flat_map("records", out, _records(step_id))

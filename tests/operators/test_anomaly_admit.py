@@ -7,7 +7,6 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -175,7 +174,11 @@ def test_an_event_older_than_the_newest_released_is_late_by_one_microsecond():
         below = {"t": T0 + timedelta(microseconds=9_999_999), "s": 1.0}
         base = (T0 - _clock._EPOCH) // timedelta(microseconds=1)
         # released ahead of max_ts - lateness (an idle watermark released it)
-        gate.max_ts, gate.wm, gate.released = base + 10_000_000, base + 10_000_000, base + 10_000_000
+        gate.max_ts, gate.wm, gate.released = (
+            base + 10_000_000,
+            base + 10_000_000,
+            base + 10_000_000,
+        )
         n = _clock._SMALL_BATCH  # a batch large enough for the whole-batch path
         assert fn(gate, [at_floor] * n, stamp, extract) == []
         late = fn(gate, [below] * n, stamp, extract)
@@ -190,7 +193,9 @@ def test_an_event_older_than_the_newest_released_is_late_by_one_microsecond():
         (("s", "u"), True, _clock._field_values(("s", "u"))),
     ],
 )
-def test_plain_reader_reads_plain_floats_as_extract_and_raises_on_anything_else(fields, rows, extract):
+def test_plain_reader_reads_plain_floats_as_extract_and_raises_on_anything_else(
+    fields, rows, extract
+):
     read = _clock._plain_reader(fields, rows)
     plain = [{"s": 0.5, "u": -0.0}, {"s": 1e300, "u": 2.0}]
     assert read(plain) == [extract(e) for e in plain]

@@ -19,10 +19,10 @@ from streamml.operators.anomaly import (
     QuantileThreshold,
     ZScore,
     _clock,
+    _shard,
     anomaly_windows,
     score,
 )
-from streamml.operators.anomaly import _shard
 from streamml.operators.anomaly import scoring as scoring_mod
 from streamml.operators.anomaly import windows as windows_mod
 
@@ -61,7 +61,11 @@ def _keyed_reference(step_id: str, up: Any, **kw: Any) -> dict[str, Any]:
     out = op.stateful_batch("ref_state", up, lambda resume: windows_mod._WindowsLogic(cfg, resume))
     routed = op.flat_map("ref_records", out, windows_mod._records(step_id))
     return {
-        kind: op.map(f"ref_{kind}", op.filter(f"ref_is_{kind}", routed, lambda t, k=kind: t[0] == k), lambda t: t[1])
+        kind: op.map(
+            f"ref_{kind}",
+            op.filter(f"ref_is_{kind}", routed, lambda t, k=kind: t[0] == k),
+            lambda t: t[1],
+        )
         for kind in ("closed", "opened", "errs", "late")
     }
 
@@ -143,7 +147,12 @@ def test_not_a_key_event_pair_is_rejected_with_the_item():
         flow = Dataflow("bad")
         s = op.input("in", flow, TestingSource(items, batch_size=3))
         res = anomaly_windows(
-            "aw", s, timestamp=lambda e: e["t"], threshold=FixedThreshold(4.0), score="s", shards=shards
+            "aw",
+            s,
+            timestamp=lambda e: e["t"],
+            threshold=FixedThreshold(4.0),
+            score="s",
+            shards=shards,
         )
         w: list = []
         errs: list = []
@@ -158,9 +167,7 @@ def test_shards_must_be_positive():
     flow = Dataflow("v")
     s = op.input("in", flow, TestingSource([]))
     with pytest.raises(ValueError, match="shards must be >= 1"):
-        anomaly_windows(
-            "a", s, timestamp=lambda e: e["t"], threshold=FixedThreshold(1.0), shards=0
-        )
+        anomaly_windows("a", s, timestamp=lambda e: e["t"], threshold=FixedThreshold(1.0), shards=0)
 
 
 # ---------------------------------------------------------------- the shard state against keyed calls
@@ -184,7 +191,9 @@ def _cfg(lateness_us: int) -> windows_mod._WindowsConfig:
     steps=st.lists(
         st.one_of(
             st.lists(
-                st.tuples(st.sampled_from(KEYS), st.integers(0, 20), st.sampled_from([0.0, 3.0, 5.0])),
+                st.tuples(
+                    st.sampled_from(KEYS), st.integers(0, 20), st.sampled_from([0.0, 3.0, 5.0])
+                ),
                 min_size=1,
                 max_size=12,
             ),
@@ -216,7 +225,9 @@ def test_shard_state_makes_the_calls_bytewax_makes_per_key(steps, lateness_s, sn
         for i, step in enumerate(steps):
             if i == snap_at:
                 shard = _shard._ShardLogic(make, pickle.loads(pickle.dumps(shard.snapshot())))
-                keyed = {k: make(pickle.loads(pickle.dumps(v.snapshot()))) for k, v in keyed.items()}
+                keyed = {
+                    k: make(pickle.loads(pickle.dumps(v.snapshot()))) for k, v in keyed.items()
+                }
                 shard_due = shard.notify_at()
             due_before = {k: v.notify_at() for k, v in keyed.items()}
             if isinstance(step, int):
@@ -356,8 +367,12 @@ def test_sharded_score_matches_keyed_routing(points, batch_size, lateness_s, sha
     scorer = ZScore("s", window=30 * SEC, min_points=2)
     flow = Dataflow("score_shards")
     s = op.input("in", flow, TestingSource(items, batch_size=batch_size))
-    got = score("sc", s, scorer=scorer, timestamp=lambda e: e["t"], lateness=lateness_s * SEC, shards=shards)
-    cfg = scoring_mod._ScoreConfig(scorer, lambda e: e["t"], lateness_s * 1_000_000, "score", "score_field")
+    got = score(
+        "sc", s, scorer=scorer, timestamp=lambda e: e["t"], lateness=lateness_s * SEC, shards=shards
+    )
+    cfg = scoring_mod._ScoreConfig(
+        scorer, lambda e: e["t"], lateness_s * 1_000_000, "score", "score_field"
+    )
     ref = op.stateful_batch("ref", s, lambda resume: scoring_mod._ScoreLogic(cfg, resume))
     ref_split = op.branch("ref_split", ref, scoring_mod._is_event)
     ref_rej = op.flat_map("ref_rej", ref_split.falses, scoring_mod._unwrap("score_shards.sc"))
@@ -376,7 +391,12 @@ def test_sharded_score_matches_keyed_routing(points, batch_size, lateness_s, sha
 
 
 def test_score_rejects_items_that_are_not_key_event_pairs():
-    items = [("p", {"t": T0, "s": 1.0}), 5, (3, {"t": T0, "s": 2.0}), ("p", {"t": T0 + SEC, "s": 2.0})]
+    items = [
+        ("p", {"t": T0, "s": 1.0}),
+        5,
+        (3, {"t": T0, "s": 2.0}),
+        ("p", {"t": T0 + SEC, "s": 2.0}),
+    ]
     flow = Dataflow("score_bad")
     s = op.input("in", flow, TestingSource(items, batch_size=2))
     res = score("sc", s, scorer=ZScore("s", window=30 * SEC), timestamp=lambda e: e["t"], shards=2)
