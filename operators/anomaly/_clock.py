@@ -90,9 +90,9 @@ class _Gate:
             self.released = max(self.released, out[-1][0])
         return out
 
-    def system_time_of(self, event_us: int) -> datetime:
-        """When, in system time, the idle watermark will reach ``event_us``."""
-        return _dt(self.sys_at_max + (event_us - (self.max_ts - self.lateness)))
+    def system_us_of(self, event_us: int) -> int:
+        """When, in system time (µs since the epoch), the idle watermark will reach ``event_us``."""
+        return self.sys_at_max + (event_us - (self.max_ts - self.lateness))
 
     def snapshot(self) -> tuple:
         return (self.max_ts, self.wm, self.sys_at_max, tuple(self.pending), self.released)

@@ -92,7 +92,7 @@ class _ScoreLogic(StatefulBatchLogic):
         """System time (µs) at which the idle watermark reaches the next pending event or expiry."""
         gate = self.gate
         due = gate.pending[0][0] if gate.pending else self.state.expires_at()
-        return gate.sys_at_max + (due - (gate.max_ts - gate.lateness)) if due > _MIN else None
+        return gate.system_us_of(due) if due > _MIN else None
 
     def notify_at(self) -> datetime | None:
         due = self.due_us()

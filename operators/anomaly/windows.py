@@ -337,10 +337,7 @@ class _WindowsLogic(StatefulBatchLogic):
 
     def due_us(self) -> int | None:
         """System time (µs) at which the idle watermark reaches the next deadline, or None."""
-        if self.wake > _MIN:
-            gate = self.gate
-            return gate.sys_at_max + (self.wake - (gate.max_ts - gate.lateness))
-        return None
+        return self.gate.system_us_of(self.wake) if self.wake > _MIN else None
 
     def notify_at(self) -> datetime | None:
         due = self.due_us()
