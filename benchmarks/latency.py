@@ -3,7 +3,8 @@
 The light pipeline of :mod:`benchmarks.pipeline` runs as its own process
 (``python -m bytewax.run``, ``tail=True``). A paced producer writes readings
 stamped with their send time at 25 %, 50 % and 90 % of the pipeline's
-measured maximum rate; a consumer reads the results and records, for each,
+measured maximum rate (the rate it delivers when offered its bounded-run
+maximum in this same setting, producer and collector included); a consumer reads the results and records, for each,
 result-arrival time minus send time: produce → broker → dataflow (decode,
 rolling mean, MLP, encode) → broker → consumer. Reported per ``max_wait``
 of the inference batcher (0, 5 and 20 ms): p50, p95, p99 in milliseconds.
@@ -113,7 +114,9 @@ def _measure(
                 raise RuntimeError(f"the pipeline process did not start (exit {flow.returncode})")
             time.sleep(0.05)
         collector.since_ms = time.time() * 1000
+        received, started = collector.received, time.perf_counter()
         sent = _pace(producer, src, rate, seconds, warm)
+        delivered = (collector.received - received) / (time.perf_counter() - started)
         time.sleep(1.0)
     finally:
         flow.kill()
@@ -125,6 +128,7 @@ def _measure(
     q = statistics.quantiles(lat, n=100)
     return {
         "rate": round(rate),
+        "delivered_rate": round(delivered),
         "max_wait_ms": max_wait_ms,
         "sent": sent,
         "measured": len(lat),
@@ -146,8 +150,17 @@ def main(quick: bool = False) -> dict:
         produce_all(broker.bootstrap, "max-in", _readings(n))
         t0 = time.perf_counter()
         run_main(streamml_flow(broker.bootstrap, "max-in", "max-out", model_bytes))
-        max_rate = n / (time.perf_counter() - t0)
-        print(f"maximum rate of the light pipeline (bounded run): {max_rate:,.0f} ev/s", flush=True)
+        bounded = n / (time.perf_counter() - t0)
+        # The latency runs share the 2 cores with the paced producer and the collector, so
+        # the flow's own maximum overstates what it keeps up with there: offered its bounded
+        # rate in that setting, it delivers what it can, and the loads are shares of that.
+        offered = _measure(broker.bootstrap, broker, model_path, bounded, 5.0, seconds)
+        max_rate = min(bounded, offered["delivered_rate"])
+        print(
+            f"maximum rate of the light pipeline: {bounded:,.0f} ev/s alone (bounded run); "
+            f"{max_rate:,.0f} ev/s sustained beside the load generator and the collector",
+            flush=True,
+        )
         rows = []
         loads = (
             (0.25, 0.9) if quick else (0.25, 0.5, 0.9)
@@ -163,7 +176,7 @@ def main(quick: bool = False) -> dict:
                 f"p99 {row['p99_ms']:.0f} ms",
                 flush=True,
             )
-    return {"max_rate": max_rate, "latency": rows}
+    return {"max_rate": max_rate, "bounded_rate": bounded, "latency": rows}
 
 
 if __name__ == "__main__":
