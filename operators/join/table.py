@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamml.errors import Rejected
-from streamml.kafka import SOURCE_DEFAULTS
+from streamml.kafka import SOURCE_DEFAULTS, BrokerUnreachable, _BrokerWatch
 from streamml.serde.base import Deserializer, SerdeError, StringSerde
 
 __all__ = ["Table", "TableReady", "kafka_table"]
@@ -73,7 +74,7 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
     def __init__(
         self,
         step_id: str,
-        config: dict[str, str],
+        config: dict[str, Any],
         topic: str,
         partition: int,
         partitions: int,
@@ -115,15 +116,28 @@ class _TablePartition(StatefulSourcePartition[Any, int]):
 
 
 class _TableSource(FixedPartitionedSource[Any, int]):
+    """The table topic's partitions; with a ``broker_timeout``, unreachable brokers fail the read.
+
+    Each partition's consumer gets its own :class:`streamml.kafka._BrokerWatch`
+    (the ``error_cb`` :func:`streamml.kafka.source` uses), and listing the
+    partitions waits at most ``broker_timeout`` instead of 10 s.
+    """
+
     def __init__(
-        self, brokers: Sequence[str], topic: str, add_config: dict[str, str], tail: bool
+        self,
+        brokers: Sequence[str],
+        topic: str,
+        add_config: dict[str, str],
+        tail: bool,
+        broker_timeout: timedelta | None = None,
     ) -> None:
         self._tail = tail
         self._brokers = list(brokers)
         self._topic = topic
         self._add_config = add_config
+        self._timeout = broker_timeout
 
-    def _config(self) -> dict[str, str]:
+    def _config(self) -> dict[str, Any]:
         return {
             "bootstrap.servers": ",".join(self._brokers),
             "group.id": "streamml-table",  # required by librdkafka; assign() bypasses the group
@@ -144,8 +158,17 @@ class _TableSource(FixedPartitionedSource[Any, int]):
 
     def _partitions(self) -> int:
         consumer = Consumer(self._config())
+        wait_s = 10.0 if self._timeout is None else self._timeout.total_seconds()
         try:
-            meta = consumer.list_topics(self._topic, timeout=10.0).topics[self._topic]
+            try:
+                meta = consumer.list_topics(self._topic, timeout=wait_s).topics[self._topic]
+            except KafkaException as exc:
+                if self._timeout is None:
+                    raise
+                raise BrokerUnreachable(
+                    f"no Kafka broker of {','.join(self._brokers)} answered within "
+                    f"broker_timeout={wait_s:g} s at start: {exc}"
+                ) from None
             if meta.error is not None:
                 raise RuntimeError(f"cannot read table topic {self._topic!r}: {meta.error}")
             return len(meta.partitions)
@@ -157,9 +180,12 @@ class _TableSource(FixedPartitionedSource[Any, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TablePartition:
         start = 0 if resume_state is None else resume_state
+        config = self._config()
+        if self._timeout is not None:  # one watch per consumer: each times its own outage
+            config["error_cb"] = _BrokerWatch(self._timeout, ",".join(self._brokers))
         return _TablePartition(
             step_id,
-            self._config(),
+            config,
             self._topic,
             int(for_part),
             self._partitions(),
@@ -220,6 +246,7 @@ def kafka_table(
     key_serde: Deserializer | None = None,
     add_config: dict[str, str] | None = None,
     tail: bool = True,
+    broker_timeout: timedelta | None = None,
 ) -> Table:
     """Read a (compacted) Kafka topic from the beginning as a changelog table.
 
@@ -243,6 +270,14 @@ def kafka_table(
         tail: Keep following the topic after the bootstrap; with ``False``
             each partition ends once read to its start-time end offset (batch jobs,
             back-fills, tests).
+        broker_timeout: Fail the dataflow with
+            :class:`streamml.kafka.BrokerUnreachable` once no broker has been
+            reachable for this long while the table is read or tailed
+            (connections refused, all brokers down), or when none answers
+            within it while the table's partitions are listed at start,
+            instead of retrying forever; as in :func:`streamml.kafka.source`.
+            ``None`` retries forever while reading (listing the partitions
+            at start gives up after 10 s).
 
     Returns:
         A :class:`Table`: ``changelog`` (rows, and one :class:`TableReady`
@@ -256,6 +291,12 @@ def kafka_table(
         ...                     topic="devices", value_serde=JsonSerde())
         >>> type(table).__name__
         'Table'
+        >>> from datetime import timedelta
+        >>> kafka_table("late", flow, brokers="127.0.0.1:9092", topic="devices",
+        ...             value_serde=JsonSerde(), broker_timeout=timedelta(0))
+        Traceback (most recent call last):
+        ...
+        ValueError: broker_timeout must be > 0 (or None to retry forever); got 0:00:00
     """
     hosts = brokers.split(",") if isinstance(brokers, str) else list(brokers)
     hosts = [h.strip() for h in hosts if h.strip()]
@@ -263,7 +304,15 @@ def kafka_table(
         raise ValueError("brokers must name at least one host:port, e.g. brokers='localhost:9092'")
     if not topic:
         raise ValueError("topic must name the table's topic")
-    raw = op.input("read", flow, _TableSource(hosts, topic, dict(add_config or {}), tail))
+    config = dict(add_config or {})
+    if broker_timeout is not None:
+        if broker_timeout <= timedelta(0):
+            raise ValueError(
+                f"broker_timeout must be > 0 (or None to retry forever); got {broker_timeout}"
+            )
+        if "error_cb" in config:
+            raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
+    raw = op.input("read", flow, _TableSource(hosts, topic, config, tail, broker_timeout))
     decoded = op.flat_map_batch(
         "decode", raw, _decoder(f"{step_id}.decode", key_serde or StringSerde(), value_serde)
     )
