@@ -95,7 +95,7 @@ class SourceOut(Generic[X]):
 
 
 class BrokerUnreachable(RuntimeError):
-    """No broker has answered a :func:`source` for longer than its ``broker_timeout``."""
+    """No broker has answered a :func:`source` (or a ``join.kafka_table``) for longer than its ``broker_timeout``."""
 
 
 _UNREACHABLE = frozenset(
