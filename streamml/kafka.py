@@ -257,6 +257,23 @@ def _broker_list(brokers: str | Sequence[str]) -> list[str]:
     return hosts
 
 
+def _check_broker_timeout(broker_timeout: timedelta, config: dict[str, Any]) -> None:
+    """Refuse a ``broker_timeout`` that is not positive, or one with an ``error_cb`` of the user's.
+
+    Examples:
+        >>> _check_broker_timeout(timedelta(0), {})
+        Traceback (most recent call last):
+        ...
+        ValueError: broker_timeout must be > 0 (or None to retry forever); got 0:00:00
+    """
+    if broker_timeout <= timedelta(0):
+        raise ValueError(
+            f"broker_timeout must be > 0 (or None to retry forever); got {broker_timeout}"
+        )
+    if "error_cb" in config:
+        raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
+
+
 def _broker_timestamp(msg: KafkaSourceMessage) -> int | None:
     ts = msg.timestamp
     # (type, ms); type 0 is TIMESTAMP_NOT_AVAILABLE.
@@ -413,12 +430,7 @@ def source(
     config: dict[str, Any] = {**SOURCE_DEFAULTS, **(add_config or {})}
     starting_offset, config = _start_position(starting_offset, config)
     if broker_timeout is not None:
-        if broker_timeout <= timedelta(0):
-            raise ValueError(
-                f"broker_timeout must be > 0 (or None to retry forever); got {broker_timeout}"
-            )
-        if "error_cb" in config:
-            raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
+        _check_broker_timeout(broker_timeout, config)
         config["error_cb"] = _BrokerWatch(broker_timeout, ",".join(hosts))
     source = _Source(
         hosts,

@@ -25,7 +25,13 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamml.errors import Rejected
-from streamml.kafka import SOURCE_DEFAULTS, BrokerUnreachable, _BrokerWatch
+from streamml.kafka import (
+    SOURCE_DEFAULTS,
+    BrokerUnreachable,
+    _broker_list,
+    _BrokerWatch,
+    _check_broker_timeout,
+)
 from streamml.serde.base import Deserializer, SerdeError, StringSerde
 
 __all__ = ["Table", "TableReady", "kafka_table"]
@@ -298,20 +304,12 @@ def kafka_table(
         ...
         ValueError: broker_timeout must be > 0 (or None to retry forever); got 0:00:00
     """
-    hosts = brokers.split(",") if isinstance(brokers, str) else list(brokers)
-    hosts = [h.strip() for h in hosts if h.strip()]
-    if not hosts:
-        raise ValueError("brokers must name at least one host:port, e.g. brokers='localhost:9092'")
+    hosts = _broker_list(brokers)
     if not topic:
         raise ValueError("topic must name the table's topic")
     config = dict(add_config or {})
     if broker_timeout is not None:
-        if broker_timeout <= timedelta(0):
-            raise ValueError(
-                f"broker_timeout must be > 0 (or None to retry forever); got {broker_timeout}"
-            )
-        if "error_cb" in config:
-            raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
+        _check_broker_timeout(broker_timeout, config)
     raw = op.input("read", flow, _TableSource(hosts, topic, config, tail, broker_timeout))
     decoded = op.flat_map_batch(
         "decode", raw, _decoder(f"{step_id}.decode", key_serde or StringSerde(), value_serde)
