@@ -18,6 +18,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+import bytewax.operators as op
+from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 from streamml.operators.anomaly import _clock
 from streamml.operators.anomaly._clock import _dt, _Reject
@@ -284,3 +286,18 @@ def _unshard(batch: list[tuple[str, list]]) -> list[tuple[str | None, Any]]:
     if len(batch) == 1:
         return batch[0][1]
     return [kv for _, chunk in batch for kv in chunk]
+
+
+def per_key_in_shards(
+    up: Stream[Any], shards: int, make_key_logic: Callable[[Any], _KeyLogic]
+) -> Stream[tuple[str | None, Any]]:
+    """Run one ``make_key_logic(snapshot or None)`` per key, many keys to a shard state.
+
+    The steps (``shard``, ``shard_state``, ``unshard``) are added to the
+    calling operator; out come the logics' ``(key, value)`` items.
+    """
+    sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
+    state = op.stateful_batch(
+        "shard_state", sharded, lambda resume: _ShardLogic(make_key_logic, resume)
+    )
+    return op.flat_map_batch("unshard", state, _unshard)

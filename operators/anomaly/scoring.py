@@ -24,7 +24,7 @@ from streamml.operators.anomaly._clock import (
     _Reject,
     _us,
 )
-from streamml.operators.anomaly._shard import _group_by_shard, _ShardLogic, _unshard
+from streamml.operators.anomaly._shard import per_key_in_shards
 from streamml.operators.anomaly.scorers import Ewma, Scorer, ZScore
 
 from streamml.errors import Rejected
@@ -117,21 +117,25 @@ class _ScoreConfig:
         object.__setattr__(self, "read_all", _plain_reader(self.scorer.fields, rows=True))
 
 
-def _unwrap(step_id: str) -> Callable[[tuple[str, Any]], list]:
-    def split(kv: tuple[str, Any]) -> list:
-        key, v = kv
-        if type(v) is _Reject:  # key None: the item was not a (key, event) pair
-            return [Rejected(step_id, v[0], v[1], (key, v[2]) if key is not None else v[2])]
-        if type(v) is _Late:
-            return [Rejected(step_id, "Late", v[0], (key, v[1]))]
-        return []
+def _rejections(step_id: str) -> Callable[[list[tuple[str | None, Any]]], list[Rejected]]:
+    """A batch function: the rejected and late items of the shards' output, as ``Rejected``."""
 
-    return split
+    def rejections(batch: list[tuple[str | None, Any]]) -> list[Rejected]:
+        out = []
+        for key, v in batch:
+            t = type(v)
+            if t is _Reject:  # key None: the item was not a (key, event) pair
+                out.append(Rejected(step_id, v[0], v[1], (key, v[2]) if key is not None else v[2]))
+            elif t is _Late:
+                out.append(Rejected(step_id, "Late", v[0], (key, v[1])))
+        return out
+
+    return rejections
 
 
-def _is_event(kv: tuple[str, Any]) -> bool:
-    t = type(kv[1])
-    return t is not _Reject and t is not _Late
+def _events(batch: list[tuple[str | None, Any]]) -> list[tuple[str, Any]]:
+    """A batch function: the scored events of the shards' output."""
+    return [kv for kv in batch if type(kv[1]) is not _Reject and type(kv[1]) is not _Late]
 
 
 @operator
@@ -202,14 +206,9 @@ def score(
     if shards < 1:
         raise ValueError(f"shards must be >= 1; got {shards}")
     cfg = _ScoreConfig(scorer, timestamp, _us(lateness), into, into + "_field")
-    sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
-    state = op.stateful_batch(
-        "shard_state",
-        sharded,
-        lambda resume: _ShardLogic(lambda snap: _ScoreLogic(cfg, snap), resume),
-    )
-    out = op.flat_map_batch("unshard", state, _unshard)
-    split = op.branch("split", out, _is_event)
-    problems = op.flat_map("rejections", split.falses, _unwrap(step_id))
+    out = per_key_in_shards(up, shards, lambda snap: _ScoreLogic(cfg, snap))
+    # Batch steps: every scored event passes here, and op.branch calls a predicate per item.
+    events = op.flat_map_batch("events", out, _events)
+    problems = op.flat_map_batch("rejections", out, _rejections(step_id))
     late = op.branch("late_or_error", problems, lambda r: r.error_type == "Late")
-    return ScoreOut(split.trues, late.falses, late.trues)
+    return ScoreOut(events, late.falses, late.trues)

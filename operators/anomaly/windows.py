@@ -26,7 +26,7 @@ from streamml.operators.anomaly._clock import (
     _Reject,
     _us,
 )
-from streamml.operators.anomaly._shard import _group_by_shard, _ShardLogic, _unshard
+from streamml.operators.anomaly._shard import per_key_in_shards
 from streamml.operators.anomaly.scorers import Ewma, Scorer, ZScore
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold, Threshold
 
@@ -534,13 +534,7 @@ def anomaly_windows(
     cfg = _WindowsConfig(
         rules, threshold, scorer, timestamp, _us(lateness), extract, driver, read_all
     )
-    sharded = op.flat_map_batch("shard", up, _group_by_shard(shards))
-    state = op.stateful_batch(
-        "shard_state",
-        sharded,
-        lambda resume: _ShardLogic(lambda snap: _WindowsLogic(cfg, snap), resume),
-    )
-    out = op.flat_map_batch("unshard", state, _unshard)
+    out = per_key_in_shards(up, shards, lambda snap: _WindowsLogic(cfg, snap))
     routed = op.flat_map("records", out, _records(step_id))
     closed = op.branch("split_closed", routed, lambda t: t[0] == "closed")
     opened = op.branch("split_opened", closed.falses, lambda t: t[0] == "opened")

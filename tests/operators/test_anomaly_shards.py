@@ -374,13 +374,13 @@ def test_sharded_score_matches_keyed_routing(points, batch_size, lateness_s, sha
         scorer, lambda e: e["t"], lateness_s * 1_000_000, "score", "score_field"
     )
     ref = op.stateful_batch("ref", s, lambda resume: scoring_mod._ScoreLogic(cfg, resume))
-    ref_split = op.branch("ref_split", ref, scoring_mod._is_event)
-    ref_rej = op.flat_map("ref_rej", ref_split.falses, scoring_mod._unwrap("score_shards.sc"))
+    ref_oks = op.flat_map_batch("ref_events", ref, scoring_mod._events)
+    ref_rej = op.flat_map_batch("ref_rej", ref, scoring_mod._rejections("score_shards.sc"))
     sinks: dict[str, list] = {k: [] for k in ("oks", "errs", "late", "ref_oks", "ref_rej")}
     op.output("oks", got.oks, TestingSink(sinks["oks"]))
     op.output("errs", got.errs, TestingSink(sinks["errs"]))
     op.output("late", got.late, TestingSink(sinks["late"]))
-    op.output("ref_oks", ref_split.trues, TestingSink(sinks["ref_oks"]))
+    op.output("ref_oks", ref_oks, TestingSink(sinks["ref_oks"]))
     op.output("ref_rej_out", ref_rej, TestingSink(sinks["ref_rej"]))
     run_main(flow)
     assert _by_key(sinks["oks"]) == _by_key(sinks["ref_oks"])
