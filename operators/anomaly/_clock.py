@@ -255,12 +255,17 @@ def _admit(
         problems: list[tuple] = []
     else:
         problems = _admit_ordered(gate, stamps, values, xs, floor)
-    if top > max_ts:
-        gate.max_ts = top
-        if top - lateness > gate.wm:
-            gate.wm = top - lateness
-            gate.sys_at_max = _now_us()
+    _advance(gate, top)
     return problems
+
+
+def _advance(gate: _Gate, top: int) -> None:
+    """Move the key's newest time (and with it the watermark and its idle clock) up to ``top``."""
+    if top > gate.max_ts:
+        gate.max_ts = top
+        if top - gate.lateness > gate.wm:
+            gate.wm = top - gate.lateness
+            gate.sys_at_max = _now_us()
 
 
 def _admit_ordered(
@@ -292,11 +297,9 @@ def _admit_each(
 ) -> list[tuple]:
     """:func:`_admit`, event by event: failures to read an event are routed as rejections."""
     problems: list[tuple] = []
-    append = gate.pending.append
-    last = gate.pending[-1][0] if gate.pending else _MIN
-    max_ts, wm, lateness = gate.max_ts, gate.wm, gate.lateness
-    floor = max(max_ts - lateness, gate.released)  # older than this is late
-    moved = False
+    stamps: list[int] = []
+    kept: list[Event] = []
+    xs: list[Any] = []
     for ev in values:
         try:
             td = stamp(ev) - _EPOCH
@@ -311,23 +314,13 @@ def _admit_each(
         except Exception as e:  # noqa: BLE001 - bad data never raises; it is routed
             problems.append(_Reject((type(e).__name__, str(e) or repr(e), ev)))
             continue
-        if ts > max_ts:
-            max_ts = ts
-            if ts - lateness > floor:
-                floor = ts - lateness
-            if ts - lateness > wm:
-                wm, moved = ts - lateness, True
-        if ts >= floor:
-            append((ts, ev, x))
-            if ts < last:
-                gate.mixed = True
-            last = ts
-        else:
-            behind = f"{_dt(ts).isoformat()} is behind the watermark {_dt(floor).isoformat()}"
-            problems.append(_Late((f"event time {behind}", ev)))
-    gate.max_ts, gate.wm = max_ts, wm
-    if moved:
-        gate.sys_at_max = _now_us()
+        stamps.append(ts)
+        kept.append(ev)
+        xs.append(x)
+    if stamps:
+        floor = max(gate.max_ts - gate.lateness, gate.released)  # older than this is late
+        problems += _admit_ordered(gate, stamps, kept, xs, floor)
+        _advance(gate, max(stamps))
     return problems
 
 
