@@ -33,6 +33,16 @@ def _flow(items, sinks):
         max_delay=timedelta(seconds=4),
         shards=2,
     )
+    windows = rolling(  # several windows in one state
+        "roll_windows",
+        up,
+        timestamp=_ts,
+        window=[timedelta(seconds=10), timedelta(seconds=3)],
+        fields=["x"],
+        aggregates=["count", "mean", "max", "p50"],
+        max_delay=timedelta(seconds=4),
+        shards=2,
+    )
     win = window_agg(
         "win",
         up,
@@ -46,6 +56,7 @@ def _flow(items, sinks):
     scaled = online_scale("z", up, fields=["x"])
     op.output("out_roll", roll.oks, TestingSink(sinks["roll"]))
     op.output("out_late", roll.late, TestingSink(sinks["late"]))
+    op.output("out_windows", windows.oks, TestingSink(sinks["windows"]))
     op.output("out_win", win.oks, TestingSink(sinks["win"]))
     op.output("out_z", scaled.oks, TestingSink(sinks["z"]))
     return flow
@@ -63,13 +74,13 @@ def test_abort_and_resume_gives_the_same_results(tmp_path: Path):
         )
         for i in range(60)
     ]
-    whole = {"roll": [], "late": [], "win": [], "z": []}
+    whole = {"roll": [], "late": [], "windows": [], "win": [], "z": []}
     run_main(_flow(items, whole))
     assert all(whole.values())
 
     init_db_dir(tmp_path, 1)
     cfg = RecoveryConfig(str(tmp_path))
-    crashed = {"roll": [], "late": [], "win": [], "z": []}
+    crashed = {"roll": [], "late": [], "windows": [], "win": [], "z": []}
     aborting = items[:31] + [TestingSource.ABORT()] + items[31:]
     run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
     assert len(crashed["roll"]) < len(whole["roll"])  # the first execution really stopped early

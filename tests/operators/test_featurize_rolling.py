@@ -354,11 +354,16 @@ def test_state_is_bounded_by_window_and_ttl():
     assert len(rows) <= len(logic.kid_of) * 13
 
 
-def test_snapshot_restore_round_trip():
+@pytest.mark.parametrize(
+    ("window", "name"),
+    [
+        (timedelta(seconds=10), "x_max_10s"),
+        ([timedelta(seconds=4), timedelta(seconds=10)], "x_max_4s"),  # several windows, one state
+    ],
+)
+def test_snapshot_restore_round_trip(window, name):
     build = _logic(
-        window=timedelta(seconds=10),
-        aggregates=["count", "mean", "max"],
-        max_delay=timedelta(seconds=3),
+        window=window, aggregates=["count", "mean", "max"], max_delay=timedelta(seconds=3)
     )
     rng = np.random.default_rng(1)
     batches = [
@@ -392,6 +397,7 @@ def test_snapshot_restore_round_trip():
     resumed = build(pickle.loads(pickle.dumps(snap)))
     got += [c for b in batches[9:] for c in resumed.on_batch([b])[0]] + resumed.on_eof()[0]
     assert outputs(got) == outputs(expected)
+    assert any(lates for _, _, lates in expected) and all(name in e for _, e in outputs(got)[0])
 
 
 @pytest.mark.parametrize("idle_release", [None, timedelta(milliseconds=50)])

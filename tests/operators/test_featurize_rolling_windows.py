@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import math
-import pickle
-from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.testing import TestingSource
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamml.operators.featurize import rolling, rolling_agg
+from streamml.operators.featurize import rolling
 
-from tests.operators.test_featurize_rolling import ALL, HALF_LIFE, T0, _ts, run_rolling
+from tests.operators.test_featurize_rolling import ALL, HALF_LIFE, _ts, run_rolling
 
 # computed from the rows of the window alone: the other windows of the step cannot change them
 WINDOW_ONLY = {"count", "min", "max", "last", "delta", "since", "rate", "ewma", "p50", "p95", "p99"}
@@ -220,92 +216,6 @@ def test_misconfiguration_raises_at_build_time(kwargs, message):
     up = op.input("in", flow, TestingSource([]))
     with pytest.raises(ValueError, match=message):
         rolling("roll", up, timestamp=_ts, fields=["x"], **kwargs)
-
-
-def test_snapshot_restore_round_trip():
-    cfg = rolling_agg._config(
-        "roll",
-        timestamp=_ts,
-        fields=["x"],
-        window=[timedelta(seconds=4), timedelta(seconds=10)],
-        aggregates=["count", "mean", "max"],
-        max_delay=timedelta(seconds=3),
-    )
-    rng = np.random.default_rng(1)
-    batches = [
-        [
-            (
-                f"k{rng.integers(5)}",
-                {
-                    "id": b * 10 + j,
-                    "ms": int(b * 2000 + rng.integers(-2500, 2500)),
-                    "x": float(rng.normal()),
-                },
-            )
-            for j in range(10)
-        ]
-        for b in range(20)
-    ]
-    straight = rolling_agg._RollingLogic(cfg, None)
-    expected = [c for b in batches for c in straight.on_batch([b])[0]] + straight.on_eof()[0]
-    first = rolling_agg._RollingLogic(cfg, None)
-    got = [c for b in batches[:9] for c in first.on_batch([b])[0]]
-    snap = first.snapshot()
-    first.on_batch([batches[9]])
-    resumed = rolling_agg._RollingLogic(cfg, pickle.loads(pickle.dumps(snap)))
-    got += [c for b in batches[9:] for c in resumed.on_batch([b])[0]] + resumed.on_eof()[0]
-
-    def outputs(chunks):
-        return [kv for oks, _, _ in chunks for kv in oks], [
-            r.original for _, _, lates in chunks for r in lates
-        ]
-
-    assert outputs(got) == outputs(expected)
-    assert any(lates for _, _, lates in expected) and all(
-        "x_max_4s" in e for _, e in outputs(got)[0]
-    )
-
-
-def _flow(items, sink):
-    flow = Dataflow("recover_windows")
-    up = op.input("in", flow, TestingSource(items, batch_size=3))
-    roll = rolling(
-        "roll",
-        up,
-        timestamp=lambda e: T0 + timedelta(seconds=e["s"]),
-        window=[timedelta(seconds=10), timedelta(seconds=3)],
-        fields=["x"],
-        aggregates=["count", "mean", "max", "p50"],
-        max_delay=timedelta(seconds=4),
-        shards=2,
-    )
-    op.output("out", roll.oks, TestingSink(sink))
-    op.output("late", roll.late, TestingSink(sink))
-    return flow
-
-
-def test_abort_and_resume_gives_the_same_results(tmp_path: Path):
-    items = [
-        (
-            f"k{i % 3}",
-            {
-                "id": i,
-                "s": i - (4 if i % 7 == 0 else 0) - (9 if i % 11 == 0 else 0),
-                "x": float(i % 5),
-            },
-        )
-        for i in range(60)
-    ]
-    whole: list = []
-    run_main(_flow(items, whole))
-    init_db_dir(tmp_path, 1)
-    cfg = RecoveryConfig(str(tmp_path))
-    crashed: list = []
-    aborting = items[:31] + [TestingSource.ABORT()] + items[31:]
-    run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
-    assert len(crashed) < len(whole)
-    run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
-    assert Counter(map(repr, crashed)) == Counter(map(repr, whole))
 
 
 @settings(max_examples=200, deadline=None)
