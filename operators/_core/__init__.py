@@ -1,0 +1,10 @@
+"""The one core under every operator family: key routing, event time, versioned state.
+
+Each family (featurize, infer, anomaly, join) adds its own logic on top of
+these modules and never re-implements them:
+
+- :mod:`.keys`: the key → shard router and the one bad-key rule;
+- :mod:`.event_time`: per-key watermarks, the lateness rule and the
+  wall-clock idle rule;
+- :mod:`.state`: snapshots as versioned plain records.
+"""
