@@ -1,22 +1,24 @@
 """End to end on Kafka: the light pipeline in streamml next to what users write by hand.
 
-The light pipeline: JSON readings in, keyed by sensor → the mean of the
-sensor's last 10 temperatures → an MLP 4→64→64→2 (ONNX Runtime, one thread)
-→ JSON results out. Every contender reads the same topic on the embedded
-broker from the beginning and writes its results to its own topic:
+The workload, as a user would try it: JSON readings from 1,000 sensors on a
+2-partition topic (keyed by sensor, so each sensor stays in one partition),
+the sensors in a new random order every second → the mean of each sensor's
+last 10 temperatures → an MLP 4→64→64→2 (ONNX Runtime, one thread) → the
+reading with ``p_hot`` as JSON to a results topic, keyed by sensor. Every
+contender reads the same topic on the embedded broker from the beginning
+and writes to its own topic:
 
-- **streamml**: ``kafka.source`` → ``featurize.rolling`` → ``infer`` → ``kafka.sink``
-  on one Bytewax worker, the sink waiting for the broker's acknowledgements
-  at every batch (at-least-once with recovery); and the same with
+- **streamml**: ``kafka.source(frames=True)`` → ``featurize.rolling(last=10)``
+  → ``infer`` → ``kafka.sink`` on one Bytewax worker, polars frames between
+  the steps, the sink waiting for the broker's acknowledgements at every
+  batch (at-least-once with recovery); and the same with
   ``confirm_each_batch=False``, which confirms delivery only at the end, as
   the two loops below do;
-- **per-event microservice**: a confluent-kafka consumer loop that decodes,
-  updates a deque, calls the model and produces, once per event;
-- **hand-batched loop**: the best a user could write without a framework —
-  consume 1,000 at a time, orjson, one model call per batch, produce.
-
-Readings come once per second per sensor, in order, so "the last 10
-temperatures" and "the last 10 seconds" are the same window.
+- **hand-batched loop**: the best a competent user writes without a
+  framework — 5,000 messages per ``consume``, orjson, a deque per sensor,
+  NumPy feature columns, one model call per batch, produce;
+- **per-event microservice**: decode, update the deque, call the model and
+  produce, once per event.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ import time
 import warnings
 from collections import deque
 from datetime import datetime, timedelta, timezone
-from operator import itemgetter
 from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
 import orjson
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -48,11 +50,17 @@ from streamml.serde import JsonSerde
 from streamml.testing import produce_all
 
 N_SENSORS = 1000
+PARTITIONS = 2
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+FEATURES = ["temperature", "temperature_mean_last10", "vibration", "pressure"]
+"""The MLP's input row."""
+
 _FETCH = {
     "fetch.max.bytes": str(64 << 20),
     "max.partition.fetch.bytes": str(16 << 20),
 }
+_CONSUME = 5000
+"""Messages per read, for every contender."""
 
 
 def build_mlp() -> bytes:
@@ -60,10 +68,9 @@ def build_mlp() -> bytes:
 
     Trained in a child process: scikit-learn and skl2onnx leave about 100,000
     objects on the heap of a process that imports them, and every full
-    garbage collection during a run scans them all (a streamml run makes
-    about 17 per 200,000 events; with them on the heap it ran at ~60k ev/s
-    instead of ~80k here). A deployed pipeline loads its ONNX file and never
-    imports a training library, so the benchmark process does not either.
+    garbage collection during a run scans them all. A deployed pipeline
+    loads its ONNX file and never imports a training library, so the
+    benchmark process does not either.
     """
     root = Path(__file__).resolve().parents[1]
     env = {
@@ -71,11 +78,7 @@ def build_mlp() -> bytes:
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
     child = subprocess.run(
-        [sys.executable, "-c", _TRAIN],
-        cwd=root,
-        env=env,
-        check=True,
-        stdout=subprocess.PIPE,
+        [sys.executable, "-c", _TRAIN], cwd=root, env=env, check=True, stdout=subprocess.PIPE
     )
     return child.stdout
 
@@ -99,24 +102,29 @@ def _train_mlp() -> bytes:
 
 
 def _readings(n: int) -> list[tuple[bytes, bytes]]:
+    """``n`` keyed JSON readings: every second each sensor once, in a new random order."""
     rng = np.random.default_rng(2)
     temps = rng.normal(60, 3, size=n)
+    vibration = rng.normal(2, 0.3, size=n)
+    names = [f"sensor-{i:04d}" for i in range(N_SENSORS)]
     out = []
-    for i in range(n):
-        sensor = f"sensor-{i % N_SENSORS:04d}"
-        ms = int((T0 + timedelta(seconds=i // N_SENSORS)).timestamp() * 1000)
-        value = {
-            "sensor_id": sensor,
-            "ts": ms,
-            "temperature": float(temps[i]),
-            "vibration": 2.0,
-            "pressure": 5.0,
-        }
-        out.append((sensor.encode(), orjson.dumps(value)))
+    for second in range((n + N_SENSORS - 1) // N_SENSORS):
+        ms = int((T0 + timedelta(seconds=second)).timestamp() * 1000)
+        for s in rng.permutation(N_SENSORS)[: n - second * N_SENSORS].tolist():
+            i = len(out)
+            value = {
+                "sensor_id": names[s],
+                "ts": ms,
+                "temperature": float(temps[i]),
+                "vibration": float(vibration[i]),
+                "pressure": 5.0,
+            }
+            out.append((names[s].encode(), orjson.dumps(value)))
     return out
 
 
-def _consumer(bootstrap: str, topic: str) -> Consumer:
+def _consumer(bootstrap: str, topic: str) -> tuple[Consumer, int]:
+    """A consumer assigned every partition of ``topic`` from offset 0, and their number."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -127,44 +135,42 @@ def _consumer(bootstrap: str, topic: str) -> Consumer:
             **_FETCH,
         }
     )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    return consumer
+    parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    return consumer, len(parts)
+
+
+def _producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
 
 
 def per_event_service(bootstrap: str, topic: str, out_topic: str, model_bytes: bytes) -> int:
     """Consume, decode, featurize, score and produce one event at a time."""
-    model = OnnxModel(model_bytes, intra_op_threads=1)
-    session, name = model.session, model.session.get_inputs()[0].name
-    consumer, producer = (
-        _consumer(bootstrap, topic),
-        Producer({"bootstrap.servers": bootstrap, "linger.ms": 5}),
-    )
+    session = OnnxModel(model_bytes, intra_op_threads=1).session
+    name = session.get_inputs()[0].name
+    (consumer, parts), producer = _consumer(bootstrap, topic), _producer(bootstrap)
     last10: dict[str, deque] = {}
-    n = 0
-    while True:
+    n = ended = 0
+    while ended < parts:
         msg = consumer.poll(1.0)
         if msg is None:
             continue
         if msg.error():
             if msg.error().code() == KafkaError._PARTITION_EOF:
-                break
+                ended += 1
+                continue
             raise RuntimeError(msg.error())
-        reading = orjson.loads(msg.value())
-        temps = last10.setdefault(reading["sensor_id"], deque(maxlen=10))
-        temps.append(reading["temperature"])
+        r = orjson.loads(msg.value())
+        temps = last10.get(r["sensor_id"])
+        if temps is None:
+            temps = last10[r["sensor_id"]] = deque(maxlen=10)
+        temps.append(r["temperature"])
         x = np.array(
-            [
-                [
-                    reading["temperature"],
-                    sum(temps) / len(temps),
-                    reading["vibration"],
-                    reading["pressure"],
-                ]
-            ],
+            [[r["temperature"], sum(temps) / len(temps), r["vibration"], r["pressure"]]],
             dtype=np.float32,
         )
-        proba = session.run(None, {name: x})[1][0]
-        producer.produce(out_topic, orjson.dumps({**reading, "p_hot": float(proba[1])}), msg.key())
+        r["p_hot"] = float(session.run(None, {name: x})[1][0, 1])
+        producer.produce(out_topic, orjson.dumps(r), msg.key())
         producer.poll(0)
         n += 1
     producer.flush()
@@ -173,37 +179,42 @@ def per_event_service(bootstrap: str, topic: str, out_topic: str, model_bytes: b
 
 
 def hand_batched(bootstrap: str, topic: str, out_topic: str, model_bytes: bytes) -> int:
-    """The same work, 1,000 events per decode, model call and produce loop."""
-    model = OnnxModel(model_bytes, intra_op_threads=1)
-    session, name = model.session, model.session.get_inputs()[0].name
-    consumer, producer = (
-        _consumer(bootstrap, topic),
-        Producer({"bootstrap.servers": bootstrap, "linger.ms": 5}),
-    )
+    """The same work, 5,000 events per decode, feature build, model call and produce loop."""
+    session = OnnxModel(model_bytes, intra_op_threads=1).session
+    name = session.get_inputs()[0].name
+    (consumer, parts), producer = _consumer(bootstrap, topic), _producer(bootstrap)
+    produce, loads, dumps = producer.produce, orjson.loads, orjson.dumps
     last10: dict[str, deque] = {}
-    n, done = 0, False
-    while not done:
-        msgs = consumer.consume(1000, timeout=1.0)
+    n = ended = 0
+    while ended < parts:
         good = []
-        for m in msgs:
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    done = True
-                    continue
+        for m in consumer.consume(_CONSUME, timeout=1.0):
+            if m.error() is None:
+                good.append(m)
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                ended += 1
+            else:
                 raise RuntimeError(m.error())
-            good.append(m)
         if not good:
             continue
-        readings = [orjson.loads(m.value()) for m in good]
+        readings = [loads(m.value()) for m in good]
+        temps = [r["temperature"] for r in readings]
+        means = []
+        for r, t in zip(readings, temps):
+            window = last10.get(r["sensor_id"])
+            if window is None:
+                window = last10[r["sensor_id"]] = deque(maxlen=10)
+            window.append(t)
+            means.append(sum(window) / len(window))
         x = np.empty((len(readings), 4), dtype=np.float32)
-        for i, r in enumerate(readings):
-            temps = last10.setdefault(r["sensor_id"], deque(maxlen=10))
-            temps.append(r["temperature"])
-            x[i] = (r["temperature"], sum(temps) / len(temps), r["vibration"], r["pressure"])
-        proba = session.run(None, {name: x})[1][:, 1]
-        for m, r, p in zip(good, readings, proba.tolist()):
+        x[:, 0] = temps
+        x[:, 1] = means
+        x[:, 2] = [r["vibration"] for r in readings]
+        x[:, 3] = [r["pressure"] for r in readings]
+        p_hot = session.run(None, {name: x})[1][:, 1].tolist()
+        for m, r, p in zip(good, readings, p_hot):
             r["p_hot"] = p
-            producer.produce(out_topic, orjson.dumps(r), m.key())
+            produce(out_topic, dumps(r), m.key())
         producer.poll(0)
         n += len(good)
     producer.flush()
@@ -211,36 +222,9 @@ def hand_batched(bootstrap: str, topic: str, out_topic: str, model_bytes: bytes)
     return n
 
 
-_features = itemgetter("temperature", "temperature_mean_10s", "vibration", "pressure")
-"""The MLP's input row; ``infer`` stacks a batch's rows into one float32 matrix."""
-
-
-def _vector(batch: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """Each event with its MLP input row as a ``features`` field (benchmarks.scaling's flow)."""
-    cols = np.array(
-        [
-            (e["temperature"], e["temperature_mean_10s"], e["vibration"], e["pressure"])
-            for _, e in batch
-        ],
-        dtype=np.float32,
-    ).reshape(len(batch), 4)
-    return [(k, {**e, "features": v}) for (k, e), v in zip(batch, cols)]
-
-
-def _result(event: dict, outputs: dict) -> dict:
-    """The reading with its rolling mean and ``p_hot`` (as the loops: the reading and ``p_hot``)."""
-    return {**event, "p_hot": outputs["probabilities"][1]}
-
-
-def _keyed(records: list) -> list[tuple[str, dict]]:
-    return [(r.value["sensor_id"], r.value) for r in records]
-
-
-def _reading_time(event: dict) -> datetime:
-    return datetime.fromtimestamp(event["ts"] / 1000, _UTC)  # tz by position: faster
-
-
-_UTC = timezone.utc
+def _drop_features(frame: pl.DataFrame) -> pl.DataFrame:
+    """The reading and ``p_hot``, as the loops write it."""
+    return frame.drop("temperature_mean_last10")
 
 
 def streamml_flow(
@@ -264,7 +248,6 @@ def streamml_flow(
 
         python -m bytewax.run "benchmarks.pipeline:streamml_flow('127.0.0.1:9092', 'in', 'out', 'mlp.onnx', shards=2)" -w 2
     """
-    model = OnnxModel(model, intra_op_threads=1)
     flow = Dataflow("light_pipeline")
     src = kafka.source(
         "in",
@@ -273,15 +256,16 @@ def streamml_flow(
         topics=topic,
         value_serde=JsonSerde(),
         tail=tail,
-        batch_size=2000,
+        batch_size=_CONSUME,
         add_config=_FETCH,
+        frames=True,
     )
-    keyed = op.flat_map_batch("key", src.oks, _keyed)
     feats = featurize.rolling(
         "last10",
-        keyed,
-        timestamp=_reading_time,
-        window=timedelta(seconds=10),
+        src.oks,
+        key="sensor_id",
+        timestamp="ts",
+        last=10,
         fields=["temperature"],
         aggregates=["mean"],
         shards=shards,
@@ -289,55 +273,72 @@ def streamml_flow(
     scored = infer(
         "mlp",
         feats.oks,
-        model,
-        inputs=_features,
-        outputs=_result,
+        OnnxModel(model, intra_op_threads=1),
+        inputs=FEATURES,
+        outputs={"p_hot": ("probabilities", 1)},
         version_field=None,
-        max_batch=1024,
+        max_batch=_CONSUME,
         max_wait=timedelta(milliseconds=max_wait_ms),
-        shards=shards,
     )
     kafka.sink(
         "out",
-        scored.oks,
+        op.map("reading_and_score", scored.oks, _drop_features),
         brokers=bootstrap,
         topic=out_topic,
         value_serde=JsonSerde(),
-        key=itemgetter(0),  # C getters: no Python call per event
-        value=itemgetter(1),
+        key="sensor_id",
         confirm_each_batch=confirm_each_batch,
     )
     return flow
 
 
-def main(quick: bool = False) -> dict:
-    n = 50_000 if quick else 200_000
-    rounds = 3
+def _check_same_scores(bootstrap: str, topics: list[str]) -> None:
+    """Every contender wrote a ``p_hot`` for each reading, the same up to float32 rounding."""
+    from streamml.testing import consume_all
+
+    def scores(topic: str) -> np.ndarray:
+        rows = sorted(
+            (r["sensor_id"], r["ts"], r["p_hot"])
+            for r in map(orjson.loads, (m.value for m in consume_all(bootstrap, topic)))
+        )
+        return np.array([p for _, _, p in rows])
+
+    reference = scores(topics[0])
+    for topic in topics[1:]:
+        other = scores(topic)
+        if len(other) != len(reference) or not np.allclose(other, reference, atol=1e-5):
+            raise AssertionError(f"{topic} and {topics[0]} disagree on the scores")
+
+
+def main(quick: bool = False, events: int | None = None, rounds: int = 3) -> dict:
+    n = events or (50_000 if quick else 200_000)
     model_bytes = build_mlp()
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap
-        broker.create_topic("readings")
+        broker.create_topic("readings", partitions=PARTITIONS)
         print(
-            f"producing {n:,} JSON readings from {N_SENSORS:,} sensors to the embedded broker ...",
+            f"producing {n:,} JSON readings from {N_SENSORS:,} sensors in random order "
+            f"to {PARTITIONS} partitions ...",
             flush=True,
         )
         produce_all(bootstrap, "readings", _readings(n))
         outputs = iter(range(10**6))
+        written: dict[str, str] = {}
 
-        def fresh_topic() -> str:
+        def fresh_topic(contender: str) -> str:
             name = f"results-{next(outputs)}"
             broker.create_topic(name)
+            written[contender] = name
             return name
 
         def run_streamml(confirm_each_batch: bool = True) -> int:
-            flow = streamml_flow(
-                bootstrap,
-                "readings",
-                fresh_topic(),
-                model_bytes,
-                confirm_each_batch=confirm_each_batch,
+            label = "streamml" if confirm_each_batch else "streamml-end"
+            out = fresh_topic(label)
+            run_main(
+                streamml_flow(
+                    bootstrap, "readings", out, model_bytes, confirm_each_batch=confirm_each_batch
+                )
             )
-            run_main(flow)
             return n
 
         contenders = {
@@ -345,10 +346,10 @@ def main(quick: bool = False) -> dict:
             # The loops below confirm delivery only at the end; this is the same trade.
             "streamml, delivery confirmed at the end": lambda: run_streamml(False),
             "hand-batched loop": lambda: hand_batched(
-                bootstrap, "readings", fresh_topic(), model_bytes
+                bootstrap, "readings", fresh_topic("hand"), model_bytes
             ),
             "per-event microservice": lambda: per_event_service(
-                bootstrap, "readings", fresh_topic(), model_bytes
+                bootstrap, "readings", fresh_topic("per-event"), model_bytes
             ),
         }
         print(f"{rounds} alternating rounds of {len(contenders)} contenders", flush=True)
@@ -356,14 +357,26 @@ def main(quick: bool = False) -> dict:
         results = alternate(contenders, rounds=rounds, warmup=False)
         print(
             format_table(
-                "light pipeline end to end (JSON → rolling mean → MLP → JSON), events/s",
+                f"light pipeline end to end, {n:,} events, {PARTITIONS} partitions, "
+                "keys in random order (JSON → last-10 mean → MLP → JSON), events/s",
                 results,
                 "ev/s",
             )
         )
         print(f"({time.perf_counter() - start:.0f} s)")
+        _check_same_scores(bootstrap, list(written.values()))
+        print("every contender wrote the same scores", flush=True)
     return {"light_pipeline": [m.as_dict() for m in results], "events": n}
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pipeline",
+        description="The light pipeline end to end: streamml next to hand-written loops.",
+    )
+    parser.add_argument("--events", type=int, default=200_000, help="readings (default 200,000)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    args = parser.parse_args()
+    main(events=args.events, rounds=args.rounds)
