@@ -21,7 +21,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import load_schema
 
 from streamml.serde._avro_flat import FlatRecordReader, flat_reader, join_payloads
-from streamml.serde.base import SerdeError, map_each
+from streamml.serde.base import Deserializer, SerdeError, Serializer, map_each
 
 __all__ = ["AvroSerde", "ConfluentAvroSerde", "load_avro_schema"]
 
@@ -71,7 +71,7 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
 
 
-class AvroSerde:
+class AvroSerde(Deserializer, Serializer):
     """Plain schemaless Avro with a schema known to both sides (no registry, no header).
 
     For users without a schema registry: the writer schema comes from a local
@@ -125,7 +125,7 @@ class AvroSerde:
         )
 
 
-class ConfluentAvroSerde:
+class ConfluentAvroSerde(Deserializer, Serializer):
     """Avro in the Confluent wire format, with schemas from a schema registry.
 
     Decoding reads the schema id from each payload's header, fetches that

@@ -3,16 +3,35 @@
 orjson is 3–4× faster than the standard library at both ends (about 400k
 loads/s against 100–140k here), and JSON decoding is often the per-message
 floor of a pipeline, so it earns its place as a dependency.
+
+Frames (:meth:`JsonSerde.decode_frame`, :meth:`JsonSerde.encode_frame`) go
+through polars' NDJSON reader and writer instead, which parse and print in
+Rust with no Python object per value: the payloads of a batch are joined with
+newlines and read as one NDJSON document, and a frame is written as one and
+split at its newlines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
+import polars as pl
 
-from streamml.serde.base import SerdeError, map_each
+from streamml.serde.base import (
+    POLARS_ERRORS,
+    Deserializer,
+    FrameDecoded,
+    SerdeError,
+    Serializer,
+    empty_frame,
+    frame_from_values,
+    frames_in_order,
+    map_each,
+    widen_big_ints,
+)
 
 __all__ = ["JsonSerde"]
 
@@ -28,12 +47,44 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-class JsonSerde:
+class JsonSerde(Deserializer, Serializer):
     """JSON in and out; a ``None`` payload (a tombstone) decodes to ``None``.
 
     Encoding handles ``datetime`` (RFC 3339), NumPy arrays and scalars. NaN and
     infinity, which JSON cannot represent, are written as ``null`` by orjson;
     pass ``allow_nan=False`` to reject such values instead.
+
+    As frames, each payload must be a JSON object, and is one row: its keys
+    are the columns, and a key a payload lacks is null there. A tombstone
+    (``None``) or a JSON value that is not an object is an error, as is a
+    payload that is not JSON.
+
+    Column types: with ``schema`` (a polars schema, e.g. ``{"ts": pl.Int64,
+    "temperature": pl.Float64}``) every batch has exactly those columns and
+    types; keys outside it are dropped, and a payload whose value does not
+    fit its column's type (``"x"`` for an Int64, ``1.5`` for an Int64, an
+    integer beyond int64 for an Int64) is a ``"SchemaMismatch"`` error. A
+    String column takes any JSON value, as its JSON text; a Datetime column
+    reads RFC 3339 text (what :meth:`encode_frame` writes). Without a schema,
+    polars infers the types from each whole batch, so they can change from
+    one batch to the next: a field with only integers in one batch is Int64
+    there, and Float64 in a batch where it has a ``1.5``. In one batch,
+    integers with floats make Float64, and anything with text makes String
+    (``1`` is read as ``"1"``); integers beyond int64 make the column
+    Float64 (the nearest double, as orjson reads integers past 2**64); a
+    payload whose types polars cannot join to the rows before it (an object
+    where earlier rows have a number) is a ``"SchemaMismatch"`` error. Give a
+    schema when downstream steps need stable types.
+
+    One known difference from ``decode_batch`` (orjson): a payload that
+    repeats a key keeps its first value in a frame, and its last in
+    ``decode_batch``; JSON (RFC 8259) leaves duplicate keys undefined.
+
+    Args:
+        allow_nan: With ``False``, a value holding NaN or infinity is an
+            ``"EncodeError"`` instead of ``null``.
+        schema: The polars schema of decoded frames; inferred per batch if
+            not given.
 
     Examples:
         >>> serde = JsonSerde()
@@ -41,11 +92,22 @@ class JsonSerde:
         [{'t': 1.5}, SerdeError('unexpected character...'), None]
         >>> serde.encode_batch([{"t": 1.5}])
         [b'{"t":1.5}']
+        >>> decoded = serde.decode_frame([b'{"t": 1.5, "id": "a"}', b'{broken', None, b'{"t": 2}'])
+        >>> decoded.frame.rows(), decoded.rows.tolist()
+        ([(1.5, 'a'), (2.0, None)], [0, 3])
+        >>> [(i, err.kind) for i, err in decoded.errors]
+        [(1, 'DecodeError'), (2, 'Tombstone')]
+        >>> serde.encode_frame(decoded.frame)
+        [b'{"t":1.5,"id":"a"}', b'{"t":2.0,"id":null}']
+        >>> typed = JsonSerde(schema={"t": pl.Float64})
+        >>> typed.decode_frame([b'{"t": 1}', b'{"t": "hot"}']).frame.rows()
+        [(1.0,)]
     """
 
-    def __init__(self, *, allow_nan: bool = True) -> None:
+    def __init__(self, *, allow_nan: bool = True, schema: Mapping[str, Any] | None = None) -> None:
         self._allow_nan = allow_nan
         self._options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        self._schema = pl.Schema(schema) if schema is not None else None
 
     def decode_batch(self, payloads: Sequence[bytes | None]) -> list[Any]:
         loads = orjson.loads
@@ -69,8 +131,160 @@ class JsonSerde:
                 pass
         return map_each(lambda v: None if v is None else self._dumps(v), values, "EncodeError")
 
+    def decode_frame(self, payloads: list[bytes | None]) -> FrameDecoded:
+        """Decode a batch of JSON objects into a DataFrame, one row per object; see the class.
+
+        When every payload is bytes holding one object on one line (checked
+        on the joined buffer in C, without a Python call per payload), the
+        batch is one ``polars.read_ndjson`` call. Otherwise, or when polars
+        refuses the batch, orjson reads each payload to find the ones that are
+        not JSON objects, and polars reads the rest (re-encoded by orjson when
+        they hold raw newlines); rows whose types do not fit are then found
+        by halving (see :func:`streamml.serde.base.frames_in_order`).
+        """
+        n = len(payloads)
+        if not n:
+            return FrameDecoded(empty_frame(self._schema), np.empty(0, np.int64), [])
+        if set(map(type, payloads)) == _BYTES:
+            joined = b"\n".join(payloads)
+            if _one_object_per_line(joined, n):
+                try:
+                    frame = self._read(joined)
+                    if frame.height == n:
+                        return FrameDecoded(frame, np.arange(n, dtype=np.int64), [])
+                except POLARS_ERRORS:
+                    pass
+        return self._decode_frame_slow(payloads)
+
+    def _read(self, joined: bytes) -> pl.DataFrame:
+        if self._schema is not None:
+            return pl.read_ndjson(joined, schema=self._schema)
+        return widen_big_ints(pl.read_ndjson(joined, infer_schema_length=None))
+
+    def _decode_frame_slow(self, payloads: list[bytes | None]) -> FrameDecoded:
+        values = self.decode_batch(payloads)
+        checked = frame_from_values(values, _NO_COLUMNS)  # sorts records from errors
+        rows = checked.rows.tolist()
+        lines = [
+            payload if _plain_line(payload) else orjson.dumps(values[i])
+            for i in rows
+            for payload in (payloads[i],)
+        ]
+
+        def build(positions: Sequence[int]) -> pl.DataFrame:
+            picked = lines if len(positions) == len(lines) else [lines[p] for p in positions]
+            return self._read(b"\n".join(picked))
+
+        return frames_in_order(build, rows, checked.errors, self._schema)
+
+    def encode_frame(self, frame: pl.DataFrame) -> list[bytes | SerdeError]:
+        """Encode each row of ``frame`` as one JSON object, in column order.
+
+        Written by ``DataFrame.write_ndjson`` and split at its newlines (a
+        newline inside a string is escaped, so every raw one ends a row).
+        Values come out as :meth:`encode_batch` writes them: NaN and
+        infinity as ``null`` (or an ``"EncodeError"`` with
+        ``allow_nan=False``), nulls as ``null``, Datetime columns as RFC 3339
+        text exactly as orjson writes a ``datetime`` (``"2026-01-01T00:00:00+00:00"``,
+        microseconds only when not zero, no offset for a column without a time
+        zone), Date as ``"2026-01-01"``. A Float32 value is written with the
+        fewest digits that read back to the same Float32. A frame with a
+        column polars cannot write as JSON (Binary, Object, a Datetime inside
+        a list or struct) goes row by row through :meth:`encode_batch`.
+
+        Examples:
+            >>> from datetime import datetime, timezone
+            >>> frame = pl.DataFrame({"ts": [datetime(2026, 1, 1, tzinfo=timezone.utc)],
+            ...                       "x": [float("nan")], "s": ["été"]})
+            >>> JsonSerde().encode_frame(frame)
+            [b'{"ts":"2026-01-01T00:00:00+00:00","x":null,"s":"\\xc3\\xa9t\\xc3\\xa9"}']
+        """
+        height = frame.height
+        if not height:
+            return []
+        if not frame.width:
+            return [b"{}"] * height
+        ready = self._writable(frame)
+        if ready is not None:
+            try:
+                lines = ready.write_ndjson().encode().split(b"\n")
+                if len(lines) == height + 1 and not lines[-1]:
+                    lines.pop()
+                    return lines  # type: ignore[return-value]
+            except POLARS_ERRORS:
+                pass
+        return self._encode_frame_rows(frame)
+
+    def _encode_frame_rows(self, frame: pl.DataFrame) -> list[bytes | SerdeError]:
+        return self.encode_batch(frame.to_dicts())  # type: ignore[return-value]
+
+    def _writable(self, frame: pl.DataFrame) -> pl.DataFrame | None:
+        """``frame`` with Datetime columns as RFC 3339 text, or None if polars cannot write it."""
+        dates: list[pl.Expr] = []
+        for name, dtype in frame.schema.items():
+            if isinstance(dtype, pl.Datetime):
+                dates.append(_rfc3339(name, dtype))
+            elif not _writes_as_json(dtype):
+                return None
+        if not self._allow_nan and _has_non_finite_column(frame):
+            return None
+        return frame.with_columns(dates) if dates else frame
+
 
 _NONE_TYPE = type(None)
+_BYTES = frozenset({bytes})
+_NO_COLUMNS: dict[str, Any] = {}  # a schema of no columns: frame_from_values only sorts
+_SURROGATES = (b"\\ud", b"\\uD")  # escapes polars misreads when unpaired: let orjson do them
+_FLOATS = frozenset({pl.Float32, pl.Float64})
+
+
+def _one_object_per_line(joined: bytes, n: int) -> bool:
+    """True when the ``n`` payloads joined by newlines each start with ``{``, end with ``}``,
+    hold no newline themselves and no ``\\uD...`` escape: one object per line, for polars.
+
+    Every newline of ``joined`` must then sit between ``}`` and ``{``; a
+    few C-level scans of the buffer check it, with no Python per payload.
+    """
+    return (
+        joined[:1] == b"{"
+        and joined[-1:] == b"}"
+        and joined.count(b"\n") == n - 1
+        and joined.count(b"}\n{") == n - 1
+        and not any(escape in joined for escape in _SURROGATES)
+    )
+
+
+def _plain_line(payload: bytes) -> bool:
+    """One payload by itself passes :func:`_one_object_per_line`."""
+    return _one_object_per_line(payload, 1)
+
+
+def _rfc3339(name: str, dtype: pl.Datetime) -> pl.Expr:
+    """A Datetime column as the text orjson writes for each ``datetime``."""
+    fmt = "%Y-%m-%dT%H:%M:%S%.6f" + ("%:z" if dtype.time_zone else "")
+    return pl.col(name).dt.to_string(fmt).str.replace(".000000", "", literal=True)
+
+
+def _writes_as_json(dtype: Any) -> bool:
+    """polars writes values of ``dtype`` as orjson would (a Datetime only at the top level)."""
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return _writes_as_json(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return all(_writes_as_json(field.dtype) for field in dtype.fields)
+    return not isinstance(dtype, (pl.Datetime, pl.Binary, pl.Object, pl.Unknown))
+
+
+def _has_non_finite_column(frame: pl.DataFrame) -> bool:
+    """Some float in ``frame`` is NaN or infinite (a float in a list or struct counts as maybe)."""
+    floats = []
+    for name, dtype in frame.schema.items():
+        if dtype in _FLOATS:
+            floats.append(name)
+        elif dtype.is_nested():
+            return True  # let encode_batch look at each value
+    if not floats:
+        return False
+    return bool(frame.select(pl.any_horizontal(~pl.col(floats).is_finite()).any()).item())
 
 
 def _has_non_finite(value: Any) -> bool:
