@@ -331,8 +331,8 @@ def test_idle_keys_are_forgotten_and_stale_events_stay_late():
 
 def _logic(**kwargs):
     """A builder of the shard state ``rolling`` uses, for state-level tests."""
-    cfg = rolling_agg._config("roll", timestamp=_ts, fields=["x"], **kwargs)
-    return lambda resume=None: rolling_agg._RollingLogic(cfg, resume)
+    cfg = rolling_agg._config("roll", fields=["x"], **kwargs)
+    return lambda resume=None: rolling_agg._RowLogic(cfg, _ts, resume)
 
 
 def test_state_is_bounded_by_window_and_ttl():
@@ -348,10 +348,11 @@ def test_state_is_bounded_by_window_and_ttl():
         batch += [("steady", {"ms": step * 1000, "x": 1.0})]
         logic.on_batch([batch])
     # only keys active in the last ttl (plus a quarter ttl sweep period) remain
-    assert len(logic.kid_of) <= 51 * 26
-    assert "k0-0" not in logic.kid_of and "steady" in logic.kid_of
-    rows = logic.rows[0]
-    assert len(rows) <= len(logic.kid_of) * 13
+    kid_of = logic.core.et.kid_of
+    assert len(kid_of) <= 51 * 26
+    assert "k0-0" not in kid_of and "steady" in kid_of
+    rows = logic.core.win.rows[0]
+    assert len(rows) <= len(kid_of) * 13
 
 
 @pytest.mark.parametrize(

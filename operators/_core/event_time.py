@@ -1,0 +1,561 @@
+"""The one event-time model of streamml's keyed operators: per-key watermarks, one lateness rule.
+
+Every keyed, event-time operator (``featurize.rolling`` today; anomaly and
+the joins next) admits, holds and releases its rows through
+:class:`KeyedEventTime`, one per state shard, so they all judge time alike:
+
+- **Watermark.** A key's watermark is the largest event time accepted for
+  that key minus ``max_delay``.
+- **Lateness (the one rule).** A row is late iff its time is older than
+  its key's watermark as of the rows of that key that arrived before it.
+  It depends only on the key's own rows, in arrival order — never on
+  ``shards=``, on workers or processes, or on where a stream is cut into
+  batches (checked vectorised over a batch: a running maximum per key,
+  seeded with the state's per-key maxima). A late row changes nothing.
+- **Future.** With ``max_future``, a row more than that beyond the wall
+  clock is rejected (``FutureTimestamp``) before it can push its key's
+  watermark to the year 3000.
+- **Holding.** Accepted rows are held until their key's watermark reaches
+  them (at once with ``max_delay=0``), then released in event-time order
+  (ties in arrival order). No later row can then fall before them: every
+  row that could still arrive for the key is at or after them.
+- **Idle release** (``idle_release``, wall clock): a row held that long is
+  released anyway, and its key's watermark moves up to it (results never
+  change; which later rows are late then depends on timing).
+- **TTL** (event time): keys whose newest row is ``ttl`` older than the
+  newest row of the shard are forgotten (their held rows released first).
+  One number is remembered, the newest forgotten time; afterwards a key
+  with no accepted row is late when older than it plus ``guard`` (the
+  history the operator would have needed, e.g. its longest window), so a
+  forgotten key's stale rows stay late. This is the one place where a
+  shard's other keys matter: which idle keys are forgotten, and so which
+  of their very old rows are late, depends on the newest time of the
+  shard they share.
+
+Times are int64 microseconds since the epoch (see :mod:`streamml.operators._time`).
+The wall clock is a callable returning seconds (``time.time`` by default),
+so tests inject their own and never sleep.
+
+Examples:
+    >>> import numpy as np
+    >>> from datetime import timedelta
+    >>> et = KeyedEventTime(max_delay=timedelta(microseconds=5))
+    >>> adm = et.admit(["a", "a", "a", "b"], np.array([10, 7, 2, 0]))
+    >>> adm.late.tolist(), adm.late_mark.tolist()
+    ([2], [5])
+    >>> et.hold(None, adm.kid, adm.ts)
+    >>> et.release().held.ts.tolist()  # watermarks: a 5, b -5
+    []
+    >>> adm = et.admit(["b", "a"], np.array([6, 12]))
+    >>> et.hold(None, adm.kid, adm.ts)
+    >>> et.release().held.ts.tolist()  # watermarks: a 7, b 1
+    [0, 7]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import polars as pl
+from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
+from streamml.operators._time import from_micros, late, micros
+
+from streamml.errors import Rejected
+
+__all__ = ["Admission", "Held", "KeyedEventTime", "Released", "MIN_TS", "MAX_TS"]
+
+_NONE = np.iinfo(np.int64).min
+"""``kmax`` of a key with no accepted row (and of a free key id)."""
+MIN_TS = -(1 << 62)
+"""The earliest event time an operator accepts (about 146,000 years before 1970)."""
+MAX_TS = 1 << 62
+"""The latest event time an operator accepts (about 146,000 years after 1970)."""
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+
+
+def _concat(a: pl.DataFrame | None, b: pl.DataFrame | None) -> pl.DataFrame | None:
+    """Rows of ``a`` then ``b`` (either may be ``None``); columns unified to supertypes."""
+    if a is None or not a.height:
+        return b
+    if b is None or not b.height:
+        return a
+    if a.schema == b.schema:
+        return pl.concat([a, b], rechunk=False)
+    return pl.concat([a, b], how="diagonal_relaxed", rechunk=False)
+
+
+def _take(frame: pl.DataFrame | None, idx: np.ndarray) -> pl.DataFrame | None:
+    return None if frame is None else frame[idx]
+
+
+@dataclass
+class Held:
+    """Rows in arrival order, column-wise: the operator's payload frame and the time arrays.
+
+    Attributes:
+        frame: The operator's own columns for these rows (``None`` when it
+            keeps none).
+        kid: Key id of each row (see :meth:`KeyedEventTime.key_of`).
+        ts: Event time, int64 microseconds.
+        arrived: Wall-clock seconds when the row was held.
+        data: Float64 ``(n, k)`` numbers the operator computes on.
+    """
+
+    frame: pl.DataFrame | None
+    kid: np.ndarray
+    ts: np.ndarray
+    arrived: np.ndarray
+    data: np.ndarray
+
+    @classmethod
+    def empty(cls, width: int = 0) -> Held:
+        return cls(None, _EMPTY_I, _EMPTY_I, np.zeros(0), np.zeros((0, width)))
+
+    def __len__(self) -> int:
+        return len(self.kid)
+
+    def extend(self, more: Held) -> Held:
+        if not len(self):
+            return more
+        if not len(more):
+            return self
+        cat = np.concatenate
+        return Held(
+            _concat(self.frame, more.frame),
+            cat([self.kid, more.kid]),
+            cat([self.ts, more.ts]),
+            cat([self.arrived, more.arrived]),
+            cat([self.data, more.data]),
+        )
+
+    def take(self, idx: np.ndarray) -> Held:
+        """The rows at ``idx`` (an index array), in that order."""
+        return Held(
+            _take(self.frame, idx), self.kid[idx], self.ts[idx], self.arrived[idx], self.data[idx]
+        )
+
+
+@dataclass
+class Admission:
+    """The verdict on a batch of rows (indices refer to the batch, in arrival order).
+
+    Attributes:
+        ok: Indices of the accepted rows.
+        kid: Their key ids.
+        ts: Their event times.
+        late: Indices of the late rows.
+        late_mark: The watermark each late row fell behind.
+        late_unknown: Whether that was the TTL horizon of an unknown key.
+        future: Indices of rows beyond ``max_future`` of the wall clock.
+    """
+
+    ok: np.ndarray
+    kid: np.ndarray
+    ts: np.ndarray
+    late: np.ndarray
+    late_mark: np.ndarray
+    late_unknown: np.ndarray
+    future: np.ndarray
+    _seen: np.ndarray  # per late row, the newest time its key had (for the reason)
+    _keys: Sequence[Any]
+    _all_ts: np.ndarray
+
+    def rejected(
+        self, step_id: str, original: Callable[[int], Any]
+    ) -> tuple[list[Rejected], list[Rejected]]:
+        """``(errs, lates)``: the ``FutureTimestamp`` and ``Late`` records of this batch.
+
+        ``original(i)`` gives the original item of batch row ``i``.
+        """
+        errs = [
+            Rejected(
+                step_id,
+                "FutureTimestamp",
+                f"timestamp {from_micros(int(self._all_ts[i])).isoformat()} is beyond the "
+                "allowed future",
+                original(i),
+            )
+            for i in self.future.tolist()
+        ]
+        lates = []
+        for i, mark, unknown, seen in zip(
+            self.late.tolist(),
+            self.late_mark.tolist(),
+            self.late_unknown.tolist(),
+            self._seen.tolist(),
+        ):
+            why = (
+                "key unknown, older than the TTL horizon"
+                if unknown
+                else f"key {self._keys[i]!r} has seen {from_micros(seen).isoformat()}"
+            )
+            lates.append(late(step_id, original(i), int(self._all_ts[i]), mark, why))
+        return errs, lates
+
+
+@dataclass
+class Released:
+    """What :meth:`KeyedEventTime.release` gives back.
+
+    Attributes:
+        held: The released rows, in event-time order (ties in arrival order).
+        gone: Key ids forgotten by the TTL sweep (their rows are in
+            ``held``): drop the operator's own state of them now; the ids
+            are reused from the next :meth:`KeyedEventTime.admit`.
+    """
+
+    held: Held
+    gone: np.ndarray
+
+
+class KeyedEventTime:
+    """Per-key watermarks, lateness, held rows, TTL and idle release of one state shard.
+
+    Keys are any hashable values (a str or int key column's values); each
+    gets a small integer id (``kid``), reused after the key is forgotten,
+    so operators can keep their per-key state in arrays.
+
+    Eviction: a key leaves after ``ttl`` of event time without a row
+    (checked when the shard's newest time has moved a quarter ``ttl``);
+    held rows leave when released.
+
+    Args:
+        max_delay: Allowed out-of-orderness (``>= 0``).
+        guard: After keys are forgotten, how far past the newest forgotten
+            time a row of an unknown key still counts as stale (``>= 0``).
+        ttl: Forget keys idle this long in event time; ``None`` keeps them.
+        idle_release: Release a row once held this long in wall-clock time;
+            ``None``: only event time releases.
+        max_future: Reject rows beyond the wall clock plus this; ``None``
+            accepts any time.
+        width: Columns of :attr:`Held.data`.
+        clock: Wall clock, seconds since the epoch.
+        resume: A :meth:`snapshot` to continue from.
+
+    Examples:
+        >>> import numpy as np
+        >>> from datetime import timedelta
+        >>> now = [100.0]
+        >>> et = KeyedEventTime(max_delay=timedelta(seconds=10),
+        ...                     idle_release=timedelta(seconds=1), clock=lambda: now[0])
+        >>> adm = et.admit(["k"], np.array([5_000_000]))
+        >>> et.hold(None, adm.kid, adm.ts)
+        >>> len(et.release().held), et.notify_at().timestamp()
+        (0, 101.0)
+        >>> now[0] = 101.0
+        >>> et.release().held.ts.tolist(), et.watermark("k")
+        ([5000000], 5000000)
+    """
+
+    def __init__(
+        self,
+        *,
+        max_delay: timedelta,
+        guard: timedelta = timedelta(0),
+        ttl: timedelta | None = None,
+        idle_release: timedelta | None = None,
+        max_future: timedelta | None = None,
+        width: int = 0,
+        clock: Callable[[], float] = time.time,
+        resume: dict[str, Any] | None = None,
+    ) -> None:
+        if max_delay < timedelta(0):
+            raise ValueError(f"max_delay must be >= 0; got {max_delay}")
+        if guard < timedelta(0):
+            raise ValueError(f"guard must be >= 0; got {guard}")
+        if ttl is not None and ttl <= timedelta(0):
+            raise ValueError(f"ttl must be > 0 or None; got {ttl}")
+        if idle_release is not None and idle_release <= timedelta(0):
+            raise ValueError(f"idle_release must be > 0 or None; got {idle_release}")
+        if max_future is not None and max_future < timedelta(0):
+            raise ValueError(f"max_future must be >= 0 or None; got {max_future}")
+        self.delay = micros(max_delay)
+        self.guard = micros(guard)
+        self.ttl = None if ttl is None else micros(ttl)
+        self.idle = None if idle_release is None else idle_release.total_seconds()
+        self.max_future = None if max_future is None else micros(max_future)
+        self.width = width
+        self.clock = clock
+        self.kid_of: dict[Any, int] = {}
+        self.keys: list[Any] = []  # key of each id; None for a free id
+        self.free: list[int] = []
+        self.kmax = np.full(16, _NONE, dtype=np.int64)
+        self.forgotten_max: int | None = None
+        self.newest = _NONE  # newest accepted time of the shard (the TTL clock)
+        self.swept = _NONE
+        self.held = Held.empty(width)
+        if resume is not None:
+            self._restore(resume)
+
+    # -- keys -----------------------------------------------------------
+
+    def kids(self, keys: Sequence[Any] | pl.Series) -> np.ndarray:
+        """The id of each key, allocating ids for new keys."""
+        if isinstance(keys, pl.Series):
+            uniq = keys.unique()
+            ids = [self._kid(k) for k in uniq.to_list()]
+            return keys.replace_strict(uniq, ids, return_dtype=pl.Int64).to_numpy()
+        get = self.kid_of.get
+        found = [get(k) for k in keys]
+        if None in found:
+            found = [self._kid(k) if v is None else v for k, v in zip(keys, found)]
+        return np.array(found, dtype=np.int64)
+
+    def _kid(self, key: Any) -> int:
+        kid = self.kid_of.get(key)
+        if kid is not None:
+            return kid
+        if self.free:
+            kid = self.free.pop()
+            self.keys[kid] = key
+        else:
+            kid = len(self.keys)
+            self.keys.append(key)
+            if kid >= len(self.kmax):
+                grown = np.full(2 * len(self.kmax), _NONE, dtype=np.int64)
+                grown[: len(self.kmax)] = self.kmax
+                self.kmax = grown
+        self.kmax[kid] = _NONE
+        self.kid_of[key] = kid
+        return kid
+
+    def key_of(self, kid: int) -> Any:
+        """The key of an id."""
+        return self.keys[kid]
+
+    def watermark(self, key: Any) -> int | None:
+        """The key's watermark in microseconds, or ``None`` for a key with no accepted row."""
+        kid = self.kid_of.get(key)
+        if kid is None or self.kmax[kid] == _NONE:
+            return None
+        return int(self.kmax[kid]) - self.delay
+
+    def future_limit(self) -> int | None:
+        """The latest event time accepted now (``max_future`` past the wall clock), or ``None``."""
+        if self.max_future is None:
+            return None
+        return int(self.clock() * 1e6) + self.max_future
+
+    # -- admit, hold, release -------------------------------------------
+
+    def admit(self, keys: Sequence[Any] | pl.Series, ts: np.ndarray) -> Admission:
+        """Judge a batch of rows (in arrival order) and advance the watermarks with the accepted.
+
+        ``ts`` must lie in ``[MIN_TS, MAX_TS]`` (operators reject others as
+        ``BadTimestamp`` first).
+        """
+        ts = np.asarray(ts, dtype=np.int64)
+        n = len(ts)
+        idx = np.arange(n)
+        future = _EMPTY_I
+        limit = self.future_limit()
+        if limit is not None and n and int(ts.max()) > limit:
+            beyond = ts > limit
+            future = idx[beyond]
+            idx = idx[~beyond]
+            ts_in = ts[~beyond]
+            keys_in = keys.gather(idx) if isinstance(keys, pl.Series) else [keys[i] for i in idx]
+        else:
+            ts_in, keys_in = ts, keys
+        kid = self.kids(keys_in) if len(idx) else _EMPTY_I
+        seed = self.kmax[kid]
+        prior = _prior_max(kid, ts_in, seed)
+        known = prior != _NONE
+        mark = np.where(known, prior - self.delay, _NONE)
+        is_late = ts_in < mark
+        by_floor = np.zeros(len(kid), dtype=bool)
+        if self.forgotten_max is not None:
+            floor = self.forgotten_max + self.guard
+            # a key with no accepted row yet: the newest forgotten time guards it
+            by_floor = (seed == _NONE) & (prior < floor)
+            is_late = np.where(by_floor, ts_in < floor, is_late)
+            mark = np.where(by_floor, floor, mark)
+        ok = ~is_late
+        if ok.any():
+            np.maximum.at(self.kmax, kid[ok], ts_in[ok])
+            self.newest = max(self.newest, int(ts_in[ok].max()))
+        late_rows = np.flatnonzero(is_late)
+        return Admission(
+            ok=idx[ok],
+            kid=kid[ok],
+            ts=ts_in[ok],
+            late=idx[late_rows],
+            late_mark=mark[late_rows],
+            late_unknown=by_floor[late_rows],
+            future=future,
+            _seen=prior[late_rows],
+            _keys=keys,
+            _all_ts=ts,
+        )
+
+    def hold(
+        self,
+        frame: pl.DataFrame | None,
+        kid: np.ndarray,
+        ts: np.ndarray,
+        data: np.ndarray | None = None,
+    ) -> None:
+        """Hold accepted rows (the ``ok`` rows of an :class:`Admission`, in arrival order)."""
+        if not len(kid):
+            return
+        if data is None:
+            data = np.zeros((len(kid), self.width))
+        arrived = np.full(len(kid), self.clock())
+        self.held = self.held.extend(Held(frame, kid, ts, arrived, data))
+
+    def holdable(self, frame: pl.DataFrame) -> str | None:
+        """Why ``frame``'s columns cannot join the held rows' (``None`` if they can)."""
+        held = self.held.frame
+        if held is None or not held.height or held.schema == frame.schema:
+            return None
+        try:
+            _concat(held.head(0), frame.head(0))
+        except Exception as exc:  # noqa: BLE001 - polars names the clash
+            return f"columns do not fit the rows held from earlier batches: {exc}"
+        return None
+
+    def release(self, *, eof: bool = False) -> Released:
+        """Release the rows whose key's watermark reached them (all of them at ``eof``)."""
+        gone = self._sweep()
+        held = self.held
+        if not len(held):
+            self._free(gone)
+            return Released(held, gone)
+        delay = self.delay
+        if self.idle is not None:
+            waited = held.arrived + self.idle <= self.clock()
+            if waited.any():  # released early: the key's watermark moves up to it
+                np.maximum.at(self.kmax, held.kid[waited], held.ts[waited] + delay)
+        if eof or (delay == 0 and not len(gone)):
+            out = np.ones(len(held), dtype=bool)
+        else:
+            out = held.ts <= self.kmax[held.kid] - delay
+            if len(gone):
+                out |= np.isin(held.kid, gone)
+        if out.all():
+            released, self.held = held, Held.empty(self.width)
+        elif not out.any():
+            released = Held.empty(self.width)
+        else:
+            released = held.take(np.flatnonzero(out))
+            self.held = held.take(np.flatnonzero(~out))
+        if len(released) > 1:
+            ts = released.ts
+            if (ts[1:] < ts[:-1]).any():
+                released = released.take(np.argsort(ts, kind="stable"))
+        self._free(gone)
+        return Released(released, gone)
+
+    def close(self) -> None:
+        """After releasing everything at end of input: every key's watermark is its newest time."""
+        known = self.kmax != _NONE
+        self.kmax[known] += self.delay
+
+    def notify_at(self) -> datetime | None:
+        """When the oldest held row will have waited ``idle_release`` (if set)."""
+        if self.idle is None or not len(self.held):
+            return None
+        return datetime.fromtimestamp(float(self.held.arrived.min()) + self.idle, tz=timezone.utc)
+
+    def _sweep(self) -> np.ndarray:
+        """Key ids idle for ``ttl`` (checked when the newest time moved a quarter ``ttl``)."""
+        ttl = self.ttl
+        if ttl is None or self.newest == _NONE or self.newest - self.swept < ttl // 4:
+            return _EMPTY_I
+        self.swept = self.newest
+        used = np.array([k is not None for k in self.keys], dtype=bool)
+        kmax = self.kmax[: len(self.keys)]
+        gone = np.flatnonzero(used & (kmax < self.newest - ttl))
+        if len(gone):
+            seen = kmax[gone]
+            seen = seen[seen != _NONE]
+            if len(seen):
+                top = int(seen.max())
+                if self.forgotten_max is None or top > self.forgotten_max:
+                    self.forgotten_max = top
+        return gone
+
+    def _free(self, gone: np.ndarray) -> None:
+        for kid in gone.tolist():
+            del self.kid_of[self.keys[kid]]
+            self.keys[kid] = None
+            self.kmax[kid] = _NONE
+            self.free.append(kid)
+
+    # -- snapshot ---------------------------------------------------------
+
+    def snapshot_data(self) -> dict[str, Any]:
+        """The state as builtins and NumPy arrays (copies), for a versioned snapshot."""
+        held = self.held
+        return {
+            "keys": list(self.keys),
+            "kmax": self.kmax[: len(self.keys)].copy(),
+            "forgotten_max": self.forgotten_max,
+            "newest": self.newest,
+            "swept": self.swept,
+            "held_frame": None if held.frame is None else frame_to_bytes(held.frame),
+            "held_kid": held.kid.copy(),
+            "held_ts": held.ts.copy(),
+            "held_arrived": held.arrived.copy(),
+            "held_data": held.data.copy(),
+        }
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        self.keys = list(data["keys"])
+        self.kid_of = {k: i for i, k in enumerate(self.keys) if k is not None}
+        self.free = [i for i, k in enumerate(self.keys) if k is None]
+        self.kmax = np.full(max(16, 2 * len(self.keys)), _NONE, dtype=np.int64)
+        self.kmax[: len(self.keys)] = data["kmax"]
+        self.forgotten_max = data["forgotten_max"]
+        self.newest = data["newest"]
+        self.swept = data["swept"]
+        frame = data["held_frame"]
+        self.held = Held(
+            None if frame is None else frame_from_bytes(frame),
+            np.array(data["held_kid"], dtype=np.int64),
+            np.array(data["held_ts"], dtype=np.int64),
+            np.array(data["held_arrived"], dtype=np.float64),
+            np.array(data["held_data"], dtype=np.float64).reshape(-1, self.width),
+        )
+
+
+def _prior_max(kid: np.ndarray, ts: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """For each row, the largest of its key's ``seed`` and the times of its key's earlier rows.
+
+    Vectorised: rows grouped by key (stable), a running maximum per group
+    (by rank, so one ``maximum.accumulate`` over all groups), shifted by one.
+
+    Examples:
+        >>> m = np.iinfo(np.int64).min
+        >>> _prior_max(np.array([0, 1, 0, 0]), np.array([5, 9, 3, 7]), np.array([m, 4, m, m])).tolist()
+        [-9223372036854775808, 4, 5, 5]
+    """
+    n = len(kid)
+    if n == 0:
+        return _EMPTY_I
+    order = np.argsort(kid, kind="stable")
+    sk, st = kid[order], ts[order]
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    if (ts[1:] >= ts[:-1]).all():
+        running = st  # times in order: each row is its group's running maximum
+    else:
+        by_t = np.argsort(st, kind="stable")
+        rank = np.empty(n, dtype=np.int64)
+        rank[by_t] = np.arange(n)
+        combined = sk * n + rank  # groups ascend, so the running max never crosses a group
+        np.maximum.accumulate(combined, out=combined)
+        running = st[by_t[combined - sk * n]]
+    prev = np.empty(n, dtype=np.int64)
+    prev[0] = _NONE
+    prev[1:] = running[:-1]
+    prev[first] = _NONE
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.maximum(prev, seed[order])
+    return out

@@ -1,0 +1,137 @@
+"""A frame's event-time and numeric columns, with the rows that do not fit them rejected.
+
+The frame counterpart of :mod:`._batch` (which does the same for rows).
+Checks run on whole columns; only rejected rows become Python records.
+Each row gets the first problem found, fields in the order given, then the
+timestamp:
+
+============================================  ===================
+input                                         ``error_type``
+============================================  ===================
+field column missing, or the row's value is   ``MissingField``
+null
+field column not numeric (text, boolean, …)   ``NotANumber``
+NaN or +/-Inf                                 ``NonFinite``
+timestamp column missing, null, naive         ``BadTimestamp``
+``Datetime``, not a ``Datetime`` or integer,
+or beyond ±146,000 years
+============================================  ===================
+
+Timestamps: a timezone-aware ``pl.Datetime`` column (any unit, any zone),
+or integer epoch milliseconds. A naive ``Datetime`` is rejected rather than
+guessed at: its instant is unknown (the row world rejects naive
+``datetime`` alike); ``.dt.replace_time_zone("UTC")`` upstream says what
+is meant. Event time inside is int64 microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+from streamml.operators._core.event_time import MAX_TS, MIN_TS
+
+from streamml.errors import Rejected
+
+__all__ = ["check_frame", "ts_micros", "values"]
+
+
+def _time_problem(frame: pl.DataFrame, timestamp: str) -> tuple[str | None, pl.Series | None]:
+    """A reason for every row (column-level problem) or a per-row mask of bad times."""
+    if timestamp not in frame.columns:
+        return f"no timestamp column {timestamp!r}", None
+    dtype = frame.schema[timestamp]
+    col = frame.get_column(timestamp)
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            return (
+                f"timestamp column {timestamp!r} is a naive Datetime: its instant is unknown; "
+                "give it a time zone (e.g. .dt.replace_time_zone('UTC'))"
+            ), None
+        bad = col.is_null()
+        us = col.dt.cast_time_unit("us").dt.epoch("us")
+        return None, bad | (us < MIN_TS).fill_null(False) | (us > MAX_TS).fill_null(False)
+    if dtype.is_integer():
+        ms = col.cast(pl.Int64, strict=False)
+        too_far = (ms < MIN_TS // 1000) | (ms > MAX_TS // 1000)
+        return None, ms.is_null() | too_far.fill_null(False)
+    return (
+        f"timestamp column {timestamp!r} is {dtype}; give a time-zone-aware Datetime "
+        "or integer epoch milliseconds"
+    ), None
+
+
+def check_frame(
+    frame: pl.DataFrame, *, step_id: str, timestamp: str, fields: Sequence[str]
+) -> tuple[pl.DataFrame, list[Rejected]]:
+    """The rows whose fields and timestamp are usable, and the others as rejections.
+
+    Examples:
+        >>> from datetime import datetime, timezone
+        >>> f = pl.DataFrame({"ts": [1000, None, 3000], "x": [1.0, 2.0, float("nan")]})
+        >>> good, bad = check_frame(f, step_id="s", timestamp="ts", fields=["x"])
+        >>> good["ts"].to_list(), [(r.error_type, r.original) for r in bad]
+        ([1000], [('BadTimestamp', {'ts': None, 'x': 2.0}), ('NonFinite', {'ts': 3000, 'x': nan})])
+    """
+    n = frame.height
+    reasons: list[tuple[str, str, pl.Series | None]] = []  # (type, reason, mask or None = all)
+    for name in fields:
+        if name not in frame.columns:
+            reasons.append(("MissingField", f"field {name!r} is missing", None))
+            continue
+        dtype = frame.schema[name]
+        if not dtype.is_numeric():
+            reasons.append(("NotANumber", f"field {name!r} is {dtype}, not a number", None))
+            continue
+        col = frame.get_column(name)
+        if col.has_nulls():
+            reasons.append(("MissingField", f"field {name!r} is null", col.is_null()))
+        if dtype.is_float():
+            finite = col.is_finite().fill_null(True)
+            if not finite.all():
+                reasons.append(("NonFinite", f"field {name!r} is not finite", ~finite))
+    why, mask = _time_problem(frame, timestamp)
+    if why is not None:
+        reasons.append(("BadTimestamp", why, None))
+    elif mask is not None and mask.any():
+        reasons.append(("BadTimestamp", f"timestamp {timestamp!r} is null or out of range", mask))
+    if not reasons:
+        return frame, []
+    code = np.full(n, -1, dtype=np.int64)
+    for i, (_, _, m) in enumerate(reasons):
+        hit = np.ones(n, dtype=bool) if m is None else m.to_numpy()
+        code[hit & (code < 0)] = i
+    bad_rows = np.flatnonzero(code >= 0)
+    errs = []
+    for i in bad_rows.tolist():
+        kind, reason, _ = reasons[code[i]]
+        errs.append(Rejected(step_id, kind, reason, frame.row(i, named=True)))
+    return frame.filter(pl.Series(code < 0)), errs
+
+
+def ts_micros(frame: pl.DataFrame, timestamp: str) -> np.ndarray:
+    """Event time of each row of a checked frame, int64 microseconds since the epoch.
+
+    Examples:
+        >>> from datetime import datetime, timezone
+        >>> t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> ts_micros(pl.DataFrame({"t": [t]}), "t").tolist(), ts_micros(pl.DataFrame({"t": [5]}), "t")
+        ([1704067200000000], array([5000]))
+    """
+    col = frame.get_column(timestamp)
+    if isinstance(col.dtype, pl.Datetime):
+        return col.dt.epoch("us").to_numpy()
+    return col.cast(pl.Int64).to_numpy() * 1000
+
+
+def values(frame: pl.DataFrame, fields: Sequence[str]) -> np.ndarray:
+    """The fields of a checked frame as a float64 ``(rows, fields)`` array.
+
+    Examples:
+        >>> values(pl.DataFrame({"a": [1, 2], "b": [0.5, 1.5]}), ["b", "a"]).tolist()
+        [[0.5, 1.0], [1.5, 2.0]]
+    """
+    if len(fields) == 1:
+        return frame.get_column(fields[0]).cast(pl.Float64).to_numpy().reshape(-1, 1)
+    return np.column_stack([frame.get_column(f).cast(pl.Float64).to_numpy() for f in fields])
