@@ -1,0 +1,28 @@
+"""Batched model inference on frames and events: dynamic batching, failure isolation, live swaps.
+
+Calling a model once per row wastes most of the machine; :func:`infer`
+gathers the rows a worker receives — ``polars.DataFrame`` batches, or
+``(key, event)`` pairs — into batches bounded by size (``max_batch``) and by
+latency (``max_wait``), runs the model once per batch, and hands each row
+back with its prediction and the version of the model that made it.
+
+One module per concept:
+
+- :mod:`.operator`: the :func:`infer` operator and its shard logic
+  (routing, batching, the model call and splitting a batch it raised on,
+  recovery snapshots);
+- :mod:`.inputs`: input tensors — rows and frames to checked model inputs;
+- :mod:`.outputs`: attaching outputs — model outputs onto events or as
+  frame columns;
+- :mod:`.models`: model loading and live swap;
+- :mod:`.overlap`: the thread a shard's model calls run in;
+- :mod:`.stats`: the step's counters (:class:`InferStats`).
+"""
+
+from .operator import InferOut, infer
+
+# Recovery stores written before versioned snapshot records pickled this class here.
+from .operator import _Snapshot as _Snapshot
+from .stats import InferStats
+
+__all__ = ["InferOut", "InferStats", "infer"]
