@@ -10,7 +10,11 @@ little-endian 8-byte window, floats and doubles through an unaligned float
 view), and the offsets move on by each field's length.
 
 The result is exactly what ``fastavro.schemaless_reader`` returns for each
-body (same values, same types, timestamps as aware UTC datetimes). Whatever
+body (same values, same types, timestamps as aware UTC datetimes), as dicts
+(:meth:`FlatRecordReader.read`) or as a ``polars.DataFrame`` built straight
+from the decoded arrays, with no Python object per value
+(:meth:`FlatRecordReader.read_frame`; column types from
+:func:`polars_dtype`). Whatever
 this module cannot decode with certainty — a record that does not end exactly
 at its payload's end, a varint longer than 10 bytes or beyond 64 bits, a
 negative or overlong length, invalid UTF-8, a timestamp outside
@@ -26,8 +30,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import polars as pl
 
-__all__ = ["FlatRecordReader", "JoinedPayloads", "flat_reader", "join_payloads"]
+__all__ = [
+    "FlatRecordReader",
+    "JoinedPayloads",
+    "flat_reader",
+    "join_payloads",
+    "polars_dtype",
+    "polars_schema",
+]
 
 # Reads run at most 10 bytes past a record's last valid offset; the padding keeps them in bounds.
 _PAD = bytes(16)
@@ -170,12 +182,27 @@ class FlatRecordReader:
         True
     """
 
-    __slots__ = ("_build", "_kinds", "names")
+    __slots__ = ("_build", "_kinds", "names", "schema")
 
     def __init__(self, names: Sequence[str], kinds: Sequence[str]) -> None:
         self.names = tuple(names)
         self._kinds = tuple(kinds)
         self._build = _dict_builder(self.names)
+        self.schema = pl.Schema(zip(self.names, map(_DTYPES.__getitem__, self._kinds)))
+
+    def _columns(self, joined: JoinedPayloads, skip: int) -> list[Any] | None:
+        """Each field's raw column (an array, or a blob's start and end offsets), or None."""
+        ends = joined.ends
+        pos = joined.starts + skip
+        columns: list[Any] = []
+        for kind in self._kinds:
+            column, pos = _READERS[kind](joined, pos)
+            if column is None or (pos > ends).any():
+                return None
+            columns.append(column)
+        if (pos != ends).any():
+            return None
+        return columns
 
     def read(self, joined: JoinedPayloads, skip: int) -> list[dict[str, Any]] | None:
         """Decode every payload's body (after ``skip`` header bytes), or ``None`` if any is off.
@@ -183,22 +210,41 @@ class FlatRecordReader:
         ``None`` means: some body is not a valid record of this schema, or is
         one this reader does not decode itself; decode the batch per record.
         """
-        ends = joined.ends
-        pos = joined.starts + skip
-        columns: list[list[Any]] = []
+        raw = self._columns(joined, skip)
+        if raw is None:
+            return None
         try:
-            for kind in self._kinds:
-                column, pos = _READERS[kind](joined, pos)
-                if column is None or (pos > ends).any():
-                    return None
-                columns.append(column)
+            columns = [_PYTHON[kind](joined, c) for kind, c in zip(self._kinds, raw)]
         except UnicodeDecodeError:
             return None
-        if (pos != ends).any():
-            return None
         if not columns:
-            return [{} for _ in range(len(ends))]
+            return [{} for _ in range(len(joined.ends))]
         return list(map(self._build, *columns))
+
+    def read_frame(self, joined: JoinedPayloads, skip: int) -> pl.DataFrame | None:
+        """Every payload's body as one row of a DataFrame of ``schema``, or ``None`` as :meth:`read`.
+
+        Examples:
+            >>> from fastavro import parse_schema
+            >>> reader = flat_reader(parse_schema({"type": "record", "name": "R", "fields": [
+            ...     {"name": "id", "type": "string"}, {"name": "n", "type": "long"}]}))
+            >>> reader.read_frame(join_payloads([b"\\x02a\\x03", b"\\x04bc\\x80\\x01"]), 0).rows()
+            [('a', -2), ('bc', 64)]
+        """
+        raw = self._columns(joined, skip)
+        if raw is None:
+            return None
+        if not raw:
+            return pl.DataFrame(height=len(joined.ends))
+        try:
+            return pl.DataFrame(
+                [
+                    _SERIES[kind](name, joined, column)
+                    for name, kind, column in zip(self.names, self._kinds, raw)
+                ]
+            )
+        except (Exception, pl.exceptions.PanicException):  # noqa: BLE001 - invalid UTF-8
+            return None
 
 
 def _dict_builder(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
@@ -255,7 +301,7 @@ def _read_long(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
     read = _varints(joined, pos)
     if read is None:
         return None, pos
-    return read[0].tolist(), read[1]
+    return read[0], read[1]
 
 
 def _read_timestamp(unit: int, low: int, high: int) -> _Reader:
@@ -266,42 +312,63 @@ def _read_timestamp(unit: int, low: int, high: int) -> _Reader:
         values, after = got
         if values.min() < low or values.max() > high:
             return None, pos  # fastavro raises OverflowError: let the per-record path say so
-        deltas = (values * unit).astype("m8[us]").tolist()
-        return list(map(_EPOCH.__add__, deltas)), after
+        return values, after
 
     return read
+
+
+def _timestamps_python(unit: int) -> Callable[[JoinedPayloads, np.ndarray], list[Any]]:
+    def convert(joined: JoinedPayloads, values: np.ndarray) -> list[Any]:
+        return list(map(_EPOCH.__add__, (values * unit).astype("m8[us]").tolist()))
+
+    return convert
 
 
 def _read_fixed(dtype: str) -> _Reader:
     width = np.dtype(dtype).itemsize
 
     def read(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
-        return joined.window(dtype)[pos].tolist(), pos + width
+        return joined.window(dtype)[pos], pos + width
 
     return read
 
 
 def _read_boolean(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
-    return (joined.data[pos] != 0).tolist(), pos + 1  # fastavro: any byte but 0 is True
+    return joined.data[pos] != 0, pos + 1  # fastavro: any byte but 0 is True
 
 
-def _read_blobs(decode: bool) -> _Reader:
-    def read(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
-        got = _varints(joined, pos)
-        if got is None:
-            return None, pos
-        sizes, first = got
-        if ((sizes < 0) | (sizes > joined.ends - first)).any():
-            return None, pos  # fastavro reads a negative or overlong size to the end of the body
-        after = first + sizes
-        if decode:
-            strings = _decode_joined(joined.data, first, sizes)
-            if strings is not None:
-                return strings, after
-        blobs = map(joined.buffer.__getitem__, map(slice, first.tolist(), after.tolist()))
-        return list(map(bytes.decode, blobs) if decode else blobs), after
+def _read_blobs(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
+    """A string or bytes field: its (first byte, size) arrays, decoded by the converters below."""
+    got = _varints(joined, pos)
+    if got is None:
+        return None, pos
+    sizes, first = got
+    if ((sizes < 0) | (sizes > joined.ends - first)).any():
+        return None, pos  # fastavro reads a negative or overlong size to the end of the body
+    return (first, sizes), first + sizes
 
-    return read
+
+def _blobs(joined: JoinedPayloads, column: tuple[np.ndarray, np.ndarray]) -> list[bytes]:
+    first, sizes = column
+    return list(
+        map(joined.buffer.__getitem__, map(slice, first.tolist(), (first + sizes).tolist()))
+    )
+
+
+def _strings_python(joined: JoinedPayloads, column: tuple[np.ndarray, np.ndarray]) -> list[str]:
+    strings = _decode_joined(joined.data, *column)
+    return strings if strings is not None else list(map(bytes.decode, _blobs(joined, column)))
+
+
+def _strings_series(
+    name: str, joined: JoinedPayloads, column: tuple[np.ndarray, np.ndarray]
+) -> pl.Series:
+    """The strings as a polars String column, checked and split in Rust (NUL-free ones)."""
+    gathered = _gather_with_nuls(joined.data, *column)
+    if gathered is None:
+        return pl.Series(name, list(map(bytes.decode, _blobs(joined, column))), pl.String)
+    whole = pl.Series(name, [gathered[:-1].tobytes()], pl.Binary).cast(pl.String)
+    return whole.str.split("\x00").explode()
 
 
 def _decode_joined(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> list[str] | None:
@@ -312,6 +379,16 @@ def _decode_joined(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> li
     UTF-8 error (NUL is a whole character, never part of a sequence), so the
     one decode fails exactly when decoding some string alone would.
     """
+    joined = _gather_with_nuls(data, first, sizes)
+    if joined is None:
+        return None
+    strings = joined.tobytes().decode().split("\x00")
+    strings.pop()  # the empty piece after the last NUL
+    return strings
+
+
+def _gather_with_nuls(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> np.ndarray | None:
+    """The bytes at ``first`` gathered with a NUL after each, or None if any holds a NUL itself."""
     step = sizes + 1
     offsets = np.cumsum(step) - step
     total = int(offsets[-1] + step[-1])
@@ -319,9 +396,7 @@ def _decode_joined(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> li
     joined[offsets + sizes] = 0
     if np.count_nonzero(joined) != total - len(sizes):
         return None  # a NUL inside a string: decode each one by itself
-    strings = joined.tobytes().decode().split("\x00")
-    strings.pop()  # the empty piece after the last NUL
-    return strings
+    return joined
 
 
 _READERS: dict[str, _Reader] = {
@@ -330,7 +405,119 @@ _READERS: dict[str, _Reader] = {
     "long": _read_long,
     "float": _read_fixed("<f4"),
     "double": _read_fixed("<f8"),
-    "string": _read_blobs(decode=True),
-    "bytes": _read_blobs(decode=False),
+    "string": _read_blobs,
+    "bytes": _read_blobs,
     **{name: _read_timestamp(*spec) for name, spec in _TIMESTAMPS.items()},
 }
+
+
+def _tolist(joined: JoinedPayloads, values: np.ndarray) -> list[Any]:
+    return values.tolist()
+
+
+_PYTHON: dict[str, Callable[[JoinedPayloads, Any], list[Any]]] = {
+    "boolean": _tolist,
+    "int": _tolist,
+    "long": _tolist,
+    "float": _tolist,
+    "double": _tolist,
+    "string": _strings_python,
+    "bytes": _blobs,
+    **{name: _timestamps_python(spec[0]) for name, spec in _TIMESTAMPS.items()},
+}
+
+# The polars type of each flat field kind (what polars_dtype gives for its Avro type).
+_DTYPES: dict[str, Any] = {
+    "boolean": pl.Boolean,
+    "int": pl.Int32,
+    "long": pl.Int64,
+    "float": pl.Float32,
+    "double": pl.Float64,
+    "string": pl.String,
+    "bytes": pl.Binary,
+    "timestamp-millis": pl.Datetime("ms", "UTC"),
+    "timestamp-micros": pl.Datetime("us", "UTC"),
+}
+
+
+def _array_series(kind: str) -> Callable[[str, JoinedPayloads, Any], pl.Series]:
+    dtype = _DTYPES[kind]
+    if isinstance(dtype, pl.Datetime):
+        return lambda name, joined, values: pl.Series(name, values, pl.Int64).cast(dtype)
+    return lambda name, joined, values: pl.Series(name, values, dtype)
+
+
+def _bytes_series(
+    name: str, joined: JoinedPayloads, column: tuple[np.ndarray, np.ndarray]
+) -> pl.Series:
+    return pl.Series(name, _blobs(joined, column), pl.Binary)
+
+
+_SERIES: dict[str, Callable[[str, JoinedPayloads, Any], pl.Series]] = {
+    **{kind: _array_series(kind) for kind in _DTYPES if kind not in ("string", "bytes")},
+    "string": _strings_series,
+    "bytes": _bytes_series,
+}
+
+_LOGICAL_DTYPES: dict[tuple[str, str], Any] = {
+    ("long", "timestamp-millis"): pl.Datetime("ms", "UTC"),
+    ("long", "timestamp-micros"): pl.Datetime("us", "UTC"),
+    ("int", "date"): pl.Date,
+}
+
+
+def polars_dtype(avro_type: Any) -> Any:
+    """The polars type of the values fastavro reads for a parsed Avro type, or None if unsure.
+
+    Primitives by width (``int`` is Int32, ``float`` Float32), ``string`` and
+    ``enum`` are String, ``bytes`` and ``fixed`` Binary, timestamps UTC
+    Datetime, ``date`` Date, a record a Struct, an array a List, a union of
+    ``null`` and one type that type (nullable). Maps, other unions, other
+    logical types and named-type references give None (let polars infer).
+
+    Examples:
+        >>> polars_dtype(["null", {"type": "array", "items": "float"}])
+        List(Float32)
+        >>> polars_dtype({"type": "map", "values": "long"}) is None
+        True
+    """
+    if isinstance(avro_type, list):
+        kinds = [t for t in avro_type if t != "null"]
+        return polars_dtype(kinds[0]) if len(kinds) == 1 else None
+    if isinstance(avro_type, str):
+        return _DTYPES.get(avro_type, pl.Null if avro_type == "null" else None)
+    if not isinstance(avro_type, Mapping):
+        return None
+    kind = avro_type.get("type")
+    if "logicalType" in avro_type:
+        return _LOGICAL_DTYPES.get((kind, avro_type["logicalType"]))
+    if kind == "record":
+        fields = polars_schema(avro_type)
+        return pl.Struct(fields) if fields is not None else None
+    if kind == "array":
+        items = polars_dtype(avro_type.get("items"))
+        return pl.List(items) if items is not None else None
+    if kind == "enum":
+        return pl.String
+    if kind == "fixed":
+        return pl.Binary
+    return polars_dtype(kind) if isinstance(kind, str) else None
+
+
+def polars_schema(schema: Any) -> pl.Schema | None:
+    """The polars schema of a parsed Avro record schema, or None if some field's type is unsure.
+
+    Examples:
+        >>> polars_schema({"type": "record", "name": "R", "fields": [
+        ...     {"name": "id", "type": "string"}, {"name": "n", "type": ["null", "int"]}]})
+        Schema([('id', String), ('n', Int32)])
+    """
+    if not isinstance(schema, Mapping) or schema.get("type") != "record":
+        return None
+    columns = {}
+    for field in schema.get("fields", ()):
+        dtype = polars_dtype(field.get("type"))
+        if dtype is None:
+            return None
+        columns[field["name"]] = dtype
+    return pl.Schema(columns)

@@ -1,5 +1,13 @@
 """Avro values: the Confluent wire format through a schema registry, and plain schemaless Avro.
 
+As frames (``decode_frame``), a batch of flat records (see
+``streamml.serde._avro_flat``) is decoded straight into the columns of a
+``polars.DataFrame``; any other batch is decoded per record by fastavro. Either
+way the column types come from the Avro schema (``int`` is Int32, ``long``
+Int64, ``float`` Float32, ``double`` Float64, timestamps UTC Datetime; see
+``polars_dtype``), so they do not change from batch to batch. Encoding a frame
+goes row by row through fastavro (``encode_batch``).
+
 Confluent wire format: one magic byte ``0``, the writer schema's registry id as
 a 4-byte big-endian integer, then the Avro binary body. Writer schemas are
 fetched by id from any Confluent-compatible registry (through
@@ -17,11 +25,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import load_schema
 
-from streamml.serde._avro_flat import FlatRecordReader, flat_reader, join_payloads
-from streamml.serde.base import Deserializer, SerdeError, Serializer, map_each
+from streamml.serde._avro_flat import (
+    FlatRecordReader,
+    JoinedPayloads,
+    flat_reader,
+    join_payloads,
+    polars_schema,
+)
+from streamml.serde.base import (
+    Deserializer,
+    FrameDecoded,
+    SerdeError,
+    Serializer,
+    frame_from_values,
+    map_each,
+)
 
 __all__ = ["AvroSerde", "ConfluentAvroSerde", "load_avro_schema"]
 
@@ -94,9 +117,34 @@ class AvroSerde(Deserializer, Serializer):
         self._writer = load_avro_schema(schema)
         self._reader = load_avro_schema(reader_schema) if reader_schema is not None else None
         self._flat = flat_reader(self._writer) if self._reader is None else None
+        self._polars = polars_schema(self._reader if self._reader is not None else self._writer)
 
     def _decode_one(self, payload: bytes) -> Any:
         return _read_exact(io.BytesIO(payload), len(payload), self._writer, self._reader)
+
+    def _decode_each(self, payloads: Sequence[bytes | None]) -> list[Any]:
+        return map_each(
+            lambda p: None if p is None else self._decode_one(p), payloads, "DecodeError", _describe
+        )
+
+    def decode_frame(self, payloads: list[bytes | None]) -> FrameDecoded:
+        """Decode a batch into a DataFrame, one row per record; see the module docstring.
+
+        Examples:
+            >>> serde = AvroSerde({"type": "record", "name": "Reading", "fields": [
+            ...     {"name": "sensor", "type": "string"}, {"name": "value", "type": "double"}]})
+            >>> good = serde.encode_batch([{"sensor": "s1", "value": 2.5}])
+            >>> decoded = serde.decode_frame(good + [b"\\x04s1", None])
+            >>> decoded.frame.rows(), decoded.rows.tolist()
+            ([('s1', 2.5)], [0])
+            >>> [(i, err.kind) for i, err in decoded.errors]
+            [(1, 'DecodeError'), (2, 'Tombstone')]
+        """
+        if self._flat is not None:
+            frame = _flat_frame(self._flat, join_payloads(payloads), 0)
+            if frame is not None:
+                return frame
+        return frame_from_values(self._decode_each(payloads), self._polars)
 
     def _encode_one(self, value: Any) -> bytes:
         buf = io.BytesIO()
@@ -115,9 +163,7 @@ class AvroSerde(Deserializer, Serializer):
             values = self._flat.read(joined, 0) if joined is not None else None
             if values is not None:
                 return values
-        return map_each(
-            lambda p: None if p is None else self._decode_one(p), payloads, "DecodeError", _describe
-        )
+        return self._decode_each(payloads)
 
     def encode_batch(self, values: Sequence[Any]) -> list[bytes | None | SerdeError]:
         return map_each(
@@ -183,6 +229,8 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         self._schema_id: int | None = None
         self._writers: dict[int, Any] = {}
         self._flat: dict[int, FlatRecordReader | None] = {}
+        self._reader_polars = polars_schema(self._reader) if self._reader is not None else None
+        self._polars: dict[int, pl.Schema | None] = {}
 
     @property
     def schema_id(self) -> int:
@@ -243,13 +291,17 @@ class ConfluentAvroSerde(Deserializer, Serializer):
             values = self._decode_flat(payloads)
             if values is not None:
                 return values
-        return [
-            item if type(item) is not _Wrapped else item.error
-            for item in map_each(self._decode_guarded, payloads, "DecodeError", _describe)
-        ]
+        return self._decode_each(payloads)
 
     def _decode_flat(self, payloads: Sequence[bytes | None]) -> list[Any] | None:
         """The whole batch decoded by a flat-record reader, or None to decode per payload."""
+        found = self._flat_batch(payloads)
+        return found[0].read(found[1], _HEADER.size) if found is not None else None
+
+    def _flat_batch(
+        self, payloads: Sequence[bytes | None]
+    ) -> tuple[FlatRecordReader, JoinedPayloads] | None:
+        """The flat reader of the one schema id every payload carries, and the joined payloads."""
         joined = join_payloads(payloads)
         if joined is None:
             return None
@@ -264,7 +316,56 @@ class ConfluentAvroSerde(Deserializer, Serializer):
                 return None
             self._flat[schema_id] = flat_reader(writer)
         reader = self._flat[schema_id]
-        return reader.read(joined, _HEADER.size) if reader is not None else None
+        return (reader, joined) if reader is not None else None
+
+    def _decode_each(self, payloads: Sequence[bytes | None]) -> list[Any]:
+        return [
+            item if type(item) is not _Wrapped else item.error
+            for item in map_each(self._decode_guarded, payloads, "DecodeError", _describe)
+        ]
+
+    def decode_frame(self, payloads: list[bytes | None]) -> FrameDecoded:
+        """Decode a batch into a DataFrame, one row per record; see the module docstring.
+
+        Without a reader schema, a batch whose payloads all carry the id of
+        one flat record schema is decoded straight into columns. Otherwise
+        each payload is decoded by fastavro, and the columns take their types
+        from the reader schema, or from the writer schema when every decoded
+        record has the same one (records of several writer versions in one
+        batch leave the types to polars).
+
+        Examples:
+            >>> from confluent_kafka.schema_registry import SchemaRegistryClient
+            >>> registry = SchemaRegistryClient.new_client({"url": "mock://frame-doc"})
+            >>> schema = {"type": "record", "name": "Reading",
+            ...           "fields": [{"name": "value", "type": "double"}]}
+            >>> serde = ConfluentAvroSerde(registry, schema=schema, subject="readings-value")
+            >>> payloads = serde.encode_batch([{"value": 2.5}, {"value": 3.0}])
+            >>> serde.decode_frame(payloads).frame["value"].to_list()
+            [2.5, 3.0]
+            >>> decoded = serde.decode_frame([payloads[0], b"\\x01" + payloads[1][1:]])
+            >>> decoded.rows.tolist(), decoded.errors
+            ([0], [(1, SerdeError('magic byte is 1, not 0: not Confluent wire format'))])
+        """
+        if self._reader is None:
+            found = self._flat_batch(payloads)
+            if found is not None:
+                frame = _flat_frame(found[0], found[1], _HEADER.size)
+                if frame is not None:
+                    return frame
+        values = self._decode_each(payloads)
+        return frame_from_values(values, self._frame_schema(payloads, values))
+
+    def _frame_schema(self, payloads: Sequence[bytes | None], values: list[Any]) -> Any:
+        if self._reader is not None:
+            return self._reader_polars
+        ids = {payloads[i][1:5] for i, v in enumerate(values) if type(v) is dict}  # type: ignore[index]
+        if len(ids) != 1:
+            return None
+        (schema_id,) = struct.unpack(">I", ids.pop())
+        if schema_id not in self._polars:
+            self._polars[schema_id] = polars_schema(self._writer_for(schema_id))
+        return self._polars[schema_id]
 
     def _decode_guarded(self, payload: bytes | None) -> Any:
         if payload is None:
@@ -286,6 +387,18 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         return map_each(
             lambda v: None if v is None else self._encode_one(v), values, "EncodeError", _describe
         )
+
+
+def _flat_frame(
+    reader: FlatRecordReader, joined: JoinedPayloads | None, skip: int
+) -> FrameDecoded | None:
+    """The whole batch as one frame from the flat reader, or None to decode per record."""
+    if joined is None:
+        return None
+    frame = reader.read_frame(joined, skip)
+    if frame is None:
+        return None
+    return FrameDecoded(frame, np.arange(frame.height, dtype=np.int64), [])
 
 
 class _Wrapped:

@@ -29,6 +29,7 @@ __all__ = [
     "join_dtypes",
     "is_error",
     "map_each",
+    "split_records",
 ]
 
 T = TypeVar("T")
@@ -195,6 +196,18 @@ def frame_from_values(
     """
     if set(map(type, values)) <= _DICT:
         return frame_from_dicts(values, range(len(values)), [], schema)
+    return frame_from_dicts(*split_records(values), schema)
+
+
+def split_records(
+    values: Sequence[Any],
+) -> tuple[list[dict[str, Any]], list[int], list[tuple[int, SerdeError]]]:
+    """The dicts among decoded values, their input indices, and an error for each other value.
+
+    Examples:
+        >>> split_records([{"a": 1}, None, 3])
+        ([{'a': 1}], [0], [(1, SerdeError('a null payload (tombstone) has no row')), (2, SerdeError('a int is not a record'))])
+    """
     dicts: list[dict[str, Any]] = []
     rows: list[int] = []
     errors: list[tuple[int, SerdeError]] = []
@@ -210,7 +223,7 @@ def frame_from_values(
             errors.append(
                 (i, SerdeError("NotARecord", f"a {type(value).__name__} is not a record"))
             )
-    return frame_from_dicts(dicts, rows, errors, schema)
+    return dicts, rows, errors
 
 
 def frame_from_dicts(
@@ -305,13 +318,14 @@ def frames_in_order(
         frames.append(frame.with_columns(pl.Series(_ROW, [rows[p] for p in positions], pl.Int64)))
         return True
 
-    def solve(positions: Sequence[int]) -> None:
+    def solve(positions: Sequence[int], tried: bool = False) -> None:
         reason = "its column types do not fit the rows before it in the batch"
-        try:
-            if accept(build(positions), positions):
-                return
-        except POLARS_ERRORS as exc:
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if not tried:
+            try:
+                if accept(build(positions), positions):
+                    return
+            except POLARS_ERRORS as exc:
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if len(positions) == 1:
             found.append((rows[positions[0]], SerdeError(kind, reason)))
             return
@@ -319,7 +333,7 @@ def frames_in_order(
         solve(positions[:middle])
         solve(positions[middle:])
 
-    solve(range(len(rows)))
+    solve(range(len(rows)), tried=len(rows) > 1)  # a lone row is built again for its reason
     frame = _concat_in_order(frames, found, kind)
     if frame is None:
         return FrameDecoded(empty_frame(schema), _EMPTY_ROWS, sorted(errors + found, key=_first))

@@ -27,9 +27,9 @@ from streamml.serde.base import (
     SerdeError,
     Serializer,
     empty_frame,
-    frame_from_values,
     frames_in_order,
     map_each,
+    split_records,
     widen_big_ints,
 )
 
@@ -163,8 +163,11 @@ class JsonSerde(Deserializer, Serializer):
 
     def _decode_frame_slow(self, payloads: list[bytes | None]) -> FrameDecoded:
         values = self.decode_batch(payloads)
-        checked = frame_from_values(values, _NO_COLUMNS)  # sorts records from errors
-        rows = checked.rows.tolist()
+        if None in values:  # the JSON text null is not a tombstone
+            values = [
+                _JSON_NULL if v is None and p is not None else v for v, p in zip(values, payloads)
+            ]
+        _, rows, errors = split_records(values)
         lines = [
             payload if _plain_line(payload) else orjson.dumps(values[i])
             for i in rows
@@ -175,7 +178,7 @@ class JsonSerde(Deserializer, Serializer):
             picked = lines if len(positions) == len(lines) else [lines[p] for p in positions]
             return self._read(b"\n".join(picked))
 
-        return frames_in_order(build, rows, checked.errors, self._schema)
+        return frames_in_order(build, rows, errors, self._schema)
 
     def encode_frame(self, frame: pl.DataFrame) -> list[bytes | SerdeError]:
         """Encode each row of ``frame`` as one JSON object, in column order.
@@ -233,8 +236,8 @@ class JsonSerde(Deserializer, Serializer):
 
 _NONE_TYPE = type(None)
 _BYTES = frozenset({bytes})
-_NO_COLUMNS: dict[str, Any] = {}  # a schema of no columns: frame_from_values only sorts
 _SURROGATES = (b"\\ud", b"\\uD")  # escapes polars misreads when unpaired: let orjson do them
+_JSON_NULL = SerdeError("NotARecord", "a JSON null is not a record")
 _FLOATS = frozenset({pl.Float32, pl.Float64})
 
 
