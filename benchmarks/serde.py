@@ -6,6 +6,12 @@
   fastavro's ``schemaless_reader`` per message (what ``decode_batch`` does
   for other schemas) vs confluent-kafka's own ``AvroDeserializer`` called per
   message, all with the same in-process mock registry.
+- Frames: ``decode_frame`` (a polars DataFrame per batch: ``pl.read_ndjson``
+  for JSON, the flat decoder's columns for Avro) vs ``decode_batch`` (a dict
+  per event) followed by ``pl.from_dicts`` (what a columnar step would do
+  with rows), and ``encode_frame`` (``write_ndjson``; rows through fastavro
+  for Avro) vs ``frame.to_dicts()`` + ``encode_batch``. 5,000 readings a
+  batch, the size of one Kafka fetch.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 
+import polars as pl
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -107,10 +114,105 @@ def main(quick: bool = False) -> dict:
         rounds=rounds,
     )
     print(format_table("Avro (Confluent wire format) decode", avro_results, "msg/s"))
+    frame_results = frames(n, rounds, readings, json_payloads, avro, avro_payloads)
     return {
         "json_decode": [m.as_dict() for m in json_results],
         "avro_decode": [m.as_dict() for m in avro_results],
+        **frame_results,
     }
+
+
+def frames(
+    n: int,
+    rounds: int,
+    readings: list[dict],
+    json_payloads: list,
+    avro: ConfluentAvroSerde,
+    avro_payloads: list,
+    batch: int = 5000,
+) -> dict:
+    """decode_frame / encode_frame next to the row paths, 5,000 readings a batch."""
+    serde_json = JsonSerde()
+    typed_json = JsonSerde(
+        schema={
+            "sensor_id": pl.String,
+            "ts": pl.Int64,
+            "temperature": pl.Float64,
+            "vibration": pl.Float64,
+            "pressure": pl.Float64,
+        }
+    )
+    starts = range(0, n, batch)
+
+    def decoder(fn):
+        def run() -> int:
+            for i in starts:
+                fn(i)
+            return n
+
+        return run
+
+    json_decoders = {
+        "JsonSerde.decode_frame (read_ndjson)": decoder(
+            lambda i: serde_json.decode_frame(json_payloads[i : i + batch])
+        ),
+        "JsonSerde(schema=).decode_frame": decoder(
+            lambda i: typed_json.decode_frame(json_payloads[i : i + batch])
+        ),
+        "decode_batch (orjson) + pl.from_dicts": decoder(
+            lambda i: pl.from_dicts(serde_json.decode_batch(json_payloads[i : i + batch]))
+        ),
+        "decode_batch (orjson), dicts only": decoder(
+            lambda i: serde_json.decode_batch(json_payloads[i : i + batch])
+        ),
+    }
+    avro_decoders = {
+        "ConfluentAvroSerde.decode_frame (flat columns)": decoder(
+            lambda i: avro.decode_frame(avro_payloads[i : i + batch])
+        ),
+        "decode_batch (flat) + pl.from_dicts": decoder(
+            lambda i: pl.from_dicts(avro.decode_batch(avro_payloads[i : i + batch]))
+        ),
+        "decode_batch (flat), dicts only": decoder(
+            lambda i: avro.decode_batch(avro_payloads[i : i + batch])
+        ),
+    }
+    frames_ = [serde_json.decode_frame(json_payloads[i : i + batch]).frame for i in starts]
+    dicts = [f.to_dicts() for f in frames_]
+
+    def each_frame(fn):
+        def run() -> int:
+            for k in range(len(frames_)):
+                fn(k)
+            return n
+
+        return run
+
+    encoders = {
+        "JsonSerde.encode_frame (write_ndjson)": each_frame(
+            lambda k: serde_json.encode_frame(frames_[k])
+        ),
+        "frame.to_dicts() + JsonSerde.encode_batch": each_frame(
+            lambda k: serde_json.encode_batch(frames_[k].to_dicts())
+        ),
+        "JsonSerde.encode_batch, dicts given": each_frame(
+            lambda k: serde_json.encode_batch(dicts[k])
+        ),
+        "ConfluentAvroSerde.encode_frame (rows)": each_frame(
+            lambda k: avro.encode_frame(frames_[k])
+        ),
+    }
+    print(f"\nframes: {n:,} readings in batches of {batch:,}, {rounds} alternating rounds")
+    results = {}
+    for key, title, contenders in (
+        ("json_decode_frame", "JSON decode into a frame", json_decoders),
+        ("avro_decode_frame", "Avro (Confluent) decode into a frame", avro_decoders),
+        ("encode_frame", "encode a frame", encoders),
+    ):
+        measured = alternate(contenders, rounds=rounds)
+        print(format_table(title, measured, "msg/s"))
+        results[key] = [m.as_dict() for m in measured]
+    return results
 
 
 if __name__ == "__main__":
