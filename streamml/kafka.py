@@ -1,11 +1,13 @@
 """Kafka I/O as Bytewax operators: a decoding source, an encoding sink, and a dead-letter sink.
 
-Built on :mod:`bytewax.connectors.kafka` (its ``KafkaSource`` and
-``KafkaSink`` do the consuming and producing, partitions are the unit of
-parallelism, offsets are part of Bytewax recovery); streamml adds batch
-decoding and encoding and routes every failure to an error stream of
-:class:`~streamml.errors.Rejected` records, which :func:`dead_letter_sink`
-writes to a topic as self-describing JSON.
+Built on Bytewax's public input and output API and confluent-kafka: Kafka
+partitions are Bytewax input partitions (the unit of parallelism, their
+offsets part of Bytewax recovery, read by
+:class:`streamml._kafka_partitions.PartitionReader` one fetch per item), and
+the sink is :class:`~streamml.producer.ProducerSink`, which checks every
+delivery. streamml decodes and encodes whole batches and routes every
+failure to an error stream of :class:`~streamml.errors.Rejected` records,
+which :func:`dead_letter_sink` writes to a topic as self-describing JSON.
 
 A typical pipeline::
 
@@ -18,22 +20,28 @@ A typical pipeline::
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import bytewax.operators as op
 import orjson
-from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage, _KafkaSourcePartition
+from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream, operator
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message
-from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import OFFSET_BEGINNING, Message
 
+from streamml._kafka_partitions import (
+    BrokerUnreachable,
+    Fetch,
+    KafkaPartitions,
+    broker_list,
+    check_broker_timeout,
+    picklable,
+    start_position,
+)
 from streamml.errors import Rejected
 from streamml.producer import ProducerSink
 from streamml.serde.base import BytesSerde, Deserializer, SerdeError, Serializer, StringSerde
@@ -94,150 +102,20 @@ class SourceOut(Generic[X]):
     """Consumer errors and messages that did not decode, with the reason."""
 
 
-class BrokerUnreachable(RuntimeError):
-    """No broker has answered a :func:`source` (or a ``join.kafka_table``) for longer than its ``broker_timeout``."""
-
-
-_UNREACHABLE = frozenset(
-    {
-        ConfluentKafkaError._ALL_BROKERS_DOWN,
-        ConfluentKafkaError._TRANSPORT,
-        ConfluentKafkaError._RESOLVE,
-    }
-)
-_STREAK_GAP_S = 11.0
-"""Errors further apart than this start a new outage (librdkafka retries a
-connection at least every ``reconnect.backoff.max.ms``, 10 s by default)."""
-
-
-class _BrokerWatch:
-    """A librdkafka ``error_cb`` that fails the consumer once brokers stay unreachable.
-
-    librdkafka reports an unreachable broker (connection refused, all brokers
-    down) through ``error_cb`` again at every reconnection attempt, then
-    silently retries forever. This callback times the streak of such errors
-    and raises :class:`BrokerUnreachable` once it is longer than the timeout;
-    confluent-kafka re-raises it from ``consume()``, so the Bytewax worker
-    stops with that error. A pause without errors longer than
-    :data:`_STREAK_GAP_S` ends a streak. A broker that hangs with its
-    connections open (e.g. a stopped process) reports nothing here.
-    """
-
-    def __init__(self, timeout: timedelta, brokers: str) -> None:
-        self._timeout_s = timeout.total_seconds()
-        self._brokers = brokers
-        self._since: float | None = None
-        self._last = 0.0
-
-    def __call__(self, err: ConfluentKafkaError) -> None:
-        if err.code() not in _UNREACHABLE:
-            return
-        now = time.monotonic()
-        if self._since is None or now - self._last > _STREAK_GAP_S:
-            self._since = now
-        self._last = now
-        if now - self._since >= self._timeout_s:
-            raise BrokerUnreachable(
-                f"no Kafka broker of {self._brokers} reachable for {now - self._since:.0f} s "
-                f"(broker_timeout={self._timeout_s:g} s); last error: {err.str()}"
-            )
-
-
-# How long a read waits for a fuller batch; 0 was no faster (light pipeline, 4 alternating
-# runs each: 100,387 vs 101,910 ev/s).
-_CONSUME_WAIT_S = 0.001
-
-
-def _start_position(starting_offset: int, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """The offset to assign and the consumer config that start where ``starting_offset`` asks.
-
-    Assigning ``OFFSET_BEGINNING`` makes librdkafka look the offset up
-    first, which waits 500 ms per start on the embedded broker (1,000
-    messages: 0.53 s to read against 0.03 s from offset 0). Offset 0 is the
-    first message of a partition whose log was never trimmed; when retention
-    has trimmed it, the fetch is out of range and ``auto.offset.reset``
-    ``earliest`` moves it to the first offset there is. A reset policy the
-    user chose is left alone, and so is the lookup.
-
-    Examples:
-        >>> _start_position(OFFSET_BEGINNING, {})
-        (0, {'auto.offset.reset': 'earliest'})
-        >>> _start_position(OFFSET_BEGINNING, {"auto.offset.reset": "error"})
-        (-2, {'auto.offset.reset': 'error'})
-    """
-    if starting_offset != OFFSET_BEGINNING or "auto.offset.reset" in config:
-        return starting_offset, config
-    return 0, {**config, "auto.offset.reset": "earliest"}
-
-
-class _Partition(_KafkaSourcePartition):
-    """Bytewax's partition reader (its consumer, offsets and recovery state), handing on raw messages.
-
-    Bytewax wraps every message in a ``KafkaSourceMessage`` dataclass before
-    anything decodes it, which took a quarter of a light pipeline's time;
-    :func:`source` decodes the raw ``confluent_kafka.Message`` objects
-    straight into :class:`Record`. The messages never leave the worker (the
-    decode step right after the input is not an exchange), so they need not
-    pickle; rejected ones are copied into ``KafkaSourceMessage``.
-    """
-
-    def next_batch(self) -> list[Message]:
-        if self._eof:
-            raise StopIteration()
-        msgs = self._consumer.consume(self._batch_size, _CONSUME_WAIT_S)
-        if not msgs:
-            return msgs
-        if any(map(Message.error, msgs)):  # a KafkaError is truthy, no error is None
-            kept = []
-            for m in msgs:
-                error = m.error()
-                if error is not None and error.code() == ConfluentKafkaError._PARTITION_EOF:
-                    self._eof = True  # emit this batch; stop at the next call
-                    break
-                kept.append(m)
-            msgs = kept
-        for m in reversed(msgs):
-            if m.error() is None:
-                self._offset = m.offset() + 1  # resume after the last message read
-                break
-        return msgs
-
-
-class _Source(KafkaSource):
-    """Bytewax's ``KafkaSource``; with a ``broker_timeout``, start-up fails too when no broker answers.
-
-    Bytewax lists the topics' partitions with no timeout before any
-    partition is built, so a dataflow started while the brokers are down
-    would wait there forever.
-    """
-
-    def __init__(self, brokers: list[str], *args: Any, broker_timeout: timedelta | None) -> None:
-        super().__init__(brokers, *args)
-        self._bootstrap = ",".join(brokers)
-        self._timeout = broker_timeout
-
-    def list_parts(self) -> list[str]:
-        if self._timeout is not None:
-            probe = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 0})
-            try:
-                probe.list_topics(timeout=self._timeout.total_seconds())
-            except KafkaException as exc:
-                raise BrokerUnreachable(
-                    f"no Kafka broker of {self._bootstrap} answered within "
-                    f"broker_timeout={self._timeout.total_seconds():g} s at start: {exc}"
-                ) from None
-        return super().list_parts()
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
-        part = super().build_part(step_id, for_part, resume_state)
-        part.__class__ = _Partition  # same state and consumer; only next_batch differs
-        return part
-
-
 @operator
-def _consume(step_id: str, flow: Dataflow, source: KafkaSource) -> Stream[Any]:
-    """Messages and consumer errors, under the input step id ``bytewax.connectors.kafka`` uses."""
+def _consume(step_id: str, flow: Dataflow, source: KafkaPartitions) -> Stream[Fetch]:
+    """One item per fetch, under the input step id ``bytewax.connectors.kafka`` uses.
+
+    The step id (``{step_id}.kafka.kafka_input``), the partition names and
+    the snapshots (next offsets) are those of the ``KafkaSource`` this
+    source was built on until now, so a recovery store written then resumes.
+    """
     return op.input("kafka_input", flow, source)
+
+
+def _messages(fetches: list[Fetch]) -> list[Message]:
+    """The messages of a batch of fetches, in order (usually one fetch: no copy)."""
+    return fetches[0] if len(fetches) == 1 else list(chain.from_iterable(fetches))
 
 
 def _keep(wanted: type) -> Callable[[list[Any]], list[Any]]:
@@ -249,48 +127,10 @@ def _keep(wanted: type) -> Callable[[list[Any]], list[Any]]:
     return keep
 
 
-def _broker_list(brokers: str | Sequence[str]) -> list[str]:
-    hosts = brokers.split(",") if isinstance(brokers, str) else list(brokers)
-    hosts = [h.strip() for h in hosts if h.strip()]
-    if not hosts:
-        raise ValueError("brokers must name at least one host:port, e.g. brokers='localhost:9092'")
-    return hosts
-
-
-def _check_broker_timeout(broker_timeout: timedelta, config: dict[str, Any]) -> None:
-    """Refuse a ``broker_timeout`` that is not positive, or one with an ``error_cb`` of the user's.
-
-    Examples:
-        >>> _check_broker_timeout(timedelta(0), {})
-        Traceback (most recent call last):
-        ...
-        ValueError: broker_timeout must be > 0 (or None to retry forever); got 0:00:00
-    """
-    if broker_timeout <= timedelta(0):
-        raise ValueError(
-            f"broker_timeout must be > 0 (or None to retry forever); got {broker_timeout}"
-        )
-    if "error_cb" in config:
-        raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
-
-
 def _broker_timestamp(msg: KafkaSourceMessage) -> int | None:
     ts = msg.timestamp
     # (type, ms); type 0 is TIMESTAMP_NOT_AVAILABLE.
     return ts[1] if ts and ts[0] else None
-
-
-def _as_source_message(msg: Message) -> KafkaSourceMessage:
-    """A picklable copy of a raw message, for the rare item that is rejected."""
-    return KafkaSourceMessage(
-        key=msg.key(),
-        value=msg.value(),
-        topic=msg.topic(),
-        headers=msg.headers() or [],
-        offset=msg.offset(),
-        partition=msg.partition(),
-        timestamp=msg.timestamp(),
-    )
 
 
 _kind, _ms = itemgetter(0), itemgetter(1)
@@ -316,7 +156,7 @@ def _decoder(
         out: list[Record | Rejected] = []
         if any(map(Message.error, msgs)):  # consumer errors, rare: reported, not decoded
             out.extend(
-                Rejected(consumer_step_id, "KafkaError", str(m.error()), _as_source_message(m))
+                Rejected(consumer_step_id, "KafkaError", str(m.error()), picklable(m))
                 for m in msgs
                 if m.error() is not None
             )
@@ -343,9 +183,9 @@ def _decoder(
         for msg, record in zip(msgs, fields):
             value, key = record[0], record[1]
             if type(value) is SerdeError:
-                append(Rejected(step_id, value.kind, f"value: {value}", _as_source_message(msg)))
+                append(Rejected(step_id, value.kind, f"value: {value}", picklable(msg)))
             elif type(key) is SerdeError:
-                append(Rejected(step_id, key.kind, f"key: {key}", _as_source_message(msg)))
+                append(Rejected(step_id, key.kind, f"key: {key}", picklable(msg)))
             else:
                 append(Record._make(record))
         return out
@@ -426,26 +266,27 @@ def source(
     topic_list = [topics] if isinstance(topics, str) else list(topics)
     if not topic_list:
         raise ValueError("topics must name at least one topic")
-    hosts = _broker_list(brokers)
+    hosts = broker_list(brokers)
     config: dict[str, Any] = {**SOURCE_DEFAULTS, **(add_config or {})}
-    starting_offset, config = _start_position(starting_offset, config)
+    starting_offset, config = start_position(starting_offset, config)
     if broker_timeout is not None:
-        _check_broker_timeout(broker_timeout, config)
-        config["error_cb"] = _BrokerWatch(broker_timeout, ",".join(hosts))
-    source = _Source(
+        check_broker_timeout(broker_timeout, config)
+    partitions = KafkaPartitions(
         hosts,
         topic_list,
-        tail,
-        starting_offset,
-        config,
-        batch_size,
-        False,  # consumer errors go to the errs stream, not up the stack
+        tail=tail,
+        starting_offset=starting_offset,
+        add_config=config,
+        batch_size=batch_size,
         broker_timeout=broker_timeout,
+    )
+    decode = _decoder(
+        f"{step_id}.decode", f"{step_id}.kafka", value_serde, key_serde or BytesSerde()
     )
     decoded = op.flat_map_batch(
         "decode",
-        _consume("kafka", flow, source),
-        _decoder(f"{step_id}.decode", f"{step_id}.kafka", value_serde, key_serde or BytesSerde()),
+        _consume("kafka", flow, partitions),
+        lambda fetches: decode(_messages(fetches)),
     )
     return SourceOut(
         oks=op.flat_map_batch("oks", decoded, _keep(Record)),
@@ -575,7 +416,7 @@ def sink(
     )
     pairs = op.flat_map_batch("pairs", encoded, _keep(tuple))  # a Rejected is a tuple subclass
     producer = ProducerSink(
-        ",".join(_broker_list(brokers)),
+        ",".join(broker_list(brokers)),
         topic,
         delivery_timeout=delivery_timeout,
         confirm_each_batch=confirm_each_batch,
@@ -709,7 +550,7 @@ def dead_letter_sink(
     """
     envelopes = op.flat_map_batch("envelope", up, _encode_envelopes)
     producer = ProducerSink(
-        ",".join(_broker_list(brokers)),
+        ",".join(broker_list(brokers)),
         topic,
         delivery_timeout=delivery_timeout,
         add_config=add_config,

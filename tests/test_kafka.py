@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import random
+from datetime import timedelta
+from pathlib import Path
 
 import bytewax.operators as op
 import pytest
-from bytewax.dataflow import Dataflow
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.dataflow import Dataflow, Stream, operator
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from hypothesis import HealthCheck, given, settings
@@ -231,3 +235,62 @@ def test_arbitrary_bytes_never_crash_the_source(
     run_main(flow)
     assert len(oks) + len(errs) == len(payloads)
     assert all(isinstance(e, Rejected) and e.error_type == "DecodeError" for e in errs)
+
+
+def _recovering_run(flow: Dataflow, store: Path) -> None:
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(store)))
+
+
+def _offsets_read(bootstrap: str, topic: str, store: Path) -> list[tuple[int, int]]:
+    """(partition, offset) of every record kafka.source reads in one recovering run."""
+    flow = Dataflow("resume")
+    got: list[kafka.Record] = []
+    src = kafka.source(
+        "in", flow, brokers=bootstrap, topics=topic, value_serde=JsonSerde(), tail=False
+    )
+    op.output("oks", src.oks, TestingSink(got))
+    _recovering_run(flow, store)
+    return sorted((r.partition, r.offset) for r in got)
+
+
+def test_a_resumed_source_reads_on_from_its_snapshot(
+    broker: EmbeddedBroker, topic_name: str, tmp_path: Path
+) -> None:
+    broker.create_topic(topic_name, partitions=2)
+    init_db_dir(tmp_path, 1)
+    produce_all(broker.bootstrap, topic_name, [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")] * 4)
+    first = _offsets_read(broker.bootstrap, topic_name, tmp_path)
+    assert len(first) == 12
+    produce_all(broker.bootstrap, topic_name, [(b"a", b"4"), (b"b", b"5")])
+    second = _offsets_read(broker.bootstrap, topic_name, tmp_path)
+    assert len(second) == 2 and not set(second) & set(first)
+
+
+@operator
+def _bytewax_kafka_input(step_id: str, flow: Dataflow, source: KafkaSource) -> Stream:
+    return op.input("kafka_input", flow, source)
+
+
+@operator
+def _as_written_before(step_id: str, flow: Dataflow, bootstrap: str, topic: str) -> Stream:
+    """Bytewax's KafkaSource at the step id kafka.source used while it was built on it."""
+    return _bytewax_kafka_input("kafka", flow, KafkaSource([bootstrap], [topic], tail=False))
+
+
+def test_a_recovery_store_written_through_bytewaxs_kafka_source_resumes(
+    broker: EmbeddedBroker, topic_name: str, tmp_path: Path
+) -> None:
+    broker.create_topic(topic_name, partitions=2)
+    init_db_dir(tmp_path, 1)
+    produce_all(broker.bootstrap, topic_name, [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")] * 4)
+    flow = Dataflow("resume")
+    before: list = []
+    op.output(
+        "all", _as_written_before("in", flow, broker.bootstrap, topic_name), TestingSink(before)
+    )
+    _recovering_run(flow, tmp_path)
+    assert len(before) == 12
+    produce_all(broker.bootstrap, topic_name, [(b"a", b"4"), (b"b", b"5")])
+    after = _offsets_read(broker.bootstrap, topic_name, tmp_path)
+    assert len(after) == 2
+    assert not set(after) & {(m.partition, m.offset) for m in before}

@@ -16,8 +16,9 @@ from confluent_kafka import KafkaError, Message
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamml._kafka_partitions import picklable
 from streamml.errors import Rejected
-from streamml.kafka import Record, _as_source_message, _decoder, _encoder
+from streamml.kafka import Record, _decoder, _encoder
 from streamml.serde import BytesSerde, JsonSerde, SerdeError, StringSerde
 
 _payload = st.one_of(
@@ -50,7 +51,7 @@ def _messages(draw: Any) -> list[Message]:
 def _decode_one_by_one(msgs: list[Message], value_serde: Any, key_serde: Any) -> list[Any]:
     """The reference: consumer errors first, then each message decoded on its own."""
     out: list[Any] = [
-        Rejected("in.kafka", "KafkaError", str(m.error()), _as_source_message(m))
+        Rejected("in.kafka", "KafkaError", str(m.error()), picklable(m))
         for m in msgs
         if m.error() is not None
     ]
@@ -60,9 +61,9 @@ def _decode_one_by_one(msgs: list[Message], value_serde: Any, key_serde: Any) ->
         (value,) = value_serde.decode_batch([m.value()])
         (key,) = key_serde.decode_batch([m.key()])
         if type(value) is SerdeError:
-            out.append(Rejected("in.decode", value.kind, f"value: {value}", _as_source_message(m)))
+            out.append(Rejected("in.decode", value.kind, f"value: {value}", picklable(m)))
         elif type(key) is SerdeError:
-            out.append(Rejected("in.decode", key.kind, f"key: {key}", _as_source_message(m)))
+            out.append(Rejected("in.decode", key.kind, f"key: {key}", picklable(m)))
         else:
             kind, ms = m.timestamp()
             out.append(

@@ -113,27 +113,57 @@ class _RowsLogic(WindowLogic):
         return list(self.rows)
 
 
+class _Numbering:
+    """How a tumbling or sliding window's id maps to its span: window ``k`` opens at ``align_to + k * offset``.
+
+    Bytewax hands a closed window's rows and its late events to the next
+    step with the window's id only; its public ``WindowOut.meta`` stream
+    reports each closed window's open and close times under that id, but as
+    a separate stream (pairing the two would take a join). The numbering is
+    therefore ours, written down here: window ``k`` spans ``[align_to + k *
+    offset, align_to + k * offset + length)`` (``offset = length`` for
+    tumbling windows), which is what ``meta`` reports for every id — pinned
+    by ``tests/operators/test_featurize_windows.py``, so a Bytewax release
+    that numbered windows otherwise fails that test instead of mislabelling
+    windows. The first window an event at ``t`` falls in is then the smallest
+    ``k`` with ``align_to + k * offset + length > t``.
+
+    Examples:
+        >>> from bytewax.operators.windowing import SlidingWindower
+        >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> n = _Numbering(SlidingWindower(timedelta(seconds=3), timedelta(seconds=1), t0))
+        >>> [t.second for t in n.span(2)]
+        [2, 5]
+        >>> n.first_id(t0 + timedelta(seconds=4.5))
+        2
+    """
+
+    def __init__(self, windower: TumblingWindower | SlidingWindower) -> None:
+        self.length = windower.length
+        self.offset = getattr(windower, "offset", windower.length)
+        self.align_to = windower.align_to
+
+    def span(self, wid: int) -> tuple[datetime, datetime]:
+        start = self.align_to + self.offset * wid
+        return start, start + self.length
+
+    def first_id(self, at: datetime) -> int:
+        return (at - self.align_to - self.length) // self.offset + 1
+
+
 def _bounds(windower: Any) -> Callable[[int, dict[str, Any]], tuple[datetime, datetime]]:
     """How to get a closed window's start and end from its id (or, for sessions, its rows)."""
     if isinstance(windower, SessionWindower):
         return lambda _wid, row: (from_micros(row["_first"]), from_micros(row["_last"]))
-    if isinstance(windower, TumblingWindower):
-        length, offset, align = windower.length, windower.length, windower.align_to
-    else:
-        length, offset, align = windower.length, windower.offset, windower.align_to
-
-    def fixed(wid: int, _row: dict[str, Any]) -> tuple[datetime, datetime]:
-        start = align + offset * wid
-        return start, start + length
-
-    return fixed
+    numbering = _Numbering(windower)
+    return lambda wid, _row: numbering.span(wid)
 
 
 def _first_window(windower: Any) -> Callable[[int, datetime], bool]:
     """Whether a late report for ``(window id, timestamp)`` is the event's first (one per event)."""
     if isinstance(windower, SlidingWindower):
-        length, offset, align = windower.length, windower.offset, windower.align_to
-        return lambda wid, at: wid == (at - align - length) // offset + 1
+        first_id = _Numbering(windower).first_id
+        return lambda wid, at: wid == first_id(at)
     return lambda wid, at: True
 
 

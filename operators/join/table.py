@@ -21,17 +21,20 @@ from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from bytewax.inputs import FixedPartitionedSource
+from confluent_kafka import Message
 
-from streamml.errors import Rejected
-from streamml.kafka import (
-    SOURCE_DEFAULTS,
-    BrokerUnreachable,
-    _broker_list,
-    _BrokerWatch,
-    _check_broker_timeout,
+from streamml._kafka_partitions import (
+    BrokerWatch,
+    Fetch,
+    PartitionReader,
+    broker_list,
+    check_broker_timeout,
+    list_partitions,
+    picklable,
 )
+from streamml.errors import Rejected
+from streamml.kafka import SOURCE_DEFAULTS
 from streamml.serde.base import Deserializer, SerdeError, StringSerde
 
 __all__ = ["Table", "TableReady", "kafka_table"]
@@ -67,66 +70,15 @@ class Table:
     errs: Stream[Rejected]
 
 
-class _Message(NamedTuple):
-    key: bytes | None
-    value: bytes | None
-    partition: int
-    offset: int
+class _TableSource(FixedPartitionedSource[Fetch, int]):
+    """The table topic's partitions, each read by a :class:`~streamml._kafka_partitions.PartitionReader`.
 
-
-class _TablePartition(StatefulSourcePartition[Any, int]):
-    """Reads one partition from ``start``; emits TableReady when it first reaches the end of the log."""
-
-    def __init__(
-        self,
-        step_id: str,
-        config: dict[str, Any],
-        topic: str,
-        partition: int,
-        partitions: int,
-        start: int,
-        tail: bool,
-    ) -> None:
-        self._step_id = step_id
-        self._tail = tail
-        self._consumer = Consumer(config)
-        self._consumer.assign([TopicPartition(topic, partition, start)])
-        self._topic = topic
-        self._partition = partition
-        self._partitions = partitions
-        self._next = start
-        self._announced = False
-
-    def next_batch(self) -> list[Any]:
-        if self._announced and not self._tail:
-            raise StopIteration
-        out: list[Any] = []
-        for msg in self._consumer.consume(1000, 0.001):
-            error = msg.error()
-            if error is None:
-                out.append(_Message(msg.key(), msg.value(), msg.partition(), msg.offset()))
-                self._next = msg.offset() + 1
-            elif error.code() == KafkaError._PARTITION_EOF:
-                if not self._announced:  # the first end of the log: the bootstrap is read
-                    self._announced = True
-                    out.append(TableReady(self._topic, self._partition, self._partitions))
-            else:
-                out.append(Rejected(self._step_id, "KafkaError", str(error), None))
-        return out
-
-    def snapshot(self) -> int:
-        return self._next
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
-class _TableSource(FixedPartitionedSource[Any, int]):
-    """The table topic's partitions; with a ``broker_timeout``, unreachable brokers fail the read.
-
-    Each partition's consumer gets its own :class:`streamml.kafka._BrokerWatch`
-    (the ``error_cb`` :func:`streamml.kafka.source` uses), and listing the
-    partitions waits at most ``broker_timeout`` instead of 10 s.
+    Each reader hands on its fetches and ends the fetch that first reaches
+    the end of the log with the partition's :class:`TableReady`. Partitions
+    are named by number and snapshot their next offset. With a
+    ``broker_timeout``, every consumer gets its own ``BrokerWatch`` (the
+    ``error_cb`` :func:`streamml.kafka.source` uses) and listing the
+    partitions waits at most that long instead of 10 s.
     """
 
     def __init__(
@@ -163,71 +115,74 @@ class _TableSource(FixedPartitionedSource[Any, int]):
         }
 
     def _partitions(self) -> int:
-        consumer = Consumer(self._config())
-        wait_s = 10.0 if self._timeout is None else self._timeout.total_seconds()
-        try:
-            try:
-                meta = consumer.list_topics(self._topic, timeout=wait_s).topics[self._topic]
-            except KafkaException as exc:
-                if self._timeout is None:
-                    raise
-                raise BrokerUnreachable(
-                    f"no Kafka broker of {','.join(self._brokers)} answered within "
-                    f"broker_timeout={wait_s:g} s at start: {exc}"
-                ) from None
-            if meta.error is not None:
-                raise RuntimeError(f"cannot read table topic {self._topic!r}: {meta.error}")
-            return len(meta.partitions)
-        finally:
-            consumer.close()
+        counts = list_partitions(
+            self._config(), [self._topic], broker_timeout=self._timeout, wait=timedelta(seconds=10)
+        )
+        return counts[self._topic]
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in range(self._partitions())]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TablePartition:
-        start = 0 if resume_state is None else resume_state
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> PartitionReader:
         config = self._config()
         if self._timeout is not None:  # one watch per consumer: each times its own outage
-            config["error_cb"] = _BrokerWatch(self._timeout, ",".join(self._brokers))
-        return _TablePartition(
-            step_id,
+            config["error_cb"] = BrokerWatch(self._timeout, ",".join(self._brokers))
+        partition = int(for_part)
+        return PartitionReader(
             config,
             self._topic,
-            int(for_part),
-            self._partitions(),
-            start,
-            self._tail,
+            partition,
+            0 if resume_state is None else resume_state,
+            stop_at_end=not self._tail,
+            end_marker=TableReady(self._topic, partition, self._partitions()),
+            step_id=step_id,
         )
 
 
 def _decoder(
-    step_id: str, key_serde: Deserializer, value_serde: Deserializer
-) -> Callable[[list[Any]], list[tuple[list[Any], list[Rejected]]]]:
-    """A batch function: read items to one ``(changelog items, rejections)`` pair per batch."""
+    step_id: str, reader_step_id: str, key_serde: Deserializer, value_serde: Deserializer
+) -> Callable[[list[Fetch]], list[tuple[list[Any], list[Rejected]]]]:
+    """A batch function: fetches to one ``(changelog items, rejections)`` pair per batch.
 
-    def decode(batch: list[Any]) -> list[tuple[list[Any], list[Rejected]]]:
-        msgs = [m for m in batch if type(m) is _Message]
-        decoded = iter(
-            zip(
-                key_serde.decode_batch([m.key for m in msgs]),
-                value_serde.decode_batch([m.value for m in msgs]),
-                strict=True,
-            )
-        )
+    A fetch's :class:`TableReady` (its last item, if any) follows the rows of
+    that fetch. Consumer errors are rejected by ``reader_step_id``, rows that
+    do not decode or have no text key by ``step_id``; the original of each
+    rejection is a copy of the raw message, so a dead letter keeps its
+    topic, partition, offset and bytes.
+    """
+
+    def decode(fetches: list[Fetch]) -> list[tuple[list[Any], list[Rejected]]]:
         out: list[Any] = []
         errs: list[Rejected] = []
-        for msg in batch:  # markers stay behind the rows read before them
-            if type(msg) is not _Message:
-                (errs if type(msg) is Rejected else out).append(msg)
-                continue
-            key, value = next(decoded)
-            bad = key if type(key) is SerdeError else value if type(value) is SerdeError else None
-            if bad is not None:
-                errs.append(Rejected(step_id, bad.kind, str(bad), msg))
-            elif not isinstance(key, str):
-                errs.append(Rejected(step_id, "MissingKey", "a table row needs a text key", msg))
-            else:
-                out.append((key, value))
+        for fetch in fetches:
+            marker = fetch[-1] if fetch and type(fetch[-1]) is TableReady else None
+            msgs = fetch[:-1] if marker is not None else fetch
+            if any(map(Message.error, msgs)):  # consumer errors, rare
+                errs.extend(
+                    Rejected(reader_step_id, "KafkaError", str(m.error()), picklable(m))
+                    for m in msgs
+                    if m.error() is not None
+                )
+                msgs = [m for m in msgs if m.error() is None]
+            keys = key_serde.decode_batch(list(map(Message.key, msgs)))
+            values = value_serde.decode_batch(list(map(Message.value, msgs)))
+            for msg, key, value in zip(msgs, keys, values, strict=True):
+                if type(key) is SerdeError or type(value) is SerdeError:
+                    bad = key if type(key) is SerdeError else value
+                    errs.append(Rejected(step_id, bad.kind, str(bad), picklable(msg)))
+                elif not isinstance(key, str):
+                    errs.append(
+                        Rejected(
+                            step_id,
+                            "MissingKey",
+                            "a table row needs a text key",
+                            picklable(msg),
+                        )
+                    )
+                else:
+                    out.append((key, value))
+            if marker is not None:
+                out.append(marker)
         return [(out, errs)]
 
     return decode
@@ -304,15 +259,17 @@ def kafka_table(
         ...
         ValueError: broker_timeout must be > 0 (or None to retry forever); got 0:00:00
     """
-    hosts = _broker_list(brokers)
+    hosts = broker_list(brokers)
     if not topic:
         raise ValueError("topic must name the table's topic")
     config = dict(add_config or {})
     if broker_timeout is not None:
-        _check_broker_timeout(broker_timeout, config)
+        check_broker_timeout(broker_timeout, config)
     raw = op.input("read", flow, _TableSource(hosts, topic, config, tail, broker_timeout))
     decoded = op.flat_map_batch(
-        "decode", raw, _decoder(f"{step_id}.decode", key_serde or StringSerde(), value_serde)
+        "decode",
+        raw,
+        _decoder(f"{step_id}.decode", f"{step_id}.read", key_serde or StringSerde(), value_serde),
     )
     # Batch steps split rows from rejections: no per-row op.branch predicate.
     return Table(

@@ -185,3 +185,47 @@ def test_misconfiguration_raises(kwargs, message):
     up = op.input("in", flow, TestingSource([]))
     with pytest.raises(ValueError, match=message):
         window_agg("win", up, **args)
+
+
+@pytest.mark.parametrize(
+    "windower",
+    [
+        TumblingWindower(timedelta(seconds=2), align_to=T0),
+        SlidingWindower(timedelta(seconds=3), timedelta(seconds=1), align_to=T0),
+    ],
+    ids=["tumbling", "sliding"],
+)
+def test_window_numbering_is_what_bytewax_reports_on_its_public_streams(windower):
+    """window_agg labels windows by its own numbering; Bytewax's meta and late streams agree."""
+    from bytewax.operators.windowing import EventClock, collect_window
+    from streamml.operators.featurize.windows import _Numbering
+
+    frozen = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    clock = EventClock(
+        lambda s: T0 + timedelta(seconds=s),
+        wait_for_system_duration=timedelta(0),
+        now_getter=lambda: frozen,
+        to_system_utc=lambda _t: None,
+    )
+    seconds = [0.5, 4.2, 7.0, 12.9, 1.7, 30.0, 11.0]  # 1.7 and 11.0 arrive late
+    flow = Dataflow("numbering")
+    up = op.input("in", flow, TestingSource([("k", s) for s in seconds]))
+    wout = collect_window("w", up, clock, windower)
+    metas, lates = [], []
+    op.output("meta", wout.meta, TestingSink(metas))
+    op.output("late", wout.late, TestingSink(lates))
+    run_main(flow)
+
+    numbering = _Numbering(windower)
+    assert len(metas) >= 5
+    for _key, (wid, meta) in metas:
+        assert numbering.span(wid) == (meta.open_time, meta.close_time)
+    late_ids: dict[float, list[int]] = {}
+    for _key, (wid, s) in lates:
+        late_ids.setdefault(s, []).append(wid)
+    assert sorted(late_ids) == [1.7, 11.0]
+    for s, ids in late_ids.items():
+        assert min(ids) == numbering.first_id(T0 + timedelta(seconds=s))
+        for wid in ids:  # every reported window holds the event
+            start, end = numbering.span(wid)
+            assert start <= T0 + timedelta(seconds=s) < end
