@@ -22,6 +22,15 @@ the joins next) admits, holds and releases its rows through
 - **Idle release** (``idle_release``, wall clock): a row held that long is
   released anyway, and its key's watermark moves up to it (results never
   change; which later rows are late then depends on timing).
+- **Idle advance** (``idle_advance``, wall clock; Bytewax's ``EventClock``):
+  while a key is quiet its watermark moves on with the wall clock, from
+  where its rows last put it, so a quiet key's deadlines (a window's end, a
+  session's gap) pass and its held rows come out. The clock alone never
+  makes a row late: a row is late only behind its key's newest rows (the
+  one rule above), or behind a row the clock released early (its key's
+  watermark moves up to it, as with idle release). After a restore the
+  clock starts again from the snapshot's watermark: downtime is not
+  idleness.
 - **TTL** (event time): keys whose newest row is ``ttl`` older than the
   newest row of the shard are forgotten (their held rows released first).
   One number is remembered, the newest forgotten time; afterwards a key
@@ -233,6 +242,10 @@ class KeyedEventTime:
             ``None``: only event time releases.
         max_future: Reject rows beyond the wall clock plus this; ``None``
             accepts any time.
+        idle_advance: Move each quiet key's watermark on with the wall
+            clock (see the module doc); :meth:`marks` and
+            :meth:`wall_time_of` then tell an operator where each key's
+            watermark is and when it will reach a time.
         width: Columns of :attr:`Held.data`.
         clock: Wall clock, seconds since the epoch.
         resume: A :meth:`snapshot` to continue from.
@@ -260,6 +273,7 @@ class KeyedEventTime:
         ttl: timedelta | None = None,
         idle_release: timedelta | None = None,
         max_future: timedelta | None = None,
+        idle_advance: bool = False,
         width: int = 0,
         clock: Callable[[], float] = time.time,
         resume: dict[str, Any] | None = None,
@@ -289,6 +303,10 @@ class KeyedEventTime:
         self.newest = _NONE  # newest accepted time of the shard (the TTL clock)
         self.swept = _NONE
         self.held = Held.empty(width)
+        self.advance = idle_advance
+        # idle advance: a key's watermark is max(kmax - delay, adv_base + wall time since adv_since)
+        self.adv_base = np.full(16, _NONE, dtype=np.int64)
+        self.adv_since = np.zeros(16)
         if resume is not None:
             self._restore(resume)
 
@@ -379,6 +397,8 @@ class KeyedEventTime:
         if ok.any():
             np.maximum.at(self.kmax, kid[ok], ts_in[ok])
             self.newest = max(self.newest, int(ts_in[ok].max()))
+            if self.advance:
+                self._advance_from_rows(np.unique(kid[ok]))
         late_rows = np.flatnonzero(is_late)
         return Admission(
             ok=idx[ok],
@@ -400,7 +420,24 @@ class KeyedEventTime:
         ts: np.ndarray,
         data: np.ndarray | None = None,
     ) -> None:
-        """Hold accepted rows (the ``ok`` rows of an :class:`Admission`, in arrival order)."""
+        """Hold accepted rows (the ``ok`` rows of an :class:`Admission`, in arrival order).
+
+        ``ts`` is when each row is due: usually its event time, but an
+        operator may hold a row until a later time of its own (a join keeps
+        a row until its key's watermark passes ``ts + upper``); the row is
+        released once its key's watermark reaches that time, and sorted by
+        it. Idle release then moves the key's watermark up to it.
+
+        Examples:
+            >>> et = KeyedEventTime(max_delay=timedelta(0))
+            >>> adm = et.admit(["a"], np.array([10]))
+            >>> et.hold(None, adm.kid, adm.ts + 5)  # due at 15
+            >>> len(et.release().held)
+            0
+            >>> adm = et.admit(["a"], np.array([15]))
+            >>> et.release().held.ts.tolist()
+            [15]
+        """
         if not len(kid):
             return
         if data is None:
@@ -431,9 +468,13 @@ class KeyedEventTime:
             waited = held.arrived + self.idle <= self.clock()
             if waited.any():  # released early: the key's watermark moves up to it
                 np.maximum.at(self.kmax, held.kid[waited], held.ts[waited] + delay)
-        if eof or (delay == 0 and not len(gone)):
+        if self.advance:
+            passed = held.ts <= self.marks(held.kid)
+            if passed.any():  # the wall clock released it: the key's watermark moves up to it
+                np.maximum.at(self.kmax, held.kid[passed], held.ts[passed] + delay)
+        if eof:
             out = np.ones(len(held), dtype=bool)
-        else:
+        else:  # even at max_delay=0: a row may be held until a time past its own (see hold)
             out = held.ts <= self.kmax[held.kid] - delay
             if len(gone):
                 out |= np.isin(held.kid, gone)
@@ -457,10 +498,80 @@ class KeyedEventTime:
         self.kmax[known] += self.delay
 
     def notify_at(self) -> datetime | None:
-        """When the oldest held row will have waited ``idle_release`` (if set)."""
-        if self.idle is None or not len(self.held):
+        """When the oldest held row will have waited ``idle_release`` (if set), or the wall clock
+        will have moved a quiet key's watermark to a held row (``idle_advance``)."""
+        if not len(self.held) or (self.idle is None and not self.advance):
             return None
-        return datetime.fromtimestamp(float(self.held.arrived.min()) + self.idle, tz=timezone.utc)
+        due = np.inf
+        if self.idle is not None:
+            due = float(self.held.arrived.min()) + self.idle
+        if self.advance:
+            due = min(due, float(self.wall_time_of(self.held.kid, self.held.ts).min()))
+        return datetime.fromtimestamp(due, tz=timezone.utc)
+
+    # -- idle advance -----------------------------------------------------
+
+    def _grow_advance(self) -> None:
+        n = len(self.kmax)
+        if len(self.adv_base) < n:
+            base = np.full(n, _NONE, dtype=np.int64)
+            base[: len(self.adv_base)] = self.adv_base
+            since = np.zeros(n)
+            since[: len(self.adv_since)] = self.adv_since
+            self.adv_base, self.adv_since = base, since
+
+    def _advance_from_rows(self, kids: np.ndarray) -> None:
+        """Keys whose newest row rose: their clock restarts where the rows put the watermark."""
+        self._grow_advance()
+        now = self.clock()
+        mark = self.kmax[kids] - self.delay
+        ahead = self.marks(kids, now)  # the clock's watermark; _NONE for a new key
+        up = (mark > ahead) | (self.adv_base[kids] == _NONE)
+        self.adv_base[kids[up]] = mark[up]
+        self.adv_since[kids[up]] = now
+
+    def marks(self, kids: np.ndarray, now: float | None = None) -> np.ndarray:
+        """The watermark of each key id (µs), the wall clock's advance included; ``_NONE``-like
+        minimum for a key with no accepted row.
+
+        Without ``idle_advance`` this is each key's newest time minus ``max_delay``.
+
+        Examples:
+            >>> now = [100.0]
+            >>> et = KeyedEventTime(max_delay=timedelta(microseconds=5), idle_advance=True,
+            ...                     clock=lambda: now[0])
+            >>> adm = et.admit(["a", "b"], np.array([10, 50]))
+            >>> now[0] = 100.000020  # 20 µs of wall clock with no row
+            >>> et.marks(adm.kid).tolist()
+            [25, 65]
+            >>> adm = et.admit(["a"], np.array([12]))  # not late: the clock alone makes nothing late
+            >>> len(adm.ok), et.marks(adm.kid).tolist()
+            (1, [25])
+        """
+        kids = np.asarray(kids, dtype=np.int64)
+        kmax = self.kmax[kids]
+        event = np.where(kmax == _NONE, _NONE, kmax - self.delay)
+        if not self.advance:
+            return event
+        self._grow_advance()
+        now = self.clock() if now is None else now
+        base = self.adv_base[kids]
+        waited = np.maximum(now - self.adv_since[kids], 0.0) * 1e6
+        clock = np.where(base == _NONE, _NONE, base + waited.astype(np.int64))
+        return np.maximum(event, clock)
+
+    def wall_time_of(self, kids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Wall-clock seconds at which each key's watermark reaches ``ts`` (``inf`` if never:
+        no ``idle_advance``, or a key with no row; a past time if it already has)."""
+        kids = np.asarray(kids, dtype=np.int64)
+        ts = np.asarray(ts, dtype=np.int64)
+        if not self.advance:
+            return np.where(self.marks(kids) >= ts, -np.inf, np.inf)
+        self._grow_advance()
+        base = self.adv_base[kids]
+        known = base != _NONE
+        due = np.where(known, self.adv_since[kids] + (ts - np.where(known, base, 0)) / 1e6, np.inf)
+        return np.where(self.marks(kids) >= ts, np.minimum(due, self.clock()), due)
 
     def _sweep(self) -> np.ndarray:
         """Key ids idle for ``ttl`` (checked when the newest time moved a quarter ``ttl``)."""
@@ -486,6 +597,8 @@ class KeyedEventTime:
             self.keys[kid] = None
             self.kmax[kid] = _NONE
             self.free.append(kid)
+            if self.advance and kid < len(self.adv_base):
+                self.adv_base[kid] = _NONE
 
     # -- snapshot ---------------------------------------------------------
 
@@ -503,6 +616,8 @@ class KeyedEventTime:
             "held_ts": held.ts.copy(),
             "held_arrived": held.arrived.copy(),
             "held_data": held.data.copy(),
+            # idle advance: each key's watermark now, where its clock restarts after a restore
+            **({"adv_mark": self.marks(np.arange(len(self.keys)))} if self.advance else {}),
         }
 
     def _restore(self, data: dict[str, Any]) -> None:
@@ -522,6 +637,15 @@ class KeyedEventTime:
             np.array(data["held_arrived"], dtype=np.float64),
             np.array(data["held_data"], dtype=np.float64).reshape(-1, self.width),
         )
+        if self.advance:  # downtime is not idleness: the clock restarts from the stored watermark
+            self._grow_advance()
+            n = len(self.keys)
+            stored = data.get("adv_mark")
+            if stored is None:
+                known = self.kmax[:n] != _NONE
+                stored = np.where(known, self.kmax[:n] - self.delay, _NONE)
+            self.adv_base[:n] = stored
+            self.adv_since[:n] = self.clock()
 
 
 def _prior_max(kid: np.ndarray, ts: np.ndarray, seed: np.ndarray) -> np.ndarray:
