@@ -338,17 +338,46 @@ class _RowLogic(_Logic):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ts_getter = ts_getter
-        self.pending: dict[int, tuple[str, Any]] = {}  # held events by row id
-        self.seq = 0
+        # the held events: row id i is events[i - base] (key: keys[i - base]); the held
+        # frame's "row" column has the ids
+        self.keys: list[str] = []
+        self.events: list[Any] = []
+        self.base = 0
         super().__init__(cfg, resume, clock)
 
     def _restore_extra(self, data: dict[str, Any] | None) -> None:
-        if data is not None:
-            self.pending = dict(data["pending"])
-            self.seq = data["seq"]
+        if data is not None:  # the snapshot keeps the held events in held order
+            self.keys = list(data["pending_keys"])
+            self.events = list(data["pending_events"])
+            held = self.core.et.held
+            if held.frame is not None:
+                ids = pl.Series("row", np.arange(len(self.keys)), dtype=pl.Int64)
+                held.frame = held.frame.with_columns(ids)
 
     def _extra(self) -> dict[str, Any]:
-        return {"pending": dict(self.pending), "seq": self.seq}
+        keys, events = self._held_events()
+        return {"pending_keys": keys, "pending_events": events}
+
+    def _held_events(self) -> tuple[list[str], list[Any]]:
+        frame = self.core.et.held.frame
+        if frame is None or not frame.height:
+            return [], []
+        at = (frame.get_column("row").to_numpy() - self.base).tolist()
+        return list(map(self.keys.__getitem__, at)), list(map(self.events.__getitem__, at))
+
+    def _release(self, errs: list, lates: list, eof: bool = False) -> tuple[list, list, list]:
+        out = super()._release(errs, lates, eof)
+        held = self.core.et.held
+        if not len(held):
+            self.base += len(self.keys)
+            self.keys, self.events = [], []
+        elif len(self.keys) > 4 * len(held) + 4096:  # compact: keep the held events only
+            keys, events = self._held_events()
+            self.base += len(self.keys)
+            ids = pl.Series("row", np.arange(self.base, self.base + len(keys)), dtype=pl.Int64)
+            held.frame = held.frame.with_columns(ids)
+            self.keys, self.events = keys, events
+        return out
 
     def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
         items = values[0] if len(values) == 1 else [x for part in values for x in part]
@@ -365,22 +394,22 @@ class _RowLogic(_Logic):
                 ok_list = ok.tolist()
                 keys = [keys[i] for i in ok_list]
                 events = [events[i] for i in ok_list]
-            ids = range(self.seq, self.seq + len(keys))
-            self.seq += len(keys)
-            self.pending.update(zip(ids, zip(keys, events)))
-            frame = pl.DataFrame({"row": pl.Series(ids, dtype=pl.Int64)})
+            first = self.base + len(self.keys)
+            self.keys.extend(keys)
+            self.events.extend(events)
+            ids = np.arange(first, first + len(keys), dtype=np.int64)
+            frame = pl.DataFrame({"row": ids})
             x = cols.values if len(ok) == len(cols.keys) else cols.values[ok]
             et.hold(frame, adm.kid, adm.ts, x)
         return [self._release(errs, lates)], False
 
     def _emit(self, held: Any, columns: list[np.ndarray]) -> list[tuple[str, dict]]:
-        pop = self.pending.pop
-        released = [pop(i) for i in held.frame.get_column("row").to_list()]
-        outputs = [dict(event) for _, event in released]
+        at = (held.frame.get_column("row").to_numpy() - self.base).tolist()
+        outputs = list(map(dict, map(self.events.__getitem__, at)))
         for name, col in zip(self.cfg.names, columns):
             for event, value in zip(outputs, col.tolist()):
                 event[name] = value
-        return [(k, event) for (k, _), event in zip(released, outputs)]
+        return list(zip(map(self.keys.__getitem__, at), outputs))
 
 
 def _shard_frames(
