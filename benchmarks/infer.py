@@ -4,7 +4,10 @@ One Bytewax worker, an in-memory source of keyed events with 16 float32
 features, ONNX Runtime with one intra-op thread, models built here with
 scikit-learn and skl2onnx from generated data:
 
-- MLP 16→64→64→2: ``infer`` (dynamic batches of up to 1,024) vs the same
+- MLP 16→64→64→2: ``infer`` on ``polars.DataFrame`` batches (the unit
+  between streamml steps; 16 float32 feature columns, frames of 1,024 rows,
+  and of 5,000 rows sliced into batches of 1,024), ``infer`` on
+  ``(key, event)`` rows (dynamic batches of up to 1,024), the same row
   dataflow calling the model once per event (``max_batch=1``), and the raw
   ``InferenceSession.run`` over pre-stacked batches of 1,024 (the ceiling).
 - IsolationForest, 100 trees: ``infer`` vs the raw runtime at the same batch
@@ -30,6 +33,7 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -147,14 +151,15 @@ class _CountPartition(StatelessSinkPartition):
         self._sink = sink
 
     def write_batch(self, items: list) -> None:
-        self._sink.count += len(items)
+        self._sink.count += sum(len(x) if isinstance(x, pl.DataFrame) else 1 for x in items)
         if self._sink.latencies is not None:
             now = time.perf_counter()
             self._sink.latencies.extend(now - e["t_in"] for _, e in items)
 
 
 class CountSink(DynamicSink):
-    """Counts what arrives; with ``latencies`` a list, records now − event["t_in"]."""
+    """Counts what arrives (a frame counts its rows); with ``latencies`` a list, records
+    now − event["t_in"]."""
 
     def __init__(self, latencies: list[float] | None = None) -> None:
         self.count = 0
@@ -171,6 +176,35 @@ def _events(n: int) -> list[tuple[str, dict[str, Any]]]:
     x = np.random.default_rng(7).normal(size=(n, N_FEATURES)).astype(np.float32)
     keys = [f"sensor-{i:03d}" for i in range(N_KEYS)]
     return [(keys[i % N_KEYS], {"id": i, "features": x[i]}) for i in range(n)]
+
+
+def _frames(events: list, rows: int) -> list[pl.DataFrame]:
+    """The same events as frames of ``rows`` rows: key, id and one column per feature."""
+    matrix = np.stack([e["features"] for _, e in events])
+    frame = pl.DataFrame(
+        {
+            "key": [k for k, _ in events],
+            "id": np.arange(len(events)),
+            **{f"f{j}": matrix[:, j] for j in range(N_FEATURES)},
+        }
+    )
+    return [frame.slice(i, rows) for i in range(0, len(events), rows)]
+
+
+def _frame_run(model: OnnxModel, frames: list, rows: int) -> Callable[[], int]:
+    columns = [f"f{j}" for j in range(N_FEATURES)]
+
+    def run() -> int:
+        flow = Dataflow("bench_infer_frames")
+        up = op.input("in", flow, ListSource(frames, 1))
+        out = infer("infer", up, model, inputs=columns, max_batch=MAX_BATCH, max_wait=timedelta(0))
+        sink = CountSink()
+        op.output("out", out.oks, sink)
+        run_main(flow)
+        assert sink.count == rows, (sink.count, rows)
+        return sink.count
+
+    return run
 
 
 def _dataflow_run(model: OnnxModel, events: list, max_batch: int, limit: int) -> Callable[[], int]:
@@ -254,22 +288,27 @@ def main(quick: bool = False) -> dict:
     gc.collect()
     gc.freeze()  # the prebuilt input is not garbage: keep the collector from rescanning it
     matrix = np.stack([e["features"] for _, e in events])
+    frames, big_frames = _frames(events, SOURCE_BATCH), _frames(events, 5_000)
     results: dict[str, Any] = {"events": n, "rounds": rounds}
 
     print("MLP 16→64→64→2 ...", flush=True)
     mlp_runs = alternate(
         {
-            f"infer, max_batch={MAX_BATCH}": _dataflow_run(mlp, events, MAX_BATCH, n),
+            f"infer, rows, max_batch={MAX_BATCH}": _dataflow_run(mlp, events, MAX_BATCH, n),
+            f"infer, frames of {SOURCE_BATCH:,} rows": _frame_run(mlp, frames, n),
+            "infer, frames of 5,000 rows (sliced)": _frame_run(mlp, big_frames, n),
             "infer, model per event (max_batch=1)": _dataflow_run(mlp, events, 1, n_single),
             f"raw ONNX Runtime, batch {MAX_BATCH} (ceiling)": _raw_run(mlp, matrix, MAX_BATCH),
         },
         rounds=rounds,
     )
     print(format_table("MLP 16→64→64→2, events/s, 1 worker, 1 ORT thread", mlp_runs, "events/s"))
-    batched, single = mlp_runs[0].median, mlp_runs[1].median
+    batched, on_frames, single = mlp_runs[0].median, mlp_runs[1].median, mlp_runs[3].median
     print(f"  batched / per event = {batched / single:.1f}x (target >= 20x; >= 500,000 events/s)")
+    print(f"  frames / rows = {on_frames / batched:.2f}x")
     results["mlp"] = {m.name: m.as_dict() for m in mlp_runs}
     results["mlp_speedup_vs_per_event"] = batched / single
+    results["mlp_frames_vs_rows"] = on_frames / batched
 
     print("IsolationForest, 100 trees ...", flush=True)
     forest_runs = alternate(
