@@ -28,7 +28,9 @@ from operator import itemgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import bytewax.operators as op
+import numpy as np
 import orjson
+import polars as pl
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream, operator
 from confluent_kafka import OFFSET_BEGINNING, Message
@@ -44,7 +46,15 @@ from streamml._kafka_partitions import (
 )
 from streamml.errors import Rejected
 from streamml.producer import ProducerSink
-from streamml.serde.base import BytesSerde, Deserializer, SerdeError, Serializer, StringSerde
+from streamml.serde.base import (
+    BytesSerde,
+    Deserializer,
+    SerdeError,
+    Serializer,
+    StringSerde,
+    decode_frame,
+    encode_frame,
+)
 
 __all__ = [
     "BrokerUnreachable",
@@ -95,8 +105,8 @@ class Record(NamedTuple):
 class SourceOut(Generic[X]):
     """The streams of :func:`source`."""
 
-    oks: Stream[Record]
-    """Decoded records."""
+    oks: Stream[X]
+    """Decoded records (``Record``), or one ``polars.DataFrame`` per fetch with ``frames=True``."""
 
     errs: Stream[Rejected]
     """Consumer errors and messages that did not decode, with the reason."""
@@ -193,6 +203,67 @@ def _decoder(
     return decode
 
 
+METADATA = ("partition", "offset", "timestamp", "key", "topic")
+"""Message fields :func:`source` can add to each frame (``metadata=``), as ``kafka_<field>`` columns."""
+
+
+def _metadata_columns(msgs: list[Message], fields: Sequence[str]) -> list[pl.Series]:
+    """The ``kafka_*`` columns of a fetch's messages, one value per message, no bytecode per message.
+
+    A fetch comes from one partition (one consumer per partition), so topic
+    and partition are read off its first message.
+    """
+    n = len(msgs)
+    columns = []
+    for field in fields:
+        name = f"kafka_{field}"
+        if field == "offset":
+            columns.append(pl.Series(name, np.fromiter(map(Message.offset, msgs), np.int64, n)))
+        elif field == "timestamp":
+            columns.append(pl.Series(name, _timestamps_ms(msgs), pl.Int64))
+        elif field == "key":
+            columns.append(pl.Series(name, list(map(Message.key, msgs)), pl.Binary))
+        elif field == "partition":
+            columns.append(pl.Series(name, [msgs[0].partition()], pl.Int32).new_from_index(0, n))
+        else:
+            columns.append(pl.Series(name, [msgs[0].topic()], pl.String).new_from_index(0, n))
+    return columns
+
+
+def _frame_decoder(
+    step_id: str, consumer_step_id: str, value_serde: Deserializer, metadata: Sequence[str]
+) -> Callable[[list[Fetch]], list[pl.DataFrame | Rejected]]:
+    def decode(fetches: list[Fetch]) -> list[pl.DataFrame | Rejected]:
+        """One frame per fetch (none when no row decoded); rejections before it."""
+        out: list[pl.DataFrame | Rejected] = []
+        for msgs in fetches:
+            if any(map(Message.error, msgs)):  # consumer errors, rare: reported, not decoded
+                out.extend(
+                    Rejected(consumer_step_id, "KafkaError", str(m.error()), picklable(m))
+                    for m in msgs
+                    if m.error() is not None
+                )
+                msgs = [m for m in msgs if m.error() is None]
+                if not msgs:
+                    continue
+            frame, rows, errors = decode_frame(value_serde, list(map(Message.value, msgs)))
+            out.extend(
+                Rejected(step_id, err.kind, f"value: {err}", picklable(msgs[i]))
+                for i, err in errors
+            )
+            if not frame.height:
+                continue
+            if metadata:
+                columns = _metadata_columns(msgs, metadata)
+                if len(rows) != len(msgs):  # some did not decode: the rows that did
+                    columns = [c.gather(rows) for c in columns]
+                frame = frame.with_columns(columns)
+            out.append(frame)
+        return out
+
+    return decode
+
+
 @operator
 def source(
     step_id: str,
@@ -207,6 +278,8 @@ def source(
     add_config: dict[str, str] | None = None,
     batch_size: int = 1000,
     broker_timeout: timedelta | None = None,
+    frames: bool = False,
+    metadata: Sequence[str] = (),
 ) -> SourceOut:
     """Consume topics and decode each message's value (and key) in batches.
 
@@ -248,9 +321,25 @@ def source(
             refused, all brokers down), or when none answers within it at
             start, instead of retrying forever; ``None`` retries forever.
             Recovery then resumes from the last snapshot.
+        frames: Emit one ``polars.DataFrame`` per fetch instead of one
+            :class:`Record` per message: the values are decoded with
+            ``value_serde.decode_frame`` (one row per message that decoded,
+            in offset order; a fetch where none did emits no frame). Keys
+            are not decoded (leave ``key_serde`` out; ask for ``"key"`` in
+            ``metadata``).
+        metadata: With ``frames``, message fields to add as columns, any of
+            ``"partition"`` (``kafka_partition``, Int32), ``"offset"``
+            (``kafka_offset``, Int64), ``"timestamp"`` (``kafka_timestamp``,
+            broker time in epoch ms, Int64, null when the message has none),
+            ``"key"`` (``kafka_key``, the raw bytes) and ``"topic"``
+            (``kafka_topic``); a field of the value with the same name is
+            replaced. With topic, partition and offset, a row rejected later
+            is dead-lettered with its coordinates (:func:`dead_letter_envelope`).
 
     Returns:
-        :class:`SourceOut` with ``oks`` (records) and ``errs`` (rejections).
+        :class:`SourceOut` with ``oks`` (records, or frames with ``frames``)
+        and ``errs`` (rejections; the original of each is the raw message,
+        as a ``KafkaSourceMessage``, in both modes).
 
     Examples:
         >>> from streamml.broker import EmbeddedBroker  # doctest: +SKIP
@@ -260,9 +349,34 @@ def source(
         ...              value_serde=JsonSerde(), tail=False)
         >>> type(src).__name__
         'SourceOut'
+
+        One frame per fetch, with the coordinates of each row (the decode
+        step, on messages built by hand):
+
+        >>> msgs = [Message(topic="readings", partition=0, offset=o, value=v, timestamp=(1, 99))
+        ...         for o, v in [(0, b'{"t": 20.5}'), (1, b"{oops"), (2, b'{"t": 21.0}')]]
+        >>> decode = _frame_decoder("in.decode", "in.kafka", JsonSerde(), ("partition", "offset"))
+        >>> rejected, frame = decode([msgs])  # rejections first, then the frame
+        >>> frame.rows()
+        [(20.5, 0, 0), (21.0, 0, 2)]
+        >>> rejected.error_type, rejected.original.offset
+        ('DecodeError', 1)
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    metadata = (metadata,) if isinstance(metadata, str) else tuple(metadata)
+    unknown = [m for m in metadata if m not in METADATA]
+    if unknown:
+        raise ValueError(f"unknown metadata {unknown}; choose from {METADATA}")
+    if metadata and not frames:
+        raise ValueError(
+            "metadata= adds frame columns; it needs frames=True (a Record has them all)"
+        )
+    if frames and key_serde is not None:
+        raise ValueError(
+            "frames=True keeps keys as raw bytes in the kafka_key column (metadata=('key',)); "
+            "leave key_serde out and decode the column with polars"
+        )
     topic_list = [topics] if isinstance(topics, str) else list(topics)
     if not topic_list:
         raise ValueError("topics must name at least one topic")
@@ -280,21 +394,146 @@ def source(
         batch_size=batch_size,
         broker_timeout=broker_timeout,
     )
-    decode = _decoder(
-        f"{step_id}.decode", f"{step_id}.kafka", value_serde, key_serde or BytesSerde()
-    )
-    decoded = op.flat_map_batch(
-        "decode",
-        _consume("kafka", flow, partitions),
-        lambda fetches: decode(_messages(fetches)),
-    )
-    return SourceOut(
-        oks=op.flat_map_batch("oks", decoded, _keep(Record)),
-        errs=op.flat_map_batch("errs", decoded, _keep(Rejected)),
-    )
+    fetches = _consume("kafka", flow, partitions)
+    if frames:
+        decoded = op.flat_map_batch(
+            "decode",
+            fetches,
+            _frame_decoder(f"{step_id}.decode", f"{step_id}.kafka", value_serde, metadata),
+        )
+        oks = op.flat_map_batch("oks", decoded, _keep(pl.DataFrame))
+    else:
+        decode = _decoder(
+            f"{step_id}.decode", f"{step_id}.kafka", value_serde, key_serde or BytesSerde()
+        )
+        decoded = op.flat_map_batch("decode", fetches, lambda batch: decode(_messages(batch)))
+        oks = op.flat_map_batch("oks", decoded, _keep(Record))
+    return SourceOut(oks=oks, errs=op.flat_map_batch("errs", decoded, _keep(Rejected)))
 
 
 def _encoder(
+    step_id: str,
+    value_serde: Serializer,
+    key_serde: Serializer,
+    value: Callable[[Any], Any] | None,
+    key: Callable[[Any], Any] | str | None,
+) -> Callable[[list[Any]], list[tuple[bytes | None, bytes | None] | Rejected]]:
+    """Rows and frames to ``(key, value)`` byte pairs, rejections in place of what did not encode.
+
+    A batch of rows is encoded as a whole; a frame with ``encode_frame``
+    (see :func:`_frame_encoder`); a batch holding both keeps its order.
+    """
+    encode_rows = _row_encoder(
+        step_id, value_serde, key_serde, value, itemgetter(key) if isinstance(key, str) else key
+    )
+    encode_one_frame = _frame_encoder(step_id, value_serde, key_serde, value, key)
+    is_frame = pl.DataFrame
+
+    def encode(items: list[Any]) -> list[tuple[bytes | None, bytes | None] | Rejected]:
+        if is_frame not in map(type, items):
+            return encode_rows(items)
+        out: list[tuple[bytes | None, bytes | None] | Rejected] = []
+        rows: list[Any] = []
+        for item in items:
+            if type(item) is is_frame:
+                if rows:
+                    out += encode_rows(rows)
+                    rows = []
+                out += encode_one_frame(item)
+            else:
+                rows.append(item)
+        if rows:
+            out += encode_rows(rows)
+        return out
+
+    return encode
+
+
+def _key_payloads(key_serde: Serializer, column: pl.Series) -> list[Any]:
+    """A key column's values encoded with the key serde (text and bytes in Rust)."""
+    if type(key_serde) in (StringSerde, BytesSerde):
+        return encode_frame(key_serde, column.alias("value").to_frame())
+    return key_serde.encode_batch(column.to_list())
+
+
+def _keys_of_rows(
+    key_serde: Serializer, key: Callable[[Any], Any], frame: pl.DataFrame
+) -> list[Any]:
+    """``key(row)`` of each row as a dict, encoded; a SerdeError where either failed."""
+    picked: list[Any] = []
+    for row in frame.iter_rows(named=True):
+        try:
+            picked.append(key(row))
+        except Exception as exc:  # noqa: BLE001
+            picked.append(SerdeError("BadItem", f"{type(exc).__name__}: {exc}"))
+    keys = key_serde.encode_batch(picked)
+    return [p if type(p) is SerdeError else k for p, k in zip(picked, keys)]
+
+
+def _frame_encoder(
+    step_id: str,
+    value_serde: Serializer,
+    key_serde: Serializer,
+    value: Callable[[Any], Any] | None,
+    key: Callable[[Any], Any] | str | None,
+) -> Callable[[pl.DataFrame], list[tuple[bytes | None, bytes | None] | Rejected]]:
+    """One frame to byte pairs: values by ``value_serde.encode_frame``, keys from a column.
+
+    ``value(frame)`` (when given) picks the frame to encode; ``key`` is a
+    column name, or a function called on each row as a dict. A row that
+    does not encode comes back as a :class:`Rejected` with the row as a dict.
+    """
+
+    def rejected_all(frame: pl.DataFrame, err: SerdeError, what: str) -> list[Rejected]:
+        return [
+            Rejected(step_id, err.kind, f"{what}: {err}", row)
+            for row in frame.iter_rows(named=True)
+        ]
+
+    def encode(frame: pl.DataFrame) -> list[tuple[bytes | None, bytes | None] | Rejected]:
+        if not frame.height:
+            return []
+        picked = frame
+        if value is not None:
+            try:
+                picked = value(frame)
+                if type(picked) is not pl.DataFrame or picked.height != frame.height:
+                    raise TypeError(f"value(frame) must give a frame of {frame.height} rows")
+            except Exception as exc:  # noqa: BLE001 - every row rejected, nothing raised
+                return rejected_all(
+                    frame, SerdeError("BadItem", f"{type(exc).__name__}: {exc}"), "value"
+                )
+        payloads = encode_frame(value_serde, picked)
+        if key is None:
+            keys: list[Any] = [None] * frame.height
+        elif isinstance(key, str):
+            if key not in frame.columns:
+                return rejected_all(frame, SerdeError("BadItem", f"no key column {key!r}"), "key")
+            keys = _key_payloads(key_serde, frame.get_column(key))
+        else:
+            keys = _keys_of_rows(key_serde, key, frame)
+        if SerdeError not in map(type, payloads) and SerdeError not in map(type, keys):
+            return list(zip(keys, payloads))
+        out: list[tuple[bytes | None, bytes | None] | Rejected] = []
+        for i, (raw_key, raw_value) in enumerate(zip(keys, payloads)):
+            if type(raw_value) is SerdeError:
+                out.append(
+                    Rejected(
+                        step_id, raw_value.kind, f"value: {raw_value}", frame.row(i, named=True)
+                    )
+                )
+            elif type(raw_key) is SerdeError:
+                out.append(
+                    Rejected(step_id, raw_key.kind, f"key: {raw_key}", frame.row(i, named=True))
+                )
+            else:
+                out.append((raw_key, raw_value))
+        return out
+
+    return encode
+
+
+def _row_encoder(
     step_id: str,
     value_serde: Serializer,
     key_serde: Serializer,
@@ -356,7 +595,7 @@ def sink(
     topic: str,
     value_serde: Serializer,
     value: Callable[[X], Any] | None = None,
-    key: Callable[[X], Any] | None = None,
+    key: Callable[[X], Any] | str | None = None,
     key_serde: Serializer | None = None,
     delivery_timeout: timedelta = timedelta(seconds=60),
     confirm_each_batch: bool = True,
@@ -370,6 +609,16 @@ def sink(
     encoded are not produced: they come back on the returned stream as
     :class:`Rejected`, ready for :func:`dead_letter_sink`.
 
+    An item that is a ``polars.DataFrame`` is a batch of rows: it is encoded
+    with ``value_serde.encode_frame`` (one message per row, in order;
+    ``value(frame)``, when given, picks the frame to encode), and ``key`` is
+    then the name of a column whose values are encoded with ``key_serde``
+    (text to UTF-8 bytes by the default ``StringSerde``), or a function
+    called on each row as a dict. A row that cannot be encoded comes back as
+    a :class:`Rejected` whose ``original`` is the row as a dict (with the
+    ``kafka_*`` columns of :func:`source`, :func:`dead_letter_envelope`
+    finds its source). For row items, a ``key`` string means ``item[key]``.
+
     Args:
         step_id: Unique step id.
         up: Items to write.
@@ -377,7 +626,8 @@ def sink(
         topic: Topic to produce to.
         value_serde: Encodes values (:mod:`streamml.serde`).
         value: Picks the value to encode from an item; the item itself when omitted.
-        key: Picks the message key from an item; no key when omitted.
+        key: Picks the message key from an item (a column name for frames,
+            ``item[key]`` for rows); no key when omitted.
         key_serde: Encodes keys; UTF-8 text when omitted.
         delivery_timeout: How long a batch may wait for the broker's
             acknowledgements; past it the worker fails with
@@ -402,6 +652,17 @@ def sink(
         ...             value_serde=JsonSerde(), key=lambda kv: kv[0], value=lambda kv: kv[1])
         >>> type(errs).__name__
         'Stream'
+
+        Frames: one message per row, keyed by a column; a row that does not
+        encode (here NaN, which ``allow_nan=False`` refuses) comes back as a dict:
+
+        >>> import polars as pl
+        >>> frame = pl.DataFrame({"sensor": ["s1", "s2"], "score": [0.5, float("nan")]})
+        >>> strict = JsonSerde(allow_nan=False)
+        >>> for out in _encoder("out.encode", strict, StringSerde(), None, "sensor")([frame]):
+        ...     print(out)
+        (b's1', b'{"sensor":"s1","score":0.5}')
+        Rejected(step_id='out.encode', error_type='EncodeError', reason='value: ...', original={'sensor': 's2', 'score': nan})
     """
     encoded = op.flat_map_batch(
         "encode",
@@ -430,14 +691,37 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def _find_source(original: Any) -> Record | KafkaSourceMessage | None:
-    if isinstance(original, (Record, KafkaSourceMessage)):
+_COORDINATES = ("kafka_topic", "kafka_partition", "kafka_offset")
+
+
+def _is_frame_row(obj: Any) -> bool:
+    """A row of a source frame (as a dict) that kept its message's coordinates."""
+    return isinstance(obj, dict) and all(name in obj for name in _COORDINATES)
+
+
+def _is_source(obj: Any) -> bool:
+    return isinstance(obj, (Record, KafkaSourceMessage)) or _is_frame_row(obj)
+
+
+def _find_source(original: Any) -> Record | KafkaSourceMessage | dict[str, Any] | None:
+    if _is_source(original):
         return original
     if isinstance(original, tuple) and not isinstance(original, Rejected):
         for part in original:
-            if isinstance(part, (Record, KafkaSourceMessage)):
+            if _is_source(part):
                 return part
     return None
+
+
+def _source_key(src: Any) -> bytes | None:
+    """The original message key of a source, when it is known as bytes."""
+    if isinstance(src, Record):
+        key = src.raw_key
+    elif isinstance(src, dict):
+        key = src.get("kafka_key")
+    else:
+        key = getattr(src, "key", None)
+    return key if isinstance(key, bytes) else None
 
 
 def _json_safe(obj: Any) -> Any:
@@ -460,12 +744,21 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
     ``value`` (the original bytes, base64, when known) and ``event`` (the
     rejected item itself as JSON when it was not raw bytes).
 
+    A rejected row of a source frame (a dict, e.g. from :func:`sink`) that
+    has the ``kafka_topic``, ``kafka_partition`` and ``kafka_offset`` columns
+    (``metadata=`` of :func:`source`) fills ``source`` from them, and ``key``
+    from ``kafka_key`` when it has that column too.
+
     Examples:
         >>> from datetime import datetime, timedelta, timezone
         >>> r = Rejected("decode", "DecodeError", "not JSON", b"{oops")
         >>> env = dead_letter_envelope(r, now=datetime(2026, 1, 1, tzinfo=timezone.utc))
         >>> env["value"], env["time"], env["source"]
         ('e29vcHM=', '2026-01-01T00:00:00+00:00', None)
+        >>> row = {"t": -1.0, "kafka_topic": "readings", "kafka_partition": 1, "kafka_offset": 7}
+        >>> env = dead_letter_envelope(Rejected("check", "Negative", "t < 0", row))
+        >>> env["source"], env["event"]["t"]
+        ({'topic': 'readings', 'partition': 1, 'offset': 7, 'timestamp_ms': None}, -1.0)
     """
     src = _find_source(rejected.original)
     envelope: dict[str, Any] = {
@@ -477,7 +770,15 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
         "key": None,
         "value": None,
     }
-    if isinstance(src, Record):
+    if isinstance(src, dict):  # a frame row with its kafka_* columns
+        envelope["source"] = {
+            "topic": src["kafka_topic"],
+            "partition": src["kafka_partition"],
+            "offset": src["kafka_offset"],
+            "timestamp_ms": src.get("kafka_timestamp"),
+        }
+        envelope["key"] = _b64(_source_key(src))
+    elif isinstance(src, Record):
         envelope["source"] = {
             "topic": src.topic,
             "partition": src.partition,
@@ -498,8 +799,8 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
             envelope["value"] = _b64(src.value)
     if isinstance(rejected.original, (bytes, bytearray)):
         envelope["value"] = _b64(bytes(rejected.original))
-    elif src is None or src is not rejected.original:
-        envelope["event"] = rejected.original
+    elif src is None or src is not rejected.original or isinstance(src, dict):
+        envelope["event"] = rejected.original  # a frame row is the event itself
     return envelope
 
 
@@ -508,11 +809,10 @@ def _encode_envelopes(rejections: list[Rejected]) -> list[tuple[bytes | None, by
     out = []
     for rejected in rejections:
         envelope = dead_letter_envelope(rejected, now)
-        src = _find_source(rejected.original)
-        key = src.raw_key if isinstance(src, Record) else getattr(src, "key", None)
+        key = _source_key(_find_source(rejected.original))
         out.append(
             (
-                key if isinstance(key, bytes) else None,
+                key,
                 orjson.dumps(
                     envelope,
                     default=_json_safe,
