@@ -315,8 +315,14 @@ class KeyedEventTime:
     def kids(self, keys: Sequence[Any] | pl.Series) -> np.ndarray:
         """The id of each key, allocating ids for new keys."""
         if isinstance(keys, pl.Series):
+            if isinstance(keys.dtype, (pl.Categorical, pl.Enum)):
+                keys = keys.cast(pl.String)
             uniq = keys.unique()
-            ids = [self._kid(k) for k in uniq.to_list()]
+            get = self.kid_of.get
+            values = uniq.to_list()
+            ids = [get(k) for k in values]
+            if None in ids:
+                ids = [self._kid(k) if v is None else v for k, v in zip(values, ids)]
             return keys.replace_strict(uniq, ids, return_dtype=pl.Int64).to_numpy()
         get = self.kid_of.get
         found = [get(k) for k in keys]
@@ -525,8 +531,9 @@ class KeyedEventTime:
         self._grow_advance()
         now = self.clock()
         mark = self.kmax[kids] - self.delay
-        ahead = self.marks(kids, now)  # the clock's watermark; _NONE for a new key
-        up = (mark > ahead) | (self.adv_base[kids] == _NONE)
+        base = self.adv_base[kids]
+        ahead = base + (np.maximum(now - self.adv_since[kids], 0.0) * 1e6).astype(np.int64)
+        up = (base == _NONE) | (mark > ahead)  # a new key, or rows ahead of the clock
         self.adv_base[kids[up]] = mark[up]
         self.adv_since[kids[up]] = now
 
@@ -547,6 +554,9 @@ class KeyedEventTime:
             >>> adm = et.admit(["a"], np.array([12]))  # not late: the clock alone makes nothing late
             >>> len(adm.ok), et.marks(adm.kid).tolist()
             (1, [25])
+            >>> adm = et.admit(["a"], np.array([40]))  # rows ahead of the clock: it restarts there
+            >>> et.marks(adm.kid).tolist(), round(float(et.wall_time_of(adm.kid, np.array([45]))[0]), 6)
+            ([35], 100.00003)
         """
         kids = np.asarray(kids, dtype=np.int64)
         kmax = self.kmax[kids]

@@ -49,17 +49,23 @@ def _time_problem(frame: pl.DataFrame, timestamp: str) -> tuple[str | None, pl.S
                 f"timestamp column {timestamp!r} is a naive Datetime: its instant is unknown; "
                 "give it a time zone (e.g. .dt.replace_time_zone('UTC'))"
             ), None
-        bad = col.is_null()
-        us = col.dt.cast_time_unit("us").dt.epoch("us")
-        return None, bad | (us < MIN_TS).fill_null(False) | (us > MAX_TS).fill_null(False)
-    if dtype.is_integer():
-        ms = col.cast(pl.Int64, strict=False)
-        too_far = (ms < MIN_TS // 1000) | (ms > MAX_TS // 1000)
-        return None, ms.is_null() | too_far.fill_null(False)
-    return (
-        f"timestamp column {timestamp!r} is {dtype}; give a time-zone-aware Datetime "
-        "or integer epoch milliseconds"
-    ), None
+        us = col.dt.epoch("us")
+    elif dtype.is_integer():
+        us = col.cast(pl.Int64, strict=False)  # milliseconds; compared in milliseconds
+        if us.null_count() == col.null_count() and (
+            us.len() == us.null_count()
+            or (us.min() >= MIN_TS // 1000 and us.max() <= MAX_TS // 1000)
+        ):
+            return None, (col.is_null() if col.null_count() else None)
+        return None, us.is_null() | ((us < MIN_TS // 1000) | (us > MAX_TS // 1000)).fill_null(False)
+    else:
+        return (
+            f"timestamp column {timestamp!r} is {dtype}; give a time-zone-aware Datetime "
+            "or integer epoch milliseconds"
+        ), None
+    if us.len() == us.null_count() or (us.min() >= MIN_TS and us.max() <= MAX_TS):
+        return None, (col.is_null() if col.null_count() else None)
+    return None, us.is_null() | ((us < MIN_TS) | (us > MAX_TS)).fill_null(False)
 
 
 def check_frame(
@@ -85,9 +91,10 @@ def check_frame(
             reasons.append(("NotANumber", f"field {name!r} is {dtype}, not a number", None))
             continue
         col = frame.get_column(name)
-        if col.has_nulls():
+        nulls = col.null_count()
+        if nulls:
             reasons.append(("MissingField", f"field {name!r} is null", col.is_null()))
-        if dtype.is_float():
+        if dtype.is_float() and not (nulls == 0 and np.isfinite(col.to_numpy()).all()):
             finite = col.is_finite().fill_null(True)
             if not finite.all():
                 reasons.append(("NonFinite", f"field {name!r} is not finite", ~finite))

@@ -33,6 +33,7 @@ __all__ = [
     "range_reduce",
     "range_starts",
     "range_sums",
+    "range_sums_centred",
     "range_variance",
     "range_variances",
     "segment_quantile",
@@ -252,6 +253,30 @@ def range_variances(
             var[rows] = np.add.reduceat(dev * dev, offsets, axis=0) / n[rows]
             total[rows] = exact_total
         out.append((var, total))
+    return out
+
+
+def range_sums_centred(
+    x: np.ndarray, centre: np.ndarray, ranges: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> list[np.ndarray]:
+    """Sums of each range of ``x`` (shape ``(n, f)``), for several sets of ranges: the sums of
+    :func:`range_variances` without the variances (half the prefix sums), for steps that ask
+    for ``sum`` or ``mean`` only. Sums are of ``x - centre`` (compensated), so a range keeps
+    its own precision next to much larger rows of other keys.
+
+    Examples:
+        >>> x = np.array([[1e16], [1.0], [2.0], [3.0]])
+        >>> [t.ravel().tolist() for t in range_sums_centred(
+        ...     x, np.array([[1e16], [2.0], [2.0], [2.0]]), [(np.array([1]), np.array([3]))])]
+        [[6.0]]
+    """
+    d = x - centre
+    prefix = _prefix_sums(d)
+    out = []
+    for start, end in ranges:
+        n = (end - start + 1).astype(np.float64)[:, None]
+        s1, _ = _sums_from(prefix, start, end)
+        out.append(s1 + n * centre[end])
     return out
 
 

@@ -72,23 +72,31 @@ class WindowRows:
         self.rows = rows
 
     def compute(
-        self, kid: np.ndarray, ts: np.ndarray, x: np.ndarray, kmax: np.ndarray, delay: int
+        self,
+        kid: np.ndarray,
+        ts: np.ndarray,
+        x: np.ndarray,
+        kmax: np.ndarray,
+        delay: int,
+        n_keys: int,
     ) -> list[np.ndarray]:
         """One column per output name for released rows (given in event-time order), in their order.
 
         ``kmax`` is each key id's newest accepted time (after this batch),
         ``delay`` the allowed out-of-orderness: together the watermarks that
-        decide which rows future windows can still use.
+        decide which rows future windows can still use. ``n_keys``: how many
+        keys the shard holds.
         """
         korder = np.argsort(kid, kind="stable")  # (key, time, arrival): the kernels' order
         kid, ts, x = kid[korder], ts[korder], x[korder]
         r_kid, r_ts, r_x = self.rows
         rest = None
-        if len(r_kid):  # only the rows of keys with released rows take part
+        if len(r_kid):  # only the rows of keys with released rows take part ...
             present = np.zeros(len(kmax), dtype=bool)
             present[kid] = True
-            mine = present[r_kid]
-            if not mine.all():
+            # ... unless they are most keys: the others' rows then cost less than taking them out
+            mine = None if 2 * int(present.sum()) >= n_keys else present[r_kid]
+            if mine is not None and not mine.all():
                 rest = (r_kid[~mine], r_ts[~mine], r_x[~mine])
                 r_kid, r_ts, r_x = r_kid[mine], r_ts[mine], r_x[mine]
         n_old = len(r_kid)
@@ -147,9 +155,11 @@ class WindowRows:
         cfg = self.cfg
         needed = cfg.needed
         ranges = [(start, end) for start in starts]
-        moments: list[tuple[np.ndarray, np.ndarray]] = []
-        if needed & {"var", "std", "sum", "mean"}:
+        moments: list[tuple[np.ndarray | None, np.ndarray]] = []
+        if needed & {"var", "std"}:
             moments = kern.range_variances(m_x, m_x[middle], ranges)
+        elif needed & {"sum", "mean"}:  # no variance asked for: half the prefix sums
+            moments = [(None, t) for t in kern.range_sums_centred(m_x, m_x[middle], ranges)]
         mins = kern.range_reduce(m_x, ranges, np.minimum) if "min" in needed else []
         maxs = kern.range_reduce(m_x, ranges, np.maximum) if "max" in needed else []
         last = m_x[end]
@@ -160,7 +170,9 @@ class WindowRows:
             columns: dict[str, np.ndarray] = {"count": count, "last": last}
             if moments:
                 var, total = moments[i]
-                columns.update(var=var, sum=total, std=np.sqrt(var), mean=total / count[:, None])
+                columns.update(sum=total, mean=total / count[:, None])
+                if var is not None:
+                    columns.update(var=var, std=np.sqrt(var))
             if mins:
                 columns["min"] = mins[i]
             if maxs:
@@ -223,7 +235,7 @@ class WindowRows:
             last[-1] = True
             np.not_equal(m_kid[1:], m_kid[:-1], out=last[:-1])
             ends = np.flatnonzero(last)
-            group_end = ends[np.searchsorted(ends, np.arange(len(m_kid)))]
+            group_end = np.repeat(ends, np.diff(ends, prepend=-1))
             keep |= group_end - np.arange(len(m_kid)) < cfg.keep_last
         if not keep.all():
             m_kid, m_ts, m_x = m_kid[keep], m_ts[keep], m_x[keep]
@@ -274,7 +286,9 @@ class Rolling:
         held = released.held
         columns: list[np.ndarray] = []
         if len(held):
-            columns = self.win.compute(held.kid, held.ts, held.data, self.et.kmax, self.et.delay)
+            et = self.et
+            n_keys = len(et.kid_of)
+            columns = self.win.compute(held.kid, held.ts, held.data, et.kmax, et.delay, n_keys)
         self.win.drop(released.gone, len(self.et.keys))
         if eof:
             self.et.close()
