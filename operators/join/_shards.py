@@ -1,28 +1,43 @@
-"""Shared plumbing of the joins: key shards, tagged sides, batched timestamps, output splitting.
+"""Shared plumbing of the joins: both sides routed to shards, read into arrays, written back.
 
-Bytewax's keyed state calls Python once per key per activation. A join keyed
-by the user's key (100,000 devices, millions of event ids) would pay that call
-for nearly every event, so the joins route each ``(key, value)`` to one of a
-fixed number of *shards* (``crc32(key) % shards``, the same in every process)
-and keep a dict per shard: one Python call handles a whole batch. The shard
-also holds the watermark, which so advances with all the shard's traffic
-instead of stalling on an idle key.
+Every join runs one implementation per shard for both of its entry points:
 
-Every shard step emits at most one item per call: a triple
-``(oks, errs, late)`` of lists, split afterwards by :func:`split_outputs`.
+- **frames** (the unit): each side a stream of ``polars.DataFrame``; rows
+  are routed by their ``key`` column with
+  :func:`~streamml.operators._core.keys.route` (the one router and the one
+  bad-key rule) and event time is read from a timestamp column (a
+  time-zone-aware ``Datetime`` or epoch-ms integers);
+- **rows** (the legacy path): each side a keyed stream of ``(key, item)``;
+  the same CRC-32 shards, and the same ``BadKey`` rule for a key that is
+  not text or an item that is not a ``(key, item)`` pair.
+
+A shard step receives chunks of ``(side, key, item)`` (rows) or
+``(side, frame)`` (frames) and emits at most one ``(oks, errs, late)``
+triple per call, split afterwards by :func:`split_outputs`. Rejected items
+never reach a shard: they leave through the routing step's errors.
+
+Joined frames hold the left columns, then the right side's columns without
+its key column; a right column whose name is also a left column gets a
+suffix (``"_right"`` by default): :func:`joined_names`.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
+import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
+from streamml.operators._core.event_time import MAX_TS, MIN_TS
+from streamml.operators._core.keys import route
+from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
+from streamml.operators.featurize._columns import check_frame, ts_micros
 
 from streamml.errors import Rejected, reject
 
@@ -32,17 +47,19 @@ __all__ = [
     "CONTROL",
     "Chunked",
     "MISSING",
-    "NEVER",
-    "late_record",
-    "never",
-    "pick",
     "Outputs",
-    "micros",
-    "shard_names",
-    "split_outputs",
-    "tag_sides",
-    "timestamps",
+    "RowStore",
     "check_shards",
+    "clip",
+    "frame_times",
+    "joined_frame",
+    "joined_names",
+    "micros",
+    "pick",
+    "row_times",
+    "split_outputs",
+    "tag_frames",
+    "tag_sides",
     "to_datetime",
 ]
 
@@ -67,24 +84,14 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
-NEVER = -(2**62)
-"""A timestamp before every real one: the watermark before any event."""
-
-
-def never(side: int, value: Any) -> bool:
-    """A ``skip`` for :func:`timestamps` that skips nothing."""
-    return False
-
-
-def late_record(step_id: str, t: int, watermark: int, original: Any) -> Rejected:
-    """The ``Late`` rejection of an item ``watermark - t`` microseconds too old."""
-    behind = (watermark - t) / 1e6
-    return Rejected(step_id, "Late", f"{behind:g} s older than the watermark", original)
-
-
 def micros(delta: timedelta) -> int:
     """A timedelta as integer microseconds (the joins' internal time unit)."""
     return delta // _US
+
+
+def clip(us: int) -> int:
+    """A duration in microseconds bounded to ``±2**61``, so due times never overflow int64."""
+    return max(-(1 << 61), min(1 << 61, us))
 
 
 def to_datetime(us: int) -> datetime:
@@ -97,72 +104,134 @@ def check_shards(shards: int) -> None:
         raise ValueError(f"shards must be >= 1; got {shards}")
 
 
-def shard_names(shards: int) -> list[str]:
-    return [str(i) for i in range(shards)]
+def _bad_row(item: Any) -> str | None:
+    """Why a row item cannot be routed (``None`` if it can)."""
+    if type(item) is not tuple or len(item) != 2:
+        return f"expected a (key, item) pair; got {type(item).__name__}"
+    if type(item[0]) is not str:
+        return f"a key must be a str; got {type(item[0]).__name__} {item[0]!r:.40}"
+    return None
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """The routed chunks of both sides, and the items that could not be routed."""
+
+    chunks: Stream[tuple[str, list]]
+    errs: Stream[Rejected]
+
+
+def _split_tagged(step_id: str, mixed: Stream[Any]) -> Tagged:
+    split = op.branch("bad", mixed, lambda x: type(x) is Rejected)
+    return Tagged(chunks=split.falses, errs=split.trues)
 
 
 @operator
 def tag_sides(
     step_id: str,
-    left: Stream[tuple[str, Any]],
+    left: Stream[Any],
     right: Stream[Any],
     shards: int,
     control: type | None = None,
-) -> Stream[tuple[str, list[tuple[int, str, Any]]]]:
-    """Route both sides of a join to shards: ``(shard, [(side, key, value), ...])``.
+) -> Tagged:
+    """Route both sides' ``(key, item)`` rows to shards: ``(shard, [(side, key, item), ...])``.
 
     Each upstream batch gives one chunk per shard it touches, in arrival
-    order, so the shard step receives a handful of lists instead of every
-    item (Bytewax's routing and grouping cost is per item); wrap the shard
-    logic in :class:`Chunked` to see the items one by one again.
-
-    Items of type ``control`` on the right side (bootstrap markers) are not
-    keyed: each is sent to every shard as ``(CONTROL, "", item)``, behind the
-    rows that came before it on the same stream.
+    order (Bytewax's routing cost is per item; a chunk is one item). An item
+    that is not a ``(str, item)`` pair becomes a ``BadKey`` rejection on
+    ``errs``. Items of type ``control`` on the right side (bootstrap
+    markers) are sent to every shard as ``(CONTROL, "", item)``, behind the
+    rows that came before them on the same stream.
     """
-    names = shard_names(shards)
+    names = [str(i) for i in range(shards)]
+    full_id = f"{step_id}.route"
 
-    def tagger(side: int) -> Callable[[list[Any]], list[tuple[str, list]]]:
-        def tag(batch: list[tuple[str, Any]]) -> list[tuple[str, list]]:
+    def tagger(side: int) -> Callable[[list[Any]], list[Any]]:
+        def tag(batch: list[Any]) -> list[Any]:
             crc = zlib.crc32
             chunks: dict[str, list] = {}
-            for k, v in batch:
-                name = names[crc(k.encode()) % shards]
-                chunk = chunks.get(name)
-                if chunk is None:
-                    chunks[name] = [(side, k, v)]
+            bad: list[Any] = []
+            for item in batch:
+                if type(item) is tuple and len(item) == 2 and type(item[0]) is str:
+                    k, v = item
+                    name = names[crc(k.encode()) % shards] if shards > 1 else "0"
+                    chunk = chunks.get(name)
+                    if chunk is None:
+                        chunks[name] = [(side, k, v)]
+                    else:
+                        chunk.append((side, k, v))
+                elif control is not None and side == RIGHT and type(item) is control:
+                    for name in names:
+                        chunks.setdefault(name, []).append((CONTROL, "", item))
                 else:
-                    chunk.append((side, k, v))
-            return list(chunks.items())
+                    bad.append(Rejected(full_id, "BadKey", _bad_row(item), item))
+            return [*chunks.items(), *bad]
 
         return tag
 
-    def tag_with_control(batch: list[Any]) -> list[tuple[str, list]]:
-        crc = zlib.crc32
-        chunks: dict[str, list] = {}
-        for item in batch:
-            if type(item) is control:
-                for name in names:
-                    chunks.setdefault(name, []).append((CONTROL, "", item))
-            else:
-                k, v = item
-                chunks.setdefault(names[crc(k.encode()) % shards], []).append((RIGHT, k, v))
-        return list(chunks.items())
-
-    return op.merge(
+    mixed = op.merge(
         "merge",
         op.flat_map_batch("shard_left", left, tagger(LEFT)),
-        op.flat_map_batch(
-            "shard_right", right, tagger(RIGHT) if control is None else tag_with_control
-        ),
+        op.flat_map_batch("shard_right", right, tagger(RIGHT)),
     )
+    return _split_tagged(step_id, mixed)
+
+
+@operator
+def tag_frames(
+    step_id: str,
+    left: Stream[Any],
+    right: Stream[Any],
+    key: str,
+    shards: int,
+    control: type | None = None,
+) -> Tagged:
+    """Route both sides' frames to shards by the ``key`` column: ``(shard, [(side, frame), ...])``.
+
+    Rows with a bad key become ``BadKey`` rejections (see
+    :func:`~streamml.operators._core.keys.route`), an item that is not a
+    frame a ``BadItem``; ``control`` items of the right side go to every
+    shard as ``(CONTROL, item)``.
+    """
+    names = [str(i) for i in range(shards)]
+    full_id = f"{step_id}.route"
+
+    def tagger(side: int) -> Callable[[list[Any]], list[Any]]:
+        def tag(batch: list[Any]) -> list[Any]:
+            chunks: dict[str, list] = {}
+            bad: list[Any] = []
+            for item in batch:
+                if not isinstance(item, pl.DataFrame):
+                    if control is not None and side == RIGHT and type(item) is control:
+                        for name in names:
+                            chunks.setdefault(name, []).append((CONTROL, item))
+                        continue
+                    why = f"expected a polars DataFrame; got {type(item).__name__}"
+                    bad.append(Rejected(full_id, "BadItem", why, item))
+                    continue
+                if item.is_empty():
+                    continue
+                parts, rejected = route(item, key=key, shards=shards, step_id=full_id)
+                bad.extend(rejected)
+                for shard, part in parts:
+                    chunks.setdefault(shard, []).append((side, part))
+            return [*chunks.items(), *bad]
+
+        return tag
+
+    mixed = op.merge(
+        "merge",
+        op.flat_map_batch("shard_left", left, tagger(LEFT)),
+        op.flat_map_batch("shard_right", right, tagger(RIGHT)),
+    )
+    return _split_tagged(step_id, mixed)
 
 
 class Chunked(StatefulBatchLogic[list, Any, Any]):
-    """A shard logic fed the chunks of :func:`tag_sides`: it sees their items, in order.
+    """A shard logic fed the chunks of :func:`tag_sides`/:func:`tag_frames`: it sees their items.
 
     Everything else (notifications, end of input, snapshots) is the wrapped
-    logic's own, so its snapshots are the same as without the wrapper.
+    logic's own.
 
     Examples:
         >>> class Echo(StatefulBatchLogic):
@@ -195,36 +264,156 @@ class Chunked(StatefulBatchLogic[list, Any, Any]):
         return self.inner.snapshot()
 
 
-def timestamps(
+def row_times(
     step_id: str,
-    batch: list[tuple[int, str, Any]],
+    batch: Sequence[tuple[int, str, Any]],
     getters: tuple[Callable[[Any], datetime], ...],
-    skip: Callable[[int, Any], bool],
     errs: list[Rejected],
-) -> list[tuple[int, str, Any, int]]:
-    """Add integer-microsecond timestamps to a batch of ``(side, key, value)``.
+) -> tuple[list[tuple[int, str, Any]], np.ndarray]:
+    """The ``(side, key, item)`` rows whose time could be read, and their times (int64 µs).
 
-    Items for which ``skip(side, value)`` is true get timestamp 0 without
-    calling a getter (control items, tombstones). A getter that raises or
-    returns something that is not an aware datetime rejects just that item
-    (into ``errs``); the rest of the batch keeps the fast path.
+    A getter that raises, returns something that is not an aware datetime,
+    or a time beyond ±146,000 years rejects just that item (into ``errs``,
+    as ``(key, item)``); the rest of the batch keeps the fast path.
     """
+    epoch, us = _EPOCH, _US
     try:
-        if skip is never and getters[0] is getters[-1]:  # one getter, nothing skipped: no calls
-            get, epoch, us = getters[0], _EPOCH, _US
-            return [(s, k, v, (get(v) - epoch) // us) for s, k, v in batch]
-        return [
-            (s, k, v, 0 if skip(s, v) else (getters[s](v) - _EPOCH) // _US) for s, k, v in batch
-        ]
+        if getters[0] is getters[-1]:  # one getter: no per-item indexing
+            get = getters[0]
+            ts = [(get(v) - epoch) // us for _, _, v in batch]
+        else:
+            ts = [(getters[s](v) - epoch) // us for s, _, v in batch]
+        out = np.array(ts, dtype=np.int64)
+        if not len(out) or (out.min() >= MIN_TS and out.max() <= MAX_TS):
+            return list(batch), out
     except Exception:  # noqa: BLE001 - some item is bad; find it item by item
         pass
-    out = []
+    rows, times = [], []
     for s, k, v in batch:
         try:
-            out.append((s, k, v, 0 if skip(s, v) else (getters[s](v) - _EPOCH) // _US))
+            t = (getters[s](v) - epoch) // us
+            if not MIN_TS <= t <= MAX_TS:
+                raise ValueError(f"timestamp {getters[s](v)} is out of range")
         except Exception as exc:  # noqa: BLE001 - bad data goes to errs, never raises
             errs.append(reject(step_id, exc, (k, v)))
-    return out
+            continue
+        rows.append((s, k, v))
+        times.append(t)
+    return rows, np.array(times, dtype=np.int64)
+
+
+def frame_times(
+    step_id: str, frame: pl.DataFrame, timestamp: str, errs: list[Rejected]
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """The rows of ``frame`` whose event time is usable, and their times (int64 µs).
+
+    The others go to ``errs`` as ``BadTimestamp`` (see
+    :func:`~streamml.operators.featurize._columns.check_frame`).
+    """
+    good, bad = check_frame(frame, step_id=step_id, timestamp=timestamp, fields=())
+    errs.extend(bad)
+    return good, ts_micros(good, timestamp)
+
+
+class RowStore:
+    """A shard's stored rows of one side of a frame join, addressed by integer ids.
+
+    Rows are appended frame by frame under the join's ids; :meth:`drop`
+    forgets ids and the store compacts once half of its rows are dead.
+    Eviction: the join drops every id it releases.
+
+    Examples:
+        >>> s = RowStore()
+        >>> s.add(pl.DataFrame({"k": ["a", "b"], "x": [1, 2]}), np.array([0, 1]))
+        >>> s.add(pl.DataFrame({"k": ["c"], "x": [3]}), np.array([5]))
+        >>> s.drop([0])
+        >>> s.gather([5, 1])["x"].to_list()
+        [3, 2]
+    """
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.frame: pl.DataFrame | None = None
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
+        self.dead = 0
+        if data is not None:
+            self.frame = None if data["frame"] is None else frame_from_bytes(data["frame"])
+            self.ids = np.asarray(data["ids"], dtype=np.int64)
+            self.alive = np.ones(len(self.ids), dtype=bool)
+
+    def fits(self, frame: pl.DataFrame) -> str | None:
+        """Why ``frame`` cannot join the stored rows (``None`` if it can)."""
+        if self.frame is None or self.frame.schema == frame.schema:
+            return None
+        try:
+            pl.concat([self.frame.head(0), frame.head(0)], how="diagonal_relaxed")
+        except Exception as exc:  # noqa: BLE001 - polars names the clash
+            return f"columns do not fit the rows stored from earlier frames: {exc}"
+        return None
+
+    def add(self, frame: pl.DataFrame, ids: np.ndarray) -> None:
+        """Store the rows of ``frame`` under ``ids`` (ascending, above every stored id)."""
+        n = frame.height
+        if self.frame is None or not self.frame.height:
+            self.frame = frame
+        elif self.frame.schema == frame.schema:
+            self.frame = pl.concat([self.frame, frame], rechunk=False)
+        else:
+            self.frame = pl.concat([self.frame, frame], how="diagonal_relaxed", rechunk=False)
+        self.ids = np.concatenate([self.ids, ids])
+        self.alive = np.concatenate([self.alive, np.ones(n, dtype=bool)])
+
+    def drop(self, ids: Sequence[int] | np.ndarray) -> None:
+        """Forget rows (ids not stored are ignored)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids) or not len(self.ids):
+            return
+        pos = np.searchsorted(self.ids, ids)
+        found = pos < len(self.ids)
+        found[found] = self.ids[pos[found]] == ids[found]
+        pos = pos[found]
+        hit = pos[self.alive[pos]]
+        self.alive[hit] = False
+        self.dead += len(hit)
+        if self.dead * 2 > len(self.ids):
+            keep = np.flatnonzero(self.alive)
+            self.frame = self.frame[keep].rechunk() if self.frame is not None else None
+            self.ids, self.alive, self.dead = self.ids[keep], self.alive[keep], 0
+
+    def gather(self, ids: Sequence[int] | np.ndarray) -> pl.DataFrame:
+        """The stored rows of ``ids``, in that order."""
+        if self.frame is None:
+            return pl.DataFrame()
+        return self.frame[np.searchsorted(self.ids, np.asarray(ids, dtype=np.int64))]
+
+    def snapshot_data(self) -> dict[str, Any]:
+        keep = np.flatnonzero(self.alive)
+        frame = None if self.frame is None else frame_to_bytes(self.frame[keep])
+        return {"frame": frame, "ids": self.ids[keep].copy()}
+
+
+def joined_names(left: Sequence[str], right: Sequence[str], key: str, suffix: str) -> list[str]:
+    """The names of the right side's columns in a joined frame (its key column left out).
+
+    Examples:
+        >>> joined_names(["id", "ts", "x"], ["id", "ts", "y"], "id", "_right")
+        ['ts_right', 'y']
+    """
+    taken = set(left)
+    return [name + suffix if name in taken else name for name in right if name != key]
+
+
+def joined_frame(
+    left: pl.DataFrame, right: pl.DataFrame | None, key: str, suffix: str
+) -> pl.DataFrame:
+    """Left rows beside right rows (row by row); ``right=None`` gives nulls for an outer join."""
+    if right is None:
+        return left
+    right = right.drop(key)
+    right = right.rename(
+        dict(zip(right.columns, joined_names(left.columns, right.columns, "", suffix)))
+    )
+    return pl.concat([left, right], how="horizontal")
 
 
 @dataclass(frozen=True)
@@ -253,3 +442,43 @@ def split_outputs(step_id: str, up: Stream[tuple[str, tuple[list, list, list]]])
         errs=op.flat_map_batch("errs", up, pick(1)),
         late=op.flat_map_batch("late", up, pick(2)),
     )
+
+
+NEVER = -(2**62)
+"""A timestamp before every real one."""
+
+
+def never(side: int, value: Any) -> bool:
+    """A ``skip`` for :func:`timestamps` that skips nothing."""
+    return False
+
+
+def late_record(step_id: str, t: int, watermark: int, original: Any) -> Rejected:
+    """The ``Late`` rejection of an item ``watermark - t`` microseconds too old."""
+    behind = (watermark - t) / 1e6
+    return Rejected(step_id, "Late", f"{behind:g} s older than the watermark", original)
+
+
+def timestamps(
+    step_id: str,
+    batch: list[tuple[int, str, Any]],
+    getters: tuple[Callable[[Any], datetime], ...],
+    skip: Callable[[int, Any], bool],
+    errs: list[Rejected],
+) -> list[tuple[int, str, Any, int]]:
+    """Add integer-microsecond timestamps to a batch of ``(side, key, value)``.
+
+    Items for which ``skip(side, value)`` is true get timestamp 0 without
+    calling a getter. A getter that raises or returns something that is
+    not an aware datetime rejects just that item (into ``errs``).
+    """
+    if skip is never:
+        rows, ts = row_times(step_id, batch, getters, errs)
+        return [(s, k, v, t) for (s, k, v), t in zip(rows, ts.tolist())]
+    out = []
+    for s, k, v in batch:
+        try:
+            out.append((s, k, v, 0 if skip(s, v) else (getters[s](v) - _EPOCH) // _US))
+        except Exception as exc:  # noqa: BLE001 - bad data goes to errs, never raises
+            errs.append(reject(step_id, exc, (k, v)))
+    return out

@@ -311,5 +311,6 @@ def asof_join(
         )
 
     tagged = tag_sides("shard", up, table, shards)
-    out = split_outputs("split", op.stateful_batch("join", tagged, build))
-    return JoinOut(oks=out.oks, errs=out.errs, late=out.late)
+    out = split_outputs("split", op.stateful_batch("join", tagged.chunks, build))
+    errs = op.merge("all_errs", tagged.errs, out.errs)
+    return JoinOut(oks=out.oks, errs=errs, late=out.late)

@@ -291,6 +291,6 @@ def enrich(
         state = _EnrichState(bootstrapping) if resume is None else resume
         return Chunked(_EnrichLogic(full_id, state, merge, default, max_wait))
 
-    joined = op.stateful_batch("join", tagged, build)
+    joined = op.stateful_batch("join", tagged.chunks, build)
     out = split_outputs("split", joined)
-    return EnrichOut(oks=out.oks, errs=out.errs)
+    return EnrichOut(oks=out.oks, errs=op.merge("all_errs", tagged.errs, out.errs))

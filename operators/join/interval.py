@@ -1,262 +1,488 @@
-"""Interval join (Flink's): same-key events whose timestamps are within a bound of each other."""
+"""Interval join (Flink's): same-key events whose timestamps are within a bound of each other.
+
+One implementation, two entry points: frames (``key=`` a column, each side
+a stream of ``polars.DataFrame``) and ``(key, event)`` rows (``key=None``,
+the legacy path). Both put their rows through :class:`IntervalCore`, one
+per shard; only how a batch is read and how pairs are written back differ
+(rows: ``(key, (left, right))``; frames: one frame of the joined columns).
+"""
 
 from __future__ import annotations
 
-import heapq
+import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import bytewax.operators as op
+import numpy as np
+import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators._core.event_time import KeyedEventTime
+from streamml.operators._core.state import restore, snapshot
+from streamml.operators.join._legacy import _Buffer, _IntervalState, is_legacy
 from streamml.operators.join._shards import (
     LEFT,
-    NEVER,
     Chunked,
+    RowStore,
     check_shards,
-    late_record,
+    clip,
+    frame_times,
+    joined_frame,
     micros,
-    never,
+    row_times,
     split_outputs,
+    tag_frames,
     tag_sides,
-    timestamps,
 )
 
 from streamml.errors import Rejected
 
-__all__ = ["JoinOut", "interval_join"]
+__all__ = ["IntervalCore", "JoinOut", "interval_join"]
 
-_LATEST = 2**62
+# Kept importable here for recovery stores of the previous release (see _legacy).
+_LEGACY = (_Buffer, _IntervalState)
+
+_KIND = "streamml.join.interval"
+_VERSION = 1
 
 
 @dataclass(frozen=True)
 class JoinOut:
     """The streams of a time-based join."""
 
-    oks: KeyedStream[Any]
-    """Joined items ``(key, (left, right))``."""
+    oks: KeyedStream[Any] | Stream[pl.DataFrame]
+    """Joined items ``(key, (left, right))``, or joined frames."""
 
     errs: Stream[Rejected]
-    """Items whose timestamp could not be read."""
+    """Items whose key or timestamp could not be read."""
 
     late: Stream[Rejected]
-    """Items older than the watermark on arrival (``error_type="Late"``)."""
+    """Items older than their key's watermark on arrival (``error_type="Late"``)."""
 
 
-class _Buffer:
-    """One key's stored events of one side, sorted by timestamp (parallel lists)."""
+class _Side:
+    """One key's stored rows of one side: times (sorted, ties in arrival order) and ids."""
 
-    __slots__ = ("ts", "items", "matched")
+    __slots__ = ("ts", "ids")
 
     def __init__(self) -> None:
         self.ts: list[int] = []
-        self.items: list[Any] = []
-        self.matched: list[bool] = []
-
-    def insert(self, t: int, item: Any, matched: bool) -> None:
-        ts = self.ts
-        if not ts or ts[-1] <= t:
-            ts.append(t)
-            self.items.append(item)
-            self.matched.append(matched)
-        else:
-            i = bisect_right(ts, t)
-            ts.insert(i, t)
-            self.items.insert(i, item)
-            self.matched.insert(i, matched)
-
-    def copy(self) -> _Buffer:
-        new = _Buffer()
-        new.ts, new.items, new.matched = list(self.ts), list(self.items), list(self.matched)
-        return new
+        self.ids: list[int] = []
 
 
-class _IntervalState:
-    """One shard of an interval join.
+class IntervalCore:
+    """One shard of an interval join: per-key watermarks, stored rows, matching, eviction.
 
-    Eviction: a left event leaves once the watermark passes ``ts + upper``
-    (no right event that is not late can match it any more), a right event
-    once it passes ``ts - lower``; a key leaves with its last event. ``timers``
-    holds at most one live entry per key: its earliest eviction time.
+    Event time is :class:`~streamml.operators._core.event_time.KeyedEventTime`
+    over both sides: a key's watermark is its newest accepted time (either
+    side) minus ``lateness``; a row older than it on arrival is late.
+
+    Eviction: every stored row is held in the event-time state until its
+    key's watermark passes the last time a row that is not late could
+    match it — ``ts + upper`` for a left row, ``ts - lower`` for a right
+    row — and leaves then (an unmatched left row is then emitted by a left
+    outer join). A key idle for ``ttl`` of its shard's event time is
+    forgotten with its rows; rows of an unknown key older than the newest
+    forgotten time plus the interval are late afterwards, so forgetting
+    never loses a pair. ``idle_release`` (wall clock) lets a row leave
+    early, moving its key's watermark to where it would have left.
     """
 
-    def __init__(self) -> None:
-        self.lefts: dict[str, _Buffer] = {}
-        self.rights: dict[str, _Buffer] = {}
-        self.timers: list[tuple[int, str]] = []
-        self.scheduled: dict[str, int] = {}
-        self.max_seen = NEVER
-        self.watermark = NEVER
-
-    def copy(self) -> _IntervalState:
-        new = _IntervalState()
-        new.lefts = {k: b.copy() for k, b in self.lefts.items()}
-        new.rights = {k: b.copy() for k, b in self.rights.items()}
-        new.timers = list(self.timers)
-        new.scheduled = dict(self.scheduled)
-        new.max_seen, new.watermark = self.max_seen, self.watermark
-        return new
-
-    def size(self) -> int:
-        """Events held (for tests of bounded state)."""
-        return sum(len(b.ts) for b in self.lefts.values()) + sum(
-            len(b.ts) for b in self.rights.values()
-        )
-
-
-class _IntervalLogic(StatefulBatchLogic[Any, Any, _IntervalState]):
     def __init__(
         self,
-        step_id: str,
-        state: _IntervalState,
-        getters: tuple[Callable[[Any], datetime], Callable[[Any], datetime]],
+        *,
         lower: int,
         upper: int,
-        lateness: int,
+        lateness: timedelta,
         outer: bool,
+        ttl: timedelta | None,
+        idle_release: timedelta | None = None,
+        clock: Callable[[], float] = time.time,
+        data: dict[str, Any] | None = None,
     ) -> None:
-        self.step_id = step_id
-        self.state = state
-        self.getters = getters
-        self.lower = lower
-        self.upper = upper
-        self.lateness = lateness
-        self.outer = outer
-        # Timers fire on a grid, so one visit to a key evicts several events.
-        self.tick = max((upper - lower) // 4, 1000)
+        self.lower, self.upper, self.outer = clip(lower), clip(upper), outer
+        guard = timedelta(microseconds=max(self.upper, -self.lower, 0) + 1)
+        self.et = KeyedEventTime(
+            max_delay=lateness,
+            guard=guard,
+            ttl=ttl,
+            idle_release=idle_release,
+            width=2,
+            clock=clock,
+            resume=None if data is None else data["time"],
+        )
+        self.sides: tuple[dict[int, _Side], dict[int, _Side]] = ({}, {})
+        self.unmatched: set[int] = set()  # left ids not matched yet (outer joins)
+        self.next_id = 0
+        if data is not None:
+            for side, stored in zip(self.sides, data["sides"]):
+                for kid, ts, ids in stored:
+                    s = side[kid] = _Side()
+                    s.ts, s.ids = list(ts), list(ids)
+            self.unmatched = set(data["unmatched"])
+            self.next_id = data["next_id"]
 
-    def _schedule(self, key: str, at: int) -> None:
-        at += self.tick - at % self.tick
-        if at < self.state.scheduled.get(key, _LATEST):
-            self.state.scheduled[key] = at
-            heapq.heappush(self.state.timers, (at, key))
+    def add(
+        self, sides: np.ndarray, keys: Sequence[Any] | pl.Series, ts: np.ndarray
+    ) -> tuple[Any, np.ndarray, list[tuple[int, int]]]:
+        """Admit a batch (arrival order); ``(admission, ids of the accepted, new pairs)``.
 
-    def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
-        state = self.state
-        lefts, rights = state.lefts, state.rights
-        timers, scheduled, heappush = state.timers, state.scheduled, heapq.heappush
-        lower, upper, lateness, tick = self.lower, self.upper, self.lateness, self.tick
-        oks: list = []
-        errs: list = []
-        late: list = []
-        max_seen, watermark = state.max_seen, state.watermark
-        for side, key, item, t in timestamps(self.step_id, values, self.getters, never, errs):
-            if t < watermark:
-                late.append(late_record(self.step_id, t, watermark, (key, item)))
-                continue
-            if t > max_seen:
-                max_seen = t
-                watermark = t - lateness
-            if side == LEFT:
-                matched = False
-                buf = rights.get(key)
-                if buf is not None:
-                    ts = buf.ts
-                    i, j = bisect_left(ts, t + lower), bisect_right(ts, t + upper)
-                    if i < j:
-                        matched = True
-                        oks.extend([(key, (item, r)) for r in buf.items[i:j]])
-                buf = lefts.get(key)
-                if buf is None:
-                    buf = lefts[key] = _Buffer()
-                buf.insert(t, item, matched)
-                at = t + upper
-                at += tick - at % tick
-                if at < scheduled.get(key, _LATEST):
-                    scheduled[key] = at
-                    heappush(timers, (at, key))
+        Pairs are ``(left id, right id)``, each emitted once: when its
+        second row arrives.
+        """
+        adm = self.et.admit(keys, ts)
+        n = len(adm.ok)
+        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.next_id += n
+        if not n:
+            return adm, ids, []
+        side = sides[adm.ok] if n < len(sides) else sides
+        lower, upper, outer = self.lower, self.upper, self.outer
+        lefts, rights = self.sides
+        unmatched = self.unmatched
+        pairs: list[tuple[int, int]] = []
+        for s, kid, t, i in zip(side.tolist(), adm.kid.tolist(), adm.ts.tolist(), ids.tolist()):
+            if s == LEFT:
+                other, mine, lo, hi = rights.get(kid), lefts, t + lower, t + upper
             else:
-                buf = lefts.get(key)
-                if buf is not None:
-                    ts = buf.ts
-                    i, j = bisect_left(ts, t - upper), bisect_right(ts, t - lower)
-                    if i < j:
-                        oks.extend([(key, (left, item)) for left in buf.items[i:j]])
-                        buf.matched[i:j] = [True] * (j - i)
-                buf = rights.get(key)
-                if buf is None:
-                    buf = rights[key] = _Buffer()
-                buf.insert(t, item, True)
-                at = t - lower
-                at += tick - at % tick
-                if at < scheduled.get(key, _LATEST):
-                    scheduled[key] = at
-                    heappush(timers, (at, key))
-        state.max_seen, state.watermark = max_seen, watermark
-        self._evict(oks)
-        return ([(oks, errs, late)] if oks or errs or late else []), False
+                other, mine, lo, hi = lefts.get(kid), rights, t - upper, t - lower
+            matched = False
+            if other is not None:
+                ots = other.ts
+                a, b = bisect_left(ots, lo), bisect_right(ots, hi)
+                if a < b:
+                    matched = True
+                    found = other.ids[a:b]
+                    if s == LEFT:
+                        pairs.extend([(i, r) for r in found])
+                    else:
+                        pairs.extend([(left, i) for left in found])
+                        if outer:
+                            unmatched.difference_update(found)
+            own = mine.get(kid)
+            if own is None:
+                own = mine[kid] = _Side()
+            if not own.ts or own.ts[-1] <= t:
+                own.ts.append(t)
+                own.ids.append(i)
+            else:
+                j = bisect_right(own.ts, t)
+                own.ts.insert(j, t)
+                own.ids.insert(j, i)
+            if outer and s == LEFT and not matched:
+                unmatched.add(i)
+        due = np.where(side == LEFT, adm.ts + (upper + 1), adm.ts - (lower - 1))
+        self.et.hold(None, adm.kid, due, np.column_stack([ids, side]).astype(np.float64))
+        return adm, ids, pairs
 
-    def _evict(self, oks: list) -> None:
-        state = self.state
-        timers, scheduled = state.timers, state.scheduled
-        watermark = state.watermark
-        while timers and timers[0][0] < watermark:
-            at, key = heapq.heappop(timers)
-            if scheduled.get(key) != at:
-                continue  # superseded by an earlier timer for the key
-            del scheduled[key]
-            nxt = []
-            buf = state.lefts.get(key)
-            if buf is not None:
-                n = bisect_left(buf.ts, watermark - self.upper)
-                if self.outer:
-                    oks.extend(
-                        [
-                            (key, (item, None))
-                            for item, m in zip(buf.items[:n], buf.matched[:n], strict=True)
-                            if not m
-                        ]
-                    )
-                if n == len(buf.ts):
-                    del state.lefts[key]
+    def release(self, *, eof: bool = False) -> tuple[np.ndarray, list[int]]:
+        """Evict what no row can match any more: ``(ids evicted, unmatched left ids among them)``."""
+        released = self.et.release(eof=eof)
+        held = released.held
+        gone = released.gone.tolist()
+        lost: list[int] = []
+        if len(held):
+            ids = held.data[:, 0].astype(np.int64)
+            side = held.data[:, 1].astype(np.int64)
+            kid = held.kid
+            # A key's released rows of a side are the oldest it has (they are
+            # due in time order): drop that many from the front.
+            combo = kid * 2 + side
+            uniq, counts = np.unique(combo, return_counts=True)
+            for c, n in zip(uniq.tolist(), counts.tolist()):
+                k, s = divmod(c, 2)
+                stored = self.sides[s].get(k)
+                if stored is None:
+                    continue
+                if n >= len(stored.ids):
+                    del self.sides[s][k]
                 else:
-                    del buf.ts[:n], buf.items[:n], buf.matched[:n]
-                    nxt.append(buf.ts[0] + self.upper)
-            buf = state.rights.get(key)
-            if buf is not None:
-                n = bisect_left(buf.ts, watermark + self.lower)
-                if n == len(buf.ts):
-                    del state.rights[key]
-                else:
-                    del buf.ts[:n], buf.items[:n], buf.matched[:n]
-                    nxt.append(buf.ts[0] - self.lower)
-            if nxt:
-                self._schedule(key, min(nxt))
+                    del stored.ts[:n], stored.ids[:n]
+            if self.outer and self.unmatched:
+                unmatched = self.unmatched
+                for i in ids[side == LEFT].tolist():
+                    if i in unmatched:
+                        unmatched.discard(i)
+                        lost.append(i)
+        else:
+            ids = np.zeros(0, dtype=np.int64)
+        for k in gone:  # forgotten keys: every row was released above
+            self.sides[0].pop(k, None)
+            self.sides[1].pop(k, None)
+        if eof:
+            self.et.close()
+        return ids, lost
+
+    def size(self) -> int:
+        """Rows stored (for tests of bounded state)."""
+        return sum(len(s.ids) for side in self.sides for s in side.values())
+
+    def snapshot_data(self) -> dict[str, Any]:
+        return {
+            "time": self.et.snapshot_data(),
+            "sides": [
+                [(k, list(s.ts), list(s.ids)) for k, s in side.items()] for side in self.sides
+            ],
+            "unmatched": sorted(self.unmatched),
+            "next_id": self.next_id,
+        }
+
+
+def _from_legacy(state: _IntervalState, lower: int, upper: int) -> dict[str, Any]:
+    """The previous release's shard state as the version-1 record of a row join.
+
+    The old state kept one watermark per shard; each of its keys gets that
+    shard's newest time as its own (no row it held becomes late), and the
+    stored rows keep their order and their matched flags.
+    """
+    keys: list[str] = []
+    kid_of: dict[str, int] = {}
+    sides: list[list] = [[], []]
+    items: dict[int, tuple[str, Any]] = {}
+    unmatched: list[int] = []
+    next_id = 0
+    held_kid, held_ts, held_data = [], [], []
+    for s, buffers in enumerate((state.lefts, state.rights)):
+        for key, buf in buffers.items():
+            kid = kid_of.setdefault(key, len(keys))
+            if kid == len(keys):
+                keys.append(key)
+            ids = list(range(next_id, next_id + len(buf.ts)))
+            next_id += len(ids)
+            sides[s].append((kid, list(buf.ts), ids))
+            for i, t, item, matched in zip(ids, buf.ts, buf.items, buf.matched, strict=True):
+                items[i] = (key, item)
+                if s == LEFT and not matched:
+                    unmatched.append(i)
+                held_kid.append(kid)
+                held_ts.append(t + upper + 1 if s == LEFT else t - lower + 1)
+                held_data.append((float(i), float(s)))
+    newest = state.max_seen
+    time_data = {
+        "keys": keys,
+        "kmax": np.full(len(keys), newest, dtype=np.int64),
+        "forgotten_max": None,
+        "newest": newest if keys else np.iinfo(np.int64).min,
+        "swept": np.iinfo(np.int64).min,
+        "held_frame": None,
+        "held_kid": np.array(held_kid, dtype=np.int64),
+        "held_ts": np.array(held_ts, dtype=np.int64),
+        "held_arrived": np.full(len(held_kid), time.time()),
+        "held_data": np.array(held_data, dtype=np.float64).reshape(-1, 2),
+    }
+    order = np.argsort(time_data["held_ts"], kind="stable")
+    for name in ("held_kid", "held_ts", "held_arrived", "held_data"):
+        time_data[name] = time_data[name][order]
+    core = {"time": time_data, "sides": sides, "unmatched": unmatched, "next_id": next_id}
+    return {"path": "rows", "core": core, "items": items}
+
+
+class _Logic(StatefulBatchLogic):
+    """One shard's Bytewax state: an :class:`IntervalCore` and how batches are read and written."""
+
+    path = ""
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.cfg = cfg
+        data: dict[str, Any] | None = None
+        if resume is not None:
+            if is_legacy(resume):
+                resume = snapshot(_KIND, 0, resume)
+            upgrades = {0: lambda old: _from_legacy(old, cfg.lower, cfg.upper)}
+            data = restore(resume, kind=_KIND, version=_VERSION, upgrades=upgrades)
+            if data["path"] != self.path:
+                raise ValueError(
+                    f"the recovery store holds the {data['path']} path's state of this "
+                    f"interval join; it now reads {self.path}: use a new recovery store"
+                )
+        self.core = IntervalCore(
+            lower=cfg.lower,
+            upper=cfg.upper,
+            lateness=cfg.lateness,
+            outer=cfg.outer,
+            ttl=cfg.ttl,
+            idle_release=cfg.idle_release,
+            clock=cfg.clock,
+            data=None if data is None else data["core"],
+        )
+        self._restore_extra(data)
+
+    def _restore_extra(self, data: dict[str, Any] | None) -> None:
+        pass
+
+    def _extra(self) -> dict[str, Any]:
+        return {}
+
+    def _write(self, pairs: list[tuple[int, int]], lost: list[int], evicted: np.ndarray) -> list:
+        raise NotImplementedError
+
+    def _out(self, pairs: list, errs: list, late: list, eof: bool = False) -> list:
+        evicted, lost = self.core.release(eof=eof)
+        oks = self._write(pairs, lost, evicted)
+        return [(oks, errs, late)] if oks or errs or late else []
+
+    def notify_at(self) -> datetime | None:
+        return self.core.et.notify_at()
+
+    def on_notify(self) -> tuple[list, bool]:
+        return self._out([], [], []), False
 
     def on_eof(self) -> tuple[list, bool]:
-        # Both sides ended: no event can match any more.
-        oks: list = []
-        if self.outer:
-            for key, buf in self.state.lefts.items():
-                oks.extend(
-                    [
-                        (key, (item, None))
-                        for item, m in zip(buf.items, buf.matched, strict=True)
-                        if not m
-                    ]
-                )
-        self.state = _IntervalState()
-        return ([(oks, [], [])] if oks else []), True
+        return self._out([], [], [], eof=True), False
 
-    def snapshot(self) -> _IntervalState:
-        return self.state.copy()
+    def snapshot(self) -> dict[str, Any]:
+        data = {"path": self.path, "core": self.core.snapshot_data(), **self._extra()}
+        return snapshot(_KIND, _VERSION, data)
+
+
+class _RowLogic(_Logic):
+    """``(side, key, event)`` rows in, ``(key, (left, right))`` out (the legacy path)."""
+
+    path = "rows"
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.items: dict[int, tuple[str, Any]] = {}  # stored rows by id
+        super().__init__(cfg, resume)
+
+    def _restore_extra(self, data: dict[str, Any] | None) -> None:
+        if data is not None:
+            self.items = dict(data["items"])
+
+    def _extra(self) -> dict[str, Any]:
+        return {"items": dict(self.items)}
+
+    def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
+        cfg = self.cfg
+        errs: list[Rejected] = []
+        rows, ts = row_times(cfg.step_id, values, cfg.getters, errs)
+        late: list[Rejected] = []
+        pairs: list = []
+        if rows:
+            keys = [k for _, k, _ in rows]
+            sides = np.fromiter((s for s, _, _ in rows), dtype=np.int64, count=len(rows))
+            adm, ids, pairs = self.core.add(sides, keys, ts)
+            if len(adm.late):
+                _, late = adm.rejected(cfg.step_id, lambda i: (rows[i][1], rows[i][2]))
+            if len(adm.ok) == len(rows):
+                self.items.update(zip(ids.tolist(), [(k, v) for _, k, v in rows]))
+            else:
+                kept = [(rows[i][1], rows[i][2]) for i in adm.ok.tolist()]
+                self.items.update(zip(ids.tolist(), kept))
+        return self._out(pairs, errs, late), False
+
+    def _write(self, pairs: list, lost: list[int], evicted: np.ndarray) -> list:
+        items = self.items
+        out = []
+        for a, b in pairs:
+            key, left = items[a]
+            out.append((key, (left, items[b][1])))
+        out.extend([(items[i][0], (items[i][1], None)) for i in lost])
+        for i in evicted.tolist():
+            del items[i]
+        return out
+
+
+class _FrameLogic(_Logic):
+    """``(side, frame)`` in, joined frames out."""
+
+    path = "frames"
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.stores = (RowStore(), RowStore())
+        super().__init__(cfg, resume)
+
+    def _restore_extra(self, data: dict[str, Any] | None) -> None:
+        if data is not None:
+            self.stores = (RowStore(data["stores"][0]), RowStore(data["stores"][1]))
+
+    def _extra(self) -> dict[str, Any]:
+        return {"stores": [s.snapshot_data() for s in self.stores]}
+
+    def on_batch(self, values: list[tuple[int, pl.DataFrame]]) -> tuple[list, bool]:
+        cfg = self.cfg
+        errs: list[Rejected] = []
+        late: list[Rejected] = []
+        pairs: list = []
+        for side, frame in values:
+            store = self.stores[side]
+            why = store.fits(frame)
+            if why is not None:
+                errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
+                continue
+            frame, ts = frame_times(cfg.step_id, frame, cfg.timestamps[side], errs)
+            if not frame.height:
+                continue
+            sides = np.full(frame.height, side, dtype=np.int64)
+            adm, ids, new = self.core.add(sides, frame.get_column(cfg.key), ts)
+            if len(adm.late):
+                _, more = adm.rejected(cfg.step_id, lambda i, f=frame: f.row(i, named=True))
+                late += more
+            if len(adm.ok) < frame.height:
+                frame = frame[adm.ok]
+            if frame.height:
+                store.add(frame, ids)
+            pairs += new
+        return self._out(pairs, errs, late), False
+
+    def _write(self, pairs: list, lost: list[int], evicted: np.ndarray) -> list:
+        cfg = self.cfg
+        lefts, rights = self.stores
+        out = []
+        if pairs:
+            ids = np.array(pairs, dtype=np.int64)
+            left, right = lefts.gather(ids[:, 0]), rights.gather(ids[:, 1])
+            out.append(joined_frame(left, right, cfg.key, cfg.suffix))
+        if lost:
+            out.append(lefts.gather(lost))
+        if len(evicted):
+            lefts.drop(evicted)
+            rights.drop(evicted)
+        if len(out) == 2:
+            return [pl.concat(out, how="diagonal_relaxed")]
+        return out
+
+
+@dataclass(frozen=True)
+class _Config:
+    step_id: str
+    lower: int
+    upper: int
+    lateness: timedelta
+    outer: bool
+    ttl: timedelta | None
+    idle_release: timedelta | None
+    getters: tuple[Callable[[Any], datetime], Callable[[Any], datetime]] | None = None
+    key: str = ""
+    timestamps: tuple[str, str] = ("", "")
+    suffix: str = "_right"
+    clock: Callable[[], float] = time.time
+
+
+def _default_ttl(lower: timedelta, upper: timedelta, lateness: timedelta) -> timedelta:
+    """How long a key must stay to match: the interval's reach and the lateness, plus an hour."""
+    return max(upper, -lower, timedelta(0)) + lateness + timedelta(hours=1)
 
 
 @operator
 def interval_join(
     step_id: str,
-    left: KeyedStream[Any],
-    right: KeyedStream[Any],
+    left: KeyedStream[Any] | Stream[pl.DataFrame],
+    right: KeyedStream[Any] | Stream[pl.DataFrame],
     *,
-    left_ts: Callable[[Any], datetime],
-    right_ts: Callable[[Any], datetime] | None = None,
+    left_ts: Callable[[Any], datetime] | str,
+    right_ts: Callable[[Any], datetime] | str | None = None,
     lower: timedelta,
     upper: timedelta,
     lateness: timedelta = timedelta(0),
     how: Literal["inner", "left"] = "inner",
+    key: str | None = None,
+    suffix: str = "_right",
+    ttl: timedelta | None = None,
+    idle_release: timedelta | None = None,
     shards: int = 16,
 ) -> JoinOut:
     """Join same-key events with ``left.ts + lower <= right.ts <= left.ts + upper``.
@@ -265,38 +491,92 @@ def interval_join(
     click with the purchase that followed within 30 minutes, a sensor alarm
     with the maintenance ticket opened around it. Every matching pair is
     emitted once, as soon as its second event arrives. With ``how="left"``, a
-    left event that matched nothing is emitted once as ``(left, None)`` when
-    the watermark passes ``left.ts + upper``.
+    left event that matched nothing is emitted once when its key's
+    watermark passes ``left.ts + upper`` (with no right columns: ``None``
+    for rows, nulls in a frame).
 
-    Time is event time: the watermark of a shard is the largest timestamp it
-    has seen (either side) minus ``lateness``; an event older than the
-    watermark on arrival goes to ``late``. State is dropped as the watermark
-    passes: a left event after ``ts + upper``, a right event after
-    ``ts - lower``. When both inputs end, unmatched left events are emitted
-    (``how="left"``) and the state is dropped.
+    Frames are the unit: with ``key=`` a column name, ``left`` and ``right``
+    are streams of ``polars.DataFrame`` and ``left_ts``/``right_ts`` name
+    their event-time columns (a time-zone-aware ``Datetime`` or epoch-ms
+    integers). Each output frame holds the left row's columns, then the
+    right row's columns without the key column; a right column whose name
+    is also a left column gets ``suffix`` (``ts`` → ``ts_right``). With
+    ``key=None`` (the legacy path), both sides are keyed streams of
+    ``(key, event)`` with ``key`` a ``str``, ``left_ts``/``right_ts``
+    functions returning an aware ``datetime``, and the output is
+    ``(key, (left, right))``. Both paths run the same implementation.
+
+    Time is event time, per key (see
+    :mod:`streamml.operators._core.event_time`): a key's watermark is the
+    newest timestamp of its events on either side minus ``lateness``; an
+    event older than its key's watermark on arrival goes to ``late``.
+    Whether an event is late depends only on its key's own events in
+    arrival order: not on ``shards=``, workers or batch boundaries (before
+    this release the watermark was one per shard). State is dropped as a
+    key's watermark passes it (a left event after ``ts + upper``, a right
+    event after ``ts - lower``), and a key idle for ``ttl`` of its shard's
+    event time is forgotten with its events (unmatched left events are
+    emitted first); its very old events are late afterwards. When both
+    inputs end, unmatched left events are emitted (``how="left"``).
+
+    A bad key (not text; for frames see
+    :func:`~streamml.operators._core.keys.route`), an item that is not a
+    ``(key, event)`` pair or a frame, and a bad timestamp go to ``errs``;
+    nothing raises.
 
     Args:
         step_id: Unique step id.
-        left: Keyed left events ``(key, event)``.
-        right: Keyed right events.
-        left_ts: Timestamp of a left event (aware UTC datetime).
-        right_ts: Timestamp of a right event; ``left_ts`` when omitted.
+        left: Left frames, or keyed left events ``(key, event)``.
+        right: Right frames, or keyed right events.
+        left_ts: Event-time column of the left frames, or timestamp function
+            of a left event.
+        right_ts: The same for the right side; ``left_ts`` when omitted.
         lower: Lower bound of ``right.ts - left.ts`` (may be negative).
         upper: Upper bound of ``right.ts - left.ts``; ``>= lower``.
         lateness: How far out of order events may arrive.
         how: ``"inner"`` or ``"left"`` (left outer).
-        shards: Number of state shards (see
-            :func:`~streamml.operators.join.enrich`).
+        key: The key column of both sides' frames; ``None`` for rows.
+        suffix: Added to right column names that clash with left ones.
+        ttl: Forget a key idle this long (event time of its shard); at least
+            the interval's reach plus ``lateness``; by default that plus an
+            hour.
+        idle_release: Let a stored event leave after this long in wall-clock
+            time even if its key's watermark has not passed it (an
+            unmatched left event is emitted then); its key's watermark moves
+            up to where it would have left. ``None``: only event time.
+        shards: Number of state shards (keys are spread over them by CRC32).
 
     Returns:
-        :class:`JoinOut`: ``oks`` of ``(key, (left, right))`` (``right`` is
-        ``None`` for an unmatched left event), ``errs`` and ``late``.
+        :class:`JoinOut`: ``oks`` (joined frames, or ``(key, (left, right))``
+        with ``right`` ``None`` for an unmatched left event), ``errs`` and
+        ``late``.
 
     Examples:
+        Frames:
+
         >>> from datetime import datetime, timedelta, timezone
+        >>> import polars as pl
         >>> from bytewax.dataflow import Dataflow
         >>> import bytewax.operators as op
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> flow = Dataflow("interval_frames_doc")
+        >>> clicks = op.input("clicks", flow, TestingSource([
+        ...     pl.DataFrame({"user": ["u1", "u2"], "ad": ["a", "b"], "ts": [0, 1_000]})]))
+        >>> buys = op.input("buys", flow, TestingSource([
+        ...     pl.DataFrame({"user": ["u1", "u2"], "sku": [7, 9], "ts": [5_000, 60_000]})]))
+        >>> out = interval_join("attribute", clicks, buys, key="user", left_ts="ts",
+        ...                     lower=timedelta(0), upper=timedelta(seconds=30), how="left")
+        >>> got = []
+        >>> op.output("out", out.oks, TestingSink(got))
+        >>> run_main(flow)
+        >>> result = pl.concat(got, how="diagonal_relaxed").sort("user")
+        >>> result.columns
+        ['user', 'ad', 'ts', 'sku', 'ts_right']
+        >>> result.rows()
+        [('u1', 'a', 0, 7, 5000), ('u2', 'b', 1000, None, None)]
+
+        Rows:
+
         >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
         >>> at = lambda s: t0 + timedelta(seconds=s)
         >>> flow = Dataflow("interval_doc")
@@ -321,14 +601,46 @@ def interval_join(
         raise ValueError(f"lateness must be >= 0; got {lateness}")
     if how not in ("inner", "left"):
         raise ValueError(f"how must be 'inner' or 'left'; got {how!r}")
-    getters = (left_ts, right_ts or left_ts)
-    lo, hi, late_us = micros(lower), micros(upper), micros(lateness)
-    full_id = f"{step_id}.join"
-
-    def build(resume: _IntervalState | None) -> Chunked:
-        state = _IntervalState() if resume is None else resume
-        return Chunked(_IntervalLogic(full_id, state, getters, lo, hi, late_us, how == "left"))
-
-    tagged = tag_sides("shard", left, right, shards)
-    out = split_outputs("split", op.stateful_batch("join", tagged, build))
-    return JoinOut(oks=out.oks, errs=out.errs, late=out.late)
+    least = max(upper, -lower, timedelta(0)) + lateness
+    if ttl is None:
+        ttl = _default_ttl(lower, upper, lateness)
+    if ttl <= timedelta(0) or ttl < least:
+        raise ValueError(
+            f"ttl must be > 0 and >= the interval's reach plus lateness ({least}); got {ttl}"
+        )
+    if idle_release is not None and idle_release <= timedelta(0):
+        raise ValueError(f"idle_release must be > 0 or None; got {idle_release}")
+    right_ts = left_ts if right_ts is None else right_ts
+    common = dict(
+        step_id=f"{step_id}.join",
+        lower=micros(lower),
+        upper=micros(upper),
+        lateness=lateness,
+        outer=how == "left",
+        ttl=ttl,
+        idle_release=idle_release,
+    )
+    if key is None:
+        if not callable(left_ts) or not callable(right_ts):
+            raise ValueError(
+                "with key=None, both sides are keyed (key, event) streams and left_ts/right_ts "
+                "must be functions of an event; for frames, give key= the key column's name"
+            )
+        cfg = _Config(getters=(left_ts, right_ts), **common)
+        tagged = tag_sides("shard", left, right, shards)
+        joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_RowLogic(cfg, r)))
+    else:
+        if (
+            not isinstance(key, str)
+            or not isinstance(left_ts, str)
+            or not isinstance(right_ts, str)
+        ):
+            raise ValueError(
+                "for frames, key, left_ts and right_ts name columns (e.g. key='user', "
+                f"left_ts='ts'); got key={key!r}, left_ts={left_ts!r}, right_ts={right_ts!r}"
+            )
+        cfg = _Config(key=key, timestamps=(left_ts, right_ts), suffix=suffix, **common)
+        tagged = tag_frames("shard", left, right, key, shards)
+        joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_FrameLogic(cfg, r)))
+    out = split_outputs("split", joined)
+    return JoinOut(oks=out.oks, errs=op.merge("all_errs", tagged.errs, out.errs), late=out.late)

@@ -520,13 +520,13 @@ def label_join(
         return _MetricsLogic(cfg, _MetricsState() if resume is None else resume)
 
     tagged = tag_sides("shard", predictions, labels, shards)
-    joined = op.stateful_batch("join", tagged, build)
+    joined = op.stateful_batch("join", tagged.chunks, build)
     parts = op.flat_map_batch("parts", joined, lambda b: [("all", x) for x in pick(4)(b)])
     metrics = op.stateful_batch("metrics", parts, build_metrics)
     return LabelJoinOut(
         labelled=op.flat_map_batch("labelled", joined, pick(0)),
         unlabelled=op.flat_map_batch("unlabelled", joined, pick(1)),
         metrics=op.key_rm("metrics_records", metrics),
-        errs=op.flat_map_batch("errs", joined, pick(2)),
+        errs=op.merge("all_errs", tagged.errs, op.flat_map_batch("errs", joined, pick(2))),
         late=op.flat_map_batch("late", joined, pick(3)),
     )

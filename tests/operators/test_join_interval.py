@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamml.operators.join import interval_join
 from streamml.operators.join._shards import LEFT, RIGHT, micros
-from streamml.operators.join.interval import _IntervalLogic, _IntervalState
+from streamml.operators.join.interval import _Config, _RowLogic
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -61,10 +61,14 @@ def arrivals(draw, max_items=40):
     return lateness, items, sorted(set(cuts))
 
 
+def row_logic(lower_us, upper_us, lateness, outer, ttl=timedelta(days=1), idle=None, clock=None):
+    kw = {} if clock is None else {"clock": clock}
+    cfg = _Config("t", lower_us, upper_us, lateness, outer, ttl, idle, getters=(ts, ts), **kw)
+    return _RowLogic(cfg, None)
+
+
 def run_logic(items, cuts, lower, upper, lateness, outer):
-    logic = _IntervalLogic(
-        "t", _IntervalState(), (ts, ts), micros(lower), micros(upper), micros(lateness), outer
-    )
+    logic = row_logic(micros(lower), micros(upper), lateness, outer)
     oks, late = [], []
     bounds = [0, *cuts, len(items)]
     for a, b in zip(bounds, bounds[1:], strict=False):
@@ -123,9 +127,8 @@ def test_late_events_go_to_late_and_do_not_join():
 
 
 def test_state_stays_bounded_with_key_churn():
-    logic = _IntervalLogic(
-        "t", _IntervalState(), (ts, ts), 0, micros(timedelta(seconds=10)), 0, True
-    )
+    # Each key goes quiet for good: the TTL (event time of its shard) forgets it.
+    logic = row_logic(0, micros(timedelta(seconds=10)), timedelta(0), True, timedelta(seconds=10))
     sizes = []
     for chunk in range(40):
         batch = []
@@ -135,18 +138,18 @@ def test_state_stays_bounded_with_key_churn():
             side = LEFT if n % 2 else RIGHT
             batch.append((side, key, {"id": n, "ts": at(n / 10)}))
         logic.on_batch(batch)
-        st_ = logic.state
-        sizes.append((st_.size(), len(st_.lefts) + len(st_.rights), len(st_.timers)))
+        core = logic.core
+        keys = len(core.sides[0]) + len(core.sides[1])
+        sizes.append((core.size(), keys, len(core.et.held) + len(core.et.kid_of)))
     assert max(s[0] for s in sizes[5:]) <= 2 * sizes[5][0] + 10
     assert max(s[1] for s in sizes[5:]) <= 2 * sizes[5][1] + 10
     assert max(s[2] for s in sizes[5:]) <= 2 * sizes[5][2] + 10
     assert sizes[-1][0] < 300  # 10 s of events at 10 per second, both sides
+    assert len(logic.items) == sizes[-1][0]
 
 
 def test_bad_timestamp_goes_to_errs_rest_of_batch_joins():
-    logic = _IntervalLogic(
-        "t", _IntervalState(), (ts, ts), 0, micros(timedelta(seconds=5)), 0, False
-    )
+    logic = row_logic(0, micros(timedelta(seconds=5)), timedelta(0), False)
     out, _ = logic.on_batch(
         [
             (LEFT, "a", {"id": 0, "ts": at(0)}),

@@ -90,13 +90,15 @@ def test_abort_and_resume_gives_the_same_results(tmp_path: Path):
 def test_snapshots_pickle_and_are_copies():
     from streamml.operators.join._shards import LEFT, RIGHT
     from streamml.operators.join.asof import _AsofLogic, _AsofState
-    from streamml.operators.join.interval import _IntervalLogic, _IntervalState
+    from streamml.operators.join.interval import _Config, _RowLogic
 
-    il = _IntervalLogic("i", _IntervalState(), (ts, ts), 0, 10**7, 0, True)
+    cfg = _Config("i", 0, 10**7, timedelta(0), True, timedelta(days=1), None, getters=(ts, ts))
+    il = _RowLogic(cfg, None)
     il.on_batch([(LEFT, "a", {"x": 1, "ts": at(0)}), (RIGHT, "b", {"x": 2, "ts": at(1)})])
     snap = il.snapshot()
     il.on_batch([(LEFT, "a", {"x": 3, "ts": at(2)})])
-    assert pickle.loads(pickle.dumps(snap)).size() == 2
+    assert snap["state"] == "streamml.join.interval" and snap["version"] == 1
+    assert _RowLogic(cfg, pickle.loads(pickle.dumps(snap))).core.size() == 2
 
     al = _AsofLogic("a", _AsofState(), (ts, ts), lambda r: r, lambda e, r: e, None, 0, 4, None)
     al.on_batch([(RIGHT, "a", {"x": 1, "ts": at(0)})])

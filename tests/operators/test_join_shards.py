@@ -98,7 +98,7 @@ def test_chunks_keep_each_shards_items_in_arrival_order(left, right, shards) -> 
     lefts = op.input("left", flow, TestingSource(left, batch_size=max(len(left), 1)))
     rights = op.input("right", flow, TestingSource(right, batch_size=max(len(right), 1)))
     got: list = []
-    op.output("out", tag_sides("t", lefts, rights, shards, TableReady), TestingSink(got))
+    op.output("out", tag_sides("t", lefts, rights, shards, TableReady).chunks, TestingSink(got))
     run_main(flow)
     per_shard: dict[str, list] = {}
     for shard, chunk in got:
