@@ -65,13 +65,18 @@ class JoinOut:
 
 
 class _Side:
-    """One key's stored rows of one side: times (sorted, ties in arrival order) and ids."""
+    """One key's stored rows of one side: times (sorted, ties in arrival order), ids and refs.
 
-    __slots__ = ("ts", "ids")
+    A ref is what the entry point pairs: the event itself on the row path, the
+    row's id on the frame path.
+    """
+
+    __slots__ = ("ts", "ids", "refs")
 
     def __init__(self) -> None:
         self.ts: list[int] = []
         self.ids: list[int] = []
+        self.refs: list[Any] = []
 
 
 class IntervalCore:
@@ -116,23 +121,27 @@ class IntervalCore:
             resume=None if data is None else data["time"],
         )
         self.sides: tuple[dict[int, _Side], dict[int, _Side]] = ({}, {})
-        self.unmatched: set[int] = set()  # left ids not matched yet (outer joins)
+        self.unmatched: dict[int, tuple[Any, Any]] = {}  # unmatched left id -> (key, ref)
         self.next_id = 0
         if data is not None:
             for side, stored in zip(self.sides, data["sides"]):
-                for kid, ts, ids in stored:
+                for kid, ts, ids, refs in stored:
                     s = side[kid] = _Side()
-                    s.ts, s.ids = list(ts), list(ids)
-            self.unmatched = set(data["unmatched"])
+                    s.ts, s.ids, s.refs = list(ts), list(ids), list(refs)
+            self.unmatched = dict(data["unmatched"])
             self.next_id = data["next_id"]
 
     def add(
-        self, sides: np.ndarray, keys: Sequence[Any] | pl.Series, ts: np.ndarray
-    ) -> tuple[Any, np.ndarray, list[tuple[int, int]]]:
+        self,
+        sides: np.ndarray,
+        keys: Sequence[Any] | pl.Series,
+        ts: np.ndarray,
+        refs: Sequence[Any] | None = None,
+    ) -> tuple[Any, np.ndarray, list[tuple[Any, tuple[Any, Any]]]]:
         """Admit a batch (arrival order); ``(admission, ids of the accepted, new pairs)``.
 
-        Pairs are ``(left id, right id)``, each emitted once: when its
-        second row arrives.
+        Pairs are ``(key, (left ref, right ref))``, each emitted once: when
+        its second row arrives. ``refs`` (one per row) default to the ids.
         """
         adm = self.et.admit(keys, ts)
         n = len(adm.ok)
@@ -140,59 +149,73 @@ class IntervalCore:
         self.next_id += n
         if not n:
             return adm, ids, []
-        side = sides[adm.ok] if n < len(sides) else sides
+        ok = adm.ok.tolist()
+        whole = n == len(sides)
+        side = sides if whole else sides[adm.ok]
+        if isinstance(keys, pl.Series):
+            keys = keys.to_list()
+        if not whole:
+            keys = [keys[i] for i in ok]
+        id_list = ids.tolist()
+        if refs is None:
+            refs = id_list
+        elif not whole:
+            refs = [refs[i] for i in ok]
         lower, upper, outer = self.lower, self.upper, self.outer
         lefts, rights = self.sides
         unmatched = self.unmatched
-        pairs: list[tuple[int, int]] = []
-        for s, kid, t, i in zip(side.tolist(), adm.kid.tolist(), adm.ts.tolist(), ids.tolist()):
+        pairs: list[tuple[Any, tuple[Any, Any]]] = []
+        for s, kid, t, i, key, ref in zip(
+            side.tolist(), adm.kid.tolist(), adm.ts.tolist(), id_list, keys, refs
+        ):
             if s == LEFT:
-                other, mine, lo, hi = rights.get(kid), lefts, t + lower, t + upper
+                other, mine = rights.get(kid), lefts
+                if other is not None:
+                    ots = other.ts
+                    a, b = bisect_left(ots, t + lower), bisect_right(ots, t + upper)
+                    if a < b:
+                        pairs.extend([(key, (ref, r)) for r in other.refs[a:b]])
+                    elif outer:
+                        unmatched[i] = (key, ref)
+                elif outer:
+                    unmatched[i] = (key, ref)
             else:
-                other, mine, lo, hi = lefts.get(kid), rights, t - upper, t - lower
-            matched = False
-            if other is not None:
-                ots = other.ts
-                a, b = bisect_left(ots, lo), bisect_right(ots, hi)
-                if a < b:
-                    matched = True
-                    found = other.ids[a:b]
-                    if s == LEFT:
-                        pairs.extend([(i, r) for r in found])
-                    else:
-                        pairs.extend([(left, i) for left in found])
-                        if outer:
-                            unmatched.difference_update(found)
+                other, mine = lefts.get(kid), rights
+                if other is not None:
+                    ots = other.ts
+                    a, b = bisect_left(ots, t - upper), bisect_right(ots, t - lower)
+                    if a < b:
+                        pairs.extend([(key, (left, ref)) for left in other.refs[a:b]])
+                        if outer and unmatched:
+                            for j in other.ids[a:b]:
+                                unmatched.pop(j, None)
             own = mine.get(kid)
             if own is None:
                 own = mine[kid] = _Side()
             if not own.ts or own.ts[-1] <= t:
                 own.ts.append(t)
                 own.ids.append(i)
+                own.refs.append(ref)
             else:
                 j = bisect_right(own.ts, t)
                 own.ts.insert(j, t)
                 own.ids.insert(j, i)
-            if outer and s == LEFT and not matched:
-                unmatched.add(i)
+                own.refs.insert(j, ref)
         due = np.where(side == LEFT, adm.ts + (upper + 1), adm.ts - (lower - 1))
         self.et.hold(None, adm.kid, due, np.column_stack([ids, side]).astype(np.float64))
         return adm, ids, pairs
 
-    def release(self, *, eof: bool = False) -> tuple[np.ndarray, list[int]]:
-        """Evict what no row can match any more: ``(ids evicted, unmatched left ids among them)``."""
+    def release(self, *, eof: bool = False) -> tuple[np.ndarray, list[tuple[Any, Any]]]:
+        """Evict what no row can match any more: ``(ids evicted, (key, ref) of unmatched lefts)``."""
         released = self.et.release(eof=eof)
         held = released.held
-        gone = released.gone.tolist()
-        lost: list[int] = []
+        lost: list[tuple[Any, Any]] = []
         if len(held):
             ids = held.data[:, 0].astype(np.int64)
             side = held.data[:, 1].astype(np.int64)
-            kid = held.kid
             # A key's released rows of a side are the oldest it has (they are
             # due in time order): drop that many from the front.
-            combo = kid * 2 + side
-            uniq, counts = np.unique(combo, return_counts=True)
+            uniq, counts = np.unique(held.kid * 2 + side, return_counts=True)
             for c, n in zip(uniq.tolist(), counts.tolist()):
                 k, s = divmod(c, 2)
                 stored = self.sides[s].get(k)
@@ -201,16 +224,16 @@ class IntervalCore:
                 if n >= len(stored.ids):
                     del self.sides[s][k]
                 else:
-                    del stored.ts[:n], stored.ids[:n]
+                    del stored.ts[:n], stored.ids[:n], stored.refs[:n]
             if self.outer and self.unmatched:
-                unmatched = self.unmatched
+                pop = self.unmatched.pop
                 for i in ids[side == LEFT].tolist():
-                    if i in unmatched:
-                        unmatched.discard(i)
-                        lost.append(i)
+                    got = pop(i, None)
+                    if got is not None:
+                        lost.append(got)
         else:
             ids = np.zeros(0, dtype=np.int64)
-        for k in gone:  # forgotten keys: every row was released above
+        for k in released.gone.tolist():  # forgotten keys: every row was released above
             self.sides[0].pop(k, None)
             self.sides[1].pop(k, None)
         if eof:
@@ -225,9 +248,10 @@ class IntervalCore:
         return {
             "time": self.et.snapshot_data(),
             "sides": [
-                [(k, list(s.ts), list(s.ids)) for k, s in side.items()] for side in self.sides
+                [(k, list(s.ts), list(s.ids), list(s.refs)) for k, s in side.items()]
+                for side in self.sides
             ],
-            "unmatched": sorted(self.unmatched),
+            "unmatched": list(self.unmatched.items()),
             "next_id": self.next_id,
         }
 
@@ -242,8 +266,7 @@ def _from_legacy(state: _IntervalState, lower: int, upper: int) -> dict[str, Any
     keys: list[str] = []
     kid_of: dict[str, int] = {}
     sides: list[list] = [[], []]
-    items: dict[int, tuple[str, Any]] = {}
-    unmatched: list[int] = []
+    unmatched: list[tuple[int, tuple[str, Any]]] = []
     next_id = 0
     held_kid, held_ts, held_data = [], [], []
     for s, buffers in enumerate((state.lefts, state.rights)):
@@ -253,11 +276,10 @@ def _from_legacy(state: _IntervalState, lower: int, upper: int) -> dict[str, Any
                 keys.append(key)
             ids = list(range(next_id, next_id + len(buf.ts)))
             next_id += len(ids)
-            sides[s].append((kid, list(buf.ts), ids))
+            sides[s].append((kid, list(buf.ts), ids, list(buf.items)))
             for i, t, item, matched in zip(ids, buf.ts, buf.items, buf.matched, strict=True):
-                items[i] = (key, item)
                 if s == LEFT and not matched:
-                    unmatched.append(i)
+                    unmatched.append((i, (key, item)))
                 held_kid.append(kid)
                 held_ts.append(t + upper + 1 if s == LEFT else t - lower + 1)
                 held_data.append((float(i), float(s)))
@@ -278,7 +300,7 @@ def _from_legacy(state: _IntervalState, lower: int, upper: int) -> dict[str, Any
     for name in ("held_kid", "held_ts", "held_arrived", "held_data"):
         time_data[name] = time_data[name][order]
     core = {"time": time_data, "sides": sides, "unmatched": unmatched, "next_id": next_id}
-    return {"path": "rows", "core": core, "items": items}
+    return {"path": "rows", "core": core}
 
 
 class _Logic(StatefulBatchLogic):
@@ -317,7 +339,7 @@ class _Logic(StatefulBatchLogic):
     def _extra(self) -> dict[str, Any]:
         return {}
 
-    def _write(self, pairs: list[tuple[int, int]], lost: list[int], evicted: np.ndarray) -> list:
+    def _write(self, pairs: list, lost: list, evicted: np.ndarray) -> list:
         raise NotImplementedError
 
     def _out(self, pairs: list, errs: list, late: list, eof: bool = False) -> list:
@@ -344,17 +366,6 @@ class _RowLogic(_Logic):
 
     path = "rows"
 
-    def __init__(self, cfg: _Config, resume: Any) -> None:
-        self.items: dict[int, tuple[str, Any]] = {}  # stored rows by id
-        super().__init__(cfg, resume)
-
-    def _restore_extra(self, data: dict[str, Any] | None) -> None:
-        if data is not None:
-            self.items = dict(data["items"])
-
-    def _extra(self) -> dict[str, Any]:
-        return {"items": dict(self.items)}
-
     def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
         cfg = self.cfg
         errs: list[Rejected] = []
@@ -364,26 +375,15 @@ class _RowLogic(_Logic):
         if rows:
             keys = [k for _, k, _ in rows]
             sides = np.fromiter((s for s, _, _ in rows), dtype=np.int64, count=len(rows))
-            adm, ids, pairs = self.core.add(sides, keys, ts)
+            adm, _, pairs = self.core.add(sides, keys, ts, [v for _, _, v in rows])
             if len(adm.late):
                 _, late = adm.rejected(cfg.step_id, lambda i: (rows[i][1], rows[i][2]))
-            if len(adm.ok) == len(rows):
-                self.items.update(zip(ids.tolist(), [(k, v) for _, k, v in rows]))
-            else:
-                kept = [(rows[i][1], rows[i][2]) for i in adm.ok.tolist()]
-                self.items.update(zip(ids.tolist(), kept))
         return self._out(pairs, errs, late), False
 
-    def _write(self, pairs: list, lost: list[int], evicted: np.ndarray) -> list:
-        items = self.items
-        out = []
-        for a, b in pairs:
-            key, left = items[a]
-            out.append((key, (left, items[b][1])))
-        out.extend([(items[i][0], (items[i][1], None)) for i in lost])
-        for i in evicted.tolist():
-            del items[i]
-        return out
+    def _write(self, pairs: list, lost: list, evicted: np.ndarray) -> list:
+        if lost:
+            pairs.extend([(key, (left, None)) for key, left in lost])
+        return pairs
 
 
 class _FrameLogic(_Logic):
@@ -433,11 +433,11 @@ class _FrameLogic(_Logic):
         lefts, rights = self.stores
         out = []
         if pairs:
-            ids = np.array(pairs, dtype=np.int64)
+            ids = np.array([p for _, p in pairs], dtype=np.int64)
             left, right = lefts.gather(ids[:, 0]), rights.gather(ids[:, 1])
             out.append(joined_frame(left, right, cfg.key, cfg.suffix))
         if lost:
-            out.append(lefts.gather(lost))
+            out.append(lefts.gather([i for _, i in lost]))
         if len(evicted):
             lefts.drop(evicted)
             rights.drop(evicted)

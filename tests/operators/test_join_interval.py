@@ -145,7 +145,6 @@ def test_state_stays_bounded_with_key_churn():
     assert max(s[1] for s in sizes[5:]) <= 2 * sizes[5][1] + 10
     assert max(s[2] for s in sizes[5:]) <= 2 * sizes[5][2] + 10
     assert sizes[-1][0] < 300  # 10 s of events at 10 per second, both sides
-    assert len(logic.items) == sizes[-1][0]
 
 
 def test_bad_timestamp_goes_to_errs_rest_of_batch_joins():
