@@ -213,7 +213,7 @@ class _Frames:
     ) -> list:
         extras: list[Any] = []
         if cfg.version_field is not None:
-            extras.append(version_column(cfg.version_field, served.model.version))
+            extras.append(version_column(cfg.version_field, served.model.version, len(part)))
         if waits is not None:
             extras.append(pl.Series(cfg.wait_field, waits))
         out = attach_frame(served.outputs, part, outs, extras, cfg.step_id, errs)

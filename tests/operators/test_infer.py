@@ -11,6 +11,7 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -184,17 +185,26 @@ def test_inputs_are_not_mutated(mlp: OnnxModel) -> None:
     max_batch=st.integers(1, 10),
     max_wait=st.sampled_from([0.0, 0.005, 0.02]),
     arrivals=st.lists(st.tuples(st.integers(0, 12), st.floats(0.0, 0.03)), max_size=20),
+    as_frames=st.booleans(),
 )
 def test_batcher_fifo_bounded_and_on_time(
-    max_batch: int, max_wait: float, arrivals: list[tuple[int, float]]
+    max_batch: int, max_wait: float, arrivals: list[tuple[int, float]], as_frames: bool
 ) -> None:
-    """Drive the batcher like the operator does (at each arrival and at each deadline)."""
-    b: DynamicBatcher[int] = DynamicBatcher(max_batch=max_batch, max_wait_s=max_wait)
+    """Drive the batcher like the operator does (at each arrival and at each deadline).
+
+    Chunks are lists of ids, or frames of an ``id`` column (joined and sliced the same way).
+    """
+    b: DynamicBatcher = DynamicBatcher(max_batch=max_batch, max_wait_s=max_wait)
     now, next_id, taken = 0.0, 0, []
     arrived_at: dict[int, float] = {}
 
+    def ids(batch: Any) -> list[int]:
+        assert isinstance(batch, pl.DataFrame) == as_frames
+        return batch["id"].to_list() if as_frames else batch
+
     def run_due(t: float) -> None:
-        for items, runs in b.due(t):
+        for batch, runs in b.due(t):
+            items = ids(batch)
             assert 1 <= len(items) <= max_batch
             assert sum(c for c, _ in runs) == len(items)
             for i in items:
@@ -211,11 +221,24 @@ def test_batcher_fifo_bounded_and_on_time(
         next_id += count
         for i in chunk:
             arrived_at[i] = now
-        b.push(chunk, now)
+        b.push(pl.DataFrame({"id": chunk}, schema={"id": pl.Int64}) if as_frames else chunk, now)
         run_due(now)
-    taken.extend(i for items, _ in b.flush() for i in items)
+    taken.extend(i for batch, _ in b.flush() for i in ids(batch))
     assert taken == list(range(next_id))
     assert len(b) == 0 and b.deadline() is None
+
+
+def test_batcher_cuts_a_batch_where_the_kind_of_chunk_changes() -> None:
+    b: DynamicBatcher = DynamicBatcher(max_batch=10, max_wait_s=1.0)
+    b.push(["a", "b"], 0.0)
+    b.push(pl.DataFrame({"x": [1, 2]}), 0.0)
+    b.push(pl.DataFrame({"x": [3]}), 0.0)
+    b.push(pl.DataFrame({"x": [4.5]}), 0.0)  # another schema
+    b.push(["c"], 0.0)
+    assert [len(p) for p in b.pending()] == [2, 2, 1, 1, 1]
+    batches = [batch for batch, _ in b.flush()]
+    assert batches[0] == ["a", "b"] and batches[-1] == ["c"]
+    assert [f["x"].to_list() for f in batches[1:-1]] == [[1, 2, 3], [4.5]]
 
 
 def test_trickle_waits_about_max_wait_and_batches(mlp: OnnxModel) -> None:

@@ -147,6 +147,15 @@ def test_outputs_spec_picks_columns_and_a_function_builds_the_frame(mlp: OnnxMod
     assert out["hot"].to_list() == (expected[:, 1] > 0.5).tolist()
 
 
+def test_wait_field_is_a_column_of_seconds(mlp: OnnxModel) -> None:
+    oks, _, _ = _run(
+        _frames([3, 4]), mlp, inputs=COLUMNS, wait_field="waited", max_wait=timedelta(seconds=5)
+    )
+    out = _all(oks)
+    assert out.schema["waited"] == pl.Float64 and out.height == 7
+    assert all(0.0 <= w < 5.0 for w in out["waited"].to_list())
+
+
 def test_outputs_function_raising_rejects_the_batch_rows(mlp: OnnxModel) -> None:
     def broken(f: pl.DataFrame, outs: dict) -> pl.DataFrame:
         raise KeyError("nope")
