@@ -321,8 +321,10 @@ class KeyedEventTime:
             get = self.kid_of.get
             values = uniq.to_list()
             ids = [get(k) for k in values]
-            if None in ids:
-                ids = [self._kid(k) if v is None else v for k, v in zip(values, ids)]
+            if None in ids:  # new keys get ids in sorted order: the same on every run
+                for k in sorted(k for k, v in zip(values, ids) if v is None):
+                    self._kid(k)
+                ids = [get(k) for k in values]
             return keys.replace_strict(uniq, ids, return_dtype=pl.Int64).to_numpy()
         get = self.kid_of.get
         found = [get(k) for k in keys]

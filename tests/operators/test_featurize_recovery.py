@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import bytewax.operators as op
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import SlidingWindower
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -53,12 +54,29 @@ def _flow(items, sinks):
         max_delay=timedelta(seconds=4),
         idle_advance=False,
     )
+    frames = op.flat_map_batch(  # each Bytewax batch of rows as one frame
+        "frames", up, lambda batch: [pl.DataFrame([{"key": k, **e} for k, e in batch])]
+    )
+    on_frames = rolling(  # the frame path: time and count windows
+        "roll_frames",
+        frames,
+        key="key",
+        timestamp="ms",
+        window=timedelta(seconds=10),
+        last=[3, 8],
+        fields=["x"],
+        aggregates=["count", "mean", "max", "p50"],
+        max_delay=timedelta(seconds=4),
+        shards=2,
+    )
     scaled = online_scale("z", up, fields=["x"])
     op.output("out_roll", roll.oks, TestingSink(sinks["roll"]))
     op.output("out_late", roll.late, TestingSink(sinks["late"]))
     op.output("out_windows", windows.oks, TestingSink(sinks["windows"]))
     op.output("out_win", win.oks, TestingSink(sinks["win"]))
     op.output("out_z", scaled.oks, TestingSink(sinks["z"]))
+    op.output("out_frames", on_frames.oks, TestingSink(sinks["frames"]))
+    op.output("out_frames_late", on_frames.late, TestingSink(sinks["frames_late"]))
     return flow
 
 
@@ -70,20 +88,26 @@ def test_abort_and_resume_gives_the_same_results(tmp_path: Path):
                 "id": i,
                 "s": i - (4 if i % 7 == 0 else 0) - (9 if i % 11 == 0 else 0),
                 "x": float(i % 5),
+                "ms": 1000 * (i - (4 if i % 7 == 0 else 0) - (9 if i % 11 == 0 else 0)),
             },
         )
         for i in range(60)
     ]
-    whole = {"roll": [], "late": [], "windows": [], "win": [], "z": []}
+    names = ("roll", "late", "windows", "win", "z", "frames", "frames_late")
+    whole = {name: [] for name in names}
     run_main(_flow(items, whole))
     assert all(whole.values())
 
     init_db_dir(tmp_path, 1)
     cfg = RecoveryConfig(str(tmp_path))
-    crashed = {"roll": [], "late": [], "windows": [], "win": [], "z": []}
+    crashed = {name: [] for name in names}
     aborting = items[:31] + [TestingSource.ABORT()] + items[31:]
     run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
     assert len(crashed["roll"]) < len(whole["roll"])  # the first execution really stopped early
     run_main(_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
+    for frames in (whole["frames"], crashed["frames"]):  # compare the frames' rows
+        frames[:] = [row for frame in frames for row in frame.iter_rows()]
+    assert len(crashed["frames"]) < 2 * len(whole["frames"])  # resumed, not replayed from 0
+    assert whole["frames_late"] and len(whole["frames"][0]) == 5 + 3 * 4  # inputs, features
     for name in whole:
         assert Counter(map(repr, crashed[name])) == Counter(map(repr, whole[name])), name
