@@ -218,3 +218,56 @@ def main(quick: bool = False) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def _interval_frames(items: list) -> list:
+    """The same events as frames of BATCH rows: key, ts (aware Datetime), seq."""
+    import polars as pl
+
+    return [
+        pl.DataFrame(
+            {
+                "user": [k for k, _ in items[i : i + BATCH]],
+                "ts": [e["ts"] for _, e in items[i : i + BATCH]],
+                "seq": [e["seq"] for _, e in items[i : i + BATCH]],
+            }
+        )
+        for i in range(0, len(items), BATCH)
+    ]
+
+
+def _run_interval_frames(lefts: list, rights: list) -> int:
+    flow = Dataflow("bench_interval_frames")
+    left = op.input("left", flow, TestingSource(_interval_frames(lefts), batch_size=1))
+    right = op.input("right", flow, TestingSource(_interval_frames(rights), batch_size=1))
+    out = interval_join(
+        "interval",
+        left,
+        right,
+        key="user",
+        left_ts="ts",
+        lower=timedelta(0),
+        upper=timedelta(seconds=10),
+        lateness=timedelta(seconds=1),
+    )
+    op.output("out", out.oks, CountSink())
+    run_main(flow)
+    return len(lefts) + len(rights)
+
+
+def frames_main(quick: bool = False) -> dict:
+    """interval_join on frames (key= a column) next to the same events as (key, event) rows."""
+    n = 100_000 if quick else 600_000
+    lefts, rights = _interval_data(1000, n)
+    pairs = [0]
+    results = alternate(
+        {
+            "interval_join rows (16 shards)": lambda: _run_interval(
+                lefts, rights, 1000, per_key=False, counter=pairs
+            ),
+            "interval_join frames (16 shards)": lambda: _run_interval_frames(lefts, rights),
+        },
+        rounds=3,
+    )
+    print(format_table("Interval join, rows and frames (input events/s)", results, "events/s"))
+    return {"events": n, "results": [m.as_dict() for m in results]}
