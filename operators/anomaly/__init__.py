@@ -17,34 +17,47 @@ Two operators, both per key and in event time:
   already on the events (a model's score from the inference operator, or the
   output of :func:`score`) or a scorer, which then runs inside the same step.
 
-Speed: results are per key, but state is kept per shard. Each batch is
-grouped by key once, keys are spread over ``shards`` states by a stable hash
-of the key (CRC-32, the same on every worker), and each shard's state runs
-the per-key logic of all its keys, so Bytewax routes one item per shard per
-batch instead of every event by key.
+Frames are the unit: both operators take a stream of ``polars.DataFrame``
+batches with ``key=`` (the key column) and ``timestamp=`` (an event-time
+column); :func:`score` gives back frames with its score columns added,
+:func:`anomaly_windows` one dict per window and per alert (they are few).
+``(key, event)`` rows (``key=None``) go through the same implementation,
+read into columns and written back into dicts.
+
+Speed: results are per key, but state is kept per shard. Keys are spread
+over ``shards`` states by the one key router
+(:func:`~streamml.operators._core.keys.route`, CRC-32 of the key, the same on
+every worker and process); each shard state judges the time of all its keys
+at once and runs the per-key logic of the keys with released rows, so
+Bytewax routes one item per shard per batch instead of every event by key.
 
 Thresholds are a :class:`FixedThreshold` or a per-key adaptive
 :class:`QuantileThreshold` with a warm-up period.
 
-Event time: each key has a watermark, the largest timestamp seen minus
-``lateness``; events are released to the scorer and the windows in timestamp
-order once the watermark passes them, so results do not depend on the arrival
-order within the lateness bound. Events older than the watermark go to the
-``late`` stream. When a key receives nothing, its watermark advances with the
-system clock (as Bytewax's ``EventClock`` does), so a quiet key's window
-closes and the key's state is evicted (a key that comes back later starts
-afresh: new history, new watermark); at the end of input every open window is
-closed with ``closed_by="eof"``.
+Event time is the one model of every streamml operator,
+:class:`~streamml.operators._core.event_time.KeyedEventTime`: each key has a
+watermark, its newest timestamp minus ``lateness``; rows are released to the
+scorer and the windows in timestamp order once the watermark passes them, so
+results do not depend on the arrival order within the lateness bound, on
+``shards``, on workers or on batch boundaries. Rows older than the watermark
+go to the ``late`` stream. While a key is quiet its watermark moves on with
+the wall clock (as Bytewax's ``EventClock`` does; the clock alone never
+makes a row late), so a quiet key's window closes and the key's state is
+evicted (a key that comes back later starts a new history); at the end of
+input every open window is closed with ``closed_by="eof"``.
 
 Every state has an eviction rule next to it: scorer history is bounded by its
 time window (or half-lives) and a point cap, thresholds by their window, an
-open window by ``cooldown``, ``gap`` and ``max_duration``.
+open window by ``cooldown``, ``gap`` and ``max_duration``; a key's event time
+is forgotten after ``ttl`` without rows. Snapshots are versioned records
+(:mod:`streamml.operators._core.state`); stores of the release before them
+are upgraded on resume (:mod:`._legacy`).
 
 Modules: :mod:`~streamml.operators.anomaly.scorers`,
 :mod:`~streamml.operators.anomaly.thresholds`,
 :mod:`~streamml.operators.anomaly.scoring` (:func:`score`),
-:mod:`~streamml.operators.anomaly.windows` (:func:`anomaly_windows`); the
-event-time gate shared by both operators is private.
+:mod:`~streamml.operators.anomaly.windows` (:func:`anomaly_windows`); the shard
+state both operators run on is private (:mod:`._engine`).
 """
 
 from __future__ import annotations

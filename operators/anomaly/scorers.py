@@ -1,7 +1,9 @@
 """Per-key anomaly scorers: rolling z-score, robust z-score (median/MAD), EWMA control chart.
 
 A scorer is a frozen configuration; its private state class scores each point
-against the key's history strictly before it, then learns the point.
+against the key's history strictly before it, then learns the point. A
+state's ``snapshot()`` is a dict of named plain values (the operators put it
+in their versioned snapshot records).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from itertools import repeat
 
-from streamml.operators.anomaly._clock import _MIN, _positive, _us
+from streamml.operators.anomaly._units import _MIN, _positive, _us
 
 __all__ = ["Ewma", "RobustZScore", "Scorer", "ZScore"]
 
@@ -340,13 +342,19 @@ class _RollingState:
         update = self.update
         return [update(t, x) for t, x in zip(ts, xs)]
 
-    def snapshot(self) -> tuple:
-        return (tuple(self.points), tuple(self.s1), tuple(self.s2), self.ref, self.since_exact)
+    def snapshot(self) -> dict:
+        return {
+            "points": list(self.points),
+            "s1": list(self.s1),
+            "s2": list(self.s2),
+            "ref": tuple(self.ref),
+            "since_exact": self.since_exact,
+        }
 
-    def restore(self, snap: tuple) -> None:
-        points, s1, s2, self.ref, self.since_exact = snap
-        self.points = deque(points)
-        self.s1, self.s2 = list(s1), list(s2)
+    def restore(self, snap: dict) -> None:
+        self.points = deque(snap["points"])
+        self.s1, self.s2 = list(snap["s1"]), list(snap["s2"])
+        self.ref, self.since_exact = tuple(snap["ref"]), snap["since_exact"]
 
 
 class _RollingState1(_RollingState):
@@ -456,13 +464,12 @@ class _RobustState:
         # the largest score, and the first field that has it (field 0 when all are 0.0)
         return [(b := max(zz), zz.index(b)) for zz in zip(*cols)]
 
-    def snapshot(self) -> tuple:
-        return (tuple(self.points), tuple(tuple(s) for s in self.sorted))
+    def snapshot(self) -> dict:
+        return {"points": list(self.points), "sorted": [list(s) for s in self.sorted]}
 
-    def restore(self, snap: tuple) -> None:
-        points, srt = snap
-        self.points = deque(points)
-        self.sorted = [list(s) for s in srt]
+    def restore(self, snap: dict) -> None:
+        self.points = deque(snap["points"])
+        self.sorted = [list(s) for s in snap["sorted"]]
 
 
 class _EwmaState:
@@ -512,9 +519,9 @@ class _EwmaState:
         update = self.update
         return [update(t, x) for t, x in zip(ts, xs)]
 
-    def snapshot(self) -> tuple:
-        return (self.n, self.last, tuple(self.mean), tuple(self.var))
+    def snapshot(self) -> dict:
+        return {"n": self.n, "last": self.last, "mean": list(self.mean), "var": list(self.var)}
 
-    def restore(self, snap: tuple) -> None:
-        self.n, self.last, mean, var = snap
-        self.mean, self.var = list(mean), list(var)
+    def restore(self, snap: dict) -> None:
+        self.n, self.last = snap["n"], snap["last"]
+        self.mean, self.var = list(snap["mean"]), list(snap["var"])

@@ -1,180 +1,190 @@
-"""The :func:`score` operator: a per-key anomaly score on every event, in event time."""
+"""The :func:`score` operator: a per-key anomaly score on every row, in event time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
+import polars as pl
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream, StatefulBatchLogic
-from streamml.operators.anomaly._clock import (
-    _MIN,
-    Event,
-    TimestampGetter,
-    _admit,
-    _check_common,
-    _dt,
-    _field_values,
-    _Gate,
-    _Late,
-    _plain_reader,
-    _Reject,
-    _us,
-)
-from streamml.operators.anomaly._shard import per_key_in_shards
-from streamml.operators.anomaly.scorers import Ewma, Scorer, ZScore
+from bytewax.operators import KeyedStream
+from streamml.operators.anomaly import _engine, _legacy
+from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore
 
 from streamml.errors import Rejected
 
 __all__ = ["ScoreOut", "score"]
+
+_KIND = "streamml.anomaly.score"
 
 
 @dataclass(frozen=True)
 class ScoreOut:
     """Streams returned by :func:`score`."""
 
-    oks: KeyedStream[dict[str, Any]]
-    """Each event with ``into`` (the score) and ``into + "_field"`` (the field with the largest deviation)."""
+    oks: Stream[pl.DataFrame] | KeyedStream[dict[str, Any]]
+    """Frames of the released rows with ``into`` (the score) and ``into + "_field"`` (the field
+    with the largest deviation) added; on the ``(key, event)`` path, ``(key, event with both)``."""
     errs: Stream[Rejected]
-    """Events with a missing, non-numeric or non-finite field, or a bad timestamp; items that are not ``(str key, event)`` pairs (``BadItem``)."""
+    """Rows with a bad key, a missing, non-numeric or non-finite field, or a bad timestamp;
+    items that are not frames or ``(str key, event)`` pairs (``BadItem``)."""
     late: Stream[Rejected]
-    """Events older than the key's watermark (``error_type="Late"``)."""
+    """Rows older than the key's watermark (``error_type="Late"``)."""
 
 
-class _ScoreLogic(StatefulBatchLogic):
-    """The scoring state of one key: its gate and scorer.
+class _KeyState:
+    """One key's scorer. Eviction: dropped once its history has expired (see :meth:`_Family.wake`)."""
 
-    A complete keyed logic; :func:`score` runs many of them inside each
-    :class:`._shard._ShardLogic`. Eviction: dropped once nothing is pending
-    and the scorer's history has expired.
-    """
+    __slots__ = ("key", "scorer")
 
-    def __init__(self, cfg: _ScoreConfig, resume: tuple | None) -> None:
-        self.cfg = cfg
-        self.gate = _Gate(cfg.lateness)
-        self.state = cfg.scorer._state()
-        if resume is not None:
-            self.gate.restore(resume[0])
-            self.state.restore(resume[1])
-
-    def _run(self, ready: list[tuple], out: list) -> None:
-        if not ready:
-            return
-        into, into_field, names = self.cfg.into, self.cfg.into_field, self.cfg.scorer.fields
-        stamps, events, xs = zip(*ready)
-        for ev, (s, f) in zip(events, self.state.update_many(stamps, xs)):
-            out.append({**ev, into: s, into_field: names[f]})
-
-    def _discard(self) -> bool:
-        return not self.gate.pending and self.state.expires_at() <= self.gate.wm
-
-    def on_batch(self, values: list) -> tuple[list, bool]:
-        cfg = self.cfg
-        out = _admit(self.gate, values, cfg.timestamp, cfg.extract, cfg.read_all)
-        self._run(self.gate.release(), out)
-        return out, self._discard()
-
-    def on_notify(self) -> tuple[list, bool]:
-        self.gate.idle_watermark()
-        out: list = []
-        self._run(self.gate.release(), out)
-        return out, self._discard()
-
-    def on_eof(self) -> tuple[list, bool]:
-        out: list = []
-        self._run(self.gate.release(everything=True), out)
-        return out, False
-
-    def due_us(self) -> int | None:
-        """System time (µs) at which the idle watermark reaches the next pending event or expiry."""
-        gate = self.gate
-        due = gate.pending[0][0] if gate.pending else self.state.expires_at()
-        return gate.system_us_of(due) if due > _MIN else None
-
-    def notify_at(self) -> datetime | None:
-        due = self.due_us()
-        return _dt(due) if due is not None else None
-
-    def snapshot(self) -> tuple:
-        return (self.gate.snapshot(), self.state.snapshot())
+    def __init__(self, key: Any, scorer: Any) -> None:
+        self.key, self.scorer = key, scorer
 
 
-@dataclass(frozen=True)
-class _ScoreConfig:
-    scorer: Scorer
-    timestamp: TimestampGetter
-    lateness: int
-    into: str
-    into_field: str
-    extract: Callable[[Event], tuple[float, ...]] = field(init=False)
-    read_all: Callable[[list[Event]], list[tuple[float, ...]]] = field(init=False)
+class _Family:
+    """score on the shard engine: each released row scored against its key's history before it."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "extract", _field_values(self.scorer.fields))
-        object.__setattr__(self, "read_all", _plain_reader(self.scorer.fields, rows=True))
+    kind = _KIND
+    streams = 3  # oks, errs, late
+    errs = 1
+    late = 2
+
+    def __init__(self, scorer: Scorer, into: str) -> None:
+        self.scorer, self.into, self.into_field = scorer, into, into + "_field"
+        self.names = pl.Series(self.into_field, scorer.fields, dtype=pl.String)
+        self.name_list = list(scorer.fields)
+        if isinstance(scorer, RobustZScore):
+            self.scorer_kind = "robust"
+        elif isinstance(scorer, ZScore):
+            self.scorer_kind = "rolling"
+        else:
+            self.scorer_kind = "ewma"
+
+    def new_state(self, key: Any) -> _KeyState:
+        return _KeyState(key, self.scorer._state())
+
+    def run(
+        self,
+        states: list[_KeyState],
+        bounds: list[tuple[int, int]],
+        held: Any,
+        order: np.ndarray,
+        marks: list[int],
+        rows: Any,
+        io: Any,
+        out: list[list],
+    ) -> list[int]:
+        ts_all = held.ts[order].tolist()
+        xs_all = _engine.group_values(held, order)
+        scored: list[tuple[float, int]] = []
+        wakes = []
+        for st, (a, b) in zip(states, bounds):
+            scored += st.scorer.update_many(ts_all[a:b], xs_all[a:b])
+            wakes.append(st.scorer.expires_at())
+        got = np.array(scored, dtype=np.float64).reshape(-1, 2)
+        s = np.empty(len(order))
+        f = np.empty(len(order), dtype=np.int64)
+        s[order] = got[:, 0]
+        f[order] = got[:, 1]
+        if isinstance(io, _engine.FrameInput):
+            columns = [pl.Series(self.into, s), self.names.gather(f)]
+            out[0].append(held.frame.with_columns(columns))
+        else:
+            into, into_field, names = self.into, self.into_field, self.name_list
+            out[0].extend(
+                (k, {**ev, into: x, into_field: names[j]})
+                for k, ev, x, j in zip(rows.keys, rows.events, s.tolist(), f.tolist())
+            )
+        return wakes
+
+    def wake(self, st: _KeyState, mark: int, io: Any, out: list[list]) -> tuple[int, bool]:
+        """The key can go once its scorer's history has expired (a returning key starts afresh)."""
+        at = st.scorer.expires_at()
+        return at, at <= mark
+
+    def eof(self, st: _KeyState, io: Any, out: list[list]) -> None:
+        pass
+
+    def record(self, st: _KeyState) -> dict[str, Any]:
+        return {"scorer": st.scorer.snapshot()}
+
+    def restore(self, key: Any, rec: dict[str, Any]) -> _KeyState:
+        st = self.new_state(key)
+        st.scorer.restore(rec["scorer"])
+        return st
+
+    def upgrade_v0(self, snap: tuple) -> tuple[_legacy.GateV0, dict[str, Any]]:
+        return _legacy.per_key_v0(snap, windows=False, scorer=self.scorer_kind)
 
 
-def _rejections(step_id: str) -> Callable[[list[tuple[str | None, Any]]], list[Rejected]]:
-    """A batch function: the rejected and late items of the shards' output, as ``Rejected``."""
-
-    def rejections(batch: list[tuple[str | None, Any]]) -> list[Rejected]:
-        out = []
-        for key, v in batch:
-            t = type(v)
-            if t is _Reject:  # key None: the item was not a (key, event) pair
-                out.append(Rejected(step_id, v[0], v[1], (key, v[2]) if key is not None else v[2]))
-            elif t is _Late:
-                out.append(Rejected(step_id, "Late", v[0], (key, v[1])))
-        return out
-
-    return rejections
-
-
-def _events(batch: list[tuple[str | None, Any]]) -> list[tuple[str, Any]]:
-    """A batch function: the scored events of the shards' output."""
-    return [kv for kv in batch if type(kv[1]) is not _Reject and type(kv[1]) is not _Late]
+def _span(scorer: Scorer) -> timedelta:
+    return scorer.window if isinstance(scorer, ZScore) else scorer.ttl
 
 
 @operator
 def score(
     step_id: str,
-    up: KeyedStream[Event],
+    up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
     *,
     scorer: Scorer,
-    timestamp: TimestampGetter,
+    timestamp: str | Callable[[Mapping[str, Any]], datetime],
+    key: str | None = None,
     lateness: timedelta = timedelta(0),
     into: str = "score",
     shards: int = 8,
+    ttl: timedelta | None = None,
+    max_future: timedelta | None = None,
 ) -> ScoreOut:
-    """Add a per-key anomaly score to every event, in event time.
+    """Add a per-key anomaly score to every row, in event time.
 
-    Use it when you want the scored events themselves (a dashboard, a model
+    Use it when you want the scored rows themselves (a dashboard, a model
     input, an :func:`anomaly_windows` step elsewhere). To go straight to
     windows, pass the scorer to :func:`anomaly_windows` instead: one step
     instead of two, and faster.
 
-    Each event is scored against the key's history strictly before it, so a
-    spike does not dampen its own score. Events are held until the key's
-    watermark (largest timestamp minus ``lateness``) passes them and scored in
-    timestamp order: the result does not depend on arrival order within the
-    lateness bound.
+    Frames are the unit: give ``up`` a stream of ``polars.DataFrame``
+    batches, ``key`` the key column and ``timestamp`` the event-time column
+    (a time-zone-aware ``pl.Datetime``, or integer epoch milliseconds); out
+    come frames of the released rows, in event-time order, with the score
+    columns added. The ``(key, event)`` path, ``key=None``: ``up`` is a
+    keyed stream, ``timestamp`` a function returning an event's
+    time-zone-aware ``datetime``, and each output is ``(key, new dict)``.
+    Both paths run the same implementation.
+
+    Each row is scored against the key's history strictly before it, so a
+    spike does not dampen its own score. Rows are held until the key's
+    watermark (newest time minus ``lateness``;
+    :class:`~streamml.operators._core.event_time.KeyedEventTime`) passes
+    them and scored in timestamp order: the result does not depend on
+    arrival order within ``lateness``, on ``shards``, on workers or on batch
+    boundaries. While a key is quiet its watermark moves on with the wall
+    clock, so its held rows come out without new rows.
 
     Args:
         step_id: Unique id.
-        up: Keyed stream of ``(key, event)``; events are mappings.
+        up: Frames (with ``key``), or a keyed stream of ``(key, event)``.
         scorer: :class:`ZScore`, :class:`RobustZScore` or :class:`Ewma`.
-        timestamp: Function from an event to its timezone-aware datetime.
-        lateness: Allowed out-of-orderness; events older than the watermark go to ``late``.
-        into: Name of the score field added to each event; the driving field's
-            name goes to ``into + "_field"``.
+        timestamp: The event-time column of the frames; for rows, a function
+            from an event to its timezone-aware datetime.
+        key: The key column of the frames; ``None`` for ``(key, event)`` rows.
+        lateness: Allowed out-of-orderness; rows older than the watermark go to ``late``.
+        into: Name of the score column added to each row (``Float64``); the
+            driving field's name goes to ``into + "_field"``.
         shards: Number of state shards. Keys are spread over them by a
             stable hash and each shard's state holds many keys, so the step
             costs one call per shard per batch instead of one per key.
             Results do not depend on it. Use about twice the number of
             workers; on a single worker ``shards=1`` is fastest.
+        ttl: Forget a key's event time after this long without a row,
+            measured against its shard's newest row; at least the scorer's
+            history (``window``, or an ``Ewma``'s ``ttl``) plus
+            ``lateness``, which plus one hour is the default.
+        max_future: Reject rows further than this beyond the wall clock
+            (``FutureTimestamp``); ``None`` (default) accepts any time.
 
     Returns:
         :class:`ScoreOut` with ``oks``, ``errs`` and ``late``.
@@ -182,33 +192,56 @@ def score(
     Examples:
         >>> from datetime import datetime, timedelta, timezone
         >>> import bytewax.operators as op
+        >>> import polars as pl
         >>> from bytewax.dataflow import Dataflow
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
         >>> t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
         >>> temps = [20.0, 21.0, 20.0, 21.0, 35.0, float("nan")]
-        >>> events = [{"t": t0 + timedelta(seconds=i), "temp": x} for i, x in enumerate(temps)]
+        >>> frame = pl.DataFrame({"pump": "pump-1", "t": [t0 + timedelta(seconds=i) for i in range(6)],
+        ...                       "temp": temps})
         >>> flow = Dataflow("score_eg")
-        >>> s = op.key_on("key", op.input("in", flow, TestingSource(events)), lambda e: "pump-1")
-        >>> scored = score("score", s, scorer=ZScore("temp", window=timedelta(minutes=1), min_points=3),
-        ...                timestamp=lambda e: e["t"])
+        >>> frames = op.input("in", flow, TestingSource([frame]))
+        >>> scored = score("score", frames, key="pump", timestamp="t",
+        ...                scorer=ZScore("temp", window=timedelta(minutes=1), min_points=3))
         >>> oks, errs = [], []
         >>> op.output("oks", scored.oks, TestingSink(oks))
         >>> op.output("errs", scored.errs, TestingSink(errs))
         >>> run_main(flow)
+        >>> pl.concat(oks)["score"].round(1).to_list()
+        [0.0, 0.0, 0.0, 1.2, 25.1]
+        >>> errs[0].error_type, errs[0].original["temp"]
+        ('NonFinite', nan)
+
+        The same on ``(key, event)`` rows:
+
+        >>> flow = Dataflow("score_rows_eg")
+        >>> s = op.key_on("key", op.input("in", flow, TestingSource(frame.to_dicts())),
+        ...               lambda e: e["pump"])
+        >>> scored = score("score", s, scorer=ZScore("temp", window=timedelta(minutes=1), min_points=3),
+        ...                timestamp=lambda e: e["t"])
+        >>> oks = []
+        >>> op.output("oks", scored.oks, TestingSink(oks))
+        >>> run_main(flow)
         >>> [round(e["score"], 1) for _, e in oks]
         [0.0, 0.0, 0.0, 1.2, 25.1]
-        >>> errs[0].error_type
-        'NonFinite'
     """
+    _engine.check_key(key, timestamp)
     if not isinstance(scorer, ZScore | Ewma):
         raise ValueError(f"scorer must be a ZScore, RobustZScore or Ewma; got {scorer!r}")
-    _check_common(timestamp, lateness)
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1; got {shards}")
-    cfg = _ScoreConfig(scorer, timestamp, _us(lateness), into, into + "_field")
-    out = per_key_in_shards(up, shards, lambda snap: _ScoreLogic(cfg, snap))
-    # Batch steps: every scored event passes here, and op.branch calls a predicate per item.
-    events = op.flat_map_batch("events", out, _events)
-    problems = op.flat_map_batch("rejections", out, _rejections(step_id))
-    late = op.branch("late_or_error", problems, lambda r: r.error_type == "Late")
-    return ScoreOut(events, late.falses, late.trues)
+    timing = _engine.check_timing(
+        step_id,
+        lateness=lateness,
+        span=_span(scorer),
+        ttl=ttl,
+        max_future=max_future,
+        fields=scorer.fields,
+    )
+    family = _Family(scorer, into)
+    chunks, bad = _engine.shard_states(
+        up, key=key, timestamp=timestamp, timing=timing, shards=shards, family=family
+    )
+    return ScoreOut(
+        oks=op.flat_map_batch("oks", chunks, _engine.pick(0)),
+        errs=op.merge("all_errs", bad, op.flat_map_batch("errs", chunks, _engine.pick(1))),
+        late=op.flat_map_batch("late", chunks, _engine.pick(2)),
+    )

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
-from streamml.operators.anomaly._clock import _MIN, _positive, _us
+from streamml.operators.anomaly._units import _MIN, _positive, _us
 
 __all__ = ["FixedThreshold", "QuantileThreshold", "Threshold"]
 
@@ -133,9 +133,9 @@ class _QuantileLevels:
         bisect.insort(srt, s)
         return out
 
-    def snapshot(self) -> tuple:
-        return (self.first, tuple(self.points), tuple(self.sorted))
+    def snapshot(self) -> dict:
+        return {"first": self.first, "points": list(self.points), "sorted": list(self.sorted)}
 
-    def restore(self, snap: tuple) -> None:
-        self.first, points, srt = snap
-        self.points, self.sorted = deque(points), list(srt)
+    def restore(self, snap: dict) -> None:
+        self.first = snap["first"]
+        self.points, self.sorted = deque(snap["points"]), list(snap["sorted"])

@@ -2,39 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from operator import itemgetter
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
+import polars as pl
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream, StatefulBatchLogic
-from streamml.operators.anomaly._clock import (
-    _MIN,
-    Event,
-    TimestampGetter,
-    _admit,
-    _check_common,
-    _dt,
-    _field_values,
-    _Gate,
-    _NonFiniteError,
-    _plain_reader,
-    _positive,
-    _Reject,
-    _us,
-)
-from streamml.operators.anomaly._shard import per_key_in_shards
-from streamml.operators.anomaly.scorers import Ewma, Scorer, ZScore
+from bytewax.operators import KeyedStream
+from streamml.operators._time import from_micros
+from streamml.operators.anomaly import _engine, _legacy
+from streamml.operators.anomaly._units import _MIN, _positive, _us
+from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold, Threshold
 
 from streamml.errors import Rejected
 
 __all__ = ["AnomalyWindowsOut", "anomaly_windows"]
 
-_score = itemgetter(2)  # the score of a released (timestamp, event, score) point
+_KIND = "streamml.anomaly.windows"
+
+
+def _no_point(i: int) -> tuple[Any, Any]:
+    raise LookupError("no run of points is being pushed")
 
 
 class _Opened(tuple):
@@ -85,10 +77,13 @@ class _Windows:
         "tail_total",
         "tail_start",
         "cand",
+        "point",
     )
 
     def __init__(self, rules: _WindowRules) -> None:
         self.rules = rules
+        # (ts index in the current run) -> (event, driving field): read only for points kept
+        self.point: Callable[[int], tuple[Any, Any]] = _no_point
         self.last = _MIN  # timestamp of the key's last point
         self.open = False
         self.cand: list[tuple] = []  # points above open_above not yet opening a window
@@ -163,9 +158,8 @@ class _Windows:
             self.cand = []
         self.last = ts
 
-    def push(
-        self, ts: int, s: float, lv: tuple[float, float] | None, ev: Event, fld: Any, out: list
-    ) -> None:
+    def push(self, ts: int, s: float, lv: tuple[float, float] | None, i: int, out: list) -> None:
+        """Take point ``i`` of the current run (its event and field from :attr:`point` if kept)."""
         r = self.rules
         if self.open:
             if ts >= self.deadline():
@@ -174,7 +168,7 @@ class _Windows:
                 self._close("max_duration", out)
                 if lv is not None and s >= lv[1]:
                     self.last = ts
-                    self._open([(ts, s, ev, fld)], out)
+                    self._open([(ts, s, *self.point(i))], out)
                     return
             else:
                 self.last = ts
@@ -184,7 +178,8 @@ class _Windows:
                     self.tail_n, self.tail_total = 0, 0.0
                     self.end = ts
                     if s > self.peak:
-                        self.peak, self.peak_ts, self.peak_ev, self.peak_field = s, ts, ev, fld
+                        self.peak, self.peak_ts = s, ts
+                        self.peak_ev, self.peak_field = self.point(i)
                 else:
                     if not self.tail_n:
                         self.tail_start = ts
@@ -195,7 +190,7 @@ class _Windows:
             cand = self.cand
             if cand and ts - self.last >= r.gap:
                 cand.clear()
-            cand.append((ts, s, ev, fld))
+            cand.append((ts, s, *self.point(i)))
             if len(cand) >= r.min_points and ts - cand[0][0] >= r.min_duration:
                 self.cand = []
                 self._open(cand, out)
@@ -203,13 +198,16 @@ class _Windows:
             self.cand = []
         self.last = ts
 
-    def snapshot(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__[1:-1]) + (tuple(self.cand),)
+    def snapshot(self) -> dict[str, Any]:
+        """The window state by name (plain values; the events as they came)."""
+        out = {name: getattr(self, name) for name in self.__slots__[1:-2]}
+        out["cand"] = list(self.cand)
+        return out
 
-    def restore(self, snap: tuple) -> None:
-        for name, value in zip(self.__slots__[1:-1], snap[:-1], strict=True):
-            setattr(self, name, value)
-        self.cand = list(snap[-1])
+    def restore(self, snap: dict[str, Any]) -> None:
+        for name in self.__slots__[1:-2]:
+            setattr(self, name, snap[name])
+        self.cand = [tuple(c) for c in snap["cand"]]
 
 
 @dataclass(frozen=True)
@@ -220,200 +218,221 @@ class AnomalyWindowsOut:
     ``start``, ``end`` (first and last point at or above ``close_below``),
     ``points``, ``peak_score``, ``peak_time``, ``mean_score``, ``field`` (the
     field that drove the peak score, or None), ``peak_event`` (the event, i.e.
-    the features, at the peak) and ``closed_by`` (``"cooldown"``, ``"gap"``,
-    ``"max_duration"`` or ``"eof"``). An alert (on ``opened``) is a dict:
-    ``window_id``, ``key``, ``start``, ``opened_at`` (the time of the point that
-    opened it), ``score`` and ``field``; it carries the same ``window_id`` as
-    the record on close.
+    the features, at the peak; for frames, the row as a dict) and
+    ``closed_by`` (``"cooldown"``, ``"gap"``, ``"max_duration"`` or
+    ``"eof"``). An alert (on ``opened``) is a dict: ``window_id``, ``key``,
+    ``start``, ``opened_at`` (the time of the point that opened it),
+    ``score`` and ``field``; it carries the same ``window_id`` as the record
+    on close.
+
+    Records stay dicts on the frame path too: there are few of them (one
+    per episode, not per event), each holds an event, and whoever reads them
+    (a person, an alerting sink) wants them one by one. On the frame path
+    each item is the record; on the ``(key, event)`` path it is ``(key,
+    record)``. :func:`streamml.frames.to_frames` turns records into frames.
     """
 
-    windows: KeyedStream[dict[str, Any]]
-    opened: KeyedStream[dict[str, Any]]
+    windows: Stream[dict[str, Any]] | KeyedStream[dict[str, Any]]
+    opened: Stream[dict[str, Any]] | KeyedStream[dict[str, Any]]
     errs: Stream[Rejected]
     late: Stream[Rejected]
 
 
-@dataclass(frozen=True)
-class _WindowsConfig:
-    rules: _WindowRules
-    threshold: Threshold
-    scorer: Scorer | None
-    timestamp: TimestampGetter
-    lateness: int
-    extract: Callable[[Event], Any]
-    driver: str
-    read_all: Callable[[list[Event]], list[Any]] | None = None  # ``extract`` for a plain batch
+class _KeyState:
+    """One key's threshold levels, scorer and windows. Eviction: see :meth:`_Family.wake`."""
+
+    __slots__ = ("key", "levels", "scorer", "windows")
+
+    def __init__(self, key: Any, levels: Any, scorer: Any, windows: _Windows) -> None:
+        self.key, self.levels, self.scorer, self.windows = key, levels, scorer, windows
 
 
-class _WindowsLogic(StatefulBatchLogic):
-    """The windows state of one key: its gate, threshold levels, scorer and windows.
+def _window_id(key: Any, start: int) -> str:
+    return f"{key}@{from_micros(start).isoformat()}"
 
-    It is a complete keyed logic (what a keyed ``stateful_batch`` would run);
-    the operator runs many of them inside each :class:`._shard._ShardLogic`.
-    Eviction: dropped once nothing is pending, no window or candidate run is
-    open and the scorer's and levels' history has expired (see ``_settle``).
-    """
 
-    def __init__(self, cfg: _WindowsConfig, resume: tuple | None) -> None:
-        self.cfg = cfg
-        self.gate = _Gate(cfg.lateness)
-        self.levels = cfg.threshold._state()
-        th = cfg.threshold
+class _Family:
+    """anomaly_windows on the shard engine: per key, score (or read the score), threshold, windows."""
+
+    kind = _KIND
+    streams = 4  # windows, opened, errs, late
+    errs = 2
+    late = 3
+
+    def __init__(
+        self, rules: _WindowRules, threshold: Threshold, scorer: Scorer | None, driver: str
+    ) -> None:
+        self.rules, self.threshold, self.scorer, self.driver = rules, threshold, scorer, driver
+        th = threshold
         self.fixed = (th.open_above, th.close_below) if isinstance(th, FixedThreshold) else None
-        self.scorer = cfg.scorer._state() if cfg.scorer is not None else None
-        self.windows = _Windows(cfg.rules)
-        self.wake = _MIN  # event time of the next deadline (see _settle)
-        if resume is not None:
-            gate, levels, scorer, windows = resume
-            self.gate.restore(gate)
-            self.levels.restore(levels)
-            if self.scorer is not None:
-                self.scorer.restore(scorer)
-            self.windows.restore(windows)
-            self._settle()
+        self.names = scorer.fields if scorer is not None else ()
+        if scorer is None:
+            self.scorer_kind = None
+        elif isinstance(scorer, RobustZScore):
+            self.scorer_kind = "robust"
+        elif isinstance(scorer, ZScore):
+            self.scorer_kind = "rolling"
+        else:
+            self.scorer_kind = "ewma"
 
-    def _run(self, ready: list[tuple], out: list) -> None:
-        windows, scorer, fixed = self.windows, self.scorer, self.fixed
-        if ready:
+    def new_state(self, key: Any) -> _KeyState:
+        scorer = self.scorer._state() if self.scorer is not None else None
+        return _KeyState(key, self.threshold._state(), scorer, _Windows(self.rules))
+
+    def _emit(self, key: Any, emitted: list, io: Any, out: list[list]) -> None:
+        for v in emitted:
+            if type(v) is _Closed:
+                start, end, n, peak, peak_ts, mean, fld, peak_ev, reason = v
+                rec = {
+                    "window_id": _window_id(key, start),
+                    "key": key,
+                    "start": from_micros(start),
+                    "end": from_micros(end),
+                    "points": n,
+                    "peak_score": peak,
+                    "peak_time": from_micros(peak_ts),
+                    "mean_score": mean,
+                    "field": fld,
+                    "peak_event": peak_ev,
+                    "closed_by": reason,
+                }
+                out[0].append(io.key_out(key, rec))
+            else:
+                start, at, s, fld = v
+                alert = {
+                    "window_id": _window_id(key, start),
+                    "key": key,
+                    "start": from_micros(start),
+                    "opened_at": from_micros(at),
+                    "score": s,
+                    "field": fld,
+                }
+                out[1].append(io.key_out(key, alert))
+
+    def run(
+        self,
+        states: list[_KeyState],
+        bounds: list[tuple[int, int]],
+        held: Any,
+        order: np.ndarray,
+        marks: list[int],
+        rows: Any,
+        io: Any,
+        out: list[list],
+    ) -> list[int]:
+        fixed, scorer, driver, names = self.fixed, self.scorer, self.driver, self.names
+        ts_all = held.ts[order].tolist()
+        rank = order.tolist()  # grouped position -> released row
+        event = rows.event
+        if scorer is not None:
+            xs_all = _engine.group_values(held, order)
+        else:
+            s_all = held.data[order, 0].tolist()
+        wakes = []
+        for st, (a, b), mark in zip(states, bounds, marks):
+            w = st.windows
+            ts = ts_all[a:b]
+            emitted: list = []
             if scorer is not None:
-                stamps, events, xs = zip(*ready)
-                scored = scorer.update_many(stamps, xs)
+                scored = st.scorer.update_many(ts, xs_all[a:b])
                 top = max(scored)[0]
             else:
-                top = max(map(_score, ready))
-            if fixed is not None and top <= fixed[0] and not windows.open:
-                windows.quiet(ready[-1][0])
-            elif scorer is not None:
-                push, levels, names = windows.push, self.levels.levels, self.cfg.scorer.fields
-                for ts, ev, (s, f) in zip(stamps, events, scored):
-                    push(ts, s, fixed or levels(ts, s), ev, names[f], out)
+                scores = s_all[a:b]
+                top = max(scores)
+            if fixed is not None and top <= fixed[0] and not w.open:
+                w.quiet(ts[-1])
             else:
-                push, levels, driver = windows.push, self.levels.levels, self.cfg.driver
-                for ts, ev, s in ready:
-                    push(ts, s, fixed or levels(ts, s), ev, ev.get(driver), out)
-        windows.close_by(self.gate.wm, out)
+                push, levels = w.push, st.levels.levels
+                if scorer is not None:
 
-    def _expiry(self) -> int:
-        due = max(self.windows.deadline(), self.levels.expires_at())
-        if self.scorer is not None:
-            due = max(due, self.scorer.expires_at())
+                    def point(i: int, a: int = a, scored: list = scored) -> tuple[Any, Any]:
+                        return event(rank[a + i]), names[scored[i][1]]
+
+                    w.point = point
+                    for i, (t, (s, _)) in enumerate(zip(ts, scored)):
+                        push(t, s, fixed or levels(t, s), i, emitted)
+                else:
+
+                    def point(i: int, a: int = a) -> tuple[Any, Any]:
+                        ev = event(rank[a + i])
+                        return ev, ev.get(driver) if isinstance(ev, Mapping) else None
+
+                    w.point = point
+                    for i, (t, s) in enumerate(zip(ts, scores)):
+                        push(t, s, fixed or levels(t, s), i, emitted)
+                w.point = _no_point
+            w.close_by(mark, emitted)
+            if emitted:
+                self._emit(st.key, emitted, io, out)
+            wakes.append(self._wake_at(st))
+        return wakes
+
+    def _wake_at(self, st: _KeyState) -> int:
+        """The event time to look at the key again: its window's end, or its state's expiry."""
+        w = st.windows
+        if w.open:
+            return w.deadline()
+        due = max(w.deadline(), st.levels.expires_at())
+        if st.scorer is not None:
+            due = max(due, st.scorer.expires_at())
         return due
 
-    def _settle(self) -> bool:
-        """Note the event time to wake at; True when the key's state can be dropped."""
-        gate, windows = self.gate, self.windows
-        if windows.open:
-            due = windows.deadline()
-            if gate.pending and gate.pending[0][0] < due:
-                due = gate.pending[0][0]
-        elif gate.pending:
-            due = gate.pending[0][0]
-        else:
-            due = self._expiry()
-            self.wake = due
-            return due <= gate.wm
-        self.wake = due
-        return False
+    def wake(self, st: _KeyState, mark: int, io: Any, out: list[list]) -> tuple[int, bool]:
+        """Close what ``mark`` passed; the key can go once no window or run is open and its
+        scorer's and levels' history has expired (a returning key starts afresh)."""
+        w = st.windows
+        emitted: list = []
+        w.close_by(mark, emitted)
+        if emitted:
+            self._emit(st.key, emitted, io, out)
+        at = self._wake_at(st)
+        return at, not w.open and not w.cand and at <= mark
 
-    def on_batch(self, values: list) -> tuple[list, bool]:
-        cfg = self.cfg
-        out = _admit(self.gate, values, cfg.timestamp, cfg.extract, cfg.read_all)
-        self._run(self.gate.release(), out)
-        return out, self._settle()
+    def eof(self, st: _KeyState, io: Any, out: list[list]) -> None:
+        if st.windows.open:
+            emitted: list = []
+            st.windows._close("eof", emitted)
+            self._emit(st.key, emitted, io, out)
 
-    def on_notify(self) -> tuple[list, bool]:
-        self.gate.idle_watermark()
-        out: list = []
-        self._run(self.gate.release(), out)
-        return out, self._settle()
+    def record(self, st: _KeyState) -> dict[str, Any]:
+        return {
+            "scorer": None if st.scorer is None else st.scorer.snapshot(),
+            "levels": st.levels.snapshot(),
+            "windows": st.windows.snapshot(),
+        }
 
-    def on_eof(self) -> tuple[list, bool]:
-        out: list = []
-        self._run(self.gate.release(everything=True), out)
-        if self.windows.open:
-            self.windows._close("eof", out)
-        self._settle()
-        return out, False
+    def restore(self, key: Any, rec: dict[str, Any]) -> _KeyState:
+        st = self.new_state(key)
+        if st.scorer is not None:
+            st.scorer.restore(rec["scorer"])
+        st.levels.restore(rec["levels"])
+        st.windows.restore(rec["windows"])
+        return st
 
-    def due_us(self) -> int | None:
-        """System time (µs) at which the idle watermark reaches the next deadline, or None."""
-        return self.gate.system_us_of(self.wake) if self.wake > _MIN else None
-
-    def notify_at(self) -> datetime | None:
-        due = self.due_us()
-        return _dt(due) if due is not None else None
-
-    def snapshot(self) -> tuple:
-        return (
-            self.gate.snapshot(),
-            self.levels.snapshot(),
-            self.scorer.snapshot() if self.scorer is not None else None,
-            self.windows.snapshot(),
-        )
+    def upgrade_v0(self, snap: tuple) -> tuple[_legacy.GateV0, dict[str, Any]]:
+        return _legacy.per_key_v0(snap, windows=True, scorer=self.scorer_kind)
 
 
-def _window_id(key: str, start: int) -> str:
-    return f"{key}@{_dt(start).isoformat()}"
-
-
-def _records(step_id: str) -> Callable[[tuple[str, Any]], list]:
-    def to_record(kv: tuple[str, Any]) -> list:
-        key, v = kv
-        t = type(v)
-        if t is _Closed:
-            start, end, n, peak, peak_ts, mean, fld, peak_ev, reason = v
-            rec = {
-                "window_id": _window_id(key, start),
-                "key": key,
-                "start": _dt(start),
-                "end": _dt(end),
-                "points": n,
-                "peak_score": peak,
-                "peak_time": _dt(peak_ts),
-                "mean_score": mean,
-                "field": fld,
-                "peak_event": peak_ev,
-                "closed_by": reason,
-            }
-            return [("closed", (key, rec))]
-        if t is _Opened:
-            start, at, s, fld = v
-            alert = {
-                "window_id": _window_id(key, start),
-                "key": key,
-                "start": _dt(start),
-                "opened_at": _dt(at),
-                "score": s,
-                "field": fld,
-            }
-            return [("opened", (key, alert))]
-        if t is _Reject:  # key None: the item was not a (key, event) pair
-            original = (key, v[2]) if key is not None else v[2]
-            return [("errs", Rejected(step_id, v[0], v[1], original))]
-        return [("late", Rejected(step_id, "Late", v[0], (key, v[1])))]
-
-    return to_record
-
-
-def _score_field(name: str) -> Callable[[Event], float]:
-    def extract(ev: Event) -> float:
-        s = ev[name]
-        if type(s) is not float:
-            s = float(s)
-        if s - s != 0.0:
-            raise _NonFiniteError(s)
-        return s
-
-    return extract
+def _span(scorer: Scorer | None, threshold: Threshold, gap: timedelta) -> timedelta:
+    """The longest history a key's state keeps (its scorer's, its levels', a run's gap)."""
+    span = gap
+    if isinstance(scorer, ZScore):
+        span = max(span, scorer.window)
+    elif isinstance(scorer, Ewma):
+        span = max(span, scorer.ttl)
+    if isinstance(threshold, QuantileThreshold):
+        span = max(span, threshold.window)
+    return span
 
 
 @operator
 def anomaly_windows(
     step_id: str,
-    up: KeyedStream[Event],
+    up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
     *,
-    timestamp: TimestampGetter,
+    timestamp: str | Callable[[Mapping[str, Any]], datetime],
     threshold: Threshold,
+    key: str | None = None,
     score: str | Scorer = "score",
     min_points: int = 1,
     min_duration: timedelta = timedelta(0),
@@ -423,12 +442,22 @@ def anomaly_windows(
     lateness: timedelta = timedelta(0),
     alerts: bool = False,
     shards: int = 8,
+    ttl: timedelta | None = None,
+    max_future: timedelta | None = None,
 ) -> AnomalyWindowsOut:
     """Group each key's anomalous points into windows with a start, an end and a peak.
 
     Use it to turn a stream of per-point anomaly scores into what a person
     can act on: one record per episode ("pump 17, 10:02:13 to 10:04:50, peak
     9.3 on vibration"), and optionally an alert the moment an episode starts.
+
+    Frames are the unit: give ``up`` a stream of ``polars.DataFrame``
+    batches, ``key`` the key column and ``timestamp`` the event-time column
+    (a time-zone-aware ``pl.Datetime``, or integer epoch milliseconds). The
+    ``(key, event)`` path, ``key=None``: ``up`` is a keyed stream and
+    ``timestamp`` a function returning an event's time-zone-aware
+    ``datetime``. Both paths run the same implementation; window records
+    are dicts on both (see :class:`AnomalyWindowsOut`).
 
     Rules, per key, in event time (points taken in timestamp order):
 
@@ -439,16 +468,27 @@ def anomaly_windows(
       at the last such point;
     - it closes when its points have stayed below ``close_below`` for
       ``cooldown`` (counted from the first point below), when the key has no
-      point at all for ``gap``, or when the watermark passes either of those
-      deadlines; windows of a key never overlap;
+      point at all for ``gap``, or when the key's watermark passes either of
+      those deadlines; windows of a key never overlap;
     - a window reaching ``max_duration`` is closed and, if the point that
       reached it is still anomalous, a new window continues from it.
 
+    Event time is :class:`~streamml.operators._core.event_time.KeyedEventTime`:
+    a key's watermark is its newest time minus ``lateness``; rows wait until
+    it passes them and are taken in timestamp order, so the result does not
+    depend on arrival order within ``lateness``, on ``shards``, on workers
+    or on batch boundaries. Rows behind the watermark go to ``late``. While
+    a key is quiet its watermark moves on with the wall clock, so its open
+    window closes without new rows (the clock alone never makes a row
+    late). At end of input every open window closes with ``closed_by="eof"``.
+
     Args:
         step_id: Unique id.
-        up: Keyed stream of ``(key, event)``.
-        timestamp: Function from an event to its timezone-aware datetime.
+        up: Frames (with ``key``), or a keyed stream of ``(key, event)``.
+        timestamp: The event-time column of the frames; for rows, a function
+            from an event to its timezone-aware datetime.
         threshold: :class:`FixedThreshold` or :class:`QuantileThreshold`.
+        key: The key column of the frames; ``None`` for ``(key, event)`` rows.
         score: Name of a numeric score field already on the events (for
             example a model's score), or a scorer (:class:`ZScore`,
             :class:`RobustZScore`, :class:`Ewma`) run inside this step.
@@ -459,51 +499,81 @@ def anomaly_windows(
         cooldown: Time points must stay below ``close_below`` to close a window.
         gap: Time without any point that closes a window.
         max_duration: Longest window; longer episodes are split.
-        lateness: Allowed out-of-orderness; events older than the key's
+        lateness: Allowed out-of-orderness; rows older than the key's
             watermark go to ``late``. Points wait up to this long before they
             are scored, so alerts come ``lateness`` after the event.
         alerts: Emit an "opened" alert on ``opened`` as soon as a window opens.
         shards: Number of state shards. Keys are spread over them by a
-            stable hash and each shard's state (one per shard, on one
-            worker) holds many keys, so the step costs one call per shard
-            per batch instead of one per key. Results do not depend on it.
-            Use about twice the number of workers; on a single worker
-            ``shards=1`` is fastest (one large batch instead of several
-            smaller ones).
+            stable hash (:func:`~streamml.operators._core.keys.route`) and
+            each shard's state holds many keys, so the step costs one call
+            per shard per batch instead of one per key. Results do not
+            depend on it. Use about twice the number of workers; on a single
+            worker ``shards=1`` is fastest.
+        ttl: Forget a key's event time after this long without a row,
+            measured against its shard's newest row (see
+            :class:`~streamml.operators._core.event_time.KeyedEventTime`);
+            at least the longest history kept (scorer window or TTL,
+            quantile window, ``gap``) plus ``lateness``, which plus one
+            hour is the default.
+        max_future: Reject rows further than this beyond the wall clock
+            (``FutureTimestamp``); ``None`` (default) accepts any time.
 
     Returns:
-        :class:`AnomalyWindowsOut` with ``windows``, ``opened``, ``errs``, ``late``.
-        Events with a missing, non-numeric or non-finite score or a bad
-        timestamp go to ``errs`` with their ``(key, event)``; items that are
-        not ``(str key, event)`` pairs go there too (``BadItem``, with the item).
+        :class:`AnomalyWindowsOut` with ``windows``, ``opened``, ``errs``,
+        ``late``. Bad rows never stop the flow nor take the rest of their
+        frame with them: a bad key (``BadKey``), a missing, non-numeric or
+        non-finite score field (``MissingField``, ``NotANumber``,
+        ``NonFinite``), a bad timestamp (``BadTimestamp``), and an item that
+        is not a frame or not a ``(str key, event)`` pair (``BadItem``) go to
+        ``errs``, each with its row (a frame's row as a dict; for rows, the
+        ``(key, event)`` pair).
 
     Examples:
+        Frames, a score column already computed (a model's, for example):
+
         >>> from datetime import datetime, timedelta, timezone
         >>> import bytewax.operators as op
+        >>> import polars as pl
         >>> from bytewax.dataflow import Dataflow
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
         >>> t0 = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
         >>> scores = [0.1, 5.0, 6.0, 2.5, 9.3, 0.2, 0.1, 0.3, 0.1]
-        >>> events = [{"t": t0 + timedelta(seconds=10 * i), "score": s, "score_field": "vibration"}
-        ...           for i, s in enumerate(scores)]
+        >>> frame = pl.DataFrame({
+        ...     "pump": ["pump-17"] * len(scores),
+        ...     "t": [t0 + timedelta(seconds=10 * i) for i in range(len(scores))],
+        ...     "score": scores,
+        ...     "score_field": ["vibration"] * len(scores),
+        ... })
         >>> flow = Dataflow("windows_eg")
-        >>> s = op.key_on("key", op.input("in", flow, TestingSource(events)), lambda e: "pump-17")
-        >>> found = anomaly_windows("anomalies", s, timestamp=lambda e: e["t"],
+        >>> frames = op.input("in", flow, TestingSource([frame]))
+        >>> found = anomaly_windows("anomalies", frames, key="pump", timestamp="t",
         ...                         threshold=FixedThreshold(4.0, close_below=2.0),
         ...                         min_points=2, cooldown=timedelta(seconds=30), alerts=True)
         >>> windows, opened = [], []
         >>> op.output("windows", found.windows, TestingSink(windows))
         >>> op.output("opened", found.opened, TestingSink(opened))
         >>> run_main(flow)
-        >>> [(a["window_id"], a["opened_at"].time()) for _, a in opened]
+        >>> [(a["window_id"], a["opened_at"].time()) for a in opened]
         [('pump-17@2026-01-01T10:00:10+00:00', datetime.time(10, 0, 20))]
-        >>> w = windows[0][1]
+        >>> w = windows[0]
         >>> w["start"].time(), w["end"].time(), w["points"], w["peak_score"], w["field"], w["closed_by"]
         (datetime.time(10, 0, 10), datetime.time(10, 0, 40), 4, 9.3, 'vibration', 'cooldown')
+
+        The same on ``(key, event)`` rows:
+
+        >>> events = frame.to_dicts()
+        >>> flow = Dataflow("windows_rows_eg")
+        >>> s = op.key_on("key", op.input("in", flow, TestingSource(events)), lambda e: e["pump"])
+        >>> found = anomaly_windows("anomalies", s, timestamp=lambda e: e["t"],
+        ...                         threshold=FixedThreshold(4.0, close_below=2.0),
+        ...                         min_points=2, cooldown=timedelta(seconds=30))
+        >>> windows = []
+        >>> op.output("windows", found.windows, TestingSink(windows))
+        >>> run_main(flow)
+        >>> [(k, w["points"], w["peak_score"], w["closed_by"]) for k, w in windows]
+        [('pump-17', 4, 9.3, 'cooldown')]
     """
-    _check_common(timestamp, lateness)
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1; got {shards}")
+    _engine.check_key(key, timestamp)
     if not isinstance(threshold, FixedThreshold | QuantileThreshold):
         raise ValueError(
             f"threshold must be a FixedThreshold or QuantileThreshold; got {threshold!r}"
@@ -519,29 +589,31 @@ def anomaly_windows(
             f"min_duration must be shorter than max_duration; got {min_duration!r} >= {max_duration!r}"
         )
     if isinstance(score, str):
-        scorer, extract, driver = None, _score_field(score), score + "_field"
-        read_all = _plain_reader((score,), rows=False)
+        scorer, fields, driver = None, (score,), score + "_field"
     elif isinstance(score, ZScore | Ewma):
-        scorer, extract, driver = score, _field_values(score.fields), ""
-        read_all = _plain_reader(score.fields, rows=True)
+        scorer, fields, driver = score, score.fields, ""
     else:
         raise ValueError(
             f"score must be a field name or a scorer (ZScore, RobustZScore, Ewma); got {score!r}"
         )
+    timing = _engine.check_timing(
+        step_id,
+        lateness=lateness,
+        span=_span(scorer, threshold, gap),
+        ttl=ttl,
+        max_future=max_future,
+        fields=fields,
+    )
     rules = _WindowRules(
         min_points, _us(min_duration), _us(cooldown), _us(gap), _us(max_duration), alerts
     )
-    cfg = _WindowsConfig(
-        rules, threshold, scorer, timestamp, _us(lateness), extract, driver, read_all
+    family = _Family(rules, threshold, scorer, driver)
+    chunks, bad = _engine.shard_states(
+        up, key=key, timestamp=timestamp, timing=timing, shards=shards, family=family
     )
-    out = per_key_in_shards(up, shards, lambda snap: _WindowsLogic(cfg, snap))
-    routed = op.flat_map("records", out, _records(step_id))
-    closed = op.branch("split_closed", routed, lambda t: t[0] == "closed")
-    opened = op.branch("split_opened", closed.falses, lambda t: t[0] == "opened")
-    errs = op.branch("split_errs", opened.falses, lambda t: t[0] == "errs")
     return AnomalyWindowsOut(
-        windows=op.map("windows_out", closed.trues, itemgetter(1)),
-        opened=op.map("opened_out", opened.trues, itemgetter(1)),
-        errs=op.map("errs_out", errs.trues, itemgetter(1)),
-        late=op.map("late_out", errs.falses, itemgetter(1)),
+        windows=op.flat_map_batch("windows", chunks, _engine.pick(0)),
+        opened=op.flat_map_batch("opened", chunks, _engine.pick(1)),
+        errs=op.merge("all_errs", bad, op.flat_map_batch("errs", chunks, _engine.pick(2))),
+        late=op.flat_map_batch("late", chunks, _engine.pick(3)),
     )

@@ -23,7 +23,7 @@ from streamml.operators.anomaly import (
     QuantileThreshold,
     RobustZScore,
     ZScore,
-    _clock,
+    _engine,
     anomaly_windows,
     score,
 )
@@ -291,8 +291,8 @@ def test_bad_input_is_routed_not_raised():
         "NonFinite",
         "NonFinite",
         "MissingField",
-        "ValueError",
-        "TypeError",
+        "NotANumber",
+        "BadTimestamp",
     ]
     assert all(r.step_id == "t.aw" and r.original[0] == "p" for r in out.errs)
     assert [(r.error_type, r.original) for r in out.late] == [("Late", ("p", ev(10, 9.0)))]
@@ -331,38 +331,49 @@ def test_build_time_validation():
 # ---------------------------------------------------------------- state
 
 
-def _logic(**kw: Any) -> windows_mod._WindowsLogic:
+def _shard(now: list[float], **kw: Any) -> _engine.Shard:
+    """One shard state of anomaly_windows over (key, event) rows, on the clock ``now[0]``."""
+    scorer = kw.get("scorer")
     rules = windows_mod._WindowRules(
         kw.get("min_points", 1), 0, 30_000_000, kw.get("gap", 60_000_000), 10**12, True
     )
-    cfg = windows_mod._WindowsConfig(
-        rules,
-        FixedThreshold(4.0, 2.0),
-        kw.get("scorer"),
-        lambda e: e["t"],
-        kw.get("lateness", 0),
-        windows_mod._score_field("s") if kw.get("scorer") is None else (lambda e: (float(e["s"]),)),
-        "s_field",
+    family = windows_mod._Family(rules, FixedThreshold(4.0, 2.0), scorer, "s_field")
+    timing = _engine.check_timing(
+        "t",
+        lateness=timedelta(microseconds=kw.get("lateness", 0)),
+        span=timedelta(hours=1),
+        ttl=None,
+        max_future=None,
+        fields=("s",),
     )
-    return windows_mod._WindowsLogic(cfg, kw.get("resume"))
+    io = _engine.RowInput(timing, lambda e: e["t"])
+    return _engine.Shard(family, timing, io, kw.get("resume"), clock=lambda: now[0])
 
 
-def test_quiet_key_closes_its_window_and_is_evicted(monkeypatch):
-    now = [10**15]
-    monkeypatch.setattr(_clock, "_now_us", lambda: now[0])
-    logic = _logic()
-    out, discard = logic.on_batch([ev(0, 5), ev(1, 6), ev(2, 0)])
-    assert out == [windows_mod._Opened((logic.windows.start, logic.windows.start, 5.0, None))]
-    assert not discard
-    due = logic.notify_at()
-    assert due == _clock._dt(now[0] + 30_000_000)  # 30 s of cooldown after the point below
-    now[0] += 30_000_000
-    out, discard = logic.on_notify()
-    assert [type(o) for o in out] == [windows_mod._Closed] and out[0][-1] == "cooldown"
-    assert not discard  # the key may still continue a run; evicted after `gap` of quiet
-    now[0] += 31_000_000
-    out, discard = logic.on_notify()
-    assert out == [] and discard
+def _batch(shard: _engine.Shard, events: list[dict], key: str = "p") -> list:
+    return shard.on_batch([[(key, e) for e in events]])[0][0]
+
+
+def _joined(*outs: list[list]) -> list[list]:
+    """The shard's output lists of several calls, stream by stream."""
+    return [sum(lists, []) for lists in zip(*outs)]
+
+
+def test_quiet_key_closes_its_window_and_is_evicted():
+    now = [1e9]
+    shard = _shard(now)
+    windows, opened, errs, late = _batch(shard, [ev(0, 5), ev(1, 6), ev(2, 0)])
+    assert [a["start"] for _, a in opened] == [T0] and windows == errs == late == []
+    due = shard.notify_at()
+    assert due.timestamp() == now[0] + 30  # 30 s of cooldown after the point below
+    now[0] += 30
+    windows, *_ = shard.on_notify()[0][0]
+    assert [w["closed_by"] for _, w in windows] == ["cooldown"]
+    assert shard.states  # the key may still continue a run; evicted after `gap` of quiet
+    now[0] += 31
+    assert shard.notify_at().timestamp() <= now[0]
+    assert shard.on_notify()[0][0] == [[], [], [], []] and not shard.states
+    assert shard.notify_at() is None
 
 
 def test_quiet_key_closes_in_a_running_dataflow():
@@ -383,20 +394,22 @@ def test_quiet_key_closes_in_a_running_dataflow():
     assert [(k, r["closed_by"]) for k, r in w] == [("p", "gap")]
 
 
-def test_snapshot_restore_round_trips_open_windows(monkeypatch):
-    monkeypatch.setattr(_clock, "_now_us", lambda: 10**15)
+def test_snapshot_restore_round_trips_open_windows():
+    now = [1e9]
     rng = random.Random(3)
     events = [ev(i * 5, rng.choice([0.0, 1.0, 3.0, 5.0, 8.0])) for i in range(200)]
     for scorer in (None, ZScore("s", window=100 * SEC, min_points=3)):
-        whole = _logic(scorer=scorer, lateness=7_000_000)
-        expected = list(whole.on_batch(events)[0]) + list(whole.on_eof()[0])
-        first = _logic(scorer=scorer, lateness=7_000_000)
-        got = list(first.on_batch(events[:97])[0])
-        assert first.windows.open or first.gate.pending
+        whole = _shard(now, scorer=scorer, lateness=7_000_000)
+        expected = _joined(_batch(whole, events), whole.on_eof()[0][0])
+        first = _shard(now, scorer=scorer, lateness=7_000_000)
+        got = _joined(_batch(first, events[:97]))
+        assert any(st.windows.open for st in first.states.values()) or len(first.et.held)
         snap = pickle.loads(pickle.dumps(first.snapshot()))
-        second = _logic(scorer=scorer, lateness=7_000_000, resume=snap)
-        got += list(second.on_batch(events[97:])[0]) + list(second.on_eof()[0])
+        assert snap["state"] == "streamml.anomaly.windows" and snap["version"] == 1
+        second = _shard(now, scorer=scorer, lateness=7_000_000, resume=snap)
+        got = _joined(got, _batch(second, events[97:]), second.on_eof()[0][0])
         assert got == expected
+        assert got[0] or scorer is not None  # the score field's run makes a window
 
 
 def test_recovery_resumes_open_window_after_a_crash(tmp_path):

@@ -1,54 +1,73 @@
-"""The anomaly gate's lateness: event time and released events decide it, not the idle clock."""
+"""The anomaly operators' event time: event time and released rows decide lateness, not the idle clock."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from streamml.operators.anomaly._clock import _admit, _Gate, _Late
+from streamml.operators.anomaly import FixedThreshold, _engine
+from streamml.operators.anomaly import windows as windows_mod
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-EPOCH_US = int(T0.timestamp()) * 1_000_000
+SEC = timedelta(seconds=1)
 
 
-def _events(*seconds: float) -> list[dict]:
-    return [{"t": T0 + timedelta(seconds=s), "x": 1.0} for s in seconds]
+def _shard(now: list[float], lateness: timedelta, resume: object = None) -> _engine.Shard:
+    rules = windows_mod._WindowRules(1, 0, 10**9, 10**10, 10**12, False)
+    family = windows_mod._Family(rules, FixedThreshold(4.0), None, "x_field")
+    timing = _engine.check_timing(
+        "g", lateness=lateness, span=SEC, ttl=None, max_future=None, fields=("x",)
+    )
+    io = _engine.RowInput(timing, lambda e: e["t"])
+    return _engine.Shard(family, timing, io, resume, clock=lambda: now[0])
 
 
-def _admit_all(gate: _Gate, *seconds: float) -> list:
-    return _admit(gate, _events(*seconds), lambda e: e["t"], lambda e: e["x"])
+def _send(shard: _engine.Shard, *seconds: float) -> list[float]:
+    """Send rows of key "k" at these seconds; the seconds of those that were late."""
+    out = shard.on_batch([[("k", {"t": T0 + s * SEC, "x": 1.0}) for s in seconds]])[0][0]
+    return [(r.original[1]["t"] - T0) / SEC for r in out[3]]
 
 
-def _released_seconds(gate: _Gate) -> list[float]:
-    return [(ts - EPOCH_US) / 1e6 for ts, _, _ in gate.release()]
+def test_an_idle_clock_ahead_of_the_next_row_does_not_make_it_late() -> None:
+    now = [1e9]
+    shard = _shard(now, timedelta(0))
+    assert _send(shard, 10) == []
+    now[0] += 90  # the idle clock ran 90 s ahead while the key was quiet
+    assert int(shard.et.marks(shard.et.kids(["k"]))[0]) == (T0 + 100 * SEC).timestamp() * 1e6
+    assert _send(shard, 20) == []  # in order: on time
+    assert _send(shard, 15) == [15]  # older than a row already taken: late
 
 
-def test_an_idle_clock_ahead_of_the_next_event_does_not_make_it_late() -> None:
-    gate = _Gate(lateness=0)
-    assert _admit_all(gate, 10) == []
-    assert _released_seconds(gate) == [10]
-    gate.wm = EPOCH_US + 100 * 1_000_000  # the idle clock ran 90 s ahead while the key was quiet
-    assert _admit_all(gate, 20) == []  # in order: on time
-    assert _released_seconds(gate) == [20]
-    [late] = _admit_all(gate, 15)  # older than an event already released: late
-    assert isinstance(late, _Late) and "behind the watermark" in late[0]
+def test_a_row_older_than_one_the_clock_released_is_late_by_one_microsecond() -> None:
+    now = [1e9]
+    shard = _shard(now, 5 * SEC)
+    _send(shard, 10)
+    assert len(shard.et.held) == 1
+    now[0] += 5  # the clock moves the quiet key's watermark to the held row: released
+    shard.on_notify()
+    assert len(shard.et.held) == 0
+    assert _send(shard, 10) == []  # at the released row's time: on time
+    assert _send(shard, 10 - 1e-6) == [10 - 1e-6]
 
 
-def test_lateness_allows_out_of_order_events_within_its_bound() -> None:
-    gate = _Gate(lateness=5 * 1_000_000)
-    problems = _admit_all(gate, 10, 7, 4)
-    assert [type(p) for p in problems] == [_Late]  # 4 s is behind 10 s - 5 s
-    assert gate.release() == []  # the watermark (5 s) has passed neither
-    gate.wm = EPOCH_US + 60 * 1_000_000
-    assert _released_seconds(gate) == [7, 10]
+def test_lateness_allows_out_of_order_rows_within_its_bound() -> None:
+    now = [1e9]
+    shard = _shard(now, 5 * SEC)
+    assert _send(shard, 10, 7, 4) == [4]  # 4 s is behind 10 s - 5 s
+    assert sorted(shard.et.held.ts.tolist()) == [
+        int((T0 + s * SEC).timestamp() * 1e6) for s in (7, 10)
+    ]
+    out = shard.on_eof()[0][0]
+    assert out[3] == [] and len(shard.et.held) == 0
 
 
-def test_a_snapshot_without_released_restores_with_the_watermark_as_floor() -> None:
-    gate = _Gate(lateness=0)
-    old_format = (EPOCH_US + 50 * 1_000_000, EPOCH_US + 50 * 1_000_000, 0, ())
-    gate.restore(old_format)
-    [late] = _admit_all(gate, 40)
-    assert isinstance(late, _Late)
-    assert _admit_all(gate, 50) == []
-    restored = _Gate(lateness=0)
-    restored.restore(gate.snapshot())
-    assert restored.released == gate.released and restored.max_ts == gate.max_ts
+def test_a_version_0_gate_without_released_restores_with_the_watermark_as_floor() -> None:
+    us = int(T0.timestamp() * 1e6)
+    windows_v0 = (us + 50_000_000, False, 0, 0, 0, 0.0, 0.0, 0, None, None, 0, 0.0, 0, ())
+    old = {"k": ((us + 50_000_000, us + 50_000_000, 0, ()), None, None, windows_v0)}
+    now = [1e9]
+    shard = _shard(now, timedelta(0), resume=old)
+    assert _send(shard, 40) == [40]
+    assert _send(shard, 50) == []
+    again = _shard(now, timedelta(0), resume=shard.snapshot())
+    assert again.et.watermark("k") == shard.et.watermark("k") == us + 50_000_000
+    assert again.family.record(again.states[0]) == shard.family.record(shard.states[0])

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from streamml.operators.anomaly import FixedThreshold, RobustZScore
+from streamml.operators.anomaly import FixedThreshold, RobustZScore, _engine
 from streamml.operators.anomaly import windows as windows_mod
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -15,35 +15,29 @@ SEC = timedelta(seconds=1)
 SCORES = [0.0, 1.0, 2.0, 3.0, 4.0, 4.5, 9.0]
 
 
-def logic(score: Any, lateness: int, point_by_point: bool) -> windows_mod._WindowsLogic:
+def logic(score: Any, lateness: int, point_by_point: bool) -> _engine.Shard:
     threshold = FixedThreshold(4.0, close_below=2.0)
     rules = windows_mod._WindowRules(2, 0, 20_000_000, 60_000_000, 300_000_000, True)
-    if isinstance(score, str):
-        extract, driver = windows_mod._score_field(score), score + "_field"
-    else:
-        extract, driver = windows_mod._field_values(score.fields), ""
-    cfg = windows_mod._WindowsConfig(
-        rules,
-        threshold,
-        score if not isinstance(score, str) else None,
-        lambda e: e["t"],
-        lateness * 1_000_000,
-        extract,
-        driver,
-    )
-    out = windows_mod._WindowsLogic(cfg, None)
+    scorer = score if not isinstance(score, str) else None
+    driver = score + "_field" if isinstance(score, str) else ""
+    family = windows_mod._Family(rules, threshold, scorer, driver)
     if point_by_point:
         # the same fixed levels, but through the threshold's state: no quiet-run shortcut
-        out.fixed = None
-    return out
+        family.fixed = None
+    fields = (score,) if isinstance(score, str) else score.fields
+    timing = _engine.check_timing(
+        "q", lateness=lateness * SEC, span=SEC, ttl=None, max_future=None, fields=fields
+    )
+    io = _engine.RowInput(timing, lambda e: e["t"])
+    return _engine.Shard(family, timing, io, None, clock=lambda: 1e9)
 
 
-def drive(lg: windows_mod._WindowsLogic, batches: list[list[dict]]) -> list:
+def drive(lg: _engine.Shard, batches: list[list[dict]]) -> list:
     out = []
     for batch in batches:
-        out.append(lg.on_batch(batch))
+        out.append(lg.on_batch([[("k", e) for e in batch]]))
     out.append(lg.on_eof())
-    out.append(lg.snapshot()[3])
+    out.append([lg.family.record(st)["windows"] for st in lg.states.values()])
     return out
 
 

@@ -118,8 +118,8 @@ def test_snapshot_is_unchanged_and_restores_mid_run():
     first = cfg._state()
     got = first.update_many([p[0] for p in pts[:250]], [p[1] for p in pts[:250]])
     snap = pickle.loads(pickle.dumps(first.snapshot()))
-    # the format is the one before update_many: (points, each field's sorted values)
-    points, srt = snap
+    # named plain values: the window's points, each field's values in sorted order
+    points, srt = snap["points"], snap["sorted"]
     assert list(points) == pts[190:250]
     assert list(srt[1]) == sorted(x[1] for _, x in pts[190:250])
     resumed = cfg._state()

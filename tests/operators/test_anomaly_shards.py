@@ -1,13 +1,14 @@
-"""anomaly_windows routed by shard: the same per-key results as routing by key, and recovery of shard state."""
+"""Anomaly operators routed by shard: results independent of shards, batch and frame cut points,
+the frame path equal to the row path, the shard state against one state per key, and recovery."""
 
 from __future__ import annotations
 
-import pickle
 import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
+import polars as pl
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -18,13 +19,14 @@ from streamml.operators.anomaly import (
     FixedThreshold,
     QuantileThreshold,
     ZScore,
-    _clock,
-    _shard,
+    _engine,
     anomaly_windows,
     score,
 )
 from streamml.operators.anomaly import scoring as scoring_mod
 from streamml.operators.anomaly import windows as windows_mod
+
+from streamml.errors import Rejected
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 SEC = timedelta(seconds=1)
@@ -39,89 +41,145 @@ def _by_key(kvs: list[tuple[Any, Any]]) -> dict[Any, list[Any]]:
     return out
 
 
-def _keyed_reference(step_id: str, up: Any, **kw: Any) -> dict[str, Any]:
-    """The operator as it was: Bytewax routes by key and runs one ``_WindowsLogic`` per key."""
-    th = kw["threshold"]
-    score = kw["score"]
-    if isinstance(score, str):
-        scorer, extract, driver = None, windows_mod._score_field(score), score + "_field"
-    else:
-        scorer, extract, driver = score, _clock._field_values(score.fields), ""
+def _family(kw: dict[str, Any]) -> Any:
+    if kw.get("op") == "score":
+        return scoring_mod._Family(kw["score"], "score")
+    score_ = kw["score"]
     rules = windows_mod._WindowRules(
         kw["min_points"],
         0,
-        _clock._us(kw["cooldown"]),
-        _clock._us(kw["gap"]),
-        _clock._us(kw["max_duration"]),
+        kw["cooldown"] // timedelta(microseconds=1),
+        kw["gap"] // timedelta(microseconds=1),
+        kw["max_duration"] // timedelta(microseconds=1),
         True,
     )
-    cfg = windows_mod._WindowsConfig(
-        rules, th, scorer, kw["timestamp"], _clock._us(kw["lateness"]), extract, driver
+    scorer = None if isinstance(score_, str) else score_
+    return windows_mod._Family(
+        rules, kw["threshold"], scorer, score_ + "_field" if scorer is None else ""
     )
-    out = op.stateful_batch("ref_state", up, lambda resume: windows_mod._WindowsLogic(cfg, resume))
-    routed = op.flat_map("ref_records", out, windows_mod._records(step_id))
-    return {
-        kind: op.map(
-            f"ref_{kind}",
-            op.filter(f"ref_is_{kind}", routed, lambda t, k=kind: t[0] == k),
-            lambda t: t[1],
-        )
-        for kind in ("closed", "opened", "errs", "late")
-    }
 
 
-def _run_both(items: list, batch_size: int, shards: int, **kw: Any) -> tuple[dict, dict]:
-    flow = Dataflow("shards")
-    s = op.input("in", flow, TestingSource(items, batch_size=batch_size))
-    got = anomaly_windows("aw", s, alerts=True, shards=shards, **kw)
-    ref = _keyed_reference("shards.aw", s, **kw)
-    sinks: dict[str, dict[str, list]] = {"got": {}, "ref": {}}
-    for kind, stream in (("closed", got.windows), ("opened", got.opened)):
-        op.output(f"got_{kind}", stream, TestingSink(sinks["got"].setdefault(kind, [])))
-    for kind, stream in (("errs", got.errs), ("late", got.late)):
-        rej = op.map(f"got_{kind}_kv", stream, lambda r: (r.original[0], r))
-        op.output(f"got_{kind}", rej, TestingSink(sinks["got"].setdefault(kind, [])))
-    for kind, stream in ref.items():
-        if kind in ("errs", "late"):
-            stream = op.map(f"ref_{kind}_kv", stream, lambda r: (r.original[0], r))
-        op.output(f"ref_out_{kind}", stream, TestingSink(sinks["ref"].setdefault(kind, [])))
-    run_main(flow)
-    return (
-        {k: _by_key(v) for k, v in sinks["got"].items()},
-        {k: _by_key(v) for k, v in sinks["ref"].items()},
+def drive(
+    batches: list[Any], *, shards: int, frames: bool, now: list[float] | None = None, **kw: Any
+) -> dict[str, dict[Any, list]]:
+    """Route each batch and run the shard states as Bytewax would, on a frozen wall clock.
+
+    Returns each output stream's items by key (records by their ``key``;
+    rejections by the key of their original row), each key's in order.
+    """
+    now = now or [1e9]
+    family = _family(kw)
+    fields = (kw["score"],) if isinstance(kw["score"], str) else kw["score"].fields
+    timing = _engine.check_timing(
+        "drive", lateness=kw["lateness"], span=SEC, ttl=None, max_future=None, fields=fields
     )
+    if frames:
+        route = _engine.shard_frames(timing, "key", "t", shards)
+    else:
+        route = _engine.shard_rows("drive", shards)
+    states: dict[str, _engine.Shard] = {}
+    names = (
+        ["oks", "errs", "late"]
+        if kw.get("op") == "score"
+        else ["windows", "opened", "errs", "late"]
+    )
+    out: dict[str, list] = {name: [] for name in names}
+
+    def collect(lists: list[list]) -> None:
+        for name, items in zip(names, lists):
+            out[name].extend(items)
+
+    for batch in batches:
+        for item in route([batch] if frames else batch):
+            if isinstance(item, Rejected):
+                out["errs"].append(item)
+                continue
+            sid, part = item
+            if sid not in states:
+                io = (
+                    _engine.FrameInput(timing, "key", "t")
+                    if frames
+                    else _engine.RowInput(timing, lambda e: e["t"])
+                )
+                states[sid] = _engine.Shard(family, timing, io, None, clock=lambda: now[0])
+            collect(states[sid].on_batch([part])[0][0])
+    for shard in states.values():
+        collect(shard.on_eof()[0][0])
+    result: dict[str, dict[Any, list]] = {}
+    for name, items in out.items():
+        pairs = []
+        for x in items:
+            if isinstance(x, Rejected):
+                row = x.original[1] if isinstance(x.original, tuple) else x.original
+                pairs.append((row["key"], (x.error_type, _plain(row))))
+            elif isinstance(x, pl.DataFrame):
+                pairs += [(r["key"], _plain(r)) for r in x.to_dicts()]
+            elif isinstance(x, tuple):
+                pairs.append((x[0], _plain(x[1])))
+            else:
+                pairs.append((x["key"], _plain(x)))
+        result[name] = _by_key(pairs)
+    return result
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with its event as a plain dict, NaN made comparable."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            v = _plain(v)
+        elif isinstance(v, float) and v != v:
+            v = "nan"
+        out[k] = v
+    return out
 
 
 point = st.tuples(
     st.sampled_from(KEYS),
     st.integers(-9_000, 40_000),  # ms from the key's previous timestamp: out of order and gaps
-    st.sampled_from([0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 9.0, "bad", None]),
+    st.sampled_from([0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 9.0, float("nan"), None]),
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    points=st.lists(point, min_size=1, max_size=150),
-    batch_size=st.integers(1, 40),
-    lateness_s=st.sampled_from([0, 3, 7]),
-    use_scorer=st.booleans(),
-    quantile=st.booleans(),
-    min_points=st.integers(1, 3),
-    shards=st.sampled_from([1, 3]),
-)
-def test_sharded_matches_keyed_routing(
-    points, batch_size, lateness_s, use_scorer, quantile, min_points, shards
-):
+def _events(points: list[tuple]) -> list[dict[str, Any]]:
     clock = dict.fromkeys(KEYS, 0)
-    items = []
+    events = []
     for key, step_ms, s in points:
         clock[key] += step_ms
-        e = {"t": T0 + timedelta(milliseconds=clock[key] + 60_000), "s": s, "s_field": "x"}
-        if s is None:
-            del e["s"]
-        items.append((key, e))
-    kw = dict(
-        timestamp=lambda e: e["t"],
+        t = T0 + timedelta(milliseconds=clock[key] + 60_000)
+        events.append({"key": key, "t": t, "s": s, "s_field": "x"})
+    return events
+
+
+def _cut(events: list[dict], sizes: list[int], frames: bool) -> list[Any]:
+    """The events in batches of ``sizes`` (repeated): frames, or ``(key, event)`` rows."""
+    batches, i = [], 0
+    for n in sizes * (len(events) + 1):
+        if i >= len(events):
+            break
+        part = events[i : i + n]
+        i += n
+        if frames:
+            batches.append(
+                pl.DataFrame(
+                    part,
+                    schema={
+                        "key": pl.String,
+                        "t": pl.Datetime("us", "UTC"),
+                        "s": pl.Float64,
+                        "s_field": pl.String,
+                    },
+                )
+            )
+        else:
+            batches.append(
+                [(e["key"], {k: v for k, v in e.items() if v is not None}) for e in part]
+            )
+    return batches
+
+
+def _windows_kw(lateness_s: int, use_scorer: bool, quantile: bool, min_points: int) -> dict:
+    return dict(
         threshold=QuantileThreshold(0.8, 0.5, window=60 * SEC, warmup=5 * SEC)
         if quantile
         else FixedThreshold(4.0, close_below=2.0),
@@ -132,11 +190,158 @@ def test_sharded_matches_keyed_routing(
         max_duration=90 * SEC,
         lateness=lateness_s * SEC,
     )
-    got, ref = _run_both(items, batch_size, shards, **kw)
-    assert got == ref
-    assert sum(map(len, got["errs"].values())) == sum(
-        1 for _, e in items if not isinstance(e.get("s"), float)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    points=st.lists(point, min_size=1, max_size=150),
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    lateness_s=st.sampled_from([0, 3, 7]),
+    use_scorer=st.booleans(),
+    quantile=st.booleans(),
+    min_points=st.integers(1, 3),
+    frames=st.booleans(),
+)
+def test_results_and_lateness_do_not_depend_on_shards_or_cut_points(
+    points, sizes, lateness_s, use_scorer, quantile, min_points, frames
+):
+    """shards=1 with the input in one batch = shards=3 with it cut anywhere: every key's
+    windows, alerts, rejections and late rows, in order (rows and frames alike)."""
+    events = _events(points)
+    kw = _windows_kw(lateness_s, use_scorer, quantile, min_points)
+    one = drive(_cut(events, [len(events)], frames), shards=1, frames=frames, **kw)
+    cut = drive(_cut(events, sizes, frames), shards=3, frames=frames, **kw)
+    assert one == cut
+    bad = sum(1 for e in events if not (isinstance(e["s"], float) and e["s"] == e["s"]))
+    assert sum(map(len, one["errs"].values())) == bad
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    points=st.lists(point, min_size=1, max_size=120),
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    lateness_s=st.sampled_from([0, 3, 7]),
+    shards=st.sampled_from([1, 3]),
+)
+def test_score_does_not_depend_on_shards_or_cut_points(points, sizes, lateness_s, shards):
+    events = _events(points)
+    kw = dict(
+        op="score", score=ZScore("s", window=30 * SEC, min_points=2), lateness=lateness_s * SEC
     )
+    for frames in (False, True):
+        one = drive(_cut(events, [len(events)], frames), shards=1, frames=frames, **kw)
+        cut = drive(_cut(events, sizes, frames), shards=shards, frames=frames, **kw)
+        assert one == cut
+        total = sum(len(v) for stream in one.values() for v in stream.values())
+        assert total == len(events)  # every row ends scored, rejected or late
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    points=st.lists(point, min_size=1, max_size=120),
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    lateness_s=st.sampled_from([0, 3]),
+    use_scorer=st.booleans(),
+    quantile=st.booleans(),
+)
+def test_the_frame_path_equals_the_row_path(points, sizes, lateness_s, use_scorer, quantile):
+    """The same rows as frames and as (key, event) pairs: the same records and rejections
+    (the error types; a frame's row and the event are the same dict but for missing fields)."""
+    events = [{k: v for k, v in e.items()} for e in _events(points)]
+    for e in events:  # rows and frames agree on a missing value: a null field is absent
+        if e["s"] is None:
+            e["s"] = float("nan")
+    kw = _windows_kw(lateness_s, use_scorer, quantile, 2)
+    rows = drive(_cut(events, sizes, False), shards=3, frames=False, **kw)
+    frames = drive(_cut(events, sizes, True), shards=3, frames=True, **kw)
+    assert rows == frames
+    kw = dict(
+        op="score", score=ZScore("s", window=30 * SEC, min_points=2), lateness=lateness_s * SEC
+    )
+    rows = drive(_cut(events, sizes, False), shards=2, frames=False, **kw)
+    frames = drive(_cut(events, sizes, True), shards=2, frames=True, **kw)
+    assert rows == frames
+
+
+def test_out_of_order_within_lateness_is_in_order():
+    rng = random.Random(1)
+    events = []
+    for i in range(300):
+        for key in ("a", "b"):
+            s = rng.choice([0.0, 1.0, 3.0, 5.0, 8.0])
+            events.append({"key": key, "t": T0 + i * SEC, "s": s, "s_field": "x"})
+    shuffled = sorted(events, key=lambda e: (e["t"] - T0) / SEC + rng.uniform(0, 4.9))
+    for use_scorer in (False, True):
+        kw = _windows_kw(5, use_scorer, False, 2)
+        for frames in (False, True):
+            a = drive(_cut(events, [64], frames), shards=2, frames=frames, **kw)
+            b = drive(_cut(shuffled, [64], frames), shards=2, frames=frames, **kw)
+            assert a == b and not a["late"]
+            assert a["windows"] or use_scorer  # the raw scores open windows
+
+
+def test_bad_rows_go_to_errs_and_the_rest_of_the_frame_goes_on():
+    t = [T0 + i * SEC for i in range(8)]
+    frame = pl.DataFrame(
+        {
+            "key": ["p", None, "p", "p", "p", "p", "p", "p"],
+            "t": t[:6] + [None, t[7]],
+            "s": [0.0, 9.0, float("nan"), float("inf"), 5.0, 6.0, 9.0, 1.0],
+        },
+        schema={"key": pl.String, "t": pl.Datetime("us", "UTC"), "s": pl.Float64},
+    )
+    flow = Dataflow("bad_frame")
+    up = op.input(
+        "in", flow, TestingSource([frame, "not a frame", frame.with_columns(s=pl.lit("x"))])
+    )
+    res = anomaly_windows(
+        "aw", up, key="key", timestamp="t", score="s", threshold=FixedThreshold(4.0), shards=3
+    )
+    windows, errs = [], []
+    op.output("w", res.windows, TestingSink(windows))
+    op.output("e", res.errs, TestingSink(errs))
+    run_main(flow)
+    assert sorted(r.error_type for r in errs) == sorted(
+        ["BadKey", "NonFinite", "NonFinite", "BadTimestamp", "BadItem"] + ["NotANumber"] * 8
+    )
+    assert [(w["key"], w["points"], w["peak_score"]) for w in windows] == [("p", 2, 6.0)]
+    scored = score("sc", up, key="key", timestamp="t", scorer=ZScore("s", window=60 * SEC))
+    assert scored.errs is not None
+
+
+@pytest.mark.parametrize("frames", [False, True])
+def test_lateness_does_not_depend_on_shards_in_a_dataflow(frames):
+    rng = random.Random(7)
+    events = []
+    for i in range(200):
+        key = rng.choice(KEYS)
+        events.append({"key": key, "t": T0 + (i + rng.randint(-6, 0)) * SEC, "s": rng.random() * 6})
+
+    def run(shards: int, batch: int) -> tuple[list, list]:
+        flow = Dataflow("late_shards")
+        items = _cut(events, [batch], frames) if frames else [(e["key"], e) for e in events]
+        up = op.input("in", flow, TestingSource(items, batch_size=1 if frames else batch))
+        kw: dict[str, Any] = (
+            {"key": "key", "timestamp": "t"} if frames else {"timestamp": lambda e: e["t"]}
+        )
+        res = anomaly_windows(
+            "aw",
+            up,
+            score="s",
+            threshold=FixedThreshold(4.0),
+            lateness=3 * SEC,
+            shards=shards,
+            **kw,
+        )
+        late, w = [], []
+        op.output("l", res.late, TestingSink(late))
+        op.output("w", res.windows, TestingSink(w))
+        run_main(flow)
+        row = (lambda r: r.original) if frames else (lambda r: r.original[1])
+        return sorted((row(r)["key"], row(r)["t"]) for r in late), len(w)
+
+    one = run(1, 200)
+    assert one[0] and one == run(3, 7) == run(3, 1)
 
 
 def test_not_a_key_event_pair_is_rejected_with_the_item():
@@ -168,136 +373,6 @@ def test_shards_must_be_positive():
     s = op.input("in", flow, TestingSource([]))
     with pytest.raises(ValueError, match="shards must be >= 1"):
         anomaly_windows("a", s, timestamp=lambda e: e["t"], threshold=FixedThreshold(1.0), shards=0)
-
-
-# ---------------------------------------------------------------- the shard state against keyed calls
-
-
-def _cfg(lateness_us: int) -> windows_mod._WindowsConfig:
-    rules = windows_mod._WindowRules(2, 0, 10_000_000, 30_000_000, 10**12, True)
-    return windows_mod._WindowsConfig(
-        rules,
-        FixedThreshold(4.0, 2.0),
-        None,
-        lambda e: e["t"],
-        lateness_us,
-        windows_mod._score_field("s"),
-        "s_field",
-    )
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    steps=st.lists(
-        st.one_of(
-            st.lists(
-                st.tuples(
-                    st.sampled_from(KEYS), st.integers(0, 20), st.sampled_from([0.0, 3.0, 5.0])
-                ),
-                min_size=1,
-                max_size=12,
-            ),
-            st.integers(1, 40),  # seconds of wall clock passing with no input
-        ),
-        max_size=30,
-    ),
-    lateness_s=st.sampled_from([0, 4]),
-    snap_at=st.integers(0, 30),
-)
-def test_shard_state_makes_the_calls_bytewax_makes_per_key(steps, lateness_s, snap_at):
-    """One shard state vs one logic per key driven as Bytewax drives them, on a fake clock.
-
-    Same outputs per key, same live keys, same wake times, through eviction,
-    heap rebuilds and a snapshot/restore in the middle.
-    """
-    now = [10**15]
-    mp = pytest.MonkeyPatch()
-    mp.setattr(_clock, "_now_us", lambda: now[0])
-    try:
-        cfg = _cfg(lateness_s * 1_000_000)
-        make = lambda snap: windows_mod._WindowsLogic(cfg, snap)  # noqa: E731
-        shard = _shard._ShardLogic(make, None)
-        keyed: dict[str, windows_mod._WindowsLogic] = {}
-        got: list = []
-        want: list = []
-        event_clock = dict.fromkeys(KEYS, 0)
-        shard_due = shard.notify_at()
-        for i, step in enumerate(steps):
-            if i == snap_at:
-                shard = _shard._ShardLogic(make, pickle.loads(pickle.dumps(shard.snapshot())))
-                keyed = {
-                    k: make(pickle.loads(pickle.dumps(v.snapshot()))) for k, v in keyed.items()
-                }
-                shard_due = shard.notify_at()
-            due_before = {k: v.notify_at() for k, v in keyed.items()}
-            if isinstance(step, int):
-                now[0] += step * 1_000_000
-            else:
-                items = []
-                for key, dt, s in step:
-                    event_clock[key] += dt
-                    items.append((key, {"t": T0 + event_clock[key] * SEC, "s": s}))
-                (part,) = _shard._group_by_shard(1)(items)
-                for out in shard.on_batch([part[1]])[0]:
-                    got.extend(out)
-                for key, events in part[1][0].items():
-                    logic = keyed.get(key) or make(None)
-                    keyed[key] = logic
-                    out, discard = logic.on_batch(events)
-                    want.extend((key, v) for v in out)
-                    if discard:
-                        del keyed[key]
-            # Bytewax notifies after the batch, by the wake times asked for before it, and
-            # activates again at once while some wake time has passed.
-            wall = _clock._dt(now[0])
-            if shard_due is not None and shard_due <= wall:
-                for out in shard.on_notify()[0]:
-                    got.extend(out)
-            shard_due = shard.notify_at()
-            while shard_due is not None and shard_due <= wall:
-                for out in shard.on_notify()[0]:
-                    got.extend(out)
-                shard_due = shard.notify_at()
-            while due_before:
-                for key, due in due_before.items():
-                    if key in keyed and due is not None and due <= wall:
-                        out, discard = keyed[key].on_notify()
-                        want.extend((key, v) for v in out)
-                        if discard:
-                            del keyed[key]
-                due_before = {k: v.notify_at() for k, v in keyed.items()}
-                due_before = {k: d for k, d in due_before.items() if d is not None and d <= wall}
-            assert set(shard.keys) == set(keyed)
-            dues = [d for d in (v.notify_at() for v in keyed.values()) if d is not None]
-            assert shard_due == (min(dues) if dues else None)
-        for out in shard.on_eof()[0]:
-            got.extend(out)
-        for key, logic in keyed.items():
-            want.extend((key, v) for v in logic.on_eof()[0])
-        assert _by_key(got) == _by_key(want)
-        assert shard.snapshot() == {k: v.snapshot() for k, v in keyed.items()}
-    finally:
-        mp.undo()
-
-
-def test_many_keys_keep_one_live_wake_each():
-    now = [10**15]
-    mp = pytest.MonkeyPatch()
-    mp.setattr(_clock, "_now_us", lambda: now[0])
-    try:
-        shard = _shard._ShardLogic(lambda snap: windows_mod._WindowsLogic(_cfg(0), snap), None)
-        for t in range(50):
-            items = [(f"k{i}", {"t": T0 + t * SEC, "s": 0.0}) for i in range(1000)]
-            shard.on_batch([_shard._group_by_shard(1)(items)[0][1]])
-            shard.notify_at()
-            now[0] += 1000
-        assert len(shard.due) == 1000 and len(shard.heap) <= 2 * 1000 + 64 + 1000
-        now[0] += 31_000_000  # every key quiet for longer than gap: one notification evicts all
-        assert shard.notify_at() <= _clock._dt(now[0])
-        shard.on_notify()
-        assert shard.keys == {} and shard.notify_at() is None
-    finally:
-        mp.undo()
 
 
 # ---------------------------------------------------------------- recovery
@@ -343,51 +418,6 @@ def test_recovery_of_shard_state_gives_the_uninterrupted_output(tmp_path):
     assert len(first[0]) < len(whole[0])  # the crash came mid-stream, with windows still to come
     assert {**first[0], **second[0]} == whole[0]
     assert {**first[1], **second[1]} == whole[1]
-
-
-# ---------------------------------------------------------------- score
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    points=st.lists(point, min_size=1, max_size=120),
-    batch_size=st.integers(1, 40),
-    lateness_s=st.sampled_from([0, 3, 7]),
-    shards=st.sampled_from([1, 3]),
-)
-def test_sharded_score_matches_keyed_routing(points, batch_size, lateness_s, shards):
-    clock = dict.fromkeys(KEYS, 0)
-    items: list = []
-    for key, step_ms, s in points:
-        clock[key] += step_ms
-        e = {"t": T0 + timedelta(milliseconds=clock[key] + 60_000), "s": s}
-        if s is None:
-            del e["s"]
-        items.append((key, e))
-    scorer = ZScore("s", window=30 * SEC, min_points=2)
-    flow = Dataflow("score_shards")
-    s = op.input("in", flow, TestingSource(items, batch_size=batch_size))
-    got = score(
-        "sc", s, scorer=scorer, timestamp=lambda e: e["t"], lateness=lateness_s * SEC, shards=shards
-    )
-    cfg = scoring_mod._ScoreConfig(
-        scorer, lambda e: e["t"], lateness_s * 1_000_000, "score", "score_field"
-    )
-    ref = op.stateful_batch("ref", s, lambda resume: scoring_mod._ScoreLogic(cfg, resume))
-    ref_oks = op.flat_map_batch("ref_events", ref, scoring_mod._events)
-    ref_rej = op.flat_map_batch("ref_rej", ref, scoring_mod._rejections("score_shards.sc"))
-    sinks: dict[str, list] = {k: [] for k in ("oks", "errs", "late", "ref_oks", "ref_rej")}
-    op.output("oks", got.oks, TestingSink(sinks["oks"]))
-    op.output("errs", got.errs, TestingSink(sinks["errs"]))
-    op.output("late", got.late, TestingSink(sinks["late"]))
-    op.output("ref_oks", ref_oks, TestingSink(sinks["ref_oks"]))
-    op.output("ref_rej_out", ref_rej, TestingSink(sinks["ref_rej"]))
-    run_main(flow)
-    assert _by_key(sinks["oks"]) == _by_key(sinks["ref_oks"])
-    for kind, late in (("errs", False), ("late", True)):  # each stream in order; not the two merged
-        want = [(r.original[0], r) for r in sinks["ref_rej"] if (r.error_type == "Late") == late]
-        assert _by_key([(r.original[0], r) for r in sinks[kind]]) == _by_key(want)
-    assert len(sinks["oks"]) + len(sinks["errs"]) + len(sinks["late"]) == len(items)
 
 
 def test_score_rejects_items_that_are_not_key_event_pairs():
