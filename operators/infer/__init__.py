@@ -9,8 +9,10 @@ back with its prediction and the version of the model that made it.
 One module per concept:
 
 - :mod:`.operator`: the :func:`infer` operator and its shard logic
-  (routing, batching, the model call and splitting a batch it raised on,
-  recovery snapshots);
+  (batching, the model call and splitting a batch it raised on);
+- :mod:`.routing`: frames and events to shards by key, control items to
+  every shard;
+- :mod:`.recovery`: a shard's snapshot as a versioned plain record;
 - :mod:`.inputs`: input tensors — rows and frames to checked model inputs;
 - :mod:`.outputs`: attaching outputs — model outputs onto events or as
   frame columns;
@@ -22,7 +24,7 @@ One module per concept:
 from .operator import InferOut, infer
 
 # Recovery stores written before versioned snapshot records pickled this class here.
-from .operator import _Snapshot as _Snapshot
+from .recovery import _Snapshot as _Snapshot
 from .stats import InferStats
 
 __all__ = ["InferOut", "InferStats", "infer"]

@@ -2,9 +2,9 @@
 
 How it is built: Bytewax's stateful steps are keyed, so each incoming frame
 (or chunk of ``(key, event)`` pairs) is cut by the one key router
-(:mod:`streamml.operators._core.keys`) into parts for ``shards`` queue keys
-(``"0"``, ``"1"``, ...) — a key always lands in the same queue, which keeps
-its order — and each queue is a ``stateful_batch`` logic holding a
+(:mod:`streamml.operators._core.keys`, through :mod:`.routing`) into parts
+for ``shards`` queue keys (``"0"``, ``"1"``, ...) — a key always lands in the
+same queue, which keeps its order — and each queue is a ``stateful_batch`` logic holding a
 :class:`~streamml.operators._batching.DynamicBatcher` that asks Bytewax for a
 notification at its oldest row's deadline. Control items (new models) are
 broadcast to every queue, ahead of rows that arrive with them (the Flink
@@ -39,12 +39,12 @@ from streamml.errors import Rejected
 from streamml.models import Model
 
 from .._batching import DynamicBatcher
-from .._core.keys import route, shard_ids
-from .._core.state import frame_from_bytes, frame_to_bytes, restore, snapshot
 from .inputs import frame_tensors, row_tensors
 from .models import Loader, Served, Watcher, check_compatible, default_loader, file_signature, serve
 from .outputs import attach_frame, attach_rows, version_column
 from .overlap import COLLECT_EVERY_S, ModelThread
+from .recovery import record, restore_record
+from .routing import Chunk, Rejects, broadcast, router
 from .stats import InferStats
 
 __all__ = ["InferOut", "infer"]
@@ -53,12 +53,6 @@ logger = logging.getLogger(__name__)
 
 Event = Mapping[str, Any]
 Part = list | pl.DataFrame  # what a batch is: (key, event) pairs, or a frame
-
-# The recovery record of a shard (streamml.operators._core.state). Version 1:
-# {"pending": [{"rows": [(key, event), ...]} | {"frame": Arrow IPC bytes}, ...],
-#  "source": the control item or path that installed the serving model, or None}.
-_STATE = "streamml.infer"
-_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -81,64 +75,9 @@ class InferOut:
     stats: InferStats
 
 
-class _Swap(NamedTuple):
-    """A control item broadcast to one shard.
-
-    ``report`` is set on exactly one copy (so a rejection is reported once);
-    ``token`` is the same on every copy (so a process loads the model once).
-    """
-
-    item: Any
-    report: bool
-    token: str
-
-
-class _Chunk(NamedTuple):
-    """Rows that arrived together, routed to one shard."""
-
-    shard: int
-    part: Part
-
-
-class _Rejects(NamedTuple):
-    """Items the router rejected (bad keys), passed through a shard to ``errs``."""
-
-    rejected: list[Rejected]
-
-
 class _Result(NamedTuple):
     oks: list[Any]
     errs: list[Rejected]
-
-
-class _Snapshot(NamedTuple):
-    """The recovery state written before versioned records (read-only, for old stores).
-
-    Bytewax unpickles it as ``streamml.operators.infer._Snapshot``; it is
-    upgraded to version 1 of the ``streamml.infer`` record when read.
-    """
-
-    pending: tuple[tuple[str, Event], ...]
-    source: Any
-
-
-def _upgrade_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
-    pending = list(data["pending"])
-    return {"pending": [{"rows": pending}] if pending else [], "source": data["source"]}
-
-
-def _restore(resume: Any) -> tuple[list[Part], Any]:
-    if isinstance(resume, _Snapshot):
-        resume = snapshot(_STATE, 0, {"pending": resume.pending, "source": resume.source})
-    data = restore(resume, kind=_STATE, version=_STATE_VERSION, upgrades={0: _upgrade_0_to_1})
-    parts = [frame_from_bytes(p["frame"]) if "frame" in p else p["rows"] for p in data["pending"]]
-    return parts, data["source"]
-
-
-def _part_record(part: Part) -> dict[str, Any]:
-    if isinstance(part, pl.DataFrame):
-        return {"frame": frame_to_bytes(part)}
-    return {"rows": list(part)}
 
 
 @dataclass(frozen=True)
@@ -310,10 +249,10 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         self._collect(result, wait=False)
         for v in values:
             kind = type(v)
-            if kind is _Chunk:
+            if kind is Chunk:
                 self._shard = v.shard
                 self._batcher.push(v.part, now)
-            elif kind is _Rejects:
+            elif kind is Rejects:
                 result.errs.extend(v.rejected)
                 self._cfg.stats._record(started=now, ended=now, rejected=len(v.rejected))
             else:
@@ -351,14 +290,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         # Batches in the model thread have not been emitted: they resume as waiting rows.
         parts = [b.part for b in self._thread if len(b)] + self._batcher.pending()
         # A model object may not pickle (and an ONNX one is its whole file): keep references only.
-        return snapshot(
-            _STATE,
-            _STATE_VERSION,
-            {
-                "pending": [_part_record(p) for p in parts],
-                "source": None if isinstance(source, Model) else source,
-            },
-        )
+        return record(parts, None if isinstance(source, Model) else source)
 
     # -- batching ------------------------------------------------------------
     def _step(self, now: float, result: _Result) -> list[_Result]:
@@ -522,97 +454,6 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         path = str(self._watcher.path)
         self._run_all(self._batcher.flush(), result)
         self._install(path, ("watch", path, seen), self._shard == 0, result)
-
-
-# -- routing ----------------------------------------------------------------------------------
-
-
-def _bad_row(item: Any, step_id: str) -> Rejected | None:
-    """The rejection of a row that is not a ``(key, event)`` pair with a text or integer key."""
-    if not (isinstance(item, tuple) and len(item) == 2):
-        why = f"expected a (key, event) pair or a polars DataFrame; got {type(item).__name__}"
-        return Rejected(step_id, "BadItem", why, item)
-    key = item[0]
-    if isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool)):
-        return None
-    what = "None" if key is None else type(key).__name__
-    why = f"key is {what}; a key must be text or an integer"
-    return Rejected(step_id, "BadKey", why, item)
-
-
-def _all_good_rows(items: list[Any]) -> bool:
-    """Every item is a ``(str key, event)`` pair: the usual row batch, with nothing to reject.
-
-    The check costs the row path about 7 % (``benchmarks/infer.py``'s row
-    dataflow, CPU time); ``map``/``list.count`` instead of this generator
-    expression gained 1 %, so the plain form stays.
-    """
-    return all(type(x) is tuple and len(x) == 2 and type(x[0]) is str for x in items)
-
-
-def _router(
-    step_id: str, shards: int, key: str | None
-) -> Callable[[list[Any]], list[tuple[str, Any]]]:
-    def route_rows(rows: list, out: list, checked: bool) -> None:
-        if not checked:
-            good, bad = [], []
-            for item in rows:
-                rejected = _bad_row(item, step_id)
-                if rejected is None:
-                    good.append(item)
-                else:
-                    bad.append(rejected)
-            if bad:
-                out.append(("0", _Rejects(bad)))
-            rows = good
-        if not rows:
-            return
-        if shards == 1:
-            out.append(("0", _Chunk(0, rows)))
-            return
-        keys = pl.Series([k if type(k) is str else str(k) for k, _ in rows], dtype=pl.String)
-        ids = shard_ids(keys, shards)
-        present = np.unique(ids).tolist()
-        for s in present:
-            part = (
-                rows if len(present) == 1 else [rows[i] for i in np.flatnonzero(ids == s).tolist()]
-            )
-            out.append((str(s), _Chunk(s, part)))
-
-    def route_frame(frame: pl.DataFrame, out: list) -> None:
-        if key is None:
-            if shards == 1:
-                if frame.height:
-                    out.append(("0", _Chunk(0, frame)))
-                return
-            why = f"infer(shards={shards}) routes frames by a key column; pass key="
-            bad = [Rejected(step_id, "BadKey", why, row) for row in frame.to_dicts()]
-            out.append(("0", _Rejects(bad)))
-            return
-        parts, bad = route(frame, key=key, shards=shards, step_id=step_id)
-        if bad:
-            out.append(("0", _Rejects(bad)))
-        out.extend((s, _Chunk(int(s), part)) for s, part in parts)
-
-    def route_all(items: list[Any]) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        if _all_good_rows(items):  # the usual row batch, checked at C speed
-            route_rows(items, out, checked=True)
-            return out
-        rows: list[Any] = []
-        for item in items:
-            if isinstance(item, pl.DataFrame):
-                if rows:
-                    route_rows(rows, out, checked=False)
-                    rows = []
-                route_frame(item, out)
-            else:
-                rows.append(item)
-        if rows:
-            route_rows(rows, out, checked=False)
-        return out
-
-    return route_all
 
 
 @operator
@@ -837,7 +678,7 @@ def infer(
     def build(resume: Any) -> _InferLogic:
         if resume is None:
             return _InferLogic(cfg, initial, [])
-        pending, source = _restore(resume)
+        pending, source = restore_record(resume)
         served = initial
         if source is not None:
             try:
@@ -850,16 +691,11 @@ def infer(
                 )
         return _InferLogic(cfg, served, pending)
 
-    routed = op.flat_map_batch("route", up, _router(step_id, shards, key))
+    routed = op.flat_map_batch("route", up, router(step_id, shards, key))
     if control is not None:
-
-        def to_every_shard(item: Any) -> list[tuple[str, _Swap]]:
-            token = uuid.uuid4().hex
-            return [(str(s), _Swap(item, s == 0, token)) for s in range(shards)]
-
-        broadcast = op.flat_map("broadcast", control, to_every_shard)
+        swaps = op.flat_map("broadcast", control, broadcast(shards))
         # Control first: a swap that arrives together with events applies to those events.
-        routed = op.merge("with_control", broadcast, routed)
+        routed = op.merge("with_control", swaps, routed)
     results = op.stateful_batch("batch", routed, build)
     oks = op.flat_map_batch("oks", results, lambda rs: [x for _, r in rs for x in r.oks])
     errs = op.flat_map_batch("errs", results, lambda rs: [x for _, r in rs for x in r.errs])

@@ -421,6 +421,7 @@ def test_recovery_keeps_waiting_frames_and_the_swapped_model(
 def test_a_snapshot_is_a_versioned_plain_record(mlp: OnnxModel) -> None:
     from streamml.operators._core.state import frame_from_bytes, restore
     from streamml.operators.infer import operator as infer_op
+    from streamml.operators.infer.recovery import restore_record
 
     cfg_flow = Dataflow("snap")
     up = op.input("in", cfg_flow, TestingSource([]))
@@ -451,5 +452,5 @@ def test_a_snapshot_is_a_versioned_plain_record(mlp: OnnxModel) -> None:
     assert data["source"] == "model.onnx"
     assert frame_from_bytes(data["pending"][0]["frame"]).equals(frame)
     assert data["pending"][1] == {"rows": [row]}
-    parts, source = infer_op._restore(record)
+    parts, source = restore_record(record)
     assert parts[0].equals(frame) and parts[1] == [row] and source == "model.onnx"
