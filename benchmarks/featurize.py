@@ -15,6 +15,13 @@ featurizer, then a sink that only counts:
   events, recomputing the 15 aggregates in Python for every event
   (checked to give the same features first).
 
+Frames: the same events as ``polars`` frames of 5,000 rows (the batch
+unit), through ``rolling(key=..., timestamp=...)`` with a count window and
+a time window — the mean of each key's last 10 readings and of its last
+60 s, one field — next to the row path on the same features (source
+batches of 5,000), alternating in one process. The target: at least
+1,000,000 events/s on frames.
+
 Memory: 100,000 keys × 10 events through ``rolling`` (``ttl`` 2 min); RSS
 growth of the process when they are all in state, then after later events
 move event time past their TTL.
@@ -36,6 +43,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
@@ -239,6 +247,131 @@ def throughput(quick: bool) -> dict[str, Any]:
     }
 
 
+FRAME_ROWS = 5_000
+
+
+def as_frames(
+    events: list[tuple[str, dict[str, Any]]], rows: int = FRAME_ROWS
+) -> list[pl.DataFrame]:
+    """The events as frames of ``rows`` rows: ``sensor``, ``at`` (UTC ``Datetime``), the fields."""
+    frame = pl.DataFrame(
+        {
+            "sensor": [e["sensor"] for _, e in events],
+            "at": pl.Series([e["at"] for _, e in events], dtype=pl.Datetime("us", "UTC")),
+            **{f: [e[f] for _, e in events] for f in FIELDS},
+        }
+    )
+    return [frame.slice(i, rows) for i in range(0, frame.height, rows)]
+
+
+class _RowCountPartition(StatelessSinkPartition):
+    def __init__(self, sink: FrameCountSink) -> None:
+        self._sink = sink
+
+    def write_batch(self, items: list) -> None:
+        self._sink.count += sum(frame.height for frame in items)
+
+
+class FrameCountSink(DynamicSink):
+    """Counts the rows of the frames that arrive."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RowCountPartition:
+        return _RowCountPartition(self)
+
+
+def _mean_last10_and_60s(up: Any, **frame_args: Any) -> Any:
+    return rolling(
+        "rolling",
+        up,
+        timestamp=frame_args.pop("timestamp", _at),
+        last=10,
+        window=WINDOW,
+        fields=["temperature"],
+        aggregates=["mean"],
+        shards=1,
+        **frame_args,
+    ).oks
+
+
+def _frames_runner(frames: list[pl.DataFrame], cpu_rates: list[float]) -> Any:
+    def run() -> int:
+        sink = FrameCountSink()
+        cpu = time.process_time()
+        flow = Dataflow("bench_featurize_frames")
+        up = op.input("in", flow, TestingSource(frames, batch_size=1))
+        op.output("out", _mean_last10_and_60s(up, key="sensor", timestamp="at"), sink)
+        run_main(flow)
+        cpu_rates.append(sink.count / (time.process_time() - cpu))
+        return sink.count
+
+    return run
+
+
+def _check_frames_match_rows(events: list, frames: list[pl.DataFrame]) -> None:
+    """The frame path and the row path give the same features on the first events."""
+    from bytewax.testing import TestingSink
+
+    rows: list = []
+    flow = Dataflow("check_rows")
+    keyed = op.input("in", flow, TestingSource(events, batch_size=FRAME_ROWS))
+    op.output("out", _mean_last10_and_60s(keyed), TestingSink(rows))
+    run_main(flow)
+    out: list = []
+    flow = Dataflow("check_frames")
+    up = op.input("in", flow, TestingSource(frames))
+    op.output("out", _mean_last10_and_60s(up, key="sensor", timestamp="at"), TestingSink(out))
+    run_main(flow)
+    got = pl.concat(out).sort("at")
+    want = sorted((e for _, e in rows), key=lambda e: e["at"])
+    for name in ("temperature_mean_last10", "temperature_mean_60s"):
+        for a, b in zip(got[name].to_list(), (e[name] for e in want), strict=True):
+            if not math.isclose(a, b, rel_tol=1e-9):
+                raise AssertionError(f"frames and rows differ: {name} {a} != {b}")
+
+
+def frames_throughput(quick: bool) -> dict[str, Any]:
+    """``rolling`` on frames next to the row path: last-10 and 60 s mean of one field."""
+    n = 200_000 if quick else 1_000_000
+    rounds = 3 if quick else 5
+    events = make_events(n)
+    frames = as_frames(events)
+    _check_frames_match_rows(events[:20_000], as_frames(events[:20_000]))
+    print("featurize: frames and rows agree on 20,000 events; timing ...", flush=True)
+    cpu: dict[str, list[float]] = {}
+    frames_name = f"rolling on frames ({FRAME_ROWS:,} rows)"
+    rows_name = f"rolling on (key, event) rows (batches of {FRAME_ROWS:,})"
+    rows_featurize = _mean_last10_and_60s
+    contenders = {
+        frames_name: _frames_runner(frames, cpu.setdefault(frames_name, [])),
+        rows_name: _runner(events, rows_featurize, cpu.setdefault(rows_name, []), FRAME_ROWS),
+    }
+    results = alternate(contenders, rounds=rounds, warmup=not quick)
+    title = (
+        f"rolling: {n:,} events, {N_KEYS:,} keys in random order, mean of the last 10 and of"
+        " the last 60 s (1 field), 1 worker, shards=1"
+    )
+    print(format_table(title + " (wall clock)", results, unit="events/s"), flush=True)
+    per_cpu = [Measurement(m.name, m.items, cpu[m.name][-rounds:]) for m in results]
+    print(format_table(title + " (per CPU-second)", per_cpu, unit="events/cpu-s"), flush=True)
+    rate = results[0].median
+    print(
+        f"  frames: {rate:,.0f} events/s (target >= 1,000,000); "
+        f"{rate / results[1].median:.1f}x the row path",
+        flush=True,
+    )
+    return {
+        "events": n,
+        "keys": N_KEYS,
+        "frame_rows": FRAME_ROWS,
+        "results": [m.as_dict() for m in results],
+        "results_per_cpu_second": [m.as_dict() for m in per_cpu],
+        "frames_events_per_s": rate,
+    }
+
+
 def memory(keys: int = 100_000) -> dict[str, Any]:
     """RSS growth with ``keys`` keys x 10 events in state, and after they pass their TTL."""
     per_key = 10
@@ -311,7 +444,11 @@ def _memory_in_fresh_process(keys: int) -> dict[str, Any]:
 def main(quick: bool = False) -> dict:
     """Run the featurization benchmarks, print their tables, return the figures."""
     keys = 20_000 if quick else 100_000  # quick: a smoke test of the TTL; the target is for 100k
-    return {"throughput": throughput(quick), "memory": _memory_in_fresh_process(keys)}
+    return {
+        "throughput": throughput(quick),
+        "frames": frames_throughput(quick),
+        "memory": _memory_in_fresh_process(keys),
+    }
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Featurization operators: raw events in, model-ready features out, inside the stream.
 
-- :func:`rolling`: per-key rolling aggregates over event time, as of each event;
+- :func:`rolling`: per-key rolling aggregates as of each event, over
+  event-time windows (``window=``) and over the last N events (``last=``);
+  on frames (a stream of ``polars.DataFrame``, the batch unit) or on
+  ``(key, event)`` rows (the legacy path, same implementation);
 - :func:`window_agg`: one row of aggregates per key per closed tumbling,
   sliding or session window;
 - transforms: :func:`standard_scale`, :func:`online_scale`,
@@ -17,12 +20,17 @@ stops the dataflow. Outcomes for bad input to the numeric operators
 input                                     outcome (``error_type`` on ``errs``)
 ========================================  ==========================================
 item not a ``(str key, mapping)`` pair    ``BadItem``
-numeric field missing                     ``MissingField``
+(rows), not a ``DataFrame`` (frames)
+frame row: key column missing, null, or   ``BadKey`` (the rest of the frame goes on)
+not text or an integer
+numeric field missing (frames: or null)   ``MissingField``
 ``str``, ``None``, ``bool``, other        ``NotANumber`` (``"2.5"`` is not parsed)
 non-real value
 NaN, +Inf, -Inf                           ``NonFinite``
 timestamp getter raised, returned a       ``BadTimestamp``
-non-``datetime`` or a naive one
+non-``datetime`` or a naive one (frames:
+column missing, null, naive ``Datetime``,
+neither ``Datetime`` nor integer ms)
 timestamp beyond ``max_future`` of the    ``FutureTimestamp`` (protects the key's
 wall clock (default 1 day)                watermark from being pushed to year 3000)
 timestamp 0 (1970) or negative (before    a valid instant: accepted, or ``late``

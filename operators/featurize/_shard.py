@@ -1,10 +1,14 @@
-"""Routing keyed items to a few shard states in whole batches.
+"""Routing ``(key, event)`` rows to a few shard states in whole batches (the legacy row path).
 
 Bytewax calls a stateful logic once per key per batch, so 1,000 keys mean
 1,000 small Python calls. Grouping a batch by a stable hash of the key into
 ``shards`` sub-batches instead gives each shard state one large batch to work
-on with NumPy, and still sends every key to the same state on every worker
-(CRC-32 is stable across processes, unlike ``hash``).
+on with NumPy, and still sends every key to the same state on every worker.
+
+The rule is :func:`streamml.operators._core.keys.route`'s — CRC-32 of the
+key's UTF-8 text modulo ``shards`` (stable across processes, unlike
+``hash``) — applied to a list of rows with a memo instead of to a frame's
+key column (tests check the two agree). Frames go through ``route`` itself.
 """
 
 from __future__ import annotations

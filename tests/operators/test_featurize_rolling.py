@@ -451,3 +451,22 @@ def test_bounded_temporaries_give_the_same_features(monkeypatch):
         shards=1,
     )
     _assert_matches(items, oks, lates, errs, 10_000, 2_000, exact_values=False)
+
+
+@settings(max_examples=100)
+@given(
+    keys=st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=30),
+    shards=st.integers(1, 9),
+)
+def test_row_sharding_follows_the_one_key_router(keys, shards):
+    import polars as pl
+    from streamml.operators._core.keys import shard_ids
+    from streamml.operators.featurize._shard import shard_grouper
+
+    got = {
+        k: int(shard)
+        for shard, items in shard_grouper(shards)([(k, 0) for k in keys])
+        for k, _ in items
+    }
+    want = dict(zip(keys, shard_ids(pl.Series(keys, dtype=pl.String), shards).tolist()))
+    assert got == want
