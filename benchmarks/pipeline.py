@@ -61,6 +61,14 @@ _FETCH = {
 }
 _CONSUME = 5000
 """Messages per read, for every contender."""
+READING = {
+    "sensor_id": pl.String,
+    "ts": pl.Int64,
+    "temperature": pl.Float64,
+    "vibration": pl.Float64,
+    "pressure": pl.Float64,
+}
+"""The readings' JSON schema: declared, streamml decodes without inferring types per batch."""
 
 
 def build_mlp() -> bytes:
@@ -254,7 +262,7 @@ def streamml_flow(
         flow,
         brokers=bootstrap,
         topics=topic,
-        value_serde=JsonSerde(),
+        value_serde=JsonSerde(schema=READING),
         tail=tail,
         batch_size=_CONSUME,
         add_config=_FETCH,
