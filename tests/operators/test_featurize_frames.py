@@ -474,3 +474,28 @@ def test_misconfiguration_raises_at_build_time(kwargs, message):
     up = op.input("in", flow, TestingSource([]))
     with pytest.raises(ValueError, match=message):
         rolling("roll", up, **args)
+
+
+def test_ttl_forgets_idle_keys_with_their_count_windows_and_stale_rows_stay_late():
+    # key "old" goes idle; "new" runs on for longer than the ttl
+    rows = [{"id": 0, "key": "old", "ms": 0, "x": 1.0, "y": 0.0}]
+    rows += [{"id": 1, "key": "old", "ms": 500, "x": 2.0, "y": 0.0}]
+    rows += [{"id": i, "key": "new", "ms": i * 1000, "x": 1.0, "y": 0.0} for i in range(2, 40)]
+    rows += [
+        {"id": 100, "key": "old", "ms": 600, "x": 5.0, "y": 0.0},  # forgotten: stale, late
+        {"id": 101, "key": "old", "ms": 39_000, "x": 7.0, "y": 0.0},  # fresh: a new window
+    ]
+    out, errs, lates, _ = run_frames(
+        frames_of(rows, list(range(0, len(rows), 5))),
+        window=timedelta(seconds=5),
+        last=3,
+        fields=["x"],
+        aggregates=["count", "sum"],
+        ttl=timedelta(seconds=10),
+        shards=1,
+    )
+    assert errs == [] and [r.original["id"] for r in lates] == [100]
+    assert "TTL" in lates[0].reason
+    got = {r["id"]: r for r in out.iter_rows(named=True)}
+    assert got[1]["x_sum_last3"] == 3.0 and got[39]["x_count_last3"] == 3.0
+    assert (got[101]["x_count_last3"], got[101]["x_sum_last3"]) == (1.0, 7.0)
