@@ -24,6 +24,7 @@ from streamml.errors import Rejected
 __all__ = [
     "EPOCH",
     "from_micros",
+    "iso",
     "late",
     "micros",
     "to_micros",
@@ -75,6 +76,20 @@ def from_micros(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=int(us))
 
 
+def iso(us: int) -> str:
+    """An instant in microseconds as ISO 8601 text, for messages; beyond years 1-9999 (which
+    ``datetime`` cannot hold) as the number of microseconds.
+
+    Examples:
+        >>> iso(0), iso(10**18)
+        ('1970-01-01T00:00:00+00:00', '1000000000000000000 us since 1970-01-01 UTC')
+    """
+    try:
+        return from_micros(us).isoformat()
+    except OverflowError:
+        return f"{int(us)} us since 1970-01-01 UTC"
+
+
 def late(step_id: str, original: Any, ts_us: int, watermark_us: int, why: str = "") -> Rejected:
     """The :class:`~streamml.errors.Rejected` record (``error_type="Late"``) of a late event.
 
@@ -82,8 +97,5 @@ def late(step_id: str, original: Any, ts_us: int, watermark_us: int, why: str = 
         >>> late("roll", ("k", {}), 0, 1_000_000).reason
         'event time 1970-01-01T00:00:00+00:00 is before the watermark 1970-01-01T00:00:01+00:00'
     """
-    reason = (
-        f"event time {from_micros(ts_us).isoformat()} is before the watermark "
-        f"{from_micros(watermark_us).isoformat()}"
-    )
+    reason = f"event time {iso(ts_us)} is before the watermark {iso(watermark_us)}"
     return Rejected(step_id, "Late", reason + (f" ({why})" if why else ""), original)

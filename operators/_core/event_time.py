@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
-from streamml.operators._time import from_micros, late, micros
+from streamml.operators._time import iso, late, micros
 
 from streamml.errors import Rejected
 
@@ -185,8 +185,7 @@ class Admission:
             Rejected(
                 step_id,
                 "FutureTimestamp",
-                f"timestamp {from_micros(int(self._all_ts[i])).isoformat()} is beyond the "
-                "allowed future",
+                f"timestamp {iso(int(self._all_ts[i]))} is beyond the allowed future",
                 original(i),
             )
             for i in self.future.tolist()
@@ -201,7 +200,7 @@ class Admission:
             why = (
                 "key unknown, older than the TTL horizon"
                 if unknown
-                else f"key {self._keys[i]!r} has seen {from_micros(seen).isoformat()}"
+                else f"key {self._keys[i]!r} has seen {iso(seen)}"
             )
             lates.append(late(step_id, original(i), int(self._all_ts[i]), mark, why))
         return errs, lates

@@ -499,3 +499,20 @@ def test_ttl_forgets_idle_keys_with_their_count_windows_and_stale_rows_stay_late
     got = {r["id"]: r for r in out.iter_rows(named=True)}
     assert got[1]["x_sum_last3"] == 3.0 and got[39]["x_count_last3"] == 3.0
     assert (got[101]["x_count_last3"], got[101]["x_sum_last3"]) == (1.0, 7.0)
+
+
+def test_times_beyond_datetime_years_are_judged_and_reported_without_raising():
+    far = 10**15  # epoch milliseconds: about the year 33,700
+    rows = [
+        {"id": 0, "key": "k", "ms": 0, "x": 1.0, "y": 0.0},
+        {"id": 1, "key": "k", "ms": far, "x": 1.0, "y": 0.0},  # beyond max_future
+        {"id": 2, "key": "k", "ms": -far, "x": 1.0, "y": 0.0},  # late, about 31,700 BC
+        {"id": 3, "key": "k", "ms": 2**62, "x": 1.0, "y": 0.0},  # beyond what is accepted
+    ]
+    out, errs, lates, _ = run_frames([pl.DataFrame(rows, schema=SCHEMA)], last=2, fields=["x"])
+    assert out["id"].to_list() == [0]
+    assert sorted((r.original["id"], r.error_type) for r in errs) == [
+        (1, "FutureTimestamp"),
+        (3, "BadTimestamp"),
+    ]
+    assert [r.original["id"] for r in lates] == [2] and "us since 1970" in lates[0].reason
