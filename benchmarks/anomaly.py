@@ -13,7 +13,8 @@ precision >= 0.8, delay ratio < 0.1.
 Throughput: events per second through score + anomaly windows on one
 worker, 1,000 keys, in-memory source, next to the engine's ceiling (a
 pass-through ``stateful_batch`` on the same input) and the two-step form
-(:func:`score` then :func:`anomaly_windows`).
+(:func:`score` then :func:`anomaly_windows`); each on ``(key, event)`` rows
+(5,000 per batch) and on frames (the same events, 5,000 rows per frame).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators.anomaly import (
@@ -273,40 +275,59 @@ def _fleet(n: int, keys: int, seed: int = 0) -> list[tuple[str, dict]]:
     return out
 
 
+def _frames(items: list[tuple[str, dict]], size: int = 5000) -> list[pl.DataFrame]:
+    """The keyed events as frames of ``size`` rows: the key in a ``sensor`` column."""
+    out = []
+    for i in range(0, len(items), size):
+        part = items[i : i + size]
+        columns: dict[str, list] = {"sensor": [k for k, _ in part]}
+        for name in part[0][1]:
+            columns[name] = [e[name] for _, e in part]
+        out.append(pl.DataFrame(columns))
+    return out
+
+
 def throughput(n: int, keys: int, rounds: int, warmup: bool = True) -> dict[str, Any]:
     items = _fleet(n, keys)
     model_items = [(k, {**e, "score": abs(e["value"] - 10.0)}) for k, e in items]
+    frames, model_frames = _frames(items), _frames(model_items)
     threshold = FixedThreshold(4.0, 2.0)
     rules = dict(cooldown=30 * timedelta(seconds=1), gap=5 * MINUTE, max_duration=HOUR, alerts=True)
     ts = lambda e: e["time"]  # noqa: E731
 
     def flow_of(build: Any, data: list) -> Any:
+        framed = isinstance(data[0], pl.DataFrame)
+        events = sum(f.height for f in data) if framed else len(data)
+
         def run() -> int:
             flow = Dataflow("anomaly_speed")
-            s = op.input("in", flow, TestingSource(data, batch_size=5000))
+            s = op.input("in", flow, TestingSource(data, batch_size=1 if framed else 5000))
             sink = CountSink()
             for stream in build(s):
                 op.output(f"out{id(stream)}", stream, sink)
             run_main(flow)
-            return len(data)
+            return events
 
         return run
 
-    def fused(scorer: Any) -> Any:
+    def on(framed: bool) -> dict[str, Any]:
+        return dict(key="sensor", timestamp="time") if framed else dict(timestamp=ts)
+
+    def fused(scorer: Any, framed: bool = False) -> Any:
         def build(s: Any) -> list:
-            out = anomaly_windows("aw", s, timestamp=ts, threshold=threshold, score=scorer, **rules)
+            out = anomaly_windows("aw", s, threshold=threshold, score=scorer, **on(framed), **rules)
             return [out.windows, out.opened]
 
         return build
 
-    def two_step(s: Any) -> list:
-        scored = score("score", s, scorer=ZScore("value", window=5 * MINUTE), timestamp=ts)
-        out = anomaly_windows("aw", scored.oks, timestamp=ts, threshold=threshold, **rules)
-        return [out.windows, out.opened]
+    def two_step(framed: bool = False) -> Any:
+        def build(s: Any) -> list:
+            zscore = ZScore("value", window=5 * MINUTE)
+            scored = score("score", s, scorer=zscore, **on(framed))
+            out = anomaly_windows("aw", scored.oks, threshold=threshold, **on(framed), **rules)
+            return [out.windows, out.opened]
 
-    def model_field(s: Any) -> list:
-        out = anomaly_windows("aw", s, timestamp=ts, threshold=threshold, score="score", **rules)
-        return [out.windows, out.opened]
+        return build
 
     contenders = {
         "z-score + windows (one step)": flow_of(fused(ZScore("value", window=5 * MINUTE)), items),
@@ -314,8 +335,13 @@ def throughput(n: int, keys: int, rounds: int, warmup: bool = True) -> dict[str,
         "robust z-score + windows (one step)": flow_of(
             fused(RobustZScore("value", window=5 * MINUTE)), items
         ),
-        "model score field -> windows": flow_of(model_field, model_items),
-        "score -> anomaly_windows (two steps)": flow_of(two_step, items),
+        "model score field -> windows": flow_of(fused("score"), model_items),
+        "score -> anomaly_windows (two steps)": flow_of(two_step(), items),
+        "frames: z-score + windows (one step)": flow_of(
+            fused(ZScore("value", window=5 * MINUTE), framed=True), frames
+        ),
+        "frames: model score field -> windows": flow_of(fused("score", framed=True), model_frames),
+        "frames: score -> anomaly_windows (two steps)": flow_of(two_step(framed=True), frames),
         "ceiling: pass-through stateful_batch": flow_of(
             lambda s: [op.stateful_batch("pass", s, lambda _: _PassThrough())], items
         ),

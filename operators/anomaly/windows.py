@@ -326,11 +326,27 @@ class _Family:
         event = rows.event
         if scorer is not None:
             xs_all = _engine.group_values(held, order)
+            quiet = [False] * len(states)
         else:
-            s_all = held.data[order, 0].tolist()
+            sorted_s = held.data[order, 0]
+            s_all = sorted_s.tolist()
+            # a key whose run stays at or below open_above with no window open only moves its
+            # last time on (see _Windows.quiet): found for all keys at once
+            if fixed is not None:
+                tops = np.maximum.reduceat(sorted_s, [a for a, _ in bounds])
+                quiet = (tops <= fixed[0]).tolist()
+            else:
+                quiet = [False] * len(states)
         wakes = []
-        for st, (a, b), mark in zip(states, bounds, marks):
+        gap = self.rules.gap
+        for st, (a, b), mark, calm in zip(states, bounds, marks, quiet):
             w = st.windows
+            if calm and not w.open:  # _Windows.quiet, then close_by and _wake_at of a calm key
+                w.last = last = ts_all[b - 1]
+                if w.cand:
+                    w.cand = []
+                wakes.append(last + gap)
+                continue
             ts = ts_all[a:b]
             emitted: list = []
             if scorer is not None:
