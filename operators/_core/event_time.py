@@ -316,7 +316,7 @@ class KeyedEventTime:
         if isinstance(keys, pl.Series):
             if isinstance(keys.dtype, (pl.Categorical, pl.Enum)):
                 keys = keys.cast(pl.String)
-            uniq = keys.unique()
+            uniq, inverse = _distinct(keys)
             get = self.kid_of.get
             values = uniq.to_list()
             ids = [get(k) for k in values]
@@ -324,7 +324,7 @@ class KeyedEventTime:
                 for k in sorted(k for k, v in zip(values, ids) if v is None):
                     self._kid(k)
                 ids = [get(k) for k in values]
-            return keys.replace_strict(uniq, ids, return_dtype=pl.Int64).to_numpy()
+            return np.array(ids, dtype=np.int64)[inverse]
         get = self.kid_of.get
         found = [get(k) for k in keys]
         if None in found:
@@ -657,6 +657,38 @@ class KeyedEventTime:
                 stored = np.where(known, self.kmax[:n] - self.delay, _NONE)
             self.adv_base[:n] = stored
             self.adv_since[:n] = self.clock()
+
+
+def _distinct(keys: pl.Series) -> tuple[pl.Series, np.ndarray]:
+    """The distinct values of a non-null column and, per row, the index of its value.
+
+    By a 64-bit hash of each value, checked: if two distinct values ever
+    share a hash, the answer comes from comparing values instead (slower,
+    same result). About 1.5x faster than ``unique`` + ``replace_strict``
+    on 5,000 rows of 1,000 keys (measured 540 vs 730-930 µs).
+
+    Examples:
+        >>> uniq, inverse = _distinct(pl.Series(["b", "a", "b"]))
+        >>> uniq.gather(inverse).to_list()
+        ['b', 'a', 'b']
+    """
+    n = len(keys)
+    if n == 0:
+        return keys, _EMPTY_I
+    h = keys.hash().to_numpy()
+    order = np.argsort(h, kind="stable")
+    sh = h[order]
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(sh[1:], sh[:-1], out=first[1:])
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    uniq = keys.gather(order[first])
+    if (uniq.gather(inverse) == keys).all():
+        return uniq, inverse
+    uniq = keys.unique()  # a hash collision: by value
+    codes = keys.replace_strict(uniq, np.arange(len(uniq)), return_dtype=pl.Int64)
+    return uniq, codes.to_numpy()
 
 
 def _prior_max(kid: np.ndarray, ts: np.ndarray, seed: np.ndarray) -> np.ndarray:

@@ -292,3 +292,59 @@ def test_keys_of_any_supported_column_type():
 def test_misconfiguration_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         KeyedEventTime(**kwargs)
+
+
+def test_idle_advance_moves_a_quiet_keys_watermark_with_the_wall_clock_and_makes_nothing_late():
+    now = [1000.0]
+    et = KeyedEventTime(max_delay=timedelta(seconds=5), idle_advance=True, clock=lambda: now[0])
+    adm = et.admit(["a", "b"], np.array([10_000_000, 10_000_000]))
+    et.hold(None, adm.kid, adm.ts)
+    kid = adm.kid[:1]
+    assert et.marks(kid).tolist() == [5_000_000]
+    assert et.wall_time_of(kid, np.array([10_000_000])).tolist() == [1005.0]
+    assert et.notify_at().timestamp() == 1005.0
+    now[0] = 1002.0
+    assert et.marks(kid).tolist() == [7_000_000]
+    adm = et.admit(["a"], np.array([6_000_000]))  # behind the clock, not behind the rows: on time
+    assert len(adm.ok) == 1 and len(adm.late) == 0
+    et.hold(None, adm.kid, adm.ts)
+    assert et.release().held.ts.tolist() == [6_000_000]  # the clock passed it
+    now[0] = 1005.0
+    assert et.release().held.ts.tolist() == [10_000_000, 10_000_000]
+    assert et.admit(["a"], np.array([9_999_999])).late.tolist() == [0]  # behind a released row
+
+
+def test_idle_advance_restarts_from_the_snapshots_watermark_after_a_restore():
+    now = [1000.0]
+    et = KeyedEventTime(max_delay=timedelta(0), idle_advance=True, width=1, clock=lambda: now[0])
+    et.admit(["a"], np.array([1_000_000]))
+    now[0] = 1003.0
+    data = et.snapshot_data()
+    now[0] = 2000.0  # down for 997 s: downtime is not idleness
+    again = KeyedEventTime(
+        max_delay=timedelta(0), idle_advance=True, width=1, clock=lambda: now[0], resume=data
+    )
+    assert again.marks(again.kids(["a"])).tolist() == [4_000_000]
+    without = KeyedEventTime(max_delay=timedelta(0), clock=lambda: now[0])
+    without.admit(["a"], np.array([1_000_000]))
+    assert without.marks(without.kids(["a"])).tolist() == [1_000_000]  # off: event time only
+
+
+@settings(max_examples=100)
+@given(
+    values=st.lists(st.text(max_size=3), min_size=0, max_size=40),
+    collide=st.booleans(),
+)
+def test_distinct_keys_are_exact_even_when_hashes_collide(values, collide):
+    from streamml.operators._core import event_time
+
+    keys = pl.Series(values, dtype=pl.String)
+    real = pl.Series.hash
+    if collide:  # every value the same hash: the check must catch it
+        pl.Series.hash = lambda self, *a, **k: pl.Series([7] * len(self), dtype=pl.UInt64)
+    try:
+        uniq, inverse = event_time._distinct(keys)
+    finally:
+        pl.Series.hash = real
+    assert uniq.gather(inverse).to_list() == values
+    assert sorted(uniq.to_list()) == sorted(set(values))
