@@ -221,6 +221,10 @@ class FlatRecordReader:
             return [{} for _ in range(len(joined.ends))]
         return list(map(self._build, *columns))
 
+    def columns_ok(self, joined: JoinedPayloads, skip: int) -> bool:
+        """Whether every payload's body decodes as this schema (without building a frame)."""
+        return self._columns(joined, skip) is not None
+
     def read_frame(self, joined: JoinedPayloads, skip: int) -> pl.DataFrame | None:
         """Every payload's body as one row of a DataFrame of ``schema``, or ``None`` as :meth:`read`.
 

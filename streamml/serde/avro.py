@@ -22,6 +22,7 @@ import io
 import json
 import struct
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from streamml.serde.base import (
     FrameDecoded,
     SerdeError,
     Serializer,
+    empty_frame,
     frame_from_values,
     map_each,
 )
@@ -353,8 +355,98 @@ class ConfluentAvroSerde(Deserializer, Serializer):
                 frame = _flat_frame(found[0], found[1], _HEADER.size)
                 if frame is not None:
                     return frame
+            mixed = self._flat_mostly(payloads)
+            if mixed is not None:
+                return mixed
         values = self._decode_each(payloads)
         return frame_from_values(values, self._frame_schema(payloads, values))
+
+    def _flat_mostly(self, payloads: Sequence[bytes | None]) -> FrameDecoded | None:
+        """A batch whose payloads mostly carry one flat schema's id, with a few that do not.
+
+        One corrupt message in a fetch must not send the other thousands
+        through fastavro one by one (the sensor demo, with 200 corrupt
+        messages among 200,000, decoded a third of its batches that way).
+        The payloads with the common header are read as columns, halving
+        around bodies that do not read; the rest, and the bodies that fail
+        alone, are decoded one by one. ``None`` when no header is common to
+        at least half the batch.
+        """
+        heads = [p[: _HEADER.size] if type(p) is bytes else None for p in payloads]
+        counts: dict[bytes, int] = {}
+        for head in heads:
+            if head is not None:
+                counts[head] = counts.get(head, 0) + 1
+        if not counts:
+            return None
+        header = max(counts, key=counts.__getitem__)
+        if counts[header] * 2 < len(payloads) or len(header) < _HEADER.size:
+            return None
+        common = [i for i, head in enumerate(heads) if head == header]
+        found = self._flat_batch([payloads[i] for i in common[:1]])
+        if found is None:
+            return None
+        reader = found[0]
+        parts: list[tuple[list[int], pl.DataFrame]] = []
+        one_by_one = [i for i, head in enumerate(heads) if head != header]
+
+        def split(indices: list[int], readable: Any) -> list[list[int]]:
+            """``indices`` cut into runs that ``readable`` accepts; the singles it refuses go one by one."""
+            joined = join_payloads([payloads[i] for i in indices])
+            if joined is not None and readable(joined):
+                return [indices]
+            if len(indices) == 1:
+                one_by_one.append(indices[0])
+                return []
+            half = len(indices) // 2
+            return split(indices[:half], readable) + split(indices[half:], readable)
+
+        # Halve on the column decode alone (NumPy, cheap), then build one frame of the
+        # good bodies; building a frame per half costs ~1 ms each. Invalid UTF-8 only
+        # shows when the frame is built: then halve on that (rare).
+        runs = split(common, lambda joined: reader.columns_ok(joined, _HEADER.size))
+        good_bodies = [i for run in runs for i in run]
+        if good_bodies:
+            frame = reader.read_frame(
+                join_payloads([payloads[i] for i in good_bodies]), _HEADER.size
+            )
+            if frame is not None:
+                parts.append((good_bodies, frame))
+            else:
+                for run in split(
+                    good_bodies, lambda joined: reader.read_frame(joined, _HEADER.size) is not None
+                ):
+                    parts.append(
+                        (
+                            run,
+                            reader.read_frame(
+                                join_payloads([payloads[i] for i in run]), _HEADER.size
+                            ),
+                        )
+                    )
+        one_by_one.sort()
+        values = self._decode_each([payloads[i] for i in one_by_one])
+        errors = [(i, v) for i, v in zip(one_by_one, values) if type(v) is SerdeError]
+        good = [(i, v) for i, v in zip(one_by_one, values) if type(v) is not SerdeError]
+        if good:
+            rest = frame_from_values(
+                [v for _, v in good],
+                self._frame_schema([payloads[i] for i, _ in good], [v for _, v in good]),
+            )
+            errors += [(good[j][0], err) for j, err in rest.errors]
+            parts.append(([good[j][0] for j in rest.rows.tolist()], rest.frame))
+        if not parts:
+            return FrameDecoded(
+                empty_frame(None), np.empty(0, np.int64), sorted(errors, key=itemgetter(0))
+            )
+        rows = np.concatenate([np.asarray(ix, np.int64) for ix, _ in parts])
+        frames = [frame for _, frame in parts]
+        same = all(f.schema == frames[0].schema for f in frames)
+        frame = pl.concat(frames, how="vertical" if same else "diagonal_relaxed")
+        order = np.argsort(rows, kind="stable")
+        if (order != np.arange(len(order))).any():
+            frame, rows = frame[order], rows[order]
+        return FrameDecoded(frame, rows, sorted(errors, key=itemgetter(0)))
 
     def _frame_schema(self, payloads: Sequence[bytes | None], values: list[Any]) -> Any:
         if self._reader is not None:

@@ -567,3 +567,36 @@ def test_default_frames_for_a_serde_with_only_row_methods() -> None:
     assert out.frame.rows() == [("1", "x"), ("2", "y")]
     assert [(i, e.kind) for i, e in out.errors] == [(1, "Empty")]
     assert encode_frame(Csv(), out.frame) == [b"1,x", b"2,y"]
+
+
+GOOD_CONFLUENT = CONFLUENT.encode_batch(readings(200))
+
+
+@settings(max_examples=100)
+@given(
+    spoiled=st.dictionaries(
+        st.integers(0, 199),
+        st.one_of(
+            st.none(),
+            st.binary(max_size=12),
+            st.integers(1, 30).map(lambda cut: ("truncate", cut)),
+            st.binary(min_size=1, max_size=8).map(lambda b: ("same header", b)),
+        ),
+        max_size=12,
+    )
+)
+def test_confluent_mostly_good_batch_keeps_every_good_row(spoiled) -> None:
+    """A few bad payloads among many good ones: the good ones still decode, as decode_batch says."""
+    payloads = list(GOOD_CONFLUENT)
+    for i, spoil in spoiled.items():
+        if isinstance(spoil, tuple) and spoil[0] == "truncate":
+            payloads[i] = payloads[i][: -spoil[1]]
+        elif isinstance(spoil, tuple):
+            payloads[i] = payloads[i][:5] + spoil[1]
+        else:
+            payloads[i] = spoil
+    out = CONFLUENT.decode_frame(payloads)
+    assert_partition(out, len(payloads))
+    values = CONFLUENT.decode_batch(payloads)
+    assert_rows_match_batch(out, values)
+    assert out.rows.tolist() == [i for i, v in enumerate(values) if type(v) is dict]
