@@ -24,22 +24,20 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 SENSORS, PER_SENSOR = 24, 100
 
 
-def _run(broker: EmbeddedBroker, model: Path, inputs: str, outputs: str, tmp: Path, layout: str):
+def _start(
+    broker: EmbeddedBroker, model: Path, inputs: str, outputs: str, tmp: Path, layout: str
+) -> list[FlowProcess]:
     create_outputs(broker, Topics.named(inputs, outputs))
     args = (broker.bootstrap, model, inputs, outputs)
     if layout == "1x1":
-        procs = [FlowProcess(*args, log=tmp / f"{layout}.log")]
-    elif layout == "1x2":
-        procs = [FlowProcess(*args, log=tmp / f"{layout}.log", workers=2)]
-    else:
-        addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-        procs = [
-            FlowProcess(*args, log=tmp / f"{layout}-{i}.log", process_id=i, addresses=addresses)
-            for i in range(2)
-        ]
-    for proc in procs:
-        assert proc.wait() == 0, proc.tail()
-    return read_outputs(broker.bootstrap, Topics.named(inputs, outputs))
+        return [FlowProcess(*args, log=tmp / f"{layout}.log")]
+    if layout == "1x2":
+        return [FlowProcess(*args, log=tmp / f"{layout}.log", workers=2)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    return [
+        FlowProcess(*args, log=tmp / f"{layout}-{i}.log", process_id=i, addresses=addresses)
+        for i in range(2)
+    ]
 
 
 def _in_order(out: Outputs) -> None:
@@ -56,9 +54,23 @@ def test_one_worker_two_workers_and_two_processes_give_the_same_results(
     messages, inputs = generate_inputs(SENSORS, PER_SENSOR, bad_share=0.03, late_share=0.01)
     produce_inputs(broker.bootstrap, topics, messages, SENSORS)
 
-    runs = {
-        layout: _run(broker, model, topic_name, f"{topic_name}-{layout}", tmp_path, layout)
+    # The three layouts run at the same time (each writes its own output topics): their
+    # process start-ups overlap instead of adding up, and the results must not care.
+    started = {
+        layout: _start(broker, model, topic_name, f"{topic_name}-{layout}", tmp_path, layout)
         for layout in ("1x1", "1x2", "2x1")
+    }
+    procs = [proc for layout_procs in started.values() for proc in layout_procs]
+    try:
+        for proc in procs:
+            assert proc.wait() == 0, proc.tail()
+    finally:
+        for proc in procs:
+            if proc.running():
+                proc.kill()
+    runs = {
+        layout: read_outputs(broker.bootstrap, Topics.named(topic_name, f"{topic_name}-{layout}"))
+        for layout in started
     }
     single = runs["1x1"]
     assert len(single.scores) == inputs.good
