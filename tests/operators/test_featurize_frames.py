@@ -415,42 +415,49 @@ def test_snapshot_restore_round_trip(window):
         rolling_agg._RowLogic(rolling_agg._config("roll", fields=["x"], last=3), lambda e: e, snap)
 
 
-def test_count_windows_in_the_row_path_match_a_deque():
-    rnd = random.Random(4)
+@settings(max_examples=60)
+@given(
+    data=streams(),
+    delay_s=st.integers(0, 5),
+    batch_size=st.integers(1, 7),
+    shards=st.integers(1, 3),
+    counts=st.lists(st.integers(1, 6), min_size=1, max_size=2, unique=True),
+)
+def test_count_windows_in_the_row_path_match_a_deque(data, delay_s, batch_size, shards, counts):
+    rows, _ = data
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    rows = [
-        {
-            "id": i,
-            "key": rnd.choice("ab"),
-            "ms": i * 400 - rnd.randint(0, 6000),
-            "x": float(rnd.randint(0, 9)),
-            "y": 0.0,
-        }
-        for i in range(80)
-    ]
     flow = Dataflow("rows")
-    up = op.input("in", flow, TestingSource([(r["key"], r) for r in rows], batch_size=7))
+    up = op.input("in", flow, TestingSource([(r["key"], r) for r in rows], batch_size=batch_size))
     out = rolling(
         "roll",
         up,
         timestamp=lambda e: t0 + timedelta(milliseconds=e["ms"]),
-        last=[1, 4],
-        fields=["x"],
-        aggregates=["mean", "max", "delta"],
-        max_delay=timedelta(seconds=2),
-        shards=3,
+        last=counts,
+        fields=["x", "y"],
+        aggregates=AGGS,
+        half_life=timedelta(seconds=HALF_LIFE),
+        max_delay=timedelta(seconds=delay_s),
+        shards=shards,
     )
     oks, lates = [], []
     op.output("oks", out.oks, TestingSink(oks))
     op.output("late", out.late, TestingSink(lates))
     run_main(flow)
-    expected, late_ids = brute_force(rows, window_ms=1, counts=[1, 4], delay_ms=2000)
-    assert sorted(r.original[1]["id"] for r in lates) == sorted(late_ids) and late_ids
+    expected, late_ids = brute_force(rows, window_ms=1, counts=counts, delay_ms=delay_s * 1000)
+    assert sorted(r.original[1]["id"] for r in lates) == sorted(late_ids)
     assert sorted(e["id"] for _, e in oks) == sorted(expected)
-    for _, e in oks:
-        for name in ("x_mean_last4", "x_max_last4", "x_delta_last4", "x_mean_last1"):
-            want = expected[e["id"]][name]
-            assert e[name] == want or (math.isnan(want) and math.isnan(e[name])), (name, e, want)
+    for key, e in oks:
+        assert key == e["key"]
+        want = expected[e["id"]]
+        names = [f"{f}_{a}_last{n}" for n in counts for f in "xy" for a in AGGS]
+        assert [k for k in e if "_last" in k] == names
+        for name in names:
+            agg = name.split("_")[1]
+            scale = max(
+                1.0, abs(want[name.replace(agg, "min", 1)]), abs(want[name.replace(agg, "max", 1)])
+            )
+            scale = scale * scale if agg == "var" else scale
+            assert _close(e[name], want[name], scale, agg in EXACT), (name, e, want[name])
 
 
 @pytest.mark.parametrize(
