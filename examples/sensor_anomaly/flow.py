@@ -19,19 +19,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
+import polars as pl
 from bytewax.dataflow import Dataflow
 from streamml.operators import anomaly, infer
 
-from examples.sensor_anomaly.features import FIELDS, MAX_DELAY, add_features, reading_time
+from examples.sensor_anomaly.features import FEATURE_NAMES, FIELDS, MAX_DELAY, add_features
 from examples.sensor_anomaly.model import DEFAULT_DIR, ModelFiles, build_model
 from streamml import kafka
 from streamml.errors import Rejected
-from streamml.kafka import Record
 from streamml.models import OnnxModel
 from streamml.serde import ConfluentAvroSerde, JsonSerde
 
@@ -68,96 +68,86 @@ def _check(value: dict[str, Any], now: datetime) -> str | None:
     return None
 
 
-_MEASURES = itemgetter(*FIELDS)
-_FLOATS = (float,) * len(FIELDS)
-
-
-def _plainly_fine(value: Any, limit: datetime) -> bool:
-    """The common case in a few operations: plain finite floats and an aware time in range.
-
-    ``False`` only means "look closer" (:func:`_check` decides): a sum of
-    finite floats can overflow, and subclasses of ``float`` or ``datetime``
-    are not plain.
-    """
-    try:
-        xs = _MEASURES(value)
-        ts = value["ts"]
-        return (
-            tuple(map(type, xs)) == _FLOATS
-            and math.isfinite(sum(xs))
-            and type(ts) is datetime
-            and EARLIEST <= ts <= limit
-        )
-    except Exception:  # a missing field, or a naive time (it does not compare with aware ones)
-        return False
+def _columns_problem(frame: pl.DataFrame) -> str | None:
+    """Why no row of the frame can be a reading (a column missing or of another type), or None."""
+    schema = frame.schema
+    for name in FIELDS:
+        if name not in schema or not schema[name].is_float():
+            return f"{name} is {schema.get(name)}, not a column of floats"
+    ts = schema.get("ts")
+    if not isinstance(ts, pl.Datetime) or ts.time_zone is None:
+        return f"ts is {ts}, not a time-zone-aware datetime column"
+    if schema.get("sensor_id") != pl.String:
+        return f"sensor_id is {schema.get('sensor_id')}, not a text column"
+    return None
 
 
 def validate_readings(step_id: str):
-    """A batch function: keep usable readings as ``(sensor_id, reading)``, reject the rest."""
+    """A frame function: the usable readings as one frame, then a ``Rejected`` per unusable one.
 
-    def validate(records: list[Record]) -> list[tuple[str, dict[str, Any]] | Rejected]:
+    Usable: finite floats in every field and a time between 2000 and one day
+    past the wall clock, checked with one polars expression per frame; the
+    reason of each rejection comes from :func:`_check` on that row alone.
+    """
+
+    def validate(frame: pl.DataFrame) -> list[pl.DataFrame | Rejected]:
         now = datetime.now(timezone.utc)
-        limit = now + MAX_CLOCK_SKEW
-        out: list[tuple[str, dict[str, Any]] | Rejected] = []
-        for record in records:
-            value = record.value
-            if _plainly_fine(value, limit):
-                out.append((value["sensor_id"], value))
-                continue
-            problem = _check(value, now) if isinstance(value, dict) else "value is not a record"
-            if problem is None:
-                out.append((value["sensor_id"], value))
-            else:
-                out.append(Rejected(step_id, "InvalidReading", problem, record))
+        problem = _columns_problem(frame)
+        if problem is not None:
+            return [Rejected(step_id, "InvalidReading", problem, row) for row in frame.to_dicts()]
+        fine = frame.select(
+            pl.all_horizontal(*(pl.col(f).is_finite().fill_null(False) for f in FIELDS))
+            & pl.col("ts").is_between(EARLIEST, now + MAX_CLOCK_SKEW).fill_null(False)
+            & pl.col("sensor_id").is_not_null()
+        ).to_series()
+        if fine.all():
+            return [frame]
+        out: list[pl.DataFrame | Rejected] = [frame.filter(fine)] if fine.any() else []
+        for row in frame.filter(~fine).to_dicts():
+            why = _check(row, now) or "sensor_id is missing"
+            out.append(Rejected(step_id, "InvalidReading", why, row))
         return out
 
     return validate
 
 
-def _usable(batch: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [x for x in batch if type(x) is tuple]
+def _usable(frames: list[Any]) -> list[pl.DataFrame]:
+    return [x for x in frames if isinstance(x, pl.DataFrame)]
 
 
-def _unusable(batch: list[Any]) -> list[Rejected]:
-    return [x for x in batch if type(x) is not tuple]
+def _unusable(frames: list[Any]) -> list[Rejected]:
+    return [x for x in frames if isinstance(x, Rejected)]
 
 
 def _score_attacher(version: str):
-    """The forest's anomaly score (higher = stranger; 0 while the sensor's baseline is thin) and its version.
+    """The forest's anomaly score (higher = stranger; 0 while the sensor's baseline is thin) and its version."""
 
-    Written into the event itself, not a copy: the events reaching the model
-    are the feature step's new dicts, and the model step is their only reader.
-    """
-
-    def attach_score(event: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
-        event["if_score"] = -float(outputs["scores"]) if event["warm"] else 0.0
-        event["model_version"] = version
-        return event
+    def attach_score(frame: pl.DataFrame, outputs: dict[str, np.ndarray]) -> pl.DataFrame:
+        scores = -np.asarray(outputs["scores"], dtype=np.float64).reshape(-1)
+        warm = frame.get_column("warm").to_numpy()
+        return frame.hstack(
+            [
+                pl.Series("if_score", np.where(warm, scores, 0.0)),
+                pl.Series("model_version", [version]).new_from_index(0, len(frame)),
+            ]
+        )
 
     return attach_score
 
 
-def _score_records(batch: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The scores topic's records, built once per batch."""
-    return [
-        {
-            "sensor_id": e["sensor_id"],
-            "ts": e["ts"],
-            "if_score": round(e["if_score"], 5),
-            "model_version": e["model_version"],
-        }
-        for _, e in batch
-    ]
+def _score_records(frame: pl.DataFrame) -> pl.DataFrame:
+    """The scores topic's records: the reading's key and time, its score and the model version."""
+    return frame.select("sensor_id", "ts", pl.col("if_score").round(5), "model_version")
 
 
 def _tag(detector: str, kind: str):
-    def tag(kv: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-        record = {"type": kind, "detector": detector, **kv[1]}
-        record.pop("peak_event", None)
+    def tag(record: dict[str, Any]) -> dict[str, Any]:
+        tagged = {"type": kind, "detector": detector, **record}
+        tagged.pop("peak_event", None)
         if kind == "window":
-            peak = kv[1]["peak_event"]
-            record["peak_reading"] = {f: peak.get(f) for f in ("ts", *FIELDS) if f in peak}
-        return record
+            peak = record["peak_event"]
+            tagged["peak_reading"] = {f: peak.get(f) for f in ("ts", *FIELDS) if f in peak}
+        return tagged
 
     return tag
 
@@ -192,8 +182,10 @@ def build_flow(
         value_serde=serde,
         tail=tail,
         batch_size=2000,
+        frames=True,
+        metadata=("partition", "offset"),
     )
-    checked = op.flat_map_batch("validate", src.oks, validate_readings("sensor_anomaly.validate"))
+    checked = op.flat_map("validate", src.oks, validate_readings("sensor_anomaly.validate"))
     readings = op.flat_map_batch("usable", checked, _usable)
 
     feats = add_features("features", readings)
@@ -202,16 +194,17 @@ def build_flow(
         "isoforest",
         feats.oks,
         forest,
-        inputs="features",
+        inputs=list(FEATURE_NAMES),
         outputs=_score_attacher(forest.version),
-        version_field=None,  # attached by the outputs function, in the same dict
+        version_field=None,  # attached by the outputs function
         max_batch=1024,
         max_wait=max_wait,
     )
     model_windows = anomaly.anomaly_windows(
         "isoforest_windows",
         scored.oks,
-        timestamp=reading_time,
+        key="sensor_id",
+        timestamp="ts",
         score="if_score",
         threshold=anomaly.FixedThreshold(
             model.quantiles["q999"], close_below=model.quantiles["q990"]
@@ -226,7 +219,8 @@ def build_flow(
     z_windows = anomaly.anomaly_windows(
         "zscore_windows",
         scored.oks,  # the same in-order, on-time readings the model scored
-        timestamp=reading_time,
+        key="sensor_id",
+        timestamp="ts",
         score=anomaly.RobustZScore(list(FIELDS), window=timedelta(minutes=10), min_points=30),
         threshold=anomaly.FixedThreshold(6.0, close_below=3.0),
         min_points=2,
@@ -246,11 +240,11 @@ def build_flow(
     json_out = JsonSerde()
     score_errs = kafka.sink(
         "scores",
-        op.flat_map_batch("score_records", scored.oks, _score_records),
+        op.map("score_records", scored.oks, _score_records),
         brokers=brokers,
         topic=topics.scores,
         value_serde=json_out,
-        key=itemgetter("sensor_id"),
+        key="sensor_id",
     )
     alert_errs = kafka.sink(
         "alerts_out",
@@ -258,7 +252,7 @@ def build_flow(
         brokers=brokers,
         topic=topics.alerts,
         value_serde=json_out,
-        key=itemgetter("key"),
+        key="key",
     )
     kafka.dead_letter_sink(
         "dead_letters",

@@ -18,11 +18,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
@@ -49,17 +49,19 @@ class ModelFiles:
 
 def _training_features(n_events: int, n_sensors: int, seed: int) -> np.ndarray:
     fleet = generate_fleet(n_events, n_sensors=n_sensors, anomalies_per_sensor=0.0, seed=seed)
+    frames = [pl.from_dicts(fleet.events[i : i + 5000]) for i in range(0, len(fleet.events), 5000)]
     flow = Dataflow("sensor_training_features")
-    keyed = op.key_on(
-        "key", op.input("normal", flow, TestingSource(fleet.events, 5000)), lambda e: e["sensor_id"]
+    out: list[pl.DataFrame] = []
+    op.output(
+        "rows",
+        add_features("features", op.input("normal", flow, TestingSource(frames))).oks,
+        TestingSink(out),
     )
-    rows: list = []
-    op.output("rows", add_features("features", keyed).oks, TestingSink(rows))
     run_main(flow)
     # as served: thin baselines score 0. Sorted, so the model does not depend on the
     # order in which the feature step's shards emit (it changes with their number).
-    warm = sorted((e for _, e in rows if e["warm"]), key=itemgetter("sensor_id", "ts"))
-    return np.stack([e["features"] for e in warm])
+    warm = pl.concat(out).filter(pl.col("warm")).sort("sensor_id", "ts")
+    return warm.select(FEATURE_NAMES).to_numpy().astype(np.float32)
 
 
 def _fingerprint() -> str:
