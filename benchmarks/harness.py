@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from streamml.tuning import relaxed_gc
@@ -118,13 +119,14 @@ class _CountPartition(StatelessSinkPartition[Any]):
         self._counter = counter
 
     def write_batch(self, items: list[Any]) -> None:
-        self._counter[0] += len(items)
+        self._counter[0] += sum(len(x) if isinstance(x, pl.DataFrame) else 1 for x in items)
 
 
 class CountSink(DynamicSink[Any]):
     """Counts what reaches it and keeps nothing, so the dataflow, not the sink, is measured.
 
-    ``counter[0]`` is the count (shared by the workers of one process).
+    ``counter[0]`` is the count (shared by the workers of one process): the rows of
+    a frame, one for any other item.
     """
 
     def __init__(self) -> None:

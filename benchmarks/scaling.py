@@ -71,25 +71,31 @@ def _run_layout(bootstrap: str, broker, model_path: str, n: int, layout: str) ->
 
 _MEMORY_SCRIPT = """
 import sys
-from datetime import datetime, timedelta, timezone
+import numpy as np
+import polars as pl
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
-from benchmarks.pipeline import _vector, _result, _reading_time
+from benchmarks.pipeline import FEATURES
 from streamml.models import OnnxModel
 from streamml.operators import featurize
 from streamml.operators.infer import infer
 from benchmarks.harness import CountSink
 keys, n, model_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-t0 = 1_767_225_600_000
-events = ((f"s{i % keys}", {"sensor_id": f"s{i % keys}", "ts": t0 + (i // keys) * 1000, "temperature": 60.0 + i % 7,
-           "vibration": 2.0, "pressure": 5.0}) for i in range(n))  # generated as consumed: only state grows
+t0, size = 1_767_225_600_000, 2000
+names = np.array([f"s{i}" for i in range(keys)])
+def frames():  # generated as consumed: only state grows
+    for start in range(0, n, size):
+        i = np.arange(start, min(start + size, n))
+        yield pl.DataFrame({"sensor_id": names[i % keys], "ts": t0 + (i // keys) * 1000,
+                            "temperature": 60.0 + i % 7, "vibration": np.full(len(i), 2.0),
+                            "pressure": np.full(len(i), 5.0)})
 flow = Dataflow("memory")
-src = op.input("in", flow, TestingSource(events, 2000))
-feats = featurize.rolling("last10", src, timestamp=_reading_time, window=timedelta(seconds=10),
+src = op.input("in", flow, TestingSource(frames()))
+feats = featurize.rolling("last10", src, key="sensor_id", timestamp="ts", last=10,
                           fields=["temperature"], aggregates=["mean"], shards=1)
-scored = infer("mlp", op.flat_map_batch("vector", feats.oks, _vector), OnnxModel(model_path, intra_op_threads=1),
-               inputs="features", outputs=_result, version_field=None, max_batch=1024)
+scored = infer("mlp", feats.oks, OnnxModel(model_path, intra_op_threads=1), inputs=FEATURES,
+               outputs={"p_hot": ("probabilities", 1)}, version_field=None, max_batch=1024)
 sink = CountSink()
 op.output("out", scored.oks, sink)
 def hwm_kb():  # this process's own high-water mark (ru_maxrss would include the parent's, from fork)
