@@ -95,7 +95,7 @@ def _measure(
     src, out = f"lat-in-{run}", f"lat-out-{run}"
     broker.create_topic(src)
     broker.create_topic(out)
-    spec = f"benchmarks.pipeline:streamml_flow({bootstrap!r}, {src!r}, {out!r}, {model_path!r}, tail=True, max_wait_ms={max_wait_ms})"
+    spec = f"benchmarks.pipeline:streamml_flow({bootstrap!r}, {src!r}, {out!r}, {model_path!r}, tail=True, max_wait_ms={max_wait_ms}, sent_field=True)"
     flow = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", spec],
         cwd=ROOT,

@@ -245,8 +245,12 @@ def streamml_flow(
     max_wait_ms: float = 5.0,
     shards: int = 1,
     confirm_each_batch: bool = True,
+    sent_field: bool = False,
 ) -> Dataflow:
     """The light pipeline as a streamml dataflow (``model``: ONNX bytes or a path).
+
+    ``sent_field=True`` keeps the readings' ``sent`` field (the producer's
+    wall-clock ms), which the latency benchmark reads back from the results.
 
     ``confirm_each_batch=False`` produces the results without waiting for the
     broker's acknowledgements at each batch (failures still stop the flow),
@@ -262,7 +266,7 @@ def streamml_flow(
         flow,
         brokers=bootstrap,
         topics=topic,
-        value_serde=JsonSerde(schema=READING),
+        value_serde=JsonSerde(schema={**READING, "sent": pl.Float64} if sent_field else READING),
         tail=tail,
         batch_size=_CONSUME,
         add_config=_FETCH,
