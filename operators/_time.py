@@ -99,3 +99,9 @@ def late(step_id: str, original: Any, ts_us: int, watermark_us: int, why: str = 
     """
     reason = f"event time {iso(ts_us)} is before the watermark {iso(watermark_us)}"
     return Rejected(step_id, "Late", reason + (f" ({why})" if why else ""), original)
+
+
+class WatermarkSnapshot:
+    """Only for reading recovery stores written before versioned snapshots (see
+    :mod:`streamml.operators.featurize._legacy`): the per-key watermarks of a ``rolling``
+    shard then, ``max_seen`` and ``forgotten_max``, as pickle restores them."""

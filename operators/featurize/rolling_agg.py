@@ -56,6 +56,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators._core.keys import route
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import micros
+from streamml.operators.featurize import _legacy
 from streamml.operators.featurize._batch import extract
 from streamml.operators.featurize._columns import check_frame, ts_micros, values
 from streamml.operators.featurize._rolling_core import Config, Rolling, plan_names
@@ -85,6 +86,9 @@ AGGREGATES = (
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
 _KIND = "streamml.featurize.rolling"
 _VERSION = 1
+# the pickled classes of stores written before versioned snapshots (read, never written)
+_Snapshot = _legacy.Snapshot
+_Held = _legacy.Held
 
 
 def window_label(window: timedelta) -> str:
@@ -244,7 +248,9 @@ class _Logic(StatefulBatchLogic):
     def __init__(self, cfg: Config, resume: Any, clock: Callable[[], float]) -> None:
         self.cfg = cfg
         data = None
-        if resume is not None:
+        if isinstance(resume, _legacy.Snapshot):  # a store from before versioned snapshots
+            data = _legacy.upgrade(resume, len(cfg.fields))
+        elif resume is not None:
             data = restore(resume, kind=_KIND, version=_VERSION)
             if data["path"] != self.path:
                 raise ValueError(
