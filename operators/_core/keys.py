@@ -16,13 +16,15 @@ rows of the frame go on. Nothing raises.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from streamml.errors import Rejected
 
-__all__ = ["bad_key_rows", "route", "shard_ids"]
+__all__ = ["bad_key_rows", "frame_sharder", "route", "shard_ids"]
 
 
 def _is_key_dtype(dtype: pl.DataType) -> bool:
@@ -132,3 +134,47 @@ def route(
     ordered = good[order]
     starts, ends = np.r_[0, cuts].tolist(), np.r_[cuts, len(ids)].tolist()
     return [(str(ordered_ids[a]), ordered.slice(a, b - a)) for a, b in zip(starts, ends)], bad
+
+
+FrameCheck = Callable[[pl.DataFrame], tuple[pl.DataFrame, list[Rejected]]]
+"""A family's own row checks: the good rows of a frame, and a rejection per bad row."""
+
+
+def frame_sharder(
+    step_id: str, *, key: str, shards: int, check: FrameCheck | None = None
+) -> Callable[[list[Any]], list[Any]]:
+    """The batch function in front of a keyed family's state: frames to ``(shard id, rows)`` parts.
+
+    Use it with ``op.flat_map_batch`` before ``op.stateful_batch``. Out come
+    the parts and, in their place, a :class:`Rejected` for an item that is
+    not a frame (``BadItem``), for each row ``check`` refuses, and for each
+    row with a bad key (``BadKey``, see :func:`route`). Empty frames vanish.
+
+    Examples:
+        >>> shard = frame_sharder("s", key="id", shards=4)
+        >>> out = shard([pl.DataFrame({"id": ["a", "b", None]}), "oops"])
+        >>> [(x[0], x[1]["id"].to_list()) if type(x) is tuple and not isinstance(x, Rejected)
+        ...  else x.error_type for x in out]
+        ['BadKey', ('1', ['b']), ('3', ['a']), 'BadItem']
+    """
+
+    def shard(items: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for item in items:
+            if not isinstance(item, pl.DataFrame):
+                why = f"expected a polars DataFrame; got {type(item).__name__}"
+                out.append(Rejected(step_id, "BadItem", why, item))
+                continue
+            if item.is_empty():
+                continue
+            if check is not None:
+                item, errs = check(item)
+                out.extend(errs)
+                if item.is_empty():
+                    continue
+            parts, bad = route(item, key=key, shards=shards, step_id=step_id)
+            out.extend(bad)
+            out.extend(parts)
+        return out
+
+    return shard
