@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-from streamml.operators._core.keys import route
+from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import micros
 from streamml.operators.featurize import _legacy
@@ -418,31 +418,6 @@ class _RowLogic(_Logic):
         return list(zip(map(self.keys.__getitem__, at), outputs))
 
 
-def _shard_frames(
-    step_id: str, key: str, timestamp: str, fields: Sequence[str], shards: int
-) -> Callable[[list[Any]], list[Any]]:
-    """The batch function that checks frames and routes their rows to shards."""
-
-    def shard(items: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        for item in items:
-            if not isinstance(item, pl.DataFrame):
-                why = f"expected a polars DataFrame; got {type(item).__name__}"
-                out.append(Rejected(step_id, "BadItem", why, item))
-                continue
-            if item.is_empty():
-                continue
-            good, errs = check_frame(item, step_id=step_id, timestamp=timestamp, fields=fields)
-            out.extend(errs)
-            if good.height:
-                parts, bad = route(good, key=key, shards=shards, step_id=step_id)
-                out.extend(bad)
-                out.extend(parts)
-        return out
-
-    return shard
-
-
 @operator
 def rolling(
     step_id: str,
@@ -682,8 +657,10 @@ def rolling(
             "for frames, key and timestamp name columns (e.g. key='sensor_id', "
             f"timestamp='ts'); got key={key!r}, timestamp={timestamp!r}"
         )
-    shard = _shard_frames(step_id, key, timestamp, cfg.fields, shards)
-    mixed = op.flat_map_batch("shard", up, shard)
+    check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=cfg.fields)
+    mixed = op.flat_map_batch(
+        "shard", up, frame_sharder(step_id, key=key, shards=shards, check=check)
+    )
     split = op.branch("split", mixed, lambda item: isinstance(item, Rejected))
     chunks = op.stateful_batch(
         "state", split.falses, lambda resume: _FrameLogic(cfg, key, timestamp, resume)
