@@ -85,6 +85,7 @@ MIN_TS = -(1 << 62)
 MAX_TS = 1 << 62
 """The latest event time an operator accepts (about 146,000 years after 1970)."""
 _EMPTY_I = np.zeros(0, dtype=np.int64)
+_EMPTY_B = np.zeros(0, dtype=bool)
 
 
 def _concat(a: pl.DataFrame | None, b: pl.DataFrame | None) -> pl.DataFrame | None:
@@ -389,6 +390,18 @@ class KeyedEventTime:
             ts_in, keys_in = ts, keys
         kid = self.kids(keys_in) if len(idx) else _EMPTY_I
         seed = self.kmax[kid]
+        if len(kid):
+            # Every row within max_delay of the newest time any of its keys can have
+            # seen (and above the TTL floor): none is late, no running maximum needed.
+            low, high = int(ts_in.min()), int(ts_in.max())
+            floor = None if self.forgotten_max is None else self.forgotten_max + self.guard
+            if low >= max(int(seed.max()), high) - self.delay and (floor is None or low >= floor):
+                np.maximum.at(self.kmax, kid, ts_in)
+                self.newest = max(self.newest, high)
+                if self.advance:
+                    self._advance_from_rows(np.unique(kid))
+                none = _EMPTY_I
+                return Admission(idx, kid, ts_in, none, none, _EMPTY_B, future, none, keys, ts)
         prior = _prior_max(kid, ts_in, seed)
         known = prior != _NONE
         mark = np.where(known, prior - self.delay, _NONE)
@@ -457,8 +470,8 @@ class KeyedEventTime:
         held = self.held.frame
         if held is None or not held.height or held.schema == frame.schema:
             return None
-        try:
-            _concat(held.head(0), frame.head(0))
+        try:  # not _concat: it skips the check when either side has no rows
+            pl.concat([held.head(0), frame.head(0)], how="diagonal_relaxed")
         except Exception as exc:  # noqa: BLE001 - polars names the clash
             return f"columns do not fit the rows held from earlier batches: {exc}"
         return None
@@ -471,6 +484,14 @@ class KeyedEventTime:
             self._free(gone)
             return Released(held, gone)
         delay = self.delay
+        if (
+            not eof
+            and not len(gone)
+            and self.idle is None
+            and not self.advance
+            and int(held.ts.min()) > self.newest - delay
+        ):  # no key's watermark passes the newest time of the shard: nothing is due
+            return Released(Held.empty(self.width), gone)
         if self.idle is not None:
             waited = held.arrived + self.idle <= self.clock()
             if waited.any():  # released early: the key's watermark moves up to it

@@ -277,12 +277,6 @@ def _two_sides() -> list[pl.DataFrame]:
     ]
 
 
-HELD_CLASH = (
-    "a frame whose payload column has no common dtype with the held rows' (a naive Datetime "
-    "among UTC ones) crashes the state step: KeyedEventTime.holdable concatenates zero-row "
-    "heads through _concat, which returns early on an empty frame, so it never finds the "
-    "clash and Held.extend raises polars' SchemaError in on_batch (issue #14)"
-)
 JOIN_NO_TS = (
     "a frame without the timestamp column crashes interval_join: _shards.frame_times calls "
     "ts_micros on the rows check_frame left (none, and still without the column), "
@@ -297,14 +291,12 @@ CASES = [
         ),
         _one_side,
         ("x", "y"),
-        xfail={"bad_frame": HELD_CLASH},
     ),
     Case(
         "rolling_count",
         _rolling(last=5, aggregates=("count", "mean", "std", "min", "last")),
         _one_side_ms,
         ("x", "y"),
-        xfail={"bad_frame": HELD_CLASH},
     ),
     Case(
         "infer",
@@ -317,8 +309,8 @@ CASES = [
             "and there is no order to be out of",
         },
     ),
-    Case("anomaly_score", _score, _one_side, ("x",), xfail={"bad_frame": HELD_CLASH}),
-    Case("anomaly_windows", _windows, _one_side_ms, ("x",), xfail={"bad_frame": HELD_CLASH}),
+    Case("anomaly_score", _score, _one_side, ("x",)),
+    Case("anomaly_windows", _windows, _one_side_ms, ("x",)),
     Case("interval_join", _join, _two_sides, (), xfail={"bad_values": JOIN_NO_TS}),
 ]
 
