@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -68,10 +70,9 @@ def test_one_worker_two_workers_and_two_processes_give_the_same_results(
         for proc in procs:
             if proc.running():
                 proc.kill()
-    runs = {
-        layout: read_outputs(broker.bootstrap, Topics.named(topic_name, f"{topic_name}-{layout}"))
-        for layout in started
-    }
+    with ThreadPoolExecutor(len(started)) as pool:  # read at once, like the topics of one run
+        outputs = [Topics.named(topic_name, f"{topic_name}-{layout}") for layout in started]
+        runs = dict(zip(started, pool.map(partial(read_outputs, broker.bootstrap), outputs)))
     single = runs["1x1"]
     assert len(single.scores) == inputs.good
     assert len(single.dead_letters) == sum(inputs.bad.values()) + inputs.late
