@@ -340,6 +340,9 @@ def throughput(n: int, keys: int, rounds: int, warmup: bool = True) -> dict[str,
         "frames: z-score + windows (one step)": flow_of(
             fused(ZScore("value", window=5 * MINUTE), framed=True), frames
         ),
+        "frames: robust z-score + windows (one step)": flow_of(
+            fused(RobustZScore("value", window=5 * MINUTE), framed=True), frames
+        ),
         "frames: model score field -> windows": flow_of(fused("score", framed=True), model_frames),
         "frames: score -> anomaly_windows (two steps)": flow_of(two_step(framed=True), frames),
         "ceiling: pass-through stateful_batch": flow_of(

@@ -682,11 +682,3 @@ def pick(i: int) -> Callable[[list[list[list]]], list]:
         return [x for lists in batch for x in lists[i]]
 
     return flatten
-
-
-def group_values(held: Held, order: np.ndarray) -> list[tuple]:
-    """Each released row's values as a tuple, in key-grouped order (what the scorers take)."""
-    x = held.data[order]
-    if x.shape[1] == 1:
-        return list(zip(x[:, 0].tolist()))
-    return list(zip(*(x[:, j].tolist() for j in range(x.shape[1]))))

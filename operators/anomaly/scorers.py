@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from itertools import repeat
 
+import numpy as np
 from streamml.operators.anomaly._units import _MIN, _positive, _us
 
 __all__ = ["Ewma", "RobustZScore", "Scorer", "ZScore"]
@@ -125,6 +126,33 @@ class Ewma:
 
 
 Scorer = ZScore | Ewma
+
+
+def score_runs(
+    states: Sequence[_RollingState | _RobustState | _EwmaState],
+    ts: np.ndarray,
+    x: np.ndarray,
+    bounds: Sequence[tuple[int, int]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score each key's run of points, then learn them: ``states[i]`` takes rows ``bounds[i]``.
+
+    ``ts`` is int64 µs (time order within a key), ``x`` ``(rows, fields)`` float64. Returns
+    each row's score and the index of its driving field, as arrays (the operators test them
+    against thresholds and attach them as columns for all keys at once).
+
+    The scoring itself stays a loop per point (:meth:`_RobustState.update_many`, the rolling
+    sums, the EWMA recurrence): it is exact and O(1) or O(log n) per point, and a NumPy form
+    of the robust scorer (median and MAD by order-statistic searches of all keys' runs at
+    once, bit-identical) measured 0.3-0.7x this loop at runs of 5-200 points per key.
+    """
+    z = np.zeros(len(x))
+    fld = np.zeros(len(x), dtype=np.int64)
+    ts_list = ts.tolist()
+    xs = list(zip(*(x[:, j].tolist() for j in range(x.shape[1]))))
+    for st, (a, b) in zip(states, bounds):
+        if b > a:
+            z[a:b], fld[a:b] = zip(*st.update_many(ts_list[a:b], xs[a:b]))
+    return z, fld
 
 
 def _block_right(s: list[float], m: float, k: int, lo: int, top: int) -> int:

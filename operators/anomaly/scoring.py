@@ -13,7 +13,7 @@ import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from streamml.operators.anomaly import _engine, _legacy
-from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore
+from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore, score_runs
 
 from streamml.errors import Rejected
 
@@ -78,18 +78,13 @@ class _Family:
         io: Any,
         out: list[list],
     ) -> list[int]:
-        ts_all = held.ts[order].tolist()
-        xs_all = _engine.group_values(held, order)
-        scored: list[tuple[float, int]] = []
-        wakes = []
-        for st, (a, b) in zip(states, bounds):
-            scored += st.scorer.update_many(ts_all[a:b], xs_all[a:b])
-            wakes.append(st.scorer.expires_at())
-        got = np.array(scored, dtype=np.float64).reshape(-1, 2)
+        scorers = [st.scorer for st in states]
+        z, zf = score_runs(scorers, held.ts[order], held.data[order], bounds)
+        wakes = [sc.expires_at() for sc in scorers]
         s = np.empty(len(order))
         f = np.empty(len(order), dtype=np.int64)
-        s[order] = got[:, 0]
-        f[order] = got[:, 1]
+        s[order] = z
+        f[order] = zf
         if isinstance(io, _engine.FrameInput):
             columns = [pl.Series(self.into, s), self.names.gather(f)]
             out[0].append(held.frame.with_columns(columns))

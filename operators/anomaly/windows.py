@@ -15,7 +15,7 @@ from bytewax.operators import KeyedStream
 from streamml.operators._time import from_micros
 from streamml.operators.anomaly import _engine, _legacy
 from streamml.operators.anomaly._units import _MIN, _positive, _us
-from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore
+from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore, score_runs
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold, Threshold
 
 from streamml.errors import Rejected
@@ -321,66 +321,55 @@ class _Family:
         out: list[list],
     ) -> list[int]:
         fixed, scorer, driver, names = self.fixed, self.scorer, self.driver, self.names
-        ts_all = held.ts[order].tolist()
+        ts_sorted = held.ts[order]
         rank = order.tolist()  # grouped position -> released row
         event = rows.event
         if scorer is not None:
-            xs_all = _engine.group_values(held, order)
-            quiet = [False] * len(states)
+            z, zf = score_runs([st.scorer for st in states], ts_sorted, held.data[order], bounds)
         else:
-            sorted_s = held.data[order, 0]
-            s_all = sorted_s.tolist()
-            # a key whose run stays at or below open_above with no window open only moves its
-            # last time on (see _Windows.quiet): found for all keys at once
-            if fixed is not None:
-                tops = np.maximum.reduceat(sorted_s, [a for a, _ in bounds])
-                quiet = (tops <= fixed[0]).tolist()
-            else:
-                quiet = [False] * len(states)
+            z = held.data[order, 0]
+        # a key whose run stays at or below open_above with no window open only moves its
+        # last time on (see _Windows.quiet): found for all keys at once, one mask per frame
+        if fixed is not None:
+            calm = (np.maximum.reduceat(z, [a for a, _ in bounds]) <= fixed[0]).tolist()
+        else:
+            calm = [False] * len(states)
+        last_ts = ts_sorted[[b - 1 for _, b in bounds]].tolist()
+        ts_all = s_all = zf_all = None
         wakes = []
-        gap = self.rules.gap
-        for st, (a, b), mark, calm in zip(states, bounds, marks, quiet):
+        wake_at = self._wake_at
+        for st, (a, b), mark, quiet, last in zip(states, bounds, marks, calm, last_ts):
             w = st.windows
-            if calm and not w.open:  # _Windows.quiet, then close_by and _wake_at of a calm key
-                w.last = last = ts_all[b - 1]
+            if quiet and not w.open:  # _Windows.quiet, then close_by: nothing to emit
+                w.last = last
                 if w.cand:
                     w.cand = []
-                wakes.append(last + gap)
+                wakes.append(wake_at(st))
                 continue
-            ts = ts_all[a:b]
+            if ts_all is None:  # the per-point rules, for keys with a window or a high point
+                ts_all, s_all = ts_sorted.tolist(), z.tolist()
+                zf_all = zf.tolist() if scorer is not None else None
             emitted: list = []
+            ts, scores = ts_all[a:b], s_all[a:b]
+            push, levels = w.push, st.levels.levels
             if scorer is not None:
-                scored = st.scorer.update_many(ts, xs_all[a:b])
-                top = max(scored)[0]
+
+                def point(i: int, a: int = a, zf: list = zf_all) -> tuple[Any, Any]:
+                    return event(rank[a + i]), names[zf[a + i]]
             else:
-                scores = s_all[a:b]
-                top = max(scores)
-            if fixed is not None and top <= fixed[0] and not w.open:
-                w.quiet(ts[-1])
-            else:
-                push, levels = w.push, st.levels.levels
-                if scorer is not None:
 
-                    def point(i: int, a: int = a, scored: list = scored) -> tuple[Any, Any]:
-                        return event(rank[a + i]), names[scored[i][1]]
+                def point(i: int, a: int = a) -> tuple[Any, Any]:
+                    ev = event(rank[a + i])
+                    return ev, ev.get(driver) if isinstance(ev, Mapping) else None
 
-                    w.point = point
-                    for i, (t, (s, _)) in enumerate(zip(ts, scored)):
-                        push(t, s, fixed or levels(t, s), i, emitted)
-                else:
-
-                    def point(i: int, a: int = a) -> tuple[Any, Any]:
-                        ev = event(rank[a + i])
-                        return ev, ev.get(driver) if isinstance(ev, Mapping) else None
-
-                    w.point = point
-                    for i, (t, s) in enumerate(zip(ts, scores)):
-                        push(t, s, fixed or levels(t, s), i, emitted)
-                w.point = _no_point
+            w.point = point
+            for i, (t, s) in enumerate(zip(ts, scores)):
+                push(t, s, fixed or levels(t, s), i, emitted)
+            w.point = _no_point
             w.close_by(mark, emitted)
             if emitted:
                 self._emit(st.key, emitted, io, out)
-            wakes.append(self._wake_at(st))
+            wakes.append(wake_at(st))
         return wakes
 
     def _wake_at(self, st: _KeyState) -> int:

@@ -6,6 +6,7 @@ import pickle
 import random
 from datetime import timedelta
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamml.operators.anomaly import RobustZScore, ZScore, scorers
@@ -145,3 +146,55 @@ def test_other_scorers_update_many_is_update_in_turn():
         got += many.update_many([p[0] for p in pts[100:]], xs[100:])
         assert got == want
         assert many.snapshot() == one.snapshot()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    keys=st.lists(
+        st.lists(st.tuples(st.integers(0, 9), value, value), min_size=1, max_size=60),
+        min_size=1,
+        max_size=4,
+    ),
+    window_s=st.integers(5, 60),
+    calls=st.lists(st.integers(0, 25), min_size=1, max_size=6),
+)
+def test_score_runs_of_many_keys_match_each_key_alone(keys, window_s, calls):
+    """The operators' form: each call scores a run of several keys at once (some empty); the
+    robust scorer equals its reference exactly, the others their own point-by-point update."""
+    series = []
+    for steps in keys:
+        t, pts = 0, []
+        for dt, a, b in steps:
+            t += dt * 1_000_000
+            pts.append((t, (a, b)))
+        series.append(pts)
+    for cfg in (
+        RobustZScore(["a", "b"], window=window_s * SEC, min_points=3, max_points=40),
+        ZScore(["a", "b"], window=window_s * SEC, min_points=3),
+        scorers.Ewma(["a", "b"], half_life=window_s * SEC, min_points=3),
+    ):
+        if isinstance(cfg, RobustZScore):
+            wants = [reference(cfg, pts) for pts in series]
+        else:
+            wants = [
+                [s.update(t, xs) for t, xs in pts]
+                for s, pts in ((cfg._state(), pts) for pts in series)
+            ]
+        states = [cfg._state() for _ in series]
+        got: list[list] = [[] for _ in series]
+        done = [0] * len(series)
+        for i, size in enumerate([*calls, None]):
+            ts, xs, bounds = [], [], []
+            for k, pts in enumerate(series):
+                end = None if size is None else done[k] + (size + k * i) % 30
+                take = pts[done[k] : end]
+                bounds.append((len(ts), len(ts) + len(take)))
+                ts += [p[0] for p in take]
+                xs += [p[1] for p in take]
+                done[k] += len(take)
+            z, f = scorers.score_runs(
+                states, np.array(ts, dtype=np.int64), np.array(xs).reshape(-1, 2), bounds
+            )
+            for k, (a, b) in enumerate(bounds):
+                got[k] += list(zip(z[a:b].tolist(), f[a:b].tolist()))
+        assert got == wants
