@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import chain
 from typing import Any
 
 import bytewax.operators as op
@@ -34,7 +35,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
-from streamml.operators._core.event_time import MAX_TS, MIN_TS
+from streamml.operators._core.event_time import MAX_TS, MIN_TS, Admission
 from streamml.operators._core.keys import route
 from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
 from streamml.operators.featurize._columns import check_frame, ts_micros
@@ -54,9 +55,11 @@ __all__ = [
     "frame_times",
     "joined_frame",
     "joined_names",
+    "late_records",
     "micros",
     "pick",
     "row_times",
+    "side_times",
     "split_outputs",
     "tag_frames",
     "tag_sides",
@@ -126,6 +129,10 @@ def _split_tagged(step_id: str, mixed: Stream[Any]) -> Tagged:
     return Tagged(chunks=split.falses, errs=split.trues)
 
 
+_CACHE_KEYS = 1 << 16
+"""Keys whose shard a routing step remembers (the memo is cleared when full: memory stays bounded)."""
+
+
 @operator
 def tag_sides(
     step_id: str,
@@ -133,6 +140,7 @@ def tag_sides(
     right: Stream[Any],
     shards: int,
     control: type | None = None,
+    grouped: bool = False,
 ) -> Tagged:
     """Route both sides' ``(key, item)`` rows to shards: ``(shard, [(side, key, item), ...])``.
 
@@ -142,29 +150,45 @@ def tag_sides(
     ``errs``. Items of type ``control`` on the right side (bootstrap
     markers) are sent to every shard as ``(CONTROL, "", item)``, behind the
     rows that came before them on the same stream.
+
+    With ``grouped=True`` a chunk is ``(shard, (side, [(key, item), ...]))``:
+    the upstream pairs themselves, no tuple made per row (the interval
+    join's row path reads them a side at a time).
     """
+    if grouped and control is not None:
+        raise ValueError("tag_sides: control items are not sent in grouped chunks")
     names = [str(i) for i in range(shards)]
     full_id = f"{step_id}.route"
 
     def tagger(side: int) -> Callable[[list[Any]], list[Any]]:
+        shard_of: dict[str, str] = {}  # key -> shard name (a memo of the CRC-32 below)
+
         def tag(batch: list[Any]) -> list[Any]:
             crc = zlib.crc32
             chunks: dict[str, list] = {}
             bad: list[Any] = []
+            known = shard_of.get
             for item in batch:
                 if type(item) is tuple and len(item) == 2 and type(item[0]) is str:
-                    k, v = item
-                    name = names[crc(k.encode()) % shards] if shards > 1 else "0"
+                    k = item[0]
+                    name = known(k)
+                    if name is None:
+                        if len(shard_of) >= _CACHE_KEYS:
+                            shard_of.clear()
+                        name = shard_of[k] = names[crc(k.encode()) % shards]
                     chunk = chunks.get(name)
+                    row = item if grouped else (side, k, item[1])
                     if chunk is None:
-                        chunks[name] = [(side, k, v)]
+                        chunks[name] = [row]
                     else:
-                        chunk.append((side, k, v))
+                        chunk.append(row)
                 elif control is not None and side == RIGHT and type(item) is control:
                     for name in names:
                         chunks.setdefault(name, []).append((CONTROL, "", item))
                 else:
                     bad.append(Rejected(full_id, "BadKey", _bad_row(item), item))
+            if grouped:
+                return [*((name, (side, rows)) for name, rows in chunks.items()), *bad]
             return [*chunks.items(), *bad]
 
         return tag
@@ -302,14 +326,78 @@ def row_times(
     return rows, np.array(times, dtype=np.int64)
 
 
+def side_times(
+    step_id: str,
+    items: list[tuple[str, Any]],
+    getter: Callable[[Any], datetime],
+    errs: list[Rejected],
+) -> tuple[list[tuple[str, Any]], np.ndarray]:
+    """The ``(key, item)`` pairs of one side whose time could be read, and their times (µs).
+
+    The same rule as :func:`row_times`, for a chunk of :func:`tag_sides`
+    with ``grouped=True``.
+    """
+    epoch, us = _EPOCH, _US
+    try:
+        out = np.array([(getter(v) - epoch) // us for _, v in items], dtype=np.int64)
+        if not len(out) or (out.min() >= MIN_TS and out.max() <= MAX_TS):
+            return items, out
+    except Exception:  # noqa: BLE001 - some item is bad; find it item by item
+        pass
+    rows, times = [], []
+    for k, v in items:
+        try:
+            t = (getter(v) - epoch) // us
+            if not MIN_TS <= t <= MAX_TS:
+                raise ValueError(f"timestamp {getter(v)} is out of range")
+        except Exception as exc:  # noqa: BLE001 - bad data goes to errs, never raises
+            errs.append(reject(step_id, exc, (k, v)))
+            continue
+        rows.append((k, v))
+        times.append(t)
+    return rows, np.array(times, dtype=np.int64)
+
+
 def frame_times(
     step_id: str, frame: pl.DataFrame, timestamp: str, errs: list[Rejected]
 ) -> tuple[pl.DataFrame, np.ndarray]:
     """The rows of ``frame`` whose event time is usable, and their times (int64 µs).
 
     The others go to ``errs`` as ``BadTimestamp`` (see
-    :func:`~streamml.operators.featurize._columns.check_frame`).
+    :func:`~streamml.operators.featurize._columns.check_frame`). A column
+    with no null and every time in range is read as it is: a NumPy view of
+    its instants, no polars expression (4 µs against ~100 µs per frame).
+
+    Examples:
+        >>> from datetime import datetime, timezone
+        >>> t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> errs = []
+        >>> good, us = frame_times("s", pl.DataFrame({"ts": [t, None]}), "ts", errs)
+        >>> us.tolist(), [e.error_type for e in errs]
+        ([1704067200000000], ['BadTimestamp'])
+        >>> frame_times("s", pl.DataFrame({"ts": [5, 7]}), "ts", errs)[1].tolist()
+        [5000, 7000]
     """
+    col = frame.get_column(timestamp) if timestamp in frame.columns else None
+    if col is not None and not col.null_count():
+        dtype = col.dtype
+        us = None
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+            raw = col.to_numpy().view(np.int64)
+            unit = dtype.time_unit
+            us = raw if unit == "us" else raw // 1000 if unit == "ns" else raw * 1000
+            if (
+                unit == "ms"
+                and len(raw)
+                and (raw.min() < MIN_TS // 1000 or raw.max() > MAX_TS // 1000)
+            ):
+                us = None  # would overflow: the checked path says which rows
+        elif dtype.is_integer() and dtype != pl.UInt64:
+            raw = col.to_numpy().astype(np.int64, copy=False)
+            if not len(raw) or (raw.min() >= MIN_TS // 1000 and raw.max() <= MAX_TS // 1000):
+                us = raw * 1000
+        if us is not None and (not len(us) or (us.min() >= MIN_TS and us.max() <= MAX_TS)):
+            return frame, us
     good, bad = check_frame(frame, step_id=step_id, timestamp=timestamp, fields=())
     errs.extend(bad)
     return good, ts_micros(good, timestamp)
@@ -336,14 +424,17 @@ class RowStore:
         self.ids = np.zeros(0, dtype=np.int64)
         self.alive = np.zeros(0, dtype=bool)
         self.dead = 0
+        self.layout: tuple[list[str], list[Any]] | None = None  # the stored columns and types
         if data is not None:
             self.frame = None if data["frame"] is None else frame_from_bytes(data["frame"])
             self.ids = np.asarray(data["ids"], dtype=np.int64)
             self.alive = np.ones(len(self.ids), dtype=bool)
+            if self.frame is not None:
+                self.layout = (self.frame.columns, self.frame.dtypes)
 
     def fits(self, frame: pl.DataFrame) -> str | None:
         """Why ``frame`` cannot join the stored rows (``None`` if it can)."""
-        if self.frame is None or self.frame.schema == frame.schema:
+        if self.frame is None or self.layout == (frame.columns, frame.dtypes):
             return None
         try:
             pl.concat([self.frame.head(0), frame.head(0)], how="diagonal_relaxed")
@@ -356,10 +447,13 @@ class RowStore:
         n = frame.height
         if self.frame is None or not self.frame.height:
             self.frame = frame
-        elif self.frame.schema == frame.schema:
-            self.frame = pl.concat([self.frame, frame], rechunk=False)
+        elif self.layout == (frame.columns, frame.dtypes):
+            self.frame = self.frame.vstack(frame)  # a chunk more, nothing copied
+            if self.frame.n_chunks() > 32:
+                self.frame = self.frame.rechunk()
         else:
-            self.frame = pl.concat([self.frame, frame], how="diagonal_relaxed", rechunk=False)
+            self.frame = pl.concat([self.frame, frame], how="diagonal_relaxed", rechunk=True)
+        self.layout = (self.frame.columns, self.frame.dtypes)
         self.ids = np.concatenate([self.ids, ids])
         self.alive = np.concatenate([self.alive, np.ones(n, dtype=bool)])
 
@@ -406,14 +500,18 @@ def joined_names(left: Sequence[str], right: Sequence[str], key: str, suffix: st
 def joined_frame(
     left: pl.DataFrame, right: pl.DataFrame | None, key: str, suffix: str
 ) -> pl.DataFrame:
-    """Left rows beside right rows (row by row); ``right=None`` gives nulls for an outer join."""
+    """Left rows beside right rows (row by row); ``right=None`` gives nulls for an outer join.
+
+    Examples:
+        >>> joined_frame(pl.DataFrame({"k": ["a"], "x": [1]}), pl.DataFrame({"k": ["a"], "x": [2]}),
+        ...              "k", "_right").rows(named=True)
+        [{'k': 'a', 'x': 1, 'x_right': 2}]
+    """
     if right is None:
         return left
-    right = right.drop(key)
-    right = right.rename(
-        dict(zip(right.columns, joined_names(left.columns, right.columns, "", suffix)))
-    )
-    return pl.concat([left, right], how="horizontal")
+    names = joined_names(left.columns, right.columns, key, suffix)
+    cols = [c for c in right.get_columns() if c.name != key]
+    return pl.DataFrame(left.get_columns() + [c.alias(n) for c, n in zip(cols, names)])
 
 
 @dataclass(frozen=True)
@@ -429,7 +527,7 @@ def pick(i: int) -> Callable[[list[tuple[str, tuple[list, ...]]]], Iterable[Any]
     """A ``flat_map_batch`` function taking list ``i`` of each shard step's output tuple."""
 
     def take(batch: list[tuple[str, tuple[list, ...]]]) -> list[Any]:
-        return [x for _, lists in batch for x in lists[i]]
+        return list(chain.from_iterable([lists[i] for _, lists in batch]))
 
     return take
 
@@ -451,6 +549,37 @@ NEVER = -(2**62)
 def never(side: int, value: Any) -> bool:
     """A ``skip`` for :func:`timestamps` that skips nothing."""
     return False
+
+
+def late_records(
+    step_id: str, adm: Admission, ts: np.ndarray, original: Callable[[int], Any]
+) -> list[Rejected]:
+    """The ``Late`` records of an admission's late rows (``original(i)`` gives batch row ``i``).
+
+    The reason says how far behind its key's watermark a row was (about
+    0.4 µs a record, against ~6 µs for three ISO times).
+
+    Examples:
+        >>> from streamml.operators._core.event_time import KeyedEventTime
+        >>> et = KeyedEventTime(max_delay=timedelta(seconds=1))
+        >>> ts = np.array([5_000_000, 2_500_000])
+        >>> adm = et.admit(["a", "a"], ts)
+        >>> [r.reason for r in late_records("s", adm, ts, lambda i: i)]
+        ["1.5 s older than key 'a''s watermark"]
+    """
+    behind = ((adm.late_mark - ts[adm.late]) / 1e6).tolist()
+    keys = adm._keys
+    return [
+        Rejected(
+            step_id,
+            "Late",
+            f"{b:g} s older than the horizon of forgotten keys"
+            if unknown
+            else f"{b:g} s older than key {keys[i]!r}'s watermark",
+            original(i),
+        )
+        for i, b, unknown in zip(adm.late.tolist(), behind, adm.late_unknown.tolist())
+    ]
 
 
 def late_record(step_id: str, t: int, watermark: int, original: Any) -> Rejected:

@@ -10,11 +10,13 @@ per shard; only how a batch is read and how pairs are written back differ
 from __future__ import annotations
 
 import time
-from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from itertools import chain, repeat
+from operator import itemgetter
+from typing import Any, Literal, NamedTuple
 
 import bytewax.operators as op
 import numpy as np
@@ -23,17 +25,20 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators._core.event_time import KeyedEventTime
 from streamml.operators._core.state import restore, snapshot
+from streamml.operators.join._index import IdSet, TimeIndex
 from streamml.operators.join._legacy import _Buffer, _IntervalState, is_legacy
 from streamml.operators.join._shards import (
     LEFT,
+    RIGHT,
     Chunked,
     RowStore,
     check_shards,
     clip,
     frame_times,
     joined_frame,
+    late_records,
     micros,
-    row_times,
+    side_times,
     split_outputs,
     tag_frames,
     tag_sides,
@@ -47,7 +52,19 @@ __all__ = ["IntervalCore", "JoinOut", "interval_join"]
 _LEGACY = (_Buffer, _IntervalState)
 
 _KIND = "streamml.join.interval"
-_VERSION = 1
+_VERSION = 2
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class Pairs(NamedTuple):
+    """Pairs found in a batch: left ids, right ids and their key ids, one entry per pair."""
+
+    left: np.ndarray
+    right: np.ndarray
+    kid: np.ndarray
+
+
+_NO_PAIRS = Pairs(_EMPTY, _EMPTY, _EMPTY)
 
 
 @dataclass(frozen=True)
@@ -64,27 +81,18 @@ class JoinOut:
     """Items older than their key's watermark on arrival (``error_type="Late"``)."""
 
 
-class _Side:
-    """One key's stored rows of one side: times (sorted, ties in arrival order), ids and refs.
-
-    A ref is what the entry point pairs: the event itself on the row path, the
-    row's id on the frame path.
-    """
-
-    __slots__ = ("ts", "ids", "refs")
-
-    def __init__(self) -> None:
-        self.ts: list[int] = []
-        self.ids: list[int] = []
-        self.refs: list[Any] = []
-
-
 class IntervalCore:
     """One shard of an interval join: per-key watermarks, stored rows, matching, eviction.
 
     Event time is :class:`~streamml.operators._core.event_time.KeyedEventTime`
     over both sides: a key's watermark is its newest accepted time (either
     side) minus ``lateness``; a row older than it on arrival is late.
+
+    Matching is per batch, in NumPy: the accepted rows of a batch are
+    searched against the other side's stored rows (a
+    :class:`~streamml.operators.join._index.TimeIndex` per side) and against
+    each other, so every pair comes out once, in the batch where its second
+    row arrives — the pairs a row-by-row join gives, in its order.
 
     Eviction: every stored row is held in the event-time state until its
     key's watermark passes the last time a row that is not late could
@@ -95,6 +103,9 @@ class IntervalCore:
     forgotten time plus the interval are late afterwards, so forgetting
     never loses a pair. ``idle_release`` (wall clock) lets a row leave
     early, moving its key's watermark to where it would have left.
+
+    Rows are ids here (ascending in arrival order); the entry point keeps
+    what an id stands for (the event, or a stored frame row).
     """
 
     def __init__(
@@ -110,6 +121,10 @@ class IntervalCore:
         data: dict[str, Any] | None = None,
     ) -> None:
         self.lower, self.upper, self.outer = clip(lower), clip(upper), outer
+        lo, hi = self.lower, self.upper
+        # for a row of side LEFT/RIGHT: the other side's times it matches, [t + lo, t + hi],
+        # and when it is due to leave (its key's watermark past the last of them)
+        self.reach = np.array([[lo, -hi], [hi, -lo], [hi + 1, 1 - lo]], dtype=np.int64)
         guard = timedelta(microseconds=max(self.upper, -self.lower, 0) + 1)
         self.et = KeyedEventTime(
             max_delay=lateness,
@@ -120,140 +135,105 @@ class IntervalCore:
             clock=clock,
             resume=None if data is None else data["time"],
         )
-        self.sides: tuple[dict[int, _Side], dict[int, _Side]] = ({}, {})
-        self.unmatched: dict[int, tuple[Any, Any]] = {}  # unmatched left id -> (key, ref)
-        self.next_id = 0
-        if data is not None:
-            for side, stored in zip(self.sides, data["sides"]):
-                for kid, ts, ids, refs in stored:
-                    s = side[kid] = _Side()
-                    s.ts, s.ids, s.refs = list(ts), list(ids), list(refs)
-            self.unmatched = dict(data["unmatched"])
+        if data is None:
+            self.index = TimeIndex()  # both sides: group = kid * 2 + side
+            self.unmatched = IdSet()
+            self.next_id = 0
+        else:
+            self.index = TimeIndex(_grouped(data["sides"]))
+            self.unmatched = IdSet(data["unmatched"])
             self.next_id = data["next_id"]
 
     def add(
-        self,
-        sides: np.ndarray,
-        keys: Sequence[Any] | pl.Series,
-        ts: np.ndarray,
-        refs: Sequence[Any] | None = None,
-    ) -> tuple[Any, np.ndarray, list[tuple[Any, tuple[Any, Any]]]]:
-        """Admit a batch (arrival order); ``(admission, ids of the accepted, new pairs)``.
-
-        Pairs are ``(key, (left ref, right ref))``, each emitted once: when
-        its second row arrives. ``refs`` (one per row) default to the ids.
-        """
+        self, sides: np.ndarray, keys: Sequence[Any] | pl.Series, ts: np.ndarray
+    ) -> tuple[Any, np.ndarray, Pairs]:
+        """Admit a batch (arrival order): ``(admission, ids of the accepted, new pairs)``."""
         adm = self.et.admit(keys, ts)
         n = len(adm.ok)
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.next_id += n
         if not n:
-            return adm, ids, []
-        ok = adm.ok.tolist()
-        whole = n == len(sides)
-        side = sides if whole else sides[adm.ok]
-        if isinstance(keys, pl.Series):
-            keys = keys.to_list()
-        if not whole:
-            keys = [keys[i] for i in ok]
-        id_list = ids.tolist()
-        if refs is None:
-            refs = id_list
-        elif not whole:
-            refs = [refs[i] for i in ok]
-        lower, upper, outer = self.lower, self.upper, self.outer
-        lefts, rights = self.sides
-        unmatched = self.unmatched
-        pairs: list[tuple[Any, tuple[Any, Any]]] = []
-        for s, kid, t, i, key, ref in zip(
-            side.tolist(), adm.kid.tolist(), adm.ts.tolist(), id_list, keys, refs
-        ):
-            if s == LEFT:
-                other, mine = rights.get(kid), lefts
-                if other is not None:
-                    ots = other.ts
-                    a, b = bisect_left(ots, t + lower), bisect_right(ots, t + upper)
-                    if a < b:
-                        pairs.extend([(key, (ref, r)) for r in other.refs[a:b]])
-                    elif outer:
-                        unmatched[i] = (key, ref)
-                elif outer:
-                    unmatched[i] = (key, ref)
-            else:
-                other, mine = lefts.get(kid), rights
-                if other is not None:
-                    ots = other.ts
-                    a, b = bisect_left(ots, t - upper), bisect_right(ots, t - lower)
-                    if a < b:
-                        pairs.extend([(key, (left, ref)) for left in other.refs[a:b]])
-                        if outer and unmatched:
-                            for j in other.ids[a:b]:
-                                unmatched.pop(j, None)
-            own = mine.get(kid)
-            if own is None:
-                own = mine[kid] = _Side()
-            if not own.ts or own.ts[-1] <= t:
-                own.ts.append(t)
-                own.ids.append(i)
-                own.refs.append(ref)
-            else:
-                j = bisect_right(own.ts, t)
-                own.ts.insert(j, t)
-                own.ids.insert(j, i)
-                own.refs.insert(j, ref)
-        due = np.where(side == LEFT, adm.ts + (upper + 1), adm.ts - (lower - 1))
-        self.et.hold(None, adm.kid, due, np.column_stack([ids, side]).astype(np.float64))
-        return adm, ids, pairs
+            return adm, ids, _NO_PAIRS
+        side = sides if n == len(sides) else sides[adm.ok]
+        kid, t = adm.kid, adm.ts
+        # One index for both sides (group = kid * 2 + side). The batch goes in
+        # first; then each new row meets the other side's rows that arrived
+        # before it, so every pair is found once, by its later row, in a
+        # row-by-row join's order (arrival, then the earlier row's time).
+        group = kid * 2 + side
+        index = self.index
+        index.insert(group, t, ids)
+        reach = self.reach  # per side: (lo, hi) of the other side's times, and when it is due
+        q, pos = index.search(group ^ 1, t + reach[0][side], t + reach[1][side])
+        partner = index.ids[pos]
+        qid = q + ids[0]
+        earlier = partner < qid
+        if not earlier.all():
+            q, partner, qid = q[earlier], partner[earlier], qid[earlier]
+        q_left = side[q] == LEFT
+        lid = np.where(q_left, qid, partner)
+        rid = np.where(q_left, partner, qid)
+        if self.outer:
+            self.unmatched.add(ids[side == LEFT])
+            if len(lid):
+                self.unmatched.discard(lid)
+        data = np.empty((n, 2))
+        data[:, 0] = ids
+        data[:, 1] = side
+        self.et.hold(None, kid, t + reach[2][side], data)
+        return adm, ids, Pairs(lid, rid, kid[q])
 
-    def release(self, *, eof: bool = False) -> tuple[np.ndarray, list[tuple[Any, Any]]]:
-        """Evict what no row can match any more: ``(ids evicted, (key, ref) of unmatched lefts)``."""
+    def release(self, *, eof: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Evict what no row can match any more: ``(ids evicted, unmatched left ids among them)``.
+
+        The unmatched ids are in release order (event time).
+        """
         released = self.et.release(eof=eof)
         held = released.held
-        lost: list[tuple[Any, Any]] = []
+        lost = _EMPTY
         if len(held):
             ids = held.data[:, 0].astype(np.int64)
-            side = held.data[:, 1].astype(np.int64)
-            # A key's released rows of a side are the oldest it has (they are
-            # due in time order): drop that many from the front.
-            uniq, counts = np.unique(held.kid * 2 + side, return_counts=True)
-            for c, n in zip(uniq.tolist(), counts.tolist()):
-                k, s = divmod(c, 2)
-                stored = self.sides[s].get(k)
-                if stored is None:
-                    continue
-                if n >= len(stored.ids):
-                    del self.sides[s][k]
-                else:
-                    del stored.ts[:n], stored.ids[:n], stored.refs[:n]
-            if self.outer and self.unmatched:
-                pop = self.unmatched.pop
-                for i in ids[side == LEFT].tolist():
-                    got = pop(i, None)
-                    if got is not None:
-                        lost.append(got)
+            self.index.kill(ids)
+            if self.outer and len(self.unmatched):
+                lost = self.unmatched.pop(ids[held.data[:, 1] == LEFT])
         else:
-            ids = np.zeros(0, dtype=np.int64)
-        for k in released.gone.tolist():  # forgotten keys: every row was released above
-            self.sides[0].pop(k, None)
-            self.sides[1].pop(k, None)
+            ids = _EMPTY
+        if len(released.gone):  # forgotten keys: their ids are reused, their rows must go now
+            self.index.compact()
         if eof:
             self.et.close()
         return ids, lost
 
     def size(self) -> int:
         """Rows stored (for tests of bounded state)."""
-        return sum(len(s.ids) for side in self.sides for s in side.values())
+        return len(self.index)
+
+    def stored_keys(self) -> int:
+        """Keys with stored rows (for tests of bounded state)."""
+        return len(np.unique(self.index.live_kids() // 2))
 
     def snapshot_data(self) -> dict[str, Any]:
+        stored = self.index.snapshot_data()
+        side = stored["kid"] % 2
+        sides = [{name: col[side == s] for name, col in stored.items()} for s in (LEFT, RIGHT)]
+        for one in sides:
+            one["kid"] //= 2
         return {
             "time": self.et.snapshot_data(),
-            "sides": [
-                [(k, list(s.ts), list(s.ids), list(s.refs)) for k, s in side.items()]
-                for side in self.sides
-            ],
-            "unmatched": list(self.unmatched.items()),
+            "sides": sides,
+            "unmatched": self.unmatched.ids().copy(),
             "next_id": self.next_id,
         }
+
+
+def _grouped(sides: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The snapshot's stored rows of both sides as one index's rows (group = kid * 2 + side)."""
+    kid = [np.asarray(one["kid"], dtype=np.int64) * 2 + s for s, one in enumerate(sides)]
+    return {
+        "kid": np.concatenate(kid),
+        "ts": np.concatenate([one["ts"] for one in sides]).astype(np.int64),
+        "ids": np.concatenate([one["ids"] for one in sides]).astype(np.int64),
+    }
 
 
 def _from_legacy(state: _IntervalState, lower: int, upper: int) -> dict[str, Any]:
@@ -303,6 +283,38 @@ def _from_legacy(state: _IntervalState, lower: int, upper: int) -> dict[str, Any
     return {"path": "rows", "core": core}
 
 
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 (per-key lists of stored rows) as version 2 (one sorted array per side)."""
+    core = data["core"]
+    sides, events = [], {}
+    for stored in core["sides"]:
+        kid, ts, ids = [], [], []
+        for k, t, i, refs in stored:
+            kid += [k] * len(t)
+            ts += list(t)
+            ids += list(i)
+            events.update(zip(i, refs))
+        arrays = (np.array(x, dtype=np.int64) for x in (kid, ts, ids))
+        sides.append(dict(zip(("kid", "ts", "ids"), arrays)))
+    unmatched = sorted(i for i, _ in core["unmatched"])
+    new_core = {
+        "time": core["time"],
+        "sides": sides,
+        "unmatched": np.array(unmatched, dtype=np.int64),
+        "next_id": core["next_id"],
+    }
+    out = {**data, "core": new_core}
+    if data["path"] == "rows":
+        ids = sorted(events)
+        keys = dict(core["unmatched"])
+        out["events"] = {
+            "ids": ids,
+            "events": [events[i] for i in ids],
+            "keys": [keys[i][0] for i in unmatched],
+        }
+    return out
+
+
 class _Logic(StatefulBatchLogic):
     """One shard's Bytewax state: an :class:`IntervalCore` and how batches are read and written."""
 
@@ -314,7 +326,7 @@ class _Logic(StatefulBatchLogic):
         if resume is not None:
             if is_legacy(resume):
                 resume = snapshot(_KIND, 0, resume)
-            upgrades = {0: lambda old: _from_legacy(old, cfg.lower, cfg.upper)}
+            upgrades = {0: lambda old: _from_legacy(old, cfg.lower, cfg.upper), 1: _from_v1}
             data = restore(resume, kind=_KIND, version=_VERSION, upgrades=upgrades)
             if data["path"] != self.path:
                 raise ValueError(
@@ -339,10 +351,10 @@ class _Logic(StatefulBatchLogic):
     def _extra(self) -> dict[str, Any]:
         return {}
 
-    def _write(self, pairs: list, lost: list, evicted: np.ndarray) -> list:
+    def _write(self, pairs: Pairs, lost: np.ndarray, evicted: np.ndarray) -> list:
         raise NotImplementedError
 
-    def _out(self, pairs: list, errs: list, late: list, eof: bool = False) -> list:
+    def _out(self, pairs: Pairs, errs: list, late: list, eof: bool = False) -> list:
         evicted, lost = self.core.release(eof=eof)
         oks = self._write(pairs, lost, evicted)
         return [(oks, errs, late)] if oks or errs or late else []
@@ -351,10 +363,10 @@ class _Logic(StatefulBatchLogic):
         return self.core.et.notify_at()
 
     def on_notify(self) -> tuple[list, bool]:
-        return self._out([], [], []), False
+        return self._out(_NO_PAIRS, [], []), False
 
     def on_eof(self) -> tuple[list, bool]:
-        return self._out([], [], [], eof=True), False
+        return self._out(_NO_PAIRS, [], [], eof=True), False
 
     def snapshot(self) -> dict[str, Any]:
         data = {"path": self.path, "core": self.core.snapshot_data(), **self._extra()}
@@ -362,32 +374,118 @@ class _Logic(StatefulBatchLogic):
 
 
 class _RowLogic(_Logic):
-    """``(side, key, event)`` rows in, ``(key, (left, right))`` out (the legacy path)."""
+    """``(side, key, event)`` rows in, ``(key, (left, right))`` out (the legacy path).
+
+    The core pairs ids; ``events`` (and, for a left outer join, ``keys``)
+    say what each stored id stands for. Eviction: an id leaves both when
+    the core releases it.
+    """
 
     path = "rows"
 
-    def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.events: dict[int, Any] = {}
+        self.keys: dict[int, str] = {}  # unmatched left ids (left outer join): their key
+        super().__init__(cfg, resume)
+
+    def _restore_extra(self, data: dict[str, Any] | None) -> None:
+        if data is not None:
+            stored = data["events"]
+            self.events = dict(zip(stored["ids"], stored["events"]))
+            self.keys = dict(zip(self.core.unmatched.ids().tolist(), stored["keys"]))
+
+    def _extra(self) -> dict[str, Any]:
+        ids = sorted(self.events)
+        return {
+            "events": {
+                "ids": ids,
+                "events": [self.events[i] for i in ids],
+                "keys": [self.keys[i] for i in self.core.unmatched.ids().tolist()],
+            }
+        }
+
+    def on_batch(self, values: list[tuple[int, list[tuple[str, Any]]]]) -> tuple[list, bool]:
         cfg = self.cfg
         errs: list[Rejected] = []
-        rows, ts = row_times(cfg.step_id, values, cfg.getters, errs)
         late: list[Rejected] = []
-        pairs: list = []
-        if rows:
-            keys = [k for _, k, _ in rows]
-            sides = np.fromiter((s for s, _, _ in rows), dtype=np.int64, count=len(rows))
-            adm, _, pairs = self.core.add(sides, keys, ts, [v for _, _, v in rows])
+        getters = cfg.getters
+        rows, ts, side = self._read(values, getters, errs)
+        if not rows:
+            return self._out(_NO_PAIRS, errs, late), False
+        keys, events = zip(*rows)
+        adm, ids, pairs = self.core.add(side, keys, ts)
+        n = len(adm.ok)
+        if n < len(rows):
+            ok = adm.ok.tolist()
+            keys, events = [keys[i] for i in ok], [events[i] for i in ok]
             if len(adm.late):
-                _, late = adm.rejected(cfg.step_id, lambda i: (rows[i][1], rows[i][2]))
+                late = late_records(cfg.step_id, adm, ts, rows.__getitem__)
+        if n:
+            id_list = ids.tolist()
+            self.events.update(zip(id_list, events))
+            if cfg.outer:
+                self.keys.update(zip(id_list, keys))
         return self._out(pairs, errs, late), False
 
-    def _write(self, pairs: list, lost: list, evicted: np.ndarray) -> list:
-        if lost:
-            pairs.extend([(key, (left, None)) for key, left in lost])
-        return pairs
+    def _read(
+        self, values: list[tuple[int, list[tuple[str, Any]]]], getters: tuple, errs: list
+    ) -> tuple[list[tuple[str, Any]], np.ndarray, np.ndarray]:
+        """The call's ``(key, event)`` pairs whose time could be read, their times and sides."""
+        step_id = self.cfg.step_id
+        if not values:
+            return [], _EMPTY, _EMPTY
+        sides = np.array([s for s, _ in values], dtype=np.int64)
+        counts = [len(items) for _, items in values]
+        if len(values) == 1 or getters[0] is getters[1]:  # one getter: one pass over the rows
+            rows = (
+                values[0][1]
+                if len(values) == 1
+                else list(chain.from_iterable(v for _, v in values))
+            )
+            bad: list[Rejected] = []
+            good, ts = side_times(step_id, rows, getters[values[0][0]], bad)
+            if not bad:
+                return good, ts, np.repeat(sides, counts)
+        chunks, times = [], []
+        for i, (s, items) in enumerate(values):  # chunks of one side's (key, event) pairs
+            items, t = side_times(step_id, items, getters[s], errs)
+            chunks.append(items)
+            times.append(t)
+            counts[i] = len(items)
+        rows = list(chain.from_iterable(chunks))
+        return rows, np.concatenate(times), np.repeat(sides, counts)
+
+    def _write(self, pairs: Pairs, lost: np.ndarray, evicted: np.ndarray) -> list:
+        out: list = []
+        events = self.events
+        n = len(pairs.left)
+        if n > 1:
+            key_of = self.core.et.keys  # the pairs' keys are live: they came in this batch
+            keys = itemgetter(*pairs.kid.tolist())(key_of)
+            lefts = itemgetter(*pairs.left.tolist())(events)
+            rights = itemgetter(*pairs.right.tolist())(events)
+            out = list(zip(keys, zip(lefts, rights)))
+        elif n:
+            key = self.core.et.keys[int(pairs.kid[0])]
+            out = [(key, (events[int(pairs.left[0])], events[int(pairs.right[0])]))]
+        if len(lost):
+            lost_ids = lost.tolist()
+            keys = map(self.keys.__getitem__, lost_ids)
+            out += zip(keys, zip(map(events.__getitem__, lost_ids), repeat(None)))
+        if len(evicted):
+            gone = evicted.tolist()
+            deque(map(events.pop, gone), maxlen=0)
+            if self.cfg.outer:
+                deque(map(self.keys.pop, gone, repeat(None)), maxlen=0)
+        return out
 
 
 class _FrameLogic(_Logic):
-    """``(side, frame)`` in, joined frames out."""
+    """``(side, frame)`` in, joined frames out.
+
+    The core pairs ids; ``stores`` keep each side's accepted rows under
+    their ids. Eviction: a row leaves its store when the core releases it.
+    """
 
     path = "frames"
 
@@ -406,38 +504,58 @@ class _FrameLogic(_Logic):
         cfg = self.cfg
         errs: list[Rejected] = []
         late: list[Rejected] = []
-        pairs: list = []
+        frames: list[tuple[int, pl.DataFrame]] = []
+        times: list[np.ndarray] = []
         for side, frame in values:
-            store = self.stores[side]
-            why = store.fits(frame)
+            why = self.stores[side].fits(frame)
             if why is not None:
                 errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
                 continue
             frame, ts = frame_times(cfg.step_id, frame, cfg.timestamps[side], errs)
-            if not frame.height:
-                continue
-            sides = np.full(frame.height, side, dtype=np.int64)
-            adm, ids, new = self.core.add(sides, frame.get_column(cfg.key), ts)
-            if len(adm.late):
-                _, more = adm.rejected(cfg.step_id, lambda i, f=frame: f.row(i, named=True))
-                late += more
-            if len(adm.ok) < frame.height:
-                frame = frame[adm.ok]
             if frame.height:
-                store.add(frame, ids)
-            pairs += new
+                frames.append((side, frame))
+                times.append(ts)
+        if not frames:
+            return self._out(_NO_PAIRS, errs, late), False
+        # One admission for the whole call: the frames' rows in arrival order.
+        if len(frames) == 1:
+            side, frame = frames[0]
+            sides = np.full(frame.height, side, dtype=np.int64)
+            keys = frame.get_column(cfg.key).to_list()
+            ts = times[0]
+        else:
+            sides = np.concatenate([np.full(f.height, s, dtype=np.int64) for s, f in frames])
+            keys = [k for _, f in frames for k in f.get_column(cfg.key).to_list()]
+            ts = np.concatenate(times)
+        adm, ids, pairs = self.core.add(sides, keys, ts)
+        starts = np.cumsum([0] + [f.height for _, f in frames])
+        if len(adm.late):
+            where = np.searchsorted(starts, np.arange(len(ts)), side="right") - 1
+
+            def original(i: int) -> dict[str, Any]:
+                j = int(where[i])
+                return frames[j][1].row(i - int(starts[j]), named=True)
+
+            late = late_records(cfg.step_id, adm, ts, original)
+        cut = np.searchsorted(adm.ok, starts)
+        for j, (side, frame) in enumerate(frames):
+            a, b = int(cut[j]), int(cut[j + 1])
+            if a == b:
+                continue
+            if b - a < frame.height:
+                frame = frame[adm.ok[a:b] - int(starts[j])]
+            self.stores[side].add(frame, ids[a:b])
         return self._out(pairs, errs, late), False
 
-    def _write(self, pairs: list, lost: list[int], evicted: np.ndarray) -> list:
+    def _write(self, pairs: Pairs, lost: np.ndarray, evicted: np.ndarray) -> list:
         cfg = self.cfg
         lefts, rights = self.stores
         out = []
-        if pairs:
-            ids = np.array([p for _, p in pairs], dtype=np.int64)
-            left, right = lefts.gather(ids[:, 0]), rights.gather(ids[:, 1])
+        if len(pairs.left):
+            left, right = lefts.gather(pairs.left), rights.gather(pairs.right)
             out.append(joined_frame(left, right, cfg.key, cfg.suffix))
-        if lost:
-            out.append(lefts.gather([i for _, i in lost]))
+        if len(lost):
+            out.append(lefts.gather(lost))
         if len(evicted):
             lefts.drop(evicted)
             rights.drop(evicted)
@@ -627,8 +745,8 @@ def interval_join(
                 "must be functions of an event; for frames, give key= the key column's name"
             )
         cfg = _Config(getters=(left_ts, right_ts), **common)
-        tagged = tag_sides("shard", left, right, shards)
-        joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_RowLogic(cfg, r)))
+        tagged = tag_sides("shard", left, right, shards, grouped=True)
+        joined = op.stateful_batch("join", tagged.chunks, lambda r: _RowLogic(cfg, r))
     else:
         if (
             not isinstance(key, str)

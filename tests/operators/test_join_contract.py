@@ -35,6 +35,17 @@ def ts(e: dict) -> datetime:
     return e["ts"]
 
 
+def chunks(rows):
+    """``(side, key, event)`` rows as the row path's chunks: runs of one side, in arrival order."""
+    out = []
+    for side, key, event in rows:
+        if out and out[-1][0] == side:
+            out[-1][1].append((key, event))
+        else:
+            out.append((side, [(key, event)]))
+    return out
+
+
 def _interval(flow, left, right):
     out = interval_join("j", left, right, left_ts=ts, lower=-SEC, upper=SEC, lateness=10 * SEC)
     return out.oks, out.errs
@@ -187,7 +198,7 @@ def _logic_run(items, lateness):
     )
     logic = _RowLogic(cfg, None)
     oks, late = [], []
-    for result in [logic.on_batch(items)[0], logic.on_eof()[0]]:
+    for result in [logic.on_batch(chunks(items))[0], logic.on_eof()[0]]:
         for o, _, lt in result:
             oks += o
             late += lt

@@ -26,6 +26,17 @@ def ts(event: dict) -> datetime:
     return event["ts"]
 
 
+def chunks(rows):
+    """``(side, key, event)`` rows as the row path's chunks: runs of one side, in arrival order."""
+    out = []
+    for side, key, event in rows:
+        if out and out[-1][0] == side:
+            out[-1][1].append((key, event))
+        else:
+            out.append((side, [(key, event)]))
+    return out
+
+
 def brute_force(lefts, rights, lower, upper, outer):
     """All (left id, right id) pairs, and (left id, None) for unmatched lefts if outer."""
     out = Counter()
@@ -73,7 +84,7 @@ def run_logic(items, cuts, lower, upper, lateness, outer):
     bounds = [0, *cuts, len(items)]
     for a, b in zip(bounds, bounds[1:], strict=False):
         if a < b:
-            out, _ = logic.on_batch(items[a:b])
+            out, _ = logic.on_batch(chunks(items[a:b]))
             for o, _e, lt in out:
                 oks += o
                 late += lt
@@ -137,9 +148,9 @@ def test_state_stays_bounded_with_key_churn():
             key = f"k{n // 20}"  # each key lives for 20 events, then never returns
             side = LEFT if n % 2 else RIGHT
             batch.append((side, key, {"id": n, "ts": at(n / 10)}))
-        logic.on_batch(batch)
+        logic.on_batch(chunks(batch))
         core = logic.core
-        keys = len(core.sides[0]) + len(core.sides[1])
+        keys = core.stored_keys()
         sizes.append((core.size(), keys, len(core.et.held) + len(core.et.kid_of)))
     assert max(s[0] for s in sizes[5:]) <= 2 * sizes[5][0] + 10
     assert max(s[1] for s in sizes[5:]) <= 2 * sizes[5][1] + 10
@@ -150,12 +161,14 @@ def test_state_stays_bounded_with_key_churn():
 def test_bad_timestamp_goes_to_errs_rest_of_batch_joins():
     logic = row_logic(0, micros(timedelta(seconds=5)), timedelta(0), False)
     out, _ = logic.on_batch(
-        [
-            (LEFT, "a", {"id": 0, "ts": at(0)}),
-            (RIGHT, "a", {"id": 1, "ts": datetime(2024, 1, 1)}),  # naive
-            (RIGHT, "a", {"id": 2}),  # no ts
-            (RIGHT, "a", {"id": 3, "ts": at(1)}),
-        ]
+        chunks(
+            [
+                (LEFT, "a", {"id": 0, "ts": at(0)}),
+                (RIGHT, "a", {"id": 1, "ts": datetime(2024, 1, 1)}),  # naive
+                (RIGHT, "a", {"id": 2}),  # no ts
+                (RIGHT, "a", {"id": 3, "ts": at(1)}),
+            ]
+        )
     )
     ((oks, errs, late),) = out
     assert as_counter(oks) == Counter({("a", 0, 3): 1})

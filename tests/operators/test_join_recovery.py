@@ -94,10 +94,10 @@ def test_snapshots_pickle_and_are_copies():
 
     cfg = _Config("i", 0, 10**7, timedelta(0), True, timedelta(days=1), None, getters=(ts, ts))
     il = _RowLogic(cfg, None)
-    il.on_batch([(LEFT, "a", {"x": 1, "ts": at(0)}), (RIGHT, "b", {"x": 2, "ts": at(1)})])
+    il.on_batch([(LEFT, [("a", {"x": 1, "ts": at(0)})]), (RIGHT, [("b", {"x": 2, "ts": at(1)})])])
     snap = il.snapshot()
-    il.on_batch([(LEFT, "a", {"x": 3, "ts": at(2)})])
-    assert snap["state"] == "streamml.join.interval" and snap["version"] == 1
+    il.on_batch([(LEFT, [("a", {"x": 3, "ts": at(2)})])])
+    assert snap["state"] == "streamml.join.interval" and snap["version"] == 2
     assert _RowLogic(cfg, pickle.loads(pickle.dumps(snap))).core.size() == 2
 
     al = _AsofLogic("a", _AsofState(), (ts, ts), lambda r: r, lambda e, r: e, None, 0, 4, None)
