@@ -48,7 +48,7 @@ import polars as pl
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 from streamml.operators._core.event_time import Held, KeyedEventTime
-from streamml.operators._core.keys import route, shard_ids
+from streamml.operators._core.keys import frame_sharder, shard_ids
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators.anomaly import _legacy
 from streamml.operators.featurize._batch import extract
@@ -138,7 +138,7 @@ class Released(Protocol):
 
 
 class FrameInput:
-    """Frames in (checked and routed by :func:`shard_frames`); frames and dict records out."""
+    """Frames in (checked and routed by :func:`~streamml.operators._core.keys.frame_sharder`); frames and dict records out."""
 
     path = "frames"
 
@@ -254,37 +254,6 @@ class _EventRows:
 
     def column(self, name: str) -> list[Any] | None:
         return None  # read from each event when needed (rows have no columns)
-
-
-def shard_frames(timing: Timing, key: str, timestamp: str, shards: int) -> Callable[[list], list]:
-    """The batch function before the state: check each frame, route its rows to shards.
-
-    Out come ``(shard id, frame)`` pairs and :class:`Rejected` records: an
-    item that is not a frame (``BadItem``), rows with a bad key
-    (``BadKey``), a missing, non-numeric or non-finite field or a bad
-    timestamp (see :func:`~streamml.operators.featurize._columns.check_frame`).
-    The rest of a frame goes on.
-    """
-    step_id, fields = timing.step_id, timing.fields
-
-    def shard(items: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        for item in items:
-            if not isinstance(item, pl.DataFrame):
-                why = f"expected a polars DataFrame; got {type(item).__name__}"
-                out.append(Rejected(step_id, "BadItem", why, item))
-                continue
-            if item.is_empty():
-                continue
-            good, errs = check_frame(item, step_id=step_id, timestamp=timestamp, fields=fields)
-            out.extend(errs)
-            if good.height:
-                parts, bad = route(good, key=key, shards=shards, step_id=step_id)
-                out.extend(bad)
-                out.extend(parts)
-        return out
-
-    return shard
 
 
 def _not_a_pair(step_id: str, item: Any) -> Rejected:
@@ -661,7 +630,10 @@ def shard_states(
         def build(resume: Any) -> Shard:
             return Shard(family, timing, RowInput(timing, timestamp), resume)
     else:
-        route = shard_frames(timing, key, timestamp, shards)
+        check = partial(
+            check_frame, step_id=timing.step_id, timestamp=timestamp, fields=timing.fields
+        )
+        route = frame_sharder(timing.step_id, key=key, shards=shards, check=check)
 
         def build(resume: Any) -> Shard:
             return Shard(family, timing, FrameInput(timing, key, timestamp), resume)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import bytewax.operators as op
@@ -15,6 +16,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamml.operators._core.keys import frame_sharder
 from streamml.operators.anomaly import (
     FixedThreshold,
     QuantileThreshold,
@@ -25,6 +27,7 @@ from streamml.operators.anomaly import (
 )
 from streamml.operators.anomaly import scoring as scoring_mod
 from streamml.operators.anomaly import windows as windows_mod
+from streamml.operators.featurize._columns import check_frame
 
 from streamml.errors import Rejected
 
@@ -74,7 +77,8 @@ def drive(
         "drive", lateness=kw["lateness"], span=SEC, ttl=None, max_future=None, fields=fields
     )
     if frames:
-        route = _engine.shard_frames(timing, "key", "t", shards)
+        check = partial(check_frame, step_id="drive", timestamp="t", fields=fields)
+        route = frame_sharder("drive", key="key", shards=shards, check=check)
     else:
         route = _engine.shard_rows("drive", shards)
     states: dict[str, _engine.Shard] = {}
