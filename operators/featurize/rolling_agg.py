@@ -53,12 +53,12 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators._core.columns import check_frame, ts_micros, values
 from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import micros
 from streamml.operators.featurize import _legacy
 from streamml.operators.featurize._batch import extract
-from streamml.operators.featurize._columns import check_frame, ts_micros, values
 from streamml.operators.featurize._rolling_core import Config, Rolling, plan_names
 from streamml.operators.featurize._shard import shard_grouper
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
