@@ -153,6 +153,9 @@ def frame_times(
         ([1704067200000000], ['BadTimestamp'])
         >>> frame_times(pl.DataFrame({"ts": [5, 7]}), step_id="s", timestamp="ts")[1].tolist()
         [5000, 7000]
+        >>> good, us, bad = frame_times(pl.DataFrame({"x": [1]}), step_id="s", timestamp="ts")
+        >>> good.height, us.tolist(), bad[0].reason
+        (0, [], "no timestamp column 'ts'")
     """
     col = frame.get_column(timestamp) if timestamp in frame.columns else None
     if col is not None and not col.null_count():
@@ -174,6 +177,8 @@ def frame_times(
         if us is not None and (not len(us) or (us.min() >= MIN_TS and us.max() <= MAX_TS)):
             return frame, us, []
     good, bad = check_frame(frame, step_id=step_id, timestamp=timestamp, fields=())
+    if not good.height:  # every row rejected (the column may not even exist)
+        return good, np.zeros(0, dtype=np.int64), bad
     return good, ts_micros(good, timestamp), bad
 
 

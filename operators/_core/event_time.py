@@ -143,6 +143,24 @@ class Held:
             cat([self.data, more.data]),
         )
 
+    @classmethod
+    def concat(cls, parts: list[Held]) -> Held:
+        """The rows of ``parts`` in order (one concatenation per column)."""
+        parts = [p for p in parts if len(p)]
+        if len(parts) <= 1:
+            return parts[0] if parts else cls.empty()
+        frame = None
+        for p in parts:
+            frame = _concat(frame, p.frame)
+        cat = np.concatenate
+        return cls(
+            frame,
+            cat([p.kid for p in parts]),
+            cat([p.ts for p in parts]),
+            cat([p.arrived for p in parts]),
+            cat([p.data for p in parts]),
+        )
+
     def take(self, idx: np.ndarray) -> Held:
         """The rows at ``idx`` (an index array), in that order."""
         return Held(
@@ -310,6 +328,23 @@ class KeyedEventTime:
         if resume is not None:
             self._restore(resume)
 
+    # -- held rows --------------------------------------------------------
+
+    @property
+    def held(self) -> Held:
+        """The held rows, in arrival order (the batches held since the last look joined here)."""
+        if self._pending:
+            self._held = Held.concat([self._held, *self._pending])
+            if self._held.data.shape[1:] != (self.width,):
+                self._held.data = self._held.data.reshape(-1, self.width)
+            self._pending = []
+        return self._held
+
+    @held.setter
+    def held(self, value: Held) -> None:
+        self._held, self._pending = value, []
+        self._due_min = int(value.ts.min()) if len(value) else MAX_TS + 1
+
     # -- keys -----------------------------------------------------------
 
     def kids(self, keys: Sequence[Any] | pl.Series) -> np.ndarray:
@@ -463,7 +498,9 @@ class KeyedEventTime:
         if data is None:
             data = np.zeros((len(kid), self.width))
         arrived = np.full(len(kid), self.clock())
-        self.held = self.held.extend(Held(frame, kid, ts, arrived, data))
+        # kept aside until someone looks at ``held``: a batch costs its own size, not the held set's
+        self._pending.append(Held(frame, kid, ts, arrived, data))
+        self._due_min = min(self._due_min, int(ts.min()))
 
     def holdable(self, frame: pl.DataFrame) -> str | None:
         """Why ``frame``'s columns cannot join the held rows' (``None`` if they can)."""
@@ -479,19 +516,19 @@ class KeyedEventTime:
     def release(self, *, eof: bool = False) -> Released:
         """Release the rows whose key's watermark reached them (all of them at ``eof``)."""
         gone = self._sweep()
-        held = self.held
-        if not len(held):
-            self._free(gone)
-            return Released(held, gone)
         delay = self.delay
         if (
             not eof
             and not len(gone)
             and self.idle is None
             and not self.advance
-            and int(held.ts.min()) > self.newest - delay
+            and self._due_min > self.newest - delay
         ):  # no key's watermark passes the newest time of the shard: nothing is due
             return Released(Held.empty(self.width), gone)
+        held = self.held
+        if not len(held):
+            self._free(gone)
+            return Released(held, gone)
         if self.idle is not None:
             waited = held.arrived + self.idle <= self.clock()
             if waited.any():  # released early: the key's watermark moves up to it
@@ -528,7 +565,7 @@ class KeyedEventTime:
     def notify_at(self) -> datetime | None:
         """When the oldest held row will have waited ``idle_release`` (if set), or the wall clock
         will have moved a quiet key's watermark to a held row (``idle_advance``)."""
-        if not len(self.held) or (self.idle is None and not self.advance):
+        if (self.idle is None and not self.advance) or not len(self.held):
             return None
         due = np.inf
         if self.idle is not None:

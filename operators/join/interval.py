@@ -57,14 +57,24 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 
 
 class Pairs(NamedTuple):
-    """Pairs found in a batch: left ids, right ids and their key ids, one entry per pair."""
+    """Pairs found in a batch, one entry per pair, in the order they completed.
 
-    left: np.ndarray
-    right: np.ndarray
-    kid: np.ndarray
+    ``q`` is the row that completed a pair (its index among the batch's
+    accepted rows), ``partner`` the id of the earlier row it met, and
+    ``q_left`` whether the completing row is the left one.
+    """
+
+    q: np.ndarray
+    partner: np.ndarray
+    q_left: np.ndarray
+
+    def ids(self, first_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(left ids, right ids)``, given the id of the batch's first accepted row."""
+        qid = self.q + first_id
+        return np.where(self.q_left, qid, self.partner), np.where(self.q_left, self.partner, qid)
 
 
-_NO_PAIRS = Pairs(_EMPTY, _EMPTY, _EMPTY)
+_NO_PAIRS = Pairs(_EMPTY, _EMPTY, np.zeros(0, dtype=bool))
 
 
 @dataclass(frozen=True)
@@ -166,22 +176,19 @@ class IntervalCore:
         reach = self.reach  # per side: (lo, hi) of the other side's times, and when it is due
         q, pos = index.search(group ^ 1, t + reach[0][side], t + reach[1][side])
         partner = index.ids[pos]
-        qid = q + ids[0]
-        earlier = partner < qid
+        earlier = partner < q + ids[0]
         if not earlier.all():
-            q, partner, qid = q[earlier], partner[earlier], qid[earlier]
+            q, partner = q[earlier], partner[earlier]
         q_left = side[q] == LEFT
-        lid = np.where(q_left, qid, partner)
-        rid = np.where(q_left, partner, qid)
         if self.outer:
             self.unmatched.add(ids[side == LEFT])
-            if len(lid):
-                self.unmatched.discard(lid)
+            if len(q):
+                self.unmatched.discard(np.where(q_left, q + ids[0], partner))
         data = np.empty((n, 2))
         data[:, 0] = ids
         data[:, 1] = side
         self.et.hold(None, kid, t + reach[2][side], data)
-        return adm, ids, Pairs(lid, rid, kid[q])
+        return adm, ids, Pairs(q, partner, q_left)
 
     def release(self, *, eof: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Evict what no row can match any more: ``(ids evicted, unmatched left ids among them)``.
@@ -193,7 +200,10 @@ class IntervalCore:
         lost = _EMPTY
         if len(held):
             ids = held.data[:, 0].astype(np.int64)
-            self.index.kill(ids)
+            if eof:  # everything leaves
+                self.index = TimeIndex()
+            else:
+                self.index.kill(ids)
             if self.outer and len(self.unmatched):
                 lost = self.unmatched.pop(ids[held.data[:, 1] == LEFT])
         else:
@@ -351,10 +361,10 @@ class _Logic(StatefulBatchLogic):
     def _extra(self) -> dict[str, Any]:
         return {}
 
-    def _write(self, pairs: Pairs, lost: np.ndarray, evicted: np.ndarray) -> list:
+    def _write(self, pairs: Any, lost: np.ndarray, evicted: np.ndarray) -> list:
         raise NotImplementedError
 
-    def _out(self, pairs: Pairs, errs: list, late: list, eof: bool = False) -> list:
+    def _out(self, pairs: Any, errs: list, late: list, eof: bool = False) -> list:
         evicted, lost = self.core.release(eof=eof)
         oks = self._write(pairs, lost, evicted)
         return [(oks, errs, late)] if oks or errs or late else []
@@ -363,10 +373,10 @@ class _Logic(StatefulBatchLogic):
         return self.core.et.notify_at()
 
     def on_notify(self) -> tuple[list, bool]:
-        return self._out(_NO_PAIRS, [], []), False
+        return self._out(self._none, [], []), False
 
     def on_eof(self) -> tuple[list, bool]:
-        return self._out(_NO_PAIRS, [], [], eof=True), False
+        return self._out(self._none, [], [], eof=True), False
 
     def snapshot(self) -> dict[str, Any]:
         data = {"path": self.path, "core": self.core.snapshot_data(), **self._extra()}
@@ -382,6 +392,7 @@ class _RowLogic(_Logic):
     """
 
     path = "rows"
+    _none: list = []  # no pairs (never appended to: _write copies)
 
     def __init__(self, cfg: _Config, resume: Any) -> None:
         self.events: dict[int, Any] = {}
@@ -411,7 +422,7 @@ class _RowLogic(_Logic):
         getters = cfg.getters
         rows, ts, side = self._read(values, getters, errs)
         if not rows:
-            return self._out(_NO_PAIRS, errs, late), False
+            return self._out([], errs, late), False
         keys, events = zip(*rows)
         adm, ids, pairs = self.core.add(side, keys, ts)
         n = len(adm.ok)
@@ -425,7 +436,35 @@ class _RowLogic(_Logic):
             self.events.update(zip(id_list, events))
             if cfg.outer:
                 self.keys.update(zip(id_list, keys))
-        return self._out(pairs, errs, late), False
+        out = self._pairs(pairs, keys, events) if len(pairs.q) else []
+        return self._out(out, errs, late), False
+
+    def _pairs(self, pairs: Pairs, keys: Sequence[str], events: Sequence[Any]) -> list:
+        """``(key, (left, right))`` of the batch's pairs: those a left row completed, then
+        those a right row completed (each in arrival order). The completing row and its key
+        come from the batch, its partner from the stored events (this batch's included)."""
+        stored = self.events
+        q_left = pairs.q_left
+        out: list = []
+        for completed_by_left in (True, False):
+            sel = q_left if completed_by_left else ~q_left
+            n = int(np.count_nonzero(sel))
+            if not n:
+                continue
+            if n == len(sel):
+                q, partner = pairs.q.tolist(), pairs.partner.tolist()
+            else:
+                q, partner = pairs.q[sel].tolist(), pairs.partner[sel].tolist()
+            if n == 1:
+                pair_keys, mine, theirs = (keys[q[0]],), (events[q[0]],), (stored[partner[0]],)
+            else:
+                get = itemgetter(*q)
+                pair_keys, mine, theirs = get(keys), get(events), itemgetter(*partner)(stored)
+            if completed_by_left:
+                out += zip(pair_keys, zip(mine, theirs))
+            else:
+                out += zip(pair_keys, zip(theirs, mine))
+        return out
 
     def _read(
         self, values: list[tuple[int, list[tuple[str, Any]]]], getters: tuple, errs: list
@@ -455,24 +494,17 @@ class _RowLogic(_Logic):
         rows = list(chain.from_iterable(chunks))
         return rows, np.concatenate(times), np.repeat(sides, counts)
 
-    def _write(self, pairs: Pairs, lost: np.ndarray, evicted: np.ndarray) -> list:
-        out: list = []
+    def _write(self, pairs: list, lost: np.ndarray, evicted: np.ndarray) -> list:
+        out = pairs
         events = self.events
-        n = len(pairs.left)
-        if n > 1:
-            key_of = self.core.et.keys  # the pairs' keys are live: they came in this batch
-            keys = itemgetter(*pairs.kid.tolist())(key_of)
-            lefts = itemgetter(*pairs.left.tolist())(events)
-            rights = itemgetter(*pairs.right.tolist())(events)
-            out = list(zip(keys, zip(lefts, rights)))
-        elif n:
-            key = self.core.et.keys[int(pairs.kid[0])]
-            out = [(key, (events[int(pairs.left[0])], events[int(pairs.right[0])]))]
         if len(lost):
             lost_ids = lost.tolist()
             keys = map(self.keys.__getitem__, lost_ids)
-            out += zip(keys, zip(map(events.__getitem__, lost_ids), repeat(None)))
-        if len(evicted):
+            out = out + list(zip(keys, zip(map(events.__getitem__, lost_ids), repeat(None))))
+        if len(evicted) == len(events):  # all of them (end of input)
+            events.clear()
+            self.keys.clear()
+        elif len(evicted):
             gone = evicted.tolist()
             deque(map(events.pop, gone), maxlen=0)
             if self.cfg.outer:
@@ -488,9 +520,11 @@ class _FrameLogic(_Logic):
     """
 
     path = "frames"
+    _none = _NO_PAIRS
 
     def __init__(self, cfg: _Config, resume: Any) -> None:
         self.stores = (RowStore(), RowStore())
+        self.first_id = 0  # id of the current batch's first accepted row
         super().__init__(cfg, resume)
 
     def _restore_extra(self, data: dict[str, Any] | None) -> None:
@@ -528,6 +562,7 @@ class _FrameLogic(_Logic):
             keys = [k for _, f in frames for k in f.get_column(cfg.key).to_list()]
             ts = np.concatenate(times)
         adm, ids, pairs = self.core.add(sides, keys, ts)
+        self.first_id = int(ids[0]) if len(ids) else 0
         starts = np.cumsum([0] + [f.height for _, f in frames])
         if len(adm.late):
             where = np.searchsorted(starts, np.arange(len(ts)), side="right") - 1
@@ -551,8 +586,9 @@ class _FrameLogic(_Logic):
         cfg = self.cfg
         lefts, rights = self.stores
         out = []
-        if len(pairs.left):
-            left, right = lefts.gather(pairs.left), rights.gather(pairs.right)
+        if len(pairs.q):
+            left_ids, right_ids = pairs.ids(self.first_id)
+            left, right = lefts.gather(left_ids), rights.gather(right_ids)
             out.append(joined_frame(left, right, cfg.key, cfg.suffix))
         if len(lost):
             out.append(lefts.gather(lost))
