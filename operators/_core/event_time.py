@@ -362,7 +362,7 @@ class KeyedEventTime:
                 ids = [get(k) for k in values]
             return np.array(ids, dtype=np.int64)[inverse]
         get = self.kid_of.get
-        found = [get(k) for k in keys]
+        found = list(map(get, keys))
         if None in found:
             found = [self._kid(k) if v is None else v for k, v in zip(keys, found)]
         return np.array(found, dtype=np.int64)

@@ -19,7 +19,7 @@ it left because its key's watermark passed the last time it could match.
 Examples:
     >>> ix = TimeIndex()
     >>> ix.insert(np.array([0, 1, 0]), np.array([10, 10, 30]), np.array([0, 1, 2]))
-    >>> q, pos = ix.search(np.array([0, 1]), np.array([5, 0]), np.array([30, 9]))
+    >>> q, pos = ix.search(np.array([0, 1]), np.array([[5, 0], [30, 9]]))
     >>> q.tolist(), ix.ids[pos].tolist()
     ([0, 0], [0, 2])
 """
@@ -167,37 +167,35 @@ class TimeIndex:
         order = np.lexsort((ids, ts, kid))
         self._set(kid[order], ts[order], ids[order])
 
-    def search(
-        self, kid: np.ndarray, lo: np.ndarray, hi: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, kid: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every stored row of the same key with ``lo <= ts <= hi``: ``(query index, position)``.
 
-        Query key ids are at most one above the largest stored one (a join
-        stores a batch's rows before it searches with them).
-
-        Pairs are in query order, then in stored order (time, then arrival).
+        ``bounds`` is ``[lo, hi]``, a C-ordered ``(2, queries)`` int64 array
+        (overwritten). Query key ids are at most one above the largest
+        stored one (a join stores a batch's rows before it searches with
+        them). Pairs are in query order, then in stored order (time, then
+        arrival).
         """
-        if not len(self.ids) or not len(kid):
+        m = len(kid)
+        if not len(self.ids) or not m:
             return _EMPTY, _EMPTY
         if self.width:
-            # bounds clipped to the free offsets 0 and width-1; a key id above
-            # every stored one searches past them all. One search for both
-            # bounds: the first row >= lo is the first row > lo - 1.
-            base, top = self.base, self.base + self.width - 1
-            m = len(kid)
-            bounds = np.concatenate((lo, hi))
+            # bounds clipped to the free offsets 0 and width-1 (a key id above
+            # every stored one searches past them all); one search for both:
+            # the first row >= lo is the first row > lo - 1
+            base = self.base
             np.maximum(bounds, base, out=bounds)
-            np.minimum(bounds, top, out=bounds)
-            bounds[:m] -= 1
+            np.minimum(bounds, base + self.width - 1, out=bounds)
+            bounds[0] -= 1
             key = kid * self.width  # kid <= kcap: (kcap + 1) * width fits in int64
             key -= base
-            bounds[:m] += key
-            bounds[m:] += key
-            found = self.code.searchsorted(bounds, "right")
+            bounds += key
+            found = self.code.searchsorted(bounds.reshape(-1), "right")
             starts, stops = found[:m], found[m:]
         else:
-            starts = np.zeros(len(kid), dtype=np.int64)
-            stops = np.zeros(len(kid), dtype=np.int64)
+            lo, hi = bounds
+            starts = np.zeros(m, dtype=np.int64)
+            stops = np.zeros(m, dtype=np.int64)
             for k in np.unique(kid).tolist():  # one search per key group
                 rows = np.flatnonzero(kid == k)
                 a, b = np.searchsorted(self._kid, [k, k + 1])

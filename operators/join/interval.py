@@ -173,8 +173,9 @@ class IntervalCore:
         group = kid * 2 + side
         index = self.index
         index.insert(group, t, ids)
-        reach = self.reach  # per side: (lo, hi) of the other side's times, and when it is due
-        q, pos = index.search(group ^ 1, t + reach[0][side], t + reach[1][side])
+        # per row: the other side's times it matches, [lo, hi], and when it is due to leave
+        lo_hi_due = t + self.reach[:, side]
+        q, pos = index.search(group ^ 1, lo_hi_due[:2])
         partner = index.ids[pos]
         earlier = partner < q + ids[0]
         if not earlier.all():
@@ -187,7 +188,7 @@ class IntervalCore:
         data = np.empty((n, 2))
         data[:, 0] = ids
         data[:, 1] = side
-        self.et.hold(None, kid, t + reach[2][side], data)
+        self.et.hold(None, kid, lo_hi_due[2], data)
         return adm, ids, Pairs(q, partner, q_left)
 
     def release(self, *, eof: bool = False) -> tuple[np.ndarray, np.ndarray]:
