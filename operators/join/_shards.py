@@ -375,7 +375,8 @@ class RowStore:
     """A shard's stored rows of one side of a frame join, addressed by integer ids.
 
     Rows are appended frame by frame under the join's ids; :meth:`drop`
-    forgets ids and the store compacts once half of its rows are dead.
+    forgets ids and the store compacts once most of its rows (and more than
+    1,024) are dead.
     Eviction: the join drops every id it releases.
 
     Examples:
@@ -410,8 +411,12 @@ class RowStore:
             return f"columns do not fit the rows stored from earlier frames: {exc}"
         return None
 
-    def add(self, frame: pl.DataFrame, ids: np.ndarray) -> None:
-        """Store the rows of ``frame`` under ``ids`` (ascending, above every stored id)."""
+    def add(self, frame: pl.DataFrame, ids: np.ndarray, alive: np.ndarray | None = None) -> None:
+        """Store the rows of ``frame`` under ``ids`` (ascending, above every stored id).
+
+        Rows with ``alive`` false are stored already dropped (a frame is
+        kept whole instead of gathered without its late rows).
+        """
         n = frame.height
         if self.frame is None or not self.frame.height:
             self.frame = frame
@@ -423,7 +428,11 @@ class RowStore:
             self.frame = pl.concat([self.frame, frame], how="diagonal_relaxed", rechunk=True)
         self.layout = (self.frame.columns, self.frame.dtypes)
         self.ids = np.concatenate([self.ids, ids])
-        self.alive = np.concatenate([self.alive, np.ones(n, dtype=bool)])
+        self.alive = np.concatenate(
+            [self.alive, np.ones(n, dtype=bool) if alive is None else alive]
+        )
+        if alive is not None:
+            self.dead += n - int(np.count_nonzero(alive))
 
     def drop(self, ids: Sequence[int] | np.ndarray) -> None:
         """Forget rows (ids not stored are ignored)."""
@@ -437,9 +446,10 @@ class RowStore:
         hit = pos[self.alive[pos]]
         self.alive[hit] = False
         self.dead += len(hit)
-        if self.dead * 2 > len(self.ids):
+        if self.dead > max(len(self.ids) - self.dead, 1024):  # dead rows cost memory only
             keep = np.flatnonzero(self.alive)
-            self.frame = self.frame[keep].rechunk() if self.frame is not None else None
+            if self.frame is not None:
+                self.frame = self.frame[pl.Series(keep.astype(np.uint32))]
             self.ids, self.alive, self.dead = self.ids[keep], self.alive[keep], 0
 
     def gather(self, ids: Sequence[int] | np.ndarray) -> pl.DataFrame:

@@ -60,21 +60,22 @@ class Pairs(NamedTuple):
     """Pairs found in a batch, one entry per pair, in the order they completed.
 
     ``q`` is the row that completed a pair (its index among the batch's
-    accepted rows), ``partner`` the id of the earlier row it met, and
-    ``q_left`` whether the completing row is the left one.
+    accepted rows) and ``qid`` its id, ``partner`` the id of the earlier
+    row it met, and ``q_left`` whether the completing row is the left one.
     """
 
     q: np.ndarray
     partner: np.ndarray
     q_left: np.ndarray
+    qid: np.ndarray
 
-    def ids(self, first_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(left ids, right ids)``, given the id of the batch's first accepted row."""
-        qid = self.q + first_id
-        return np.where(self.q_left, qid, self.partner), np.where(self.q_left, self.partner, qid)
+    def ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(left ids, right ids)``."""
+        q_left, qid, partner = self.q_left, self.qid, self.partner
+        return np.where(q_left, qid, partner), np.where(q_left, partner, qid)
 
 
-_NO_PAIRS = Pairs(_EMPTY, _EMPTY, np.zeros(0, dtype=bool))
+_NO_PAIRS = Pairs(_EMPTY, _EMPTY, np.zeros(0, dtype=bool), _EMPTY)
 
 
 @dataclass(frozen=True)
@@ -157,14 +158,20 @@ class IntervalCore:
     def add(
         self, sides: np.ndarray, keys: Sequence[Any] | pl.Series, ts: np.ndarray
     ) -> tuple[Any, np.ndarray, Pairs]:
-        """Admit a batch (arrival order): ``(admission, ids of the accepted, new pairs)``."""
+        """Admit a batch (arrival order): ``(admission, an id for every row, new pairs)``.
+
+        Every row gets an id, late ones too (they are never stored: a frame
+        can be kept whole); the accepted rows' ids are ``ids[adm.ok]``.
+        """
         adm = self.et.admit(keys, ts)
+        all_ids = np.arange(self.next_id, self.next_id + len(ts), dtype=np.int64)
+        self.next_id += len(ts)
         n = len(adm.ok)
-        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.next_id += n
         if not n:
-            return adm, ids, _NO_PAIRS
-        side = sides if n == len(sides) else sides[adm.ok]
+            return adm, all_ids, _NO_PAIRS
+        whole = n == len(sides)
+        side = sides if whole else sides[adm.ok]
+        ids = all_ids if whole else all_ids[adm.ok]
         kid, t = adm.kid, adm.ts
         # One index for both sides (group = kid * 2 + side). The batch goes in
         # first; then each new row meets the other side's rows that arrived
@@ -177,43 +184,46 @@ class IntervalCore:
         lo_hi_due = t + self.reach[:, side]
         q, pos = index.search(group ^ 1, lo_hi_due[:2])
         partner = index.ids[pos]
-        earlier = partner < q + ids[0]
+        qid = ids[q]
+        earlier = partner < qid
         if not earlier.all():
-            q, partner = q[earlier], partner[earlier]
+            q, partner, qid = q[earlier], partner[earlier], qid[earlier]
         q_left = side[q] == LEFT
         if self.outer:
             self.unmatched.add(ids[side == LEFT])
             if len(q):
-                self.unmatched.discard(np.where(q_left, q + ids[0], partner))
+                self.unmatched.discard(np.where(q_left, qid, partner))
         data = np.empty((n, 2))
         data[:, 0] = ids
         data[:, 1] = side
         self.et.hold(None, kid, lo_hi_due[2], data)
-        return adm, ids, Pairs(q, partner, q_left)
+        return adm, all_ids, Pairs(q, partner, q_left, qid)
 
-    def release(self, *, eof: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Evict what no row can match any more: ``(ids evicted, unmatched left ids among them)``.
+    def release(self, *, eof: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Evict what no row can match any more.
 
-        The unmatched ids are in release order (event time).
+        Returns ``(ids evicted, whether each is a left row, unmatched left ids
+        among them)``; the unmatched ids are in release order (event time).
         """
         released = self.et.release(eof=eof)
         held = released.held
         lost = _EMPTY
         if len(held):
             ids = held.data[:, 0].astype(np.int64)
+            is_left = held.data[:, 1] == LEFT
             if eof:  # everything leaves
                 self.index = TimeIndex()
             else:
                 self.index.kill(ids)
             if self.outer and len(self.unmatched):
-                lost = self.unmatched.pop(ids[held.data[:, 1] == LEFT])
+                lost = self.unmatched.pop(ids[is_left])
         else:
-            ids = _EMPTY
+            ids, is_left = _EMPTY, np.zeros(0, dtype=bool)
         if len(released.gone):  # forgotten keys: their ids are reused, their rows must go now
             self.index.compact()
         if eof:
             self.et.close()
-        return ids, lost
+        return ids, is_left, lost
 
     def size(self) -> int:
         """Rows stored (for tests of bounded state)."""
@@ -362,12 +372,14 @@ class _Logic(StatefulBatchLogic):
     def _extra(self) -> dict[str, Any]:
         return {}
 
-    def _write(self, pairs: Any, lost: np.ndarray, evicted: np.ndarray) -> list:
+    def _write(
+        self, pairs: Any, lost: np.ndarray, evicted: np.ndarray, is_left: np.ndarray
+    ) -> list:
         raise NotImplementedError
 
     def _out(self, pairs: Any, errs: list, late: list, eof: bool = False) -> list:
-        evicted, lost = self.core.release(eof=eof)
-        oks = self._write(pairs, lost, evicted)
+        evicted, is_left, lost = self.core.release(eof=eof)
+        oks = self._write(pairs, lost, evicted, is_left)
         return [(oks, errs, late)] if oks or errs or late else []
 
     def notify_at(self) -> datetime | None:
@@ -428,6 +440,7 @@ class _RowLogic(_Logic):
         adm, ids, pairs = self.core.add(side, keys, ts)
         n = len(adm.ok)
         if n < len(rows):
+            ids = ids[adm.ok]
             ok = adm.ok.tolist()
             keys, events = [keys[i] for i in ok], [events[i] for i in ok]
             if len(adm.late):
@@ -495,7 +508,9 @@ class _RowLogic(_Logic):
         rows = list(chain.from_iterable(chunks))
         return rows, np.concatenate(times), np.repeat(sides, counts)
 
-    def _write(self, pairs: list, lost: np.ndarray, evicted: np.ndarray) -> list:
+    def _write(
+        self, pairs: list, lost: np.ndarray, evicted: np.ndarray, is_left: np.ndarray
+    ) -> list:
         out = pairs
         events = self.events
         if len(lost):
@@ -525,7 +540,6 @@ class _FrameLogic(_Logic):
 
     def __init__(self, cfg: _Config, resume: Any) -> None:
         self.stores = (RowStore(), RowStore())
-        self.first_id = 0  # id of the current batch's first accepted row
         super().__init__(cfg, resume)
 
     def _restore_extra(self, data: dict[str, Any] | None) -> None:
@@ -563,39 +577,39 @@ class _FrameLogic(_Logic):
             keys = [k for _, f in frames for k in f.get_column(cfg.key).to_list()]
             ts = np.concatenate(times)
         adm, ids, pairs = self.core.add(sides, keys, ts)
-        self.first_id = int(ids[0]) if len(ids) else 0
         starts = np.cumsum([0] + [f.height for _, f in frames])
-        if len(adm.late):
-            where = np.searchsorted(starts, np.arange(len(ts)), side="right") - 1
-
-            def original(i: int) -> dict[str, Any]:
-                j = int(where[i])
-                return frames[j][1].row(i - int(starts[j]), named=True)
-
-            late = late_records(cfg.step_id, adm, ts, original)
-        cut = np.searchsorted(adm.ok, starts)
-        for j, (side, frame) in enumerate(frames):
-            a, b = int(cut[j]), int(cut[j + 1])
-            if a == b:
-                continue
-            if b - a < frame.height:
-                frame = frame[adm.ok[a:b] - int(starts[j])]
-            self.stores[side].add(frame, ids[a:b])
+        if len(adm.late):  # the late rows as dicts, one polars call per frame
+            which = np.searchsorted(starts, adm.late, side="right") - 1
+            originals: dict[int, Any] = {}
+            for j in np.unique(which).tolist():
+                rows_j = adm.late[which == j]
+                dicts = frames[j][1][rows_j - int(starts[j])].to_dicts()
+                originals.update(zip(rows_j.tolist(), dicts))
+            late = late_records(cfg.step_id, adm, ts, originals.__getitem__)
+        accepted = None
+        if len(adm.ok) < len(ts):
+            accepted = np.zeros(len(ts), dtype=bool)
+            accepted[adm.ok] = True
+        for j, (side, frame) in enumerate(frames):  # kept whole: late rows are stored dead
+            a, b = int(starts[j]), int(starts[j + 1])
+            self.stores[side].add(frame, ids[a:b], None if accepted is None else accepted[a:b])
         return self._out(pairs, errs, late), False
 
-    def _write(self, pairs: Pairs, lost: np.ndarray, evicted: np.ndarray) -> list:
+    def _write(
+        self, pairs: Pairs, lost: np.ndarray, evicted: np.ndarray, is_left: np.ndarray
+    ) -> list:
         cfg = self.cfg
         lefts, rights = self.stores
         out = []
         if len(pairs.q):
-            left_ids, right_ids = pairs.ids(self.first_id)
+            left_ids, right_ids = pairs.ids()
             left, right = lefts.gather(left_ids), rights.gather(right_ids)
             out.append(joined_frame(left, right, cfg.key, cfg.suffix))
         if len(lost):
             out.append(lefts.gather(lost))
         if len(evicted):
-            lefts.drop(evicted)
-            rights.drop(evicted)
+            lefts.drop(evicted[is_left])
+            rights.drop(evicted[~is_left])
         if len(out) == 2:
             return [pl.concat(out, how="diagonal_relaxed")]
         return out
