@@ -47,13 +47,13 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
+from streamml.operators._core.columns import check_frame, ts_micros
+from streamml.operators._core.columns import values as frame_values
 from streamml.operators._core.event_time import Held, KeyedEventTime
 from streamml.operators._core.keys import frame_sharder, shard_ids
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators.anomaly import _legacy
 from streamml.operators.featurize._batch import extract
-from streamml.operators.featurize._columns import check_frame, ts_micros
-from streamml.operators.featurize._columns import values as frame_values
 
 from streamml.errors import Rejected
 

@@ -277,12 +277,6 @@ def _two_sides() -> list[pl.DataFrame]:
     ]
 
 
-JOIN_NO_TS = (
-    "a frame without the timestamp column crashes interval_join: _shards.frame_times calls "
-    "ts_micros on the rows check_frame left (none, and still without the column), "
-    "ColumnNotFoundError in on_batch (issue #14)"
-)
-
 CASES = [
     Case(
         "rolling_time",
@@ -311,7 +305,7 @@ CASES = [
     ),
     Case("anomaly_score", _score, _one_side, ("x",)),
     Case("anomaly_windows", _windows, _one_side_ms, ("x",)),
-    Case("interval_join", _join, _two_sides, (), xfail={"bad_values": JOIN_NO_TS}),
+    Case("interval_join", _join, _two_sides, ()),
 ]
 
 

@@ -16,6 +16,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamml.operators._core.columns import check_frame
 from streamml.operators._core.keys import frame_sharder
 from streamml.operators.anomaly import (
     FixedThreshold,
@@ -27,7 +28,6 @@ from streamml.operators.anomaly import (
 )
 from streamml.operators.anomaly import scoring as scoring_mod
 from streamml.operators.anomaly import windows as windows_mod
-from streamml.operators.featurize._columns import check_frame
 
 from streamml.errors import Rejected
 
