@@ -99,11 +99,12 @@ class IntervalCore:
     over both sides: a key's watermark is its newest accepted time (either
     side) minus ``lateness``; a row older than it on arrival is late.
 
-    Matching is per batch, in NumPy: the accepted rows of a batch are
-    searched against the other side's stored rows (a
-    :class:`~streamml.operators.join._index.TimeIndex` per side) and against
-    each other, so every pair comes out once, in the batch where its second
-    row arrives — the pairs a row-by-row join gives, in its order.
+    Matching is per batch, in NumPy: a batch's accepted rows go into one
+    :class:`~streamml.operators.join._index.TimeIndex` of both sides, then
+    each meets the other side's rows that arrived before it, so every pair
+    comes out once, in the batch where its second row arrives — the pairs a
+    row-by-row join gives. :class:`Pairs` lists them in the order they
+    completed (the row path emits those a left row completed first).
 
     Eviction: every stored row is held in the event-time state until its
     key's watermark passes the last time a row that is not late could
