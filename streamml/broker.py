@@ -222,8 +222,13 @@ class EmbeddedBroker:
         """
         create_topics(self.bootstrap, [name], partitions=partitions, config=config, timeout=timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the broker process this object started (idempotent)."""
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the broker process this object started (idempotent).
+
+        tansu waits 5 s for connected clients before it exits on SIGTERM; its
+        storage is in memory, so there is nothing to flush: after ``timeout``
+        it is killed.
+        """
         proc, self._proc = self._proc, None
         self._admin = None
         if proc is not None and proc.poll() is None:

@@ -108,7 +108,7 @@ def consume_all(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Me
         while pending:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic!r}: partitions {sorted(pending)} did not end")
-            for msg in consumer.consume(10_000, timeout=0.2):
+            for msg in consumer.consume(10_000, timeout=0.02):  # each empty poll waits it out
                 err = msg.error()
                 if err is None:
                     out.append(Message(msg.key(), msg.value(), msg.partition(), msg.offset()))

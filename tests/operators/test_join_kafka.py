@@ -95,9 +95,10 @@ def test_bootstrap_reads_a_table_produced_in_large_batches(broker, topic_name):
 
 
 def test_table_is_read_without_librdkafkas_offset_query_wait(broker, topic_name):
-    """A fresh reader starts at offset 0: OFFSET_BEGINNING's offset query waits 500 ms first."""
-    import time
+    """A fresh reader is assigned offset 0, not OFFSET_BEGINNING, whose offset query waits 500 ms.
 
+    The assignment is the behaviour checked: timing the read would fail on a busy machine.
+    """
     broker.create_topic(topic_name, partitions=1, config={"cleanup.policy": "compact"})
     produce_all(broker.bootstrap, topic_name, [(b"k", orjson.dumps({"v": 1}))])
     source = _TableSource([broker.bootstrap], topic_name, {}, tail=False)
@@ -105,11 +106,9 @@ def test_table_is_read_without_librdkafkas_offset_query_wait(broker, topic_name)
     try:
         [assigned] = part._consumer.assignment()
         assert assigned.offset == 0
-        start, got = time.perf_counter(), []
+        got = []
         while not any(type(x) is TableReady for x in got):
             got += [x for fetch in part.next_batch() for x in fetch]
-        # the offset query alone took 500 ms; generous for a loaded machine
-        assert time.perf_counter() - start < 0.45
         assert [(m.key(), m.offset()) for m in got if type(m) is not TableReady] == [(b"k", 0)]
         assert part.snapshot() == 1
     finally:
