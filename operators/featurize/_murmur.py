@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["murmurhash3_32"]
+__all__ = ["murmurhash3_32", "murmurhash3_32_packed"]
 
 _C1 = np.uint32(0xCC9E2D51)
 _C2 = np.uint32(0x1B873593)
@@ -37,16 +37,32 @@ def murmurhash3_32(keys: Sequence[bytes], seed: int = 0) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+    return murmurhash3_32_packed(np.frombuffer(b"".join(keys), dtype=np.uint8), lengths, seed)
+
+
+def murmurhash3_32_packed(flat: np.ndarray, lengths: np.ndarray, seed: int = 0) -> np.ndarray:
+    """:func:`murmurhash3_32` of byte strings given packed: their bytes end to end, and lengths.
+
+    The form a polars ``String`` column gives without a Python object per value.
+
+    Examples:
+        >>> flat = np.frombuffer(b"foohello world", dtype=np.uint8)
+        >>> murmurhash3_32_packed(flat, np.array([3, 0, 11])).tolist()
+        [-156908512, 0, 1586663183]
+    """
+    n = len(lengths)
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    lengths = np.asarray(lengths, dtype=np.int64)
     blocks = lengths // 4
     width = int(blocks.max()) + 1  # room for the zero-padded tail word
     buf = np.zeros((n, width * 4), dtype=np.uint8)
     total = int(lengths.sum())
     if total:
-        flat = np.frombuffer(b"".join(keys), dtype=np.uint8)
         rows = np.repeat(np.arange(n), lengths)
         starts = np.cumsum(lengths) - lengths
         cols = np.arange(total) - np.repeat(starts, lengths)
-        buf[rows, cols] = flat
+        buf[rows, cols] = flat[:total]
     words = buf.view("<u4")
     h = np.full(n, seed & 0xFFFFFFFF, dtype=np.uint32)
     with np.errstate(over="ignore"):

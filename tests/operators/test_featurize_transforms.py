@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -99,16 +100,41 @@ def test_online_scale_global_state():
 
 
 def test_online_scale_forgets_idle_keys():
+    from datetime import datetime, timedelta, timezone
+
+    from streamml.operators.featurize.transforms import _OnlineScaleLogic
+
+    now = [100.0]
+    clock = lambda: now[0]  # noqa: E731
+    ttl = timedelta(seconds=5)
+    logic = _OnlineScaleLogic("s", ("x",), ["x_scaled"], ttl, None, clock=clock)
+    logic.on_batch([("a", {"x": 1.0}), ("a", {"x": 3.0})])
+    assert logic.notify_at() == datetime.fromtimestamp(105.0, tz=timezone.utc)
+    restored = _OnlineScaleLogic("s", ("x",), ["x_scaled"], None, logic.snapshot(), clock=clock)
+    assert (restored.moments.n.tolist(), restored.moments.mean[:, 0].tolist()) == ([2], [2.0])
+    now[0] = 105.0
+    assert logic.on_notify() == ([], True)  # discarded: Bytewax drops the key's state
+
+
+def test_online_scale_frames_forget_idle_keys_of_a_shard():
     from datetime import timedelta
 
     from streamml.operators.featurize.transforms import _OnlineScaleLogic
 
-    logic = _OnlineScaleLogic("s", ("x",), ["x_scaled"], timedelta(seconds=5), None)
-    logic.on_batch([("a", {"x": 1.0}), ("a", {"x": 3.0})])
-    assert logic.notify_at() == logic.seen + timedelta(seconds=5)
-    assert logic.on_notify() == ([], True)  # discarded: Bytewax drops the key's state
-    restored = _OnlineScaleLogic("s", ("x",), ["x_scaled"], None, logic.snapshot())
-    assert (restored.n, restored.mean) == (2, [2.0])
+    now = [100.0]
+    logic = _OnlineScaleLogic(
+        "s", ("x",), ["x_scaled"], timedelta(seconds=5), None, key="k", clock=lambda: now[0]
+    )
+    logic.on_batch([pl.DataFrame({"k": ["a", "b", "a"], "x": [1.0, 7.0, 3.0]})])
+    now[0] = 103.0
+    logic.on_batch([pl.DataFrame({"k": ["b"], "x": [9.0]})])
+    now[0] = 106.0
+    assert logic.on_notify() == ([], False)  # "a" is forgotten, "b" stays
+    assert logic.moments.keys == ["b"]
+    [(oks, _)], discard = logic.on_batch([pl.DataFrame({"k": ["a", "b"], "x": [5.0, 8.0]})])
+    assert oks[0]["x_scaled"].to_list() == [0.0, 0.0]  # "a" starts afresh; "b" at its mean 8
+    now[0] = 200.0
+    assert logic.on_notify() == ([], True)
 
 
 def test_one_hot_matches_sklearn_plus_other():
