@@ -66,13 +66,16 @@ def _vectorize(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def add_features(step_id: str, readings: Stream[pl.DataFrame]) -> TimedFeaturesOut:
+def add_features(
+    step_id: str, readings: Stream[pl.DataFrame], *, shards: int = 1
+) -> TimedFeaturesOut:
     """One- and ten-minute rolling statistics per sensor (one step, both windows), then the
     model's input columns.
 
     ``readings`` are frames with ``sensor_id``, ``ts`` (UTC datetime) and the
     ``FIELDS``. Late and bad readings go to ``late`` and ``errs``; both
-    windows see the same accepted readings.
+    windows see the same accepted readings. ``shards``: state shards (one
+    per worker or two is right; features do not depend on it).
     """
     stats = featurize.rolling(
         f"{step_id}_rolling",
@@ -87,6 +90,7 @@ def add_features(step_id: str, readings: Stream[pl.DataFrame]) -> TimedFeaturesO
             "pressure": ["mean", "std"],
         },
         max_delay=MAX_DELAY,
+        shards=shards,
     )
     vectors = op.map(f"{step_id}_vector", stats.oks, _vectorize)
     return TimedFeaturesOut(vectors, stats.errs, stats.late)

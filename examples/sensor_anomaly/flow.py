@@ -160,13 +160,18 @@ def build_flow(
     model: ModelFiles | None = None,
     tail: bool = False,
     max_wait: timedelta = timedelta(milliseconds=20),
+    shards: int = 1,
 ) -> Dataflow:
     """The sensor-anomaly dataflow over ``brokers``.
 
     ``registry`` is a schema-registry client or config; by default an
     in-process ``mock://`` registry. The reading schema is registered at
     build time, as its producer would have (idempotent on a real registry).
-    ``model`` defaults to the cached model, built on first use.
+    ``model`` defaults to the cached model, built on first use. ``shards``:
+    the state shards of the feature and window steps; 1 is fastest on one
+    worker (one frame per batch instead of several small ones), and about
+    twice the workers spreads the sensors over a cluster (``-w``/``-i``).
+    Results do not depend on it.
     """
     registry = registry if registry is not None else {"url": "mock://sensor-anomaly"}
     model = model or build_model(DEFAULT_DIR)
@@ -188,7 +193,7 @@ def build_flow(
     checked = op.flat_map("validate", src.oks, validate_readings("sensor_anomaly.validate"))
     readings = op.flat_map_batch("usable", checked, _usable)
 
-    feats = add_features("features", readings)
+    feats = add_features("features", readings, shards=shards)
     forest = OnnxModel(model.onnx, version=model.version, intra_op_threads=1)
     scored = infer.infer(
         "isoforest",
@@ -215,6 +220,7 @@ def build_flow(
         max_duration=timedelta(minutes=30),
         lateness=MAX_DELAY,
         alerts=True,
+        shards=shards,
     )
     z_windows = anomaly.anomaly_windows(
         "zscore_windows",
@@ -229,6 +235,7 @@ def build_flow(
         max_duration=timedelta(minutes=30),
         lateness=MAX_DELAY,
         alerts=True,
+        shards=shards,
     )
     alerts = op.merge(
         "alerts",
