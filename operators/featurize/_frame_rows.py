@@ -82,6 +82,9 @@ def numeric_problems(frame: pl.DataFrame, fields: Sequence[str]) -> Reasons:
             reasons.append(("MissingField", f"field {name!r} is missing", None))
             continue
         dtype = frame.schema[name]
+        if dtype == pl.Null:  # every value null (a frame of rows that all lack it)
+            reasons.append(("MissingField", f"field {name!r} is null", None))
+            continue
         if not dtype.is_numeric():
             reasons.append(("NotANumber", f"field {name!r} is {dtype}, not a number", None))
             continue
@@ -128,7 +131,8 @@ def string_rows(
     """
     reasons: Reasons = []
     for name in fields:
-        if name in frame.columns and not _is_text(frame.schema[name]):
+        dtype = frame.schema.get(name)
+        if dtype is not None and dtype != pl.Null and not _is_text(dtype):
             why = f"field {name!r} is {frame.schema[name]}, not a str"
             reasons.append(("NotAString", why, None))
             continue

@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 import bytewax.operators as op
 import numpy as np
-from bytewax.dataflow import operator
+import polars as pl
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
+from streamml.operators.featurize._frame_rows import dispatch
 from streamml.operators.featurize.outputs import FeaturesOut
 
 from streamml.errors import Rejected
@@ -112,9 +114,7 @@ class FeatureSchema:
 _MISSING = object()
 
 
-def _column(
-    events: list[Any], feature: Feature, limit: float
-) -> tuple[np.ndarray, list[str | None]]:
+def _column(events: list[Any], feature: Feature, limit: float) -> tuple[np.ndarray, np.ndarray]:
     """The feature's values as a float array, and per event why it is invalid (or None)."""
     n, w = len(events), feature.width
     out = np.full((n, w), np.nan)
@@ -143,18 +143,91 @@ def _column(
                 problems[i] = f"{name} has shape {arr.shape}, expected ({w},)"
                 continue
             out[i] = arr
+    why = np.array(problems, dtype=object)
+    _checked(out, why, name, limit)
+    return out, why
+
+
+def _checked(out: np.ndarray, problems: np.ndarray, name: str, limit: float) -> None:
+    """Mark rows not finite, or too large for the dtype, where no problem was found yet."""
     bad = ~np.isfinite(out).all(axis=1)
-    too_big = ~bad & (np.abs(out) > limit).any(axis=1)
-    for i in np.flatnonzero(bad | too_big).tolist():
-        if problems[i] is None:
-            problems[i] = f"{name} is not finite" if bad[i] else f"{name} overflows the dtype"
+    too_big = ~bad & (np.abs(np.where(bad[:, None], 0.0, out)) > limit).any(axis=1)
+    fresh = problems == None  # noqa: E711 - elementwise on an object array
+    problems[bad & fresh] = f"{name} is not finite"
+    problems[too_big & fresh] = f"{name} overflows the dtype"
+
+
+def _frame_column(
+    frame: pl.DataFrame, feature: Feature, limit: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_column` of a frame: the feature's column as a float ``(n, width)`` array, and per
+    row why it is invalid (``None`` if valid), on whole columns."""
+    n, w, name = frame.height, feature.width, feature.name
+    out = np.full((n, w), np.nan)
+    problems = np.full(n, None, dtype=object)
+    if name not in frame.columns or frame.schema[name] == pl.Null:
+        problems[:] = f"{name} is missing"
+        return out, problems
+    col = frame.get_column(name)
+    dtype = col.dtype
+    nested = isinstance(dtype, (pl.List, pl.Array))
+    inner = dtype.inner if nested else dtype
+    if not (inner.is_numeric() or inner == pl.Boolean):
+        problems[:] = f"{name} is {dtype}, not a number"
+        return out, problems
+    missing = col.is_null().to_numpy() if col.null_count() else np.zeros(n, dtype=bool)
+    problems[missing] = f"{name} is missing"
+    if not nested:
+        if w != 1:
+            problems[~missing] = f"{name} has shape (1,), expected ({w},)"
+            return out, problems
+        out[:, 0] = col.cast(pl.Float64).fill_null(np.nan).to_numpy()
+    else:
+        lens = col.list.len().fill_null(0).to_numpy() if isinstance(dtype, pl.List) else None
+        if lens is None:
+            lens = np.where(missing, 0, dtype.size)
+        wrong = ~missing & (lens != w)
+        for i in np.flatnonzero(wrong).tolist():
+            problems[i] = f"{name} has shape ({int(lens[i])},), expected ({w},)"
+        good = ~missing & ~wrong
+        if good.any():
+            flat = col.filter(pl.Series(good)).explode().cast(pl.Float64).fill_null(np.nan)
+            out[good] = flat.to_numpy().reshape(-1, w)
+    _checked(out, problems, name, limit)
     return out, problems
+
+
+def _assemble(
+    columns: list[tuple[np.ndarray, np.ndarray]],
+    schema: FeatureSchema,
+    fill: bool,
+    dtype: Any,
+) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+    """The vectors of rows with each feature's ``(values, problems)``: each invalid value filled
+    with its feature's default (``fill``, when it has one) or the row rejected. Returns the
+    matrix, every row's unfilled problems, and the mask of rejected rows."""
+    n = len(columns[0][0]) if columns else 0
+    problems: list[list[str]] = [[] for _ in range(n)]
+    rejected = np.zeros(n, dtype=bool)
+    parts = []
+    for feature, (col, why) in zip(schema.features, columns):
+        bad = np.flatnonzero(why != None)  # noqa: E711 - elementwise on an object array
+        if len(bad):
+            if fill and feature.default is not None:
+                col[bad] = feature.default
+            else:
+                col[bad] = 0.0  # the row is rejected; keep the cast quiet
+                rejected[bad] = True
+                for i in bad.tolist():
+                    problems[i].append(why[i])
+        parts.append(col)
+    return np.concatenate(parts, axis=1).astype(dtype), problems, rejected
 
 
 @operator
 def assemble(
     step_id: str,
-    up: KeyedStream[Mapping[str, Any]],
+    up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
     *,
     schema: FeatureSchema,
     on_invalid: Literal["error", "default"] = "error",
@@ -170,11 +243,37 @@ def assemble(
     still rejects) or rejects the event (``"error"``); the ``errs`` record
     names every bad feature (``error_type="InvalidFeature"``).
 
+    Frames: each feature is a column — a number (``Boolean`` counts as
+    0/1) for a width-1 feature, a ``List`` or ``Array`` of numbers of the
+    feature's width otherwise; a missing column or a null is missing, a
+    column of text not a number; each invalid row is rejected alone, the
+    rest of the frame goes on. Rows: a feature is a field of the event.
+
     Returns:
-        ``oks``: ``(key, event)`` with ``output`` set to a 1-D array of
-        ``schema.width`` values of ``schema.dtype``; ``errs``.
+        ``oks``: frames with an ``output`` column of ``pl.Array(dtype,
+        schema.width)``, or ``(key, event)`` with ``output`` set to a 1-D
+        array of ``schema.width`` values of ``schema.dtype``; ``errs``.
 
     Examples:
+        A frame, with the invalid rows rejected:
+
+        >>> import bytewax.operators as op
+        >>> import polars as pl
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> schema = FeatureSchema([Feature("b"), Feature("a", default=None)])
+        >>> frame = pl.DataFrame({"id": [1, 2, 3], "a": [1.0, None, float("inf")], "b": [2, 3, 4]})
+        >>> flow = Dataflow("assemble_frames_doc")
+        >>> out = assemble("vec", op.input("in", flow, TestingSource([frame])), schema=schema)
+        >>> oks, errs = [], []
+        >>> op.output("oks", out.oks, TestingSink(oks))
+        >>> op.output("errs", out.errs, TestingSink(errs))
+        >>> run_main(flow)
+        >>> oks[0]["features"].to_list(), [(r.original["id"], r.reason) for r in errs]
+        ([[2.0, 1.0]], [(2, 'a is missing'), (3, 'a is not finite')])
+
+        ``(key, event)`` rows, invalid values filled with defaults:
+
         >>> import bytewax.operators as op
         >>> from bytewax.dataflow import Dataflow
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
@@ -195,7 +294,7 @@ def assemble(
     limit = float(np.finfo(dtype).max)
     fill = on_invalid == "default"
 
-    def mapper(batch: list[Any]) -> tuple[list, list]:
+    def on_rows(batch: list[Any]) -> tuple[list, list]:
         keys, events, errs = [], [], []
         for item in batch:
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping):
@@ -203,19 +302,8 @@ def assemble(
                 events.append(item[1])
             else:
                 errs.append(Rejected(step_id, "BadItem", "expected a (key, event) pair", item))
-        parts, problems = [], [[] for _ in events]
-        for feature in schema.features:
-            col, why = _column(events, feature, limit)
-            for i, p in enumerate(why):
-                if p is None:
-                    continue
-                if fill and feature.default is not None:
-                    col[i] = feature.default
-                else:
-                    col[i] = 0.0  # the row is rejected; keep the cast quiet
-                    problems[i].append(p)
-            parts.append(col)
-        matrix = np.concatenate(parts, axis=1).astype(dtype) if parts else None
+        columns = [_column(events, feature, limit) for feature in schema.features]
+        matrix, problems, _ = _assemble(columns, schema, fill, dtype)
         oks = []
         for i, (key, event) in enumerate(zip(keys, events)):
             if problems[i]:
@@ -225,7 +313,21 @@ def assemble(
                 oks.append((key, {**event, output: matrix[i]}))
         return oks, errs
 
-    chunks = op.flat_map_batch("batch", up, lambda b: [mapper(b)])
+    def on_frame(frame: pl.DataFrame) -> tuple[list, list]:
+        columns = [_frame_column(frame, feature, limit) for feature in schema.features]
+        matrix, problems, rejected = _assemble(columns, schema, fill, dtype)
+        errs = []
+        if rejected.any():
+            at = np.flatnonzero(rejected)
+            for i, row in zip(at.tolist(), frame[at].iter_rows(named=True)):
+                errs.append(Rejected(step_id, "InvalidFeature", "; ".join(problems[i]), row))
+            keep = ~rejected
+            frame, matrix = frame.filter(pl.Series(keep)), matrix[keep]
+        if not frame.height:
+            return [], errs
+        return [frame.with_columns(pl.Series(output, matrix))], errs
+
+    chunks = op.flat_map_batch("batch", up, lambda b: [dispatch(on_frame, on_rows)(b)])
     return FeaturesOut(
         op.flat_map("oks", chunks, lambda c: c[0]),
         op.flat_map("errs", chunks, lambda c: c[1]),

@@ -287,6 +287,10 @@ class _OnlineScaleLogic(StatefulBatchLogic):
             )
         self.path = path
         self.moments = Moments(len(fields), data)
+        # downtime is not idleness (as for the event-time core's idle advance): a restored
+        # key's TTL counts from the restart, else a store resumed over an hour later would
+        # come back empty
+        self.moments.seen[:] = clock()
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         now = self.clock()
@@ -384,7 +388,8 @@ def online_scale(
             frame needs no key column then, and ``key`` must be ``None``).
         ttl: Forget a key's statistics after this much wall-clock time
             without rows (``None`` keeps them; only sensible when the keys
-            are few).
+            are few). After a restore the TTL counts from the restart:
+            downtime is not idleness.
         suffix: Output fields are ``{field}{suffix}``.
         shards: Number of state shards of the frame path (keys are spread
             over them by a stable hash).

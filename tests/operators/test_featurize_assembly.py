@@ -102,3 +102,39 @@ def test_schema_json_round_trip_and_validation(tmp_path):
         FeatureSchema([Feature("a", default=float("nan"))])
     with pytest.raises(ValueError, match="on_invalid"):
         run([], schema, on_invalid="drop")
+
+
+_num = st.one_of(st.floats(-1e3, 1e3), st.just(float("nan")), st.just(float("inf")), st.none())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_num, _num, st.one_of(st.none(), st.lists(_num, min_size=1, max_size=3))),
+        min_size=1,
+        max_size=20,
+    ),
+    st.sampled_from(["error", "default"]),
+)
+def test_assemble_frames_equal_rows(values, on_invalid):
+    """The same vectors and the same rejected rows (with the same reasons) on both units."""
+    import polars as pl
+
+    schema = FeatureSchema(
+        [Feature("a"), Feature("b", default=None), Feature("v", default=-1.0, width=2)]
+    )
+    rows = [{"id": i, "a": a, "b": b, "v": v} for i, (a, b, v) in enumerate(values)]
+    # None is missing on both units: rows lacking the field, frames holding a null
+    items = [("k", {k: x for k, x in r.items() if x is not None}) for r in rows]
+    frame = pl.DataFrame(
+        rows, schema={"id": pl.Int64, "a": pl.Float64, "b": pl.Float64, "v": pl.List(pl.Float64)}
+    )
+    kw = dict(schema=schema, on_invalid=on_invalid)
+    oks_r, errs_r = run(items, **kw)
+    oks_f, errs_f = run([frame], **kw)
+    got = pl.concat(oks_f).to_dicts() if oks_f else []
+    assert [e["id"] for _, e in oks_r] == [r["id"] for r in got]
+    for (_, e), r in zip(oks_r, got):
+        np.testing.assert_array_equal(np.asarray(r["features"], dtype=np.float32), e["features"])
+    want = [(r.original[1]["id"], r.error_type, r.reason) for r in errs_r]
+    assert want == [(r.original["id"], r.error_type, r.reason) for r in errs_f]

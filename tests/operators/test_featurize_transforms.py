@@ -228,3 +228,126 @@ def test_hash_text_bad_input_and_config():
         run(hash_text, [], field="t", ngram_range=(2, 1))
     with pytest.raises(ValueError, match="norm"):
         run(hash_text, [], field="t", norm="max")
+
+
+# -- frames: the same results as rows, bad rows rejected one by one ------------------
+
+
+def _frame_rows(operator, rows, **kwargs):
+    """Run ``operator`` on ``rows`` (dicts) as ``(key, dict)`` items and as one frame."""
+    items = [("k", r) for r in rows]
+    oks_r, errs_r = run(operator, items, batch_size=len(items) or 1, **kwargs)
+    frame = pl.DataFrame(rows)
+    oks_f, errs_f = run(operator, [frame], batch_size=1, **kwargs)
+    got = pl.concat(oks_f).to_dicts() if oks_f else []
+    return [e for _, e in oks_r], errs_r, got, errs_f
+
+
+def _same(row_out, frame_out, names):
+    assert len(row_out) == len(frame_out)
+    for r, f in zip(row_out, frame_out):
+        assert r["id"] == f["id"]
+        for name in names:
+            want = np.asarray(r[name], dtype=np.float64)
+            np.testing.assert_allclose(np.asarray(f[name], dtype=np.float64), want, rtol=1e-12)
+
+
+_values = st.one_of(st.floats(-1e6, 1e6), st.just(float("nan")), st.just(float("inf")), st.none())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(_values, st.floats(-1e3, 1e3)), min_size=1, max_size=30))
+def test_standard_scale_frames_equal_rows(values):
+    rows = [{"id": i, "a": a, "b": b} for i, (a, b) in enumerate(values)]
+    params = ScalerParams(("a", "b"), (1.0, -2.0), (3.0, 0.5))
+    by_rows, errs_r, by_frame, errs_f = _frame_rows(standard_scale, rows, params=params)
+    _same(by_rows, by_frame, ["a_scaled", "b_scaled"])
+    # None is a missing value on both paths (rows: NotANumber, frames: null = MissingField)
+    kinds = {"NotANumber": "MissingField"}
+    assert [(r.original[1]["id"], kinds.get(r.error_type, r.error_type)) for r in errs_r] == [
+        (r.original["id"], r.error_type) for r in errs_f
+    ]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("ab"), st.one_of(st.floats(-1e3, 1e3), st.just(float("nan")))),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(1, 3),
+)
+def test_online_scale_frames_equal_rows(values, shards):
+    rows = [{"id": i, "k": k, "x": x} for i, (k, x) in enumerate(values)]
+    oks_r, errs_r = run(online_scale, [(r["k"], r) for r in rows], batch_size=7, fields=["x"])
+    frames = [pl.DataFrame(rows[i : i + 5]) for i in range(0, len(rows), 5)]
+    oks_f, errs_f = run(online_scale, frames, batch_size=2, fields=["x"], key="k", shards=shards)
+    got = {r["id"]: r["x_scaled"] for r in (pl.concat(oks_f).to_dicts() if oks_f else [])}
+    want = {e["id"]: e["x_scaled"] for _, e in oks_r}
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=1e-9, atol=1e-9)
+    assert sorted(r.original["id"] for r in errs_f) == sorted(r.original[1]["id"] for r in errs_r)
+    assert {r.error_type for r in errs_f} <= {"NonFinite"}
+
+
+def test_online_scale_frames_reject_bad_keys_and_rows_without_key():
+    frame = pl.DataFrame({"k": ["a", None, "a"], "x": [1.0, 2.0, 3.0]})
+    oks, errs = run(online_scale, [frame, ("a", {"x": 1.0})], batch_size=2, fields=["x"], key="k")
+    assert pl.concat(oks)["x_scaled"].to_list() == [0.0, 1.0]
+    assert sorted(r.error_type for r in errs) == ["BadItem", "BadKey"]
+    oks, errs = run(online_scale, [frame], fields=["x"])  # rows path: a frame needs key=
+    assert oks == [] and [r.error_type for r in errs] == ["BadItem"]
+    oks, errs = run(online_scale, [frame.drop("k")], fields=["x"], per_key=False)
+    assert pl.concat(oks)["x_scaled"].to_list() == [0.0, 1.0, pytest.approx(1.2247448713915)]
+    with pytest.raises(ValueError, match="per_key=False"):
+        run(online_scale, [], fields=["x"], key="k", per_key=False)
+
+
+_cats = st.one_of(st.sampled_from(["red", "green", "blue", "RED", ""]), st.none())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(_cats, min_size=1, max_size=30), st.booleans())
+def test_one_hot_frames_equal_rows(values, other):
+    rows = [{"id": i, "c": c} for i, c in enumerate(values) if c is not None]
+    rows += [{"id": 100 + i} for i, c in enumerate(values) if c is None]  # missing
+    frame_rows = [{"c": None, **r} for r in rows]
+    items = [("k", r) for r in rows]
+    kwargs = dict(field="c", categories=["red", "green", "blue"], other=other)
+    oks_r, errs_r = run(one_hot, items, batch_size=len(items), **kwargs)
+    oks_f, errs_f = run(one_hot, [pl.DataFrame(frame_rows)], batch_size=1, **kwargs)
+    names = ["c_red", "c_green", "c_blue"] + (["c_other"] if other else [])
+    _same([e for _, e in oks_r], pl.concat(oks_f).to_dicts() if oks_f else [], names)
+    assert [(r.original[1]["id"], r.error_type) for r in errs_r] == [
+        (r.original["id"], r.error_type) for r in errs_f
+    ]
+
+
+_words = st.text(alphabet="ab cDE!é東", max_size=30)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.one_of(_words, st.none(), st.integers()), min_size=1, max_size=20))
+def test_hashers_frames_equal_rows(texts):
+    texts = [t for t in texts if not isinstance(t, int)]  # a frame column has one type
+    if not texts:
+        return
+    rows = [{"id": i, "t": t, "u": f"user{i % 3}"} for i, t in enumerate(texts)]
+    for op_, kwargs, name in [
+        (hash_text, dict(field="t", n_features=64, ngram_range=(1, 2)), "t_hashed"),
+        (hash_features, dict(fields=["u", "t"], n_features=32), "hashed"),
+    ]:
+        by_rows, errs_r, by_frame, errs_f = _frame_rows(op_, rows, **kwargs)
+        _same(by_rows, by_frame, [name])
+        # None: rows NotAString (a value that is not a str), frames MissingField (null)
+        assert [r.original[1]["id"] for r in errs_r] == [r.original["id"] for r in errs_f]
+        assert {r.error_type for r in errs_f} <= {"MissingField"}
+
+
+def test_hashers_reject_a_frame_column_that_is_not_text():
+    frame = pl.DataFrame({"t": [1, 2]})
+    oks, errs = run(hash_text, [frame], field="t")
+    assert oks == [] and [r.error_type for r in errs] == ["NotAString", "NotAString"]
+    oks, errs = run(hash_features, [frame.with_columns(u=pl.lit("x"))], fields=["u", "t"])
+    assert oks == [] and [r.error_type for r in errs] == ["NotAString", "NotAString"]
