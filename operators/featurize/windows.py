@@ -24,7 +24,8 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
-from bytewax.dataflow import operator
+import polars as pl
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from bytewax.operators.windowing import (
     EventClock,
@@ -34,6 +35,8 @@ from bytewax.operators.windowing import (
     WindowLogic,
     window,
 )
+from streamml.operators._core.columns import check_frame, ts_micros
+from streamml.operators._core.keys import bad_key_rows
 from streamml.operators._time import from_micros, micros
 from streamml.operators.featurize._batch import extract
 from streamml.operators.featurize.outputs import TimedFeaturesOut
@@ -151,6 +154,87 @@ class _Numbering:
         return (at - self.align_to - self.length) // self.offset + 1
 
 
+_TS = "__streamml_ts"
+"""The field the frame adapter puts each row's event time in (a ``datetime``)."""
+
+
+def _frames(
+    step_id: str,
+    up: Stream[Any],
+    spec: _Spec,
+    key: str,
+    timestamp: str,
+    windower: Any,
+    max_delay: timedelta,
+    idle_advance: bool,
+    max_future: timedelta | None,
+    label: str | None,
+) -> TimedFeaturesOut:
+    """Frames onto the row implementation: rows checked on columns, then ``(key, dict)`` pairs."""
+
+    def to_rows(items: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for item in items:
+            if not isinstance(item, pl.DataFrame):
+                why = f"expected a polars DataFrame; got {type(item).__name__}"
+                out.append(("", Rejected(step_id, "BadItem", why, item)))
+                continue
+            if not item.height:
+                continue
+            good, bad = bad_key_rows(item, key, step_id)
+            out += [("", r) for r in bad]
+            good, bad = check_frame(good, step_id=step_id, timestamp=timestamp, fields=spec.fields)
+            out += [("", r) for r in bad]
+            if not good.height:
+                continue
+            times = list(map(from_micros, ts_micros(good, timestamp).tolist()))
+            keys = good.get_column(key).cast(pl.String).to_list()
+            for k, t, row in zip(keys, times, good.iter_rows(named=True)):
+                row[_TS] = t
+                out.append((k, row))
+        return out
+
+    def original(rejected: Rejected) -> Rejected:
+        """A rejection holding the frame row (without the adapter's time field)."""
+        item = rejected.original
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict):
+            row = {k: v for k, v in item[1].items() if k != _TS}
+            return rejected._replace(original=row)
+        return rejected
+
+    pairs = op.flat_map_batch("rows", up, to_rows)
+    split = op.branch("split", pairs, lambda kv: isinstance(kv[1], Rejected))
+    inner = window_agg(
+        "windows",
+        split.falses,
+        timestamp=lambda e: e[_TS],
+        windower=windower,
+        fields=_fields_of(spec),
+        aggregates=(),
+        max_delay=max_delay,
+        idle_advance=idle_advance,
+        max_future=max_future,
+        label=label,
+    )
+    oks = op.flat_map_batch(
+        "frames", inner.oks, lambda kvs: [pl.DataFrame([row for _, row in kvs])] if kvs else []
+    )
+    errs = op.merge(
+        "all_errs",
+        op.map("bad", split.trues, lambda kv: kv[1]),
+        op.map("errs", inner.errs, original),
+    )
+    return TimedFeaturesOut(oks, errs, op.map("late", inner.late, original))
+
+
+def _fields_of(spec: _Spec) -> dict[str, list[str]]:
+    """``{field: [aggregates]}`` of a spec, to build the row operator with the same features."""
+    out: dict[str, list[str]] = {name: [] for name in spec.fields}
+    for f, agg in spec.plan:
+        out[spec.fields[f]].append(agg)
+    return out
+
+
 def _bounds(windower: Any) -> Callable[[int, dict[str, Any]], tuple[datetime, datetime]]:
     """How to get a closed window's start and end from its id (or, for sessions, its rows)."""
     if isinstance(windower, SessionWindower):
@@ -170,9 +254,10 @@ def _first_window(windower: Any) -> Callable[[int, datetime], bool]:
 @operator
 def window_agg(
     step_id: str,
-    up: KeyedStream[Mapping[str, Any]],
+    up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
     *,
-    timestamp: Callable[[Mapping[str, Any]], datetime],
+    timestamp: str | Callable[[Mapping[str, Any]], datetime],
+    key: str | None = None,
     windower: TumblingWindower | SlidingWindower | SessionWindower,
     fields: Sequence[str] | Mapping[str, Sequence[str]],
     aggregates: Sequence[str] = ("count", "mean", "std", "min", "max"),
@@ -200,10 +285,28 @@ def window_agg(
     key's watermark (newest timestamp seen minus ``max_delay``) goes to
     ``late`` once, whatever the number of windows it falls in.
 
+    Frames (``key`` and ``timestamp`` name columns; the timestamp a
+    time-zone-aware ``Datetime`` or integer epoch milliseconds): each row is
+    checked on the frame's columns (a bad key is ``BadKey``, see
+    :func:`~streamml.operators._core.keys.route`; bad values and times as
+    in :func:`~streamml.operators._core.columns.check_frame`; a non-frame
+    item ``BadItem``), and ``oks`` carries one frame per batch of closed
+    windows, with the columns of a row above (``key`` as text). Rejections
+    hold the row as a dict. *How, today:* the checked rows are handed, as
+    ``(key, dict)`` pairs, to the row implementation below — Bytewax's
+    windowing operator with its per-key ``EventClock`` — so lateness on
+    frames follows Bytewax's clock exactly as on rows, not
+    :class:`~streamml.operators._core.event_time.KeyedEventTime`, and a
+    frame costs a dict per row inside this step (moving the windows onto
+    the core's per-key event time is open work).
+
     Args:
         step_id: Unique ID.
-        up: Keyed stream of ``(key, event)``.
-        timestamp: Gets an event's timezone-aware event time.
+        up: Frames (with ``key``), or a keyed stream of ``(key, event)``
+            (``key=None``).
+        timestamp: The frames' event-time column; for rows, a function
+            giving an event's time-zone-aware event time.
+        key: The key column of the frames; ``None`` for rows.
         windower: A Bytewax ``TumblingWindower``, ``SlidingWindower`` or
             ``SessionWindower``.
         fields: Numeric fields with ``aggregates``, or ``{field: [aggregates]}``.
@@ -222,12 +325,38 @@ def window_agg(
         :class:`~streamml.errors.Rejected` items with the ``(key, event)``.
 
     Examples:
+        Frames:
+
         >>> from datetime import datetime, timedelta, timezone
         >>> import bytewax.operators as op
+        >>> import polars as pl
         >>> from bytewax.dataflow import Dataflow
         >>> from bytewax.operators.windowing import TumblingWindower
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
         >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> ms = int(t0.timestamp() * 1000)
+        >>> frame = pl.DataFrame({"id": ["s1", "s1", "s1", "s2", None],
+        ...                       "ts": [ms + 5_000, ms + 50_000, ms + 61_000, ms + 10_000, ms],
+        ...                       "temp": [20.0, 22.0, 30.0, 5.0, 1.0]})
+        >>> flow = Dataflow("window_frames_doc")
+        >>> rows = window_agg("temp_1m", op.input("in", flow, TestingSource([frame])),
+        ...                   key="id", timestamp="ts",
+        ...                   windower=TumblingWindower(timedelta(minutes=1), align_to=t0),
+        ...                   fields={"temp": ["count", "mean"]}, idle_advance=False)
+        >>> out, errs = [], []
+        >>> op.output("out", rows.oks, TestingSink(out))
+        >>> op.output("errs", rows.errs, TestingSink(errs))
+        >>> run_main(flow)
+        >>> for row in pl.concat(out).sort("key", "window_start").iter_rows():
+        ...     print(row[0], row[1].time(), row[3], row[4])
+        s1 00:00:00 2.0 21.0
+        s1 00:01:00 1.0 30.0
+        s2 00:00:00 1.0 5.0
+        >>> [(r.error_type, r.original["temp"]) for r in errs]
+        [('BadKey', 1.0)]
+
+        ``(key, event)`` rows:
+
         >>> events = [("s1", {"s": 5, "temp": 20.0}), ("s1", {"s": 50, "temp": 22.0}),
         ...           ("s1", {"s": 61, "temp": 30.0}), ("s2", {"s": 10, "temp": 5.0})]
         >>> flow = Dataflow("window_doc")
@@ -279,6 +408,20 @@ def window_agg(
         length.total_seconds(),
     )
     max_future_us = micros(max_future) if max_future is not None else None
+    if key is not None:
+        if not isinstance(key, str) or not isinstance(timestamp, str):
+            raise ValueError(
+                "for frames, key and timestamp name columns (e.g. key='sensor_id', "
+                f"timestamp='ts'); got key={key!r}, timestamp={timestamp!r}"
+            )
+        return _frames(
+            step_id, up, spec, key, timestamp, windower, max_delay, idle_advance, max_future, label
+        )
+    if not callable(timestamp):
+        raise ValueError(
+            "with key=None, up is a keyed stream of (key, event) rows and timestamp must be a "
+            f"function of an event; got {timestamp!r}. For frames, give key= the key column"
+        )
 
     def validate(batch: list[Any]) -> list[tuple[str, Any]]:
         cols, errs = extract(step_id, batch, spec.fields, timestamp, max_future_us)
