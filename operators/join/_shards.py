@@ -62,6 +62,7 @@ __all__ = [
     "side_times",
     "split_outputs",
     "tag_frames",
+    "tag_frames_table",
     "tag_sides",
     "to_datetime",
 ]
@@ -247,6 +248,80 @@ def tag_frames(
         "merge",
         op.flat_map_batch("shard_left", left, tagger(LEFT)),
         op.flat_map_batch("shard_right", right, tagger(RIGHT)),
+    )
+    return _split_tagged(step_id, mixed)
+
+
+@operator
+def tag_frames_table(
+    step_id: str,
+    left: Stream[Any],
+    right: Stream[Any],
+    key: str,
+    shards: int,
+    control: type | None = None,
+) -> Tagged:
+    """Route left frames by their ``key`` column and a right changelog's ``(key, row)`` items.
+
+    For a stream–table join on frames: the left side is a stream of frames
+    (routed as in :func:`tag_frames`: ``BadKey`` by
+    :func:`~streamml.operators._core.keys.route`, ``BadItem`` for an item
+    that is not a frame), the right side the table's changelog, rows as in
+    :func:`tag_sides` (a ``BadKey`` for an item that is not a ``(str,
+    item)`` pair). A chunk is ``(shard, [(LEFT, frame) | (RIGHT, [(key, row),
+    ...]) | (CONTROL, marker), ...])``: a run of changelog rows is one list,
+    and ``control`` items (bootstrap markers) go to every shard, behind the
+    rows that came before them.
+    """
+    names = [str(i) for i in range(shards)]
+    full_id = f"{step_id}.route"
+
+    def tag_left(batch: list[Any]) -> list[Any]:
+        chunks: dict[str, list] = {}
+        bad: list[Any] = []
+        for item in batch:
+            if not isinstance(item, pl.DataFrame):
+                why = f"expected a polars DataFrame; got {type(item).__name__}"
+                bad.append(Rejected(full_id, "BadItem", why, item))
+                continue
+            if item.is_empty():
+                continue
+            parts, rejected = route(item, key=key, shards=shards, step_id=full_id)
+            bad.extend(rejected)
+            for shard, part in parts:
+                chunks.setdefault(shard, []).append((LEFT, part))
+        return [*chunks.items(), *bad]
+
+    shard_of: dict[str, str] = {}  # key -> shard name (a memo of the CRC-32 below)
+
+    def tag_right(batch: list[Any]) -> list[Any]:
+        crc = zlib.crc32
+        chunks: dict[str, list] = {}
+        bad: list[Any] = []
+        for item in batch:
+            if type(item) is tuple and len(item) == 2 and type(item[0]) is str:
+                k = item[0]
+                name = shard_of.get(k)
+                if name is None:
+                    if len(shard_of) >= _CACHE_KEYS:
+                        shard_of.clear()
+                    name = shard_of[k] = names[crc(k.encode()) % shards]
+                chunk = chunks.setdefault(name, [])
+                if chunk and chunk[-1][0] == RIGHT:
+                    chunk[-1][1].append(item)
+                else:
+                    chunk.append((RIGHT, [item]))
+            elif control is not None and type(item) is control:
+                for name in names:
+                    chunks.setdefault(name, []).append((CONTROL, item))
+            else:
+                bad.append(Rejected(full_id, "BadKey", _bad_row(item), item))
+        return [*chunks.items(), *bad]
+
+    mixed = op.merge(
+        "merge",
+        op.flat_map_batch("shard_left", left, tag_left),
+        op.flat_map_batch("shard_right", right, tag_right),
     )
     return _split_tagged(step_id, mixed)
 

@@ -1,4 +1,24 @@
-"""Stream–table enrichment: each event joined with the table row current when it is processed."""
+"""Stream–table enrichment: each event joined with the table row current when it is processed.
+
+One state per shard, two entry points: frames (``key=`` a column, the
+events a stream of ``polars.DataFrame``) and ``(key, event)`` rows
+(``key=None``, the legacy path). Both keep the same shard state — the table
+(the last row per key, from the changelog), the bootstrap (the partitions
+whose :class:`~streamml.operators.join.TableReady` came, the events held
+until then) and the misses waiting for their row — and the same versioned
+snapshot record; only the join itself differs: rows merge each event with a
+dict look-up, frames join a whole frame against the shard's table held as a
+frame (:class:`_TableFrame`), one polars left join per frame.
+
+Why the row path is not an adapter over the frame join: measured in one
+process, alternating, on 500-event batches of the fraud example's
+transactions against a 125-row shard table, building a frame from the
+dicts, joining it and reading the dicts back took 4.9 µs per event,
+against 0.30 µs for the dict merge (the previous release's row logic:
+0.32 µs); a frame joined as it is took 0.53 µs per event. A ``merge``
+function may also return anything, which a frame cannot hold. So the row
+path shares the state, its rules and its snapshot record, not the join.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +26,45 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from typing import Any
 
 import bytewax.operators as op
+import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators._core.state import frame_from_bytes, frame_to_bytes, restore, snapshot
+from streamml.operators.join._legacy import _EnrichState, is_legacy
 from streamml.operators.join._shards import (
     CONTROL,
     LEFT,
     MISSING,
     Chunked,
     check_shards,
+    joined_names,
+    micros,
     split_outputs,
+    tag_frames_table,
     tag_sides,
+    to_datetime,
 )
 from streamml.operators.join.table import TableReady
 
 from streamml.errors import Rejected, reject
+from streamml.frames import from_rows
 
 __all__ = ["EnrichOut", "enrich", "merge_fields"]
+
+# Kept importable here for recovery stores of the previous release (see _legacy).
+_LEGACY = (_EnrichState,)
+
+_KIND = "streamml.join.enrich"
+_VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_KEY = "__streamml_enrich_key"
+"""The table frame's key column (a name no user column has)."""
+_HIT = "__streamml_enrich_hit"
+"""The table frame's marker column: true on every table row, null in a left join's misses."""
 
 
 def merge_fields(event: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,71 +81,147 @@ def merge_fields(event: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, 
 class EnrichOut:
     """The streams of :func:`enrich`."""
 
-    oks: KeyedStream[Any]
-    """``(key, merged event)`` for every event with a row (or the default)."""
+    oks: KeyedStream[Any] | Stream[pl.DataFrame]
+    """``(key, merged event)`` for every event with a row (or the default), or enriched frames."""
 
     errs: Stream[Rejected]
-    """Events with no row (``MissingRow``) and merges that raised."""
+    """Events with no row (``MissingRow``), bad keys and items, and merges that raised."""
 
 
-class _EnrichState:
-    """One shard's table and the events it is holding.
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _us(t: datetime) -> int:
+    return micros(t - _EPOCH)
+
+
+@dataclass(frozen=True)
+class _Config:
+    step_id: str
+    merge: Callable[[Any, Any], Any]
+    default: Any
+    max_wait: timedelta | None
+    wait_for_bootstrap: bool
+    key: str = ""
+    suffix: str = "_right"
+    clock: Callable[[], datetime] = _now
+
+
+def _from_legacy(old: _EnrichState) -> dict[str, Any]:
+    """The previous release's pickled shard state as a version-1 record of the row path."""
+    waiting = [(_us(d), key, event) for key, events in old.waiting.items() for d, event in events]
+    waiting.sort(key=itemgetter(0))
+    return {
+        "path": "rows",
+        "table": dict(old.table),
+        "ready": sorted(old.ready),
+        "held": None if old.held is None else list(old.held),
+        "waiting": waiting,
+    }
+
+
+class _Logic(StatefulBatchLogic):
+    """One shard of an enrichment join: the table, the bootstrap, and the snapshot record.
 
     Eviction: ``table`` holds the live rows only (a tombstone deletes its
-    key), so it is as large as the table itself; ``waiting`` misses leave after
-    ``max_wait``; ``held`` events leave when the bootstrap completes.
+    key), so it is as large as the table itself; waiting misses leave
+    after ``max_wait``; held events leave when the bootstrap completes (or
+    at the end of input).
     """
 
-    def __init__(self, bootstrapping: bool) -> None:
+    path = ""
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.cfg = cfg
+        self.clock = cfg.clock
         self.table: dict[str, Any] = {}
+        self.ready: set[tuple[str, int]] = set()
+        self.held: list | None = [] if cfg.wait_for_bootstrap else None
+        if resume is not None:
+            if is_legacy(resume):
+                resume = snapshot(_KIND, 0, resume)
+            data = restore(resume, kind=_KIND, version=_VERSION, upgrades={0: _from_legacy})
+            if data["path"] != self.path:
+                raise ValueError(
+                    f"the recovery store holds the {data['path']} path's state of this "
+                    f"enrichment; it now reads {self.path}: use a new recovery store"
+                )
+            self.table = dict(data["table"])
+            self.ready = {(topic, partition) for topic, partition in data["ready"]}
+            self._restore(data)
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _data(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _bootstrapped(self, marker: TableReady) -> list | None:
+        """Count a marker; the held events once every partition is ready (else ``None``)."""
+        self.ready.add((marker.topic, marker.partition))
+        if self.held is not None and len(self.ready) >= marker.partitions:
+            held, self.held = self.held, None
+            return held
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        data = {
+            "path": self.path,
+            "table": dict(self.table),
+            "ready": sorted(self.ready),
+            **self._data(),
+        }
+        return snapshot(_KIND, _VERSION, data)
+
+
+class _RowLogic(_Logic):
+    """``(side, key, value)`` rows in, ``(key, merge(event, row))`` out (the legacy path).
+
+    Misses wait in ``waiting`` (key → ``[(deadline, event)]``) with one
+    ``deadlines`` entry each, in deadline order.
+    """
+
+    path = "rows"
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
         self.waiting: dict[str, list[tuple[datetime, Any]]] = {}
         self.deadlines: deque[tuple[datetime, str]] = deque()
-        self.held: list[tuple[str, Any]] | None = [] if bootstrapping else None
-        self.ready: set[tuple[str, int]] = set()
+        super().__init__(cfg, resume)
 
-    def copy(self) -> _EnrichState:
-        new = _EnrichState(False)
-        new.table = dict(self.table)
-        new.waiting = {k: list(v) for k, v in self.waiting.items()}
-        new.deadlines = deque(self.deadlines)
-        new.held = None if self.held is None else list(self.held)
-        new.ready = set(self.ready)
-        return new
+    def _restore(self, data: dict[str, Any]) -> None:
+        self.held = None if data["held"] is None else list(data["held"])
+        for us, key, event in data["waiting"]:
+            deadline = to_datetime(us)
+            self.waiting.setdefault(key, []).append((deadline, event))
+            self.deadlines.append((deadline, key))
 
-
-class _EnrichLogic(StatefulBatchLogic[Any, Any, _EnrichState]):
-    def __init__(
-        self,
-        step_id: str,
-        state: _EnrichState,
-        merge: Callable[[Any, Any], Any],
-        default: Any,
-        max_wait: timedelta | None,
-    ) -> None:
-        self.step_id = step_id
-        self.state = state
-        self.merge = merge
-        self.default = default
-        self.max_wait = max_wait
+    def _data(self) -> dict[str, Any]:
+        waiting = [(_us(d), k, e) for k, events in self.waiting.items() for d, e in events]
+        waiting.sort(key=itemgetter(0))
+        return {"held": None if self.held is None else list(self.held), "waiting": waiting}
 
     def _miss(self, key: str, event: Any, oks: list, errs: list) -> None:
-        if self.default is MISSING:
+        default = self.cfg.default
+        if default is MISSING:
             errs.append(
-                Rejected(self.step_id, "MissingRow", f"no table row for key {key!r}", (key, event))
+                Rejected(
+                    self.cfg.step_id, "MissingRow", f"no table row for key {key!r}", (key, event)
+                )
             )
         else:
-            self._emit(key, event, self.default, oks, errs)
+            self._emit(key, event, default, oks, errs)
 
     def _emit(self, key: str, event: Any, row: Any, oks: list, errs: list) -> None:
         try:
-            oks.append((key, self.merge(event, row)))
+            oks.append((key, self.cfg.merge(event, row)))
         except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-            errs.append(reject(self.step_id, exc, (key, event)))
+            errs.append(reject(self.cfg.step_id, exc, (key, event)))
 
     def _events(self, events: list[tuple[str, Any]], oks: list, errs: list) -> None:
-        state = self.state
-        get = state.table.get
-        merge = self.merge
+        get = self.table.get
+        max_wait = self.cfg.max_wait
+        merge = self.cfg.merge
         fields = merge is merge_fields
         now = None
         for key, event in events:
@@ -114,26 +230,26 @@ class _EnrichLogic(StatefulBatchLogic[Any, Any, _EnrichState]):
                 try:
                     oks.append((key, {**event, **row} if fields else merge(event, row)))
                 except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                    errs.append(reject(self.step_id, exc, (key, event)))
-            elif self.max_wait is None:
+                    errs.append(reject(self.cfg.step_id, exc, (key, event)))
+            elif max_wait is None:
                 self._miss(key, event, oks, errs)
             else:
                 if now is None:
-                    now = datetime.now(timezone.utc)
-                deadline = now + self.max_wait
-                state.waiting.setdefault(key, []).append((deadline, event))
-                state.deadlines.append((deadline, key))
+                    now = self.clock()
+                deadline = now + max_wait
+                self.waiting.setdefault(key, []).append((deadline, event))
+                self.deadlines.append((deadline, key))
 
     def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
-        state = self.state
-        table = state.table
+        table = self.table
         get = table.get
-        merge = self.merge
+        merge = self.cfg.merge
         fields = merge is merge_fields  # inline the default merge: no call per event
+        step_id = self.cfg.step_id
         oks: list = []
         errs: list = []
         append = oks.append
-        held = state.held
+        held = self.held
         for side, key, value in values:
             if side == LEFT:
                 if held is not None:
@@ -146,69 +262,308 @@ class _EnrichLogic(StatefulBatchLogic[Any, Any, _EnrichState]):
                 try:
                     append((key, {**value, **row} if fields else merge(value, row)))
                 except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                    errs.append(reject(self.step_id, exc, (key, value)))
+                    errs.append(reject(step_id, exc, (key, value)))
             elif side == CONTROL:
-                self._ready(value, oks, errs)
-                held = state.held
+                released = self._bootstrapped(value)
+                if released is not None:
+                    self._events(released, oks, errs)
+                held = self.held
             elif value is None:
                 table.pop(key, None)
             else:
                 table[key] = value
-                if key in state.waiting:
-                    for _, event in state.waiting.pop(key):
+                if key in self.waiting:
+                    for _, event in self.waiting.pop(key):
                         self._emit(key, event, value, oks, errs)
         return ([(oks, errs, [])] if oks or errs else []), False
 
-    def _ready(self, marker: TableReady, oks: list, errs: list) -> None:
-        state = self.state
-        state.ready.add((marker.topic, marker.partition))
-        if state.held is not None and len(state.ready) >= marker.partitions:
-            held, state.held = state.held, None
-            self._events(held, oks, errs)
-
     def on_notify(self) -> tuple[list, bool]:
-        state = self.state
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         oks: list = []
         errs: list = []
-        while state.deadlines and state.deadlines[0][0] <= now:
-            _, key = state.deadlines.popleft()
-            waiting = state.waiting.get(key)
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, key = deadlines.popleft()
+            waiting = self.waiting.get(key)
             while waiting and waiting[0][0] <= now:
                 self._miss(key, waiting.pop(0)[1], oks, errs)
             if waiting == []:
-                del state.waiting[key]
+                del self.waiting[key]
         return ([(oks, errs, [])] if oks or errs else []), False
 
     def on_eof(self) -> tuple[list, bool]:
         # Both sides ended: no row can still arrive, so held events are
         # enriched from the table as it is and waiting misses are final.
-        state = self.state
         oks: list = []
         errs: list = []
-        if state.held is not None:
-            held, state.held = state.held, None
+        if self.held is not None:
+            held, self.held = self.held, None
             self._events(held, oks, errs)
-        for key, waiting in state.waiting.items():
+        for key, waiting in self.waiting.items():
             for _, event in waiting:
                 self._miss(key, event, oks, errs)
-        state.waiting.clear()
-        state.deadlines.clear()
+        self.waiting.clear()
+        self.deadlines.clear()
         return ([(oks, errs, [])] if oks or errs else []), False
 
     def notify_at(self) -> datetime | None:
-        return self.state.deadlines[0][0] if self.state.deadlines else None
+        return self.deadlines[0][0] if self.deadlines else None
 
-    def snapshot(self) -> _EnrichState:
-        return self.state.copy()
+
+_EMPTY_TABLE = pl.DataFrame(schema={_KEY: pl.String, _HIT: pl.Boolean})
+
+
+def _fits(base: pl.DataFrame, part: pl.DataFrame) -> bool:
+    """Whether ``part``'s columns can be stacked under ``base``'s without turning a type into another."""
+    for name, dtype in part.schema.items():
+        have = base.schema.get(name)
+        if have is None or have == dtype or have == pl.Null or dtype == pl.Null:
+            continue
+        if not (have.is_numeric() and dtype.is_numeric()):
+            return False
+    return True
+
+
+class _TableFrame:
+    """A shard's table as a frame: ``_KEY`` (text), ``_HIT`` (true), then the rows' columns.
+
+    Kept in step with the table dict: keys changed since the last join are
+    ``dirty``, and the next join replaces just their rows (a filter and a
+    concat) unless many changed or a column's type would change, when the
+    frame is built again from the whole dict. Each column's type is the
+    kind most rows hold there (:func:`streamml.frames.from_rows`); a row
+    that disagrees (text where the others hold numbers) is rejected
+    (``BadItem``) and its key deleted.
+    """
+
+    def __init__(self) -> None:
+        self.frame: pl.DataFrame = _EMPTY_TABLE
+        self.dirty: set[str] = set()
+        self.whole = True  # build from the whole dict next time
+
+    def _build(
+        self, step_id: str, keys: list[str], table: dict[str, Any], errs: list
+    ) -> pl.DataFrame | None:
+        rows = [{_KEY: k, _HIT: True, **table[k]} for k in keys]
+        frame, bad = from_rows(rows, step_id)
+        for r in bad:
+            row = dict(r.original)
+            key = row.pop(_KEY)
+            del row[_HIT]
+            table.pop(key, None)
+            errs.append(Rejected(r.step_id, "BadItem", r.reason, (key, row)))
+        return frame
+
+    def current(self, step_id: str, table: dict[str, Any], errs: list) -> pl.DataFrame:
+        if not self.dirty and not self.whole:
+            return self.frame
+        dirty = list(self.dirty)
+        self.dirty.clear()  # in place: a caller may hold the set
+        if not self.whole and len(dirty) * 4 <= self.frame.height:
+            base = self.frame.filter(~pl.col(_KEY).is_in(dirty))
+            alive = [k for k in dirty if k in table]
+            part = self._build(step_id, alive, table, errs) if alive else None
+            if part is None:
+                self.frame = base
+                return base
+            if _fits(base, part):
+                self.frame = pl.concat([base, part], how="diagonal_relaxed")
+                return self.frame
+        self.whole = False
+        frame = self._build(step_id, list(table), table, errs) if table else None
+        self.frame = _EMPTY_TABLE if frame is None else frame
+        return self.frame
+
+
+class _FrameLogic(_Logic):
+    """``(LEFT, frame)``, ``(RIGHT, [(key, row), ...])`` and markers in, enriched frames out.
+
+    Misses wait in ``waiting`` as ``(deadline, frame of their rows)``;
+    ``waiting_keys`` are their keys (as text), so a table row for one of
+    them releases its rows at once.
+    """
+
+    path = "frames"
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.waiting: list[tuple[datetime, pl.DataFrame]] = []
+        self.waiting_keys: set[str] = set()
+        self.rows = _TableFrame()
+        super().__init__(cfg, resume)
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        held = data["held"]
+        self.held = None if held is None else [frame_from_bytes(b) for b in held]
+        self.waiting = [(to_datetime(us), frame_from_bytes(b)) for us, b in data["waiting"]]
+        self._rekey()
+
+    def _data(self) -> dict[str, Any]:
+        held = None if self.held is None else [frame_to_bytes(f) for f in self.held]
+        waiting = [(_us(d), frame_to_bytes(f)) for d, f in self.waiting]
+        return {"held": held, "waiting": waiting}
+
+    def _rekey(self) -> None:
+        key = self.cfg.key
+        self.waiting_keys = {
+            k for _, f in self.waiting for k in f.get_column(key).cast(pl.String).unique()
+        }
+
+    def _join(self, frame: pl.DataFrame, errs: list) -> pl.DataFrame:
+        """``frame`` left-joined with the table: its rows in order, the row's columns beside."""
+        cfg = self.cfg
+        table = self.rows.current(cfg.step_id, self.table, errs)
+        key = cfg.key
+        if frame.schema[key] == pl.String:
+            left_on: Any = key
+        else:  # integer keys: the table's keys are text
+            left_on = pl.col(key).cast(pl.String)
+        joined = frame.join(
+            table,
+            left_on=left_on,
+            right_on=_KEY,
+            how="left",
+            suffix=cfg.suffix,
+            maintain_order="left",
+        )
+        return joined.drop(_KEY) if _KEY in joined.columns else joined
+
+    def _resolve(self, frame: pl.DataFrame, wait: bool, out: list, errs: list) -> None:
+        """Join ``frame``; misses wait (``wait`` and ``max_wait``), get ``default``, or are rejected."""
+        cfg = self.cfg
+        try:
+            joined = self._join(frame, errs)
+        except Exception as exc:  # noqa: BLE001 - e.g. a column name clash polars refuses
+            errs.extend(reject(cfg.step_id, exc, row) for row in frame.to_dicts())
+            return
+        hit = joined.get_column(_HIT)
+        if not hit.null_count():
+            out.append(joined.drop(_HIT))
+            return
+        miss = hit.is_null()
+        if wait and cfg.max_wait is not None:
+            rows = frame.filter(miss)
+            self.waiting.append((self.clock() + cfg.max_wait, rows))
+            self.waiting_keys.update(rows.get_column(cfg.key).cast(pl.String).unique())
+            joined = joined.filter(~miss)
+        elif cfg.default is MISSING:
+            key = cfg.key
+            errs.extend(
+                Rejected(cfg.step_id, "MissingRow", f"no table row for key {row[key]!r}", row)
+                for row in frame.filter(miss).to_dicts()
+            )
+            joined = joined.filter(~miss)
+        else:
+            try:
+                joined = self._defaults(frame, joined)
+            except Exception as exc:  # noqa: BLE001 - a default that fits no column type
+                errs.extend(reject(cfg.step_id, exc, row) for row in frame.filter(miss).to_dicts())
+                joined = joined.filter(~miss)
+        if joined.height:
+            out.append(joined.drop(_HIT))
+
+    def _defaults(self, frame: pl.DataFrame, joined: pl.DataFrame) -> pl.DataFrame:
+        """Misses (no ``_HIT``) get ``default``'s values, named as a table row's would be."""
+        default = self.cfg.default
+        names = joined_names(frame.columns, list(default), _KEY, self.cfg.suffix)
+        hit = pl.col(_HIT).fill_null(False)
+        exprs = [
+            pl.when(hit)
+            .then(pl.col(name) if name in joined.columns else pl.lit(None))
+            .otherwise(pl.lit(value))
+            .alias(name)
+            for value, name in zip(default.values(), names)
+        ]
+        return joined.with_columns(exprs) if exprs else joined
+
+    def _upsert(self, pairs: list[tuple[str, Any]], out: list, errs: list) -> None:
+        table = self.table
+        dirty = self.rows.dirty
+        waiting = self.waiting_keys
+        for key, row in pairs:
+            dirty.add(key)
+            if row is None:
+                table.pop(key, None)
+            elif not isinstance(row, Mapping):
+                table.pop(key, None)
+                why = f"a table row must be a mapping of column names to values; got {type(row).__name__}"
+                errs.append(Rejected(self.cfg.step_id, "BadItem", why, (key, row)))
+            else:
+                table[key] = row
+                if key in waiting:
+                    self._release(key, out, errs)
+
+    def _release(self, key: str, out: list, errs: list) -> None:
+        """The waiting rows of ``key``, joined now that its row has come."""
+        name = self.cfg.key
+        keep = []
+        for deadline, rows in self.waiting:
+            mine = rows.get_column(name).cast(pl.String) == key
+            if mine.any():
+                self._resolve(rows.filter(mine), False, out, errs)
+                rows = rows.filter(~mine)
+            if rows.height:
+                keep.append((deadline, rows))
+        self.waiting = keep
+        self.waiting_keys.discard(key)
+
+    def on_batch(self, values: list[tuple[int, Any]]) -> tuple[list, bool]:
+        out: list[pl.DataFrame] = []
+        errs: list[Rejected] = []
+        for side, item in values:
+            if side == LEFT:
+                if self.held is not None:
+                    self.held.append(item)
+                else:
+                    self._resolve(item, True, out, errs)
+            elif side == CONTROL:
+                released = self._bootstrapped(item)
+                for frame in released or ():
+                    self._resolve(frame, True, out, errs)
+            else:
+                self._upsert(item, out, errs)
+        return self._out(out, errs), False
+
+    def _out(self, out: list[pl.DataFrame], errs: list) -> list:
+        if len(out) > 1 and all(f.schema == out[0].schema for f in out[1:]):
+            out = [pl.concat(out, rechunk=False)]
+        return [(out, errs, [])] if out or errs else []
+
+    def on_notify(self) -> tuple[list, bool]:
+        now = self.clock()
+        out: list[pl.DataFrame] = []
+        errs: list[Rejected] = []
+        due = [rows for deadline, rows in self.waiting if deadline <= now]
+        if due:
+            self.waiting = [(d, rows) for d, rows in self.waiting if d > now]
+            self._rekey()
+            for rows in due:
+                self._resolve(rows, False, out, errs)
+        return self._out(out, errs), False
+
+    def on_eof(self) -> tuple[list, bool]:
+        out: list[pl.DataFrame] = []
+        errs: list[Rejected] = []
+        held, self.held = self.held or [], None
+        waiting, self.waiting = self.waiting, []
+        self.waiting_keys = set()
+        for frame in held:
+            self._resolve(frame, False, out, errs)
+        for _, rows in waiting:
+            self._resolve(rows, False, out, errs)
+        return self._out(out, errs), False
+
+    def notify_at(self) -> datetime | None:
+        return min(d for d, _ in self.waiting) if self.waiting else None
 
 
 @operator
 def enrich(
     step_id: str,
-    up: KeyedStream[Any],
+    up: KeyedStream[Any] | Stream[pl.DataFrame],
     table: Stream[tuple[str, Any] | TableReady],
     *,
+    key: str | None = None,
+    suffix: str = "_right",
     merge: Callable[[Any, Any], Any] = merge_fields,
     default: Any = MISSING,
     max_wait: timedelta | None = None,
@@ -221,8 +576,23 @@ def enrich(
     account profile, a feature table — from a changelog: ``table`` is a
     stream of ``(key, row)`` where a ``None`` row (tombstone) deletes the key,
     typically the ``changelog`` of :func:`~streamml.operators.join.kafka_table`. Each event
-    is merged with the row that is current when the event is processed; the
+    is joined with the row that is current when the event is processed; the
     join keeps the last row per key itself, so an uncompacted topic works.
+
+    Frames are the unit: with ``key=`` a column name, ``up`` is a stream of
+    ``polars.DataFrame`` and each output frame holds the event's columns,
+    then the row's fields as columns (a column per field of the rows its
+    shard holds, null where a row lacks it: frames from different shards
+    may differ in columns, ``pl.concat(..., how="diagonal_relaxed")``
+    stacks them). A row field whose name is also
+    an event column gets ``suffix`` (``amount`` → ``amount_right``): the
+    event's own values are never overwritten. Table keys are text; an
+    integer key column matches the row of its decimal text. A table row
+    that is not a mapping, or whose field holds another kind of value
+    than the other rows' (text among numbers), is rejected (``BadItem``,
+    original ``(key, row)``) and its key deleted. With ``key=None`` (the
+    legacy path), ``up`` is a keyed stream of ``(key, event)`` and the
+    output is ``(key, merge(event, row))``.
 
     A miss (no row for the key) is, by the two settings:
 
@@ -230,8 +600,11 @@ def enrich(
     - ``max_wait=timedelta(...)``: held up to that long (processing time) for
       the row to arrive, then resolved;
 
-    and resolved means merged with ``default`` when one is given, else sent
-    to ``errs`` as ``Rejected(error_type="MissingRow")``.
+    and resolved means joined with ``default`` when one is given, else sent
+    to ``errs`` as ``Rejected(error_type="MissingRow")`` (for frames, the
+    original is the event's row as a dict). For frames, ``default`` is a
+    mapping of field values (named like a row's fields, suffix included);
+    fields it does not name are null.
 
     With ``wait_for_bootstrap`` (default), events are held (not enriched)
     until the table stream has carried a
@@ -243,13 +616,20 @@ def enrich(
     inputs end, held events are joined with the table as it is and waiting
     misses are resolved.
 
+    A bad key (for frames see :func:`~streamml.operators._core.keys.route`;
+    for rows and table items, a key that is not text or an item that is
+    not a ``(key, item)`` pair) and an event item that is not a frame go to
+    ``errs``; nothing raises.
+
     Args:
         step_id: Unique step id.
-        up: Keyed events ``(key, event)``.
+        up: Event frames, or keyed events ``(key, event)``.
         table: The changelog: ``(key, row)`` items and ``TableReady`` markers.
-        merge: ``merge(event, row) -> output``; default :func:`merge_fields`
-            (a new dict, row fields over event fields). If it raises, the
-            event goes to ``errs``.
+        key: The key column of the event frames; ``None`` for rows.
+        suffix: Added to row fields that clash with event columns (frames).
+        merge: Rows only: ``merge(event, row) -> output``; default
+            :func:`merge_fields` (a new dict, row fields over event fields).
+            If it raises, the event goes to ``errs``.
         default: Row used for misses; omit to send misses to ``errs``.
         max_wait: How long a miss waits for its row; ``None`` waits not at all.
         wait_for_bootstrap: Hold events until every partition's ``TableReady``.
@@ -258,12 +638,34 @@ def enrich(
             times the number of workers.
 
     Returns:
-        :class:`EnrichOut` with ``oks`` and ``errs``.
+        :class:`EnrichOut` with ``oks`` (enriched frames, or ``(key, merged
+        event)``) and ``errs``.
 
     Examples:
+        Frames:
+
+        >>> import polars as pl
         >>> from bytewax.dataflow import Dataflow
         >>> import bytewax.operators as op
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> flow = Dataflow("enrich_frames_doc")
+        >>> changelog = op.input("devices", flow, TestingSource([
+        ...     ("d1", {"site": "north", "t": 0.0}), ("d2", {"site": "south"}), ("d2", None),
+        ...     TableReady("devices", partition=0, partitions=1)]))
+        >>> events = op.input("events", flow, TestingSource([
+        ...     pl.DataFrame({"id": ["d1", "d2", "d3"], "t": [20.5, 19.0, 7.0]})]))
+        >>> out = enrich("site", events, changelog, key="id", default={"site": "?"})
+        >>> got = []
+        >>> op.output("out", out.oks, TestingSink(got))
+        >>> run_main(flow)
+        >>> result = pl.concat(got, how="diagonal_relaxed").sort("id")
+        >>> result.columns
+        ['id', 't', 'site', 't_right']
+        >>> result.rows()
+        [('d1', 20.5, 'north', 0.0), ('d2', 19.0, '?', None), ('d3', 7.0, '?', None)]
+
+        Rows:
+
         >>> flow = Dataflow("enrich_doc")
         >>> changelog = op.input("devices", flow, TestingSource([
         ...     ("d1", {"site": "north"}), ("d2", {"site": "south"}), ("d2", None),
@@ -283,14 +685,34 @@ def enrich(
         raise ValueError(f"max_wait must be > 0 or None; got {max_wait}")
     if not callable(merge):
         raise ValueError("merge must be a function merge(event, row) -> output")
-    tagged = tag_sides("shard", up, table, shards, TableReady)
-    bootstrapping = wait_for_bootstrap
-    full_id = f"{step_id}.join"
-
-    def build(resume: _EnrichState | None) -> Chunked:
-        state = _EnrichState(bootstrapping) if resume is None else resume
-        return Chunked(_EnrichLogic(full_id, state, merge, default, max_wait))
-
-    joined = op.stateful_batch("join", tagged.chunks, build)
+    cfg = _Config(
+        step_id=f"{step_id}.join",
+        merge=merge,
+        default=default,
+        max_wait=max_wait,
+        wait_for_bootstrap=wait_for_bootstrap,
+        key=key or "",
+        suffix=suffix,
+    )
+    if key is None:
+        tagged = tag_sides("shard", up, table, shards, TableReady)
+        joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_RowLogic(cfg, r)))
+    else:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must name the events' key column (e.g. key='id'); got {key!r}")
+        if merge is not merge_fields:
+            raise ValueError(
+                "merge is for (key, event) rows (key=None); frames get the row's fields as "
+                "columns, a clashing one with suffix="
+            )
+        if default is not MISSING and not isinstance(default, Mapping):
+            raise ValueError(
+                "for frames, default is a mapping of field values for misses "
+                f"(e.g. {{'site': None}}); got {type(default).__name__}"
+            )
+        if not isinstance(suffix, str) or not suffix:
+            raise ValueError(f"suffix must be a non-empty string; got {suffix!r}")
+        tagged = tag_frames_table("shard", up, table, key, shards, TableReady)
+        joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_FrameLogic(cfg, r)))
     out = split_outputs("split", joined)
     return EnrichOut(oks=out.oks, errs=op.merge("all_errs", tagged.errs, out.errs))

@@ -29,6 +29,7 @@ import bytewax.operators as op
 import numpy as np
 import polars as pl
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
@@ -280,6 +281,45 @@ def _window_agg(ups: list[Stream], shards: int) -> dict[str, Stream]:
     return {"oks": out.oks, "errs": out.errs, "late": out.late}
 
 
+ENRICH_ROWS = {k: {"site": f"site-{k}", "x": float(i)} for i, k in enumerate(KEYS[:-1])}
+"""The enrichment table: every key but the last has a row (the last one's rows are misses), and
+each row's ``x`` clashes with the events' ``x`` column."""
+
+
+class _Changelog(DynamicSource):
+    """The enrichment table's changelog: every row and its ``TableReady`` in one batch, on worker 0.
+
+    A dynamic source keeps no state (the contract's snapshot check reads every stored state as
+    an operator's record); on a resume it emits the rows again, the same upserts.
+    """
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
+        return _ChangelogPart(self.items if worker_index == 0 else [])
+
+
+class _ChangelogPart(StatelessSourcePartition):
+    def __init__(self, items: list[Any]) -> None:
+        self.items = list(items)
+
+    def next_batch(self) -> list[Any]:
+        if not self.items:
+            raise StopIteration
+        items, self.items = self.items, []
+        return items
+
+
+def _enrich(ups: list[Stream], shards: int) -> dict[str, Stream]:
+    from streamml.operators.join import TableReady, enrich
+
+    changelog = [*ENRICH_ROWS.items(), TableReady("table", 0, 1)]
+    table = op.input("table", ups[0].flow(), _Changelog(changelog))
+    out = enrich("en", ups[0], table, key="k", shards=shards)
+    return {"oks": out.oks, "errs": out.errs}
+
+
 JOIN_LATENESS = 450 * MIN
 """Longer than the whole input's span: which rows are late must not depend on how the two
 inputs interleave (a scheduling matter), so only the day-old rows, late behind rows of their own
@@ -358,6 +398,19 @@ CASES = [
             "snapshot": "window_agg frames are an adapter onto Bytewax's windowing operator: "
             "its state is Bytewax's _WindowSnapshot holding featurize.windows._Row, not a "
             "versioned streamml record",
+        },
+    ),
+    Case(
+        "enrich",
+        _enrich,
+        lambda: [table(7, 600, jitter=4.0)],
+        (),
+        event_time=False,
+        skip={
+            "order": "enrich has no event time: each event is joined with the table row current "
+            "when it is processed, so there is no order to be out of",
+            "bad_values": "enrich reads no value of an event but its key: a NaN, a null or a "
+            "text payload is carried to the output as it is, never rejected",
         },
     ),
 ]
