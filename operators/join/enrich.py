@@ -328,8 +328,9 @@ class _TableFrame:
     """A shard's table as a frame: ``_KEY`` (text), ``_HIT`` (true), then the rows' columns.
 
     Kept in step with the table dict: keys changed since the last join are
-    ``dirty``, and the next join replaces just their rows (a filter and a
-    concat) unless many changed or a column's type would change, when the
+    ``dirty``, and the next join replaces just their rows — new keys'
+    rows are stacked under the frame, changed or deleted keys' rows are
+    filtered out first — unless a column's type would change, when the
     frame is built again from the whole dict. Each column's type is the
     kind most rows hold there (:func:`streamml.frames.from_rows`); a row
     that disagrees (text where the others hold numbers) is rejected
@@ -338,6 +339,7 @@ class _TableFrame:
 
     def __init__(self) -> None:
         self.frame: pl.DataFrame = _EMPTY_TABLE
+        self.keys: set[str] = set()  # the keys with a row in ``frame``
         self.dirty: set[str] = set()
         self.whole = True  # build from the whole dict next time
 
@@ -359,19 +361,27 @@ class _TableFrame:
             return self.frame
         dirty = list(self.dirty)
         self.dirty.clear()  # in place: a caller may hold the set
-        if not self.whole and len(dirty) * 4 <= self.frame.height:
-            base = self.frame.filter(~pl.col(_KEY).is_in(dirty))
+        if not self.whole:
+            changed = [k for k in dirty if k in self.keys]
+            base = self.frame.filter(~pl.col(_KEY).is_in(changed)) if changed else self.frame
             alive = [k for k in dirty if k in table]
             part = self._build(step_id, alive, table, errs) if alive else None
-            if part is None:
+            if part is None or _fits(base, part):
+                if part is not None:
+                    if base.schema == part.schema:
+                        base = base.vstack(part)
+                        if base.n_chunks() > 16:
+                            base = base.rechunk()
+                    else:
+                        base = pl.concat([base, part], how="diagonal_relaxed")
+                self.keys.difference_update(changed)
+                self.keys.update(k for k in alive if k in table)
                 self.frame = base
                 return base
-            if _fits(base, part):
-                self.frame = pl.concat([base, part], how="diagonal_relaxed")
-                return self.frame
         self.whole = False
         frame = self._build(step_id, list(table), table, errs) if table else None
         self.frame = _EMPTY_TABLE if frame is None else frame
+        self.keys = set(table)
         return self.frame
 
 
