@@ -1,27 +1,28 @@
-"""The fraud model's features, from frames of transactions enriched with their account rows.
+"""The fraud model's features, from a transaction enriched with its account row.
 
 The same operator builds the training matrix (``model.py`` runs it over
 generated, enriched transactions) and serves the dataflow, so training and
 serving cannot drift apart.
-
-Three steps, each on whole frames: ``derive`` (the derived numbers as
-polars expressions), :func:`streamml.operators.featurize.one_hot` (the
-merchant category) and :func:`streamml.operators.featurize.assemble` (the
-float32 vector in :data:`SCHEMA` order). No Python runs per transaction.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
 import bytewax.operators as op
-import polars as pl
-from bytewax.dataflow import Stream, operator
-from streamml.operators import featurize
+import numpy as np
+from bytewax.dataflow import operator
+from bytewax.operators import KeyedStream
 from streamml.operators.featurize import Feature, FeatureSchema, FeaturesOut
 
 from examples.enrich_and_evaluate.data import CATEGORIES
 from streamml.errors import Rejected, reject
 
-__all__ = ["SCHEMA", "add_features", "derive"]
+__all__ = ["SCHEMA", "add_features"]
 
 _DERIVED = [
     "log_amount",
@@ -40,115 +41,180 @@ SCHEMA = FeatureSchema(
 )
 """The model's input vector: derived numbers, then the one-hot merchant category."""
 
-_KEPT = ["tx_id", "account_id", "ts", "amount", "merchant_category"]
-"""What identifies a transaction on its way to the model and the label join."""
-_READ = [
-    *_KEPT,
-    "credit_limit",
-    "distance_km",
-    "country",
-    "home_country",
-    "card_present",
-    "local_hour",
-    "account_age_days",
-    "risk_tier",
-]
-_NAN = float("nan")
+
+_HOT = [f"merchant_category_{c}" for c in CATEGORIES] + ["merchant_category_other"]
+_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
+_ONE_HOT = [dict(zip(_HOT, row)) for row in np.eye(len(_HOT)).tolist()]
+"""Per merchant-category position, the one-hot fields an event gets (Python floats 1.0/0.0)."""
+_LIMIT = float(np.finfo(np.float32).max)
 
 
-def _expressions() -> list[pl.Expr]:
-    amount, limit, distance = pl.col("amount"), pl.col("credit_limit"), pl.col("distance_km")
-    return [
-        *_KEPT,
-        pl.when(amount < 0).then(_NAN).otherwise(amount.log1p()).alias("log_amount"),
-        pl.when(limit <= 0).then(_NAN).otherwise(amount / limit).alias("amount_to_limit"),
-        (pl.col("country") != pl.col("home_country")).cast(pl.Float64).alias("foreign"),
-        pl.col("card_present").cast(pl.Float64),
-        pl.col("local_hour").is_between(1, 4).cast(pl.Float64).alias("night"),
-        pl.when(distance < 0).then(_NAN).otherwise(distance.log1p()).alias("log_distance"),
-        pl.col("account_age_days").clip(lower_bound=0).log1p().alias("log_account_age"),
-        pl.col("risk_tier").cast(pl.Float64),
-    ]
+def _derive(e: Mapping[str, Any]) -> dict[str, Any]:
+    """The derived fields of one enriched transaction (raises on a missing or mistyped field).
 
-
-def derive(frame: pl.DataFrame) -> pl.DataFrame:
-    """The derived numbers of enriched transactions, beside what identifies them.
-
-    A number out of range gives NaN (``assemble`` then rejects the row as
-    ``InvalidFeature``); a null (an account row without ``credit_limit``)
-    stays null (``assemble``: missing). Only the identifying columns and the
-    features go on: each later step handles fewer columns.
-
-    Examples:
-        >>> tx = {"tx_id": "t1", "account_id": "a1", "ts": 0, "amount": 9.0,
-        ...       "merchant_category": "fuel", "credit_limit": 100.0, "distance_km": 2.0,
-        ...       "country": "NO", "home_country": "NO", "card_present": True,
-        ...       "local_hour": 3, "account_age_days": 400, "risk_tier": 1}
-        >>> [round(x, 2) for x in derive(pl.DataFrame([tx])).row(0)[5:]]
-        [2.3, 0.09, 0.0, 1.0, 1.0, 1.1, 5.99, 1.0]
+    The new event keeps what identifies the transaction (``tx_id``,
+    ``account_id``, ``ts``, ``amount``) and the features, not every field of
+    the transaction and its account: each later step copies the event, so
+    fewer fields make every step cheaper. A number out of range gives NaN.
     """
-    return frame.select(_expressions())
+    log1p, nan = math.log1p, math.nan
+    amount, limit, distance = e["amount"], e["credit_limit"], e["distance_km"]
+    return {
+        "tx_id": e["tx_id"],
+        "account_id": e["account_id"],
+        "ts": e["ts"],
+        "amount": amount,
+        "merchant_category": e["merchant_category"],
+        "log_amount": log1p(amount) if amount >= 0 else nan,
+        "amount_to_limit": amount / limit if limit > 0 else nan,
+        "foreign": float(e["country"] != e["home_country"]),
+        "card_present": float(e["card_present"]),
+        "night": float(1 <= e["local_hour"] <= 4),
+        "log_distance": log1p(distance) if distance >= 0 else nan,
+        "log_account_age": log1p(max(e["account_age_days"], 0)),
+        "risk_tier": float(e["risk_tier"]),
+    }
 
 
-def _derive(step_id: str):
-    """A batch function: frames to derived frames, and rejections for frames that cannot be read."""
+def _number(name: str, v: Any) -> tuple[float, str | None]:
+    """A derived value as a float, or why it is not one (the words of ``featurize.assemble``)."""
+    if type(v) is float:
+        return v, None
+    try:
+        if v is None or isinstance(v, (str, bytes)):
+            raise TypeError
+        arr = np.asarray(v, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0, f"{name} is {type(v).__name__}, not a number"
+    if arr.shape != (1,):
+        return 0.0, f"{name} has shape {arr.shape}, expected (1,)"
+    return float(arr[0]), None
 
-    def run(frames: list[pl.DataFrame]) -> list[pl.DataFrame | Rejected]:
-        out: list[pl.DataFrame | Rejected] = []
-        for frame in frames:
-            missing = [name for name in _READ if name not in frame.columns]
-            if missing:  # no row of the frame has it (e.g. no account row has the field)
-                why = f"field {missing[0]!r} is missing"
-                out.extend(Rejected(step_id, "MissingField", why, r) for r in frame.to_dicts())
+
+def _features(step_id: str):
+    """A batch function: enriched ``(account_id, event)`` to ``(tx_id, features event)`` and rejections.
+
+    It returns one ``(oks, errs)`` pair of lists per batch.
+
+    One pass does what ``derive`` → ``featurize.one_hot`` → ``featurize.assemble``
+    did as three steps, with the same events and rejections: the event gets
+    the derived fields, then the one-hot fields of :data:`SCHEMA`, then
+    ``features`` (a float32 row of one matrix built per batch). A missing or
+    mistyped field rejects the event as the exception's type (step
+    ``{step_id}.derive``); derived numbers that are not finite or overflow
+    float32 reject it as ``InvalidFeature`` (step ``{step_id}.assemble``),
+    naming every bad feature.
+    """
+    derive_id, assemble_id = f"{step_id}.derive", f"{step_id}.assemble"
+    other = len(CATEGORIES)
+    index_get = _INDEX.get
+    derived_row = itemgetter(*_DERIVED)
+    one_hot = _ONE_HOT
+
+    def features(items: list[tuple[str, Mapping[str, Any]]]) -> list[tuple[list, list]]:
+        errs: list[Any] = []
+        keys: list[str] = []
+        events: list[dict[str, Any]] = []
+        rows: list[tuple[float, ...]] = []
+        hot: list[int] = []
+        exotic = False  # a derived value that is not a float (only a division can give one)
+        for item in items:
+            try:
+                d = _derive(item[1])
+            except Exception as exc:  # noqa: BLE001 - bad data goes to errs
+                errs.append(reject(derive_id, exc, item))
                 continue
             try:
-                out.append(derive(frame))
-            except Exception as exc:  # noqa: BLE001 - a column of another type: bad data
-                out.extend(reject(step_id, exc, r) for r in frame.to_dicts())
-        return out
+                pos = index_get(d["merchant_category"], other)
+            except TypeError:  # unhashable: not one of the categories
+                pos = other
+            keys.append(d["tx_id"])
+            rows.append(derived_row(d))
+            d.update(one_hot[pos])  # the event as featurize.one_hot left it
+            events.append(d)
+            exotic = exotic or type(d["amount_to_limit"]) is not float
+            hot.append(pos)
+        if not events:
+            return [([], errs)]
+        n = len(events)
+        matrix = np.zeros((n, len(_DERIVED) + len(_HOT)))
+        problems: dict[int, list[str]] = {}
+        if not exotic:  # all floats: read straight into an array, no shape discovery
+            flat = np.fromiter(chain.from_iterable(rows), np.float64, n * len(_DERIVED))
+            matrix[:, : len(_DERIVED)] = flat.reshape(n, len(_DERIVED))
+        else:  # convert and check value by value, as assemble does
+            for i, row in enumerate(rows):
+                for j, (name, v) in enumerate(zip(_DERIVED, row)):
+                    matrix[i, j], why = _number(name, v)
+                    if why is not None:
+                        problems.setdefault(i, []).append(why)
+        matrix[np.arange(n), len(_DERIVED) + np.array(hot, dtype=np.int64)] = 1.0
+        block = matrix[:, : len(_DERIVED)]
+        finite = np.isfinite(block)
+        if not finite.all() or (np.abs(block[finite]) > _LIMIT).any():
+            bad = ~finite | (np.abs(np.where(finite, block, 0.0)) > _LIMIT)
+            for i, j in zip(*np.nonzero(bad)):
+                kind = "is not finite" if not finite[i, j] else "overflows the dtype"
+                problems.setdefault(int(i), []).append(f"{_DERIVED[j]} {kind}")
+        if problems:
+            matrix[list(problems)] = 0.0  # those rows are rejected; keep the cast quiet
+        vectors = list(matrix.astype(np.float32))  # row views, made in one C loop
+        oks: list[tuple[str, dict[str, Any]]] = []
+        for i, (key, event, vector) in enumerate(zip(keys, events, vectors)):
+            if problems and i in problems:
+                # assemble lists a feature's problems in schema order
+                why = sorted(problems[i], key=lambda p: _DERIVED.index(p.split(" ", 1)[0]))
+                reason = "; ".join(why)
+                errs.append(Rejected(assemble_id, "InvalidFeature", reason, (key, event)))
+            else:
+                event["features"] = vector
+                oks.append((key, event))
+        return [(oks, errs)]
 
-    return run
+    return features
 
 
-def _is_frame(item: object) -> bool:
-    return isinstance(item, pl.DataFrame)
+def _oks(pairs: list[tuple[list, list]]) -> list[Any]:
+    return [x for oks, _ in pairs for x in oks]
+
+
+def _errs(pairs: list[tuple[list, list]]) -> list[Any]:
+    return [x for _, errs in pairs for x in errs]
 
 
 @operator
-def add_features(step_id: str, up: Stream[pl.DataFrame]) -> FeaturesOut:
-    """Frames of enriched transactions to frames with a ``features`` vector column.
+def add_features(step_id: str, up: KeyedStream[Mapping[str, Any]]) -> FeaturesOut:
+    """Enriched transactions ``(account_id, event)`` to ``(tx_id, features event)``.
 
-    ``features`` is ``Array(Float32, 16)`` in :data:`SCHEMA` order; the
-    frame keeps ``tx_id``, ``account_id``, ``ts``, ``amount`` and
-    ``merchant_category`` beside it (and the one-hot columns). Rows whose
+    ``features`` is a float32 vector in :data:`SCHEMA` order. Events whose
     derived numbers are not finite (a negative amount, a zero credit limit)
-    or missing (an account row without ``credit_limit``) go to ``errs`` as
-    ``InvalidFeature``, a frame without a field every row needs as
-    ``MissingField``.
+    go to ``errs`` as ``InvalidFeature``, events missing a field (an account
+    row without ``credit_limit``) with the exception's type.
+
+    One batch step builds the whole batch's matrix: no per-event step or
+    branch between the derived numbers and the vector.
 
     Examples:
-        >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> import bytewax.operators as op
         >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSource, TestingSink, run_main
         >>> tx = {"tx_id": "t1", "account_id": "a1", "ts": 0, "amount": 9.0,
         ...       "merchant_category": "fuel", "credit_limit": 100.0, "distance_km": 2.0,
         ...       "country": "NO", "home_country": "NO", "card_present": True,
         ...       "local_hour": 3, "account_age_days": 400, "risk_tier": 1}
         >>> flow = Dataflow("features_doc")
-        >>> frame = pl.DataFrame([tx, {**tx, "tx_id": "t2", "credit_limit": 0.0}])
-        >>> out = add_features("f", op.input("in", flow, TestingSource([frame])))
+        >>> out = add_features("f", op.input("in", flow, TestingSource([
+        ...     ("a1", tx), ("a1", {**tx, "tx_id": "t2", "credit_limit": 0.0})])))
         >>> oks, errs = [], []
         >>> op.output("oks", out.oks, TestingSink(oks))
         >>> op.output("errs", out.errs, TestingSink(errs))
         >>> run_main(flow)
-        >>> [(r["tx_id"], [round(x, 2) for x in r["features"][:5]]) for r in oks[0].to_dicts()]
+        >>> [(k, [round(x, 2) for x in e["features"].tolist()[:5]]) for k, e in oks]
         [('t1', [2.3, 0.09, 0.0, 1.0, 1.0])]
-        >>> [(r.error_type, r.reason, r.original["tx_id"]) for r in errs]
-        [('InvalidFeature', 'amount_to_limit is not finite', 't2')]
+        >>> [(r.step_id, r.error_type, r.reason) for r in errs]
+        [('features_doc.f.assemble', 'InvalidFeature', 'amount_to_limit is not finite')]
     """
-    mixed = op.flat_map_batch("derive", up, _derive(f"{step_id}.derive"))
-    split = op.branch("derived", mixed, _is_frame)
-    hot = featurize.one_hot(
-        "merchant_category", split.trues, field="merchant_category", categories=CATEGORIES
+    batches = op.flat_map_batch("derive_assemble", up, _features(step_id))
+    return FeaturesOut(
+        oks=op.flat_map_batch("oks", batches, _oks), errs=op.flat_map_batch("errs", batches, _errs)
     )
-    vec = featurize.assemble("assemble", hot.oks, schema=SCHEMA)
-    return FeaturesOut(oks=vec.oks, errs=op.merge("errs", split.falses, hot.errs, vec.errs))

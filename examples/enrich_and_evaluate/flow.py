@@ -1,19 +1,14 @@
 """The fraud dataflow: enrich transactions from an account table, score them, evaluate on delayed labels.
 
     accounts (JSON, compacted) ──► kafka_table ─┐
-    transactions (Avro) → decode to frames ─────┴► enrich (stream–table join, on frames)
-        → features (derived + one-hot + assemble, on frames)
+    transactions (Avro) → decode ───────────────┴► enrich (stream–table join)
+        → features (derived + one-hot + assemble)
         → fraud model (ONNX Runtime, dynamic batches; swapped live from the control topic)
-        ──► predictions topic (JSON, encoded from frames)
-    labels (JSON, minutes to never later) ──► label_join with the predictions (as rows)
+        ──► predictions topic (JSON)
+    labels (JSON, minutes to never later) ──► label_join with the predictions
         ──► outcomes topic (each prediction with its label, or none)
         ──► metrics topic (precision, recall, ... per 15-minute window and model version)
     every rejection ──► dead-letter topic
-
-Frames (one ``polars.DataFrame`` per fetch) flow from the source to the
-model and the predictions sink; the label join still takes ``(key, event)``
-rows, so the predictions are turned into rows for it
-(:func:`streamml.frames.to_rows`, an explicit conversion).
 
 Run it on its own against a running broker (``streamml broker`` starts one)
 whose topics hold data (``python -m examples.enrich_and_evaluate --brokers
@@ -34,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
-import polars as pl
 from bytewax.dataflow import Dataflow
 from streamml.operators import infer, join
 
@@ -43,7 +37,6 @@ from examples.enrich_and_evaluate.model import DEFAULT_DIR, ModelFiles, build_mo
 from examples.enrich_and_evaluate.rollout import load_rollout, scheduled_rollouts
 from streamml import kafka
 from streamml.errors import Rejected, reject
-from streamml.frames import to_rows
 from streamml.kafka import Record
 from streamml.models import OnnxModel
 from streamml.serde import ConfluentAvroSerde, JsonSerde
@@ -67,6 +60,23 @@ class Topics:
     outcomes: str = "fraud-outcomes"
     metrics: str = "fraud-metrics"
     dead_letters: str = "fraud-dead-letters"
+
+
+def _by_account(step_id: str):
+    """A batch function: records to one ``(keyed, rejected)`` pair of lists per batch."""
+
+    def key(records: list[Record]) -> list[tuple[list[Any], list[Rejected]]]:
+        out: list[Any] = []
+        errs: list[Rejected] = []
+        for r in records:
+            v = r.value
+            if isinstance(v, dict) and isinstance(v.get("account_id"), str):
+                out.append((v["account_id"], v))
+            else:
+                errs.append(Rejected(step_id, "MissingKey", "no account_id", r))
+        return [(out, errs)]
+
+    return key
 
 
 def _labels_by_tx(step_id: str):
@@ -100,7 +110,7 @@ def _errs(pairs: list[tuple[list[Any], list[Any]]]) -> list[Any]:
     return [x for _, errs in pairs for x in errs]
 
 
-def _clock(frames: list[pl.DataFrame]) -> list[datetime]:
+def _clock(items: list[tuple[str, dict[str, Any]]]) -> list[datetime]:
     """The earliest event time of a batch on its way to the model (the rollout gate's clock).
 
     The earliest, not the latest: a batch that straddles a rollout's time
@@ -108,30 +118,31 @@ def _clock(frames: list[pl.DataFrame]) -> list[datetime]:
     read meanwhile) is still scored by the old model, so the new one never
     scores events from before its time (up to out-of-order events).
     """
-    times = [f.get_column("ts").min() for f in frames if f.height]
-    return [min(times)] if times else []
+    return [min(e["ts"] for _, e in items)] if items else []
 
 
 def _predictions(threshold: float):
-    """A scored frame to the predictions' columns (polars expressions, no Python per row)."""
-
-    def slim(frame: pl.DataFrame) -> pl.DataFrame:
-        p = pl.col("probabilities").arr.get(1).cast(pl.Float64)
-        return frame.select(
-            "tx_id",
-            "account_id",
-            "ts",
-            "amount",
-            p.alias("fraud_score"),
-            (p >= threshold).cast(pl.Int64).alias("prediction"),
-            "model_version",
-        )
+    def slim(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for tx_id, e in items:
+            p = e["probabilities"][1]
+            out.append(
+                (
+                    tx_id,
+                    {
+                        "tx_id": tx_id,
+                        "account_id": e["account_id"],
+                        "ts": e["ts"],
+                        "amount": e["amount"],
+                        "fraud_score": p,
+                        "prediction": int(p >= threshold),
+                        "model_version": e["model_version"],
+                    },
+                )
+            )
+        return out
 
     return slim
-
-
-def _by_tx(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return row["tx_id"], row
 
 
 def _no_label(items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -159,7 +170,6 @@ def build_flow(
     max_batch: int = 1024,
     source_batch: int = 500,
     max_wait: timedelta = timedelta(milliseconds=20),
-    shards: int = 1,
 ) -> Dataflow:
     """The fraud dataflow over ``brokers``.
 
@@ -174,10 +184,7 @@ def build_flow(
     time is still scored by the old model.
 
     A transaction whose account has no row waits up to ``account_wait``
-    for it, then goes to the dead letters (``MissingRow``). ``shards`` is
-    the number of the account table's shard states (keep it a few times
-    the number of Bytewax workers; 1 for one worker: each shard costs a
-    polars join per batch).
+    for it, then goes to the dead letters (``MissingRow``).
 
     ``lateness`` is how far apart in event time the prediction and label
     streams may be read. Two topics read from the beginning can be apart by
@@ -205,18 +212,13 @@ def build_flow(
         value_serde=avro,
         tail=tail,
         batch_size=source_batch,
-        frames=True,
-        metadata=("topic", "partition", "offset"),  # a dead letter names its message
     )
+    # Batch steps split keyed records from rejections: no per-record op.branch predicate.
+    by_account = op.flat_map_batch("by_account", txs.oks, _by_account("by_account"))
+    keyed = op.flat_map_batch("keyed", by_account, _oks)
     # A miss waits a little for its row: an account may be created just before its first transaction.
     enriched = join.enrich(
-        "enrich",
-        txs.oks,
-        table.changelog,
-        key="account_id",
-        max_wait=account_wait,
-        wait_for_bootstrap=False,
-        shards=shards,
+        "enrich", keyed, table.changelog, max_wait=account_wait, wait_for_bootstrap=False
     )
     feats = add_features("features", enriched.oks)
 
@@ -238,8 +240,7 @@ def build_flow(
         control=rollouts.control,
         loader=load_rollout,
     )
-    predictions = op.map("predictions", scored.oks, _predictions(threshold))
-    keyed_predictions = op.map("by_tx", to_rows("prediction_rows", predictions), _by_tx)
+    predictions = op.flat_map_batch("predictions", scored.oks, _predictions(threshold))
 
     labels_src = kafka.source(
         "labels", flow, brokers=brokers, topics=topics.labels, value_serde=json_serde, tail=tail
@@ -248,7 +249,7 @@ def build_flow(
     labels = op.flat_map_batch("labels_keyed", labels_by_tx, _oks)
     evaluated = join.label_join(
         "evaluate",
-        keyed_predictions,
+        predictions,
         labels,
         ts=_ts,
         max_delay=max_label_delay,
@@ -271,7 +272,8 @@ def build_flow(
             brokers=brokers,
             topic=topics.predictions,
             value_serde=json_serde,
-            key="tx_id",
+            value=_value,
+            key=_key,
         ),
         kafka.sink(
             "outcomes_out",
@@ -297,6 +299,7 @@ def build_flow(
             "all_rejections",
             table.errs,
             txs.errs,
+            op.flat_map_batch("unkeyed", by_account, _errs),
             enriched.errs,
             feats.errs,
             control.errs,

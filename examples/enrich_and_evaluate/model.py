@@ -9,7 +9,7 @@
 
 Both are trained on the same generated transactions (another seed than the
 demo's), enriched with their account rows in Python and featurized by
-:func:`features.add_features` — the serving code, on one frame. They are converted with
+:func:`features.add_features` — the serving code. They are converted with
 skl2onnx (ZipMap off, so ``probabilities`` is a plain float tensor), checked
 against scikit-learn on held-out rows, and saved with a JSON card of their
 held-out precision and recall.
@@ -28,7 +28,6 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
-import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
@@ -65,21 +64,16 @@ def featurize_offline(
     for key, row in accounts:
         table[key] = row
     enriched = [
-        {**t, **table[t["account_id"]]}
+        (t["account_id"], {**t, **table[t["account_id"]]})
         for t in transactions
         if table.get(t["account_id"]) is not None
     ]
     flow = Dataflow("fraud_training_features")
-    frames: list = []
-    out = add_features(
-        "features", op.input("enriched", flow, TestingSource([pl.DataFrame(enriched)]))
-    )
-    op.output("frames", out.oks, TestingSink(frames))
+    rows: list = []
+    out = add_features("features", op.input("enriched", flow, TestingSource(enriched, 5000)))
+    op.output("rows", out.oks, TestingSink(rows))
     run_main(flow)
-    if not frames:
-        return [], np.zeros((0, SCHEMA.width), dtype=np.float32)
-    rows = pl.concat(frames)
-    return rows["tx_id"].to_list(), rows["features"].to_numpy()
+    return [k for k, _ in rows], np.stack([e["features"] for _, e in rows])
 
 
 def _fingerprint() -> str:
