@@ -437,6 +437,10 @@ class KeyedEventTime:
                     self._advance_from_rows(np.unique(kid))
                 none = _EMPTY_I
                 return Admission(idx, kid, ts_in, none, none, _EMPTY_B, future, none, keys, ts)
+            if floor is None and self.delay < 1 << 61:
+                quick = self._admit_few_late(idx, kid, ts_in, seed, future, keys, ts)
+                if quick is not None:
+                    return quick
         prior = _prior_max(kid, ts_in, seed)
         known = prior != _NONE
         mark = np.where(known, prior - self.delay, _NONE)
@@ -466,6 +470,69 @@ class KeyedEventTime:
             _seen=prior[late_rows],
             _keys=keys,
             _all_ts=ts,
+        )
+
+    def _admit_few_late(
+        self,
+        idx: np.ndarray,
+        kid: np.ndarray,
+        ts: np.ndarray,
+        seed: np.ndarray,
+        future: np.ndarray,
+        keys: Sequence[Any] | pl.Series,
+        all_ts: np.ndarray,
+    ) -> Admission | None:
+        """:meth:`admit` when no key was forgotten and few rows may be late, else ``None``.
+
+        A row can only be late if it is more than ``max_delay`` older than
+        its key's newest time before the batch or than an earlier row of
+        the batch (any key): only those candidates get their key's running
+        maximum (one small comparison matrix instead of a sort).
+        """
+        delay = self.delay
+        n = len(kid)
+        bound = np.maximum(seed, np.maximum.accumulate(ts))  # >= ts: no wrap below
+        cand = np.flatnonzero(ts < bound - delay)
+        m = len(cand)
+        if m * n > 1 << 16:
+            return None
+        if m:
+            earlier = (kid == kid[cand, None]) & (_positions(n) < cand[:, None])
+            prior = np.where(earlier, ts, _NONE).max(axis=1)
+            np.maximum(prior, seed[cand], out=prior)
+            known = prior != _NONE
+            mark = prior - delay  # wraps only where not known
+            is_late = known & (ts[cand] < mark)
+            late_rows = cand[is_late]
+        else:
+            late_rows = _EMPTY_I
+        if len(late_rows):
+            ok = np.ones(n, dtype=bool)
+            ok[late_rows] = False
+            ok_rows = np.flatnonzero(ok)
+            kid_ok, ts_ok = kid[ok_rows], ts[ok_rows]
+            if not len(ok_rows):
+                return None
+        else:
+            ok_rows, kid_ok, ts_ok = idx, kid, ts
+        np.maximum.at(self.kmax, kid_ok, ts_ok)
+        self.newest = max(self.newest, int(ts_ok.max()))
+        if self.advance:
+            self._advance_from_rows(np.unique(kid_ok))
+        if not len(late_rows):
+            none = _EMPTY_I
+            return Admission(idx, kid, ts, none, none, _EMPTY_B, future, none, keys, all_ts)
+        return Admission(
+            ok=idx[ok_rows],
+            kid=kid_ok,
+            ts=ts_ok,
+            late=idx[late_rows],
+            late_mark=mark[is_late],
+            late_unknown=np.zeros(len(late_rows), dtype=bool),
+            future=future,
+            _seen=prior[is_late],
+            _keys=keys,
+            _all_ts=all_ts,
         )
 
     def hold(
@@ -747,6 +814,13 @@ def _distinct(keys: pl.Series) -> tuple[pl.Series, np.ndarray]:
     uniq = keys.unique()  # a hash collision: by value
     codes = keys.replace_strict(uniq, np.arange(len(uniq)), return_dtype=pl.Int64)
     return uniq, codes.to_numpy()
+
+
+_ARANGE = np.arange(4096)
+
+
+def _positions(n: int) -> np.ndarray:
+    return _ARANGE[:n] if n <= len(_ARANGE) else np.arange(n)
 
 
 def _prior_max(kid: np.ndarray, ts: np.ndarray, seed: np.ndarray) -> np.ndarray:
