@@ -54,6 +54,9 @@ _LEGACY = (_Buffer, _IntervalState)
 _KIND = "streamml.join.interval"
 _VERSION = 2
 _EMPTY = np.zeros(0, dtype=np.int64)
+_NO_LEFT = np.zeros(0, dtype=bool)
+_NEVER = np.iinfo(np.int64).min  # event_time's "no time yet"
+_WAIT_ROWS = 256  # an inner join releases at least every this many held rows
 
 
 class Pairs(NamedTuple):
@@ -155,6 +158,8 @@ class IntervalCore:
             self.index = TimeIndex(_grouped(data["sides"]))
             self.unmatched = IdSet(data["unmatched"])
             self.next_id = data["next_id"]
+        self.unreleased = 0  # rows held since the last release (see release's may_wait)
+        self.waited = False  # a release waited: due rows may still be stored
 
     def add(
         self, sides: np.ndarray, keys: Sequence[Any] | pl.Series, ts: np.ndarray
@@ -198,14 +203,28 @@ class IntervalCore:
         data[:, 0] = ids
         data[:, 1] = side
         self.et.hold(None, kid, lo_hi_due[2], data)
+        self.unreleased += n
         return adm, all_ids, Pairs(q, partner, q_left, qid)
 
-    def release(self, *, eof: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def release(
+        self, *, eof: bool = False, may_wait: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Evict what no row can match any more.
 
         Returns ``(ids evicted, whether each is a left row, unmatched left ids
         among them)``; the unmatched ids are in release order (event time).
+
+        With ``may_wait``, an inner join may keep due rows a little longer
+        (until the rows held since the last release reach half the stored
+        ones): a due row can never match a row that is not late, so only
+        the state's size changes, never the output. A left outer join
+        (due rows are emitted), idle release (wall clock) and a due TTL
+        sweep (forgotten keys change lateness) never wait.
         """
+        if may_wait and not eof and self._may_wait():
+            self.waited = True
+            return _EMPTY, _NO_LEFT, _EMPTY
+        self.unreleased, self.waited = 0, False
         released = self.et.release(eof=eof)
         held = released.held
         lost = _EMPTY
@@ -225,6 +244,16 @@ class IntervalCore:
         if eof:
             self.et.close()
         return ids, is_left, lost
+
+    def _may_wait(self) -> bool:
+        et = self.et
+        return (
+            not self.outer
+            and et.idle is None
+            and not et.advance
+            and self.unreleased < max(_WAIT_ROWS, len(self.index) // 2)
+            and (et.ttl is None or et.newest == _NEVER or et.newest - et.swept < et.ttl // 4)
+        )
 
     def size(self) -> int:
         """Rows stored (for tests of bounded state)."""
@@ -379,7 +408,7 @@ class _Logic(StatefulBatchLogic):
         raise NotImplementedError
 
     def _out(self, pairs: Any, errs: list, late: list, eof: bool = False) -> list:
-        evicted, is_left, lost = self.core.release(eof=eof)
+        evicted, is_left, lost = self.core.release(eof=eof, may_wait=True)
         oks = self._write(pairs, lost, evicted, is_left)
         return [(oks, errs, late)] if oks or errs or late else []
 
@@ -393,6 +422,9 @@ class _Logic(StatefulBatchLogic):
         return self._out(self._none, [], [], eof=True), False
 
     def snapshot(self) -> dict[str, Any]:
+        if self.core.waited:  # an inner join: evict what was due, nothing to emit, so the
+            evicted, is_left, lost = self.core.release()  # snapshot is the same as without
+            self._write(self._none, lost, evicted, is_left)
         data = {"path": self.path, "core": self.core.snapshot_data(), **self._extra()}
         return snapshot(_KIND, _VERSION, data)
 
