@@ -438,7 +438,7 @@ class KeyedEventTime:
                 none = _EMPTY_I
                 return Admission(idx, kid, ts_in, none, none, _EMPTY_B, future, none, keys, ts)
             if floor is None and self.delay < 1 << 61:
-                quick = self._admit_few_late(idx, kid, ts_in, seed, future, keys, ts)
+                quick = self._admit_by_runs(idx, kid, ts_in, seed, future, keys, ts)
                 if quick is not None:
                     return quick
         prior = _prior_max(kid, ts_in, seed)
@@ -472,7 +472,7 @@ class KeyedEventTime:
             _all_ts=ts,
         )
 
-    def _admit_few_late(
+    def _admit_by_runs(
         self,
         idx: np.ndarray,
         kid: np.ndarray,
@@ -482,55 +482,65 @@ class KeyedEventTime:
         keys: Sequence[Any] | pl.Series,
         all_ts: np.ndarray,
     ) -> Admission | None:
-        """:meth:`admit` when no key was forgotten and few rows may be late, else ``None``.
+        """:meth:`admit` when no key was forgotten and the batch is a few runs of
+        non-decreasing times (e.g. one chunk per side), else ``None``.
 
-        A row can only be late if it is more than ``max_delay`` older than
-        its key's newest time before the batch or than an earlier row of
-        the batch (any key): only those candidates get their key's running
-        maximum (one small comparison matrix instead of a sort).
+        A row's earlier rows in its own run are no newer than it, so it is late
+        only against its key's newest time before the batch and in the earlier
+        runs: one gather and one comparison per run, no sort.
         """
-        delay = self.delay
+        delay = self.delay  # < 2**61: ts + delay does not wrap
         n = len(kid)
-        bound = np.maximum(seed, np.maximum.accumulate(ts))  # >= ts: no wrap below
-        cand = np.flatnonzero(ts < bound - delay)
-        m = len(cand)
-        if m * n > 1 << 16:
+        starts = np.flatnonzero(ts[1:] < ts[:-1])
+        if len(starts) > 15:
             return None
-        if m:
-            earlier = (kid == kid[cand, None]) & (_positions(n) < cand[:, None])
-            prior = np.where(earlier, ts, _NONE).max(axis=1)
-            np.maximum(prior, seed[cand], out=prior)
-            known = prior != _NONE
-            mark = prior - delay  # wraps only where not known
-            is_late = known & (ts[cand] < mark)
-            late_rows = cand[is_late]
+        if not len(starts):
+            late_rows = np.flatnonzero(ts + delay < seed)  # seed _NONE: never late
+            prior = seed[late_rows]
+            kmax = None
         else:
-            late_rows = _EMPTY_I
-        if len(late_rows):
-            ok = np.ones(n, dtype=bool)
-            ok[late_rows] = False
-            ok_rows = np.flatnonzero(ok)
-            kid_ok, ts_ok = kid[ok_rows], ts[ok_rows]
-            if not len(ok_rows):
-                return None
+            kmax = self.kmax.copy()
+            bounds = [0, *(starts + 1).tolist(), n]
+            lates, priors = [], []
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                k, t = kid[a:b], ts[a:b]
+                p = seed[a:b] if a == 0 else kmax[k]
+                late = np.flatnonzero(t + delay < p)
+                if len(late):
+                    lates.append(late + a)
+                    priors.append(p[late])
+                # late rows too: each is below its key's newest time already
+                np.maximum.at(kmax, k, t)
+            late_rows = np.concatenate(lates) if lates else _EMPTY_I
+            prior = np.concatenate(priors) if priors else _EMPTY_I
+        if len(late_rows) == n:
+            return None
+        if kmax is None:
+            np.maximum.at(self.kmax, kid, ts)
         else:
-            ok_rows, kid_ok, ts_ok = idx, kid, ts
-        np.maximum.at(self.kmax, kid_ok, ts_ok)
-        self.newest = max(self.newest, int(ts_ok.max()))
-        if self.advance:
-            self._advance_from_rows(np.unique(kid_ok))
+            self.kmax = kmax
+        # the batch's newest row is never late (only a newer time can make a row late)
+        self.newest = max(self.newest, int(ts.max()))
         if not len(late_rows):
+            if self.advance:
+                self._advance_from_rows(np.unique(kid))
             none = _EMPTY_I
             return Admission(idx, kid, ts, none, none, _EMPTY_B, future, none, keys, all_ts)
+        ok = np.ones(n, dtype=bool)
+        ok[late_rows] = False
+        ok_rows = np.flatnonzero(ok)
+        kid_ok = kid[ok_rows]
+        if self.advance:
+            self._advance_from_rows(np.unique(kid_ok))
         return Admission(
             ok=idx[ok_rows],
             kid=kid_ok,
-            ts=ts_ok,
+            ts=ts[ok_rows],
             late=idx[late_rows],
-            late_mark=mark[is_late],
+            late_mark=prior - delay,
             late_unknown=np.zeros(len(late_rows), dtype=bool),
             future=future,
-            _seen=prior[is_late],
+            _seen=prior,
             _keys=keys,
             _all_ts=all_ts,
         )
@@ -814,13 +824,6 @@ def _distinct(keys: pl.Series) -> tuple[pl.Series, np.ndarray]:
     uniq = keys.unique()  # a hash collision: by value
     codes = keys.replace_strict(uniq, np.arange(len(uniq)), return_dtype=pl.Int64)
     return uniq, codes.to_numpy()
-
-
-_ARANGE = np.arange(4096)
-
-
-def _positions(n: int) -> np.ndarray:
-    return _ARANGE[:n] if n <= len(_ARANGE) else np.arange(n)
 
 
 def _prior_max(kid: np.ndarray, ts: np.ndarray, seed: np.ndarray) -> np.ndarray:
