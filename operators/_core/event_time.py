@@ -336,7 +336,7 @@ class KeyedEventTime:
         if self._pending:
             self._held = Held.concat([self._held, *self._pending])
             if self._held.data.shape[1:] != (self.width,):
-                self._held.data = self._held.data.reshape(-1, self.width)
+                self._held.data = self._held.data.reshape(len(self._held.kid), self.width)
             self._pending = []
         return self._held
 
@@ -781,7 +781,10 @@ class KeyedEventTime:
             np.array(data["held_kid"], dtype=np.int64),
             np.array(data["held_ts"], dtype=np.int64),
             np.array(data["held_arrived"], dtype=np.float64),
-            np.array(data["held_data"], dtype=np.float64).reshape(-1, self.width),
+            # rows x width, not -1: numpy cannot infer the rows of an empty (n, 0) array
+            np.array(data["held_data"], dtype=np.float64).reshape(
+                len(data["held_kid"]), self.width
+            ),
         )
         if self.advance:  # downtime is not idleness: the clock restarts from the stored watermark
             self._grow_advance()

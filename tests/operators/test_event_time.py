@@ -348,3 +348,17 @@ def test_distinct_keys_are_exact_even_when_hashes_collide(values, collide):
         pl.Series.hash = real
     assert uniq.gather(inverse).to_list() == values
     assert sorted(uniq.to_list()) == sorted(set(values))
+
+
+@pytest.mark.parametrize("held", [0, 3])
+def test_a_clock_without_data_columns_restores_with_or_without_held_rows(held: int) -> None:
+    """width=0 (no numbers held beside the rows): an empty or a full held set comes back."""
+    et = KeyedEventTime(max_delay=timedelta(seconds=10))
+    adm = et.admit(["k"] * 3, np.array([1, 2, 3]) * 1_000_000)
+    et.hold(None, adm.kid, adm.ts)
+    if not held:
+        et.release(eof=True)
+    back = KeyedEventTime(max_delay=timedelta(seconds=10), resume=et.snapshot_data())
+    assert len(back.held) == held
+    assert back.held.data.shape == (held, 0)
+    assert back.release(eof=True).held.ts.tolist() == [1_000_000, 2_000_000, 3_000_000][:held]
