@@ -8,8 +8,9 @@ back with its prediction and the version of the model that made it.
 
 One module per concept:
 
-- :mod:`.operator`: the :func:`infer` operator and its shard logic
-  (batching, the model call and splitting a batch it raised on);
+- :mod:`.operator`: the :func:`infer` operator (its checks and wiring);
+- :mod:`.shard`: a shard's logic (batching, the model call and splitting
+  a batch it raised on);
 - :mod:`.routing`: frames and events to shards by key, control items to
   every shard;
 - :mod:`.recovery`: a shard's snapshot as a versioned plain record;

@@ -10,41 +10,31 @@ notification at its oldest row's deadline. Control items (new models) are
 broadcast to every queue, ahead of rows that arrive with them (the Flink
 broadcast-state pattern).
 
-Frames and events share every step after routing — batching, the model
-call, splitting a batch the model raised on, the overlap thread, swaps,
-counters and snapshots. Only reading the inputs (:mod:`.inputs`) and
-attaching the outputs (:mod:`.outputs`) differ, through a small adapter per
-kind (:class:`_Rows`, :class:`_Frames`).
+The shard logic — batching, the model call, splitting a batch the model
+raised on, swaps and snapshots, for frames and events alike — is in
+:mod:`.shard`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from itertools import repeat
-from typing import Any, NamedTuple
+from datetime import timedelta
+from typing import Any
 
 import bytewax.operators as op
-import numpy as np
-import polars as pl
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import StatefulBatchLogic
 
 from streamml.errors import Rejected
 from streamml.models import Model
 
-from .._batching import DynamicBatcher
-from .inputs import frame_tensors, row_tensors
-from .models import Loader, Served, Watcher, check_compatible, default_loader, file_signature, serve
-from .outputs import attach_frame, attach_rows, version_column
-from .overlap import COLLECT_EVERY_S, ModelThread
-from .recovery import record, restore_record
-from .routing import Chunk, Rejects, broadcast, router
+from .models import Loader, default_loader, file_signature, serve
+from .recovery import restore_record
+from .routing import broadcast, router
+from .shard import _Config, _InferLogic
 from .stats import InferStats
 
 __all__ = ["InferOut", "infer"]
@@ -52,7 +42,6 @@ __all__ = ["InferOut", "infer"]
 logger = logging.getLogger(__name__)
 
 Event = Mapping[str, Any]
-Part = list | pl.DataFrame  # what a batch is: (key, event) pairs, or a frame
 
 
 @dataclass(frozen=True)
@@ -73,387 +62,6 @@ class InferOut:
     oks: Stream[Any]
     errs: Stream[Rejected]
     stats: InferStats
-
-
-class _Result(NamedTuple):
-    oks: list[Any]
-    errs: list[Rejected]
-
-
-@dataclass(frozen=True)
-class _Config:
-    step_id: str
-    inputs: Any
-    outputs: Any
-    version_field: str | None
-    wait_field: str | None
-    max_batch: int
-    max_wait_s: float
-    overlap: bool
-    watch: str | os.PathLike[str] | None
-    watch_interval_s: float
-    watch_initial: tuple[int, int] | None
-    loader: Loader
-    stats: InferStats
-
-
-# -- the two kinds of batch -------------------------------------------------------------
-
-
-class _Rows:
-    """Adapter for a batch of ``(key, event)`` pairs."""
-
-    tensors = staticmethod(row_tensors)
-
-    @staticmethod
-    def take(part: list, keep: np.ndarray) -> list:
-        return [part[i] for i in keep.tolist()]
-
-    @staticmethod
-    def originals(part: list, rows: list[int]) -> list[Any]:
-        return [part[i] for i in rows]
-
-    @staticmethod
-    def slice(part: list, lo: int, hi: int) -> list:
-        return part[lo:hi]
-
-    @staticmethod
-    def attach(
-        cfg: _Config, served: Served, part: list, outs: dict, waits: Any, errs: list
-    ) -> list:
-        extras: list[tuple[str, Iterable[Any]]] = []
-        if cfg.version_field is not None:
-            extras.append((cfg.version_field, repeat(served.model.version, len(part))))
-        if waits is not None:
-            extras.append((cfg.wait_field, waits.tolist()))
-        return attach_rows(served.outputs, part, outs, extras, cfg.step_id, errs)
-
-
-class _Frames:
-    """Adapter for a batch that is one ``polars.DataFrame``."""
-
-    tensors = staticmethod(frame_tensors)
-
-    @staticmethod
-    def take(part: pl.DataFrame, keep: np.ndarray) -> pl.DataFrame:
-        return part[keep]
-
-    @staticmethod
-    def originals(part: pl.DataFrame, rows: list[int]) -> list[Any]:
-        return part[rows].to_dicts()
-
-    @staticmethod
-    def slice(part: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame:
-        return part.slice(lo, hi - lo)
-
-    @staticmethod
-    def attach(
-        cfg: _Config, served: Served, part: pl.DataFrame, outs: dict, waits: Any, errs: list
-    ) -> list:
-        extras: list[Any] = []
-        if cfg.version_field is not None:
-            extras.append(version_column(cfg.version_field, served.model.version, len(part)))
-        if waits is not None:
-            extras.append(pl.Series(cfg.wait_field, waits))
-        out = attach_frame(served.outputs, part, outs, extras, cfg.step_id, errs)
-        return [] if out is None or out.is_empty() else [out]
-
-
-def _unit(part: Part) -> type[_Rows] | type[_Frames]:
-    return _Frames if isinstance(part, pl.DataFrame) else _Rows
-
-
-# -- the model call ---------------------------------------------------------------------------
-
-
-def _call_model(served: Served, columns: dict[str, np.ndarray], n: int) -> dict[str, Any]:
-    """Run the model on ``n`` rows; the outputs to attach, each with ``n`` rows."""
-    outs = served.model.predict(columns)
-    picked = {}
-    for name in served.outputs.needed:
-        values = outs[name]
-        if len(values) != n:
-            raise ValueError(f"the model returned {len(values)} rows for a batch of {n}")
-        picked[name] = values
-    return picked
-
-
-def _timed_call(
-    served: Served, columns: dict[str, np.ndarray], n: int
-) -> tuple[dict[str, Any], float]:
-    started = time.monotonic()
-    outs = _call_model(served, columns, n)
-    return outs, time.monotonic() - started
-
-
-class _Batch:
-    """One model call's worth of rows, from assembly until its outputs are attached."""
-
-    __slots__ = (
-        "part",
-        "unit",
-        "columns",
-        "bad",
-        "waits",
-        "arrivals",
-        "wait_values",
-        "served",
-        "future",
-    )
-
-    def __init__(self, part, unit, columns, bad, waits, arrivals, wait_values, served) -> None:
-        self.part: Part = part  # the rows the model scores
-        self.unit: type[_Rows] | type[_Frames] = unit
-        self.columns: dict[str, np.ndarray] = columns
-        self.bad: int = bad  # rows rejected before the call
-        self.waits: list[float] = waits
-        self.arrivals: list[tuple[int, float]] = arrivals
-        self.wait_values: np.ndarray | None = wait_values
-        self.served: Served = served  # the model serving when the batch was cut
-        self.future = None
-
-    def __len__(self) -> int:
-        return len(self.part)
-
-
-class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
-    """One shard: a dynamic batcher in front of the served model.
-
-    State: the waiting rows (evicted within ``max_wait``, or at end of
-    input), the batches in the model thread (at most ``MAX_IN_FLIGHT``,
-    collected in order at every callback and all at end of input), and the
-    control item that installed the current model.
-    """
-
-    def __init__(self, cfg: _Config, served: Served, pending: list[Part]) -> None:
-        self._cfg = cfg
-        self._served = served
-        self._batcher: DynamicBatcher = DynamicBatcher(
-            max_batch=cfg.max_batch, max_wait_s=cfg.max_wait_s
-        )
-        now = time.monotonic()
-        for part in pending:
-            self._batcher.push(part, now)
-        self._thread = ModelThread(enabled=cfg.overlap, name=cfg.step_id)
-        self._shard: int | None = None
-        self._watcher = (
-            Watcher(cfg.watch, interval_s=cfg.watch_interval_s, seen=cfg.watch_initial)
-            if cfg.watch is not None
-            else None
-        )
-
-    # -- Bytewax callbacks -------------------------------------------------
-    def on_batch(self, values: list[Any]) -> tuple[Iterable[_Result], bool]:
-        now = time.monotonic()
-        result = _Result([], [])
-        self._collect(result, wait=False)
-        for v in values:
-            kind = type(v)
-            if kind is Chunk:
-                self._shard = v.shard
-                self._batcher.push(v.part, now)
-            elif kind is Rejects:
-                result.errs.extend(v.rejected)
-                self._cfg.stats._record(started=now, ended=now, rejected=len(v.rejected))
-            else:
-                self._run_all(self._batcher.flush(), result)
-                self._install(v.item, v.token, v.report, result)
-        return self._step(now, result), self.RETAIN
-
-    def on_notify(self) -> tuple[Iterable[_Result], bool]:
-        result = _Result([], [])
-        self._collect(result, wait=False)
-        return self._step(time.monotonic(), result), self.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[_Result], bool]:
-        result = _Result([], [])
-        self._run_all(self._batcher.flush(), result)
-        self._collect(result, wait=True)
-        self._thread.shutdown()
-        return ([result] if result.oks or result.errs else []), self.RETAIN
-
-    def notify_at(self) -> datetime | None:
-        times = [self._batcher.deadline()]
-        if self._watcher is not None:
-            times.append(self._watcher.next_poll)
-        if len(self._thread):
-            times.append(time.monotonic() + COLLECT_EVERY_S)
-        times = [t for t in times if t is not None]
-        if not times:
-            return None
-        return datetime.now(timezone.utc) + timedelta(
-            seconds=max(0.0, min(times) - time.monotonic())
-        )
-
-    def snapshot(self) -> dict[str, Any]:
-        source = self._served.source
-        # Batches in the model thread have not been emitted: they resume as waiting rows.
-        parts = [b.part for b in self._thread if len(b)] + self._batcher.pending()
-        # A model object may not pickle (and an ONNX one is its whole file): keep references only.
-        return record(parts, None if isinstance(source, Model) else source)
-
-    # -- batching ------------------------------------------------------------
-    def _step(self, now: float, result: _Result) -> list[_Result]:
-        if self._watcher is not None:
-            self._poll(now, result)
-        self._run_all(self._batcher.due(now), result)
-        self._collect(result, wait=False)
-        return [result] if result.oks or result.errs else []
-
-    def _run_all(self, batches: Iterable[tuple[Part, list]], result: _Result) -> None:
-        for part, arrivals in batches:
-            batch = self._prepare(part, arrivals, result)
-            if self._thread.learning:
-                self._collect(result, wait=True)  # learn the model's speed from its first call
-            if not len(batch) or not self._thread.worth_it(len(batch)):
-                self._collect(result, wait=True)  # calls in flight first: order is kept
-                self._finish(batch, result)
-                continue
-            while self._thread.full:
-                self._finish(self._thread.oldest(), result)
-            self._thread.submit(batch, _timed_call, batch.served, batch.columns, len(batch))
-
-    def _collect(self, result: _Result, *, wait: bool) -> None:
-        """Attach the outputs of finished model calls, oldest first (all of them if ``wait``)."""
-        for batch in self._thread.finished(wait=wait):
-            self._finish(batch, result)
-
-    def _prepare(self, part: Part, arrivals: list, result: _Result) -> _Batch:
-        """Stack a batch's model inputs; rows that cannot be scored go to ``result.errs``."""
-        cfg, served, unit = self._cfg, self._served, _unit(part)
-        started = time.monotonic()
-        waits = [started - arrived for _, arrived in arrivals]
-        columns, bad = unit.tensors(part, served.inputs)
-        wait_values = None
-        if cfg.wait_field is not None:
-            wait_values = np.repeat(np.array(waits), [count for count, _ in arrivals])
-        if bad:
-            rows = sorted(bad)
-            mask = np.ones(len(part), dtype=bool)
-            mask[rows] = False
-            keep = np.flatnonzero(mask)
-            for i, original in zip(rows, unit.originals(part, rows), strict=True):
-                etype, reason = bad[i]
-                result.errs.append(Rejected(cfg.step_id, etype, reason, original))
-            part = unit.take(part, keep)
-            columns = {n: a[keep] for n, a in columns.items()}
-            if wait_values is not None:
-                wait_values = wait_values[keep]
-        return _Batch(part, unit, columns, len(bad), waits, arrivals, wait_values, served)
-
-    def _finish(self, batch: _Batch, result: _Result) -> None:
-        """Wait for the batch's model call (or make it) and emit its rows."""
-        part, served, unit, n = batch.part, batch.served, batch.unit, len(batch)
-        segments: list[tuple[int, int, dict[str, Any]]] = []
-        failures: list[tuple[int, BaseException]] = []
-        calls = [0]
-        model_seconds = 0.0
-        if batch.future is not None:
-            try:
-                outs, model_seconds = batch.future.result()
-                calls[0] += 1
-                segments.append((0, n, outs))
-            except Exception as exc:  # find the bad rows by splitting, as a direct call would
-                started = time.monotonic()
-                self._split(served, batch.columns, 0, n, exc, segments, failures, calls)
-                model_seconds = time.monotonic() - started
-        elif n:
-            started = time.monotonic()
-            self._predict(served, batch.columns, 0, n, segments, failures, calls)
-            model_seconds = time.monotonic() - started
-        self._thread.learned(n, model_seconds)
-        errs_before = len(result.errs)
-        for lo, hi, outs in segments:
-            waits = batch.wait_values[lo:hi] if batch.wait_values is not None else None
-            rows = part if (lo, hi) == (0, n) else unit.slice(part, lo, hi)
-            result.oks.extend(unit.attach(self._cfg, served, rows, outs, waits, result.errs))
-        output_errors = len(result.errs) - errs_before
-        if failures:
-            originals = unit.originals(part, [i for i, _ in failures])
-            for (_, exc), original in zip(failures, originals, strict=True):
-                reason = f"model {served.model.version!r} raised {type(exc).__name__}: {exc}"
-                result.errs.append(Rejected(self._cfg.step_id, "ModelError", reason, original))
-        self._cfg.stats._record(
-            started=min(arrived for _, arrived in batch.arrivals),
-            ended=time.monotonic(),
-            batches=calls[0],
-            scored=sum(hi - lo for lo, hi, _ in segments) - output_errors,
-            rejected=batch.bad + len(failures) + output_errors,
-            model_errors=len(failures),
-            model_seconds=model_seconds,
-            max_wait=max(batch.waits),
-        )
-
-    def _predict(
-        self,
-        served: Served,
-        columns: dict[str, np.ndarray],
-        lo: int,
-        hi: int,
-        segments: list,
-        failures: list,
-        calls: list[int],
-    ) -> None:
-        """Score rows ``lo:hi``; when the model raises, split in halves to isolate bad rows."""
-        part = {n: a[lo:hi] for n, a in columns.items()}
-        try:
-            outs = _call_model(served, part, hi - lo)
-        except Exception as exc:
-            self._split(served, columns, lo, hi, exc, segments, failures, calls)
-            return
-        calls[0] += 1
-        segments.append((lo, hi, outs))
-
-    def _split(
-        self,
-        served: Served,
-        columns: dict[str, np.ndarray],
-        lo: int,
-        hi: int,
-        exc: BaseException,
-        segments: list,
-        failures: list,
-        calls: list[int],
-    ) -> None:
-        """Rows ``lo:hi`` raised ``exc`` together: one row is the failure, more are scored by halves."""
-        if hi - lo == 1:
-            failures.append((lo, exc))
-            return
-        mid = (lo + hi) // 2
-        self._predict(served, columns, lo, mid, segments, failures, calls)
-        self._predict(served, columns, mid, hi, segments, failures, calls)
-
-    # -- model swaps ---------------------------------------------------------
-    def _install(self, item: Any, cache_key: Any, report: bool, result: _Result) -> None:
-        cfg = self._cfg
-        try:
-            model = cfg.loader.load(item, cache_key)
-            served = serve(model, cfg.inputs, cfg.outputs, item)
-            check_compatible(self._served, served)
-        except Exception as exc:
-            if report:  # one shard speaks for all
-                logger.warning("%s: model rejected, keeping %s: %s", cfg.step_id, self.version, exc)
-                cfg.stats._count_model(installed=False)
-                result.errs.append(
-                    Rejected(cfg.step_id, "ModelRejected", f"{type(exc).__name__}: {exc}", item)
-                )
-            return
-        self._served = served
-        if report:
-            logger.info("%s: now serving model %s", cfg.step_id, model.version)
-            cfg.stats._count_model(installed=True)
-
-    @property
-    def version(self) -> str:
-        return self._served.model.version
-
-    def _poll(self, now: float, result: _Result) -> None:
-        seen = self._watcher.changed(now)
-        if seen is None:
-            return
-        path = str(self._watcher.path)
-        self._run_all(self._batcher.flush(), result)
-        self._install(path, ("watch", path, seen), self._shard == 0, result)
 
 
 @operator
