@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from streamml._kafka_partitions import picklable
 from streamml.errors import Rejected
-from streamml.kafka import Record, _decoder, _encoder
+from streamml.kafka import Record
+from streamml.kafka._sink import _encoder
+from streamml.kafka._source import _decoder
 from streamml.serde import BytesSerde, JsonSerde, SerdeError, StringSerde
 
 _payload = st.one_of(
