@@ -37,7 +37,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 from streamml.operators._core.columns import frame_times as checked_times
 from streamml.operators._core.event_time import MAX_TS, MIN_TS, Admission
-from streamml.operators._core.keys import route
+from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
 
 from streamml.errors import Rejected, reject
@@ -202,6 +202,36 @@ def tag_sides(
     return _split_tagged(step_id, mixed)
 
 
+def _frame_tagger(
+    side: int, key: str, shards: int, step_id: str, control: type | None = None
+) -> Callable[[list[Any]], list[Any]]:
+    """A batch function: one side's frames to ``(shard, [(side, part), ...])`` chunks, then rejections.
+
+    Frames go through :func:`~streamml.operators._core.keys.frame_sharder`
+    (``BadItem``, ``BadKey``); ``control`` items go to every shard as
+    ``(CONTROL, item)``, in their place among the frames.
+    """
+    names = [str(i) for i in range(shards)]
+    sharder = frame_sharder(step_id, key=key, shards=shards)
+
+    def tag(batch: list[Any]) -> list[Any]:
+        chunks: dict[str, list] = {}
+        bad: list[Any] = []
+        for item in batch:
+            if control is not None and type(item) is control:
+                for name in names:
+                    chunks.setdefault(name, []).append((CONTROL, item))
+                continue
+            for out in sharder([item]):
+                if isinstance(out, Rejected):
+                    bad.append(out)
+                else:
+                    chunks.setdefault(out[0], []).append((side, out[1]))
+        return [*chunks.items(), *bad]
+
+    return tag
+
+
 @operator
 def tag_frames(
     step_id: str,
@@ -218,36 +248,13 @@ def tag_frames(
     frame a ``BadItem``; ``control`` items of the right side go to every
     shard as ``(CONTROL, item)``.
     """
-    names = [str(i) for i in range(shards)]
     full_id = f"{step_id}.route"
-
-    def tagger(side: int) -> Callable[[list[Any]], list[Any]]:
-        def tag(batch: list[Any]) -> list[Any]:
-            chunks: dict[str, list] = {}
-            bad: list[Any] = []
-            for item in batch:
-                if not isinstance(item, pl.DataFrame):
-                    if control is not None and side == RIGHT and type(item) is control:
-                        for name in names:
-                            chunks.setdefault(name, []).append((CONTROL, item))
-                        continue
-                    why = f"expected a polars DataFrame; got {type(item).__name__}"
-                    bad.append(Rejected(full_id, "BadItem", why, item))
-                    continue
-                if item.is_empty():
-                    continue
-                parts, rejected = route(item, key=key, shards=shards, step_id=full_id)
-                bad.extend(rejected)
-                for shard, part in parts:
-                    chunks.setdefault(shard, []).append((side, part))
-            return [*chunks.items(), *bad]
-
-        return tag
-
     mixed = op.merge(
         "merge",
-        op.flat_map_batch("shard_left", left, tagger(LEFT)),
-        op.flat_map_batch("shard_right", right, tagger(RIGHT)),
+        op.flat_map_batch("shard_left", left, _frame_tagger(LEFT, key, shards, full_id)),
+        op.flat_map_batch(
+            "shard_right", right, _frame_tagger(RIGHT, key, shards, full_id, control)
+        ),
     )
     return _split_tagged(step_id, mixed)
 
@@ -275,22 +282,6 @@ def tag_frames_table(
     """
     names = [str(i) for i in range(shards)]
     full_id = f"{step_id}.route"
-
-    def tag_left(batch: list[Any]) -> list[Any]:
-        chunks: dict[str, list] = {}
-        bad: list[Any] = []
-        for item in batch:
-            if not isinstance(item, pl.DataFrame):
-                why = f"expected a polars DataFrame; got {type(item).__name__}"
-                bad.append(Rejected(full_id, "BadItem", why, item))
-                continue
-            if item.is_empty():
-                continue
-            parts, rejected = route(item, key=key, shards=shards, step_id=full_id)
-            bad.extend(rejected)
-            for shard, part in parts:
-                chunks.setdefault(shard, []).append((LEFT, part))
-        return [*chunks.items(), *bad]
 
     shard_of: dict[str, str] = {}  # key -> shard name (a memo of the CRC-32 below)
 
@@ -320,7 +311,7 @@ def tag_frames_table(
 
     mixed = op.merge(
         "merge",
-        op.flat_map_batch("shard_left", left, tag_left),
+        op.flat_map_batch("shard_left", left, _frame_tagger(LEFT, key, shards, full_id)),
         op.flat_map_batch("shard_right", right, tag_right),
     )
     return _split_tagged(step_id, mixed)
