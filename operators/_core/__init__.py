@@ -5,6 +5,8 @@ these modules and never re-implements them:
 
 - :mod:`.keys`: the key → shard router and the one bad-key rule;
 - :mod:`.event_time`: per-key watermarks, the lateness rule and the
-  wall-clock idle rule;
+  wall-clock idle rule (with :mod:`.admission`, the lateness verdict on a
+  batch, and :mod:`.held`, the rows waiting for their watermark);
+- :mod:`.columns`: the checks of a frame's key, time and number columns;
 - :mod:`.state`: snapshots as versioned plain records.
 """
