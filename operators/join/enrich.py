@@ -25,16 +25,24 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
 import bytewax.operators as op
 import polars as pl
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream, StatefulBatchLogic
-from streamml.operators._core.state import frame_from_bytes, frame_to_bytes, restore, snapshot
-from streamml.operators.join._legacy import _EnrichState, is_legacy
+from bytewax.operators import KeyedStream
+from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
+from streamml.operators.join._enrich_state import (
+    _HIT,
+    _KEY,
+    _Config,
+    _Logic,
+    _TableFrame,
+    _us,
+)
+from streamml.operators.join._legacy import _EnrichState
 from streamml.operators.join._shards import (
     CONTROL,
     LEFT,
@@ -42,7 +50,6 @@ from streamml.operators.join._shards import (
     Chunked,
     check_shards,
     joined_names,
-    micros,
     split_outputs,
     tag_frames_table,
     tag_sides,
@@ -51,20 +58,11 @@ from streamml.operators.join._shards import (
 from streamml.operators.join.table import TableReady
 
 from streamml.errors import Rejected, reject
-from streamml.frames import from_rows
 
 __all__ = ["EnrichOut", "enrich", "merge_fields"]
 
 # Kept importable here for recovery stores of the previous release (see _legacy).
 _LEGACY = (_EnrichState,)
-
-_KIND = "streamml.join.enrich"
-_VERSION = 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_KEY = "__streamml_enrich_key"
-"""The table frame's key column (a name no user column has)."""
-_HIT = "__streamml_enrich_hit"
-"""The table frame's marker column: true on every table row, null in a left join's misses."""
 
 
 def merge_fields(event: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,93 +84,6 @@ class EnrichOut:
 
     errs: Stream[Rejected]
     """Events with no row (``MissingRow``), bad keys and items, and merges that raised."""
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _us(t: datetime) -> int:
-    return micros(t - _EPOCH)
-
-
-@dataclass(frozen=True)
-class _Config:
-    step_id: str
-    merge: Callable[[Any, Any], Any]
-    default: Any
-    max_wait: timedelta | None
-    wait_for_bootstrap: bool
-    key: str = ""
-    suffix: str = "_right"
-    clock: Callable[[], datetime] = _now
-
-
-def _from_legacy(old: _EnrichState) -> dict[str, Any]:
-    """The previous release's pickled shard state as a version-1 record of the row path."""
-    waiting = [(_us(d), key, event) for key, events in old.waiting.items() for d, event in events]
-    waiting.sort(key=itemgetter(0))
-    return {
-        "path": "rows",
-        "table": dict(old.table),
-        "ready": sorted(old.ready),
-        "held": None if old.held is None else list(old.held),
-        "waiting": waiting,
-    }
-
-
-class _Logic(StatefulBatchLogic):
-    """One shard of an enrichment join: the table, the bootstrap, and the snapshot record.
-
-    Eviction: ``table`` holds the live rows only (a tombstone deletes its
-    key), so it is as large as the table itself; waiting misses leave
-    after ``max_wait``; held events leave when the bootstrap completes (or
-    at the end of input).
-    """
-
-    path = ""
-
-    def __init__(self, cfg: _Config, resume: Any) -> None:
-        self.cfg = cfg
-        self.clock = cfg.clock
-        self.table: dict[str, Any] = {}
-        self.ready: set[tuple[str, int]] = set()
-        self.held: list | None = [] if cfg.wait_for_bootstrap else None
-        if resume is not None:
-            if is_legacy(resume):
-                resume = snapshot(_KIND, 0, resume)
-            data = restore(resume, kind=_KIND, version=_VERSION, upgrades={0: _from_legacy})
-            if data["path"] != self.path:
-                raise ValueError(
-                    f"the recovery store holds the {data['path']} path's state of this "
-                    f"enrichment; it now reads {self.path}: use a new recovery store"
-                )
-            self.table = dict(data["table"])
-            self.ready = {(topic, partition) for topic, partition in data["ready"]}
-            self._restore(data)
-
-    def _restore(self, data: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def _data(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _bootstrapped(self, marker: TableReady) -> list | None:
-        """Count a marker; the held events once every partition is ready (else ``None``)."""
-        self.ready.add((marker.topic, marker.partition))
-        if self.held is not None and len(self.ready) >= marker.partitions:
-            held, self.held = self.held, None
-            return held
-        return None
-
-    def snapshot(self) -> dict[str, Any]:
-        data = {
-            "path": self.path,
-            "table": dict(self.table),
-            "ready": sorted(self.ready),
-            **self._data(),
-        }
-        return snapshot(_KIND, _VERSION, data)
 
 
 class _RowLogic(_Logic):
@@ -308,81 +219,6 @@ class _RowLogic(_Logic):
 
     def notify_at(self) -> datetime | None:
         return self.deadlines[0][0] if self.deadlines else None
-
-
-_EMPTY_TABLE = pl.DataFrame(schema={_KEY: pl.String, _HIT: pl.Boolean})
-
-
-def _fits(base: pl.DataFrame, part: pl.DataFrame) -> bool:
-    """Whether ``part``'s columns can be stacked under ``base``'s without turning a type into another."""
-    for name, dtype in part.schema.items():
-        have = base.schema.get(name)
-        if have is None or have == dtype or have == pl.Null or dtype == pl.Null:
-            continue
-        if not (have.is_numeric() and dtype.is_numeric()):
-            return False
-    return True
-
-
-class _TableFrame:
-    """A shard's table as a frame: ``_KEY`` (text), ``_HIT`` (true), then the rows' columns.
-
-    Kept in step with the table dict: keys changed since the last join are
-    ``dirty``, and the next join replaces just their rows — new keys'
-    rows are stacked under the frame, changed or deleted keys' rows are
-    filtered out first — unless a column's type would change, when the
-    frame is built again from the whole dict. Each column's type is the
-    kind most rows hold there (:func:`streamml.frames.from_rows`); a row
-    that disagrees (text where the others hold numbers) is rejected
-    (``BadItem``) and its key deleted.
-    """
-
-    def __init__(self) -> None:
-        self.frame: pl.DataFrame = _EMPTY_TABLE
-        self.keys: set[str] = set()  # the keys with a row in ``frame``
-        self.dirty: set[str] = set()
-        self.whole = True  # build from the whole dict next time
-
-    def _build(
-        self, step_id: str, keys: list[str], table: dict[str, Any], errs: list
-    ) -> pl.DataFrame | None:
-        rows = [{_KEY: k, _HIT: True, **table[k]} for k in keys]
-        frame, bad = from_rows(rows, step_id)
-        for r in bad:
-            row = dict(r.original)
-            key = row.pop(_KEY)
-            del row[_HIT]
-            table.pop(key, None)
-            errs.append(Rejected(r.step_id, "BadItem", r.reason, (key, row)))
-        return frame
-
-    def current(self, step_id: str, table: dict[str, Any], errs: list) -> pl.DataFrame:
-        if not self.dirty and not self.whole:
-            return self.frame
-        dirty = list(self.dirty)
-        self.dirty.clear()  # in place: a caller may hold the set
-        if not self.whole:
-            changed = [k for k in dirty if k in self.keys]
-            base = self.frame.filter(~pl.col(_KEY).is_in(changed)) if changed else self.frame
-            alive = [k for k in dirty if k in table]
-            part = self._build(step_id, alive, table, errs) if alive else None
-            if part is None or _fits(base, part):
-                if part is not None:
-                    if base.schema == part.schema:
-                        base = base.vstack(part)
-                        if base.n_chunks() > 16:
-                            base = base.rechunk()
-                    else:
-                        base = pl.concat([base, part], how="diagonal_relaxed")
-                self.keys.difference_update(changed)
-                self.keys.update(k for k in alive if k in table)
-                self.frame = base
-                return base
-        self.whole = False
-        frame = self._build(step_id, list(table), table, errs) if table else None
-        self.frame = _EMPTY_TABLE if frame is None else frame
-        self.keys = set(table)
-        return self.frame
 
 
 class _FrameLogic(_Logic):
