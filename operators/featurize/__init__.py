@@ -6,8 +6,9 @@
   ``(key, event)`` rows (the legacy path, same implementation);
 - :func:`window_agg`: one row of aggregates per key per closed tumbling,
   sliding or session window;
-- transforms: :func:`standard_scale`, :func:`online_scale`,
-  :func:`one_hot`, :func:`hash_features`, :func:`hash_text`;
+- transforms: :func:`standard_scale`, :func:`online_scale` (:mod:`.scaling`),
+  :func:`one_hot` (:mod:`.encoding`), :func:`hash_features`, :func:`hash_text`
+  (:mod:`.hashing`);
 - :func:`assemble`: named features to a float32 vector in a declared
   :class:`FeatureSchema` order.
 
@@ -46,16 +47,11 @@ as configured.
 """
 
 from streamml.operators.featurize.assembly import Feature, FeatureSchema, assemble
+from streamml.operators.featurize.encoding import one_hot
+from streamml.operators.featurize.hashing import hash_features, hash_text
 from streamml.operators.featurize.outputs import FeaturesOut, TimedFeaturesOut
 from streamml.operators.featurize.rolling_agg import AGGREGATES, rolling, window_label
-from streamml.operators.featurize.transforms import (
-    ScalerParams,
-    hash_features,
-    hash_text,
-    one_hot,
-    online_scale,
-    standard_scale,
-)
+from streamml.operators.featurize.scaling import ScalerParams, online_scale, standard_scale
 from streamml.operators.featurize.windows import WINDOW_AGGREGATES, window_agg
 
 __all__ = [

@@ -102,7 +102,7 @@ def test_online_scale_global_state():
 def test_online_scale_forgets_idle_keys():
     from datetime import datetime, timedelta, timezone
 
-    from streamml.operators.featurize.transforms import _OnlineScaleLogic
+    from streamml.operators.featurize.scaling import _OnlineScaleLogic
 
     now = [100.0]
     clock = lambda: now[0]  # noqa: E731
@@ -119,7 +119,7 @@ def test_online_scale_forgets_idle_keys():
 def test_online_scale_frames_forget_idle_keys_of_a_shard():
     from datetime import timedelta
 
-    from streamml.operators.featurize.transforms import _OnlineScaleLogic
+    from streamml.operators.featurize.scaling import _OnlineScaleLogic
 
     now = [100.0]
     logic = _OnlineScaleLogic(
