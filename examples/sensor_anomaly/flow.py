@@ -32,6 +32,7 @@ from examples.sensor_anomaly.features import FEATURE_NAMES, FIELDS, MAX_DELAY, a
 from examples.sensor_anomaly.model import DEFAULT_DIR, ModelFiles, build_model
 from streamml import kafka
 from streamml.errors import Rejected
+from streamml.flow import check_flow, collect_rejections
 from streamml.models import OnnxModel
 from streamml.serde import ConfluentAvroSerde, JsonSerde
 
@@ -245,7 +246,7 @@ def build_flow(
         op.map("z_closed", z_windows.windows, _tag("zscore", "window")),
     )
     json_out = JsonSerde()
-    score_errs = kafka.sink(
+    kafka.sink(
         "scores",
         op.map("score_records", scored.oks, _score_records),
         brokers=brokers,
@@ -253,7 +254,7 @@ def build_flow(
         value_serde=json_out,
         key="sensor_id",
     )
-    alert_errs = kafka.sink(
+    kafka.sink(
         "alerts_out",
         alerts,
         brokers=brokers,
@@ -263,21 +264,9 @@ def build_flow(
     )
     kafka.dead_letter_sink(
         "dead_letters",
-        op.merge(
-            "all_rejections",
-            src.errs,
-            op.flat_map_batch("unusable", checked, _unusable),
-            feats.errs,
-            feats.late,
-            scored.errs,
-            model_windows.errs,
-            model_windows.late,
-            z_windows.errs,
-            z_windows.late,
-            score_errs,
-            alert_errs,
-        ),
+        # the validation's rejects, and every errs and late stream of every operator above
+        collect_rejections("all_rejections", op.flat_map_batch("unusable", checked, _unusable)),
         brokers=brokers,
         topic=topics.dead_letters,
     )
-    return flow
+    return check_flow(flow)
