@@ -16,7 +16,8 @@ A rejection stream is an output port of an operator whose return type says
 it carries :class:`~streamml.errors.Rejected` records (``errs:
 Stream[Rejected]`` in its output dataclass, or ``-> Stream[Rejected]`` like
 :func:`streamml.kafka.sink`): every streamml operator, and a user's own
-operator typed the same way.
+operator typed the same way. Where the type cannot be read (an operator
+defined inside a function), ports named ``errs`` and ``late`` count.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def _carries_rejections(annotation: Any) -> bool:
 
 def _rejection_port_names(step: Operator) -> list[str]:
     ret = _return_type(step)
+    if ret is None:  # an operator defined in a function, or with unresolvable annotations
+        return [name for name in type(step).dwn_names if name in ("errs", "late")]
     if _carries_rejections(ret):
         return ["down"]
     if isinstance(ret, type) and dataclasses.is_dataclass(ret):
