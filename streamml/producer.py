@@ -18,6 +18,7 @@ Python callback runs for each message that succeeded.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -29,8 +30,12 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 __all__ = ["DeliveryError", "ProducerSink", "ready_producer"]
 
+logger = logging.getLogger(__name__)
+
 # How long a new producer waits for its first broker connection before it goes on regardless.
 _CONNECT_WAIT_S = 1.0
+# How long a flush that timed out waits more for the expired messages' reports.
+_REPORT_GRACE_S = 2.0
 
 
 def ready_producer(config: Mapping[str, Any], topic: str) -> Producer:
@@ -70,17 +75,40 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue]):
     def __init__(
         self, config: Mapping[str, Any], topic: str, timeout_s: float, confirm_each_batch: bool
     ) -> None:
+        self._user_error_cb = config.get("error_cb")
+        self._broker_error: str | None = None
         # The producer-wide delivery callback (not one passed with every
         # produce() call) keeps the produce loop free of keyword arguments.
-        self._producer = ready_producer({**config, "on_delivery": self._on_delivery}, topic)
+        self._producer = ready_producer(
+            {**config, "on_delivery": self._on_delivery, "error_cb": self._on_error}, topic
+        )
         self._topic = topic
         self._timeout_s = timeout_s
         self._confirm_each_batch = confirm_each_batch
         self._failures: list[str] = []
+        self._failed = False  # a DeliveryError was raised: close() must not raise again
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
-            self._failures.append(str(err))
+            self._failures.append(err.str())
+
+    def _on_error(self, err: KafkaError) -> None:
+        """Keep the client's last error (connection refused, all brokers down) for a DeliveryError."""
+        self._broker_error = err.str()
+        if self._user_error_cb is not None:
+            self._user_error_cb(err)
+
+    def _flush(self) -> int:
+        """Wait up to the delivery timeout; what is still queued then gets a moment to report why.
+
+        Messages expire after the same timeout, but librdkafka scans for
+        expired ones about once a second: a short second flush collects
+        their "Message timed out" reports instead of a bare count.
+        """
+        remaining = self._producer.flush(self._timeout_s)
+        if remaining:
+            remaining = self._producer.flush(_REPORT_GRACE_S)
+        return remaining
 
     def write_batch(self, items: list[KeyValue]) -> None:
         produce, poll = self._producer.produce, self._producer.poll
@@ -91,7 +119,7 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue]):
             except BufferError:  # local queue full: wait for the broker to drain it
                 self._produce_when_room(key, value)
         if self._confirm_each_batch:
-            self._confirm(self._producer.flush(self._timeout_s))
+            self._confirm(self._flush())
         else:
             poll(0)  # serve the reports that arrived; fail on any failure seen so far
             self._confirm(0)
@@ -110,14 +138,44 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue]):
     def _confirm(self, remaining: int) -> None:
         if remaining or self._failures:
             failures, self._failures = self._failures, []
+            self._failed = True
             raise DeliveryError(
                 f"could not deliver to topic {self._topic!r} within {self._timeout_s:g} s: "
                 f"{len(failures)} message(s) failed, {remaining} still queued; "
-                f"first errors: {failures[:3]}"
+                f"reasons: {sorted(set(failures))[:3]}; last client error: {self._broker_error}"
             )
 
     def close(self) -> None:
-        self._confirm(self._producer.flush(self._timeout_s))
+        """Confirm what is still queued, then close the producer (its connections and threads).
+
+        Bytewax calls ``close`` at the end of a run, and also while a failed
+        worker unwinds; an exception raised then aborts the process (exit
+        134, "panic in a destructor during cleanup") and hides the first
+        error. So ``close`` raises only what it alone can find: messages
+        still undelivered when nothing has failed before (possible only with
+        ``confirm_each_batch=False``: with the default every batch was
+        confirmed as it was written). After a :class:`DeliveryError`, the
+        messages left are dropped from the queue (Bytewax recovery replays
+        the batches they came from) and nothing is raised again. The error
+        ``close`` raises is logged first: should the worker be unwinding from
+        another step's failure, Bytewax aborts, and the log still says why.
+        """
+        try:
+            if self._failed:
+                self._producer.purge()
+                self._producer.flush(0)
+                return
+            remaining = self._flush()
+            if remaining or self._failures:
+                self._producer.purge()
+                self._producer.flush(0)
+                try:
+                    self._confirm(remaining)
+                except DeliveryError as exc:
+                    logger.error("%s", exc)
+                    raise
+        finally:
+            self._producer.close()
 
 
 class ProducerSink(DynamicSink[KeyValue]):

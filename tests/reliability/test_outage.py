@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import bytewax.operators as op
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import init_db_dir
+from bytewax.testing import TestingSource
 
+from streamml import kafka
 from streamml.broker import EmbeddedBroker
+from streamml.serde import JsonSerde
+from streamml.testing import consume_all
 from tests.reliability.flows import Topics
 from tests.reliability.harness import (
+    ROOT,
     FlowProcess,
     TopicWatch,
     create_topics,
@@ -122,3 +133,65 @@ def test_a_flow_started_without_a_broker_fails_after_broker_timeout(
             proc.kill()
     log = proc.tail(200)
     assert "BrokerUnreachable" in log and "answered within broker_timeout=3 s at start" in log, log
+
+
+def _paced(batch: list[int]) -> list[int]:
+    time.sleep(0.1)
+    return batch
+
+
+def sink_flow(brokers: str, topic: str, n: int) -> Dataflow:
+    """``0..n-1`` from a recoverable source, five a batch, 0.1 s a batch, to ``topic`` as JSON."""
+    flow = Dataflow("sink_outage")
+    numbers = op.input("numbers", flow, TestingSource(range(n), batch_size=5))
+    kafka.sink(
+        "out",
+        op.flat_map_batch("pace", numbers, _paced),
+        brokers=brokers,
+        topic=topic,
+        value_serde=JsonSerde(),
+        delivery_timeout=timedelta(seconds=3),
+    )
+    return flow
+
+
+def _run_sink_flow(bootstrap: str, recovery: Path, log: Path, n: int) -> subprocess.Popen:
+    flow = f"tests.reliability.test_outage:sink_flow({bootstrap!r}, 'sunk', {n})"
+    return subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "1", "-b", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_a_sink_whose_broker_stops_fails_with_delivery_error_and_resumes_losing_nothing(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The flow stops with DeliveryError and the reason (not exit 134, a Rust abort); a rerun completes."""
+    own_broker.create_topic("sunk")
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+    n = 200
+    watch = TopicWatch(own_broker.bootstrap, "sunk", partitions=1)
+    first = _run_sink_flow(own_broker.bootstrap, recovery, tmp_path / "first.log", n)
+    try:
+        wait_until(lambda: watch.count() >= n // 4, timeout=60, what="a quarter of the output")
+        os.kill(own_broker.pid, signal.SIGSTOP)
+        code = first.wait(60)
+    finally:
+        os.kill(own_broker.pid, signal.SIGCONT)
+        if first.poll() is None:
+            first.kill()
+    watch.close()
+    log = (tmp_path / "first.log").read_text(errors="replace")
+    assert code == 1, log[-3000:]  # a Python error, not SIGABRT (-6) from a panic in a destructor
+    assert "panic in a destructor" not in log
+    assert "DeliveryError: could not deliver to topic 'sunk' within 3 s" in log, log[-3000:]
+    assert "Message timed out" in log
+    second = _run_sink_flow(own_broker.bootstrap, recovery, tmp_path / "second.log", n)
+    assert second.wait(120) == 0, (tmp_path / "second.log").read_text(errors="replace")[-3000:]
+    values = [int(m.value) for m in consume_all(own_broker.bootstrap, "sunk")]
+    assert set(values) == set(range(n))  # at least once: the failed batches again, nothing lost
