@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # a shared reference run) is built once and two workers never write one cache file.
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks $(if $(QUICK),--quick,)
 
+# The site (MkDocs + Material, reference from docstrings) into site/; strict: a broken link,
+# a missing reference or a docstring warning fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 lint: $(STAMP)
 	$(PY) -m ruff check streamml operators examples benchmarks tests
 	$(PY) -m ruff format --check streamml operators examples benchmarks tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache site
