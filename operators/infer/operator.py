@@ -27,6 +27,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
+from streamml.operators import _validate
 
 from streamml.errors import Rejected
 from streamml.models import Model
@@ -239,21 +240,16 @@ def infer(
         >>> out.stats.scored, out.stats.rejected
         (2, 1)
     """
-    if not isinstance(model, Model):
-        raise ValueError(
-            f"model must be a streamml.models.Model (OnnxModel, CallableModel, ...); "
-            f"got {type(model).__name__}"
-        )
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be an int >= 1; got {max_batch!r}")
-    if not isinstance(max_wait, timedelta) or max_wait < timedelta(0):
-        raise ValueError(f"max_wait must be a timedelta >= 0; got {max_wait!r}")
-    if not isinstance(shards, int) or shards < 1:
-        raise ValueError(f"shards must be an int >= 1; got {shards!r}")
-    if key is not None and not isinstance(key, str):
-        raise ValueError(f"key must be the name of a frame's key column; got {key!r}")
-    if not isinstance(watch_interval, timedelta) or watch_interval <= timedelta(0):
-        raise ValueError(f"watch_interval must be a timedelta > 0; got {watch_interval!r}")
+    _validate.one_of("model", model, (Model,), "OnnxModel('model.onnx')")
+    _validate.count("max_batch", max_batch)
+    _validate.duration("max_wait", max_wait)
+    _validate.count("shards", shards)
+    if key is not None:
+        _validate.name("key", key, example="'sensor_id'")
+    for arg, field in (("version_field", version_field), ("wait_field", wait_field)):
+        if field is not None:
+            _validate.name(arg, field, example="'model_version'")
+    _validate.duration("watch_interval", watch_interval, minimum="positive")
     if not (isinstance(inputs, (str, list, tuple, Mapping)) or callable(inputs)):
         raise ValueError(
             "inputs must be a field or column name, a list of columns, a function, or a dict "
@@ -264,8 +260,7 @@ def infer(
             f"outputs must be a dict ({{output: field}} or {{field: (output, index)}}) or a "
             f"function; got {outputs!r}"
         )
-    if not callable(loader):
-        raise ValueError(f"loader must be a function item -> Model; got {loader!r}")
+    _validate.function("loader", loader, "functools.partial(OnnxModel, intra_op_threads=1)")
     cfg = _Config(
         step_id=step_id,
         inputs=inputs,

@@ -141,10 +141,42 @@ def _call_model(served: Served, columns: dict[str, np.ndarray], n: int) -> dict[
     picked = {}
     for name in served.outputs.needed:
         values = outs[name]
-        if len(values) != n:
-            raise ValueError(f"the model returned {len(values)} rows for a batch of {n}")
+        problem = _rows_problem(name, values, n)
+        if problem is not None:
+            raise ValueError(problem)
         picked[name] = values
     return picked
+
+
+def _rows_problem(name: str, values: Any, n: int) -> str | None:
+    """Why output ``name`` does not hold one row per input row, or None when it does.
+
+    Examples:
+        >>> print(_rows_problem("score", np.zeros((0,), np.float32), 1))
+        the model's output 'score' is a float32 array of shape (0,): 0 rows for a batch of 1 input rows; a model must return one row per input row (a first axis of length 1), so check that it does not drop rows or reduce over the batch
+        >>> print(_rows_problem("score", 0.5, 2))
+        the model's output 'score' is a float scalar: no rows for a batch of 2 input rows; a model must return one row per input row (a first axis of length 2), so check that it does not drop rows or reduce over the batch
+        >>> _rows_problem("score", [1.0, 2.0], 2) is None
+        True
+    """
+    try:
+        rows: int | None = len(values)
+    except TypeError:  # a scalar, or a 0-d array
+        rows = None
+    if rows == n:
+        return None
+    if isinstance(values, np.ndarray):
+        what = f"a {values.dtype} array of shape {values.shape}"
+    elif rows is not None:
+        what = f"a {type(values).__name__} of {rows} items"
+    else:
+        what = f"a {type(values).__name__} scalar"
+    rows_text = "no rows" if rows is None else f"{rows} rows"
+    return (
+        f"the model's output {name!r} is {what}: {rows_text} for a batch of {n} input rows; a model "
+        f"must return one row per input row (a first axis of length {n}), so check that it does "
+        "not drop rows or reduce over the batch"
+    )
 
 
 def _timed_call(
