@@ -1,21 +1,24 @@
-"""Model runtimes behind one small protocol: ONNX Runtime and plain Python functions.
+"""Model runtimes behind one small protocol: ONNX Runtime, plain Python functions, remote services.
 
 :class:`Model` is the interface the inference operator
 (:func:`streamml.operators.infer.infer`) calls: named NumPy batches in, named
 NumPy arrays out, plus the model's declared inputs and a ``version`` label.
-:class:`OnnxModel` and :class:`CallableModel` implement it; a user's own
+:class:`OnnxModel`, :class:`CallableModel` and :class:`RemoteModel` (a model
+served over HTTP, :mod:`streamml.models.remote`) implement it; a user's own
 runtime only needs the same four members.
 """
 
 from streamml.models.callable import CallableModel
 from streamml.models.onnx import OnnxModel, default_providers
 from streamml.models.protocol import Model, ModelInputError, TensorSpec, as_feeds
+from streamml.models.remote import RemoteModel
 
 __all__ = [
     "CallableModel",
     "Model",
     "ModelInputError",
     "OnnxModel",
+    "RemoteModel",
     "TensorSpec",
     "as_feeds",
     "default_providers",

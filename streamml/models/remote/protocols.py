@@ -1,0 +1,289 @@
+"""What goes over the wire: the Open Inference Protocol's JSON tensors, or any JSON REST API.
+
+A protocol turns one request's rows into a request body and the answer back
+into named arrays, and says where the model lives:
+
+- :class:`OpenInference` speaks the Open Inference Protocol (KServe V2), the
+  REST API of Triton, KServe, MLServer, Seldon and ``streamml serve``: the
+  model describes its inputs at ``/v2/models/{name}``, and
+  ``/v2/models/{name}/infer`` takes ``{"inputs": [{"name", "shape",
+  "datatype", "data"}]}`` and answers ``{"outputs": [...]}``.
+- :class:`JsonRest` calls any JSON endpoint, with two small functions that
+  map a batch to the request and the answer to arrays; by default the
+  ``{"instances": [...]}`` → ``{"predictions": [...]}`` format of TensorFlow
+  Serving and KServe's V1 protocol.
+
+An answer that does not parse, lacks an output or has the wrong number of
+rows raises :class:`~streamml.models.remote.BadAnswer` saying what was wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import orjson
+
+from streamml.models.protocol import TensorSpec
+from streamml.models.remote.errors import BadAnswer
+
+__all__ = ["JsonRest", "OpenInference"]
+
+_DATATYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+_NAMES = {np.dtype(t): name for name, t in _DATATYPES.items()}
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadAnswer(f"the answer is not JSON: {_excerpt(body)}") from None
+
+
+def _excerpt(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return repr(text + ("..." if len(body) > limit else ""))
+
+
+def error_reason(status: int, body: bytes) -> str:
+    """The service's reason for a refusal: its JSON ``"error"`` (or ``"detail"``), else the body.
+
+    Examples:
+        >>> error_reason(400, b'{"error": "input x: expected FP32"}')
+        'HTTP 400: input x: expected FP32'
+        >>> error_reason(413, b"too big")
+        "HTTP 413: 'too big'"
+    """
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        for field in ("error", "detail", "message"):
+            if isinstance(parsed.get(field), str):
+                return f"HTTP {status}: {parsed[field]}"
+    return f"HTTP {status}: {_excerpt(body)}"
+
+
+def _rows_of(name: str, values: Any, rows: int) -> np.ndarray:
+    try:
+        arr = np.asarray(values)
+    except ValueError as exc:  # ragged lists
+        raise BadAnswer(f"output {name!r} is not a tensor: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise BadAnswer(f"output {name!r} holds {arr.dtype} values, not numbers")
+    if arr.ndim < 1 or len(arr) != rows:
+        raise BadAnswer(
+            f"output {name!r} has shape {arr.shape} for a request of {rows} rows; "
+            "its first dimension must be the rows"
+        )
+    return arr
+
+
+class OpenInference:
+    """The Open Inference Protocol (KServe V2) over REST with JSON tensors.
+
+    Args:
+        model: The model's name on the server.
+        version: A model version to pin (``/v2/models/{model}/versions/{version}``);
+            ``None``: the server's default version.
+        outputs: The outputs to ask for (default: all the model declares).
+
+    Examples:
+        >>> p = OpenInference("mlp", version="2")
+        >>> p.infer_path
+        '/v2/models/mlp/versions/2/infer'
+        >>> specs = {"x": TensorSpec(np.dtype("float32"), (2,))}
+        >>> p.encode({"x": np.array([[1, 2]], dtype=np.float32)}, specs)
+        b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.0,2.0]}]}'
+        >>> p.decode(b'{"outputs":[{"name":"y","shape":[1],"datatype":"FP32","data":[3]}]}', 1)
+        ({'y': array([3.], dtype=float32)}, None)
+        >>> p.decode(b'<html>', 1)
+        Traceback (most recent call last):
+        ...
+        streamml.models.remote.errors.BadAnswer: the answer is not JSON: '<html>'
+    """
+
+    def __init__(
+        self, model: str, version: str | None = None, *, outputs: Sequence[str] | None = None
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"OpenInference needs the model's name on the server; got {model!r}")
+        self.model = model
+        self.version = version
+        base = f"/v2/models/{quote(model, safe='')}"
+        if version is not None:
+            base += f"/versions/{quote(str(version), safe='')}"
+        self.metadata_path: str | None = base
+        self.infer_path = base + "/infer"
+        self._wanted = tuple(outputs) if outputs is not None else None
+        self._request_outputs = b""
+        if self._wanted is not None:
+            self._request_outputs = orjson.dumps([{"name": n} for n in self._wanted])
+
+    def describe(
+        self, metadata: Any, inputs: Mapping[str, TensorSpec] | None
+    ) -> tuple[dict[str, TensorSpec], tuple[str, ...]]:
+        """The model's inputs and outputs from its metadata (``inputs`` given: those)."""
+        if not isinstance(metadata, dict):
+            raise BadAnswer(f"the model metadata is not a JSON object: {metadata!r:.200}")
+        try:
+            declared = {
+                t["name"]: (t["datatype"], t["shape"]) for t in metadata.get("inputs") or []
+            }
+            names = tuple(t["name"] for t in metadata.get("outputs") or [])
+        except (TypeError, KeyError) as exc:
+            raise BadAnswer(f"the model metadata has a malformed tensor entry: {exc!r}") from None
+        specs: dict[str, TensorSpec] = dict(inputs) if inputs is not None else {}
+        if inputs is None:
+            for name, (datatype, shape) in declared.items():
+                if datatype not in _DATATYPES:
+                    raise ValueError(
+                        f"input {name!r} is {datatype}; only numeric tensors can be sent "
+                        f"({sorted(_DATATYPES)}); pass inputs= to override"
+                    )
+                row = tuple(None if d is None or d < 0 else int(d) for d in list(shape)[1:])
+                specs[name] = TensorSpec(np.dtype(_DATATYPES[datatype]), row)
+        if not specs:
+            raise ValueError("the model declares no inputs; pass inputs={name: TensorSpec(...)}")
+        for name, spec in specs.items():
+            if spec.dtype not in _NAMES:
+                raise ValueError(f"input {name!r}: {spec.dtype} has no Open Inference datatype")
+        outputs = self._wanted or names
+        if not outputs:
+            raise ValueError("the model declares no outputs; pass outputs=[...] to OpenInference")
+        return specs, outputs
+
+    def encode(self, feeds: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> bytes:
+        """The request body for one request's rows."""
+        tensors = [
+            {
+                "name": name,
+                "shape": list(arr.shape),
+                "datatype": _NAMES[specs[name].dtype],
+                "data": np.ascontiguousarray(arr).reshape(-1),
+            }
+            for name, arr in feeds.items()
+        ]
+        body = orjson.dumps({"inputs": tensors}, option=_JSON_OPTS)
+        if self._request_outputs:
+            body = body[:-1] + b',"outputs":' + self._request_outputs + b"}"
+        return body
+
+    def decode(self, body: bytes, rows: int) -> tuple[dict[str, np.ndarray], str | None]:
+        """The answer's outputs by name (each ``rows`` long), and the version that made it."""
+        answer = _parse(body)
+        tensors = answer.get("outputs") if isinstance(answer, dict) else None
+        if not isinstance(tensors, list):
+            raise BadAnswer(f"the answer has no 'outputs' list: {_excerpt(body)}")
+        outs = {}
+        for t in tensors:
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+                raise BadAnswer(f"an output is not a named tensor: {t!r:.200}")
+            name, shape, datatype = t["name"], t.get("shape"), t.get("datatype")
+            if datatype not in _DATATYPES:
+                raise BadAnswer(f"output {name!r} has datatype {datatype!r}, not a numeric one")
+            try:
+                arr = np.asarray(t.get("data"), dtype=_DATATYPES[datatype]).reshape(shape)
+            except (TypeError, ValueError) as exc:
+                raise BadAnswer(
+                    f"output {name!r} does not fit its shape {shape!r}: {exc}"
+                ) from None
+            outs[name] = _rows_of(name, arr, rows)
+        version = answer.get("model_version")
+        return outs, str(version) if version is not None else None
+
+
+class JsonRest:
+    """Any JSON REST endpoint, mapped to and from a batch by two functions.
+
+    Args:
+        path: The endpoint's path under the model's URL, e.g. ``"/v1/models/m:predict"``.
+        request: ``{input name: array} -> JSON-able`` (NumPy arrays are
+            allowed anywhere in it). Default: ``{"instances": rows}`` of the
+            only input.
+        response: ``parsed JSON -> {output name: array-like}``, each with one
+            entry per row. Default: ``{"predictions": answer["predictions"]}``.
+        outputs: The output names ``response`` gives.
+
+    Examples:
+        >>> p = JsonRest("/predict")
+        >>> p.encode({"x": np.array([[1.0, 2.0]])}, {})
+        b'{"instances":[[1.0,2.0]]}'
+        >>> p.decode(b'{"predictions": [0.5]}', 1)
+        ({'predictions': array([0.5])}, None)
+        >>> p.decode(b'{"predictions": [0.5, 0.7]}', 1)
+        Traceback (most recent call last):
+        ...
+        streamml.models.remote.errors.BadAnswer: output 'predictions' has shape (2,) for a request of 1 rows; its first dimension must be the rows
+    """
+
+    metadata_path = None
+
+    def __init__(
+        self,
+        path: str = "/",
+        *,
+        request: Callable[[dict[str, np.ndarray]], Any] | None = None,
+        response: Callable[[Any], Mapping[str, Any]] | None = None,
+        outputs: Sequence[str] = ("predictions",),
+    ) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/'; got {path!r}")
+        self.infer_path = path
+        self._request = request or _instances
+        self._response = response or _predictions
+        self._outputs = tuple(outputs)
+        if not self._outputs:
+            raise ValueError("outputs must name at least one output")
+
+    def describe(
+        self, metadata: Any, inputs: Mapping[str, TensorSpec] | None
+    ) -> tuple[dict[str, TensorSpec], tuple[str, ...]]:
+        """The inputs given (default: one ``float32`` input ``"input"``) and the outputs named."""
+        specs = dict(inputs) if inputs else {"input": TensorSpec(np.dtype("float32"), None)}
+        return specs, self._outputs
+
+    def encode(self, feeds: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> bytes:
+        """The request body: ``request(feeds)`` as JSON."""
+        return orjson.dumps(self._request(dict(feeds)), option=_JSON_OPTS)
+
+    def decode(self, body: bytes, rows: int) -> tuple[dict[str, np.ndarray], str | None]:
+        """``response(answer)``, each output checked to have ``rows`` rows."""
+        answer = _parse(body)
+        try:
+            mapped = self._response(answer)
+        except Exception as exc:  # the user's mapping met an answer it cannot read
+            raise BadAnswer(
+                f"the response mapping failed ({type(exc).__name__}: {exc}) on {_excerpt(body)}"
+            ) from None
+        missing = [n for n in self._outputs if n not in mapped]
+        if missing:
+            raise BadAnswer(f"the answer lacks outputs {missing}: {_excerpt(body)}")
+        return {n: _rows_of(n, mapped[n], rows) for n in self._outputs}, None
+
+
+def _instances(feeds: dict[str, np.ndarray]) -> Any:
+    if len(feeds) != 1:
+        raise ValueError("the default JsonRest request sends one input; pass request=")
+    return {"instances": next(iter(feeds.values()))}
+
+
+def _predictions(answer: Any) -> Mapping[str, Any]:
+    return {"predictions": answer["predictions"]}
