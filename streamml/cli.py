@@ -2,6 +2,7 @@
 
 streamml broker            # a Kafka-protocol broker on a free loopback port
 streamml broker --port 9092 --topic readings:3
+streamml serve model.onnx --name mlp --port 8000   # Open Inference Protocol over HTTP
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:PARTITIONS]",
         help="create a topic at start (repeatable), e.g. --topic readings:3",
     )
+    serve = commands.add_parser(
+        "serve",
+        help="serve an ONNX model over the Open Inference Protocol (KServe V2 HTTP)",
+        description=(
+            "Serve one ONNX model at /v2/models/NAME (infer, metadata, ready), with dynamic "
+            "batching, live version swaps (--watch, or POST "
+            "/v2/repository/models/NAME/load) and Prometheus metrics at /metrics. Needs the "
+            "`serve` extra: pip install 'streamml[serve]'."
+        ),
+    )
+    from streamml.serve.command import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve)
     return parser
 
 
@@ -87,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "broker":
         return _run_broker(args)
+    if args.command == "serve":
+        from streamml.serve.command import run as run_serve  # needs the `serve` extra
+
+        return run_serve(args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
 
 
