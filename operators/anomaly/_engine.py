@@ -47,6 +47,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
+from streamml.operators import _validate
 from streamml.operators._core.columns import check_frame, ts_micros
 from streamml.operators._core.columns import values as frame_values
 from streamml.operators._core.event_time import Held, KeyedEventTime
@@ -102,16 +103,15 @@ def check_timing(
     fields: tuple[str, ...],
 ) -> Timing:
     """Validate the shared settings; ``span`` is the longest history a key's state keeps."""
-    if lateness < timedelta(0):
-        raise ValueError(f"lateness must be >= 0; got {lateness!r}")
+    _validate.duration("lateness", lateness)
+    _validate.duration("ttl", ttl, minimum="positive", optional=True)
+    _validate.duration("max_future", max_future, optional=True)
     if ttl is None:
         ttl = span + lateness + timedelta(hours=1)
     if ttl < span + lateness or ttl <= timedelta(0):
         raise ValueError(
             f"ttl must be >= the longest history kept plus lateness ({span + lateness}); got {ttl}"
         )
-    if max_future is not None and max_future < timedelta(0):
-        raise ValueError(f"max_future must be >= 0 or None; got {max_future}")
     return Timing(step_id, lateness, ttl, span, max_future, fields)
 
 
@@ -260,7 +260,9 @@ def _not_a_pair(step_id: str, item: Any) -> Rejected:
     if type(item) is tuple and len(item) == 2:
         why = f"expected a (str key, event) pair; the key is {type(item[0]).__name__}"
     else:
-        why = f"expected a (str key, event) pair; got {type(item).__name__}"
+        why = (
+            f"expected a (str key, event) pair; got {type(item).__name__}: {_validate.UNKEYED_HINT}"
+        )
     return Rejected(step_id, "BadItem", why, item)
 
 
@@ -594,21 +596,6 @@ class Shard(StatefulBatchLogic):
         return {"path": "rows", "time": data, "keys": keys, **io.snapshot_extra()}
 
 
-def check_key(key: str | None, timestamp: Any) -> None:
-    if key is None:
-        if not callable(timestamp):
-            raise ValueError(
-                "with key=None, up is a keyed stream of (key, event) rows and timestamp must be a "
-                f"function event -> timezone-aware datetime; got {timestamp!r}. For frames, give "
-                "key= the key column's name"
-            )
-    elif not isinstance(key, str) or not isinstance(timestamp, str):
-        raise ValueError(
-            "for frames, key and timestamp name columns (e.g. key='sensor_id', timestamp='ts'); "
-            f"got key={key!r}, timestamp={timestamp!r}"
-        )
-
-
 def shard_states(
     up: Stream[Any],
     *,
@@ -622,8 +609,7 @@ def shard_states(
 
     Returns each state call's output lists, and the rejections of routing.
     """
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1; got {shards}")
+    _validate.count("shards", shards)
     if key is None:
         route = shard_rows(timing.step_id, shards)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from streamml.operators import _validate
 from streamml.operators._time import micros
 
 __all__: list[str] = []
@@ -17,5 +18,4 @@ def _us(td: timedelta) -> int:
 
 
 def _positive(name: str, td: timedelta | None) -> None:
-    if td is not None and td <= timedelta(0):
-        raise ValueError(f"{name} must be a positive timedelta; got {td!r}")
+    _validate.duration(name, td, minimum="positive", optional=True)

@@ -17,6 +17,7 @@ from datetime import timedelta
 from itertools import repeat
 
 import numpy as np
+from streamml.operators import _validate
 from streamml.operators.anomaly._units import _MIN, _positive, _us
 
 __all__ = ["Ewma", "RobustZScore", "Scorer", "ZScore"]
@@ -58,11 +59,13 @@ class ZScore:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", _fields(self.fields))
         _positive("window", self.window)
-        if self.min_points < 2 or self.max_points < self.min_points:
+        _validate.count("min_points", self.min_points, minimum=2)
+        _validate.count("max_points", self.max_points, minimum=2)
+        if self.max_points < self.min_points:
             raise ValueError(
                 f"need 2 <= min_points <= max_points; got {self.min_points}, {self.max_points}"
             )
-        if not self.min_std > 0:
+        if not _validate.number("min_std", self.min_std) > 0:
             raise ValueError(f"min_std must be > 0; got {self.min_std}")
 
     def _state(self) -> _RollingState | _RobustState:
@@ -116,9 +119,8 @@ class Ewma:
         _positive("ttl", self.ttl)
         if self.ttl is None:
             object.__setattr__(self, "ttl", self.half_life * 20)
-        if self.min_points < 2:
-            raise ValueError(f"min_points must be >= 2; got {self.min_points}")
-        if not self.min_std > 0:
+        _validate.count("min_points", self.min_points, minimum=2)
+        if not _validate.number("min_std", self.min_std) > 0:
             raise ValueError(f"min_std must be > 0; got {self.min_std}")
 
     def _state(self) -> _EwmaState:

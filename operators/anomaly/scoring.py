@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
+from streamml.operators import _validate
 from streamml.operators.anomaly import _engine, _legacy
 from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore, score_runs
 
@@ -220,9 +221,9 @@ def score(
         >>> [round(e["score"], 1) for _, e in oks]
         [0.0, 0.0, 0.0, 1.2, 25.1]
     """
-    _engine.check_key(key, timestamp)
-    if not isinstance(scorer, ZScore | Ewma):
-        raise ValueError(f"scorer must be a ZScore, RobustZScore or Ewma; got {scorer!r}")
+    _validate.event_time(key, timestamp)
+    _validate.one_of("scorer", scorer, (ZScore, Ewma), "RobustZScore('temperature', window=...)")
+    _validate.name("into", into, example="'score'")
     timing = _engine.check_timing(
         step_id,
         lateness=lateness,

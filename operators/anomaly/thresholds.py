@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import bisect
-import math
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
+from streamml.operators import _validate
 from streamml.operators.anomaly._units import _MIN, _positive, _us
 
 __all__ = ["FixedThreshold", "QuantileThreshold", "Threshold"]
@@ -29,10 +29,10 @@ class FixedThreshold:
     close_below: float | None = None
 
     def __post_init__(self) -> None:
+        _validate.number("open_above", self.open_above)
         if self.close_below is None:
             object.__setattr__(self, "close_below", self.open_above)
-        if not (math.isfinite(self.open_above) and math.isfinite(self.close_below)):
-            raise ValueError("open_above and close_below must be finite numbers")
+        _validate.number("close_below", self.close_below)
         if self.close_below > self.open_above:
             raise ValueError(
                 f"close_below must be <= open_above; got {self.close_below} > {self.open_above}"
@@ -67,15 +67,17 @@ class QuantileThreshold:
     max_points: int = 10_000
 
     def __post_init__(self) -> None:
+        for arg in ("open_q", "close_q", "min_open"):
+            _validate.number(arg, getattr(self, arg))
         if not 0.0 < self.close_q <= self.open_q < 1.0:
             raise ValueError(
                 f"need 0 < close_q <= open_q < 1; got close_q={self.close_q}, open_q={self.open_q}"
             )
         _positive("window", self.window)
-        if self.warmup < timedelta(0) or self.warmup > self.window:
+        _validate.duration("warmup", self.warmup)
+        _validate.count("max_points", self.max_points)
+        if self.warmup > self.window:
             raise ValueError(f"warmup must be between 0 and window; got {self.warmup!r}")
-        if self.max_points < 1:
-            raise ValueError(f"max_points must be >= 1; got {self.max_points}")
 
     def _state(self) -> _QuantileLevels:
         return _QuantileLevels(self)

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
+from streamml.operators import _validate
 from streamml.operators._time import from_micros
 from streamml.operators.anomaly import _engine, _legacy
 from streamml.operators.anomaly._units import _MIN, _positive, _us
@@ -578,15 +579,13 @@ def anomaly_windows(
         >>> [(k, w["points"], w["peak_score"], w["closed_by"]) for k, w in windows]
         [('pump-17', 4, 9.3, 'cooldown')]
     """
-    _engine.check_key(key, timestamp)
-    if not isinstance(threshold, FixedThreshold | QuantileThreshold):
-        raise ValueError(
-            f"threshold must be a FixedThreshold or QuantileThreshold; got {threshold!r}"
-        )
-    if min_points < 1:
-        raise ValueError(f"min_points must be >= 1; got {min_points}")
-    if min_duration < timedelta(0):
-        raise ValueError(f"min_duration must be >= 0; got {min_duration!r}")
+    _validate.event_time(key, timestamp)
+    _validate.one_of(
+        "threshold", threshold, (FixedThreshold, QuantileThreshold), "FixedThreshold(4.0)"
+    )
+    _validate.count("min_points", min_points)
+    _validate.duration("min_duration", min_duration)
+    _validate.flag("alerts", alerts)
     for name, td in (("cooldown", cooldown), ("gap", gap), ("max_duration", max_duration)):
         _positive(name, td)
     if min_duration >= max_duration:
@@ -594,6 +593,7 @@ def anomaly_windows(
             f"min_duration must be shorter than max_duration; got {min_duration!r} >= {max_duration!r}"
         )
     if isinstance(score, str):
+        _validate.name("score", score, example="'score'")
         scorer, fields, driver = None, (score,), score + "_field"
     elif isinstance(score, ZScore | Ewma):
         scorer, fields, driver = score, score.fields, ""

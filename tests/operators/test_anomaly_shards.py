@@ -375,7 +375,7 @@ def test_not_a_key_event_pair_is_rejected_with_the_item():
 def test_shards_must_be_positive():
     flow = Dataflow("v")
     s = op.input("in", flow, TestingSource([]))
-    with pytest.raises(ValueError, match="shards must be >= 1"):
+    with pytest.raises(ValueError, match="shards must be an int >= 1"):
         anomaly_windows("a", s, timestamp=lambda e: e["t"], threshold=FixedThreshold(1.0), shards=0)
 
 
@@ -441,5 +441,5 @@ def test_score_rejects_items_that_are_not_key_event_pairs():
     run_main(flow)
     assert [(r.error_type, r.original) for r in errs] == [("BadItem", 5), ("BadItem", items[2])]
     assert [k for k, _ in oks] == ["p", "p"]
-    with pytest.raises(ValueError, match="shards must be >= 1"):
+    with pytest.raises(ValueError, match="shards must be an int >= 1"):
         score("sc2", s, scorer=ZScore("s", window=SEC), timestamp=lambda e: e["t"], shards=0)
