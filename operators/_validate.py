@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Literal
@@ -36,6 +37,7 @@ __all__ = [
     "function",
     "name",
     "names",
+    "number",
     "one_of",
 ]
 
@@ -156,6 +158,26 @@ def count(arg: str, value: Any, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{arg} must be an int >= {minimum}; got {_got(value)}")
     return value
+
+
+def number(arg: str, value: Any) -> float:
+    """A finite real number (``int`` or ``float``, not ``bool``, not text), as a ``float``.
+
+    Examples:
+        >>> number("open_above", 4)
+        4.0
+        >>> number("open_above", "4")
+        Traceback (most recent call last):
+        ...
+        ValueError: open_above must be a finite number, e.g. open_above=4.0; got the str '4'
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(float(value))
+    ):
+        raise ValueError(f"{arg} must be a finite number, e.g. {arg}=4.0; got {_got(value)}")
+    return float(value)
 
 
 def flag(arg: str, value: Any) -> bool:
