@@ -165,7 +165,7 @@ def test_encoding_failures_are_dead_lettered_not_produced(
     [dead] = consume_all(broker.bootstrap, dlq_topic)
     envelope = json.loads(dead.value)
     assert envelope["error_type"] == "EncodeError" and envelope["source"] is None
-    assert envelope["event"]["bad"].startswith("<object object")
+    assert envelope["event"]["bad"]["repr"].startswith("<object object")
 
 
 def test_rejection_of_a_keyed_record_keeps_its_source(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time, timedelta, timezone
+from enum import Enum
 from typing import Any
+from uuid import UUID
 
 import bytewax.operators as op
+import numpy as np
 import orjson
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Stream, operator
@@ -57,15 +62,94 @@ def _source_key(src: Any) -> bytes | None:
     return key if isinstance(key, bytes) else None
 
 
-def _json_safe(obj: Any) -> Any:
-    """A JSON-safe rendering of a rejected event (orjson handles the rest)."""
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1  # what orjson writes as a JSON number
+_MAX_DEPTH = 64
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _repr(obj: Any) -> dict[str, str]:
+    """An object JSON cannot hold: its type and ``repr`` (which may itself fail)."""
+    try:
+        text = repr(obj)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not stop the dead letter
+        text = f"<repr failed: {type(exc).__name__}>"
+    return {"repr": text, "type": _type_name(obj)}
+
+
+def _key_text(key: Any) -> str:
+    """A dict key as JSON text: text as it is, anything else (or text JSON cannot hold) its ``repr``."""
+    safe = json_safe(key) if isinstance(key, str) else None
+    return safe if isinstance(safe, str) else _repr(key)["repr"]
+
+
+def json_safe(obj: Any, _depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:
+    """``obj`` as values orjson always encodes, keeping as much of it as JSON can hold.
+
+    JSON types pass through; what JSON cannot hold becomes a small object
+    that says what it was: bytes ``{"base64": ...}``, an integer beyond 64
+    bits ``{"int": "<digits>"}``, NaN and infinities ``{"float": "nan"}``,
+    anything else ``{"repr": ..., "type": ...}``. Dict keys that are not
+    text become their ``repr``; tuples and sets become lists; dataclasses
+    dicts; enums their value; NumPy values and arrays their Python
+    equivalents; datetimes RFC 3339 text, UUIDs text; a :class:`Record` its
+    decoded value. Never raises: a value nested
+    deeper than 64 levels, or containing itself, is given by ``repr``.
+
+    Examples:
+        >>> json_safe({1: float("nan"), "big": 2**70, "raw": b"\\x00", "s": {3}})
+        {'1': {'float': 'nan'}, 'big': {'int': '1180591620717411303424'}, 'raw': {'base64': 'AA=='}, 's': [3]}
+        >>> json_safe(object())["type"]
+        'builtins.object'
+    """
+    try:
+        return _safe(obj, _depth, _path)
+    except Exception:  # noqa: BLE001 - a value that misbehaves (its __int__, __iter__...) is described
+        return _repr(obj)
+
+
+def _safe(obj: Any, depth: int, path: frozenset[int]) -> Any:
+    if obj is None or type(obj) is bool:
+        return obj
+    if isinstance(obj, str):
+        text = str.__str__(obj)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: JSON text must be UTF-8
+            return _repr(obj)
+        return text
+    if isinstance(obj, int):
+        value = int.__int__(obj)
+        return value if _INT64_MIN <= value <= _UINT64_MAX else {"int": str(value)}
+    if isinstance(obj, float):
+        value = float.__float__(obj)
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, (datetime, date, time)):
+        return obj.isoformat()
+    if isinstance(obj, Enum):
+        return json_safe(obj.value, depth, path)
+    if isinstance(obj, UUID):
+        return str(obj)
     if isinstance(obj, Record):
-        return obj.value
-    if isinstance(obj, (bytes, bytearray)):
-        return {"base64": base64.b64encode(obj).decode("ascii")}
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return repr(obj)
+        obj = obj.value
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return json_safe(obj.tolist(), depth, path)
+    if depth >= _MAX_DEPTH or id(obj) in path:
+        return _repr(obj)
+    inside = path | {id(obj)}
+    if isinstance(obj, Mapping):
+        return {_key_text(k): json_safe(v, depth + 1, inside) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = dataclasses.fields(obj)
+        return {f.name: json_safe(getattr(obj, f.name), depth + 1, inside) for f in fields}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v, depth + 1, inside) for v in obj]
+    return _repr(obj)
 
 
 def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dict[str, Any]:
@@ -75,7 +159,12 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
     ``source`` (topic, partition, offset, timestamp_ms of the original
     message, or ``None`` when the item did not come from Kafka), ``key`` and
     ``value`` (the original bytes, base64, when known) and ``event`` (the
-    rejected item itself as JSON when it was not raw bytes).
+    rejected item itself as JSON when it was not raw bytes or the source
+    record). Every field is always there, ``null`` when it does not apply.
+    Values JSON cannot hold are kept as :func:`json_safe` describes (an
+    integer beyond 64 bits as ``{"int": "<digits>"}``, NaN as
+    ``{"float": "nan"}``, an object as ``{"repr": ..., "type": ...}``), so
+    building an envelope never fails.
 
     A rejected row of a source frame (a dict, e.g. from :func:`sink`) that
     has the ``kafka_topic``, ``kafka_partition`` and ``kafka_offset`` columns
@@ -92,6 +181,9 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
         >>> env = dead_letter_envelope(Rejected("check", "Negative", "t < 0", row))
         >>> env["source"], env["event"]["t"]
         ({'topic': 'readings', 'partition': 1, 'offset': 7, 'timestamp_ms': None}, -1.0)
+        >>> env = dead_letter_envelope(Rejected("score", "Overflow", "too big", {(1, 2): 2**80}))
+        >>> env["event"], env["source"], env["value"]
+        ({'(1, 2)': {'int': '1208925819614629174706176'}}, None, None)
     """
     src = _find_source(rejected.original)
     envelope: dict[str, Any] = {
@@ -102,6 +194,7 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
         "source": None,
         "key": None,
         "value": None,
+        "event": None,
     }
     if isinstance(src, dict):  # a frame row with its kafka_* columns
         envelope["source"] = {
@@ -134,26 +227,39 @@ def dead_letter_envelope(rejected: Rejected, now: datetime | None = None) -> dic
         envelope["value"] = _b64(bytes(rejected.original))
     elif src is None or src is not rejected.original or isinstance(src, dict):
         envelope["event"] = rejected.original  # a frame row is the event itself
-    return envelope
+    return json_safe(envelope)
+
+
+def _envelope_json(rejected: Any, now: datetime) -> bytes:
+    """One rejection's envelope as JSON; whatever it holds, a dead letter comes out."""
+    try:
+        return orjson.dumps(dead_letter_envelope(rejected, now))
+    except Exception as exc:  # noqa: BLE001 - not even a malformed Rejected may stop the sink
+        return orjson.dumps(
+            {
+                "step_id": None,
+                "error_type": "MalformedRejection",
+                "reason": f"the dead-letter sink got an item it could not read "
+                f"({type(exc).__name__}: {json_safe(str(exc))})",
+                "time": now.isoformat(),
+                "source": None,
+                "key": None,
+                "value": None,
+                "event": json_safe(rejected),
+            }
+        )
+
+
+def _dead_letter_key(rejected: Any) -> bytes | None:
+    try:
+        return _source_key(_find_source(rejected.original))
+    except Exception:  # noqa: BLE001 - no key rather than no dead letter
+        return None
 
 
 def _encode_envelopes(rejections: list[Rejected]) -> list[tuple[bytes | None, bytes]]:
     now = datetime.now(timezone.utc)
-    out = []
-    for rejected in rejections:
-        envelope = dead_letter_envelope(rejected, now)
-        key = _source_key(_find_source(rejected.original))
-        out.append(
-            (
-                key,
-                orjson.dumps(
-                    envelope,
-                    default=_json_safe,
-                    option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
-                ),
-            )
-        )
-    return out
+    return [(_dead_letter_key(r), _envelope_json(r, now)) for r in rejections]
 
 
 @operator
