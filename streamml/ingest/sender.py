@@ -1,0 +1,328 @@
+"""The producer loop: spool → Kafka, committing positions only after delivery is confirmed.
+
+One cycle takes the oldest spooled blocks (up to ``max_records``), notes
+them *in doubt* on disk with the topic's end offsets read just before,
+produces them (batched and compressed by librdkafka, each with a
+``streamml-ingest: <agent>:<seq>`` header), and waits until the broker has
+acknowledged every one. Then, in one atomic write, the checkpoint's
+``acked`` moves past them, the sources' positions take their deltas and
+the doubt is cleared; the spool drops them.
+
+When a cycle cannot be confirmed — the broker is down, a delivery timed
+out, the producer failed, the agent was killed — its records are in doubt:
+some may be in the topic. Before sending them again, the sender reads the
+topic from the noted offsets and skips every record of its own it finds
+there (by the header). So a record is in the topic once: not lost, not
+duplicated, whether the broker or the agent went down.
+
+A record the broker refuses for good (larger than the broker accepts) is
+written to ``<state>/rejected/<seq>`` with the reason and counted; it
+cannot block the records behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streamml.ingest.edge import note_header
+from streamml.ingest.positions import Checkpoint, InDoubt
+from streamml.ingest.progress import Progress
+from streamml.ingest.source import Source
+from streamml.ingest.spool import Block, Spool
+
+__all__ = ["HEADER", "PRODUCER_DEFAULTS", "Sender", "rejected_records"]
+
+logger = logging.getLogger(__name__)
+
+HEADER = "streamml-ingest"
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "message.timeout.ms": 30_000,
+    "delivery.report.only.error": True,
+}
+"""librdkafka settings the agent uses unless the user's ``producer_config`` overrides them."""
+
+_REFUSED = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_RECORD,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+}
+_WAIT = 0.5  # seconds between looks at the stop flag while the broker is away
+
+
+class _BrokerAway(Exception):
+    """The topic cannot be read right now; try again later."""
+
+
+class Sender:
+    """Send the spool to one topic (see the module docstring); run it in its own thread.
+
+    Args:
+        brokers: Bootstrap servers.
+        topic: The topic to produce to (it must exist).
+        spool: The agent's spool.
+        checkpoint: The agent's committed state.
+        sources: The polled sources by name, to fold delivered deltas.
+        progress: Counters to update.
+        producer_config: librdkafka settings over :data:`PRODUCER_DEFAULTS`.
+        max_records: Records per cycle (per confirmation).
+    """
+
+    def __init__(
+        self,
+        brokers: str,
+        topic: str,
+        spool: Spool,
+        checkpoint: Checkpoint,
+        sources: Mapping[str, Source],
+        progress: Progress,
+        *,
+        producer_config: Mapping[str, Any] | None = None,
+        max_records: int = 100_000,
+    ) -> None:
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1; got {max_records}")
+        self.topic = topic
+        self._brokers = brokers
+        self._spool = spool
+        self._checkpoint = checkpoint
+        self._sources = sources
+        self._progress = progress
+        self._max_records = max_records
+        self._config = {**PRODUCER_DEFAULTS, **dict(producer_config or {})}
+        self._config.update(
+            {
+                "bootstrap.servers": brokers,
+                "on_delivery": self._on_delivery,
+                "error_cb": self._on_error,
+            }
+        )
+        self._prefix = f"{checkpoint.agent}:".encode()
+        self._failed: list[tuple[KafkaError, Message]] = []
+        self._fatal = False
+        self._producer = Producer(self._config)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": brokers,
+                "group.id": f"streamml-ingest-{checkpoint.agent}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 20,
+            }
+        )
+        self._rejected_dir = checkpoint.directory / "rejected"
+        self._ends: dict[int, int] = {}
+
+    # --- librdkafka callbacks (called from poll/flush in this thread) ---
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed.append((err, msg))
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = True
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._progress.set_broker(f"unreachable ({err.str()})")
+
+    # --- the loop ---
+    def run(self, stop: threading.Event) -> None:
+        """Send until ``stop`` is set; what is unconfirmed then stays in doubt for the next start."""
+        landed: set[int] | None = None  # None: a first attempt, not a resend
+        doubt = self._checkpoint.in_doubt
+        if doubt is not None:
+            logger.info("records %d..%d were in doubt at the last stop", doubt.first, doubt.last)
+            landed = self._until_known(doubt, stop)
+        try:
+            while not stop.is_set():
+                entries = self._spool.pending(self._max_records, wait=0.2)
+                if not entries:
+                    continue
+                blocks = [self._spool.read(e) for e in entries]
+                if self._cycle(blocks, landed, stop):
+                    landed = None
+                elif not stop.is_set():
+                    doubt = self._checkpoint.in_doubt
+                    assert doubt is not None
+                    landed = self._until_known(doubt, stop)
+        finally:
+            self._consumer.close()
+            self._producer.flush(0)
+
+    def _cycle(self, blocks: list[Block], landed: set[int] | None, stop: threading.Event) -> bool:
+        """Send one cycle; ``True`` once every record is confirmed and committed."""
+        first, last = blocks[0].first_seq, blocks[-1].last_seq
+        self._note_doubt(first, last)
+        sent = self._produce(blocks, landed)
+        while self._producer.flush(_WAIT) > 0:
+            if self._fatal:
+                break
+            if stop.is_set():
+                return False
+        if self._fatal:
+            logger.warning("the producer failed for good; starting a new one")
+            self._producer.purge()
+            self._producer = Producer(self._config)
+            self._fatal = False
+            self._failed = []
+            return False
+        failed, self._failed = self._failed, []
+        in_doubt = [(e, m) for e, m in failed if e.code() not in _REFUSED]
+        for err, msg in failed:
+            if err.code() in _REFUSED:
+                self._reject(msg.key(), msg.value(), msg.headers(), err.str())
+        if in_doubt:
+            self._progress.set_broker(f"deliveries failing ({in_doubt[0][0].str()})")
+            return False
+        self._progress.set_broker("up")
+        self._progress.sent += sent
+        self._commit(blocks)
+        return True
+
+    def _produce(self, blocks: list[Block], landed: set[int] | None) -> int:
+        produce, topic, prefix = self._producer.produce, self.topic, self._prefix
+        skip = landed or set()
+        sent = 0
+        for block in blocks:
+            seq = block.first_seq
+            for key, value, note in zip(block.keys, block.values, block.notes):
+                if seq not in skip:
+                    headers = [(HEADER, prefix + b"%d" % seq)]
+                    if note is not None:
+                        headers.append(note_header(note))
+                    while True:
+                        try:
+                            produce(topic, value, key, headers=headers)
+                            sent += 1
+                            break
+                        except BufferError:  # librdkafka's queue is full: let it drain
+                            self._producer.poll(0.05)
+                        except KafkaException as exc:  # refused before sending (too large)
+                            self._reject(key, value, headers, str(exc.args[0]))
+                            break
+                seq += 1
+        if landed is not None:
+            self._progress.resent += sent
+        return sent
+
+    def _note_doubt(self, first: int, last: int) -> None:
+        old = self._checkpoint.in_doubt
+        # Any end offset read since the last confirmation is at or before these records: if
+        # the broker cannot say now, the last ones read still are (none: search the topic).
+        with suppress(_BrokerAway):
+            self._ends = self._end_offsets()
+        offsets = dict(self._ends)
+        if old is not None:  # still unresolved: its records may be anywhere from its offsets on
+            first = min(first, old.first)
+            offsets = {p: min(o, offsets.get(p, o)) for p, o in old.offsets.items()}
+        self._checkpoint.in_doubt = InDoubt(first, max(last, old.last if old else last), offsets)
+        self._checkpoint.save()
+
+    def _partitions(self) -> list[int]:
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=2.0).topics.get(self.topic)
+        except KafkaException as exc:
+            raise _BrokerAway(str(exc.args[0])) from None
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise _BrokerAway(f"topic {self.topic!r} is not there ({meta.error if meta else ''})")
+        return sorted(meta.partitions)
+
+    def _end_offsets(self) -> dict[int, int]:
+        out = {}
+        for p in self._partitions():
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=2.0, cached=False
+                )
+            except KafkaException as exc:
+                raise _BrokerAway(str(exc.args[0])) from None
+            out[p] = high
+        return out
+
+    def _until_known(self, doubt: InDoubt, stop: threading.Event) -> set[int] | None:
+        """Which records of ``doubt`` are in the topic: retried until the topic can be read."""
+        while not stop.is_set():
+            try:
+                found = self._landed(doubt)
+            except _BrokerAway as exc:
+                self._progress.set_broker(f"cannot check the topic: {exc}")
+                stop.wait(_WAIT)
+                continue
+            logger.info(
+                "of the %d records in doubt, %d are in the topic; sending the others",
+                doubt.last - doubt.first + 1,
+                len(found),
+            )
+            return found
+        return None
+
+    def _landed(self, doubt: InDoubt) -> set[int]:
+        partitions = self._partitions()
+        self._consumer.assign(
+            [TopicPartition(self.topic, p, doubt.offsets.get(p, 0)) for p in partitions]
+        )
+        found: set[int] = set()
+        at_end: set[int] = set()
+        give_up = time.monotonic() + 120
+        prefix, cut = self._prefix, len(self._prefix)
+        try:
+            while len(at_end) < len(partitions):
+                if time.monotonic() > give_up:
+                    raise _BrokerAway("reading the records in doubt took over 120 s")
+                for msg in self._consumer.consume(10_000, 0.5):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(msg.partition())
+                            continue
+                        raise _BrokerAway(err.str())
+                    for name, value in msg.headers() or ():
+                        if name == HEADER and value.startswith(prefix):
+                            seq = int(value[cut:])
+                            if doubt.first <= seq <= doubt.last:
+                                found.add(seq)
+        finally:
+            self._consumer.unassign()
+        return found
+
+    def _commit(self, blocks: list[Block]) -> None:
+        cp = self._checkpoint
+        for block in blocks:
+            source = self._sources.get(block.source)
+            if source is not None:  # pushed inputs (HTTP) have no position
+                cp.sources[block.source] = source.commit(cp.sources.get(block.source), block.delta)
+        cp.acked = blocks[-1].last_seq + 1
+        cp.in_doubt = None
+        cp.save()
+        self._spool.release(cp.acked)
+        self._progress.spool_bytes = self._spool.unacked_bytes
+        self._progress.spool_records = self._spool.unacked_records
+
+    def _reject(self, key: bytes | None, value: bytes | None, headers: Any, reason: str) -> None:
+        self._rejected_dir.mkdir(exist_ok=True)
+        name = dict(headers or ()).get(HEADER, b"unknown").decode().rpartition(":")[2]
+        (self._rejected_dir / name).write_bytes(value or b"")
+        (self._rejected_dir / f"{name}.reason").write_text(f"key: {key!r}\nreason: {reason}\n")
+        self._progress.rejected += 1
+        logger.error(
+            "record %s refused by the broker (%s); kept in %s", name, reason, self._rejected_dir
+        )
+
+
+def rejected_records(state_dir: str | Path) -> list[Path]:
+    """The records the broker refused for good, oldest first (see the module docstring)."""
+    folder = Path(state_dir) / "rejected"
+    return sorted((p for p in folder.glob("*") if p.suffix != ".reason"), key=lambda p: int(p.name))
