@@ -237,7 +237,7 @@ def one_of(arg: str, value: Any, kinds: tuple[type, ...], example: str) -> Any:
         ...
         ValueError: model must be dict, e.g. model={}; got the class dict itself: create an instance, e.g. dict(...)
     """
-    if isinstance(value, kinds):
+    if isinstance(value, kinds) and not isinstance(value, type):
         return value
     wanted = " or ".join(k.__name__ for k in kinds)
     if isinstance(value, type):
