@@ -1,0 +1,217 @@
+"""RemoteModel against real server processes on loopback: splitting, concurrency, refusals, garbage, outages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamml.models import Model
+from streamml.models.remote import (
+    BadAnswer,
+    CircuitBreaker,
+    JsonRest,
+    OpenInference,
+    RemoteModel,
+    RemoteRejected,
+    RemoteUnavailable,
+    Retry,
+)
+from tests.models.test_remote_server import FaultyServer, expected_scores
+
+FAST = Retry(budget=20.0, initial=0.02, maximum=0.2)
+
+
+@pytest.fixture(scope="module")
+def healthy() -> Iterator[FaultyServer]:
+    with FaultyServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[FaultyServer]:
+    with FaultyServer("--refuse-negative", "--garbage-over", "1000") as server:
+        yield server
+
+
+def _rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 10, size=(n, 4)).astype(np.float32)
+
+
+def test_described_by_the_server_metadata_and_labelled_with_its_version(
+    healthy: FaultyServer,
+) -> None:
+    model = RemoteModel(healthy.url, "double-sum", retry=FAST)
+    assert isinstance(model, Model)
+    assert model.version == "double-sum@3"
+    assert model.outputs == ("score",)
+    [(name, spec)] = model.inputs.items()
+    assert (name, spec.dtype, spec.shape) == ("features", np.dtype("float32"), (4,))
+    model.close()
+
+
+@settings(max_examples=25)
+@given(n=st.integers(1, 200), max_rows=st.integers(1, 70), in_flight=st.integers(1, 5))
+def test_any_split_answers_every_row_in_order(
+    healthy: FaultyServer, n: int, max_rows: int, in_flight: int
+) -> None:
+    model = RemoteModel(
+        healthy.url,
+        "double-sum",
+        max_rows=max_rows,
+        max_in_flight=in_flight,
+        retry=FAST,
+        warmup=False,
+    )
+    x = _rows(n, seed=n)
+    try:
+        out = model.predict(x)
+    finally:
+        model.close()
+    np.testing.assert_allclose(out["score"], expected_scores(x), rtol=1e-6)
+    assert model.stats()["requests"] == 1 + -(-n // max_rows)  # the metadata, then the rows
+
+
+def test_requests_in_flight_never_exceed_the_cap() -> None:
+    with FaultyServer("--delay", "0.05") as slow:
+        model = RemoteModel(slow.url, "double-sum", max_rows=2, max_in_flight=3, retry=FAST)
+        x = _rows(40)
+        np.testing.assert_allclose(model.predict(x)["score"], expected_scores(x), rtol=1e-6)
+        stats = slow.stats()
+        model.close()
+    assert stats["requests"] == 1 + 20  # the warm-up, then 40 rows in requests of 2
+    assert 1 < stats["max_in_flight"] <= 3
+
+
+def test_refused_rows_raise_the_services_reason_and_answered_rows_are_not_sent_again(
+    strict: FaultyServer,
+) -> None:
+    model = RemoteModel(strict.url, "double-sum", max_rows=4, retry=FAST)
+    x = _rows(16)
+    x[9, 0] = -2.5  # its request (rows 8-11) is refused; the other three are answered
+    before = strict.stats()["rows"]
+    with pytest.raises(RemoteRejected, match=r"HTTP 400: features\[1\]\[0\] = -2.5 is negative"):
+        model.predict(x)
+    assert strict.stats()["rows"] - before == 12
+    # What infer does next: the halves. The answered rows come from the first call.
+    first = model.predict(x[:8])
+    np.testing.assert_allclose(first["score"], expected_scores(x[:8]), rtol=1e-6)
+    assert strict.stats()["rows"] - before == 12
+    with pytest.raises(RemoteRejected, match="is negative"):
+        model.predict(x[8:10])
+    np.testing.assert_allclose(model.predict(x[8:9])["score"], expected_scores(x[8:9]), rtol=1e-6)
+    with pytest.raises(RemoteRejected, match=r"features\[0\]\[0\] = -2.5"):
+        model.predict(x[9:10])
+    last = model.predict(x[10:16])
+    np.testing.assert_allclose(last["score"], expected_scores(x[10:16]), rtol=1e-6)
+    # Every good row was scored by the service exactly once.
+    assert strict.stats()["rows"] - before == 15
+    model.close()
+
+
+def test_a_garbage_answer_is_a_clear_error(strict: FaultyServer) -> None:
+    model = RemoteModel(strict.url, "double-sum", retry=FAST)
+    x = _rows(5)
+    x[2, 0] = 5000.0
+    with pytest.raises(BadAnswer, match="answered garbage: output 'score' has shape \\(4,\\)"):
+        model.predict(x)
+    model.close()
+    with FaultyServer("--garbage-always") as html, pytest.raises(ValueError, match="not JSON"):
+        RemoteModel(html.url, "double-sum", retry=FAST)
+
+
+def test_misconfiguration_fails_when_built(healthy: FaultyServer) -> None:
+    with pytest.raises(ValueError, match="v2/models/nope refuses the request: HTTP 404"):
+        RemoteModel(healthy.url, "nope", retry=FAST)
+    with pytest.raises(ValueError, match="max_rows must be an int >= 1"):
+        RemoteModel(healthy.url, "double-sum", max_rows=0)
+    with pytest.raises(ValueError, match="url must be http"):
+        RemoteModel("ftp://example", "double-sum")
+    dead = FaultyServer()  # never started: connection refused
+    with pytest.raises(ValueError, match="no answer from .* within the retry budget of 0.3 s"):
+        RemoteModel(dead.url, "double-sum", retry=Retry(budget=0.3, initial=0.02, maximum=0.05))
+
+
+def test_an_outage_past_the_budget_raises_unavailable_and_the_breaker_stops_sending() -> None:
+    server = FaultyServer().start()
+    model = RemoteModel(
+        server.url,
+        "double-sum",
+        retry=Retry(budget=1.0, initial=0.01, maximum=0.02),
+        breaker=CircuitBreaker(failures=3, reset=30.0),
+    )
+    server.kill()
+    tried = model.stats()["requests"]
+    with pytest.raises(RemoteUnavailable, match="within the retry budget of 1 s") as caught:
+        model.predict(_rows(3))
+    assert not isinstance(caught.value, Exception)  # infer's per-row split lets it through
+    # Three failures open the breaker for 30 s, longer than the budget: no fourth try.
+    assert model.stats()["requests"] - tried == 3
+    model.close()
+
+
+def test_retries_ride_out_a_restart() -> None:
+    server = FaultyServer().start()
+    model = RemoteModel(server.url, "double-sum", retry=FAST, breaker=CircuitBreaker(reset=0.1))
+    server.kill()
+    x = _rows(10)
+    with ThreadPoolExecutor(1) as caller:
+        future = caller.submit(model.predict, x)
+        while not model.stats()["retries"] and not future.done():
+            time.sleep(0.01)  # until a try has failed against the dead server
+        server.start()
+        np.testing.assert_allclose(future.result()["score"], expected_scores(x), rtol=1e-6)
+    server.kill()
+    model.close()
+
+
+def test_json_rest_mapping_to_any_endpoint(healthy: FaultyServer) -> None:
+    # A hand-written mapping onto the same endpoint, as for any JSON API.
+    def request(feeds: dict[str, np.ndarray]) -> dict:
+        x = feeds["x"]
+        return {"inputs": [{"name": "features", "datatype": "FP32", "shape": x.shape, "data": x}]}
+
+    def response(answer: dict) -> dict:
+        return {"total": answer["outputs"][0]["data"]}
+
+    from streamml.models import TensorSpec
+
+    model = RemoteModel(
+        healthy.url,
+        JsonRest(
+            "/v2/models/double-sum/infer", request=request, response=response, outputs=["total"]
+        ),
+        inputs={"x": TensorSpec(np.dtype("float32"), (4,))},
+        max_rows=3,
+        retry=FAST,
+    )
+    x = _rows(7)
+    np.testing.assert_allclose(model.predict(x)["total"], expected_scores(x), rtol=1e-6)
+    assert model.version == f"{healthy.url}/v2/models/double-sum/infer"
+    model.close()
+
+
+def test_open_inference_request_format() -> None:
+    from streamml.models import TensorSpec
+
+    proto = OpenInference("m", outputs=["b"])
+    specs = {"x": TensorSpec(np.dtype("int64"), (2,))}
+    body = orjson.loads(proto.encode({"x": np.array([[1, 2], [3, 4]])}, specs))
+    assert body == {
+        "inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]}],
+        "outputs": [{"name": "b"}],
+    }
+    for garbage, message in [
+        (b'{"outputs": 3}', "no 'outputs' list"),
+        (b'{"outputs": [{"name": "b", "datatype": "BYTES", "data": []}]}', "not a numeric"),
+        (b'{"outputs": [{"name": "b", "datatype": "FP32", "shape": [3], "data": [1]}]}', "fit"),
+        (b'{"outputs": [{"name": "b", "datatype": "FP32", "shape": [], "data": 1}]}', "rows"),
+    ]:
+        with pytest.raises(BadAnswer, match=message):
+            proto.decode(garbage, 2)
