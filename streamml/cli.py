@@ -3,6 +3,7 @@
 streamml broker            # a Kafka-protocol broker on a free loopback port
 streamml broker --port 9092 --topic readings:3
 streamml serve model.onnx --name mlp --port 8000   # Open Inference Protocol over HTTP
+streamml ingest --brokers kafka:9092 --topic logs --state /var/lib/ingest --tail /var/log/app.log
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from streamml.serve.command import add_arguments as add_serve_arguments
 
     add_serve_arguments(serve)
+    from streamml.ingest.command import add_parser as add_ingest_parser
+
+    add_ingest_parser(commands)
     return parser
 
 
@@ -105,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         from streamml.serve.command import run as run_serve  # needs the `serve` extra
 
         return run_serve(args)
+    if args.command == "ingest":
+        from streamml.ingest.command import run as run_ingest
+
+        return run_ingest(args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
 
 

@@ -22,6 +22,7 @@ See ``docs/ingest.md`` and ``streamml ingest --help``.
 from streamml.ingest.agent import IngestAgent, SpoolFull
 from streamml.ingest.dirwatch import DirWatch
 from streamml.ingest.edge import ERROR_HEADER, RESULT_HEADER, EdgeModel
+from streamml.ingest.http import HttpInput
 from streamml.ingest.keys import key_function
 from streamml.ingest.logtail import LogTail
 from streamml.ingest.progress import Progress
@@ -36,6 +37,7 @@ __all__ = [
     "RESULT_HEADER",
     "DirWatch",
     "EdgeModel",
+    "HttpInput",
     "IngestAgent",
     "LogTail",
     "Progress",

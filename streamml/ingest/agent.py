@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from streamml.ingest.edge import EdgeModel
+from streamml.ingest.http import HttpInput
 from streamml.ingest.keys import KeyFunction, key_function
 from streamml.ingest.positions import Checkpoint
 from streamml.ingest.progress import Progress
@@ -59,6 +60,7 @@ class IngestAgent:
             :class:`~streamml.ingest.dirwatch.DirWatch`), names unique.
         key: A key spec or function (:func:`~streamml.ingest.keys.key_function`).
         edge: A model to run on each read (:class:`~streamml.ingest.edge.EdgeModel`).
+        http: An HTTP endpoint to accept POSTs on (:class:`~streamml.ingest.http.HttpInput`).
         spool_max_bytes: Bound on the spool; when full, inputs pause.
         read_bytes: About how many bytes one read of a source takes.
         poll_interval: Seconds to wait when no source had anything new.
@@ -88,6 +90,7 @@ class IngestAgent:
         sources: Sequence[Source] = (),
         key: str | KeyFunction | None = "name",
         edge: EdgeModel | None = None,
+        http: HttpInput | None = None,
         spool_max_bytes: int = 256 << 20,
         read_bytes: int = 1 << 20,
         poll_interval: float = 0.1,
@@ -106,6 +109,7 @@ class IngestAgent:
         self._key = key_function(key)
         self._counts_missing = key not in (None, "none")
         self._edge = edge
+        self._http = http
         self._read_bytes = read_bytes
         self._poll = poll_interval
         self.state_dir = Path(state_dir)
@@ -136,6 +140,7 @@ class IngestAgent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._error: BaseException | None = None
 
     def _sync_spool_progress(self) -> None:
         self.progress.spool_bytes = self.spool.unacked_bytes
@@ -158,7 +163,7 @@ class IngestAgent:
                 f"the spool holds {self.spool.unacked_bytes:,} bytes of its {self.spool.max_bytes:,}"
             )
         values = read.values
-        keys = self._key(values, read.labels)
+        keys = list(read.keys) if read.keys is not None else self._key(values, read.labels)
         notes: list[bytes | None]
         if self._edge is None:
             notes = [None] * len(values)
@@ -195,24 +200,55 @@ class IngestAgent:
             if idle:
                 stop.wait(self._poll)
 
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the agent, if it stopped on an error (a disk full, a broken source)."""
+        return self._error
+
+    def _guarded(self, target: Any) -> None:
+        try:
+            target()
+        except BaseException as exc:
+            logger.exception("the ingest agent stopped on an error")
+            self._error = self._error or exc
+            self._stop.set()
+
     def run(self) -> None:
-        """Run in this thread until :meth:`stop` (or Ctrl-C); the sender runs beside it."""
-        sender = threading.Thread(target=self._sender.run, args=(self._stop,), name="ingest-send")
+        """Run in this thread until :meth:`stop` (or Ctrl-C); the sender runs beside it.
+
+        Raises what stopped the reader or the sender, if anything did.
+        """
+        sender = threading.Thread(
+            target=self._guarded,
+            args=(lambda: self._sender.run(self._stop),),
+            name="ingest-send",
+        )
         sender.start()
         try:
+            if self._http is not None:
+                self._http.start(self)
             self._read_loop()
         finally:
             self._stop.set()
+            if self._http is not None:
+                self._http.stop()
             sender.join()
             for source in self._sources.values():
                 source.close()
+        if self._error is not None:
+            raise self._error
 
     def start(self) -> IngestAgent:
         """Run in the background (see :meth:`run`)."""
-        thread = threading.Thread(target=self.run, name="ingest-read")
+        thread = threading.Thread(target=self._guarded, args=(self.run,), name="ingest-read")
         self._threads.append(thread)
         thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the agent started with :meth:`start` is still at work."""
+        return any(t.is_alive() for t in self._threads) and not self._stop.is_set()
 
     def stop(self) -> None:
         """Stop reading and sending; what is unconfirmed stays spooled for the next start."""

@@ -113,17 +113,14 @@ class Sender:
         self._prefix = f"{checkpoint.agent}:".encode()
         self._failed: list[tuple[KafkaError, Message]] = []
         self._fatal = False
-        self._producer = Producer(self._config)
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": brokers,
-                "group.id": f"streamml-ingest-{checkpoint.agent}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 20,
-            }
-        )
+        self._consumer_config = {
+            "bootstrap.servers": brokers,
+            "group.id": f"streamml-ingest-{checkpoint.agent}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,
+        }
         self._rejected_dir = checkpoint.directory / "rejected"
         self._ends: dict[int, int] = {}
 
@@ -141,6 +138,8 @@ class Sender:
     # --- the loop ---
     def run(self, stop: threading.Event) -> None:
         """Send until ``stop`` is set; what is unconfirmed then stays in doubt for the next start."""
+        self._producer = Producer(self._config)
+        self._consumer = Consumer(self._consumer_config)  # end offsets, and the records in doubt
         landed: set[int] | None = None  # None: a first attempt, not a resend
         doubt = self._checkpoint.in_doubt
         if doubt is not None:

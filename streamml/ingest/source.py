@@ -31,6 +31,8 @@ class Read:
         labels: A name per record that a key can be taken from (the file
             name), or one name for all of them.
         delta: The position change once these records are delivered (JSON-able).
+        keys: Keys given with the records (an HTTP ``?key=``): they replace
+            the agent's key spec for this read.
 
     Examples:
         >>> Read([b"GET /"], ["access.log"], {"ino": 1, "offset": 6}).values
@@ -40,6 +42,7 @@ class Read:
     values: Sequence[bytes]
     labels: Sequence[str]
     delta: Any
+    keys: Sequence[bytes | None] | None = None
 
 
 @runtime_checkable
