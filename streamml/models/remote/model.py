@@ -18,7 +18,12 @@ from streamml.models.protocol import ModelInputError, TensorSpec, as_feeds
 from streamml.models.remote.errors import BadAnswer, RemoteRejected, RemoteUnavailable
 from streamml.models.remote.memo import AnswerMemo, row_keys
 from streamml.models.remote.policy import CircuitBreaker, Retry
-from streamml.models.remote.protocols import JsonRest, OpenInference, error_reason
+from streamml.models.remote.protocols import (
+    HEADER_LENGTH,
+    JsonRest,
+    OpenInference,
+    error_reason,
+)
 
 __all__ = ["RemoteModel"]
 
@@ -260,11 +265,14 @@ class RemoteModel:
     def _request(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One request: its rows' outputs."""
         rows = len(next(iter(feeds.values())))
-        body = self._protocol.encode(feeds, self._inputs)
+        body, headers = self._protocol.encode(feeds, self._inputs)
         with self._slots:
-            data = self._send("POST", self._protocol.infer_path, body)
+            data, answer_headers = self._send("POST", self._protocol.infer_path, body, headers)
         try:
-            outs, version = self._protocol.decode(data, rows)
+            length = answer_headers.get(HEADER_LENGTH)
+            if length is not None and not length.isdigit():
+                raise BadAnswer(f"{HEADER_LENGTH} is {length!r}, not a length")
+            outs, version = self._protocol.decode(data, rows, int(length) if length else None)
             missing = [name for name in self._outputs if name not in outs]
             if missing:
                 raise BadAnswer(f"the answer lacks outputs {missing}; it has {sorted(outs)}")
@@ -276,8 +284,10 @@ class RemoteModel:
         self._count("rows", rows)
         return {name: outs[name] for name in self._outputs}
 
-    def _send(self, method: str, path: str, body: bytes | None) -> bytes:
-        """The body of a 2xx answer, retrying transient failures within the budget."""
+    def _send(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None = None
+    ) -> tuple[bytes, Mapping[str, str]]:
+        """The body and headers of a 2xx answer, retrying transient failures within the budget."""
         where = f"{self._url}{path}"
         deadline = time.monotonic() + self._retry.budget
         failures, last = 0, "the circuit breaker is open"
@@ -290,7 +300,7 @@ class RemoteModel:
                         method,
                         self._prefix + path,
                         body=body,
-                        headers=self._headers,
+                        headers={**self._headers, **headers} if headers else self._headers,
                         retries=False,
                         redirect=False,
                         timeout=self._timeout,
@@ -301,7 +311,7 @@ class RemoteModel:
                     status = answer.status
                     if status < 300:
                         self._breaker.success()
-                        return answer.data
+                        return answer.data, answer.headers
                     reason = error_reason(status, answer.data)
                     if status not in TRANSIENT:
                         self._breaker.success()  # it answered: it is up
@@ -327,7 +337,7 @@ class RemoteModel:
     ) -> tuple[dict[str, TensorSpec], tuple[str, ...]]:
         metadata = None
         if self._protocol.metadata_path is not None:
-            data = self._send("GET", self._protocol.metadata_path, None)
+            data, _ = self._send("GET", self._protocol.metadata_path, None)
             try:
                 metadata = orjson.loads(data)
             except orjson.JSONDecodeError:

@@ -7,7 +7,11 @@ into named arrays, and says where the model lives:
   REST API of Triton, KServe, MLServer, Seldon and ``streamml serve``: the
   model describes its inputs at ``/v2/models/{name}``, and
   ``/v2/models/{name}/infer`` takes ``{"inputs": [{"name", "shape",
-  "datatype", "data"}]}`` and answers ``{"outputs": [...]}``.
+  "datatype", "data"}]}`` and answers ``{"outputs": [...]}`` — or, with
+  ``binary=True``, the binary tensor extension (Triton, ``streamml serve``):
+  the same JSON without ``data``, each tensor's raw little-endian bytes
+  after it, and the JSON's length in the ``Inference-Header-Content-Length``
+  header.
 - :class:`JsonRest` calls any JSON endpoint, with two small functions that
   map a batch to the request and the answer to arrays; by default the
   ``{"instances": [...]}`` → ``{"predictions": [...]}`` format of TensorFlow
@@ -47,6 +51,7 @@ _DATATYPES = {
 }
 _NAMES = {np.dtype(t): name for name, t in _DATATYPES.items()}
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def _parse(body: bytes) -> Any:
@@ -104,6 +109,8 @@ class OpenInference:
         version: A model version to pin (``/v2/models/{model}/versions/{version}``);
             ``None``: the server's default version.
         outputs: The outputs to ask for (default: all the model declares).
+        binary: Send and ask for tensors as raw bytes (the binary tensor
+            extension) instead of JSON lists: no number is printed or parsed.
 
     Examples:
         >>> p = OpenInference("mlp", version="2")
@@ -111,9 +118,17 @@ class OpenInference:
         '/v2/models/mlp/versions/2/infer'
         >>> specs = {"x": TensorSpec(np.dtype("float32"), (2,))}
         >>> p.encode({"x": np.array([[1, 2]], dtype=np.float32)}, specs)
-        b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.0,2.0]}]}'
+        (b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.0,2.0]}]}', None)
         >>> p.decode(b'{"outputs":[{"name":"y","shape":[1],"datatype":"FP32","data":[3]}]}', 1)
         ({'y': array([3.], dtype=float32)}, None)
+        >>> b = OpenInference("mlp", binary=True)
+        >>> body, headers = b.encode({"x": np.array([[1, 2]], dtype=np.int8)}, {})
+        >>> body[-2:], headers
+        (b'\\x01\\x02', {'Inference-Header-Content-Length': '134'})
+        >>> head = b'{"outputs":[{"name":"y","shape":[1],"datatype":"INT8",' + (
+        ...     b'"parameters":{"binary_data_size":1}}]}')
+        >>> b.decode(head + bytes([7]), 1, header_length=len(head))
+        ({'y': array([7], dtype=int8)}, None)
         >>> p.decode(b'<html>', 1)
         Traceback (most recent call last):
         ...
@@ -121,7 +136,12 @@ class OpenInference:
     """
 
     def __init__(
-        self, model: str, version: str | None = None, *, outputs: Sequence[str] | None = None
+        self,
+        model: str,
+        version: str | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+        binary: bool = False,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ValueError(f"OpenInference needs the model's name on the server; got {model!r}")
@@ -133,9 +153,13 @@ class OpenInference:
         self.metadata_path: str | None = base
         self.infer_path = base + "/infer"
         self._wanted = tuple(outputs) if outputs is not None else None
-        self._request_outputs = b""
+        self.binary = binary
+        self._tail: dict[str, Any] = {}  # what follows the inputs in every request
         if self._wanted is not None:
-            self._request_outputs = orjson.dumps([{"name": n} for n in self._wanted])
+            flag = {"parameters": {"binary_data": True}} if binary else {}
+            self._tail["outputs"] = [{"name": n, **flag} for n in self._wanted]
+        elif binary:
+            self._tail["parameters"] = {"binary_data_output": True}
 
     def describe(
         self, metadata: Any, inputs: Mapping[str, TensorSpec] | None
@@ -170,25 +194,39 @@ class OpenInference:
             raise ValueError("the model declares no outputs; pass outputs=[...] to OpenInference")
         return specs, outputs
 
-    def encode(self, feeds: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> bytes:
-        """The request body for one request's rows."""
-        tensors = [
-            {
-                "name": name,
-                "shape": list(arr.shape),
-                "datatype": _NAMES[specs[name].dtype],
-                "data": np.ascontiguousarray(arr).reshape(-1),
-            }
-            for name, arr in feeds.items()
-        ]
-        body = orjson.dumps({"inputs": tensors}, option=_JSON_OPTS)
-        if self._request_outputs:
-            body = body[:-1] + b',"outputs":' + self._request_outputs + b"}"
-        return body
+    def encode(
+        self, feeds: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]
+    ) -> tuple[bytes, dict[str, str] | None]:
+        """The request body for one request's rows, and the headers it needs."""
+        tensors, raw = [], []
+        for name, arr in feeds.items():
+            tensor: dict[str, Any] = {"name": name, "shape": list(arr.shape)}
+            tensor["datatype"] = _NAMES[arr.dtype]
+            if self.binary:
+                data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+                tensor["parameters"] = {"binary_data_size": len(data)}
+                raw.append(data)
+            else:
+                tensor["data"] = np.ascontiguousarray(arr).reshape(-1)
+            tensors.append(tensor)
+        head = orjson.dumps({"inputs": tensors, **self._tail}, option=_JSON_OPTS)
+        if not self.binary:
+            return head, None
+        return b"".join([head, *raw]), {HEADER_LENGTH: str(len(head))}
 
-    def decode(self, body: bytes, rows: int) -> tuple[dict[str, np.ndarray], str | None]:
-        """The answer's outputs by name (each ``rows`` long), and the version that made it."""
-        answer = _parse(body)
+    def decode(
+        self, body: bytes, rows: int, header_length: int | None = None
+    ) -> tuple[dict[str, np.ndarray], str | None]:
+        """The answer's outputs by name (each ``rows`` long), and the version that made it.
+
+        ``header_length`` is the answer's ``Inference-Header-Content-Length``:
+        the JSON is that long and binary tensors follow it.
+        """
+        if header_length is not None and not 0 < header_length <= len(body):
+            raise BadAnswer(f"{HEADER_LENGTH} is {header_length} for a body of {len(body)} bytes")
+        answer = _parse(body if header_length is None else body[:header_length])
+        raw = memoryview(body)[header_length:] if header_length is not None else None
+        at = 0
         tensors = answer.get("outputs") if isinstance(answer, dict) else None
         if not isinstance(tensors, list):
             raise BadAnswer(f"the answer has no 'outputs' list: {_excerpt(body)}")
@@ -199,8 +237,17 @@ class OpenInference:
             name, shape, datatype = t["name"], t.get("shape"), t.get("datatype")
             if datatype not in _DATATYPES:
                 raise BadAnswer(f"output {name!r} has datatype {datatype!r}, not a numeric one")
+            dtype = np.dtype(_DATATYPES[datatype])
+            size = (t.get("parameters") or {}).get("binary_data_size")
             try:
-                arr = np.asarray(t.get("data"), dtype=_DATATYPES[datatype]).reshape(shape)
+                if size is None:
+                    arr = np.asarray(t.get("data"), dtype=dtype).reshape(shape)
+                elif raw is None or not isinstance(size, int) or at + size > len(raw):
+                    raise ValueError(f"binary_data_size {size!r} runs past the answer")
+                else:
+                    chunk = raw[at : at + size]
+                    at += size
+                    arr = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
             except (TypeError, ValueError) as exc:
                 raise BadAnswer(
                     f"output {name!r} does not fit its shape {shape!r}: {exc}"
@@ -225,7 +272,7 @@ class JsonRest:
     Examples:
         >>> p = JsonRest("/predict")
         >>> p.encode({"x": np.array([[1.0, 2.0]])}, {})
-        b'{"instances":[[1.0,2.0]]}'
+        (b'{"instances":[[1.0,2.0]]}', None)
         >>> p.decode(b'{"predictions": [0.5]}', 1)
         ({'predictions': array([0.5])}, None)
         >>> p.decode(b'{"predictions": [0.5, 0.7]}', 1)
@@ -260,11 +307,15 @@ class JsonRest:
         specs = dict(inputs) if inputs else {"input": TensorSpec(np.dtype("float32"), None)}
         return specs, self._outputs
 
-    def encode(self, feeds: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]) -> bytes:
+    def encode(
+        self, feeds: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec]
+    ) -> tuple[bytes, dict[str, str] | None]:
         """The request body: ``request(feeds)`` as JSON."""
-        return orjson.dumps(self._request(dict(feeds)), option=_JSON_OPTS)
+        return orjson.dumps(self._request(dict(feeds)), option=_JSON_OPTS), None
 
-    def decode(self, body: bytes, rows: int) -> tuple[dict[str, np.ndarray], str | None]:
+    def decode(
+        self, body: bytes, rows: int, header_length: int | None = None
+    ) -> tuple[dict[str, np.ndarray], str | None]:
         """``response(answer)``, each output checked to have ``rows`` rows."""
         answer = _parse(body)
         try:
