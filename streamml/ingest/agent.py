@@ -239,7 +239,9 @@ class IngestAgent:
             raise self._error
 
     def start(self) -> IngestAgent:
-        """Run in the background (see :meth:`run`)."""
+        """Run in the background (see :meth:`run`); the HTTP input answers once this returns."""
+        if self._http is not None:
+            self._http.start(self)
         thread = threading.Thread(target=self._guarded, args=(self.run,), name="ingest-read")
         self._threads.append(thread)
         thread.start()

@@ -132,7 +132,9 @@ class HttpInput:
         )
 
     def start(self, agent: IngestAgent) -> None:
-        """Serve in a background thread until :meth:`stop`."""
+        """Serve in a background thread until :meth:`stop` (nothing if already serving)."""
+        if self._server is not None:
+            return
         _, uvicorn = _import_server()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -157,15 +157,18 @@ class Sender:
                     doubt = self._checkpoint.in_doubt
                     assert doubt is not None
                     landed = self._until_known(doubt, stop)
-        finally:
+        finally:  # what is unconfirmed now is in doubt on disk: the next start resolves it
             self._consumer.close()
+            self._producer.purge()
             self._producer.flush(0)
+            self._producer.close()
 
     def _cycle(self, blocks: list[Block], landed: set[int] | None, stop: threading.Event) -> bool:
         """Send one cycle; ``True`` once every record is confirmed and committed."""
         first, last = blocks[0].first_seq, blocks[-1].last_seq
+        before = self._checkpoint.in_doubt
         self._note_doubt(first, last)
-        sent = self._produce(blocks, landed)
+        sent = self._produce(blocks, landed, -1 if before is None else before.last)
         while self._producer.flush(_WAIT) > 0:
             if self._fatal:
                 break
@@ -191,9 +194,16 @@ class Sender:
         self._commit(blocks)
         return True
 
-    def _produce(self, blocks: list[Block], landed: set[int] | None) -> int:
+    def _produce(self, blocks: list[Block], landed: set[int] | None, doubt_last: int) -> int:
         produce, topic, prefix = self._producer.produce, self.topic, self._prefix
         skip = landed or set()
+        if landed is not None and doubt_last >= 0:  # records in doubt not found: sent again
+            self._progress.resent += sum(
+                1
+                for b in blocks
+                for seq in range(b.first_seq, min(b.last_seq, doubt_last) + 1)
+                if seq not in skip
+            )
         sent = 0
         for block in blocks:
             seq = block.first_seq
@@ -213,8 +223,6 @@ class Sender:
                             self._reject(key, value, headers, str(exc.args[0]))
                             break
                 seq += 1
-        if landed is not None:
-            self._progress.resent += sent
         return sent
 
     def _note_doubt(self, first: int, last: int) -> None:
