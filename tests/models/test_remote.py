@@ -202,7 +202,9 @@ def test_open_inference_request_format() -> None:
 
     proto = OpenInference("m", outputs=["b"])
     specs = {"x": TensorSpec(np.dtype("int64"), (2,))}
-    body = orjson.loads(proto.encode({"x": np.array([[1, 2], [3, 4]])}, specs))
+    body, headers = proto.encode({"x": np.array([[1, 2], [3, 4]])}, specs)
+    assert headers is None
+    body = orjson.loads(body)
     assert body == {
         "inputs": [{"name": "x", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]}],
         "outputs": [{"name": "b"}],
