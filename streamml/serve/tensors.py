@@ -117,15 +117,11 @@ def _from_json_data(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.
         raw = np.asarray(data)
     except ValueError as exc:  # ragged nesting
         raise _bad(f"input {name!r}: data is not a regular array: {exc}") from None
+    if dtype.kind in "iu" and raw.dtype.kind in "fO":
+        return _integers(data, dtype, name, datatype)  # exact, past float64's 53 bits
     if raw.dtype.kind not in "biuf" or (dtype.kind == "b") != (raw.dtype.kind == "b"):
         want = "true/false" if dtype.kind == "b" else "numbers"
         raise _bad(f"input {name!r}: {datatype} data must be {want}")
-    if (
-        raw.dtype.kind == "f"
-        and dtype.kind in "iu"
-        and (not np.all(np.isfinite(raw)) or not np.array_equal(raw, np.trunc(raw)))
-    ):
-        raise _bad(f"input {name!r}: {datatype} data must be integers")
     raw = raw.ravel()
     if raw.size and dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -137,6 +133,21 @@ def _from_json_data(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.
         if finite.size and float(np.max(np.abs(finite))) > top:
             raise _bad(f"input {name!r}: a value is out of range for {datatype}")
     return raw.astype(dtype, copy=False)
+
+
+def _integers(data: Any, dtype: np.dtype, name: str, datatype: str) -> np.ndarray:
+    """Integer data NumPy would read as floats or objects (a float among them, 2**63 and more)."""
+    values = []
+    for v in _flatten(data, name):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _bad(f"input {name!r}: {datatype} data must be integers")
+        if isinstance(v, float) and not v.is_integer():
+            raise _bad(f"input {name!r}: {datatype} data must be integers")
+        values.append(int(v))
+    info = np.iinfo(dtype)
+    if values and (min(values) < info.min or max(values) > info.max):
+        raise _bad(f"input {name!r}: a value is out of range for {datatype}")
+    return np.array(values, dtype=dtype)
 
 
 def _flatten(data: Any, name: str) -> list[Any]:
