@@ -461,18 +461,20 @@ class KeyedEventTime:
             if passed.any():  # the wall clock released it: the key's watermark moves up to it
                 np.maximum.at(self.kmax, held.kid[passed], held.ts[passed] + delay)
         if eof:
-            out = np.ones(len(held), dtype=bool)
+            released, self.held = held, Held.empty(self.width)
         else:  # even at max_delay=0: a row may be held until a time past its own (see hold)
             out = held.ts <= self.kmax[held.kid] - delay
             if len(gone):
                 out |= np.isin(held.kid, gone)
-        if out.all():
-            released, self.held = held, Held.empty(self.width)
-        elif not out.any():
-            released = Held.empty(self.width)
-        else:
-            released = held.take(np.flatnonzero(out))
-            self.held = held.take(np.flatnonzero(~out))
+            # one nonzero, then a mask for the rest: the fewest NumPy calls on a small batch
+            idx = np.flatnonzero(out)
+            if len(idx) == len(held):
+                released, self.held = held, Held.empty(self.width)
+            elif not len(idx):
+                released = Held.empty(self.width)
+            else:
+                released = held.take(idx)
+                self.held = held.take(~out)
         if len(released) > 1:
             ts = released.ts
             if (ts[1:] < ts[:-1]).any():

@@ -30,7 +30,9 @@ def _concat(a: pl.DataFrame | None, b: pl.DataFrame | None) -> pl.DataFrame | No
 
 
 def _take(frame: pl.DataFrame | None, idx: np.ndarray) -> pl.DataFrame | None:
-    return None if frame is None else frame[idx]
+    if frame is None:
+        return None
+    return frame.filter(pl.Series(idx)) if idx.dtype == bool else frame[idx]
 
 
 @dataclass
@@ -92,7 +94,7 @@ class Held:
         )
 
     def take(self, idx: np.ndarray) -> Held:
-        """The rows at ``idx`` (an index array), in that order."""
+        """The rows at ``idx`` (an index array, in that order; or a Boolean mask)."""
         return Held(
             _take(self.frame, idx), self.kid[idx], self.ts[idx], self.arrived[idx], self.data[idx]
         )

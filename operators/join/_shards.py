@@ -58,6 +58,7 @@ __all__ = [
     "late_records",
     "micros",
     "pick",
+    "read_times",
     "row_times",
     "side_times",
     "split_outputs",
@@ -390,6 +391,29 @@ def row_times(
         rows.append((s, k, v))
         times.append(t)
     return rows, np.array(times, dtype=np.int64)
+
+
+def read_times(
+    step_id: str,
+    batch: Sequence[tuple[int, str, Any]],
+    getters: tuple[Callable[[Any], datetime], ...],
+    errs: list[Rejected],
+) -> tuple[list[tuple[int, str, Any]], np.ndarray]:
+    """:func:`row_times`, with an unreadable time rejected as ``BadTimestamp`` (the reason
+    names what the getter raised), as the frame paths and the other families do.
+
+    Examples:
+        >>> errs = []
+        >>> rows, ts = read_times("s", [(0, "a", {"ts": None})], (lambda e: e["ts"],), errs)
+        >>> rows, [(r.error_type, r.original) for r in errs]
+        ([], [('BadTimestamp', ('a', {'ts': None}))])
+    """
+    bad: list[Rejected] = []
+    rows, ts = row_times(step_id, batch, getters, bad)
+    for r in bad:
+        why = f"cannot read the event time ({r.error_type}: {r.reason})"
+        errs.append(Rejected(r.step_id, "BadTimestamp", why, r.original))
+    return rows, ts
 
 
 def side_times(

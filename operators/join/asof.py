@@ -1,28 +1,39 @@
-"""Temporal (as-of) join: each event with the table version valid at the event's timestamp."""
+"""Temporal (as-of) join: each event with the table version valid at the event's timestamp.
+
+Event time is the core's (:class:`~streamml.operators._core.event_time.KeyedEventTime`,
+one per shard): lateness per key, events held until their key's watermark
+passes them, keys forgotten after ``ttl``. The shard state is a versioned
+record (``streamml.join.asof``), upgraded from the previous release's pickled
+``_AsofState``.
+"""
 
 from __future__ import annotations
 
-import heapq
+import time
 from bisect import bisect_right
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators._core.admission import _NONE
+from streamml.operators._core.event_time import KeyedEventTime
+from streamml.operators._core.held import Held
+from streamml.operators._core.state import restore, snapshot
+from streamml.operators.join._legacy import _AsofState, _Versions, is_legacy
 from streamml.operators.join._shards import (
     LEFT,
     MISSING,
-    NEVER,
     Chunked,
     check_shards,
-    late_record,
-    micros,
-    never,
+    late_records,
+    read_times,
     split_outputs,
     tag_sides,
-    timestamps,
 )
 from streamml.operators.join.enrich import merge_fields
 from streamml.operators.join.interval import JoinOut
@@ -31,182 +42,278 @@ from streamml.errors import Rejected, reject
 
 __all__ = ["asof_join"]
 
+# Kept importable here for recovery stores of the previous release (see _legacy).
+_LEGACY = (_AsofState, _Versions)
+
+_PRUNE_EVERY = 8
+"""A key's versions are pruned once it holds this many (or gets a tombstone): a prune per
+insertion cost ~0.4 us a row, and a few versions more per key cost only memory."""
+
+_KIND = "streamml.join.asof"
+_VERSION = 1
+
 
 def _identity(row: Any) -> Any:
     return row
 
 
-class _Versions:
-    """One key's versions, sorted by valid-from time (parallel lists)."""
-
-    __slots__ = ("ts", "values")
-
-    def __init__(self) -> None:
-        self.ts: list[int] = []
-        self.values: list[Any] = []
-
-    def copy(self) -> _Versions:
-        new = _Versions()
-        new.ts, new.values = list(self.ts), list(self.values)
-        return new
+@dataclass(frozen=True)
+class _Config:
+    step_id: str
+    getters: tuple[Callable[[Any], datetime], Callable[[Any], datetime]]
+    value: Callable[[Any], Any] = _identity
+    merge: Callable[[Any, Any], Any] = merge_fields
+    default: Any = MISSING
+    lateness: timedelta = timedelta(0)
+    max_versions: int = 64
+    ttl: timedelta | None = None
+    clock: Callable[[], float] = time.time
 
 
-class _AsofState:
+class _AsofLogic(StatefulBatchLogic):
     """One shard of an as-of join.
 
+    ``versions`` maps a key id to its versions, ``[times, values]`` sorted
+    by valid-from time; ``events`` maps an event id to its ``(key, event)``
+    while the event is held in :attr:`et` (due one microsecond after its
+    time: released once its key's watermark passes it).
+
     Eviction: a version is dropped once a newer version of its key is valid
-    at the watermark (no event that is not late can need it); a key whose
-    only version is a tombstone leaves once the watermark passes it, and with
-    ``ttl`` a key leaves once its newest version is older than the watermark
-    by ``ttl``; at most ``max_versions`` are kept per key. Events wait in
-    ``pending`` until the watermark passes their timestamp.
+    at the key's watermark (no event that is not late can need it); a key
+    whose only version is a tombstone leaves once its watermark passes it;
+    at most ``max_versions`` are kept per key; with ``ttl``, a key idle that
+    long (event time of its shard) is forgotten with its versions. An event
+    leaves when released.
     """
 
-    def __init__(self) -> None:
-        self.versions: dict[str, _Versions] = {}
-        self.pending: list[tuple[int, int, str, Any]] = []
-        self.timers: list[tuple[int, str]] = []
-        self.seq = 0
-        self.max_seen = NEVER
-        self.watermark = NEVER
-
-    def copy(self) -> _AsofState:
-        new = _AsofState()
-        new.versions = {k: v.copy() for k, v in self.versions.items()}
-        new.pending = list(self.pending)
-        new.timers = list(self.timers)
-        new.seq, new.max_seen, new.watermark = self.seq, self.max_seen, self.watermark
-        return new
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.cfg = cfg
+        data: dict[str, Any] | None = None
+        if resume is not None:
+            if is_legacy(resume):
+                resume = snapshot(_KIND, 0, resume)
+            data = restore(resume, kind=_KIND, version=_VERSION, upgrades={0: _from_legacy})
+        self.et = KeyedEventTime(
+            max_delay=cfg.lateness,
+            ttl=cfg.ttl,
+            width=1,
+            clock=cfg.clock,
+            resume=None if data is None else data["time"],
+        )
+        self.versions: dict[int, list[list]] = {}
+        self.events: dict[int, tuple[str, Any]] = {}
+        self.next_id = 0
+        if data is not None:
+            stored = data["versions"]
+            self.versions = {
+                k: [list(t), list(v)]
+                for k, t, v in zip(stored["kid"], stored["ts"], stored["values"])
+            }
+            held = data["events"]
+            self.events = dict(zip(held["ids"], zip(held["keys"], held["items"])))
+            self.next_id = data["next_id"]
 
     def size(self) -> int:
         """Versions and events held (for tests of bounded state)."""
-        return sum(len(v.ts) for v in self.versions.values()) + len(self.pending)
-
-
-class _AsofLogic(StatefulBatchLogic[Any, Any, _AsofState]):
-    def __init__(
-        self,
-        step_id: str,
-        state: _AsofState,
-        getters: tuple[Callable[[Any], datetime], Callable[[Any], datetime]],
-        value: Callable[[Any], Any],
-        merge: Callable[[Any, Any], Any],
-        default: Any,
-        lateness: int,
-        max_versions: int,
-        ttl: int | None,
-    ) -> None:
-        self.step_id = step_id
-        self.state = state
-        self.getters = getters
-        self.value = value
-        self.merge = merge
-        self.default = default
-        self.lateness = lateness
-        self.max_versions = max_versions
-        self.ttl = ttl
+        return sum(len(v[0]) for v in self.versions.values()) + len(self.events)
 
     def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
-        state = self.state
-        oks: list = []
-        errs: list = []
-        late: list = []
-        pending, versions = state.pending, state.versions
-        max_seen, watermark, lateness = state.max_seen, state.watermark, self.lateness
-        seq = state.seq
-        for side, key, item, t in timestamps(self.step_id, values, self.getters, never, errs):
-            if t < watermark and side == LEFT:
-                late.append(late_record(self.step_id, t, watermark, (key, item)))
-                continue
-            if t > max_seen:
-                max_seen = t
-                watermark = t - lateness
-            if side == LEFT:
-                seq += 1
-                heapq.heappush(pending, (t, seq, key, item))
-                continue
-            # A table row, late or not, is kept: it can only make later lookups right.
-            try:
-                row = self.value(item)
-            except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                errs.append(reject(self.step_id, exc, (key, item)))
-                continue
-            vs = versions.get(key)
-            if vs is None:
-                vs = versions[key] = _Versions()
-            if not vs.ts or vs.ts[-1] <= t:
-                vs.ts.append(t)
-                vs.values.append(row)
-            else:
-                i = bisect_right(vs.ts, t)
-                vs.ts.insert(i, t)
-                vs.values.insert(i, row)
-            if row is None or self.ttl is not None:
-                heapq.heappush(state.timers, (t if row is None else t + self.ttl, key))
-            # Events still waiting may need versions older than the watermark.
-            self._prune(vs, min(watermark, pending[0][0]) if pending else watermark)
-        state.seq, state.max_seen, state.watermark = seq, max_seen, watermark
-        self._release(watermark, oks, errs)
-        self._expire(watermark)
+        cfg = self.cfg
+        errs: list[Rejected] = []
+        late: list[Rejected] = []
+        rows, ts = read_times(cfg.step_id, values, cfg.getters, errs)
+        if not rows:
+            return ([([], errs, [])] if errs else []), False
+        adm = self.et.admit([k for _, k, _ in rows], ts)
+        if len(adm.late):
+            late = late_records(cfg.step_id, adm, ts, lambda i: rows[i][1:])
+            ok = adm.ok.tolist()
+            rows = [rows[i] for i in ok]
+        if not len(adm.ok):
+            return ([([], errs, late)] if errs or late else []), False
+        lefts = len(rows) - sum([side for side, _, _ in rows])  # LEFT is 0, RIGHT 1
+        touched: set[int] = set()
+        if lefts == len(rows):  # a chunk of events only (the usual case): no loop of our own
+            self._hold(rows, adm.kid, adm.ts)
+        elif not lefts:
+            self._add_versions(rows, adm.kid.tolist(), adm.ts.tolist(), touched, errs)
+        else:
+            is_left = [side == LEFT for side, _, _ in rows]
+            pos = [i for i, left in enumerate(is_left) if left]
+            self._hold([rows[i] for i in pos], adm.kid[pos], adm.ts[pos])
+            rest = [i for i, left in enumerate(is_left) if not left]
+            kid_l, t_l = adm.kid.tolist(), adm.ts.tolist()
+            self._add_versions(
+                [rows[i] for i in rest],
+                [kid_l[i] for i in rest],
+                [t_l[i] for i in rest],
+                touched,
+                errs,
+            )
+        oks = self._release(errs)
+        if touched:
+            self._prune(touched)
         return ([(oks, errs, late)] if oks or errs or late else []), False
 
-    def _prune(self, vs: _Versions, oldest_needed: int) -> None:
-        # Keep the version valid at ``oldest_needed`` and every newer one.
-        drop = bisect_right(vs.ts, oldest_needed) - 1
-        drop = max(drop, len(vs.ts) - self.max_versions)
-        if drop > 0:
-            del vs.ts[:drop], vs.values[:drop]
+    def _hold(self, rows: list, kid: np.ndarray, ts: np.ndarray) -> None:
+        """Hold events until their key's watermark passes them (due one microsecond later)."""
+        n = len(rows)
+        first = self.next_id
+        self.next_id += n
+        self.events.update(zip(range(first, first + n), [(k, v) for _, k, v in rows]))
+        ids = np.arange(first, first + n, dtype=np.float64).reshape(n, 1)
+        self.et.hold(None, kid, ts + 1, ids)
 
-    def _expire(self, watermark: int) -> None:
-        state = self.state
-        timers = state.timers
-        while timers and timers[0][0] < watermark:
-            _, key = heapq.heappop(timers)
-            vs = state.versions.get(key)
-            if vs is None:
+    def _add_versions(
+        self, rows: list, kids: list[int], ts: list[int], touched: set[int], errs: list
+    ) -> None:
+        """Insert table rows into their key's versions; ``touched`` gets the keys to prune."""
+        cfg = self.cfg
+        versions, value = self.versions, cfg.value
+        every = min(_PRUNE_EVERY, cfg.max_versions + 1)
+        for (_, key, item), kid, t in zip(rows, kids, ts):
+            try:
+                row = value(item)
+            except Exception as exc:  # noqa: BLE001 - bad data goes to errs
+                errs.append(reject(cfg.step_id, exc, (key, item)))
                 continue
-            self._prune(vs, watermark)
-            newest = vs.ts[-1]
-            gone = vs.values[-1] is None and len(vs.ts) == 1 and newest < watermark
-            if gone or (self.ttl is not None and newest + self.ttl < watermark):
-                del state.versions[key]
+            vs = versions.get(kid)
+            if vs is None:
+                versions[kid] = vs = [[t], [row]]
+            elif vs[0][-1] <= t:
+                vs[0].append(t)
+                vs[1].append(row)
+            else:
+                i = bisect_right(vs[0], t)
+                vs[0].insert(i, t)
+                vs[1].insert(i, row)
+            if row is None or len(vs[0]) >= every:
+                touched.add(kid)
 
-    def _release(self, watermark: int, oks: list, errs: list) -> None:
-        pending, versions = self.state.pending, self.state.versions
-        while pending and pending[0][0] < watermark:
-            t, _, key, event = heapq.heappop(pending)
-            vs = versions.get(key)
+    def _release(self, errs: list[Rejected], eof: bool = False) -> list:
+        """Look up the events whose key's watermark passed them, in event-time order."""
+        released = self.et.release(eof=eof)
+        oks = self._lookup(released.held, errs) if len(released.held) else []
+        if len(released.gone):
+            for kid in released.gone.tolist():
+                self.versions.pop(kid, None)
+        return oks
+
+    def _lookup(self, held: Held, errs: list[Rejected]) -> list:
+        cfg = self.cfg
+        versions, events, default, merge = self.versions, self.events, cfg.default, cfg.merge
+        oks = []
+        # ids are float64 in the held data: a float pops the int key of equal value
+        for eid, kid, due in zip(held.data[:, 0].tolist(), held.kid.tolist(), held.ts.tolist()):
+            key, event = events.pop(eid)
             row = MISSING
+            vs = versions.get(kid)
             if vs is not None:
-                i = bisect_right(vs.ts, t) - 1
-                if i >= 0 and vs.values[i] is not None:
-                    row = vs.values[i]
+                i = bisect_right(vs[0], due - 1) - 1
+                if i >= 0 and vs[1][i] is not None:
+                    row = vs[1][i]
             if row is MISSING:
-                if self.default is MISSING:
+                if default is MISSING:
                     errs.append(
                         Rejected(
-                            self.step_id,
+                            cfg.step_id,
                             "MissingRow",
                             f"no table row for key {key!r} valid at the event's time",
                             (key, event),
                         )
                     )
                     continue
-                row = self.default
+                row = default
             try:
-                oks.append((key, self.merge(event, row)))
+                oks.append((key, merge(event, row)))
             except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                errs.append(reject(self.step_id, exc, (key, event)))
+                errs.append(reject(cfg.step_id, exc, (key, event)))
+        return oks
+
+    def _prune(self, kids: set[int]) -> None:
+        """Keep, per key, the version valid at its watermark and every newer one."""
+        versions, cap = self.versions, self.cfg.max_versions
+        marks = self.et.marks(np.fromiter(kids, np.int64, len(kids))).tolist()
+        for kid, mark in zip(kids, marks):
+            vs = versions.get(kid)
+            if vs is None:  # forgotten by the TTL in this very call
+                continue
+            times = vs[0]
+            drop = max(bisect_right(times, mark) - 1, len(times) - cap)
+            if drop > 0:
+                del times[:drop], vs[1][:drop]
+            if len(times) == 1 and vs[1][0] is None and times[0] < mark:
+                del versions[kid]  # deleted, and no event that is not late can be before it
 
     def on_eof(self) -> tuple[list, bool]:
         # Both sides ended: every waiting event can be looked up now.
-        oks: list = []
-        errs: list = []
-        self._release(2**62, oks, errs)
+        errs: list[Rejected] = []
+        oks = self._release(errs, eof=True)
+        self.et.close()
         return ([(oks, errs, [])] if oks or errs else []), False
 
-    def snapshot(self) -> _AsofState:
-        return self.state.copy()
+    def snapshot(self) -> dict[str, Any]:
+        kids = list(self.versions)
+        ids = list(self.events)
+        data = {
+            "time": self.et.snapshot_data(),
+            "versions": {
+                "kid": kids,
+                "ts": [list(self.versions[k][0]) for k in kids],
+                "values": [list(self.versions[k][1]) for k in kids],
+            },
+            "events": {
+                "ids": ids,
+                "keys": [self.events[i][0] for i in ids],
+                "items": [self.events[i][1] for i in ids],
+            },
+            "next_id": self.next_id,
+        }
+        return snapshot(_KIND, _VERSION, data)
+
+
+def _from_legacy(state: _AsofState) -> dict[str, Any]:
+    """The previous release's shard state as a version-1 record.
+
+    The old state kept one watermark per shard; each of its keys gets that
+    shard's newest time as its own, so its watermark is the old one: no
+    waiting event becomes due or late by the upgrade.
+    """
+    keys: list[str] = list(state.versions)
+    kid_of = {k: i for i, k in enumerate(keys)}
+    pending = sorted(state.pending, key=lambda p: (p[0], p[1]))
+    for _, _, key, _ in pending:
+        if key not in kid_of:
+            kid_of[key] = len(keys)
+            keys.append(key)
+    n = len(pending)
+    newest = state.max_seen if keys else _NONE
+    time_data = {
+        "keys": keys,
+        "kmax": np.full(len(keys), newest, dtype=np.int64),
+        "forgotten_max": None,
+        "newest": newest,
+        "swept": _NONE,
+        "held_frame": None,
+        "held_kid": np.array([kid_of[p[2]] for p in pending], dtype=np.int64),
+        "held_ts": np.array([p[0] + 1 for p in pending], dtype=np.int64),
+        "held_arrived": np.full(n, time.time()),
+        "held_data": np.arange(n, dtype=np.float64).reshape(n, 1),
+    }
+    return {
+        "time": time_data,
+        "versions": {
+            "kid": [kid_of[k] for k in state.versions],
+            "ts": [list(v.ts) for v in state.versions.values()],
+            "values": [list(v.values) for v in state.versions.values()],
+        },
+        "events": {
+            "ids": list(range(n)),
+            "keys": [p[2] for p in pending],
+            "items": [p[3] for p in pending],
+        },
+        "next_id": n,
+    }
 
 
 @operator
@@ -235,17 +342,26 @@ def asof_join(
     of its key; ``value(row)`` is what is merged into the event, and a row
     whose ``value`` is ``None`` deletes the key from its time on.
 
-    Time is event time, per shard: the watermark is the largest timestamp
-    seen on either side minus ``lateness``. An event waits until the watermark
-    passes its timestamp (so every version that can still apply has arrived),
-    then is merged with the newest version at or before it; an event older
-    than the watermark on arrival goes to ``late``. A table row arriving late
-    is still added to the history. When both inputs end, waiting events are
-    joined with the history as it is.
+    Time is event time, per key (see
+    :mod:`streamml.operators._core.event_time`): a key's watermark is the
+    newest timestamp of its events and rows minus ``lateness``. An event
+    waits until its key's watermark passes its timestamp (so every version
+    that can still apply has arrived), then is merged with the newest
+    version at or before it. An event or a table row older than its key's
+    watermark on arrival goes to ``late``: whether it is late depends only
+    on its key's own items in arrival order, not on ``shards=``, workers or
+    batch boundaries (before this release the watermark was one per shard,
+    and a late table row was still added). An event of a key that gets no
+    later item waits until the end of input, or until ``ttl`` forgets its
+    key; when both inputs end, waiting events are joined with the history
+    as it is.
 
     A miss (no version at the event's time, the key deleted then, or history
     older than the event already dropped) is merged with ``default`` when one
     is given, else sent to ``errs`` as ``Rejected(error_type="MissingRow")``.
+    A bad key (not a ``str``), an item that is not a ``(key, item)`` pair
+    (``BadKey``) and an unreadable timestamp (``BadTimestamp``) go to
+    ``errs``; nothing raises.
 
     Args:
         step_id: Unique step id.
@@ -256,11 +372,14 @@ def asof_join(
         value: The part of a row to merge; the row itself by default.
         merge: ``merge(event, value) -> output``; a new dict by default.
         default: Value used for misses; omit to send misses to ``errs``.
-        lateness: How far out of order items may arrive (latency of the join).
+        lateness: How far out of order items of a key may arrive (the
+            join's latency).
         max_versions: Most versions kept per key; older ones are dropped even
             if an event might still need them.
-        ttl: Drop a key whose newest version is older than this at the
-            watermark; ``None`` keeps live keys (the table's size).
+        ttl: Forget a key (its versions and watermark; its waiting events
+            are looked up first) once it has had no item for this long, in
+            its shard's event time; its very old items are late afterwards.
+            ``None`` keeps every key (the table's size).
         shards: Number of state shards (see
             :func:`~streamml.operators.join.enrich`).
 
@@ -298,19 +417,17 @@ def asof_join(
         raise ValueError(f"max_versions must be >= 1; got {max_versions}")
     if ttl is not None and ttl <= timedelta(0):
         raise ValueError(f"ttl must be > 0 or None; got {ttl}")
-    getters = (ts, table_ts)
-    late_us, ttl_us = micros(lateness), None if ttl is None else micros(ttl)
-    full_id = f"{step_id}.join"
-
-    def build(resume: _AsofState | None) -> Chunked:
-        state = _AsofState() if resume is None else resume
-        return Chunked(
-            _AsofLogic(
-                full_id, state, getters, value, merge, default, late_us, max_versions, ttl_us
-            )
-        )
-
+    cfg = _Config(
+        step_id=f"{step_id}.join",
+        getters=(ts, table_ts),
+        value=value,
+        merge=merge,
+        default=default,
+        lateness=lateness,
+        max_versions=max_versions,
+        ttl=ttl,
+    )
     tagged = tag_sides("shard", up, table, shards)
-    out = split_outputs("split", op.stateful_batch("join", tagged.chunks, build))
-    errs = op.merge("all_errs", tagged.errs, out.errs)
-    return JoinOut(oks=out.oks, errs=errs, late=out.late)
+    joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_AsofLogic(cfg, r)))
+    out = split_outputs("split", joined)
+    return JoinOut(oks=out.oks, errs=op.merge("all_errs", tagged.errs, out.errs), late=out.late)

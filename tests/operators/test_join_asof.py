@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamml.operators.join import MISSING, asof_join, merge_fields
 from streamml.operators.join._shards import LEFT, RIGHT, micros
-from streamml.operators.join.asof import _AsofLogic, _AsofState
+from streamml.operators.join.asof import _AsofLogic, _Config
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def at(seconds: float) -> datetime:
@@ -31,17 +32,23 @@ def value(row: dict) -> dict | None:
 
 
 def logic(lateness_s=0, default=MISSING, max_versions=1000, ttl=None):
-    return _AsofLogic(
+    cfg = _Config(
         "a",
-        _AsofState(),
         (ts, ts),
         value,
         merge_fields,
         default,
-        micros(timedelta(seconds=lateness_s)),
+        timedelta(seconds=lateness_s),
         max_versions,
         ttl,
     )
+    return _AsofLogic(cfg, None)
+
+
+def stored(lg, key):
+    """The versions ``lg`` keeps for ``key`` (``None`` when it keeps none)."""
+    kid = lg.et.kid_of.get(key)
+    return None if kid is None else lg.versions.get(kid)
 
 
 def drive(lg, items, cuts=()):
@@ -127,12 +134,16 @@ def test_tombstone_deletes_from_its_time_on_and_key_leaves_state():
             (RIGHT, "k", {"v": None, "ts": at(10)}),
             (LEFT, "k", {"id": 1, "ts": at(5)}),
             (LEFT, "k", {"id": 2, "ts": at(12)}),
-            (RIGHT, "other", {"v": 0, "ts": at(30)}),
+            (RIGHT, "other", {"v": 0, "ts": at(40)}),  # another key's time moves nothing of k's
+            (LEFT, "k", {"id": 3, "ts": at(30)}),  # k's watermark (20) passes the tombstone
         ],
     )
     assert [(e["id"], e["v"]) for _, e in oks] == [(1, 1)]
-    assert [(r.error_type, r.original[1]["id"]) for r in errs] == [("MissingRow", 2)]
-    assert "k" not in lg.state.versions
+    assert [(r.error_type, r.original[1]["id"]) for r in errs] == [
+        ("MissingRow", 2),
+        ("MissingRow", 3),
+    ]
+    assert stored(lg, "k") is None and stored(lg, "other") is not None
 
 
 def test_late_event_goes_to_late():
@@ -143,8 +154,24 @@ def test_late_event_goes_to_late():
     assert [(r.error_type, r.original[1]["id"]) for r in late] == [("Late", 1)]
 
 
+def test_lateness_is_per_key_and_a_late_table_row_changes_nothing():
+    oks, _, late = drive(
+        logic(lateness_s=5),
+        [
+            (RIGHT, "a", {"v": 1, "ts": at(0)}),
+            (RIGHT, "b", {"v": 7, "ts": at(100)}),  # b's time: nothing of a's is late by it
+            (LEFT, "a", {"id": 1, "ts": at(10)}),
+            (RIGHT, "a", {"v": 2, "ts": at(30)}),
+            (RIGHT, "a", {"v": 3, "ts": at(8)}),  # late behind a's 30: not added
+            (LEFT, "a", {"id": 2, "ts": at(9)}),  # late too
+        ],
+    )
+    assert [(e["id"], e["v"]) for _, e in oks] == [(1, 1)]
+    assert sorted(r.original[1].get("id", r.original[1].get("v")) for r in late) == [2, 3]
+
+
 def test_state_stays_bounded_with_key_churn():
-    lg = logic(lateness_s=5, ttl=micros(timedelta(seconds=30)))
+    lg = logic(lateness_s=5, ttl=timedelta(seconds=30))
     sizes = []
     for chunk in range(30):
         batch = []
@@ -157,7 +184,7 @@ def test_state_stays_bounded_with_key_churn():
             else:
                 batch.append((RIGHT, key, {"v": n, "ts": t}))
         lg.on_batch(batch)
-        sizes.append((lg.state.size(), len(lg.state.versions), len(lg.state.timers)))
+        sizes.append((lg.size(), len(lg.versions), len(lg.et.kid_of)))
     assert max(s[0] for s in sizes[5:]) <= 2 * sizes[5][0] + 10
     assert max(s[1] for s in sizes[5:]) <= 2 * sizes[5][1] + 10
     assert max(s[2] for s in sizes[5:]) <= 2 * sizes[5][2] + 10
@@ -168,7 +195,7 @@ def test_state_stays_bounded_with_key_churn():
 def test_max_versions_caps_history():
     lg = logic(lateness_s=1000, max_versions=3)
     lg.on_batch([(RIGHT, "k", {"v": i, "ts": at(i)}) for i in range(10)])
-    assert lg.state.versions["k"].values == [{"v": 7}, {"v": 8}, {"v": 9}]
+    assert stored(lg, "k")[1] == [{"v": 7}, {"v": 8}, {"v": 9}]
 
 
 @settings(max_examples=15, deadline=None)
@@ -209,3 +236,34 @@ def test_misconfiguration_raises_at_build_time():
         asof_join("a", s, s, ts=ts, table_ts=ts, max_versions=0)
     with pytest.raises(ValueError, match="ttl"):
         asof_join("b", s, s, ts=ts, table_ts=ts, ttl=timedelta(0))
+
+
+def test_resumes_the_previous_releases_pickled_state():
+    """A shard state pickled by the release before versioned snapshots (one watermark per
+    shard) resumes: its waiting events are looked up against its versions, none is late."""
+    import pickle
+
+    from streamml.operators.join import asof
+    from streamml.operators.join._shards import NEVER
+
+    old = asof._AsofState()  # as that release built it: plain attributes, pickled whole
+    versions = asof._Versions()
+    versions.ts, versions.values = (
+        [micros(timedelta(seconds=s)) + micros(T0 - EPOCH) for s in (0, 10)],
+        [
+            {"v": 1},
+            {"v": 2},
+        ],
+    )
+    old.versions = {"k": versions}
+    t12 = micros(timedelta(seconds=12)) + micros(T0 - EPOCH)
+    old.pending = [(t12, 1, "k", {"id": 1, "ts": at(12)})]
+    old.timers, old.seq = [], 1
+    old.max_seen, old.watermark = t12 + 1, t12 + 1 - micros(timedelta(seconds=10))
+    assert old.watermark > NEVER
+    lg = _AsofLogic(logic(lateness_s=10).cfg, pickle.loads(pickle.dumps(old)))
+    assert lg.et.watermark("k") == old.watermark  # the shard's watermark, now the key's
+    oks, errs, late = drive(lg, [(LEFT, "k", {"id": 2, "ts": at(11)})])
+    assert late == [] and errs == []
+    assert sorted((e["id"], e["v"]) for _, e in oks) == [(1, 2), (2, 2)]
+    assert lg.snapshot()["state"] == "streamml.join.asof"

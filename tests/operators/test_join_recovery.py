@@ -88,8 +88,8 @@ def test_abort_and_resume_gives_the_same_results(tmp_path: Path):
 
 
 def test_snapshots_pickle_and_are_copies():
+    from streamml.operators.join import asof
     from streamml.operators.join._shards import LEFT, RIGHT
-    from streamml.operators.join.asof import _AsofLogic, _AsofState
     from streamml.operators.join.interval import _Config, _RowLogic
 
     cfg = _Config("i", 0, 10**7, timedelta(0), True, timedelta(days=1), None, getters=(ts, ts))
@@ -100,8 +100,12 @@ def test_snapshots_pickle_and_are_copies():
     assert snap["state"] == "streamml.join.interval" and snap["version"] == 2
     assert _RowLogic(cfg, pickle.loads(pickle.dumps(snap))).core.size() == 2
 
-    al = _AsofLogic("a", _AsofState(), (ts, ts), lambda r: r, lambda e, r: e, None, 0, 4, None)
-    al.on_batch([(RIGHT, "a", {"x": 1, "ts": at(0)})])
+    acfg = asof._Config("a", (ts, ts), default=None, max_versions=4)
+    al = asof._AsofLogic(acfg, None)
+    al.on_batch([(RIGHT, "a", {"x": 1, "ts": at(0)}), (LEFT, "a", {"x": 5, "ts": at(0)})])
     snap = al.snapshot()
     al.on_batch([(RIGHT, "a", {"x": 2, "ts": at(1)})])
-    assert pickle.loads(pickle.dumps(snap)).size() == 1
+    assert snap["state"] == "streamml.join.asof" and snap["version"] == 1
+    restored = asof._AsofLogic(acfg, pickle.loads(pickle.dumps(snap)))
+    assert restored.size() == 2  # one version, one waiting event
+    assert restored.on_eof()[0][0][0] == [("a", {"x": 1, "ts": at(0)})]  # the row merged in
