@@ -14,7 +14,8 @@ the input function raised                  ``InputError``
 not numbers, or a kind that does not cast  ``BadDtype``
 to the model's dtype (``same_kind``)
 another row shape than the model's         ``BadShape``
-NaN or infinite                            ``NonFinite``
+NaN or infinite (or beyond the range of    ``NonFinite``
+the model's dtype, e.g. 1e300 for float32)
 =========================================  ================
 
 Frames are read column-wise: a list of numeric columns becomes one matrix
@@ -145,10 +146,27 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> tuple[np.ndarray, tuple[str, str
     if arr.dtype != spec.dtype:
         if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, spec.dtype, "same_kind"):
             return arr, ("BadDtype", f"input has dtype {arr.dtype}; the model takes {spec.dtype}")
-        arr = arr.astype(spec.dtype)
+        arr = _narrowed(arr, spec.dtype)
     if arr.ndim < 1 or not shape_matches(spec.shape, arr.shape[1:]):
         return arr, ("BadShape", f"input has shape {arr.shape[1:]}; the model takes {spec.shape}")
     return arr, None
+
+
+_NON_FINITE = "has NaN or infinite values, or values beyond the range of"
+
+
+def _narrowed(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` cast to the model's dtype; a value beyond a narrower float's range becomes inf.
+
+    The inf is then rejected as ``NonFinite`` like any other; the cast itself
+    does not warn (a warning per batch would be noise, the rejection says it).
+
+    Examples:
+        >>> _narrowed(np.array([1.0, 1e300]), np.dtype("float32")).tolist()
+        [1.0, inf]
+    """
+    with np.errstate(over="ignore"):
+        return arr.astype(dtype)
 
 
 def _mark_nonfinite(arr: np.ndarray, name: str, bad: Bad) -> None:
@@ -157,7 +175,7 @@ def _mark_nonfinite(arr: np.ndarray, name: str, bad: Bad) -> None:
     finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
     if not finite.all():
         for i in np.flatnonzero(~finite).tolist():
-            bad.setdefault(i, ("NonFinite", f"input {name!r} has NaN or infinite values"))
+            bad.setdefault(i, ("NonFinite", f"input {name!r} {_NON_FINITE} {arr.dtype}"))
 
 
 def _mark_all(n: int, name: str, problem: tuple[str, str], bad: Bad) -> None:
@@ -186,13 +204,13 @@ def _check_row(value: Any, spec: TensorSpec) -> np.ndarray:
             raise _InvalidInputError(
                 "BadDtype", f"input has dtype {arr.dtype}; the model takes {spec.dtype}"
             )
-        arr = arr.astype(spec.dtype)
+        arr = _narrowed(arr, spec.dtype)
     if not shape_matches(spec.shape, arr.shape):
         raise _InvalidInputError(
             "BadShape", f"input has shape {arr.shape}; the model takes {spec.shape}"
         )
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise _InvalidInputError("NonFinite", "input has NaN or infinite values")
+        raise _InvalidInputError("NonFinite", f"input {_NON_FINITE} {arr.dtype}")
     return arr
 
 
