@@ -1,45 +1,47 @@
 """Window aggregates: one feature row per key per closed tumbling, sliding or session window.
 
-Built on :func:`bytewax.operators.windowing.window` with an
-:class:`~bytewax.operators.windowing.EventClock` per key, so the windowers,
-watermarks and recovery are Bytewax's own. Values are validated in batches
-first (bad ones to ``errs``); each window keeps its ``(timestamp, values)``
-rows and computes every aggregate with NumPy when it closes, so the result
-equals a group-by over the same events (in timestamp order, ties in arrival
-order).
+Built on the core, as ``rolling`` is: rows are admitted by the one lateness
+rule of :class:`~streamml.operators._core.event_time.KeyedEventTime` (per-key
+watermarks), held until their key's watermark reaches them, then released
+in event-time order into their windows; a window's aggregates are computed
+with NumPy when it closes, so the result equals a group-by over the same
+events (in timestamp order, ties in arrival order). See
+:mod:`._window_core` for when each kind of window closes.
 
-State and eviction: per key, the rows of its open windows; a window's rows
-are dropped when the watermark passes its close. Bytewax drops a key's
-state once it has no open window (session windowers keep a small id
-counter per key).
+Frames are routed to ``shards`` states by :func:`~streamml.operators._core.keys.frame_sharder`;
+``(key, event)`` rows keep one state per key under Bytewax's own keyed
+routing, at the step id the previous release's windowing operator used, so
+its recovery stores resume (:mod:`._window_legacy`). Each state is
+snapshot as a versioned record (``streamml.featurize.window_agg`` v1).
+
+State and eviction: per key, the rows of its open windows (a row leaves
+when its last window closes) and rows held for the watermark. A frame
+shard forgets a key idle for ``ttl`` of its event time, closing its windows
+first; a row state is dropped once it has no open window and no held row
+(as Bytewax's windowing did).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import bytewax.operators as op
-import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream
-from bytewax.operators.windowing import (
-    EventClock,
-    SessionWindower,
-    SlidingWindower,
-    TumblingWindower,
-    WindowLogic,
-    window,
-)
-from streamml.operators._core.columns import check_frame, ts_micros
-from streamml.operators._core.keys import bad_key_rows
-from streamml.operators._time import from_micros, micros
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+from bytewax.operators.windowing import SessionWindower, SlidingWindower, TumblingWindower
+from streamml.operators._core.columns import check_frame, ts_micros, values
+from streamml.operators._core.keys import frame_sharder, shard_ids
+from streamml.operators._core.state import restore, snapshot
+from streamml.operators._time import from_micros, micros, to_micros
+from streamml.operators.featurize import _window_legacy
 from streamml.operators.featurize._batch import extract
-from streamml.operators.featurize.outputs import TimedFeaturesOut
+from streamml.operators.featurize._window_core import Closed, Fixed, Sessions, Spec, Windows
+from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
 
 from streamml.errors import Rejected
 
@@ -49,206 +51,224 @@ WINDOW_AGGREGATES = ("count", "sum", "mean", "std", "var", "min", "max", "first"
 """Aggregate names for :func:`window_agg`, plus quantiles ``p<percent>``."""
 
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
+_KIND = "streamml.featurize.window_agg"
+_VERSION = 1
+# the pickled class queued events of stores written before versioned snapshots hold (read only)
+_Row = _window_legacy.Row
 
 
-@dataclass(frozen=True)
-class _Row:
-    """A validated event on its way into a window."""
+class _Logic(StatefulBatchLogic):
+    """One state's Bytewax logic: a :class:`Windows` and how its input and output look.
 
-    at: datetime
-    us: int
-    values: tuple[float, ...]
-    original: tuple[str, Any]
-
-
-@dataclass
-class _Spec:
-    step_id: str
-    fields: tuple[str, ...]
-    plan: list[tuple[int, str]]
-    names: list[str]
-    length_s: float  # 0 for session windows
-
-
-class _RowsLogic(WindowLogic):
-    """The rows of one window; aggregates computed at close (eviction: at close)."""
-
-    def __init__(self, spec: _Spec, rows: list[tuple[int, tuple[float, ...]]]) -> None:
-        self.spec = spec
-        self.rows = rows
-
-    def on_value(self, value: _Row) -> list[Any]:
-        self.rows.append((value.us, value.values))
-        return []
-
-    def on_merge(self, original: _RowsLogic) -> list[Any]:
-        self.rows.extend(original.rows)
-        self.rows.sort(key=lambda r: r[0])
-        return []
-
-    def on_close(self) -> list[dict[str, Any]]:
-        spec = self.spec
-        ts = np.array([t for t, _ in self.rows], dtype=np.int64)
-        x = np.array([v for _, v in self.rows], dtype=np.float64).reshape(len(ts), -1)
-        n = len(ts)
-        cols: dict[str, Callable[[np.ndarray], float]] = {
-            "count": lambda c: float(n),
-            "sum": lambda c: float(np.sum(c)),
-            "mean": lambda c: float(np.mean(c)),
-            "std": lambda c: float(np.std(c)),
-            "var": lambda c: float(np.var(c)),
-            "min": lambda c: float(np.min(c)),
-            "max": lambda c: float(np.max(c)),
-            "first": lambda c: float(c[0]),
-            "last": lambda c: float(c[-1]),
-            "rate": lambda c: n / spec.length_s,
-        }
-        row: dict[str, Any] = {"_first": int(ts[0]), "_last": int(ts[-1])}
-        for name, (f, agg) in zip(spec.names, spec.plan):
-            col = x[:, f]
-            if agg in cols:
-                row[name] = cols[agg](col)
-            else:
-                row[name] = float(np.quantile(col, float(agg[1:]) / 100.0))
-        return [row]
-
-    def snapshot(self) -> list[tuple[int, tuple[float, ...]]]:
-        return list(self.rows)
-
-
-class _Numbering:
-    """How a tumbling or sliding window's id maps to its span: window ``k`` opens at ``align_to + k * offset``.
-
-    Bytewax hands a closed window's rows and its late events to the next
-    step with the window's id only; its public ``WindowOut.meta`` stream
-    reports each closed window's open and close times under that id, but as
-    a separate stream (pairing the two would take a join). The numbering is
-    therefore ours, written down here: window ``k`` spans ``[align_to + k *
-    offset, align_to + k * offset + length)`` (``offset = length`` for
-    tumbling windows), which is what ``meta`` reports for every id — pinned
-    by ``tests/operators/test_featurize_windows.py``, so a Bytewax release
-    that numbered windows otherwise fails that test instead of mislabelling
-    windows. The first window an event at ``t`` falls in is then the smallest
-    ``k`` with ``align_to + k * offset + length > t``.
-
-    Examples:
-        >>> from bytewax.operators.windowing import SlidingWindower
-        >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
-        >>> n = _Numbering(SlidingWindower(timedelta(seconds=3), timedelta(seconds=1), t0))
-        >>> [t.second for t in n.span(2)]
-        [2, 5]
-        >>> n.first_id(t0 + timedelta(seconds=4.5))
-        2
+    Eviction: see :class:`~streamml.operators.featurize._window_core.Windows`.
     """
 
-    def __init__(self, windower: TumblingWindower | SlidingWindower) -> None:
-        self.length = windower.length
-        self.offset = getattr(windower, "offset", windower.length)
-        self.align_to = windower.align_to
+    path = ""
 
-    def span(self, wid: int) -> tuple[datetime, datetime]:
-        start = self.align_to + self.offset * wid
-        return start, start + self.length
+    def __init__(self, spec: Spec, resume: Any) -> None:
+        data = None
+        if resume is not None:
+            data = restore(resume, kind=_KIND, version=_VERSION)
+            if data["path"] != self.path:
+                raise ValueError(
+                    f"the recovery store holds the {data['path']} path's state of this "
+                    f"window_agg step; it now reads {self.path}: use a new recovery store"
+                )
+        self.spec = spec
+        self.core = Windows(spec, resume=data)
 
-    def first_id(self, at: datetime) -> int:
-        return (at - self.align_to - self.length) // self.offset + 1
+    def _emit(self, closed: Closed) -> list[Any]:
+        raise NotImplementedError
 
+    def _step(self, errs: list, lates: list, eof: bool = False) -> tuple[list, list, list]:
+        closed = self.core.step(eof=eof)
+        return (self._emit(closed) if len(closed) else []), errs, lates
 
-_TS = "__streamml_ts"
-"""The field the frame adapter puts each row's event time in (a ``datetime``)."""
+    def notify_at(self) -> datetime | None:
+        """When the wall clock will close a window or release a held row (``idle_advance``)."""
+        at = self.core.notify_at()
+        return None if at is None else datetime.fromtimestamp(at, tz=timezone.utc)
 
+    def on_notify(self) -> tuple[list[Any], bool]:
+        self.core.tick()
+        return [self._step([], [])], False
 
-def _frames(
-    step_id: str,
-    up: Stream[Any],
-    spec: _Spec,
-    key: str,
-    timestamp: str,
-    windower: Any,
-    max_delay: timedelta,
-    idle_advance: bool,
-    max_future: timedelta | None,
-    label: str | None,
-) -> TimedFeaturesOut:
-    """Frames onto the row implementation: rows checked on columns, then ``(key, dict)`` pairs."""
+    def on_eof(self) -> tuple[list[Any], bool]:
+        self.core.tick()
+        return [self._step([], [], eof=True)], False
 
-    def to_rows(items: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        for item in items:
-            if not isinstance(item, pl.DataFrame):
-                why = f"expected a polars DataFrame; got {type(item).__name__}"
-                out.append(("", Rejected(step_id, "BadItem", why, item)))
-                continue
-            if not item.height:
-                continue
-            good, bad = bad_key_rows(item, key, step_id)
-            out += [("", r) for r in bad]
-            good, bad = check_frame(good, step_id=step_id, timestamp=timestamp, fields=spec.fields)
-            out += [("", r) for r in bad]
-            if not good.height:
-                continue
-            times = list(map(from_micros, ts_micros(good, timestamp).tolist()))
-            keys = good.get_column(key).cast(pl.String).to_list()
-            for k, t, row in zip(keys, times, good.iter_rows(named=True)):
-                row[_TS] = t
-                out.append((k, row))
-        return out
-
-    def original(rejected: Rejected) -> Rejected:
-        """A rejection holding the frame row (without the adapter's time field)."""
-        item = rejected.original
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict):
-            row = {k: v for k, v in item[1].items() if k != _TS}
-            return rejected._replace(original=row)
-        return rejected
-
-    pairs = op.flat_map_batch("rows", up, to_rows)
-    split = op.branch("split", pairs, lambda kv: isinstance(kv[1], Rejected))
-    inner = window_agg(
-        "windows",
-        split.falses,
-        timestamp=lambda e: e[_TS],
-        windower=windower,
-        fields=_fields_of(spec),
-        aggregates=(),
-        max_delay=max_delay,
-        idle_advance=idle_advance,
-        max_future=max_future,
-        label=label,
-    )
-    oks = op.flat_map_batch(
-        "frames", inner.oks, lambda kvs: [pl.DataFrame([row for _, row in kvs])] if kvs else []
-    )
-    errs = op.merge(
-        "all_errs",
-        op.map("bad", split.trues, lambda kv: kv[1]),
-        op.map("errs", inner.errs, original),
-    )
-    return TimedFeaturesOut(oks, errs, op.map("late", inner.late, original))
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(_KIND, _VERSION, {"path": self.path, **self.core.snapshot_data()})
 
 
-def _fields_of(spec: _Spec) -> dict[str, list[str]]:
-    """``{field: [aggregates]}`` of a spec, to build the row operator with the same features."""
-    out: dict[str, list[str]] = {name: [] for name in spec.fields}
-    for f, agg in spec.plan:
-        out[spec.fields[f]].append(agg)
-    return out
+class _FrameLogic(_Logic):
+    """A shard of keys: checked frames in, one frame of closed windows per step out."""
+
+    path = "frames"
+
+    def __init__(self, spec: Spec, key: str, timestamp: str, resume: Any) -> None:
+        self.key = key
+        self.timestamp = timestamp
+        super().__init__(spec, resume)
+
+    def on_batch(self, frames: list[pl.DataFrame]) -> tuple[list[Any], bool]:
+        core, step_id = self.core, self.spec.step_id
+        core.tick()
+        errs: list[Rejected] = []
+        lates: list[Rejected] = []
+        for frame in frames:
+            adm = core.admit(frame.get_column(self.key), ts_micros(frame, self.timestamp))
+            if len(adm.future) or len(adm.late):
+                more, late = adm.rejected(step_id, partial(frame.row, named=True))
+                errs += more
+                lates += late
+            x = values(frame, self.spec.fields)
+            core.hold(adm.kid, adm.ts, x if len(adm.ok) == frame.height else x[adm.ok])
+        return [self._step(errs, lates)], False
+
+    def _emit(self, closed: Closed) -> list[pl.DataFrame]:
+        names = self.core.names
+        when = pl.Datetime("us", "UTC")
+        columns = {
+            "key": pl.Series([names[k] for k in closed.kid.tolist()]).cast(pl.String),
+            "window_start": pl.Series(closed.start).cast(when),
+            "window_end": pl.Series(closed.end).cast(when),
+        }
+        columns.update(zip(self.spec.names, closed.columns))
+        return [pl.DataFrame(columns)]
 
 
-def _bounds(windower: Any) -> Callable[[int, dict[str, Any]], tuple[datetime, datetime]]:
-    """How to get a closed window's start and end from its id (or, for sessions, its rows)."""
+class _RowLogic(_Logic):
+    """A shard of keys: ``(key, event)`` rows in, ``(key, aggregates)`` per closed window out."""
+
+    path = "rows"
+
+    def __init__(self, spec: Spec, ts_getter: Callable[[Any], datetime], resume: Any) -> None:
+        self.ts_getter = ts_getter
+        super().__init__(spec, resume)
+
+    def on_batch(self, parts: list[tuple[list, list]]) -> tuple[list[Any], bool]:
+        core, step_id = self.core, self.spec.step_id
+        core.tick()
+        for handovers, _ in parts:  # a key's handover comes before any row of it
+            for key, handover in handovers:
+                core.adopt(key, handover.data)
+        items = parts[0][1] if len(parts) == 1 else [x for _, rows in parts for x in rows]
+        cols, errs = extract(step_id, items, self.spec.fields, self.ts_getter)
+        lates: list[Rejected] = []
+        keys, events = cols.keys, cols.events
+        if keys:
+            adm = core.admit(keys, cols.ts)
+            if len(adm.future) or len(adm.late):
+                more, lates = adm.rejected(step_id, lambda i: (keys[i], events[i]))
+                errs += more
+            x = cols.values if len(adm.ok) == len(keys) else cols.values[adm.ok]
+            core.hold(adm.kid, adm.ts, x)
+        return [self._step(errs, lates)], False
+
+    def _emit(self, closed: Closed) -> list[tuple[Any, dict[str, Any]]]:
+        names = self.core.names
+        keys = [names[k] for k in closed.kid.tolist()]
+        starts = list(map(from_micros, closed.start.tolist()))
+        ends = list(map(from_micros, closed.end.tolist()))
+        features = [c.tolist() for c in closed.columns]
+        spec_names = self.spec.names
+        return [
+            (k, {"key": k, "window_start": a, "window_end": b, **dict(zip(spec_names, vals))})
+            for k, a, b, *vals in zip(keys, starts, ends, *features)
+        ]
+
+
+class _ByKey(StatefulBatchLogic):
+    """A key's rows on their way to its shard, at the step id where the previous release kept
+    the key's windows: a state found there is handed over to the shard first, then dropped.
+
+    Keeps nothing (discarded after each call); the handover's record is only ever snapshot if
+    Bytewax keeps a loaded state to an epoch's end before waking it.
+    """
+
+    def __init__(self, spec: Spec, resume: Any) -> None:
+        self.handover = None
+        if resume is not None:
+            if _window_legacy.is_legacy(resume):
+                data = _window_legacy.upgrade(resume, spec)
+            else:
+                data = restore(resume, kind=_KIND + ".handover", version=_VERSION)
+            self.handover = _window_legacy.Handover(data)
+
+    def _flush(self, out: list[Any]) -> tuple[list[Any], bool]:
+        if self.handover is not None:
+            out.insert(0, self.handover)
+            self.handover = None
+        return out, True
+
+    def on_batch(self, items: list[Any]) -> tuple[list[Any], bool]:
+        return self._flush([items])
+
+    def notify_at(self) -> datetime | None:
+        return None if self.handover is None else datetime.now(timezone.utc)
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        return self._flush([])
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        return self._flush([])
+
+    def snapshot(self) -> dict[str, Any] | None:
+        data = None if self.handover is None else self.handover.data
+        return None if data is None else snapshot(_KIND + ".handover", _VERSION, data)
+
+
+@operator
+def _keyed(step_id: str, up: KeyedStream[Any], builder: Callable[[Any], _ByKey]) -> Stream:
+    """The by-key step; named ``window`` by :func:`window_agg`, so it lives at
+    ``<step>.window.stateful_batch``, where the previous release's windowing operator did."""
+    return op.stateful_batch("stateful_batch", up, builder)
+
+
+def _by_key(items: list[Any]) -> list[tuple[str, Any]]:
+    """Each ``(key, event)`` item keyed by its key; an item without a text key goes to the
+    state of key ``""``, and on to be rejected as ``BadItem``."""
+    return [
+        (item[0], item)
+        if type(item) is tuple and len(item) == 2 and type(item[0]) is str
+        else ("", item)
+        for item in items
+    ]
+
+
+def _row_sharder(shards: int) -> Callable[[list[Any]], list[tuple[str, tuple[list, list]]]]:
+    """``(key, rows)`` and ``(key, Handover)`` items to ``(shard id, (handovers, rows))``, by
+    the one key router (:func:`~streamml.operators._core.keys.shard_ids`)."""
+
+    def group(items: list[tuple[str, Any]]) -> list[tuple[str, tuple[list, list]]]:
+        if shards == 1:
+            ids = [0] * len(items)
+        else:
+            ids = shard_ids(pl.Series([key for key, _ in items], dtype=pl.String), shards).tolist()
+        parts: dict[int, tuple[list, list]] = {}
+        for shard, (key, value) in zip(ids, items):
+            handovers, rows = parts.setdefault(shard, ([], []))
+            if type(value) is list:
+                rows.extend(value)
+            else:
+                handovers.append((key, value))
+        return [(str(shard), part) for shard, part in parts.items()]
+
+    return group
+
+
+def _windows(windower: Any) -> Fixed | Sessions:
+    """The windows of a Bytewax windower, in microseconds."""
     if isinstance(windower, SessionWindower):
-        return lambda _wid, row: (from_micros(row["_first"]), from_micros(row["_last"]))
-    numbering = _Numbering(windower)
-    return lambda wid, _row: numbering.span(wid)
-
-
-def _first_window(windower: Any) -> Callable[[int, datetime], bool]:
-    """Whether a late report for ``(window id, timestamp)`` is the event's first (one per event)."""
-    if isinstance(windower, SlidingWindower):
-        first_id = _Numbering(windower).first_id
-        return lambda wid, at: wid == first_id(at)
-    return lambda wid, at: True
+        if windower.gap <= timedelta(0):
+            raise ValueError(f"the session gap must be > 0; got {windower.gap}")
+        return Sessions(micros(windower.gap))
+    length = micros(windower.length)
+    offset = micros(getattr(windower, "offset", windower.length))
+    if length <= 0 or offset <= 0:
+        raise ValueError(f"window length and offset must be > 0; got {length} µs, {offset} µs")
+    return Fixed(length, offset, to_micros(windower.align_to))
 
 
 @operator
@@ -265,6 +285,8 @@ def window_agg(
     idle_advance: bool = True,
     max_future: timedelta | None = timedelta(days=1),
     label: str | None = None,
+    ttl: timedelta | None = None,
+    shards: int = 8,
 ) -> TimedFeaturesOut:
     """Emit one row of aggregates per key per closed window.
 
@@ -283,22 +305,24 @@ def window_agg(
     Bad events go to ``errs`` exactly as for
     :func:`~streamml.operators.featurize.rolling`. An event older than its
     key's watermark (newest timestamp seen minus ``max_delay``) goes to
-    ``late`` once, whatever the number of windows it falls in.
+    ``late`` once, whatever the number of windows it falls in: the one
+    lateness rule of :mod:`streamml.operators._core.event_time`, so which
+    events are late depends neither on ``shards`` nor on batch boundaries.
+    With ``idle_advance``, a window the wall clock closed also moves its
+    key's watermark to the clock's: an event that would have fallen in it
+    is late, never a second row for the same window.
 
     Frames (``key`` and ``timestamp`` name columns; the timestamp a
     time-zone-aware ``Datetime`` or integer epoch milliseconds): each row is
     checked on the frame's columns (a bad key is ``BadKey``, see
     :func:`~streamml.operators._core.keys.route`; bad values and times as
     in :func:`~streamml.operators._core.columns.check_frame`; a non-frame
-    item ``BadItem``), and ``oks`` carries one frame per batch of closed
-    windows, with the columns of a row above (``key`` as text). Rejections
-    hold the row as a dict. *How, today:* the checked rows are handed, as
-    ``(key, dict)`` pairs, to the row implementation below — Bytewax's
-    windowing operator with its per-key ``EventClock`` — so lateness on
-    frames follows Bytewax's clock exactly as on rows, not
-    :class:`~streamml.operators._core.event_time.KeyedEventTime`, and a
-    frame costs a dict per row inside this step (moving the windows onto
-    the core's per-key event time is open work).
+    item ``BadItem``), keys are spread over ``shards`` states, and ``oks``
+    carries one frame per state and step with the closed windows, with the
+    columns of a row above (``key`` as text, ``window_start`` and
+    ``window_end`` UTC ``Datetime``). Rejections hold the row as a dict.
+    Rows (``key=None``) keep one state per key, as the previous release
+    did (its recovery stores resume).
 
     Args:
         step_id: Unique ID.
@@ -319,6 +343,13 @@ def window_agg(
             end of input.
         max_future: Reject timestamps further than this beyond the wall clock.
         label: Optional suffix of the feature names.
+        ttl: Frames: forget a key idle this long in its shard's event time,
+            closing its windows first (at least the window length, or the
+            session gap, plus ``max_delay``; by default that plus an hour).
+            Afterwards its stale rows are late. A row state goes once none
+            of its windows is open.
+        shards: Frames: the number of states keys are spread over (by a
+            stable hash of the key); about twice the number of workers.
 
     Returns:
         ``oks`` rows, ``errs`` and ``late``
@@ -380,6 +411,10 @@ def window_agg(
         )
     if max_delay < timedelta(0):
         raise ValueError(f"max_delay must be >= 0; got {max_delay}")
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1; got {shards}")
+    if max_future is not None and max_future < timedelta(0):
+        raise ValueError(f"max_future must be >= 0 or None; got {max_future}")
     spec_fields = (
         {f: tuple(aggregates) for f in fields} if not isinstance(fields, Mapping) else dict(fields)
     )
@@ -396,80 +431,52 @@ def window_agg(
                 )
             if agg == "rate" and isinstance(windower, SessionWindower):
                 raise ValueError("rate needs a fixed window length; sessions have none")
+    windows = _windows(windower)
+    span = timedelta(microseconds=windows.gap if isinstance(windows, Sessions) else windows.length)
+    if ttl is None:
+        ttl = span + max_delay + timedelta(hours=1)
+    if ttl < span + max_delay:
+        raise ValueError(
+            f"ttl must be >= the window (or session gap) + max_delay ({span + max_delay}); "
+            f"got {ttl}"
+        )
     names = list(spec_fields)
-    plan = [(names.index(f), a) for f, aggs in spec_fields.items() for a in aggs]
+    plan = tuple((names.index(f), a) for f, aggs in spec_fields.items() for a in aggs)
     suffix = f"_{label}" if label else ""
-    length = getattr(windower, "length", timedelta(0))
-    spec = _Spec(
-        step_id,
-        tuple(names),
-        plan,
-        [f"{names[f]}_{a}{suffix}" for f, a in plan],
-        length.total_seconds(),
+    spec = Spec(
+        step_id=step_id,
+        fields=tuple(names),
+        plan=plan,
+        names=tuple(f"{names[f]}_{a}{suffix}" for f, a in plan),
+        windows=windows,
+        max_delay=max_delay,
+        ttl=ttl,
+        max_future=max_future,
+        idle_advance=idle_advance,
     )
-    max_future_us = micros(max_future) if max_future is not None else None
     if key is not None:
         if not isinstance(key, str) or not isinstance(timestamp, str):
             raise ValueError(
                 "for frames, key and timestamp name columns (e.g. key='sensor_id', "
                 f"timestamp='ts'); got key={key!r}, timestamp={timestamp!r}"
             )
-        return _frames(
-            step_id, up, spec, key, timestamp, windower, max_delay, idle_advance, max_future, label
+        check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=spec.fields)
+        mixed = op.flat_map_batch(
+            "shard", up, frame_sharder(step_id, key=key, shards=shards, check=check)
         )
+        split = op.branch("split", mixed, lambda item: isinstance(item, Rejected))
+        chunks = op.stateful_batch(
+            "state", split.falses, lambda resume: _FrameLogic(spec, key, timestamp, resume)
+        )
+        out = split_chunks(chunks)
+        return TimedFeaturesOut(out.oks, op.merge("all_errs", split.trues, out.errs), out.late)
     if not callable(timestamp):
         raise ValueError(
             "with key=None, up is a keyed stream of (key, event) rows and timestamp must be a "
             f"function of an event; got {timestamp!r}. For frames, give key= the key column"
         )
-
-    def validate(batch: list[Any]) -> list[tuple[str, Any]]:
-        cols, errs = extract(step_id, batch, spec.fields, timestamp, max_future_us)
-        out: list[tuple[str, Any]] = [("", e) for e in errs]
-        for k, e, t, v in zip(cols.keys, cols.events, cols.ts.tolist(), cols.values.tolist()):
-            out.append((k, _Row(from_micros(t), t, tuple(v), (k, e))))
-        return out
-
-    checked = op.flat_map_batch("validate", up, validate)
-    errs = op.filter_map("errs", checked, lambda kv: kv[1] if isinstance(kv[1], Rejected) else None)
-    rows = op.filter("rows", checked, lambda kv: isinstance(kv[1], _Row))
-    if idle_advance:
-        clock = EventClock(lambda r: r.at, wait_for_system_duration=max_delay)
-    else:
-        frozen = datetime(1970, 1, 1, tzinfo=timezone.utc)
-        clock = EventClock(
-            lambda r: r.at,
-            wait_for_system_duration=max_delay,
-            now_getter=lambda: frozen,
-            to_system_utc=lambda _t: None,
-        )
-    wout = window(
-        "window",
-        rows,
-        clock,
-        windower,
-        lambda resume: _RowsLogic(spec, list(resume) if resume else []),
-    )
-    bounds = _bounds(windower)
-
-    def finish(key_item: tuple[str, tuple[int, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
-        key, (wid, row) = key_item
-        start, end = bounds(wid, row)
-        features = {k: v for k, v in row.items() if not k.startswith("_")}
-        return key, {"key": key, "window_start": start, "window_end": end, **features}
-
-    oks = op.map("rows_out", wout.down, finish)
-    first = _first_window(windower)
-
-    def late_once(key_item: tuple[str, tuple[int, _Row]]) -> Rejected | None:
-        _key, (wid, r) = key_item
-        if not first(wid, r.at):
-            return None
-        reason = (
-            f"event time {r.at.isoformat()} is before its key's watermark "
-            f"(newest timestamp seen minus max_delay {max_delay})"
-        )
-        return Rejected(step_id, "Late", reason, r.original)
-
-    lates = op.filter_map("late", wout.late, late_once)
-    return TimedFeaturesOut(oks, errs, lates)
+    keyed = op.flat_map_batch("route", up, _by_key)
+    by_key = _keyed("window", keyed, lambda resume: _ByKey(spec, resume))
+    sharded = op.flat_map_batch("shard", by_key, _row_sharder(shards))
+    chunks = op.stateful_batch("state", sharded, lambda resume: _RowLogic(spec, timestamp, resume))
+    return split_chunks(chunks)

@@ -277,6 +277,7 @@ def _window_agg(ups: list[Stream], shards: int) -> dict[str, Stream]:
         fields={"x": ["count", "mean", "max"], "y": ["sum"]},
         max_delay=5 * MIN,
         idle_advance=False,
+        shards=shards,
     )
     return {"oks": out.oks, "errs": out.errs, "late": out.late}
 
@@ -390,14 +391,10 @@ CASES = [
         _one_side,
         ("x", "y"),
         skip={
-            "bad_frame": "window_agg's frame path hands rows on as dicts: a payload column of "
-            "another dtype clashes with nothing, the injected rows are valid and their far time "
-            "moves their key's watermark, so 'nothing else changes' cannot hold",
-        },
-        xfail={
-            "snapshot": "window_agg frames are an adapter onto Bytewax's windowing operator: "
-            "its state is Bytewax's _WindowSnapshot holding featurize.windows._Row, not a "
-            "versioned streamml record",
+            "bad_frame": "window_agg keeps no payload column (only each row's key, time and "
+            "numbers): a payload column of another dtype clashes with nothing, the injected rows "
+            "are valid and their far time moves their key's watermark, so 'nothing else "
+            "changes' cannot hold",
         },
     ),
     Case(

@@ -196,9 +196,11 @@ def test_misconfiguration_raises(kwargs, message):
     ids=["tumbling", "sliding"],
 )
 def test_window_numbering_is_what_bytewax_reports_on_its_public_streams(windower):
-    """window_agg labels windows by its own numbering; Bytewax's meta and late streams agree."""
+    """window_agg numbers windows itself (``_window_core.Fixed``); Bytewax's meta and late
+    streams agree, so its windows are the ones Bytewax's windowers would make."""
     from bytewax.operators.windowing import EventClock, collect_window
-    from streamml.operators.featurize.windows import _Numbering
+    from streamml.operators._time import micros, to_micros
+    from streamml.operators.featurize.windows import _windows
 
     frozen = datetime(1970, 1, 1, tzinfo=timezone.utc)
     clock = EventClock(
@@ -216,16 +218,21 @@ def test_window_numbering_is_what_bytewax_reports_on_its_public_streams(windower
     op.output("late", wout.late, TestingSink(lates))
     run_main(flow)
 
-    numbering = _Numbering(windower)
+    fixed = _windows(windower)
+
+    def us(s):
+        return np.array([to_micros(T0) + micros(timedelta(seconds=s))])
+
     assert len(metas) >= 5
     for _key, (wid, meta) in metas:
-        assert numbering.span(wid) == (meta.open_time, meta.close_time)
+        start = int(fixed.start(np.array([wid]))[0])
+        assert (start, start + fixed.length) == (
+            to_micros(meta.open_time),
+            to_micros(meta.close_time),
+        )
     late_ids: dict[float, list[int]] = {}
     for _key, (wid, s) in lates:
         late_ids.setdefault(s, []).append(wid)
     assert sorted(late_ids) == [1.7, 11.0]
-    for s, ids in late_ids.items():
-        assert min(ids) == numbering.first_id(T0 + timedelta(seconds=s))
-        for wid in ids:  # every reported window holds the event
-            start, end = numbering.span(wid)
-            assert start <= T0 + timedelta(seconds=s) < end
+    for s, ids in late_ids.items():  # every window holding the event, first to last
+        assert sorted(ids) == list(range(fixed.first_id(us(s))[0], fixed.last_id(us(s))[0] + 1))
