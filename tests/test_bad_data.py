@@ -482,10 +482,26 @@ def _interval_check(items: list[Any], frames: bool) -> None:
     assert set(_ids_in(items)) <= set(_ids_out(oks)) | {_id_of(r.original) for r in rejected}
 
 
+def _asof_check(items: list[Any], frames: bool) -> None:
+    """A self as-of join on rows: every event is joined (a miss takes the default), rejected or late."""
+    flow = Dataflow("bad_asof")
+    up = op.input("in", flow, TestingSource(items))
+    out = join.asof_join(
+        "asof", up, up, ts=_ts, table_ts=_ts, merge=lambda e, _row: e, default={}, shards=2
+    )
+    oks: list = []
+    rejected: list[Rejected] = []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", op.merge("rejected", out.errs, out.late), TestingSink(rejected))
+    run_main(flow)
+    assert set(_ids_in(items)) <= set(_ids_out(oks)) | {_id_of(r.original) for r in rejected}
+
+
 CHECKS = {
     "window_agg": _window_agg_check,
     "anomaly_windows": _windows_check,
     "interval_join": _interval_check,
+    "asof_join": _asof_check,
 }
 
 
@@ -495,6 +511,7 @@ CHECKS = {
         pytest.param("window_agg", marks=pytest.mark.xfail(strict=True, reason=BIG_INT)),
         pytest.param("anomaly_windows", marks=pytest.mark.xfail(strict=True, reason=BIG_INT)),
         "interval_join",
+        "asof_join",
     ],
 )
 @EXAMPLES
