@@ -21,6 +21,19 @@ from streamml.serve.repository import ModelRepository
 __all__ = ["Server", "serve"]
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (the ``serve`` extra has it, but on Windows).
+
+    With it (and httptools, which Uvicorn picks by itself) the MLP's one-row requests/s
+    were 1.6-2.5x those on asyncio's loop and h11, 16 clients, alternating runs.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class Server:
     """A running model server: its address, live version swaps, and stop.
 
@@ -53,10 +66,13 @@ class Server:
             self._loop = asyncio.get_running_loop()
             await self._server.serve(sockets=[self._sock])
 
+        loop = _new_loop()
         try:
-            asyncio.run(main())
+            loop.run_until_complete(main())
         except BaseException as exc:  # noqa: BLE001 - handed to start()
             self._failed = exc
+        finally:
+            loop.close()
 
     def start(self, timeout: float = 30.0) -> Server:
         """Start serving; returns once the server accepts requests."""
