@@ -47,17 +47,27 @@ class Topics:
 
 
 def build_flow(
-    bootstrap: str, topics: Topics, model: Model, *, max_wait: timedelta = timedelta(milliseconds=5)
+    bootstrap: str,
+    topics: Topics,
+    model: Model,
+    *,
+    max_wait: timedelta = timedelta(milliseconds=5),
+    tail: bool = False,
+    schema: dict[str, pl.DataType] | None = None,
 ) -> Dataflow:
-    """Read ``topics.telemetry`` to its end, score every reading with ``model``, write the results."""
+    """Score every reading of ``topics.telemetry`` with ``model`` and write the results.
+
+    ``tail=False`` stops at the topic's end; ``True`` waits for more.
+    ``schema`` replaces :data:`READING` (e.g. to carry more fields through).
+    """
     flow = Dataflow("model_microservice")
     src = kafka.source(
         "telemetry",
         flow,
         brokers=bootstrap,
         topics=topics.telemetry,
-        value_serde=JsonSerde(schema=READING),
-        tail=False,
+        value_serde=JsonSerde(schema=READING if schema is None else schema),
+        tail=tail,
         batch_size=BATCH,
         add_config=_FETCH,
         frames=True,
