@@ -6,6 +6,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators.infer import infer
 
@@ -155,3 +157,39 @@ def test_a_service_down_past_the_retry_budget_stops_the_flow_with_a_clear_error(
     cause = stopped.value.__cause__
     assert isinstance(cause, RemoteUnavailable)
     assert "no answer from" in str(cause) and "within the retry budget of 0.5 s" in str(cause)
+
+
+def test_after_an_outage_stopped_the_flow_recovery_resumes_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    events = _events(1200, seed=3)
+    init_db_dir(tmp_path, 1)
+    server = FaultyServer("--die-after", "6").start()  # dies answering its 6th request
+    budget = Retry(budget=0.5, initial=0.02, maximum=0.1)
+
+    def run(model: RemoteModel, sink: list) -> None:
+        flow = Dataflow("remote_recovery")
+        up = op.input("in", flow, TestingSource(events, batch_size=20))
+        out = infer("score", up, model, inputs="features", max_batch=100)
+        op.output("oks", out.oks, TestingSink(sink))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(tmp_path)))
+
+    first: list = []
+    try:
+        with pytest.raises(BytewaxRuntimeError) as stopped:
+            run(RemoteModel(server.url, "double-sum", max_rows=50, retry=budget), first)
+        assert isinstance(stopped.value.__cause__, RemoteUnavailable)
+        server.kill()
+        server.args = []
+        server.start()  # the service is back: resume from the last snapshot
+        second: list = []
+        run(RemoteModel(server.url, "double-sum", max_rows=50, retry=budget), second)
+    finally:
+        server.kill()
+    assert 0 < len(first) < len(events)
+    scored = {e["id"]: e["score"] for _, e in first + second}
+    assert sorted(scored) == list(range(len(events)))  # nothing lost
+    x = np.stack([e["features"] for _, e in events])
+    np.testing.assert_allclose(
+        [scored[i] for i in range(len(events))], expected_scores(x), rtol=1e-6
+    )
