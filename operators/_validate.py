@@ -109,10 +109,10 @@ def duration(
     arg: str,
     value: Any,
     *,
-    minimum: Literal["zero", "positive"] = "zero",
+    minimum: Literal["any", "zero", "positive"] = "zero",
     optional: bool = False,
 ) -> timedelta | None:
-    """A ``datetime.timedelta`` of at least zero (or above zero); ``None`` too if ``optional``.
+    """A ``datetime.timedelta`` of at least zero (above zero, or any sign); ``None`` too if ``optional``.
 
     Numbers are refused rather than guessed at: ``60`` could be seconds or
     milliseconds.
@@ -122,6 +122,8 @@ def duration(
         datetime.timedelta(seconds=2)
         >>> duration("ttl", None, optional=True) is None
         True
+        >>> duration("lower", timedelta(seconds=-5), minimum="any")
+        datetime.timedelta(days=-1, seconds=86395)
         >>> duration("gap", timedelta(0), minimum="positive")
         Traceback (most recent call last):
         ...
@@ -139,7 +141,7 @@ def duration(
         raise ValueError(
             f"{arg} must be a timedelta > 0, e.g. {arg}=timedelta(seconds=60); got {value}"
         )
-    if value < timedelta(0):
+    if minimum == "zero" and value < timedelta(0):
         raise ValueError(f"{arg} must be a timedelta >= 0; got {value}")
     return value
 
