@@ -217,3 +217,18 @@ def test_open_inference_request_format() -> None:
     ]:
         with pytest.raises(BadAnswer, match=message):
             proto.decode(garbage, 2)
+
+
+def test_a_try_that_times_out_is_retried_until_the_budget() -> None:
+    with FaultyServer("--delay", "2") as slow:  # answers after 2 s: every 0.2 s try times out
+        slow_model = RemoteModel(
+            slow.url,
+            "double-sum",
+            timeout=0.2,
+            retry=Retry(budget=1.0, initial=0.02, maximum=0.05),
+            warmup=False,
+        )
+        with pytest.raises(RemoteUnavailable, match="ReadTimeoutError"):
+            slow_model.predict(_rows(2))
+        assert slow_model.stats()["retries"] >= 2
+        slow_model.close()
