@@ -3,7 +3,7 @@
 The model is the light pipeline's MLP 4→64→64→2 (``benchmarks.pipeline.build_mlp``),
 ONNX Runtime with one intra-op thread. The server runs as its own process on
 loopback (``streamml serve mlp.onnx --port 0``, its defaults: max batch 1,024
-rows, max wait 1 ms); the clients are threads of this process, each with one
+rows, max wait 0); the clients are threads of this process, each with one
 kept-alive connection (``http.client``), sending pre-encoded bodies:
 
 - **batch 1, one client**: one row a request, one request at a time —

@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-wait-ms",
         type=float,
-        default=1.0,
-        help="longest a request waits for others to share its model call",
+        default=0.0,
+        help="longest a request waits for others to share its model call (default 0: "
+        "requests that arrive while the model runs share the next call)",
     )
     parser.add_argument(
         "--max-body-mb", type=float, default=64.0, help="largest request body (413 above)"
