@@ -140,33 +140,40 @@ class Moments:
         """
         if not len(self.keys):
             self.kids([None])
-        n = int(self.n[0])
+        n0 = int(self.n[0])
         mean = self.mean[0].tolist()
         m2 = self.m2[0].tolist()
-        out = []
         sqrt = math.sqrt
-        for row in x.tolist():
-            n += 1
+        out = []
+        for j, column in enumerate(x.T.tolist()):  # the fields are independent: field by field
+            mu, q, n = mean[j], m2[j], n0
             scaled = []
-            for j, v in enumerate(row):
-                d = v - mean[j]
-                mean[j] += d / n
-                m2[j] += d * (v - mean[j])
-                std = sqrt(m2[j] / n)
-                scaled.append((v - mean[j]) / (std if std > 0 else 1.0))
+            for v in column:
+                n += 1
+                d = v - mu
+                mu += d / n
+                q += d * (v - mu)
+                std = sqrt(q / n)
+                scaled.append((v - mu) / (std if std > 0 else 1.0))
+            mean[j], m2[j] = mu, q
             out.append(scaled)
-        self.n[0], self.mean[0], self.m2[0], self.seen[0] = n, mean, m2, now
-        return np.array(out, dtype=np.float64).reshape(len(out), self.width)
+        self.n[0] += len(x)
+        self.mean[0], self.m2[0], self.seen[0] = mean, m2, now
+        return np.array(out, dtype=np.float64).reshape(self.width, len(x)).T
 
     def due(self, ttl: float | None) -> float | None:
         """Wall-clock seconds when the stalest key expires (``None``: never, or no key)."""
         if ttl is None or not len(self.keys):
             return None
+        if len(self.keys) == 1:  # a row state: an element, not a reduction (~10x cheaper)
+            return float(self.seen[0]) + ttl
         return float(self.seen.min()) + ttl
 
     def expire(self, now: float, ttl: float | None) -> int:
         """Drop the keys idle for ``ttl`` seconds; how many were dropped."""
         if ttl is None or not len(self.keys):
+            return 0
+        if len(self.keys) == 1 and self.seen[0] + ttl > now:  # a row state's key, still fresh
             return 0
         keep = self.seen + ttl > now
         if keep.all():

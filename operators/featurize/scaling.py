@@ -268,6 +268,13 @@ class _OnlineScaleLogic(StatefulBatchLogic):
             return [(oks, [])], False
         oks: list[Any] = []
         errs: list[Rejected] = []
+        if pl.DataFrame not in set(map(type, values)):  # rows only, the usual batch: one run
+            cols, errs = extract(self.step_id, values, self.fields)
+            if cols.keys:
+                oks = with_columns(
+                    cols.keys, cols.events, self.names, self._one_slot(cols.values, now)
+                )
+            return [(oks, errs)], not len(self.moments)
         run: list[Any] = []  # consecutive rows; a frame (per_key=False only) ends a run
         for item in [*values, None]:
             if item is not None and not isinstance(item, pl.DataFrame):
