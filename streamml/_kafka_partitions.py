@@ -33,6 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
 __all__ = [
+    "DEFAULT_BROKER_TIMEOUT",
     "BrokerUnreachable",
     "BrokerWatch",
     "KafkaPartitions",
@@ -42,6 +43,10 @@ __all__ = [
     "list_partitions",
     "picklable",
     "start_position",
+    "TopicNotFound",
+    "check_timeout",
+    "one_topic",
+    "topic_names",
 ]
 
 Fetch = list[Any]
@@ -55,6 +60,18 @@ class BrokerUnreachable(RuntimeError):
 
 BrokerUnreachable.__module__ = "streamml.kafka"  # where users import it from
 
+
+class TopicNotFound(RuntimeError):
+    """A topic a Kafka source, table or sink names does not exist on the brokers."""
+
+
+TopicNotFound.__module__ = "streamml.kafka"
+
+DEFAULT_BROKER_TIMEOUT = timedelta(seconds=60)
+"""How long the Kafka source, table and sink wait for an unreachable broker
+before failing the dataflow, unless told otherwise (Kafka clients' own
+``default.api.timeout.ms`` is 60 s too)."""
+
 _UNREACHABLE = frozenset(
     {
         ConfluentKafkaError._ALL_BROKERS_DOWN,
@@ -62,6 +79,7 @@ _UNREACHABLE = frozenset(
         ConfluentKafkaError._RESOLVE,
     }
 )
+_UNKNOWN_TOPIC = ConfluentKafkaError.UNKNOWN_TOPIC_OR_PART
 _STREAK_GAP_S = 11.0
 """Errors further apart than this start a new outage (librdkafka retries a
 connection at least every ``reconnect.backoff.max.ms``, 10 s by default)."""
@@ -110,15 +128,86 @@ def broker_list(brokers: str | Sequence[str]) -> list[str]:
     Examples:
         >>> broker_list("a:9092, b:9092")
         ['a:9092', 'b:9092']
+        >>> broker_list(9092)
+        Traceback (most recent call last):
+        ...
+        TypeError: brokers must be 'host:port' (comma-separated) or a list of them, e.g. brokers='localhost:9092'; got 9092
     """
-    hosts = brokers.split(",") if isinstance(brokers, str) else list(brokers)
+    if isinstance(brokers, str):
+        hosts = brokers.split(",")
+    elif isinstance(brokers, Sequence) and all(isinstance(h, str) for h in brokers):
+        hosts = list(brokers)
+    else:
+        raise TypeError(
+            "brokers must be 'host:port' (comma-separated) or a list of them, "
+            f"e.g. brokers='localhost:9092'; got {brokers!r}"
+        )
     hosts = [h.strip() for h in hosts if h.strip()]
     if not hosts:
         raise ValueError("brokers must name at least one host:port, e.g. brokers='localhost:9092'")
     return hosts
 
 
-def check_broker_timeout(broker_timeout: timedelta, config: dict[str, Any]) -> None:
+def topic_names(topics: str | Sequence[str], name: str = "topics") -> list[str]:
+    """Topic names from one name or a list of them; anything else is refused with what to pass.
+
+    Examples:
+        >>> topic_names("readings"), topic_names(["a", "b"])
+        (['readings'], ['a', 'b'])
+        >>> topic_names(123)
+        Traceback (most recent call last):
+        ...
+        TypeError: topics must be a topic name or a list of names, e.g. topics='readings'; got 123
+    """
+    found = [topics] if isinstance(topics, str) else topics
+    if not isinstance(found, Sequence) or not all(isinstance(t, str) for t in found):
+        raise TypeError(
+            f"{name} must be a topic name or a list of names, e.g. {name}='readings'; "
+            f"got {topics!r}"
+        )
+    if not found or not all(found):
+        raise ValueError(
+            f"{name} must name at least one topic, e.g. {name}='readings'; got {topics!r}"
+        )
+    return list(found)
+
+
+def one_topic(topic: str) -> str:
+    """The one topic a sink writes to, or a table reads: a non-empty name.
+
+    Examples:
+        >>> one_topic(["scores"])
+        Traceback (most recent call last):
+        ...
+        TypeError: topic must be one topic name, e.g. topic='scores'; got ['scores']
+    """
+    if not isinstance(topic, str) or not topic:
+        raise TypeError(f"topic must be one topic name, e.g. topic='scores'; got {topic!r}")
+    return topic
+
+
+def check_timeout(name: str, value: Any, *, none: str | None = None) -> None:
+    """Refuse a timeout that is not a positive ``timedelta`` (``None`` only when ``none`` says what it means).
+
+    Examples:
+        >>> check_timeout("delivery_timeout", 60)
+        Traceback (most recent call last):
+        ...
+        TypeError: delivery_timeout must be a datetime.timedelta, e.g. timedelta(seconds=60); got 60
+    """
+    if value is None and none is not None:
+        return
+    if not isinstance(value, timedelta):
+        allowed = f" (or None to {none})" if none is not None else ""
+        raise TypeError(
+            f"{name} must be a datetime.timedelta{allowed}, e.g. timedelta(seconds=60); got {value!r}"
+        )
+    if value <= timedelta(0):
+        allowed = f" (or None to {none})" if none is not None else ""
+        raise ValueError(f"{name} must be > 0{allowed}; got {value}")
+
+
+def check_broker_timeout(broker_timeout: timedelta | None, config: dict[str, Any]) -> None:
     """Refuse a ``broker_timeout`` that is not positive, or one with an ``error_cb`` of the user's.
 
     Examples:
@@ -127,12 +216,12 @@ def check_broker_timeout(broker_timeout: timedelta, config: dict[str, Any]) -> N
         ...
         ValueError: broker_timeout must be > 0 (or None to retry forever); got 0:00:00
     """
-    if broker_timeout <= timedelta(0):
+    check_timeout("broker_timeout", broker_timeout, none="retry forever")
+    if broker_timeout is not None and "error_cb" in config:
         raise ValueError(
-            f"broker_timeout must be > 0 (or None to retry forever); got {broker_timeout}"
+            "broker_timeout sets error_cb; leave error_cb out of add_config "
+            "(or pass broker_timeout=None to keep your own and retry forever)"
         )
-    if "error_cb" in config:
-        raise ValueError("broker_timeout sets error_cb; leave error_cb out of add_config")
 
 
 def start_position(starting_offset: int, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -189,6 +278,12 @@ def list_partitions(
                     f"no Kafka broker of {config.get('bootstrap.servers')} answered within "
                     f"broker_timeout={wait_s:g} s at start: {exc}"
                 ) from None
+            if meta.error is not None and meta.error.code() == _UNKNOWN_TOPIC:
+                raise TopicNotFound(
+                    f"Kafka topic {topic!r} does not exist on {config.get('bootstrap.servers')}; "
+                    "create it first (e.g. AdminClient.create_topics, kafka-topics.sh --create, "
+                    "or `streamml broker --topic NAME:PARTITIONS`)"
+                )
             if meta.error is not None:
                 raise RuntimeError(
                     f"error listing partitions for Kafka topic {topic!r}: {meta.error.str()}"

@@ -28,7 +28,14 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-__all__ = ["DeliveryError", "ProducerSink", "ready_producer"]
+from streamml._kafka_partitions import (
+    DEFAULT_BROKER_TIMEOUT,
+    BrokerUnreachable,
+    TopicNotFound,
+    check_timeout,
+)
+
+__all__ = ["DeliveryError", "ProducerSink", "check_topic", "ready_producer"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +61,44 @@ def ready_producer(config: Mapping[str, Any], topic: str) -> Producer:
     the rest; with two requests, 0 s for all. A broker that does not answer
     within 1 s is not an error here: the first delivery reports it.
 
+    The requests ask for every topic's metadata, not ``topic``'s: a
+    producer's request for one topic makes a broker that creates topics on
+    first use create it (tansu does, and Kafka with
+    ``auto.create.topics.enable``), which would hide a misspelt name.
+
     Examples:
         >>> producer = ready_producer({"bootstrap.servers": "127.0.0.1:9"}, "t")  # doctest: +SKIP
     """
     producer = Producer({"enable.sparse.connections": False, **config})
     with suppress(KafkaException):  # unreachable for now: the delivery reports will say so
         for _ in range(2):
-            producer.list_topics(topic, timeout=_CONNECT_WAIT_S)
+            producer.list_topics(timeout=_CONNECT_WAIT_S)
     return producer
+
+
+def check_topic(producer: Producer, topic: str, broker_timeout: timedelta | None) -> None:
+    """Fail unless the brokers answer within ``broker_timeout`` and have ``topic``.
+
+    Raises :class:`~streamml.kafka.BrokerUnreachable` when no broker answers
+    in time (``None`` waits for one forever) and
+    :class:`~streamml.kafka.TopicNotFound` when the topic does not exist,
+    so a sink fails at start with the reason instead of retrying in silence
+    or writing to a topic a typo created.
+    """
+    wait_s = -1.0 if broker_timeout is None else broker_timeout.total_seconds()
+    try:
+        topics = producer.list_topics(timeout=wait_s).topics  # all topics: see ready_producer
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"no Kafka broker answered the sink of topic {topic!r} within "
+            f"broker_timeout={wait_s:g} s at start: {exc}"
+        ) from None
+    if topic not in topics:
+        raise TopicNotFound(
+            f"Kafka topic {topic!r} does not exist; create it before writing to it "
+            "(e.g. AdminClient.create_topics, kafka-topics.sh --create, "
+            "or `streamml broker --topic NAME:PARTITIONS`)"
+        )
 
 
 KeyValue = tuple[bytes | None, bytes | None]
@@ -73,7 +110,12 @@ class DeliveryError(RuntimeError):
 
 class _ProducerPartition(StatelessSinkPartition[KeyValue]):
     def __init__(
-        self, config: Mapping[str, Any], topic: str, timeout_s: float, confirm_each_batch: bool
+        self,
+        config: Mapping[str, Any],
+        topic: str,
+        timeout_s: float,
+        confirm_each_batch: bool,
+        broker_timeout: timedelta | None,
     ) -> None:
         self._user_error_cb = config.get("error_cb")
         self._broker_error: str | None = None
@@ -87,6 +129,11 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue]):
         self._confirm_each_batch = confirm_each_batch
         self._failures: list[str] = []
         self._failed = False  # a DeliveryError was raised: close() must not raise again
+        try:
+            check_topic(self._producer, topic, broker_timeout)
+        except Exception:
+            self._producer.close()
+            raise
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
@@ -198,7 +245,12 @@ class ProducerSink(DynamicSink[KeyValue]):
         add_config: Extra librdkafka producer settings (override the defaults:
             idempotence on, ``linger.ms`` 5, ``delivery.report.only.error``
             on). Its ``on_delivery`` is replaced: the sink's own callback
-            collects the failures.
+            collects the failures; its ``error_cb`` is still called.
+        broker_timeout: How long each worker's producer waits at start for
+            a broker to answer before failing with
+            :class:`~streamml.kafka.BrokerUnreachable` (60 s by default;
+            ``None`` waits forever). A topic that does not exist fails it
+            with :class:`~streamml.kafka.TopicNotFound`.
 
     Examples:
         >>> sink = ProducerSink("127.0.0.1:9092", "scores")
@@ -214,10 +266,12 @@ class ProducerSink(DynamicSink[KeyValue]):
         delivery_timeout: timedelta = timedelta(seconds=60),
         confirm_each_batch: bool = True,
         add_config: Mapping[str, str] | None = None,
+        broker_timeout: timedelta | None = DEFAULT_BROKER_TIMEOUT,
     ) -> None:
-        if delivery_timeout <= timedelta(0):
-            raise ValueError(f"delivery_timeout must be > 0; got {delivery_timeout}")
+        check_timeout("delivery_timeout", delivery_timeout)
+        check_timeout("broker_timeout", broker_timeout, none="wait forever")
         self.topic = topic
+        self._broker_timeout = broker_timeout
         self._timeout_s = delivery_timeout.total_seconds()
         self._confirm_each_batch = bool(confirm_each_batch)
         self._config = {
@@ -231,5 +285,9 @@ class ProducerSink(DynamicSink[KeyValue]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition:
         return _ProducerPartition(
-            self._config, self.topic, self._timeout_s, self._confirm_each_batch
+            self._config,
+            self.topic,
+            self._timeout_s,
+            self._confirm_each_batch,
+            self._broker_timeout,
         )

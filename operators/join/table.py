@@ -25,17 +25,19 @@ from bytewax.inputs import FixedPartitionedSource
 from confluent_kafka import Message
 
 from streamml._kafka_partitions import (
+    DEFAULT_BROKER_TIMEOUT,
     BrokerWatch,
     Fetch,
     PartitionReader,
     broker_list,
     check_broker_timeout,
     list_partitions,
+    one_topic,
     picklable,
 )
 from streamml.errors import Rejected
 from streamml.kafka import SOURCE_DEFAULTS
-from streamml.serde.base import Deserializer, SerdeError, StringSerde
+from streamml.serde.base import Deserializer, SerdeError, StringSerde, check_serde
 
 __all__ = ["Table", "TableReady", "kafka_table"]
 
@@ -207,7 +209,7 @@ def kafka_table(
     key_serde: Deserializer | None = None,
     add_config: dict[str, str] | None = None,
     tail: bool = True,
-    broker_timeout: timedelta | None = None,
+    broker_timeout: timedelta | None = DEFAULT_BROKER_TIMEOUT,
 ) -> Table:
     """Read a (compacted) Kafka topic from the beginning as a changelog table.
 
@@ -237,8 +239,10 @@ def kafka_table(
             (connections refused, all brokers down), or when none answers
             within it while the table's partitions are listed at start,
             instead of retrying forever; as in :func:`streamml.kafka.source`.
-            ``None`` retries forever while reading (listing the partitions
-            at start gives up after 10 s).
+            60 s by default; ``None`` retries forever while reading (listing
+            the partitions at start gives up after 10 s). A topic that does
+            not exist fails the dataflow at start with
+            :class:`streamml.kafka.TopicNotFound`.
 
     Returns:
         A :class:`Table`: ``changelog`` (rows, and one :class:`TableReady`
@@ -260,11 +264,12 @@ def kafka_table(
         ValueError: broker_timeout must be > 0 (or None to retry forever); got 0:00:00
     """
     hosts = broker_list(brokers)
-    if not topic:
-        raise ValueError("topic must name the table's topic")
+    topic = one_topic(topic)
+    check_serde("value_serde", value_serde, "decode_batch")
+    if key_serde is not None:
+        check_serde("key_serde", key_serde, "decode_batch")
     config = dict(add_config or {})
-    if broker_timeout is not None:
-        check_broker_timeout(broker_timeout, config)
+    check_broker_timeout(broker_timeout, config)
     raw = op.input("read", flow, _TableSource(hosts, topic, config, tail, broker_timeout))
     decoded = op.flat_map_batch(
         "decode",

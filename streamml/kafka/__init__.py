@@ -17,7 +17,7 @@ A typical pipeline::
     kafka.dead_letter_sink("dlq", op.merge("all_errs", src.errs, errs), brokers=b, topic="dlq")
 """
 
-from streamml._kafka_partitions import BrokerUnreachable
+from streamml._kafka_partitions import BrokerUnreachable, TopicNotFound
 from streamml.kafka._dead_letters import dead_letter_envelope, dead_letter_sink
 from streamml.kafka._records import Record, SourceOut
 from streamml.kafka._sink import sink
@@ -28,6 +28,7 @@ __all__ = [
     "BrokerUnreachable",
     "Record",
     "SourceOut",
+    "TopicNotFound",
     "dead_letter_envelope",
     "dead_letter_sink",
     "sink",

@@ -18,7 +18,9 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Stream, operator
 
 from streamml._kafka_partitions import (
+    DEFAULT_BROKER_TIMEOUT,
     broker_list,
+    one_topic,
 )
 from streamml.errors import Rejected
 from streamml.kafka._records import Record, broker_timestamp
@@ -271,6 +273,7 @@ def dead_letter_sink(
     topic: str,
     delivery_timeout: timedelta = timedelta(seconds=60),
     add_config: dict[str, str] | None = None,
+    broker_timeout: timedelta | None = DEFAULT_BROKER_TIMEOUT,
 ) -> None:
     """Write rejections to a dead-letter topic as self-describing JSON envelopes.
 
@@ -278,8 +281,8 @@ def dead_letter_sink(
     input ends as an output or a dead letter. Each message's key is the
     original message key; its value is :func:`dead_letter_envelope` as JSON
     (original bytes in base64, source coordinates, the rejecting step, the
-    error type and message, and the time). Delivery is checked as in
-    :func:`sink`.
+    error type and message, and the time). Delivery, ``broker_timeout``
+    and the topic's existence are checked as in :func:`sink`.
 
     Examples:
         >>> import bytewax.operators as op
@@ -289,11 +292,13 @@ def dead_letter_sink(
         >>> errs = op.input("errs", flow, TestingSource([Rejected("s", "E", "why", b"x")]))
         >>> dead_letter_sink("dlq", errs, brokers="127.0.0.1:9092", topic="dead-letters")
     """
+    hosts, topic = broker_list(brokers), one_topic(topic)
     envelopes = op.flat_map_batch("envelope", up, _encode_envelopes)
     producer = ProducerSink(
-        ",".join(broker_list(brokers)),
+        ",".join(hosts),
         topic,
         delivery_timeout=delivery_timeout,
         add_config=add_config,
+        broker_timeout=broker_timeout,
     )
     op.output("kafka", envelopes, producer)

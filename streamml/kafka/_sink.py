@@ -12,7 +12,10 @@ import polars as pl
 from bytewax.dataflow import Stream, operator
 
 from streamml._kafka_partitions import (
+    DEFAULT_BROKER_TIMEOUT,
     broker_list,
+    check_timeout,
+    one_topic,
 )
 from streamml.errors import Rejected
 from streamml.kafka._records import keep
@@ -22,6 +25,7 @@ from streamml.serde.base import (
     SerdeError,
     Serializer,
     StringSerde,
+    check_serde,
     encode_frame,
 )
 
@@ -41,7 +45,7 @@ def _encoder(
     (see :func:`_frame_encoder`); a batch holding both keeps its order.
     """
     encode_rows = _row_encoder(
-        step_id, value_serde, key_serde, value, itemgetter(key) if isinstance(key, str) else key
+        step_id, value_serde, key_serde, value, _field(key) if isinstance(key, str) else key
     )
     encode_one_frame = _frame_encoder(step_id, value_serde, key_serde, value, key)
     is_frame = pl.DataFrame
@@ -64,6 +68,33 @@ def _encoder(
         return out
 
     return encode
+
+
+def _field(name: str) -> Callable[[Any], Any]:
+    """``item[name]`` for a row, and an error that says what to pass when the item has no such field.
+
+    Examples:
+        >>> _field("user")({"user": "ann"})
+        'ann'
+        >>> _field("user")(("ann", {"score": 1}))
+        Traceback (most recent call last):
+        ...
+        TypeError: key='user' picks item['user'], but the item is a tuple; pass a function, e.g. key=lambda item: ...
+    """
+    get = itemgetter(name)
+
+    def field(item: Any) -> Any:
+        try:
+            return get(item)
+        except (TypeError, KeyError, IndexError):
+            if isinstance(item, dict):
+                raise KeyError(f"key={name!r}: the item has no field {name!r}") from None
+            raise TypeError(
+                f"key={name!r} picks item[{name!r}], but the item is a {type(item).__name__}; "
+                "pass a function, e.g. key=lambda item: ..."
+            ) from None
+
+    return field
 
 
 def _key_payloads(key_serde: Serializer, column: pl.Series) -> list[Any]:
@@ -217,6 +248,7 @@ def sink(
     delivery_timeout: timedelta = timedelta(seconds=60),
     confirm_each_batch: bool = True,
     add_config: dict[str, str] | None = None,
+    broker_timeout: timedelta | None = DEFAULT_BROKER_TIMEOUT,
 ) -> Stream[Rejected]:
     """Encode items in batches and produce them to a topic.
 
@@ -256,6 +288,12 @@ def sink(
             batch: failures still stop the worker, but a crash can lose the
             last moments' messages (see :class:`~streamml.producer.ProducerSink`).
         add_config: Extra librdkafka producer settings.
+        broker_timeout: How long the producer waits at start for a broker
+            to answer before the dataflow fails with
+            :class:`~streamml.kafka.BrokerUnreachable` (60 s by default,
+            ``None`` waits forever). The topic must exist: one that does not
+            fails the dataflow at start with
+            :class:`~streamml.kafka.TopicNotFound` (writing never creates it).
 
     Returns:
         The stream of items that could not be encoded.
@@ -283,6 +321,18 @@ def sink(
         (b's1', b'{"sensor":"s1","score":0.5}')
         Rejected(step_id='out.encode', error_type='EncodeError', reason='value: ...', original={'sensor': 's2', 'score': nan})
     """
+    hosts = broker_list(brokers)
+    topic = one_topic(topic)
+    check_serde("value_serde", value_serde, "encode_batch")
+    if key_serde is not None:
+        check_serde("key_serde", key_serde, "encode_batch")
+    for name, fn in (("value", value), ("key", key)):
+        if fn is not None and not callable(fn) and not (name == "key" and isinstance(fn, str)):
+            what = "a function or a field name" if name == "key" else "a function"
+            raise TypeError(
+                f"{name} must be {what} (e.g. {name}=lambda item: item[...]); got {fn!r}"
+            )
+    check_timeout("delivery_timeout", delivery_timeout)
     encoded = op.flat_map_batch(
         "encode",
         up,
@@ -296,11 +346,12 @@ def sink(
     )
     pairs = op.flat_map_batch("pairs", encoded, keep(tuple))  # a Rejected is a tuple subclass
     producer = ProducerSink(
-        ",".join(broker_list(brokers)),
+        ",".join(hosts),
         topic,
         delivery_timeout=delivery_timeout,
         confirm_each_batch=confirm_each_batch,
         add_config=add_config,
+        broker_timeout=broker_timeout,
     )
     op.output("kafka", pairs, producer)
     return op.flat_map_batch("rejected", encoded, keep(Rejected))

@@ -15,12 +15,14 @@ from bytewax.dataflow import Dataflow, Stream, operator
 from confluent_kafka import OFFSET_BEGINNING, Message
 
 from streamml._kafka_partitions import (
+    DEFAULT_BROKER_TIMEOUT,
     Fetch,
     KafkaPartitions,
     broker_list,
     check_broker_timeout,
     picklable,
     start_position,
+    topic_names,
 )
 from streamml.errors import Rejected
 from streamml.kafka._records import Record, SourceOut, keep
@@ -28,6 +30,7 @@ from streamml.serde.base import (
     BytesSerde,
     Deserializer,
     SerdeError,
+    check_serde,
     decode_frame,
 )
 
@@ -185,7 +188,7 @@ def source(
     starting_offset: int = OFFSET_BEGINNING,
     add_config: dict[str, str] | None = None,
     batch_size: int = 1000,
-    broker_timeout: timedelta | None = None,
+    broker_timeout: timedelta | None = DEFAULT_BROKER_TIMEOUT,
     frames: bool = False,
     metadata: Sequence[str] = (),
 ) -> SourceOut:
@@ -227,8 +230,10 @@ def source(
         broker_timeout: Fail the dataflow with :class:`BrokerUnreachable`
             once no broker has been reachable for this long (connections
             refused, all brokers down), or when none answers within it at
-            start, instead of retrying forever; ``None`` retries forever.
-            Recovery then resumes from the last snapshot.
+            start, instead of retrying forever; 60 s by default, ``None``
+            retries forever. Recovery then resumes from the last snapshot.
+            A topic that does not exist fails the dataflow at start with
+            :class:`TopicNotFound` (it is never created by reading it).
         frames: Emit one ``polars.DataFrame`` per fetch instead of one
             :class:`Record` per message: the values are decoded with
             ``value_serde.decode_frame`` (one row per message that decoded,
@@ -270,8 +275,11 @@ def source(
         >>> rejected.error_type, rejected.original.offset
         ('DecodeError', 1)
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    check_serde("value_serde", value_serde, "decode_batch")
+    if key_serde is not None:
+        check_serde("key_serde", key_serde, "decode_batch")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
     metadata = (metadata,) if isinstance(metadata, str) else tuple(metadata)
     unknown = [m for m in metadata if m not in METADATA]
     if unknown:
@@ -285,14 +293,11 @@ def source(
             "frames=True keeps keys as raw bytes in the kafka_key column (metadata=('key',)); "
             "leave key_serde out and decode the column with polars"
         )
-    topic_list = [topics] if isinstance(topics, str) else list(topics)
-    if not topic_list:
-        raise ValueError("topics must name at least one topic")
+    topic_list = topic_names(topics)
     hosts = broker_list(brokers)
     config: dict[str, Any] = {**SOURCE_DEFAULTS, **(add_config or {})}
     starting_offset, config = start_position(starting_offset, config)
-    if broker_timeout is not None:
-        check_broker_timeout(broker_timeout, config)
+    check_broker_timeout(broker_timeout, config)
     partitions = KafkaPartitions(
         hosts,
         topic_list,

@@ -23,6 +23,7 @@ __all__ = [
     "SerdeError",
     "Serializer",
     "StringSerde",
+    "check_serde",
     "decode_frame",
     "encode_frame",
     "frame_from_values",
@@ -123,6 +124,35 @@ class Serializer(Protocol):
         The default encodes ``frame.to_dicts()`` with ``encode_batch``.
         """
         return _encode_rows(self, frame)
+
+
+def check_serde(name: str, serde: Any, method: str) -> None:
+    """Refuse, when a dataflow is built, what cannot be a serde: a class, or no ``method``.
+
+    ``value_serde=JsonSerde`` (the class, not an instance) would otherwise
+    pass the build and turn every message into a dead letter.
+
+    Examples:
+        >>> check_serde("value_serde", StringSerde(), "decode_batch")
+        >>> check_serde("value_serde", StringSerde, "decode_batch")
+        Traceback (most recent call last):
+        ...
+        TypeError: value_serde must be a serde instance, not the class StringSerde: pass StringSerde()
+        >>> check_serde("key_serde", "utf-8", "encode_batch")
+        Traceback (most recent call last):
+        ...
+        TypeError: key_serde must be a serde with encode_batch(), e.g. StringSerde() or JsonSerde(); got 'utf-8'
+    """
+    if isinstance(serde, type):
+        raise TypeError(
+            f"{name} must be a serde instance, not the class {serde.__name__}: "
+            f"pass {serde.__name__}()"
+        )
+    if not callable(getattr(serde, method, None)):
+        raise TypeError(
+            f"{name} must be a serde with {method}(), e.g. StringSerde() or JsonSerde(); "
+            f"got {serde!r}"
+        )
 
 
 def decode_frame(deserializer: Any, payloads: list[bytes | None]) -> FrameDecoded:

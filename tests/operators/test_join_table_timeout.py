@@ -154,7 +154,16 @@ def test_broker_timeout_refuses_an_own_error_cb() -> None:
             add_config={"error_cb": print},  # type: ignore[dict-item]
             broker_timeout=timedelta(seconds=5),
         )
-    # Without broker_timeout the user's error_cb is theirs to set.
+    # broker_timeout has a default (60 s): an own error_cb needs broker_timeout=None.
+    with pytest.raises(ValueError, match="or pass broker_timeout=None"):
+        kafka_table(
+            "t",
+            Dataflow("cb_default"),
+            brokers="127.0.0.1:9092",
+            topic="devices",
+            value_serde=JsonSerde(),
+            add_config={"error_cb": print},  # type: ignore[dict-item]
+        )
     kafka_table(
         "t",
         Dataflow("cb_ok"),
@@ -162,4 +171,5 @@ def test_broker_timeout_refuses_an_own_error_cb() -> None:
         topic="devices",
         value_serde=JsonSerde(),
         add_config={"error_cb": print},  # type: ignore[dict-item]
+        broker_timeout=None,
     )
