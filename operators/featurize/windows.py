@@ -35,11 +35,12 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.operators.windowing import SessionWindower, SlidingWindower, TumblingWindower
 from streamml.operators._core.columns import check_frame, ts_micros, values
-from streamml.operators._core.keys import frame_sharder, shard_ids
+from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import from_micros, micros, to_micros
 from streamml.operators.featurize import _window_legacy
 from streamml.operators.featurize._batch import extract
+from streamml.operators.featurize._shard import shards_of
 from streamml.operators.featurize._window_core import Closed, Fixed, Sessions, Spec, Windows
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
 
@@ -239,16 +240,14 @@ def _by_key(items: list[Any]) -> list[tuple[str, Any]]:
 
 def _row_sharder(shards: int) -> Callable[[list[Any]], list[tuple[str, tuple[list, list]]]]:
     """``(key, rows)`` and ``(key, Handover)`` items to ``(shard id, (handovers, rows))``, by
-    the one key router (:func:`~streamml.operators._core.keys.shard_ids`)."""
+    the one key router's rule (:func:`~streamml.operators.featurize._shard.shards_of`)."""
+    memo: dict[Any, int] = {}
 
     def group(items: list[tuple[str, Any]]) -> list[tuple[str, tuple[list, list]]]:
-        if shards == 1:
-            ids = [0] * len(items)
-        else:
-            ids = shard_ids(pl.Series([key for key, _ in items], dtype=pl.String), shards).tolist()
+        ids = shards_of([key for key, _ in items], shards, memo) if shards > 1 else None
         parts: dict[int, tuple[list, list]] = {}
-        for shard, (key, value) in zip(ids, items):
-            handovers, rows = parts.setdefault(shard, ([], []))
+        for n, (key, value) in enumerate(items):
+            handovers, rows = parts.setdefault(ids[n] if ids else 0, ([], []))
             if type(value) is list:
                 rows.extend(value)
             else:
