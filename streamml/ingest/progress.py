@@ -20,7 +20,10 @@ logger = logging.getLogger("streamml.ingest")
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Progress:
     Examples:
         >>> p = Progress(spool_max=100_000_000)
         >>> p.read, p.sent = 1500, 1200
-        >>> p.line(now=p.started + 10).startswith("read 1,500 | sent 1,200 (120/s) | spool 0.0 MB")
+        >>> p.line(now=p.started + 10).startswith("read 1,500 | sent 1,200 (120/s) | spool 0 B of 100.0 MB")
         True
     """
 
@@ -48,13 +51,15 @@ class Progress:
     paused: bool = False
     _last: tuple[float, int] = (0.0, 0)
 
-    def set_broker(self, state: str) -> None:
-        """Record the broker's state (``up``, or why not), logging changes."""
+    def set_broker(self, state: str, detail: str = "") -> None:
+        """Record the broker's state (``up``, or what is wrong), logging changes of state."""
         if state != self.broker:
             if state == "up":
                 logger.warning("broker reachable: sending (%d records spooled)", self.spool_records)
             else:
-                logger.warning("broker problem: %s; records wait in the spool", state)
+                logger.warning(
+                    "broker %s (%s); records wait in the spool", state, detail or "no detail"
+                )
             self.broker = state
 
     def set_paused(self, paused: bool) -> None:

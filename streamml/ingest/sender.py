@@ -61,6 +61,7 @@ _REFUSED = {
     KafkaError.RECORD_LIST_TOO_LARGE,
 }
 _WAIT = 0.5  # seconds between looks at the stop flag while the broker is away
+_STALL = 5.0  # seconds without an answer after which a read of the topic is given up (and retried)
 
 
 class _BrokerAway(Exception):
@@ -110,6 +111,9 @@ class Sender:
                 "error_cb": self._on_error,
             }
         )
+        # librdkafka reports every message by message.timeout.ms; an idempotent producer that
+        # lost its id to a restarted broker was seen here reporting none for a minute.
+        self._stuck_after = int(self._config["message.timeout.ms"]) / 1000 + 5
         self._prefix = f"{checkpoint.agent}:".encode()
         self._failed: list[tuple[KafkaError, Message]] = []
         self._fatal = False
@@ -123,6 +127,7 @@ class Sender:
         }
         self._rejected_dir = checkpoint.directory / "rejected"
         self._ends: dict[int, int] = {}
+        self._rejected_now = 0  # refused records of the cycle under way
 
     # --- librdkafka callbacks (called from poll/flush in this thread) ---
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -133,7 +138,7 @@ class Sender:
         if err.fatal():
             self._fatal = True
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            self._progress.set_broker(f"unreachable ({err.str()})")
+            self._progress.set_broker("unreachable", err.str())
 
     # --- the loop ---
     def run(self, stop: threading.Event) -> None:
@@ -167,19 +172,23 @@ class Sender:
         """Send one cycle; ``True`` once every record is confirmed and committed."""
         first, last = blocks[0].first_seq, blocks[-1].last_seq
         before = self._checkpoint.in_doubt
+        self._rejected_now = 0
         self._note_doubt(first, last)
-        sent = self._produce(blocks, landed, -1 if before is None else before.last)
-        while self._producer.flush(_WAIT) > 0:
-            if self._fatal:
-                break
-            if stop.is_set():
-                return False
+        try:
+            self._produce(blocks, landed, -1 if before is None else before.last)
+            give_up = time.monotonic() + self._stuck_after
+            while self._producer.flush(_WAIT) > 0 and not self._fatal:
+                if stop.is_set():
+                    return False
+                if time.monotonic() > give_up:  # past message.timeout.ms and no report
+                    logger.warning("no delivery report %g s after sending", self._stuck_after)
+                    self._fatal = True
+        except (KafkaException, SystemError) as exc:  # raised through a callback: fatal
+            self._fatal = True
+            logger.debug("producer error: %s", exc)
         if self._fatal:
-            logger.warning("the producer failed for good; starting a new one")
-            self._producer.purge()
-            self._producer = Producer(self._config)
-            self._fatal = False
-            self._failed = []
+            self._progress.set_broker("lost the producer's state", "starting a new producer")
+            self._renew_producer()
             return False
         failed, self._failed = self._failed, []
         in_doubt = [(e, m) for e, m in failed if e.code() not in _REFUSED]
@@ -187,14 +196,28 @@ class Sender:
             if err.code() in _REFUSED:
                 self._reject(msg.key(), msg.value(), msg.headers(), err.str())
         if in_doubt:
-            self._progress.set_broker(f"deliveries failing ({in_doubt[0][0].str()})")
+            self._progress.set_broker("deliveries failing", in_doubt[0][0].str())
+            self._renew_producer()
             return False
         self._progress.set_broker("up")
-        self._progress.sent += sent
         self._commit(blocks)
         return True
 
-    def _produce(self, blocks: list[Block], landed: set[int] | None, doubt_last: int) -> int:
+    def _renew_producer(self) -> None:
+        """Replace the producer after a failed cycle (its records are in doubt, on disk).
+
+        An idempotent producer cannot go on once the broker has forgotten its id (a
+        broker restarted with its storage lost): tansu answers UNKNOWN_PRODUCER_ID,
+        which librdkafka either raises as fatal or, seen here, answers by reporting
+        every later message as timed out. A new producer gets a new id.
+        """
+        self._producer.purge()
+        self._producer.close()
+        self._producer = Producer(self._config)
+        self._fatal = False
+        self._failed = []
+
+    def _produce(self, blocks: list[Block], landed: set[int] | None, doubt_last: int) -> None:
         produce, topic, prefix = self._producer.produce, self.topic, self._prefix
         skip = landed or set()
         if landed is not None and doubt_last >= 0:  # records in doubt not found: sent again
@@ -204,7 +227,6 @@ class Sender:
                 for seq in range(b.first_seq, min(b.last_seq, doubt_last) + 1)
                 if seq not in skip
             )
-        sent = 0
         for block in blocks:
             seq = block.first_seq
             for key, value, note in zip(block.keys, block.values, block.notes):
@@ -215,7 +237,6 @@ class Sender:
                     while True:
                         try:
                             produce(topic, value, key, headers=headers)
-                            sent += 1
                             break
                         except BufferError:  # librdkafka's queue is full: let it drain
                             self._producer.poll(0.05)
@@ -223,7 +244,6 @@ class Sender:
                             self._reject(key, value, headers, str(exc.args[0]))
                             break
                 seq += 1
-        return sent
 
     def _note_doubt(self, first: int, last: int) -> None:
         old = self._checkpoint.in_doubt
@@ -265,7 +285,7 @@ class Sender:
             try:
                 found = self._landed(doubt)
             except _BrokerAway as exc:
-                self._progress.set_broker(f"cannot check the topic: {exc}")
+                self._progress.set_broker("cannot read the topic", str(exc))
                 stop.wait(_WAIT)
                 continue
             logger.info(
@@ -277,19 +297,31 @@ class Sender:
         return None
 
     def _landed(self, doubt: InDoubt) -> set[int]:
-        partitions = self._partitions()
-        self._consumer.assign(
-            [TopicPartition(self.topic, p, doubt.offsets.get(p, 0)) for p in partitions]
-        )
+        starts = {}
+        for p in self._partitions():
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=2.0, cached=False
+                )
+            except KafkaException as exc:
+                raise _BrokerAway(str(exc.args[0])) from None
+            start = doubt.offsets.get(p, low)
+            if start > high:  # the topic was re-created (or truncated) since: search it all
+                start = low
+            if start < high:  # else nothing was written to it since the offsets were read
+                starts[p] = max(start, low)
         found: set[int] = set()
+        if not starts:
+            return found
+        self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
         at_end: set[int] = set()
-        give_up = time.monotonic() + 120
         prefix, cut = self._prefix, len(self._prefix)
         try:
-            while len(at_end) < len(partitions):
-                if time.monotonic() > give_up:
-                    raise _BrokerAway("reading the records in doubt took over 120 s")
-                for msg in self._consumer.consume(10_000, 0.5):
+            while len(at_end) < len(starts):
+                messages = self._consumer.consume(10_000, _STALL)
+                if not messages:  # a broker that answers sends records or end-of-partition
+                    raise _BrokerAway(f"no answer reading the topic for {_STALL:g} s")
+                for msg in messages:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
@@ -311,6 +343,8 @@ class Sender:
             source = self._sources.get(block.source)
             if source is not None:  # pushed inputs (HTTP) have no position
                 cp.sources[block.source] = source.commit(cp.sources.get(block.source), block.delta)
+        delivered = blocks[-1].last_seq + 1 - blocks[0].first_seq - self._rejected_now
+        self._progress.sent += delivered  # sent now, or found in the topic after a doubt
         cp.acked = blocks[-1].last_seq + 1
         cp.in_doubt = None
         cp.save()
@@ -324,6 +358,7 @@ class Sender:
         (self._rejected_dir / name).write_bytes(value or b"")
         (self._rejected_dir / f"{name}.reason").write_text(f"key: {key!r}\nreason: {reason}\n")
         self._progress.rejected += 1
+        self._rejected_now += 1
         logger.error(
             "record %s refused by the broker (%s); kept in %s", name, reason, self._rejected_dir
         )

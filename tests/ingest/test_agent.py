@@ -192,7 +192,7 @@ def test_records_delivered_but_never_committed_are_not_sent_again(
         producer_config=FAST,
     )
     with second:
-        wait_for(lambda: second.progress.sent == 500, "the 500 new lines")
+        wait_for(lambda: second.progress.sent == 2500, "the 2,000 found in the topic, 500 new")
     values = sorted(v for _, v, _ in read_topic(broker.bootstrap, topic_name, 2))
     assert values == sorted(b"%d user=u%d" % (i, i % 5) for i in range(2500))
     assert second.progress.resent == 0
