@@ -21,10 +21,12 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -43,6 +45,7 @@ from streamml.serde.base import (
     FrameDecoded,
     SerdeError,
     Serializer,
+    ServiceUnavailable,
     empty_frame,
     frame_from_values,
     map_each,
@@ -57,6 +60,10 @@ _HEADER = struct.Struct(">bI")
 _FLAT_MIN_BATCH = 32
 
 SchemaLike = str | Path | Mapping[str, Any]
+T = TypeVar("T")
+
+DEFAULT_REGISTRY_TIMEOUT = timedelta(seconds=60)
+_FIRST_RETRY_S, _MAX_RETRY_S = 0.1, 5.0  # exponential backoff between registry attempts
 
 
 def load_avro_schema(schema: SchemaLike) -> dict[str, Any]:
@@ -186,13 +193,21 @@ class ConfluentAvroSerde(Deserializer, Serializer):
 
     Args:
         registry: A ``SchemaRegistryClient`` (or anything with ``get_schema(id)``
-            and ``register_schema(subject, schema)``), or its config dict, e.g.
-            ``{"url": "http://registry:8081"}`` or ``{"url": "mock://test"}``.
+            and ``register_schema(subject, schema)``), its config dict, e.g.
+            ``{"url": "http://registry:8081"}`` or ``{"url": "mock://test"}``,
+            or just the URL.
         schema: The writer schema for encoding (dict, JSON string or ``.avsc``
             path). Not needed to decode.
         subject: The registry subject to register ``schema`` under, by
             convention ``"<topic>-value"``. Required with ``schema``.
         reader_schema: Decode every writer version into this shape.
+        registry_timeout: How long a registry that cannot be reached (refused
+            connection, timeout, server error) is retried, with exponential
+            backoff from 0.1 s to 5 s between attempts, before the serde
+            raises :class:`~streamml.serde.ServiceUnavailable` and the
+            dataflow stops (60 s by default). Only a schema id the registry
+            answers "not found" for (HTTP 404) makes a payload a dead letter
+            (``UnknownSchema``): an outage is not bad data.
 
     Examples:
         >>> from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -205,6 +220,10 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         (b'\\x00\\x00\\x00\\x00\\x01', 1)
         >>> serde.decode_batch([payload, b"\\x00\\x00\\x00\\x00\\x63" + payload[5:]])
         [{'value': 2.5}, SerdeError('schema id 99 is not in the registry: ...')]
+        >>> ConfluentAvroSerde(None)
+        Traceback (most recent call last):
+        ...
+        TypeError: registry must be a SchemaRegistryClient, its config dict such as {'url': 'http://registry:8081'}, or the registry's URL; got None
     """
 
     def __init__(
@@ -214,16 +233,20 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         schema: SchemaLike | None = None,
         subject: str | None = None,
         reader_schema: SchemaLike | None = None,
+        registry_timeout: timedelta = DEFAULT_REGISTRY_TIMEOUT,
     ) -> None:
-        if isinstance(registry, Mapping):
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-
-            registry = SchemaRegistryClient.new_client(dict(registry))
+        registry, self._registry_name = _registry_client(registry)
+        if not isinstance(registry_timeout, timedelta) or registry_timeout <= timedelta(0):
+            raise ValueError(
+                f"registry_timeout must be a timedelta > 0, e.g. timedelta(seconds=60); "
+                f"got {registry_timeout!r}"
+            )
         if schema is not None and not subject:
             raise ValueError(
                 "a subject is needed to register the schema; e.g. subject='events-value'"
             )
         self._registry = registry
+        self._registry_timeout_s = registry_timeout.total_seconds()
         self._schema = schema
         self._subject = subject
         self._writer = load_avro_schema(schema) if schema is not None else None
@@ -233,6 +256,31 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         self._flat: dict[int, FlatRecordReader | None] = {}
         self._reader_polars = polars_schema(self._reader) if self._reader is not None else None
         self._polars: dict[int, pl.Schema | None] = {}
+
+    def _ask_registry(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried with backoff while the registry cannot be reached.
+
+        A "not found" answer (see :func:`_not_found`) is raised as it is, at
+        once; any other failure is retried until ``registry_timeout``, then
+        raised as :class:`ServiceUnavailable`.
+        """
+        deadline = time.monotonic() + self._registry_timeout_s
+        pause = _FIRST_RETRY_S
+        while True:
+            try:
+                return call()
+            except Exception as exc:  # noqa: BLE001 - sorted into "not found" and "unreachable"
+                if _not_found(exc):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ServiceUnavailable(
+                        f"schema registry {self._registry_name} did not answer ({what}) within "
+                        f"registry_timeout={self._registry_timeout_s:g} s; last error: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _MAX_RETRY_S)
 
     @property
     def schema_id(self) -> int:
@@ -244,8 +292,10 @@ class ConfluentAvroSerde(Deserializer, Serializer):
                 )
             from confluent_kafka.schema_registry import Schema
 
-            self._schema_id = self._registry.register_schema(
-                self._subject, Schema(_schema_json(self._schema), "AVRO")
+            schema = Schema(_schema_json(self._schema), "AVRO")
+            self._schema_id = self._ask_registry(
+                f"registering subject {self._subject!r}",
+                lambda: self._registry.register_schema(self._subject, schema),
             )
         return self._schema_id
 
@@ -253,8 +303,12 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         writer = self._writers.get(schema_id)
         if writer is None:
             try:
-                registered = self._registry.get_schema(schema_id)
-            except Exception as exc:  # noqa: BLE001 - any registry failure is this payload's error
+                registered = self._ask_registry(
+                    f"schema id {schema_id}", lambda: self._registry.get_schema(schema_id)
+                )
+            except ServiceUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - "not found": this payload's error
                 raise SerdeError(
                     "UnknownSchema", f"schema id {schema_id} is not in the registry: {exc}"
                 ) from None
@@ -479,6 +533,32 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         return map_each(
             lambda v: None if v is None else self._encode_one(v), values, "EncodeError", _describe
         )
+
+
+def _registry_client(registry: Any) -> tuple[Any, str]:
+    """A registry client from a client, its config dict or its URL, and a name for errors."""
+    if isinstance(registry, str) and registry:
+        registry = {"url": registry}
+    if isinstance(registry, Mapping):
+        if not registry.get("url"):
+            raise ValueError(
+                "a schema registry config needs its url, e.g. {'url': 'http://registry:8081'}; "
+                f"got {dict(registry)!r}"
+            )
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        return SchemaRegistryClient.new_client(dict(registry)), str(registry["url"])
+    if isinstance(registry, type) or not callable(getattr(registry, "get_schema", None)):
+        raise TypeError(
+            "registry must be a SchemaRegistryClient, its config dict such as "
+            f"{{'url': 'http://registry:8081'}}, or the registry's URL; got {registry!r}"
+        )
+    return registry, type(registry).__name__
+
+
+def _not_found(exc: Exception) -> bool:
+    """Whether a registry failure is its answer "no such schema" (HTTP 404, or a ``LookupError``)."""
+    return getattr(exc, "http_status_code", None) == 404 or isinstance(exc, LookupError)
 
 
 def _flat_frame(

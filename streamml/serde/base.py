@@ -22,6 +22,7 @@ __all__ = [
     "FrameDecoded",
     "SerdeError",
     "Serializer",
+    "ServiceUnavailable",
     "StringSerde",
     "check_serde",
     "decode_frame",
@@ -53,6 +54,15 @@ class SerdeError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.kind, str(self)))
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service a serde depends on (a schema registry) did not answer within its timeout.
+
+    Not bad data: no payload is to blame, so nothing is dead-lettered. The
+    serde raises it, the dataflow stops with the reason, and Bytewax
+    recovery resumes from the last snapshot once the service is back.
+    """
 
 
 def is_error(item: object) -> bool:
@@ -441,7 +451,8 @@ def map_each(
 
     The whole batch is first tried in one ``map`` (the fast path, with no
     per-item ``try`` and, for a function written in C, no Python bytecode per
-    item); only a batch with a failure is redone item by item.
+    item); only a batch with a failure is redone item by item. A
+    :class:`ServiceUnavailable` is not the item's fault: it is raised.
 
     Examples:
         >>> map_each(int, ["1", "x", "3"], "DecodeError")
@@ -449,12 +460,16 @@ def map_each(
     """
     try:
         return list(map(fn, items))
+    except ServiceUnavailable:
+        raise
     except Exception:  # noqa: BLE001 - fall back to item-by-item to find the culprits
         pass
     out: list[R | SerdeError] = []
     for item in items:
         try:
             out.append(fn(item))
+        except ServiceUnavailable:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a marker
             out.append(SerdeError(kind, describe(exc)))
     return out
