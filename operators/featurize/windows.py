@@ -228,14 +228,22 @@ def _keyed(step_id: str, up: KeyedStream[Any], builder: Callable[[Any], _ByKey])
 
 
 def _by_key(items: list[Any]) -> list[tuple[str, Any]]:
-    """Each ``(key, event)`` item keyed by its key; an item without a text key goes to the
-    state of key ``""``, and on to be rejected as ``BadItem``."""
-    return [
+    """Each ``(key, event)`` item keyed by its key. An item without a text key, or whose key
+    Bytewax cannot route (a lone surrogate: not UTF-8), goes to the state of key ``""``: on to
+    its shard, where a bad item is rejected (``BadItem``) and an odd key is a key like any."""
+    keyed = [
         (item[0], item)
         if type(item) is tuple and len(item) == 2 and type(item[0]) is str
         else ("", item)
         for item in items
     ]
+    odd = set()
+    for key in {key for key, _ in keyed}:
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            odd.add(key)
+    return [("", item) if key in odd else (key, item) for key, item in keyed] if odd else keyed
 
 
 def _row_sharder(shards: int) -> Callable[[list[Any]], list[tuple[str, tuple[list, list]]]]:

@@ -236,3 +236,71 @@ def test_window_numbering_is_what_bytewax_reports_on_its_public_streams(windower
     assert sorted(late_ids) == [1.7, 11.0]
     for s, ids in late_ids.items():  # every window holding the event, first to last
         assert sorted(ids) == list(range(fixed.first_id(us(s))[0], fixed.last_id(us(s))[0] + 1))
+
+
+def _as_frame(items):
+    import polars as pl
+
+    return pl.DataFrame(
+        {
+            "k": [k for k, _ in items],
+            "ms": [int(T0.timestamp() * 1000) + e["ms"] for _, e in items],
+            "id": [e["id"] for _, e in items],
+            "x": [e["x"] for _, e in items],
+        }
+    )
+
+
+@pytest.mark.parametrize("kind", list(WINDOWERS))
+@settings(max_examples=15, deadline=None)
+@given(
+    items=streams(),
+    delay_s=st.integers(0, 3),
+    cut=st.integers(1, 30),
+    shards=st.sampled_from([1, 3]),
+)
+def test_frames_give_the_rows_windows(kind, items, delay_s, cut, shards):
+    """The frame path (``key=``, shards, any frame cut) = the row path, window by window."""
+    import polars as pl
+
+    oks, _, lates = run_windows(items, WINDOWERS[kind], max_delay=timedelta(seconds=delay_s))
+    frame = _as_frame(items)
+    flow = Dataflow("t")
+    parts = [frame.slice(i, cut) for i in range(0, frame.height, cut)]
+    out = window_agg(
+        "win",
+        op.input("in", flow, TestingSource(parts)),
+        key="k",
+        timestamp="ms",
+        windower=WINDOWERS[kind],
+        fields=["x"],
+        aggregates=AGGS,
+        max_delay=timedelta(seconds=delay_s),
+        idle_advance=False,
+        shards=shards,
+    )
+    got, got_late = [], []
+    op.output("oks", out.oks, TestingSink(got))
+    op.output("late", out.late, TestingSink(got_late))
+    run_main(flow)
+    rows = pl.concat(got).to_dicts() if got else []
+    assert sorted(r.original["id"] for r in got_late) == sorted(r.original[1]["id"] for r in lates)
+
+    def canon(r):
+        return (
+            r["key"],
+            r["window_start"],
+            r["window_end"],
+            *(round(r[f"x_{a}"], 9) for a in AGGS),
+        )
+
+    assert sorted(map(canon, rows)) == sorted(canon(r) for _, r in oks)
+
+
+def test_a_key_polars_cannot_hold_is_still_a_key():
+    """A lone surrogate is valid Python text: its rows are windowed (shard 0), not a crash."""
+    odd = chr(0xD800)
+    items = [(k, {"id": i, "ms": i * 1000, "x": 1.0}) for i, k in enumerate([odd, "a", odd])]
+    oks, errs, _ = run_windows(items, WINDOWERS["tumbling"], aggregates=["count"], shards=3)
+    assert errs == []
+    assert sorted((k, row["x_count"]) for k, row in oks) == [("a", 1.0), (odd, 2.0)]
