@@ -26,6 +26,7 @@ from streamml.flow import (
 )
 from streamml.frames import to_frames
 from streamml.models import CallableModel
+from streamml.serde import JsonSerde
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -87,7 +88,7 @@ def test_a_kafka_sinks_rejections_and_a_users_typed_operator_are_found() -> None
     flow = Dataflow("typed")
     nums = op.input("in", flow, TestingSource([1.0]))
     negatives("check", nums)
-    kafka.sink("out", nums, brokers="127.0.0.1:1", topic="t", value_serde=None)
+    kafka.sink("out", nums, brokers="127.0.0.1:1", topic="t", value_serde=JsonSerde())
     found = {(p.step_id, p.port) for p in unconsumed_rejections(flow)}
     assert found == {("typed.check", "down"), ("typed.out", "down")}
 
