@@ -282,7 +282,10 @@ def _varints(joined: JoinedPayloads, pos: np.ndarray) -> tuple[np.ndarray, np.nd
     value = words & mask & _LOW7
     for keep, move, shift in _SQUEEZE:
         value = (value & keep) | ((value & move) >> shift)
-    size = np.bitwise_count(mask).astype(np.int64) >> 3
+    # The varint's size in bytes: its stop bit is bit 8k+7 of the word, so ``lowest`` is
+    # 2**(8k+7), whose float exponent (frexp: 0.5 * 2**e) is 8k+8. NumPy 1.x has no
+    # bitwise_count; a word without a stop (lowest 0) is sized below.
+    size = np.frexp(lowest.astype(np.float64))[1].astype(np.int64) >> 3
     if not stops.all():
         long = np.flatnonzero(stops == 0)
         at = pos[long] + 8

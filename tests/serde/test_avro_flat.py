@@ -421,3 +421,20 @@ def test_a_short_last_payload_is_not_read_past_the_buffer() -> None:
     [good] = serde.encode_batch([{f"d{i}": float(i) for i in range(4)}])
     for batch in ([good, b""], [good, good[:3]], [b"", b""]):
         _same(serde.decode_batch(batch), _per_record_avro(serde, batch))
+
+
+def test_varints_of_every_size_decode_without_numpy_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyproject allows numpy>=1.24, which has no ``np.bitwise_count``: the batch path must not need it.
+
+    (Run against NumPy 1.24.4 itself, the serde tests pass too: ``pip install
+    --target DIR numpy==1.24.4`` and ``PYTHONPATH=DIR``.)
+    """
+    import numpy as np
+
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    serde = AvroSerde(LONG)
+    values = [v for k in range(64) for v in (2**k - 1, -(2**k))]  # varints of 1 to 10 bytes
+    batch = [_varint(v) for v in values]
+    got = serde.decode_batch(batch)
+    assert [r["n"] for r in got] == values
+    _same(got, _per_record_avro(serde, batch))
