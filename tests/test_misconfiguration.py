@@ -219,17 +219,27 @@ def test_scorers_and_thresholds_are_checked_when_made(scorer: Callable[[], Any],
         scorer()
 
 
-def test_an_unkeyed_stream_into_a_keyed_operator_is_rejected_with_how_to_key_it() -> None:
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda up: anomaly.anomaly_windows(
+            "op", up, timestamp=lambda e: e["ts"], score="x", threshold=anomaly.FixedThreshold(3.0)
+        ),
+        lambda up: infer.infer("op", up, MODEL, inputs=["x"], max_wait=timedelta(0)),
+    ],
+    ids=["anomaly_windows", "infer"],
+)
+def test_an_unkeyed_stream_into_a_keyed_operator_is_rejected_with_how_to_key_it(
+    build: Callable[[Stream], Any],
+) -> None:
     """Bytewax streams carry no item type, so this is found on the first items: each one is a BadItem."""
     events = [{"k": "a", "ts": T0, "x": 1.0}, {"k": "b", "ts": T0, "x": 2.0}]
     flow = Dataflow("unkeyed")
-    up = op.input("in", flow, TestingSource(events))
-    out = anomaly.anomaly_windows(
-        "windows", up, timestamp=lambda e: e["ts"], score="x", threshold=anomaly.FixedThreshold(3.0)
-    )
+    out = build(op.input("in", flow, TestingSource(events)))
     errs: list = []
     op.output("errs", out.errs, TestingSink(errs))
-    op.output("rest", op.merge("all", out.windows, out.opened, out.late), TestingSink([]))
+    others = [getattr(out, f) for f in ("oks", "windows", "opened", "late") if hasattr(out, f)]
+    op.output("rest", op.merge("all", *others), TestingSink([]))
     run_main(flow)
     assert [r.error_type for r in errs] == ["BadItem", "BadItem"]
     assert all("op.key_on" in r.reason and "key=" in r.reason for r in errs)

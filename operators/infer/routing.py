@@ -21,6 +21,7 @@ import polars as pl
 from streamml.errors import Rejected
 
 from .._core.keys import route, shard_ids
+from .._validate import UNKEYED_HINT
 
 __all__ = ["Chunk", "Rejects", "Swap", "broadcast", "router"]
 
@@ -56,7 +57,10 @@ class Rejects(NamedTuple):
 def _bad_row(item: Any, step_id: str) -> Rejected | None:
     """The rejection of a row that is not a ``(key, event)`` pair with a text or integer key."""
     if not (isinstance(item, tuple) and len(item) == 2):
-        why = f"expected a (key, event) pair or a polars DataFrame; got {type(item).__name__}"
+        why = (
+            f"expected a (key, event) pair or a polars DataFrame; got {type(item).__name__}: "
+            + UNKEYED_HINT
+        )
         return Rejected(step_id, "BadItem", why, item)
     key = item[0]
     if isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool)):
