@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import orjson
 
-from streamml.models import Model
+if TYPE_CHECKING:  # importing the runtimes (ONNX Runtime...) costs the agent's start 0.4 s
+    from streamml.models import Model
 
 __all__ = ["ERROR_HEADER", "RESULT_HEADER", "EdgeModel", "note_header"]
 

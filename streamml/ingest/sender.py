@@ -30,13 +30,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamml.ingest.edge import note_header
 from streamml.ingest.positions import Checkpoint, InDoubt
 from streamml.ingest.progress import Progress
 from streamml.ingest.source import Source
 from streamml.ingest.spool import Block, Spool
+from streamml.producer import ready_producer
 
 __all__ = ["HEADER", "PRODUCER_DEFAULTS", "Sender", "rejected_records"]
 
@@ -143,7 +144,7 @@ class Sender:
     # --- the loop ---
     def run(self, stop: threading.Event) -> None:
         """Send until ``stop`` is set; what is unconfirmed then stays in doubt for the next start."""
-        self._producer = Producer(self._config)
+        self._producer = ready_producer(self._config, self.topic)
         self._consumer = Consumer(self._consumer_config)  # end offsets, and the records in doubt
         landed: set[int] | None = None  # None: a first attempt, not a resend
         doubt = self._checkpoint.in_doubt
@@ -213,7 +214,7 @@ class Sender:
         """
         self._producer.purge()
         self._producer.close()
-        self._producer = Producer(self._config)
+        self._producer = ready_producer(self._config, self.topic)
         self._fatal = False
         self._failed = []
 
@@ -317,10 +318,14 @@ class Sender:
         at_end: set[int] = set()
         prefix, cut = self._prefix, len(self._prefix)
         try:
+            answered = time.monotonic()
             while len(at_end) < len(starts):
-                messages = self._consumer.consume(10_000, _STALL)
-                if not messages:  # a broker that answers sends records or end-of-partition
-                    raise _BrokerAway(f"no answer reading the topic for {_STALL:g} s")
+                # consume() returns when it has them all or at its timeout: keep that short
+                messages = self._consumer.consume(10_000, 0.1)
+                if messages:
+                    answered = time.monotonic()
+                elif time.monotonic() - answered > _STALL:  # an answering broker sends records
+                    raise _BrokerAway(f"no answer reading the topic for {_STALL:g} s")  # or EOF
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
