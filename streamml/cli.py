@@ -79,6 +79,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _run_broker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Python leaves SIGINT ignored when it starts with it ignored (a shell's background job,
+    # e.g. `make test &`): Ctrl-C, the documented way to stop, must work there too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with EmbeddedBroker(port=args.port) as broker:
             for name, partitions in args.topic:

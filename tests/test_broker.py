@@ -52,11 +52,22 @@ def test_missing_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> 
         EmbeddedBroker().start()
 
 
-def test_cli_broker_runs_until_interrupted() -> None:
+def _ignore_sigint() -> None:  # pragma: no cover - runs in the child
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_cli_broker_runs_until_interrupted(inherited: str) -> None:
+    """Also when started with SIGINT ignored, as a shell's background job is (``make test &``).
+
+    Python then leaves SIGINT ignored; the CLI did too, and this test waited
+    20 s for an exit that never came.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamml.cli", "broker", "--topic", "readings:2"],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=_ignore_sigint if inherited == "ignored" else None,
     )
     try:
         assert proc.stdout is not None
