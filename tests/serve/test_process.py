@@ -263,8 +263,16 @@ def test_concurrent_clients_each_get_their_own_rows_and_metrics_count_them(
     assert delta("streamml_serve_batch_rows_sum") == sum(len(x) for x in batches)
     assert delta("streamml_serve_batch_requests_sum") == 96
     assert 1 <= delta("streamml_serve_batch_rows_count") <= 96  # model calls
-    errors = {k: v for k, v in after.items() if k[0] == "streamml_serve_errors_total"}
-    assert errors.get(("streamml_serve_errors_total", (("model", ""), ("reason", "not_found"))))
+    bad = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 3], "data": _GOOD}]}
+    assert _request(f"{served.url}/v2/models/nope/infer", bad)[0] == 404
+    assert _request(f"{served.url}/v2/models/linear/infer", bad)[0] == 400
+    errors = _metrics(served.url)
+    for labels in (
+        (("model", ""), ("reason", "not_found")),
+        (("model", "linear"), ("reason", "bad_request")),
+    ):
+        key = ("streamml_serve_errors_total", labels)
+        assert errors[key] - before.get(key, 0.0) == 1
 
 
 def test_a_new_file_is_served_live_once_it_loads_and_a_broken_one_is_not(
