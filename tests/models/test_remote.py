@@ -212,7 +212,7 @@ def test_open_inference_request_format() -> None:
     for garbage, message in [
         (b'{"outputs": 3}', "no 'outputs' list"),
         (b'{"outputs": [{"name": "b", "datatype": "BYTES", "data": []}]}', "not a numeric"),
-        (b'{"outputs": [{"name": "b", "datatype": "FP32", "shape": [3], "data": [1]}]}', "fit"),
+        (b'{"outputs": [{"name": "b", "datatype": "FP32", "shape": [3], "data": [1]}]}', "shape"),
         (b'{"outputs": [{"name": "b", "datatype": "FP32", "shape": [], "data": 1}]}', "rows"),
     ]:
         with pytest.raises(BadAnswer, match=message):
@@ -232,3 +232,45 @@ def test_a_try_that_times_out_is_retried_until_the_budget() -> None:
             slow_model.predict(_rows(2))
         assert slow_model.stats()["retries"] >= 2
         slow_model.close()
+
+
+_INT64 = st.integers(-(2**63), 2**63 - 1)  # what JSON serializers write
+_JSON = st.recursive(
+    st.none() | st.booleans() | _INT64 | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_TENSOR = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["y", "z", 3]),
+        "datatype": st.sampled_from(["FP32", "INT64", "UINT8", "BOOL", "BYTES", None]),
+    },
+    optional={
+        "shape": _JSON | st.lists(st.integers(-2, 4), max_size=3),
+        "data": _JSON | st.lists(st.floats() | _INT64 | st.sampled_from([1e300, -1]), max_size=6),
+        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-2, 20) | _JSON}),
+    },
+)
+
+
+@settings(max_examples=300)
+@given(
+    answer=st.binary(max_size=64)
+    | _JSON.map(orjson.dumps)
+    | st.fixed_dictionaries({"outputs": st.lists(_TENSOR, max_size=3)}).map(orjson.dumps),
+    tail=st.binary(max_size=16),
+    rows=st.integers(0, 3),
+    binary=st.booleans(),
+)
+def test_any_answer_decodes_to_rows_or_raises_bad_answer(
+    answer: bytes, tail: bytes, rows: int, binary: bool
+) -> None:
+    proto = OpenInference("m", binary=binary)
+    body = answer + tail if binary else answer
+    try:
+        outs, _ = proto.decode(body, rows, header_length=len(answer) if binary else None)
+    except BadAnswer:
+        return
+    assert all(isinstance(a, np.ndarray) and len(a) == rows for a in outs.values())

@@ -89,7 +89,7 @@ def error_reason(status: int, body: bytes) -> str:
 def _rows_of(name: str, values: Any, rows: int) -> np.ndarray:
     try:
         arr = np.asarray(values)
-    except ValueError as exc:  # ragged lists
+    except (ValueError, OverflowError) as exc:  # ragged lists, integers beyond 64 bits
         raise BadAnswer(f"output {name!r} is not a tensor: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise BadAnswer(f"output {name!r} holds {arr.dtype} values, not numbers")
@@ -248,9 +248,9 @@ class OpenInference:
                     chunk = raw[at : at + size]
                     at += size
                     arr = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise BadAnswer(
-                    f"output {name!r} does not fit its shape {shape!r}: {exc}"
+                    f"output {name!r} is not {datatype} data of shape {shape!r}: {exc}"
                 ) from None
             outs[name] = _rows_of(name, arr, rows)
         version = answer.get("model_version")
