@@ -51,19 +51,7 @@ SYBIL = Sybil(
 )
 
 
-# Pages other people are rewriting now, whose blocks are fragments (names from outside
-# the block, `return` outside a function): made runnable, or marked, once they land.
-_FRAGMENTS = {"docs/concepts.md", "docs/kafka.md"}
-
-
-def _page(path: Path) -> object:
-    name = str(path.relative_to(ROOT))
-    if name in _FRAGMENTS:
-        return pytest.param(path, id=name, marks=pytest.mark.xfail(strict=True, reason="fragments"))
-    return pytest.param(path, id=name)
-
-
-@pytest.mark.parametrize("page", [_page(p) for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
