@@ -87,16 +87,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamml serve: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGINT too, by hand: Python leaves it ignored when it starts ignored (a shell's
+    # background job), and Ctrl-C is the documented way to stop.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     print(
         f"serving model {name!r} version {model.version!r} at {server.url} "
         f"(pid {os.getpid()}); Ctrl-C stops it",
         flush=True,
     )
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    while not stop.wait(0.5):
         pass
     server.stop()
     print("server stopped", flush=True)

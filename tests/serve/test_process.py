@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +38,9 @@ class Served:
     process: subprocess.Popen
 
 
-def _start(path: Path, log: Path, *extra: str) -> Served:
+def _start(path: Path, log: Path, *extra: str, sigint_ignored: bool = False) -> Served:
+    # a shell's background job starts with SIGINT ignored; Ctrl-C must stop it all the same
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     with log.open("w") as err:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [sys.executable, "-m", "streamml.cli", "serve", str(path), "--port", "0", *extra],
@@ -45,6 +48,7 @@ def _start(path: Path, log: Path, *extra: str) -> Served:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            preexec_fn=ignore,
         )
     line = process.stdout.readline()  # the server prints its address once it listens
     found = re.search(r" at (http://\S+) ", line)
@@ -54,8 +58,8 @@ def _start(path: Path, log: Path, *extra: str) -> Served:
     return Served(found.group(1), path, process)
 
 
-def _stop(served: Served) -> None:
-    served.process.terminate()
+def _stop(served: Served, sig: int = signal.SIGTERM) -> None:
+    served.process.send_signal(sig)
     assert served.process.wait(30) == 0
     assert "server stopped" in served.process.stdout.read()
 
@@ -281,7 +285,9 @@ def test_a_new_file_is_served_live_once_it_loads_and_a_broken_one_is_not(
     path = tmp_path / "linear.onnx"
     path.write_bytes(make_linear(W1, B1))
     log = tmp_path / "stderr.log"
-    served = _start(path, log, "--version", "v1", "--watch", "--watch-interval-ms", "50")
+    served = _start(
+        path, log, "--version", "v1", "--watch", "--watch-interval-ms", "50", sigint_ignored=True
+    )
     try:
         infer = f"{served.url}/v2/models/linear/infer"
         x = np.array([[1.0, 2.0, 3.0]], np.float32)
@@ -324,4 +330,4 @@ def test_a_new_file_is_served_live_once_it_loads_and_a_broken_one_is_not(
         )
         assert (status, body) == (200, {"name": "linear", "version": version})
     finally:
-        _stop(served)
+        _stop(served, signal.SIGINT)
