@@ -101,6 +101,51 @@ def check_topic(producer: Producer, topic: str, broker_timeout: timedelta | None
         )
 
 
+# librdkafka settings that only a consumer reads: a producer ignores them with a CONFWARN
+# line on stderr (the same add_config given to a source and a sink does that).
+_CONSUMER_ONLY = (
+    "auto.commit.",
+    "auto.offset.reset",
+    "check.crcs",
+    "consume.callback.max.messages",
+    "coordinator.query.interval.ms",
+    "enable.auto.",
+    "enable.partition.eof",
+    "fetch.",
+    "group.",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "max.partition.fetch.bytes",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "queued.",
+    "session.timeout.ms",
+)
+
+
+def _refuse_consumer_settings(add_config: Mapping[str, Any]) -> None:
+    """Refuse consumer settings in a producer's ``add_config``, which librdkafka would ignore.
+
+    Examples:
+        >>> _refuse_consumer_settings({"linger.ms": 20})
+        >>> _refuse_consumer_settings({"fetch.wait.max.ms": 20, "group.id": "g"})
+        Traceback (most recent call last):
+        ...
+        ValueError: fetch.wait.max.ms, group.id are consumer settings, which a producer ignores; leave them out of the sink's add_config
+    """
+    found = [k for k in add_config if isinstance(k, str) and k.startswith(_CONSUMER_ONLY)]
+    if len(found) == 1:
+        raise ValueError(
+            f"{found[0]} is a consumer setting, which a producer ignores; "
+            "leave it out of the sink's add_config"
+        )
+    if found:
+        raise ValueError(
+            f"{', '.join(found)} are consumer settings, which a producer ignores; "
+            "leave them out of the sink's add_config"
+        )
+
+
 KeyValue = tuple[bytes | None, bytes | None]
 
 
@@ -274,6 +319,7 @@ class ProducerSink(DynamicSink[KeyValue]):
         self._broker_timeout = broker_timeout
         self._timeout_s = delivery_timeout.total_seconds()
         self._confirm_each_batch = bool(confirm_each_batch)
+        _refuse_consumer_settings(add_config or {})
         self._config = {
             "bootstrap.servers": brokers,
             "enable.idempotence": True,

@@ -66,6 +66,12 @@ def _dead_letters(**kwargs: Any) -> None:
         (_table, {"topic": None}, "topic must be one topic name"),
         (_table, {"value_serde": JsonSerde}, "not the class JsonSerde: pass JsonSerde()"),
         (_table, {"broker_timeout": -1}, "broker_timeout must be a datetime.timedelta"),
+        (
+            _sink,
+            {"add_config": {"fetch.wait.max.ms": "20"}},
+            "fetch.wait.max.ms is a consumer setting",
+        ),
+        (_dead_letters, {"add_config": {"group.id": "g"}}, "group.id is a consumer setting"),
         (_dead_letters, {"topic": 5}, "topic must be one topic name"),
         (_dead_letters, {"brokers": None}, "brokers must be 'host:port'"),
     ],
