@@ -120,7 +120,8 @@ def build_app(
         try:
             loaded = repository.get(name, request.path_params.get("version"))
         except RequestError as exc:
-            label = ""  # unknown names are not label values
+            if name not in repository.names():
+                label = ""  # a client's unknown names are not label values
             response = _error(exc)
         else:
             try:

@@ -270,10 +270,12 @@ def test_concurrent_clients_each_get_their_own_rows_and_metrics_count_them(
     bad = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 3], "data": _GOOD}]}
     assert _request(f"{served.url}/v2/models/nope/infer", bad)[0] == 404
     assert _request(f"{served.url}/v2/models/linear/infer", bad)[0] == 400
+    assert _request(f"{served.url}/v2/models/linear/versions/v9/infer", bad)[0] == 404
     errors = _metrics(served.url)
     for labels in (
         (("model", ""), ("reason", "not_found")),
         (("model", "linear"), ("reason", "bad_request")),
+        (("model", "linear"), ("reason", "not_found")),
     ):
         key = ("streamml_serve_errors_total", labels)
         assert errors[key] - before.get(key, 0.0) == 1
