@@ -522,7 +522,7 @@ def test_rows_through_aggregating_operators(name: str, items: list[Any]) -> None
 
 
 MIXED_KEYS = (
-    "operators/featurize/windows.py _emit (line ~143 before the current rework): window_agg on "
+    "operators/featurize/windows.py _emit (line ~135): window_agg on "
     "frames builds its output key column from every closed window's key with pl.Series(keys) "
     "(strict): frames keyed by a String column in one batch and an integer column in another "
     "make it raise TypeError at EOF and stop the flow. Build it per key dtype, or as text"
