@@ -71,7 +71,9 @@ class Server:
             loop.run_until_complete(main())
         except BaseException as exc:  # noqa: BLE001 - handed to start()
             self._failed = exc
-        finally:
+        finally:  # as asyncio.run ends: the threads that loaded swapped-in versions too
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     def start(self, timeout: float = 30.0) -> Server:
