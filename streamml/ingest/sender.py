@@ -62,6 +62,7 @@ _REFUSED = {
     KafkaError.RECORD_LIST_TOO_LARGE,
 }
 _WAIT = 0.5  # seconds between looks at the stop flag while the broker is away
+_ENDS_EVERY = 2.0  # seconds between reads of the topic's end offsets (lower bounds for a doubt)
 _STALL = 5.0  # seconds without an answer after which a read of the topic is given up (and retried)
 
 
@@ -128,6 +129,8 @@ class Sender:
         }
         self._rejected_dir = checkpoint.directory / "rejected"
         self._ends: dict[int, int] = {}
+        self._ends_due = 0.0
+        self._partition_ids: list[int] = []
         self._rejected_now = 0  # refused records of the cycle under way
 
     # --- librdkafka callbacks (called from poll/flush in this thread) ---
@@ -219,7 +222,6 @@ class Sender:
         self._failed = []
 
     def _produce(self, blocks: list[Block], landed: set[int] | None, doubt_last: int) -> None:
-        produce, topic, prefix = self._producer.produce, self.topic, self._prefix
         skip = landed or set()
         if landed is not None and doubt_last >= 0:  # records in doubt not found: sent again
             self._progress.resent += sum(
@@ -228,30 +230,46 @@ class Sender:
                 for seq in range(b.first_seq, min(b.last_seq, doubt_last) + 1)
                 if seq not in skip
             )
+        produce, topic, prefix = self._producer.produce, self.topic, self._prefix
         for block in blocks:
-            seq = block.first_seq
-            for key, value, note in zip(block.keys, block.values, block.notes):
-                if seq not in skip:
-                    headers = [(HEADER, prefix + b"%d" % seq)]
+            seqs = range(block.first_seq, block.last_seq + 1)
+            headers = [[(HEADER, prefix + b"%d" % seq)] for seq in seqs]
+            if block.notes.count(None) != len(block.notes):
+                for h, note in zip(headers, block.notes):
                     if note is not None:
-                        headers.append(note_header(note))
-                    while True:
-                        try:
-                            produce(topic, value, key, headers=headers)
-                            break
-                        except BufferError:  # librdkafka's queue is full: let it drain
-                            self._producer.poll(0.05)
-                        except KafkaException as exc:  # refused before sending (too large)
-                            self._reject(key, value, headers, str(exc.args[0]))
-                            break
-                seq += 1
+                        h.append(note_header(note))
+            records = zip(seqs, block.keys, block.values, headers)
+            if skip:
+                records = ((s, k, v, h) for s, k, v, h in records if s not in skip)
+            for _, key, value, h in records:
+                try:  # the common case: one call, no loop around it
+                    produce(topic, value, key, headers=h)
+                except BufferError:  # librdkafka's queue is full: let it drain
+                    self._produce_when_room(key, value, h)
+                except KafkaException as exc:  # refused before sending (too large)
+                    self._reject(key, value, h, str(exc.args[0]))
+
+    def _produce_when_room(self, key: bytes | None, value: bytes, headers: list) -> None:
+        while True:
+            self._producer.poll(0.05)
+            try:
+                self._producer.produce(self.topic, value, key, headers=headers)
+                return
+            except BufferError:
+                continue
+            except KafkaException as exc:
+                self._reject(key, value, headers, str(exc.args[0]))
+                return
 
     def _note_doubt(self, first: int, last: int) -> None:
         old = self._checkpoint.in_doubt
-        # Any end offset read since the last confirmation is at or before these records: if
-        # the broker cannot say now, the last ones read still are (none: search the topic).
-        with suppress(_BrokerAway):
-            self._ends = self._end_offsets()
+        # Any end offset read before these records were sent is at or before them: read them
+        # again every few seconds only (a round trip a partition), and if the broker cannot
+        # say now, the last ones read still are (none: the whole topic is searched).
+        if time.monotonic() >= self._ends_due:
+            with suppress(_BrokerAway):
+                self._ends = self._end_offsets()
+                self._ends_due = time.monotonic() + _ENDS_EVERY
         offsets = dict(self._ends)
         if old is not None:  # still unresolved: its records may be anywhere from its offsets on
             first = min(first, old.first)
@@ -259,14 +277,18 @@ class Sender:
         self._checkpoint.in_doubt = InDoubt(first, max(last, old.last if old else last), offsets)
         self._checkpoint.save()
 
-    def _partitions(self) -> list[int]:
+    def _partitions(self, *, fresh: bool = False) -> list[int]:
+        """The topic's partitions (cached; ``fresh`` asks the broker: a topic may be re-created)."""
+        if self._partition_ids and not fresh:
+            return self._partition_ids
         try:
             meta = self._consumer.list_topics(self.topic, timeout=2.0).topics.get(self.topic)
         except KafkaException as exc:
             raise _BrokerAway(str(exc.args[0])) from None
         if meta is None or meta.error is not None or not meta.partitions:
             raise _BrokerAway(f"topic {self.topic!r} is not there ({meta.error if meta else ''})")
-        return sorted(meta.partitions)
+        self._partition_ids = sorted(meta.partitions)
+        return self._partition_ids
 
     def _end_offsets(self) -> dict[int, int]:
         out = {}
@@ -299,7 +321,7 @@ class Sender:
 
     def _landed(self, doubt: InDoubt) -> set[int]:
         starts = {}
-        for p in self._partitions():
+        for p in self._partitions(fresh=True):
             try:
                 low, high = self._consumer.get_watermark_offsets(
                     TopicPartition(self.topic, p), timeout=2.0, cached=False

@@ -167,6 +167,8 @@ class Spool:
         fsync: ``fsync`` every block (the default): a power cut loses no
             block that was appended. ``False`` still survives a killed
             process (the page cache keeps the data), not a power cut.
+        cache_bytes: Appended blocks up to this many bytes stay in memory
+            until released, so :meth:`read` need not go back to disk.
 
     Examples:
         >>> import tempfile
@@ -190,6 +192,7 @@ class Spool:
         acked_seq: int = 0,
         segment_bytes: int = 64 << 20,
         fsync: bool = True,
+        cache_bytes: int = 64 << 20,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0; got {max_bytes}")
@@ -210,6 +213,11 @@ class Spool:
         self._next_seq = acked_seq
         self._tail: Path | None = None
         self._tail_size = 0
+        # Blocks appended by this process, kept decoded until released so the sender does not
+        # read back and split what it was just given (bounded: beyond it, blocks come from disk).
+        self._cache: dict[int, tuple[Block, int]] = {}
+        self._cache_bytes = 0
+        self._cache_max = min(max_bytes, cache_bytes)
         self._open_segments()
 
     def _open_segments(self) -> None:
@@ -283,7 +291,8 @@ class Spool:
             )
         with self._lock:
             first = self._next_seq
-            data = _encode(Block(first, source, delta, keys, values, notes))
+            block = Block(first, source, delta, keys, values, notes)
+            data = _encode(block)
             if self._tail is None or self._tail_size >= self._segment_bytes:
                 self._tail, self._tail_size = self.directory / f"{first:020d}{_SEGMENT_SUFFIX}", 0
             with open(self._tail, "ab") as f:
@@ -296,6 +305,9 @@ class Spool:
             )
             self._tail_size += len(data)
             self._bytes += len(data)
+            if self._cache_bytes + len(data) <= self._cache_max:
+                self._cache[first] = (block, len(data))
+                self._cache_bytes += len(data)
             self._next_seq = first + len(values)
             self._lock.notify_all()
             return first
@@ -317,7 +329,10 @@ class Spool:
             return out
 
     def read(self, entry: _Entry) -> Block:
-        """Load one block's records from disk."""
+        """One block's records (from memory if this process appended it, else from disk)."""
+        cached = self._cache.get(entry.first_seq)
+        if cached is not None:
+            return cached[0]
         with open(entry.segment, "rb") as f:
             f.seek(entry.offset)
             data = f.read(entry.size)
@@ -332,7 +347,11 @@ class Spool:
         with self._lock:
             self._acked = max(self._acked, acked_seq)
             while self._entries and self._entries[0].end_seq <= self._acked:
-                self._bytes -= self._entries.popleft().size
+                entry = self._entries.popleft()
+                self._bytes -= entry.size
+                cached = self._cache.pop(entry.first_seq, None)
+                if cached is not None:
+                    self._cache_bytes -= cached[1]
             self._drop_acked_segments()
 
     def _drop_acked_segments(self) -> None:
