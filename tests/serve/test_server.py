@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamml.models import CallableModel, OnnxModel
 from streamml.models.remote import RemoteModel
@@ -160,3 +162,38 @@ def test_bad_settings_fail_before_the_server_listens(kwargs: dict, message: str)
     with pytest.raises(ValueError) as caught:
         serve(**settings)
     assert message in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def doubling_server():
+    with serve({"m": _times(2, "v1")}, max_batch=4, max_body_bytes=4000) as server:
+        yield server
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=60)
+@given(
+    datatype=st.sampled_from(["FP32", "FP64", "INT64", "BOOL", "BYTES", "FP16", "X"]),
+    shape=st.lists(st.integers(-1, 5), max_size=3),
+    data=st.lists(st.one_of(_VALUES, st.lists(_VALUES, max_size=3)), max_size=12),
+    name=st.sampled_from(["input", "other"]),
+)
+def test_any_tensor_is_answered_or_refused_with_a_reason(
+    doubling_server, datatype: str, shape: list[int], data: list, name: str
+) -> None:
+    tensor = {"name": name, "datatype": datatype, "shape": shape, "data": data}
+    body = json.dumps({"inputs": [tensor]}).encode()
+    status, answer = _post(f"{doubling_server.url}/v2/models/m/infer", body)
+    if status == 200:
+        got = np.array(answer["outputs"][0]["data"], np.float32)
+        np.testing.assert_allclose(got, 2 * np.array(data, np.float32).ravel())
+    else:
+        assert status in (400, 413) and answer["error"]
