@@ -245,16 +245,18 @@ _JSON = st.recursive(
 _TENSOR = st.fixed_dictionaries(
     {
         "name": st.sampled_from(["y", "z", 3]),
-        "datatype": st.sampled_from(["FP32", "INT64", "UINT8", "BOOL", "BYTES", None]),
+        "datatype": st.sampled_from(["FP16", "FP32", "INT64", "UINT8", "BOOL", "BYTES", None]),
     },
     optional={
         "shape": _JSON | st.lists(st.integers(-2, 4), max_size=3),
         "data": _JSON | st.lists(st.floats() | _INT64 | st.sampled_from([1e300, -1]), max_size=6),
-        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-2, 20) | _JSON}),
+        "parameters": _JSON
+        | st.fixed_dictionaries({"binary_data_size": st.integers(-2, 20) | _JSON}),
     },
 )
 
 
+@pytest.mark.filterwarnings("error")  # a number overflowing its datatype is garbage, not inf
 @settings(max_examples=300)
 @given(
     answer=st.binary(max_size=64)

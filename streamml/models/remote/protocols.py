@@ -238,17 +238,19 @@ class OpenInference:
             if datatype not in _DATATYPES:
                 raise BadAnswer(f"output {name!r} has datatype {datatype!r}, not a numeric one")
             dtype = np.dtype(_DATATYPES[datatype])
-            size = (t.get("parameters") or {}).get("binary_data_size")
+            parameters = t.get("parameters")
+            size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
             try:
                 if size is None:
-                    arr = np.asarray(t.get("data"), dtype=dtype).reshape(shape)
+                    with np.errstate(over="raise"):  # 1e300 is not FP32 data: an error, not inf
+                        arr = np.asarray(t.get("data"), dtype=dtype).reshape(shape)
                 elif raw is None or not isinstance(size, int) or at + size > len(raw):
                     raise ValueError(f"binary_data_size {size!r} runs past the answer")
                 else:
                     chunk = raw[at : at + size]
                     at += size
                     arr = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
                 raise BadAnswer(
                     f"output {name!r} is not {datatype} data of shape {shape!r}: {exc}"
                 ) from None
