@@ -8,17 +8,18 @@ with NumPy when it closes, so the result equals a group-by over the same
 events (in timestamp order, ties in arrival order). See
 :mod:`._window_core` for when each kind of window closes.
 
-Frames are routed to ``shards`` states by :func:`~streamml.operators._core.keys.frame_sharder`;
-``(key, event)`` rows keep one state per key under Bytewax's own keyed
-routing, at the step id the previous release's windowing operator used, so
-its recovery stores resume (:mod:`._window_legacy`). Each state is
-snapshot as a versioned record (``streamml.featurize.window_agg`` v1).
+Keys are spread over ``shards`` states: frames by
+:func:`~streamml.operators._core.keys.frame_sharder`, ``(key, event)`` rows
+by the same rule (:func:`._shard.shards_of`) after a pass through a by-key
+step at the step id the previous release's windowing operator kept its
+state at, which hands any such state over to the key's shard first
+(:mod:`._window_legacy`), so those recovery stores resume. Each shard state
+is snapshot as a versioned record (``streamml.featurize.window_agg`` v1).
 
 State and eviction: per key, the rows of its open windows (a row leaves
-when its last window closes) and rows held for the watermark. A frame
-shard forgets a key idle for ``ttl`` of its event time, closing its windows
-first; a row state is dropped once it has no open window and no held row
-(as Bytewax's windowing did).
+when its last window closes) and rows held for the watermark; a shard
+forgets a key idle for ``ttl`` of its event time, closing its windows
+first. The by-key step keeps nothing.
 """
 
 from __future__ import annotations
@@ -328,8 +329,8 @@ def window_agg(
     carries one frame per state and step with the closed windows, with the
     columns of a row above (``key`` as text, ``window_start`` and
     ``window_end`` UTC ``Datetime``). Rejections hold the row as a dict.
-    Rows (``key=None``) keep one state per key, as the previous release
-    did (its recovery stores resume).
+    Rows (``key=None``) are spread over ``shards`` states by the same rule;
+    recovery stores of the previous release resume.
 
     Args:
         step_id: Unique ID.
@@ -350,13 +351,12 @@ def window_agg(
             end of input.
         max_future: Reject timestamps further than this beyond the wall clock.
         label: Optional suffix of the feature names.
-        ttl: Frames: forget a key idle this long in its shard's event time,
-            closing its windows first (at least the window length, or the
-            session gap, plus ``max_delay``; by default that plus an hour).
-            Afterwards its stale rows are late. A row state goes once none
-            of its windows is open.
-        shards: Frames: the number of states keys are spread over (by a
-            stable hash of the key); about twice the number of workers.
+        ttl: Forget a key idle this long in its shard's event time, closing
+            its windows first (at least the window length, or the session
+            gap, plus ``max_delay``; by default that plus an hour).
+            Afterwards its stale rows are late.
+        shards: The number of states keys are spread over (by a stable hash
+            of the key); about twice the number of workers.
 
     Returns:
         ``oks`` rows, ``errs`` and ``late``
