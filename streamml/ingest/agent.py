@@ -92,10 +92,10 @@ class IngestAgent:
         edge: EdgeModel | None = None,
         http: HttpInput | None = None,
         spool_max_bytes: int = 256 << 20,
-        read_bytes: int = 1 << 20,
+        read_bytes: int = 4 << 20,
         poll_interval: float = 0.1,
         producer_config: Mapping[str, Any] | None = None,
-        max_records: int = 100_000,
+        max_records: int = 250_000,
         fsync: bool = True,
     ) -> None:
         names = [s.name for s in sources]

@@ -24,6 +24,7 @@ from streamml.ingest.keys import key_function
 from streamml.ingest.logtail import LogTail
 from streamml.ingest.source import Source
 from streamml.ingest.spool import SpoolError
+from streamml.tuning import relaxed_gc
 
 __all__ = ["add_parser", "parse_size", "run"]
 
@@ -219,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         **dict(args.producer_config),
     }
     with ExitStack() as stack:
+        stack.enter_context(relaxed_gc())  # a record is a few short-lived objects (see tuning)
         brokers = args.brokers
         try:
             if brokers is None:

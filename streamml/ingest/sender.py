@@ -50,6 +50,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 20,
     "batch.size": 1_000_000,
     "message.timeout.ms": 30_000,
+    "queue.buffering.max.messages": 1_000_000,  # a whole cycle fits: no BufferError waits
     "delivery.report.only.error": True,
 }
 """librdkafka settings the agent uses unless the user's ``producer_config`` overrides them."""
@@ -81,7 +82,9 @@ class Sender:
         sources: The polled sources by name, to fold delivered deltas.
         progress: Counters to update.
         producer_config: librdkafka settings over :data:`PRODUCER_DEFAULTS`.
-        max_records: Records per cycle (per confirmation).
+        max_records: Records per cycle (per confirmation): the wait for the
+            broker's last acknowledgements is paid once per cycle.
+        max_bytes: Bytes per cycle (what librdkafka holds in memory at most).
     """
 
     def __init__(
@@ -94,10 +97,13 @@ class Sender:
         progress: Progress,
         *,
         producer_config: Mapping[str, Any] | None = None,
-        max_records: int = 100_000,
+        max_records: int = 250_000,
+        max_bytes: int = 64 << 20,
     ) -> None:
-        if max_records < 1:
-            raise ValueError(f"max_records must be >= 1; got {max_records}")
+        if max_records < 1 or max_bytes < 1:
+            raise ValueError(
+                f"max_records and max_bytes must be >= 1; got {max_records}, {max_bytes}"
+            )
         self.topic = topic
         self._brokers = brokers
         self._spool = spool
@@ -105,6 +111,7 @@ class Sender:
         self._sources = sources
         self._progress = progress
         self._max_records = max_records
+        self._max_bytes = max_bytes
         self._config = {**PRODUCER_DEFAULTS, **dict(producer_config or {})}
         self._config.update(
             {
@@ -156,7 +163,7 @@ class Sender:
             landed = self._until_known(doubt, stop)
         try:
             while not stop.is_set():
-                entries = self._spool.pending(self._max_records, wait=0.2)
+                entries = self._spool.pending(self._max_records, self._max_bytes, wait=0.2)
                 if not entries:
                     continue
                 blocks = [self._spool.read(e) for e in entries]
