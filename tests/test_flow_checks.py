@@ -183,22 +183,9 @@ _BUILDS = {
     ),
     "enrich": lambda up: join.enrich("op", up, up, key="k"),
 }
-_DROPS_LATE = (
-    "operators/join/enrich.py line ~563: split_outputs(...).late (always empty: enrich has no "
-    "event time) is consumed by no step, so check_flow refuses every flow using enrich; merge it "
-    "into errs: errs=op.merge('all_errs', tagged.errs, out.errs, out.late)"
-)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_DROPS_LATE))
-        if n == "enrich"
-        else n
-        for n in _BUILDS
-    ],
-)
+@pytest.mark.parametrize("name", list(_BUILDS))
 def test_no_operator_leaves_an_inner_rejection_stream_unread(name: str) -> None:
     """With every output port connected, check_flow passes: no operator drops rejections inside."""
     flow = Dataflow("inner")

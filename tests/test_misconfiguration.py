@@ -170,21 +170,25 @@ CASES = [
     pytest.param(_score(into=""), "into must be a field or column name", id="score-into-empty"),
     # -- joins (operators/join/*, another helper's files) --------------------------------------
     pytest.param(
-        _interval(lower=-60),
-        "lower",
-        id="interval-lower-int",
-        marks=_owned_elsewhere(
-            "join/interval.py interval_join: -60 > upper raises TypeError; "
-            "call _validate.duration-style checks (a timedelta, any sign) for lower/upper"
-        ),
+        _interval(lower=-60), "lower must be a datetime.timedelta", id="interval-lower-int"
     ),
     pytest.param(
-        _interval(lateness=5),
-        "lateness",
-        id="interval-lateness-int",
-        marks=_owned_elsewhere(
-            "join/interval.py interval_join: call _validate.duration('lateness', lateness)"
-        ),
+        _interval(lateness=5), "lateness must be a datetime.timedelta", id="interval-lateness-int"
+    ),
+    pytest.param(_interval(ttl=timedelta(0)), "ttl must be a timedelta > 0", id="interval-ttl-0"),
+    pytest.param(_interval(shards="2"), "shards must be an int >= 1", id="interval-shards-str"),
+    pytest.param(
+        lambda up: join.enrich("op", up, up, max_wait=5),
+        "max_wait must be a datetime",
+        id="enrich-wait",
+    ),
+    pytest.param(
+        lambda up: join.enrich("op", up, up, shards=0), "shards must be an int", id="enrich-0"
+    ),
+    pytest.param(
+        lambda up: join.enrich("op", up, up, wait_for_bootstrap="no"),
+        "wait_for_bootstrap must be True or False",
+        id="enrich-bootstrap-str",
     ),
 ]
 

@@ -33,6 +33,7 @@ import bytewax.operators as op
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
+from streamml.operators import _validate
 from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
 from streamml.operators.join._enrich_state import (
     _HIT,
@@ -48,7 +49,6 @@ from streamml.operators.join._shards import (
     LEFT,
     MISSING,
     Chunked,
-    check_shards,
     joined_names,
     split_outputs,
     tag_frames_table,
@@ -526,9 +526,9 @@ def enrich(
         [('d1', {'t': 20.5, 'site': 'north'}), ('d2', {'t': 19.0, 'site': None}),
          ('d3', {'t': 7.0, 'site': None})]
     """
-    check_shards(shards)
-    if max_wait is not None and max_wait <= timedelta(0):
-        raise ValueError(f"max_wait must be > 0 or None; got {max_wait}")
+    _validate.duration("max_wait", max_wait, minimum="positive", optional=True)
+    _validate.count("shards", shards)
+    _validate.flag("wait_for_bootstrap", wait_for_bootstrap)
     if not callable(merge):
         raise ValueError("merge must be a function merge(event, row) -> output")
     cfg = _Config(
@@ -561,4 +561,5 @@ def enrich(
         tagged = tag_frames_table("shard", up, table, key, shards, TableReady)
         joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_FrameLogic(cfg, r)))
     out = split_outputs("split", joined)
-    return EnrichOut(oks=out.oks, errs=op.merge("all_errs", tagged.errs, out.errs))
+    # ``late`` is always empty (enrich has no event time) but read, so no rejection stream dangles.
+    return EnrichOut(oks=out.oks, errs=op.merge("all_errs", tagged.errs, out.errs, out.late))

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators import _validate
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators.join._interval_core import (
     _EMPTY,
@@ -36,7 +37,6 @@ from streamml.operators.join._legacy import _Buffer, _IntervalState, is_legacy
 from streamml.operators.join._shards import (
     Chunked,
     RowStore,
-    check_shards,
     frame_times,
     joined_frame,
     late_records,
@@ -502,11 +502,14 @@ def interval_join(
         u1 a 7
         u2 b None
     """
-    check_shards(shards)
+    _validate.duration("lower", lower, minimum="any")
+    _validate.duration("upper", upper, minimum="any")
+    _validate.duration("lateness", lateness)
+    _validate.duration("ttl", ttl, minimum="positive", optional=True)
+    _validate.duration("idle_release", idle_release, minimum="positive", optional=True)
+    _validate.count("shards", shards)
     if upper < lower:
         raise ValueError(f"upper must be >= lower; got lower={lower}, upper={upper}")
-    if lateness < timedelta(0):
-        raise ValueError(f"lateness must be >= 0; got {lateness}")
     if how not in ("inner", "left"):
         raise ValueError(f"how must be 'inner' or 'left'; got {how!r}")
     least = max(upper, -lower, timedelta(0)) + lateness
@@ -516,8 +519,6 @@ def interval_join(
         raise ValueError(
             f"ttl must be > 0 and >= the interval's reach plus lateness ({least}); got {ttl}"
         )
-    if idle_release is not None and idle_release <= timedelta(0):
-        raise ValueError(f"idle_release must be > 0 or None; got {idle_release}")
     right_ts = left_ts if right_ts is None else right_ts
     common = dict(
         step_id=f"{step_id}.join",

@@ -249,7 +249,7 @@ def test_dataflow_without_bootstrap_signal_joins_at_eof_or_when_turned_off():
 def test_misconfiguration_raises_at_build_time():
     flow = Dataflow("bad")
     s = op.input("in", flow, TestingSource([]))
-    with pytest.raises(ValueError, match="max_wait must be > 0"):
+    with pytest.raises(ValueError, match="max_wait must be a timedelta > 0"):
         enrich("e", s, s, max_wait=timedelta(0))
     with pytest.raises(ValueError, match="shards"):
         enrich("e2", s, s, shards=0)
