@@ -61,7 +61,11 @@ class Columns:
 def _check_value(name: str, v: Any) -> tuple[str, str] | None:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return "NotANumber", f"field {name!r} is {type(v).__name__} {v!r}, not a number"
-    if not math.isfinite(v):
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return "NotANumber", f"field {name!r} is int {str(v)[:20]}..., beyond float range"
+    if not finite:
         return "NonFinite", f"field {name!r} is {v!r}"
     return None
 
@@ -118,7 +122,7 @@ def extract(
         future_limit = micros(datetime.now(timezone.utc) - EPOCH) + max_future_us
     try:
         return _fast(items, fields, ts_getter, future_limit), []
-    except (TypeError, KeyError, ValueError, AttributeError, IndexError, _Slow):
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, OverflowError, _Slow):
         pass
     keys, events, ts, values, errs = [], [], [], [], []
     for item in items:

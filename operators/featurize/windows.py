@@ -132,7 +132,8 @@ class _FrameLogic(_Logic):
         names = self.core.names
         when = pl.Datetime("us", "UTC")
         columns = {
-            "key": pl.Series([names[k] for k in closed.kid.tolist()]).cast(pl.String),
+            # as text: a shard may hold keys of a String column and of an integer one
+            "key": pl.Series([str(names[k]) for k in closed.kid.tolist()], dtype=pl.String),
             "window_start": pl.Series(closed.start).cast(when),
             "window_end": pl.Series(closed.end).cast(when),
         }

@@ -304,3 +304,38 @@ def test_a_key_polars_cannot_hold_is_still_a_key():
     oks, errs, _ = run_windows(items, WINDOWERS["tumbling"], aggregates=["count"], shards=3)
     assert errs == []
     assert sorted((k, row["x_count"]) for k, row in oks) == [("a", 1.0), (odd, 2.0)]
+
+
+def test_frames_keyed_by_text_then_by_integers_go_on():
+    """One shard, keys of a String column then of an integer one: keys come out as text."""
+    import polars as pl
+
+    ms = int(T0.timestamp() * 1000)
+    frames = [
+        pl.DataFrame({"k": ["7"], "ms": [ms], "x": [1.0]}),
+        pl.DataFrame({"k": [7, 8], "ms": [ms + 1, ms + 2], "x": [2.0, 3.0]}),
+    ]
+    flow = Dataflow("t")
+    out = window_agg(
+        "win",
+        op.input("in", flow, TestingSource(frames)),
+        key="k",
+        timestamp="ms",
+        windower=WINDOWERS["tumbling"],
+        fields=["x"],
+        aggregates=["sum"],
+        idle_advance=False,
+        shards=1,
+    )
+    got = []
+    op.output("oks", out.oks, TestingSink(got))
+    run_main(flow)
+    rows = pl.concat(got).select("key", "x_sum").sort("x_sum").rows()
+    assert rows == [("7", 1.0), ("7", 2.0), ("8", 3.0)]  # "7" and 7 are two keys
+
+
+def test_an_int_beyond_float_range_is_rejected_not_a_crash():
+    items = [("k", {"id": 0, "ms": 0, "x": 2**1100}), ("k", {"id": 1, "ms": 1, "x": 1.0})]
+    oks, errs, _ = run_windows(items, WINDOWERS["tumbling"], aggregates=["sum"])
+    assert [(r.error_type, r.original[1]["id"]) for r in errs] == [("NotANumber", 0)]
+    assert [row["x_sum"] for _, row in oks] == [1.0]
