@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 import signal
 import sys
@@ -97,12 +98,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         ),
         epilog=(
             "examples:\n"
-            "  streamml ingest --brokers kafka:9092 --topic frames --dir /data/cam "
-            "--pattern '*.jpg' --key 'name-regex:^(cam\\d+)_' --delete-sent\n"
-            "  streamml ingest --brokers kafka:9092 --topic logs --tail /var/log/app.log "
-            "--key 'regex:user=(\\w+)'\n"
-            "  streamml ingest --brokers kafka:9092 --topic events --http 0.0.0.0:8080 "
-            "--key json:device_id"
+            "  streamml ingest --brokers kafka:9092 --topic frames --state /var/lib/ingest/cam "
+            "--dir /data/cam --pattern '*.jpg' --key 'name-regex:^(cam\\d+)_' --delete-sent\n"
+            "  streamml ingest --brokers kafka:9092 --topic logs --state /var/lib/ingest/app "
+            "--tail /var/log/app.log --key 'regex:user=(\\w+)'\n"
+            "  streamml ingest --brokers kafka:9092 --topic events --state /var/lib/ingest/http "
+            "--http 0.0.0.0:8080 --key json:device_id"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -214,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.getLogger("streamml.ingest").setLevel(logging.INFO)  # broker back, inputs resumed
     config = {
         "compression.type": args.compression,
         "linger.ms": args.linger_ms,

@@ -55,7 +55,7 @@ class Progress:
         """Record the broker's state (``up``, or what is wrong), logging changes of state."""
         if state != self.broker:
             if state == "up":
-                logger.warning("broker reachable: sending (%d records spooled)", self.spool_records)
+                logger.info("broker reachable: sending (%d records spooled)", self.spool_records)
             else:
                 logger.warning(
                     "broker %s (%s); records wait in the spool", state, detail or "no detail"
@@ -72,7 +72,7 @@ class Progress:
                     _mb(self.spool_max),
                 )
             else:
-                logger.warning("spool has room again: inputs resumed")
+                logger.info("spool has room again: inputs resumed")
             self.paused = paused
 
     def as_dict(self) -> dict[str, Any]:
