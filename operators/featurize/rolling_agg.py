@@ -53,6 +53,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators import _validate
 from streamml.operators._core.columns import check_frame, ts_micros, values
 from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import restore, snapshot
@@ -114,6 +115,8 @@ def window_label(window: timedelta) -> str:
 def _check_aggs(
     fields: Sequence[str] | Mapping[str, Sequence[str]], default: Sequence[str]
 ) -> dict[str, tuple[str, ...]]:
+    if isinstance(fields, str):
+        _validate.names("fields", fields)  # refuses it, naming the list meant
     spec = {f: tuple(default) for f in fields} if not isinstance(fields, Mapping) else dict(fields)
     if not spec:
         raise ValueError("fields must name at least one numeric field")
@@ -133,6 +136,8 @@ def _windows(
     window: timedelta | Sequence[timedelta] | None, label: str | Sequence[str] | None
 ) -> tuple[list[timedelta], list[str]]:
     """The time windows of :func:`rolling` as a list, each with its name suffix."""
+    if not isinstance(window, (timedelta, Sequence, type(None))) or isinstance(window, str):
+        _validate.duration("window", window)  # refuses it: a number of what?
     if window is None:
         if label is not None:
             raise ValueError("label names time windows; give window= too, or drop label")
@@ -196,6 +201,7 @@ def _config(
     if not windows and not counts:
         raise ValueError("give window= (a time window), last= (a count window), or both")
     longest = max(windows, default=timedelta(0))
+    _validate.duration("max_delay", max_delay, minimum="any")
     if max_delay < timedelta(0):
         raise ValueError(f"max_delay must be >= 0; got {max_delay}")
     spec = _check_aggs(fields, aggregates)
@@ -625,6 +631,8 @@ def rolling(
         30 {'temp_count_30s': 2.0, 'temp_mean_30s': 21.5, 'temp_count_2m': 3.0, 'temp_mean_2m': 21.0}
         80 {'temp_count_30s': 1.0, 'temp_mean_30s': 30.0, 'temp_count_2m': 4.0, 'temp_mean_2m': 23.25}
     """
+    if isinstance(shards, bool) or not isinstance(shards, int):
+        _validate.count("shards", shards)
     if shards < 1:
         raise ValueError(f"shards must be >= 1; got {shards}")
     cfg = _config(

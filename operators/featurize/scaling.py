@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators import _validate
 from streamml.operators._core.columns import values as column_values
 from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import restore, snapshot
@@ -399,6 +400,7 @@ def online_scale(
     """
     if not fields or isinstance(fields, str):
         raise ValueError(f"fields must be a non-empty list of field names; got {fields!r}")
+    _validate.duration("ttl", ttl, minimum="any", optional=True)
     if ttl is not None and ttl <= timedelta(0):
         raise ValueError(f"ttl must be > 0 or None; got {ttl}")
     if shards < 1:

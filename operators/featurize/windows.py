@@ -35,6 +35,7 @@ import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.operators.windowing import SessionWindower, SlidingWindower, TumblingWindower
+from streamml.operators import _validate
 from streamml.operators._core.columns import check_frame, ts_micros, values
 from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import restore, snapshot
@@ -417,12 +418,18 @@ def window_agg(
             "windower must be a bytewax TumblingWindower, SlidingWindower or SessionWindower; "
             f"got {type(windower).__name__}"
         )
+    for arg, value in (("max_delay", max_delay), ("max_future", max_future), ("ttl", ttl)):
+        _validate.duration(arg, value, minimum="any", optional=arg != "max_delay")
     if max_delay < timedelta(0):
         raise ValueError(f"max_delay must be >= 0; got {max_delay}")
+    if isinstance(shards, bool) or not isinstance(shards, int):
+        _validate.count("shards", shards)
     if shards < 1:
         raise ValueError(f"shards must be >= 1; got {shards}")
     if max_future is not None and max_future < timedelta(0):
         raise ValueError(f"max_future must be >= 0 or None; got {max_future}")
+    if isinstance(fields, str):
+        _validate.names("fields", fields)  # refuses it, naming the list meant
     spec_fields = (
         {f: tuple(aggregates) for f in fields} if not isinstance(fields, Mapping) else dict(fields)
     )
