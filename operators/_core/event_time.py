@@ -203,33 +203,36 @@ class KeyedEventTime:
             values = uniq.to_list()
             ids = [get(k) for k in values]
             if None in ids:  # new keys get ids in sorted order: the same on every run
-                for k in sorted(k for k, v in zip(values, ids) if v is None):
-                    self._kid(k)
+                self._new_kids(sorted(k for k, v in zip(values, ids) if v is None))
                 ids = [get(k) for k in values]
             return np.array(ids, dtype=np.int64)[inverse]
         get = self.kid_of.get
         found = list(map(get, keys))
-        if None in found:
-            found = [self._kid(k) if v is None else v for k, v in zip(keys, found)]
+        if None in found:  # new keys get ids in order of first arrival
+            self._new_kids(list(dict.fromkeys([k for k, v in zip(keys, found) if v is None])))
+            found = list(map(get, keys))
         return np.array(found, dtype=np.int64)
 
-    def _kid(self, key: Any) -> int:
-        kid = self.kid_of.get(key)
-        if kid is not None:
-            return kid
-        if self.free:
-            kid = self.free.pop()
+    def _new_kids(self, new: list[Any]) -> None:
+        """Give each of ``new`` (distinct keys without an id) an id: freed ids first, last freed
+        first, then new ones; all at once (a call per key was most of the cost of a batch of
+        new keys, e.g. event ids)."""
+        reused = [self.free.pop() for _ in range(min(len(self.free), len(new)))]
+        for key, kid in zip(new, reused):
             self.keys[kid] = key
-        else:
-            kid = len(self.keys)
-            self.keys.append(key)
-            if kid >= len(self.kmax):
-                grown = np.full(2 * len(self.kmax), _NONE, dtype=np.int64)
-                grown[: len(self.kmax)] = self.kmax
-                self.kmax = grown
-        self.kmax[kid] = _NONE
-        self.kid_of[key] = kid
-        return kid
+        start = len(self.keys)
+        rest = new[len(reused) :]
+        self.keys.extend(rest)
+        if len(self.keys) > len(self.kmax):
+            size = len(self.kmax)
+            while size < len(self.keys):
+                size *= 2
+            grown = np.full(size, _NONE, dtype=np.int64)
+            grown[: len(self.kmax)] = self.kmax
+            self.kmax = grown
+        ids = reused + list(range(start, start + len(rest)))
+        self.kmax[ids] = _NONE
+        self.kid_of.update(zip(new, ids))
 
     def key_of(self, kid: int) -> Any:
         """The key of an id."""
@@ -450,8 +453,7 @@ class KeyedEventTime:
             return Released(Held.empty(self.width), gone)
         held = self.held
         if not len(held):
-            self._free(gone)
-            return Released(held, gone)
+            return Released(held, gone, self._free(gone))
         if self.idle is not None:
             waited = held.arrived + self.idle <= self.clock()
             if waited.any():  # released early: the key's watermark moves up to it
@@ -479,8 +481,7 @@ class KeyedEventTime:
             ts = released.ts
             if (ts[1:] < ts[:-1]).any():
                 released = released.take(np.argsort(ts, kind="stable"))
-        self._free(gone)
-        return Released(released, gone)
+        return Released(released, gone, self._free(gone))
 
     def close(self) -> None:
         """After releasing everything at end of input: every key's watermark is its newest time."""
@@ -573,7 +574,8 @@ class KeyedEventTime:
         if ttl is None or self.newest == _NONE or self.newest - self.swept < ttl // 4:
             return _EMPTY_I
         self.swept = self.newest
-        used = np.array([k is not None for k in self.keys], dtype=bool)
+        used = np.ones(len(self.keys), dtype=bool)
+        used[self.free] = False
         kmax = self.kmax[: len(self.keys)]
         gone = np.flatnonzero(used & (kmax < self.newest - ttl))
         if len(gone):
@@ -585,14 +587,18 @@ class KeyedEventTime:
                     self.forgotten_max = top
         return gone
 
-    def _free(self, gone: np.ndarray) -> None:
-        for kid in gone.tolist():
-            del self.kid_of[self.keys[kid]]
+    def _free(self, gone: np.ndarray) -> list[Any]:
+        """Forget the keys of ``gone``; returns those keys."""
+        ids = gone.tolist()
+        keys = [self.keys[kid] for kid in ids]
+        for kid, key in zip(ids, keys):
+            del self.kid_of[key]
             self.keys[kid] = None
-            self.kmax[kid] = _NONE
-            self.free.append(kid)
-            if self.advance and kid < len(self.adv_base):
-                self.adv_base[kid] = _NONE
+        self.kmax[gone] = _NONE
+        self.free.extend(ids)
+        if self.advance:
+            self.adv_base[gone[gone < len(self.adv_base)]] = _NONE
+        return keys
 
     # -- snapshot ---------------------------------------------------------
 

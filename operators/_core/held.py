@@ -8,7 +8,7 @@ time, arrival and data arrays) and gives released rows back as a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -109,7 +109,10 @@ class Released:
         gone: Key ids forgotten by the TTL sweep (their rows are in
             ``held``): drop the operator's own state of them now; the ids
             are reused from the next :meth:`KeyedEventTime.admit`.
+        gone_keys: The keys of ``gone``, in the same order (an operator
+            that keeps its state by key drops it by these).
     """
 
     held: Held
     gone: np.ndarray
+    gone_keys: list = field(default_factory=list)

@@ -4,7 +4,9 @@ Recovery stores written by that release hold pickled instances of these
 classes under their old module paths (``streamml.operators.join.interval._IntervalState``
 and so on); each join module imports its old names from here, so unpickling
 still finds them, and its ``upgrades`` step from version 0 turns one into
-today's record. Nothing else uses them.
+today's record. Nothing else uses them. (A label join's window parts were
+pickled as ``label._WindowPart``, a class that lives on with the same slots,
+and its metrics as the public ``ClassificationStats``/``RegressionStats``.)
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ __all__ = [
     "_LabelState",
     "_MetricsState",
     "_Versions",
-    "_WindowPart",
     "is_legacy",
 ]
 
@@ -46,12 +47,6 @@ class _AsofState:
 
 class _EnrichState:
     """One shard of an enrichment join: ``table``, ``waiting``, ``deadlines``, ``held``, ``ready``."""
-
-
-class _WindowPart:
-    """Counts of one (window, model version) of a label join."""
-
-    __slots__ = ("stats", "predictions", "labelled", "unlabelled")
 
 
 class _LabelState:

@@ -58,6 +58,7 @@ __all__ = [
     "late_records",
     "micros",
     "pick",
+    "read_groups",
     "read_times",
     "row_times",
     "side_times",
@@ -414,6 +415,47 @@ def read_times(
         why = f"cannot read the event time ({r.error_type}: {r.reason})"
         errs.append(Rejected(r.step_id, "BadTimestamp", why, r.original))
     return rows, ts
+
+
+def read_groups(
+    step_id: str,
+    values: Sequence[tuple[int, list[tuple[str, Any]]]],
+    getters: tuple[Callable[[Any], datetime], ...],
+    errs: list[Rejected],
+) -> tuple[list[tuple[str, Any]], np.ndarray, np.ndarray]:
+    """The ``(key, item)`` pairs of a call's grouped chunks (``tag_sides(grouped=True)``)
+    whose time could be read, their times (µs) and sides, in arrival order.
+
+    One getter per chunk, no tuple made per row; an unreadable time is a
+    ``BadTimestamp`` (see :func:`read_times`).
+
+    Examples:
+        >>> from datetime import datetime, timezone
+        >>> t = datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+        >>> errs = []
+        >>> pairs, ts, sides = read_groups(
+        ...     "s", [(0, [("a", {"ts": t})]), (1, [("b", {"ts": None})])], (lambda e: e["ts"],) * 2, errs)
+        >>> pairs, ts.tolist(), sides.tolist(), [r.error_type for r in errs]
+        ([('a', {'ts': datetime.datetime(1970, 1, 1, 0, 0, 1, tzinfo=datetime.timezone.utc)})], [1000000], [0], ['BadTimestamp'])
+    """
+    chunks, times, counts, sides = [], [], [], []
+    for side, items in values:
+        bad: list[Rejected] = []
+        items, t = side_times(step_id, items, getters[side], bad)
+        for r in bad:
+            why = f"cannot read the event time ({r.error_type}: {r.reason})"
+            errs.append(Rejected(r.step_id, "BadTimestamp", why, r.original))
+        if items:
+            chunks.append(items)
+            times.append(t)
+            counts.append(len(items))
+            sides.append(side)
+    if len(chunks) == 1:
+        return chunks[0], times[0], np.full(counts[0], sides[0], dtype=np.int64)
+    if not chunks:
+        return [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    side_arr = np.repeat(np.array(sides, dtype=np.int64), counts)
+    return list(chain.from_iterable(chunks)), np.concatenate(times), side_arr
 
 
 def side_times(

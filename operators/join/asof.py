@@ -28,10 +28,9 @@ from streamml.operators.join._legacy import _AsofState, _Versions, is_legacy
 from streamml.operators.join._shards import (
     LEFT,
     MISSING,
-    Chunked,
     check_shards,
     late_records,
-    read_times,
+    read_groups,
     split_outputs,
     tag_sides,
 )
@@ -117,66 +116,89 @@ class _AsofLogic(StatefulBatchLogic):
         """Versions and events held (for tests of bounded state)."""
         return sum(len(v[0]) for v in self.versions.values()) + len(self.events)
 
-    def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
+    def on_batch(self, values: list[tuple[int, list[tuple[str, Any]]]]) -> tuple[list, bool]:
         cfg = self.cfg
         errs: list[Rejected] = []
         late: list[Rejected] = []
-        rows, ts = read_times(cfg.step_id, values, cfg.getters, errs)
-        if not rows:
+        pairs, ts, sides = read_groups(cfg.step_id, values, cfg.getters, errs)
+        rows = None  # the table rows' values (None: the rows themselves)
+        if pairs and cfg.value is not _identity and sides.any():
+            pairs, ts, sides, rows = self._values(pairs, ts, sides, errs)
+        if not pairs:
             return ([([], errs, [])] if errs else []), False
-        adm = self.et.admit([k for _, k, _ in rows], ts)
+        adm = self.et.admit([k for k, _ in pairs], ts)
         if len(adm.late):
-            late = late_records(cfg.step_id, adm, ts, lambda i: rows[i][1:])
+            late = late_records(cfg.step_id, adm, ts, pairs.__getitem__)
+            if not len(adm.ok):
+                return [([], errs, late)], False
             ok = adm.ok.tolist()
-            rows = [rows[i] for i in ok]
-        if not len(adm.ok):
-            return ([([], errs, late)] if errs or late else []), False
-        lefts = len(rows) - sum([side for side, _, _ in rows])  # LEFT is 0, RIGHT 1
+            pairs, sides = [pairs[i] for i in ok], sides[adm.ok]
+            rows = None if rows is None else [rows[i] for i in ok]
         touched: set[int] = set()
-        if lefts == len(rows):  # a chunk of events only (the usual case): no loop of our own
-            self._hold(rows, adm.kid, adm.ts)
-        elif not lefts:
-            self._add_versions(rows, adm.kid.tolist(), adm.ts.tolist(), touched, errs)
+        n_right = int(np.count_nonzero(sides))  # RIGHT is 1
+        if not n_right:  # events only (the usual chunk): held as they are
+            self._hold(pairs, adm.kid, adm.ts)
+        elif n_right == len(pairs):
+            self._add_versions(pairs, rows, adm.kid.tolist(), adm.ts.tolist(), touched)
         else:
-            is_left = [side == LEFT for side, _, _ in rows]
-            pos = [i for i, left in enumerate(is_left) if left]
-            self._hold([rows[i] for i in pos], adm.kid[pos], adm.ts[pos])
-            rest = [i for i, left in enumerate(is_left) if not left]
+            left = np.flatnonzero(sides == LEFT)
+            self._hold([pairs[i] for i in left.tolist()], adm.kid[left], adm.ts[left])
+            right = np.flatnonzero(sides).tolist()
             kid_l, t_l = adm.kid.tolist(), adm.ts.tolist()
             self._add_versions(
-                [rows[i] for i in rest],
-                [kid_l[i] for i in rest],
-                [t_l[i] for i in rest],
+                [pairs[i] for i in right],
+                None if rows is None else [rows[i] for i in right],
+                [kid_l[i] for i in right],
+                [t_l[i] for i in right],
                 touched,
-                errs,
             )
         oks = self._release(errs)
         if touched:
             self._prune(touched)
         return ([(oks, errs, late)] if oks or errs or late else []), False
 
-    def _hold(self, rows: list, kid: np.ndarray, ts: np.ndarray) -> None:
+    def _values(
+        self, pairs: list, ts: np.ndarray, sides: np.ndarray, errs: list[Rejected]
+    ) -> tuple[list, np.ndarray, np.ndarray, list]:
+        """``value(row)`` of each table row, read before the row can move its key's
+        watermark: a row whose value cannot be read goes to ``errs`` and is dropped."""
+        cfg = self.cfg
+        value, rows, bad = cfg.value, [], []
+        for i, ((key, item), side) in enumerate(zip(pairs, sides.tolist())):
+            if side == LEFT:
+                rows.append(None)
+                continue
+            try:
+                rows.append(value(item))
+            except Exception as exc:  # noqa: BLE001 - bad data goes to errs
+                errs.append(reject(cfg.step_id, exc, (key, item)))
+                bad.append(i)
+                rows.append(None)
+        if not bad:
+            return pairs, ts, sides, rows
+        keep = np.ones(len(pairs), dtype=bool)
+        keep[bad] = False
+        idx = np.flatnonzero(keep)
+        ok = idx.tolist()
+        return [pairs[i] for i in ok], ts[idx], sides[idx], [rows[i] for i in ok]
+
+    def _hold(self, pairs: list, kid: np.ndarray, ts: np.ndarray) -> None:
         """Hold events until their key's watermark passes them (due one microsecond later)."""
-        n = len(rows)
+        n = len(pairs)
         first = self.next_id
         self.next_id += n
-        self.events.update(zip(range(first, first + n), [(k, v) for _, k, v in rows]))
+        self.events.update(zip(range(first, first + n), pairs))
         ids = np.arange(first, first + n, dtype=np.float64).reshape(n, 1)
         self.et.hold(None, kid, ts + 1, ids)
 
     def _add_versions(
-        self, rows: list, kids: list[int], ts: list[int], touched: set[int], errs: list
+        self, pairs: list, rows: list | None, kids: list[int], ts: list[int], touched: set[int]
     ) -> None:
         """Insert table rows into their key's versions; ``touched`` gets the keys to prune."""
-        cfg = self.cfg
-        versions, value = self.versions, cfg.value
-        every = min(_PRUNE_EVERY, cfg.max_versions + 1)
-        for (_, key, item), kid, t in zip(rows, kids, ts):
-            try:
-                row = value(item)
-            except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-                errs.append(reject(cfg.step_id, exc, (key, item)))
-                continue
+        versions = self.versions
+        every = min(_PRUNE_EVERY, self.cfg.max_versions + 1)
+        values = [item for _, item in pairs] if rows is None else rows
+        for row, kid, t in zip(values, kids, ts):
             vs = versions.get(kid)
             if vs is None:
                 versions[kid] = vs = [[t], [row]]
@@ -427,7 +449,7 @@ def asof_join(
         max_versions=max_versions,
         ttl=ttl,
     )
-    tagged = tag_sides("shard", up, table, shards)
-    joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_AsofLogic(cfg, r)))
+    tagged = tag_sides("shard", up, table, shards, grouped=True)
+    joined = op.stateful_batch("join", tagged.chunks, lambda r: _AsofLogic(cfg, r))
     out = split_outputs("split", joined)
     return JoinOut(oks=out.oks, errs=op.merge("all_errs", tagged.errs, out.errs), late=out.late)

@@ -1,9 +1,17 @@
-"""Delayed-label join for online evaluation: predictions meet their ground truth, metrics per window."""
+"""Delayed-label join for online evaluation: predictions meet their ground truth, metrics per window.
+
+Event time is the core's (:class:`~streamml.operators._core.event_time.KeyedEventTime`,
+one per shard): lateness per key, keys forgotten after ``ttl`` of their
+shard's event time. The shard states and the metrics step's state are
+versioned records (``streamml.join.label`` and ``streamml.join.label.metrics``),
+upgraded from the previous release's pickled ``_LabelState`` and ``_MetricsState``.
+"""
 
 from __future__ import annotations
 
-import copy
-import heapq
+import math
+import numbers
+import time
 import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -11,19 +19,22 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators._core.admission import _NONE
+from streamml.operators._core.event_time import KeyedEventTime
+from streamml.operators._core.state import restore, snapshot
+from streamml.operators.join._legacy import _LabelState, _MetricsState, is_legacy
 from streamml.operators.join._shards import (
     LEFT,
     NEVER,
-    Chunked,
     check_shards,
-    late_record,
+    late_records,
     micros,
-    never,
     pick,
+    read_groups,
     tag_sides,
-    timestamps,
     to_datetime,
 )
 from streamml.operators.join.metrics import Average, ClassificationStats, RegressionStats
@@ -31,6 +42,13 @@ from streamml.operators.join.metrics import Average, ClassificationStats, Regres
 from streamml.errors import Rejected, reject
 
 __all__ = ["LabelJoinOut", "label_join"]
+
+# Kept importable here for recovery stores of the previous release (see _legacy).
+_LEGACY = (_LabelState, _MetricsState)
+
+_KIND = "streamml.join.label"
+_METRICS_KIND = "streamml.join.label.metrics"
+_VERSION = 1
 
 _END = 2**62
 _ABSENT: Any = object()  # a field the event does not have (read again the slow way)
@@ -53,7 +71,39 @@ class LabelJoinOut:
     """Items missing a field or timestamp, and labels that matched no prediction."""
 
     late: Stream[Rejected]
-    """Predictions and labels older than the watermark on arrival."""
+    """Predictions and labels older than their id's watermark on arrival."""
+
+
+class MissingField(KeyError):
+    """A prediction or label lacks a field it needs (or holds null there)."""
+
+
+class NotANumber(TypeError):
+    """A regression prediction or label is not a real number."""
+
+
+class NonFinite(ValueError):
+    """A regression prediction or label is NaN or infinite."""
+
+
+def _field(item: Any, name: str, null: bool = False) -> Any:
+    """``item[name]``; missing, or null unless ``null``, is a :class:`MissingField`."""
+    try:
+        value = item[name]
+    except (KeyError, IndexError, TypeError):
+        raise MissingField(f"field {name!r} is missing") from None
+    if value is None and not null:
+        raise MissingField(f"field {name!r} is null")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise NotANumber(f"field {name!r} is {type(value).__name__} {value!r:.40}, not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise NonFinite(f"field {name!r} is {number}")
+    return number
 
 
 class _WindowPart:
@@ -74,40 +124,25 @@ class _WindowPart:
         self.unlabelled += other.unlabelled
 
 
+def _parts_data(parts: dict[tuple[int, Hashable], _WindowPart]) -> list[list]:
+    """Window parts as builtins: ``[start, version, predictions, labelled, unlabelled, stats]``."""
+    return [
+        [ws, version, p.predictions, p.labelled, p.unlabelled, p.stats.to_data()]
+        for (ws, version), p in parts.items()
+    ]
+
+
+def _parts_from(data: list[list], regression: bool) -> dict[tuple[int, Hashable], _WindowPart]:
+    stats_type = RegressionStats if regression else ClassificationStats
+    parts = {}
+    for ws, version, predictions, labelled, unlabelled, stats in data:
+        part = parts[(ws, version)] = _WindowPart(stats_type.from_data(stats))
+        part.predictions, part.labelled, part.unlabelled = predictions, labelled, unlabelled
+    return parts
+
+
 # A stored prediction: (ts, event, y_pred, proba, model_version).
 _Pred = tuple[int, Any, Hashable, Any, Hashable]
-
-
-class _LabelState:
-    """One shard of a label join.
-
-    Eviction: a prediction leaves when labelled or once the watermark passes
-    ``ts + max_delay`` (then counted as unlabelled); a label leaves when it
-    labels a prediction or once the watermark passes its timestamp (no later
-    prediction can precede it); a window's counts leave once the watermark
-    passes ``window end + max_delay`` and they are sent on.
-    """
-
-    def __init__(self) -> None:
-        self.shard: str | None = None
-        self.preds: dict[str, list[_Pred]] = {}
-        self.labels: dict[str, list[tuple[int, Any, Hashable]]] = {}
-        self.timers: list[tuple[int, str]] = []
-        self.parts: dict[tuple[int, Hashable], _WindowPart] = {}
-        self.max_seen = NEVER
-        self.watermark = NEVER
-        self.closed = NEVER
-
-    def copy(self) -> _LabelState:
-        return copy.deepcopy(self)  # once per snapshot, not per event
-
-    def size(self) -> int:
-        """Predictions, labels and window parts held (for tests of bounded state)."""
-        return (
-            sum(len(v) for v in self.preds.values())
-            + sum(len(v) for v in self.labels.values())
-            + len(self.parts)
-        )
 
 
 @dataclass(frozen=True)
@@ -125,11 +160,17 @@ class _Config:
     regression: bool
     pos_label: Hashable
     average: Average
+    ttl: int | None = None  # µs; None: max_delay + lateness
+    clock: Callable[[], float] = time.time
 
     def new_stats(self) -> ClassificationStats | RegressionStats:
         if self.regression:
             return RegressionStats()
         return ClassificationStats(self.pos_label, self.average)
+
+    def key_ttl(self) -> int:
+        """How long an id is kept after its newest item (µs of its shard's event time)."""
+        return max(1, self.max_delay + self.lateness if self.ttl is None else self.ttl)
 
 
 def _take(store: dict[str, list[tuple]], key: str, lo: int, hi: int) -> Any:
@@ -148,85 +189,170 @@ def _take(store: dict[str, list[tuple]], key: str, lo: int, hi: int) -> Any:
     return None
 
 
-class _LabelLogic(StatefulBatchLogic[Any, Any, _LabelState]):
-    def __init__(self, cfg: _Config, state: _LabelState) -> None:
+class _LabelLogic(StatefulBatchLogic):
+    """One shard of a label join.
+
+    ``preds`` and ``labels`` hold, per id, what waits for its other half;
+    ``parts`` the counts of each (window, model version) not yet sent on.
+
+    Eviction: a prediction leaves when labelled or once its id's watermark
+    passes ``ts + max_delay`` (then counted as unlabelled); a label leaves
+    when it labels a prediction or once its id's watermark passes its
+    timestamp (no prediction that is not late can precede it); an id idle
+    for ``ttl`` of its shard's event time is forgotten (its waiting items
+    leave as above). A window's counts leave once no prediction of it can
+    still arrive or change — every id's watermark and the horizon of
+    forgotten ids past its end plus ``max_delay`` — and are sent on.
+    """
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
         self.cfg = cfg
-        self.state = state
+        data: dict[str, Any] | None = None
+        if resume is not None:
+            if is_legacy(resume):
+                resume = snapshot(_KIND, 0, resume)
+            upgrades = {0: lambda old: _from_legacy(old, cfg)}
+            data = restore(resume, kind=_KIND, version=_VERSION, upgrades=upgrades)
+        self.et = KeyedEventTime(
+            max_delay=timedelta(microseconds=cfg.lateness),
+            # a forgotten id's prediction at t left unlabelled: every label it could have
+            # met (at most t + max_delay, and t is at most the id's newest time) is late
+            guard=timedelta(microseconds=cfg.max_delay + 1),
+            ttl=timedelta(microseconds=cfg.key_ttl()),
+            clock=cfg.clock,
+            resume=None if data is None else data["time"],
+        )
+        self.shard: str | None = None
+        self.preds: dict[str, list[_Pred]] = {}
+        self.labels: dict[str, list[tuple[int, Any, Hashable]]] = {}
+        self.parts: dict[tuple[int, Hashable], _WindowPart] = {}
+        self.closed = NEVER
+        if data is not None:
+            self.shard = data["shard"]
+            self.preds = {k: [tuple(p) for p in v] for k, v in data["preds"].items()}
+            self.labels = {k: [tuple(x) for x in v] for k, v in data["labels"].items()}
+            self.parts = _parts_from(data["parts"], cfg.regression)
+            self.closed = data["closed"]
+
+    def size(self) -> int:
+        """Predictions, labels and window parts held (for tests of bounded state)."""
+        return (
+            sum(len(v) for v in self.preds.values())
+            + sum(len(v) for v in self.labels.values())
+            + len(self.parts)
+        )
 
     def _part(self, t: int, version: Hashable) -> _WindowPart:
         ws = t - t % self.cfg.window
-        part = self.state.parts.get((ws, version))
+        part = self.parts.get((ws, version))
         if part is None:
-            part = self.state.parts[(ws, version)] = _WindowPart(self.cfg.new_stats())
+            part = self.parts[(ws, version)] = _WindowPart(self.cfg.new_stats())
         return part
 
-    def _labelled(self, key: str, pred: _Pred, y_true: Hashable, out: list) -> None:
-        t, event, y_pred, proba, version = pred
-        part = self._part(t, version)
-        part.stats.add(y_true, y_pred, proba)
-        part.labelled += 1
-        out[0].append((key, {**event, self.cfg.label: y_true}))
-
-    def _read_pred(self, key: str, t: int, event: Any, errs: list) -> _Pred | None:
+    def _read_pred(self, key: str, event: Any, errs: list) -> tuple | None:
         cfg = self.cfg
         try:
-            y_pred = event[cfg.prediction]
-            proba = None if cfg.probability is None else event[cfg.probability]
+            y_pred = _field(event, cfg.prediction)
+            # a null probability: no log loss for this one (as the inline read takes it)
+            proba = None if cfg.probability is None else _field(event, cfg.probability, True)
             if proba is not None and not hasattr(proba, "get"):
                 proba = float(proba)
             if cfg.regression:
-                y_pred = float(y_pred)
+                y_pred = _number(y_pred, cfg.prediction)
             hash(y_pred)
-            return (t, event, y_pred, proba, event.get(cfg.model_version))
+            version = event.get(cfg.model_version) if hasattr(event, "get") else None
+            return (y_pred, proba, version)
         except Exception as exc:  # noqa: BLE001 - bad data goes to errs
             errs.append(reject(cfg.step_id, exc, (key, event)))
             return None
 
-    def _read_label(self, key: str, event: Any, errs: list) -> tuple[bool, Hashable]:
+    def _read_label(self, key: str, event: Any, errs: list) -> Any:
+        cfg = self.cfg
         try:
-            y = event[self.cfg.label]
-            y = float(y) if self.cfg.regression else y
+            y = _field(event, cfg.label)
+            y = _number(y, cfg.label) if cfg.regression else y
             hash(y)
-            return True, y
+            return y
         except Exception as exc:  # noqa: BLE001 - bad data goes to errs
-            errs.append(reject(self.cfg.step_id, exc, (key, event)))
-            return False, None
+            errs.append(reject(cfg.step_id, exc, (key, event)))
+            return _ABSENT
 
-    def on_batch(self, values: list[tuple[int, str, Any]]) -> tuple[list, bool]:
-        cfg, state = self.cfg, self.state
-        out: list[list] = [[], [], [], [], []]  # labelled, unlabelled, errs, late, parts
-        labelled, errs, late = out[0], out[2], out[3]
-        if state.shard is None and values:
-            state.shard = str(zlib.crc32(values[0][1].encode()) % cfg.shards)
-        preds, labels, timers, parts = state.preds, state.labels, state.timers, state.parts
-        delay, window, lateness = cfg.max_delay, cfg.window, cfg.lateness
-        heappush = heapq.heappush
+    def _read(self, rows: list, sides: list[int], errs: list) -> tuple[list, list[int] | None]:
+        """Each row's prediction ``(y_pred, proba, version)`` or label, read before the row
+        can move its id's watermark; and the positions of the readable rows (``None``: all)."""
+        cfg = self.cfg
         # The usual prediction (a hashable class, a float probability) and label are
         # read inline; anything else goes through _read_pred / _read_label.
         prediction, probability, version_field = cfg.prediction, cfg.probability, cfg.model_version
         label_field = cfg.label
         inline = not cfg.regression
         plain = (int, str, bool)
-        watermark, max_seen = state.watermark, state.max_seen
-        for side, key, item, t in timestamps(cfg.step_id, values, cfg.getters, never, errs):
-            if t < watermark:
-                late.append(late_record(cfg.step_id, t, watermark, (key, item)))
-                continue
-            if t > max_seen:
-                max_seen = state.max_seen = t
-                watermark = state.watermark = t - lateness
+        values: list = []
+        bad: list[int] = []
+        for i, ((key, item), side) in enumerate(zip(rows, sides)):
             if side == LEFT:
-                pred = None
                 if inline and type(item) is dict:
                     y_pred = item.get(prediction, _ABSENT)
                     proba = None if probability is None else item.get(probability, _ABSENT)
                     if type(y_pred) in plain and (proba is None or type(proba) is float):
-                        pred = (t, item, y_pred, proba, item.get(version_field))
-                if pred is None:
-                    pred = self._read_pred(key, t, item, errs)
-                    if pred is None:
+                        values.append((y_pred, proba, item.get(version_field)))
                         continue
-                wv = (t - t % window, pred[4])
+                value = self._read_pred(key, item, errs)
+                if value is None:
+                    bad.append(i)
+                values.append(value)
+            else:
+                y_true = item.get(label_field, _ABSENT) if inline and type(item) is dict else None
+                if type(y_true) not in plain:
+                    y_true = self._read_label(key, item, errs)
+                    if y_true is _ABSENT:
+                        bad.append(i)
+                values.append(y_true)
+        if not bad:
+            return values, None
+        skip = set(bad)
+        keep = [i for i in range(len(rows)) if i not in skip]
+        return [values[i] for i in keep], keep
+
+    def on_batch(self, values: list[tuple[int, list[tuple[str, Any]]]]) -> tuple[list, bool]:
+        cfg = self.cfg
+        out: list[list] = [[], [], [], [], []]  # labelled, unlabelled, errs, late, parts
+        labelled, errs = out[0], out[2]
+        if self.shard is None and values:
+            self.shard = str(zlib.crc32(values[0][1][0][0].encode()) % cfg.shards)
+        rows, ts, side_arr = read_groups(cfg.step_id, values, cfg.getters, errs)
+        sides = side_arr.tolist()
+        read, keep = self._read(rows, sides, errs)
+        if keep is not None:
+            rows, ts, sides = [rows[i] for i in keep], ts[keep], [sides[i] for i in keep]
+        if rows:
+            adm = self.et.admit([k for k, _ in rows], ts)
+            if len(adm.late):
+                out[3] = late_records(cfg.step_id, adm, ts, rows.__getitem__)
+                ok = adm.ok.tolist()
+                rows, read = [rows[i] for i in ok], [read[i] for i in ok]
+                sides = [sides[i] for i in ok]
+            check = self._match(rows, sides, read, adm.ts.tolist(), labelled)
+            if check:
+                self._expire(check, out)
+        released = self.et.release()
+        if released.gone_keys:
+            self._flush(released.gone_keys, out)
+        self._close(self._bound(), out)
+        return ([tuple(out)] if any(out) else []), False
+
+    def _match(
+        self, rows: list, sides: list[int], read: list, ts: list[int], labelled: list
+    ) -> set[str]:
+        """Label what meets its other half, store the rest; the ids to check for expiry."""
+        cfg = self.cfg
+        preds, labels, parts = self.preds, self.labels, self.parts
+        delay, window, label_field = cfg.max_delay, cfg.window, cfg.label
+        check: set[str] = set()  # ids that held items before a row came: their watermark moved
+        for (key, item), side, value, t in zip(rows, sides, read, ts):
+            if side == LEFT:
+                y_pred, proba, version = value
+                wv = (t - t % window, version)
                 part = parts.get(wv)
                 if part is None:
                     part = parts[wv] = _WindowPart(cfg.new_stats())
@@ -241,140 +367,216 @@ class _LabelLogic(StatefulBatchLogic[Any, Any, _LabelState]):
                     match = _take(labels, key, t, t + delay)
                 if match is not None:
                     y_true = match[2]
-                    part.stats.add(y_true, pred[2], pred[3])
+                    part.stats.add(y_true, y_pred, proba)
                     part.labelled += 1
                     labelled.append((key, {**item, label_field: y_true}))
+                    if key in labels or key in preds:
+                        check.add(key)
                     continue
                 waiting = preds.get(key)
                 if waiting is None:
-                    preds[key] = [pred]
+                    preds[key] = [(t, item, y_pred, proba, version)]
+                    if stored is not None:
+                        check.add(key)
                 else:
-                    waiting.append(pred)
-                heappush(timers, (t + delay, key))
+                    waiting.append((t, item, y_pred, proba, version))
+                    check.add(key)
             else:
-                y_true = item.get(label_field, _ABSENT) if inline and type(item) is dict else None
-                if type(y_true) not in plain:
-                    ok, y_true = self._read_label(key, item, errs)
-                    if not ok:
-                        continue
+                y_true = value
                 match = _take(preds, key, t - delay, t) if key in preds else None
                 if match is not None:
-                    self._labelled(key, match, y_true, out)
+                    mt, event, y_pred, proba, version = match
+                    part = self._part(mt, version)
+                    part.stats.add(y_true, y_pred, proba)
+                    part.labelled += 1
+                    labelled.append((key, {**event, label_field: y_true}))
+                    if key in labels or key in preds:
+                        check.add(key)
                     continue
                 waiting = labels.get(key)
                 if waiting is None:
                     labels[key] = [(t, item, y_true)]
+                    if key in preds:
+                        check.add(key)
                 else:
                     waiting.append((t, item, y_true))
-                heappush(timers, (t, key))
-        self._expire(state.watermark, out)
-        self._close(state.watermark - delay, out)
-        return ([tuple(out)] if any(out) else []), False
+                    check.add(key)
+        return check
 
-    def _expire(self, watermark: int, out: list) -> None:
-        state, cfg = self.state, self.cfg
-        timers = state.timers
-        while timers and timers[0][0] < watermark:
-            _, key = heapq.heappop(timers)
-            waiting = state.preds.get(key)
+    def _expire(self, keys: set[str], out: list) -> None:
+        """Items of ``keys`` their id's watermark has passed: unlabelled, or unmatched labels."""
+        delay = self.cfg.max_delay
+        watermark = self.et.watermark
+        for key in keys:
+            mark = watermark(key)
+            if mark is None:
+                continue
+            waiting = self.preds.get(key)
             if waiting:
-                keep = []
-                for pred in waiting:
-                    if pred[0] + cfg.max_delay < watermark:
-                        self._part(pred[0], pred[4]).unlabelled += 1
-                        out[1].append((key, pred[1]))
+                gone = [p for p in waiting if p[0] + delay < mark]
+                if gone:
+                    self._unlabelled(key, gone, out)
+                    keep = [p for p in waiting if p[0] + delay >= mark]
+                    if keep:
+                        self.preds[key] = keep
                     else:
-                        keep.append(pred)
-                if keep:
-                    state.preds[key] = keep
-                else:
-                    del state.preds[key]
-            stored = state.labels.get(key)
+                        del self.preds[key]
+            stored = self.labels.get(key)
             if stored:
-                keep = []
-                for lt, event, y in stored:
-                    if lt < watermark:
-                        out[2].append(
-                            Rejected(
-                                cfg.step_id,
-                                "UnmatchedLabel",
-                                f"no prediction for id {key!r} within max_delay before the label",
-                                (key, event),
-                            )
-                        )
+                gone = [x for x in stored if x[0] < mark]
+                if gone:
+                    self._unmatched(key, gone, out)
+                    keep = [x for x in stored if x[0] >= mark]
+                    if keep:
+                        self.labels[key] = keep
                     else:
-                        keep.append((lt, event, y))
-                if keep:
-                    state.labels[key] = keep
-                else:
-                    del state.labels[key]
+                        del self.labels[key]
+
+    def _unlabelled(self, key: str, preds: list[_Pred], out: list) -> None:
+        for pred in preds:
+            self._part(pred[0], pred[4]).unlabelled += 1
+            out[1].append((key, pred[1]))
+
+    def _unmatched(self, key: str, labels: list[tuple], out: list) -> None:
+        why = f"no prediction for id {key!r} within max_delay before the label"
+        out[2].extend(
+            Rejected(self.cfg.step_id, "UnmatchedLabel", why, (key, event))
+            for _, event, _ in labels
+        )
+
+    def _flush(self, keys: list[str], out: list) -> None:
+        """Forgotten ids (or all at the end): what waits for them leaves."""
+        for key in keys:
+            preds = self.preds.pop(key, None)
+            if preds:
+                self._unlabelled(key, preds, out)
+            labels = self.labels.pop(key, None)
+            if labels:
+                self._unmatched(key, labels, out)
+
+    def _bound(self) -> int:
+        """No prediction before this time can still arrive or change here (see the class doc)."""
+        et = self.et
+        if et.forgotten_max is None:  # an id never seen may still bring any time
+            return NEVER
+        floor = et.forgotten_max + et.guard
+        window = self.cfg.window
+        if floor - floor % window <= self.closed:  # no new window could close
+            return NEVER
+        kmax = et.kmax[: len(et.keys)]
+        known = kmax[kmax != _NONE]
+        if len(known):
+            floor = min(floor, int(known.min()) - et.delay - self.cfg.max_delay)
+        return floor
 
     def _close(self, bound: int, out: list) -> None:
         # Windows ending at or before ``bound`` can get no more predictions or labels here.
-        state, window = self.state, self.cfg.window
+        window = self.cfg.window
         bound = bound - bound % window if bound < _END else _END
-        if bound <= state.closed:
+        if bound <= self.closed:
             return
-        state.closed = bound
-        done = [wv for wv in state.parts if wv[0] + window <= bound]
+        self.closed = bound
+        done = [wv for wv in self.parts if wv[0] + window <= bound]
         parts = out[4]
         for wv in done:
-            parts.append((wv[0], wv[1], state.parts.pop(wv)))
-        parts.append((state.shard, bound))
+            parts.append((wv[0], wv[1], self.parts.pop(wv)))
+        parts.append((self.shard, bound))
 
     def on_eof(self) -> tuple[list, bool]:
         # Both sides ended: no label can come any more.
         out: list[list] = [[], [], [], [], []]
-        self._expire(_END, out)
+        self._flush(sorted(set(self.preds) | set(self.labels)), out)
         self._close(_END, out)
         return ([tuple(out)] if any(out) else []), False
 
-    def snapshot(self) -> _LabelState:
-        return self.state.copy()
+    def snapshot(self) -> dict[str, Any]:
+        data = {
+            "time": self.et.snapshot_data(),
+            "shard": self.shard,
+            "preds": {k: [list(p) for p in v] for k, v in self.preds.items()},
+            "labels": {k: [list(x) for x in v] for k, v in self.labels.items()},
+            "parts": _parts_data(self.parts),
+            "closed": self.closed,
+        }
+        return snapshot(_KIND, _VERSION, data)
 
 
-class _MetricsState:
+def _from_legacy(state: _LabelState, cfg: _Config) -> dict[str, Any]:
+    """The previous release's shard state as a version-1 record.
+
+    The old state kept one watermark per shard: each of its ids gets the
+    shard's newest time as its own, and the horizon of forgotten ids is set
+    to the old watermark, so what was late stays late and no window it
+    closed gets a prediction again.
+    """
+    keys = list(dict.fromkeys([*state.preds, *state.labels]))
+    newest = state.max_seen if keys else _NONE
+    forgotten = None if state.watermark == NEVER else state.watermark - cfg.max_delay - 1
+    time_data = {
+        "keys": keys,
+        "kmax": np.full(len(keys), newest, dtype=np.int64),
+        "forgotten_max": forgotten,
+        "newest": newest,
+        "swept": _NONE,
+        "held_frame": None,
+        "held_kid": np.zeros(0, dtype=np.int64),
+        "held_ts": np.zeros(0, dtype=np.int64),
+        "held_arrived": np.zeros(0),
+        "held_data": np.zeros((0, 0)),
+    }
+    return {
+        "time": time_data,
+        "shard": state.shard,
+        "preds": {k: [list(p) for p in v] for k, v in state.preds.items()},
+        "labels": {k: [list(x) for x in v] for k, v in state.labels.items()},
+        "parts": _parts_data(state.parts),
+        "closed": state.closed,
+    }
+
+
+class _MetricsLogic(StatefulBatchLogic):
     """Window parts merged across shards, and how far each shard has closed.
 
     Eviction: a window leaves when every shard has closed past its end.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.cfg = cfg
         self.closed: dict[str, int] = {}
         self.parts: dict[tuple[int, Hashable], _WindowPart] = {}
-
-
-class _MetricsLogic(StatefulBatchLogic[Any, Any, _MetricsState]):
-    def __init__(self, cfg: _Config, state: _MetricsState) -> None:
-        self.cfg = cfg
-        self.state = state
+        if resume is not None:
+            if is_legacy(resume):
+                resume = snapshot(_METRICS_KIND, 0, resume)
+            upgrades = {0: _metrics_from_legacy}
+            data = restore(resume, kind=_METRICS_KIND, version=_VERSION, upgrades=upgrades)
+            self.closed = dict(data["closed"])
+            self.parts = _parts_from(data["parts"], cfg.regression)
 
     def on_batch(self, values: list[tuple]) -> tuple[list, bool]:
-        state = self.state
         for item in values:
             if len(item) == 2:
                 shard, bound = item
-                state.closed[shard] = max(bound, state.closed.get(shard, NEVER))
+                self.closed[shard] = max(bound, self.closed.get(shard, NEVER))
             else:
                 ws, version, part = item
-                have = state.parts.get((ws, version))
+                have = self.parts.get((ws, version))
                 if have is None:
-                    state.parts[(ws, version)] = part
+                    self.parts[(ws, version)] = part
                 else:
                     have.merge(part)
-        if len(state.closed) < self.cfg.shards:
+        if len(self.closed) < self.cfg.shards:
             return [], False
-        return self._emit(min(state.closed.values())), False
+        return self._emit(min(self.closed.values())), False
 
     def _emit(self, bound: int) -> list[dict[str, Any]]:
         window = self.cfg.window
         done = sorted(
-            (wv for wv in self.state.parts if wv[0] + window <= bound),
+            (wv for wv in self.parts if wv[0] + window <= bound),
             key=lambda wv: (wv[0], str(wv[1])),
         )
         records = []
         for ws, version in done:
-            part = self.state.parts.pop((ws, version))
+            part = self.parts.pop((ws, version))
             records.append(
                 {
                     "model_version": version,
@@ -391,8 +593,14 @@ class _MetricsLogic(StatefulBatchLogic[Any, Any, _MetricsState]):
     def on_eof(self) -> tuple[list, bool]:
         return self._emit(_END), False
 
-    def snapshot(self) -> _MetricsState:
-        return copy.deepcopy(self.state)
+    def snapshot(self) -> dict[str, Any]:
+        data = {"closed": dict(self.closed), "parts": _parts_data(self.parts)}
+        return snapshot(_METRICS_KIND, _VERSION, data)
+
+
+def _metrics_from_legacy(state: _MetricsState) -> dict[str, Any]:
+    """The previous release's merge step state as a version-1 record."""
+    return {"closed": dict(state.closed), "parts": _parts_data(state.parts)}
 
 
 @operator
@@ -413,6 +621,7 @@ def label_join(
     pos_label: Hashable = 1,
     average: Average = "binary",
     lateness: timedelta = timedelta(0),
+    ttl: timedelta | None = None,
     shards: int = 16,
 ) -> LabelJoinOut:
     """Join predictions with ground-truth labels that arrive later, and score the model per window.
@@ -422,9 +631,21 @@ def label_join(
     keyed by the event id. A prediction at ``t`` is labelled by the first label
     of its id with ``t <= label_ts <= t + max_delay``; it is emitted on
     ``labelled`` (the prediction dict plus the ``label`` field) as soon as the
-    label arrives, or on ``unlabelled`` once the watermark passes
-    ``t + max_delay``. A label that labels nothing (no prediction, or a second
-    label for the same id) goes to ``errs`` as ``UnmatchedLabel``.
+    label arrives, or on ``unlabelled`` once its id's watermark passes
+    ``t + max_delay`` or its id is forgotten (below). A label that labels
+    nothing (no prediction, or a second label for the same id) goes to
+    ``errs`` as ``UnmatchedLabel``.
+
+    Time is event time, per id (see
+    :mod:`streamml.operators._core.event_time`): an id's watermark is the
+    newest timestamp of its prediction and labels minus ``lateness``, and an
+    item older than it on arrival goes to ``late`` — whether it is late
+    depends only on its id's own items in arrival order, not on
+    ``shards=``, workers or batch boundaries (before this release the
+    watermark was one per shard). An id waits at most ``ttl`` of its shard's
+    event time after its newest item: then it is forgotten, its prediction
+    still waiting is unlabelled, and its later items that could have
+    matched are late.
 
     Per tumbling ``window`` of prediction time (aligned to the epoch) and
     ``model_version``, ``metrics`` gets one record once every prediction in
@@ -433,8 +654,15 @@ def label_join(
     never came), and — from the labelled ones — ``accuracy``, ``precision``,
     ``recall``, ``f1``, ``log_loss`` (classification; log loss needs
     ``probability``) or ``mae`` and ``rmse`` (regression), as scikit-learn
-    defines them (``zero_division=0``). A window is closed when every shard
-    has seen the watermark pass its end + ``max_delay`` (and at end of input).
+    defines them (``zero_division=0``). A window is closed once no prediction
+    of it can still arrive or be labelled: in every shard, every id's
+    watermark and the horizon of forgotten ids have passed its end +
+    ``max_delay`` (and at end of input).
+
+    A bad key (``BadKey``), an unreadable timestamp (``BadTimestamp``), a
+    missing or null prediction or label field (``MissingField``) and, for
+    regression, a value that is not a finite number (``NotANumber``,
+    ``NonFinite``) go to ``errs`` before they can move their id's watermark.
 
     Args:
         step_id: Unique step id.
@@ -453,7 +681,10 @@ def label_join(
         model_version: Field naming the model version (missing -> ``None``).
         pos_label: Positive class for ``average="binary"``.
         average: ``"binary"``, ``"macro"``, ``"micro"`` or ``"weighted"``.
-        lateness: How far out of order items may arrive.
+        lateness: How far out of order the items of an id may arrive.
+        ttl: How long an id is kept after its newest item, in its shard's
+            event time; at least ``max_delay + lateness``, which is the
+            default.
         shards: Number of state shards (see
             :func:`~streamml.operators.join.enrich`).
 
@@ -493,6 +724,8 @@ def label_join(
         raise ValueError(f"window must be > 0; got {window}")
     if lateness < timedelta(0):
         raise ValueError(f"lateness must be >= 0; got {lateness}")
+    if ttl is not None and ttl < max_delay + lateness:
+        raise ValueError(f"ttl must be >= max_delay + lateness ({max_delay + lateness}); got {ttl}")
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}")
     if average not in ("binary", "macro", "micro", "weighted"):
@@ -503,6 +736,7 @@ def label_join(
         max_delay=micros(max_delay),
         window=micros(window),
         lateness=micros(lateness),
+        ttl=None if ttl is None else micros(ttl),
         shards=shards,
         prediction=prediction,
         label=label,
@@ -513,13 +747,13 @@ def label_join(
         average=average,
     )
 
-    def build(resume: _LabelState | None) -> Chunked:
-        return Chunked(_LabelLogic(cfg, _LabelState() if resume is None else resume))
+    def build(resume: Any) -> _LabelLogic:
+        return _LabelLogic(cfg, resume)
 
-    def build_metrics(resume: _MetricsState | None) -> _MetricsLogic:
-        return _MetricsLogic(cfg, _MetricsState() if resume is None else resume)
+    def build_metrics(resume: Any) -> _MetricsLogic:
+        return _MetricsLogic(cfg, resume)
 
-    tagged = tag_sides("shard", predictions, labels, shards)
+    tagged = tag_sides("shard", predictions, labels, shards, grouped=True)
     joined = op.stateful_batch("join", tagged.chunks, build)
     parts = op.flat_map_batch("parts", joined, lambda b: [("all", x) for x in pick(4)(b)])
     metrics = op.stateful_batch("metrics", parts, build_metrics)

@@ -69,6 +69,32 @@ class ClassificationStats:
         self.confusion[pair] = self.confusion.get(pair, 0) + 1
         self.n += 1
 
+    def to_data(self) -> dict[str, Any]:
+        """The counts as builtins, for a versioned snapshot (see :meth:`from_data`).
+
+        Examples:
+            >>> s = ClassificationStats(pos_label="y")
+            >>> s.add("y", "n", 0.3)
+            >>> ClassificationStats.from_data(s.to_data()).result() == s.result()
+            True
+        """
+        return {
+            "confusion": [[t, p, c] for (t, p), c in self.confusion.items()],
+            "n": self.n,
+            "loss_sum": self.loss_sum,
+            "loss_n": self.loss_n,
+            "pos_label": self.pos_label,
+            "average": self.average,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ClassificationStats:
+        """The stats :meth:`to_data` wrote."""
+        stats = cls(data["pos_label"], data["average"])
+        stats.confusion = {(t, p): c for t, p, c in data["confusion"]}
+        stats.n, stats.loss_sum, stats.loss_n = data["n"], data["loss_sum"], data["loss_n"]
+        return stats
+
     def merge(self, other: ClassificationStats) -> None:
         """Add another window part's counts into this one."""
         for pair, c in other.confusion.items():
@@ -161,6 +187,24 @@ class RegressionStats:
         self.abs_sum += abs(err)
         self.sq_sum += err * err
         self.n += 1
+
+    def to_data(self) -> dict[str, Any]:
+        """The sums as builtins, for a versioned snapshot (see :meth:`from_data`).
+
+        Examples:
+            >>> s = RegressionStats()
+            >>> s.add(1.0, 2.5)
+            >>> RegressionStats.from_data(s.to_data()).result() == s.result()
+            True
+        """
+        return {"n": self.n, "abs_sum": self.abs_sum, "sq_sum": self.sq_sum}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> RegressionStats:
+        """The stats :meth:`to_data` wrote."""
+        stats = cls()
+        stats.n, stats.abs_sum, stats.sq_sum = data["n"], data["abs_sum"], data["sq_sum"]
+        return stats
 
     def merge(self, other: RegressionStats) -> None:
         """Add another window part's sums into this one."""

@@ -16,11 +16,22 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 from streamml.operators.join import classification_metrics, label_join, regression_metrics
 from streamml.operators.join._shards import LEFT, RIGHT, micros
-from streamml.operators.join.label import _Config, _LabelLogic, _LabelState
+from streamml.operators.join.label import _Config, _LabelLogic
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 WINDOW = timedelta(seconds=10)
 DELAY = timedelta(seconds=5)
+
+
+def grouped(rows):
+    """``(side, key, item)`` rows as the shard step gets them: runs of one side's pairs."""
+    out = []
+    for side, key, item in rows:
+        if out and out[-1][0] == side:
+            out[-1][1].append((key, item))
+        else:
+            out.append((side, [(key, item)]))
+    return out
 
 
 def at(seconds: float) -> datetime:
@@ -50,11 +61,11 @@ def config(lateness_s=0, shards=1):
 
 
 def drive(items, cuts, lateness_s):
-    lg = _LabelLogic(config(lateness_s), _LabelState())
+    lg = _LabelLogic(config(lateness_s), None)
     outs = [[], [], [], [], []]
     bounds = [0, *sorted(set(cuts)), len(items)]
     batches = [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if a < b]
-    for result in [lg.on_batch(b)[0] for b in batches] + [lg.on_eof()[0]]:
+    for result in [lg.on_batch(grouped(b))[0] for b in batches] + [lg.on_eof()[0]]:
         for lists in result:
             for acc, got in zip(outs, lists, strict=True):
                 acc += got
@@ -233,7 +244,7 @@ def test_regression_metrics_equal_sklearn(pairs):
 
 
 def test_state_stays_bounded_with_id_churn():
-    lg = _LabelLogic(config(lateness_s=2), _LabelState())
+    lg = _LabelLogic(config(lateness_s=2), None)
     sizes = []
     for chunk in range(30):
         batch = []
@@ -245,9 +256,8 @@ def test_state_stays_bounded_with_id_churn():
             )
             if n % 3:  # two thirds get a label 2 s later
                 batch.append((RIGHT, f"id{n - 40}", {"label": 1, "ts": at(t)}))
-        lg.on_batch(batch)
-        st_ = lg.state
-        sizes.append((st_.size(), len(st_.timers), len(st_.preds) + len(st_.labels)))
+        lg.on_batch(grouped(batch))
+        sizes.append((lg.size(), len(lg.et.kid_of), len(lg.preds) + len(lg.labels)))
     for i in range(3):
         assert max(s[i] for s in sizes[5:]) <= 2 * sizes[5][i] + 10
     assert sizes[-1][0] < 400
@@ -329,7 +339,7 @@ def test_bad_prediction_and_label_go_to_errs():
         [("a", {"model_version": "v", "ts": at(0)}), ("b", {"prediction": 1, "ts": at(0)})],
         [("b", {"ts": at(1)}), ("b", {"label": 1, "ts": at(2)})],
     )
-    assert sorted(r.error_type for r in got["errs"]) == ["KeyError", "KeyError"]
+    assert sorted(r.error_type for r in got["errs"]) == ["MissingField", "MissingField"]
     assert [e["label"] for _, e in got["labelled"]] == [1]
 
 
@@ -343,11 +353,11 @@ def test_misconfiguration_raises_at_build_time():
 
 
 def test_window_closes_once_every_shard_has_passed_it():
-    from streamml.operators.join.label import _MetricsLogic, _MetricsState, _WindowPart
+    from streamml.operators.join.label import _MetricsLogic, _WindowPart
     from streamml.operators.join.metrics import ClassificationStats
 
     w = micros(WINDOW)
-    lg = _MetricsLogic(config(shards=2), _MetricsState())
+    lg = _MetricsLogic(config(shards=2), None)
 
     def part(n):
         p = _WindowPart(ClassificationStats())
@@ -361,4 +371,4 @@ def test_window_closes_once_every_shard_has_passed_it():
     assert lg.on_batch([(0, "v", part(3)), ("1", 0)])[0] == []  # shard 1 not past the window
     (record,) = lg.on_batch([("1", 2 * w)])[0]
     assert (record["predictions"], record["accuracy"]) == (5, 1.0)
-    assert lg.state.parts == {}
+    assert lg.parts == {}

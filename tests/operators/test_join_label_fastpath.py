@@ -15,10 +15,21 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamml.operators.join._shards import LEFT, RIGHT, micros
-from streamml.operators.join.label import _Config, _LabelLogic, _LabelState
+from streamml.operators.join.label import _Config, _LabelLogic
 from streamml.operators.join.metrics import ClassificationStats
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def grouped(rows):
+    """``(side, key, item)`` rows as the shard step gets them: runs of one side's pairs."""
+    out = []
+    for side, key, item in rows:
+        if out and out[-1][0] == side:
+            out[-1][1].append((key, item))
+        else:
+            out.append((side, [(key, item)]))
+    return out
 
 
 def _config(regression: bool, probability: str | None) -> _Config:
@@ -51,9 +62,9 @@ def _plain(x: Any) -> Any:
 
 
 def _run(cfg: _Config, batches: list[list[tuple[int, str, Any]]]) -> list[list]:
-    logic = _LabelLogic(cfg, _LabelState())
+    logic = _LabelLogic(cfg, None)
     outs: list[list] = [[], [], [], [], []]
-    for result in [logic.on_batch(b)[0] for b in batches] + [logic.on_eof()[0]]:
+    for result in [logic.on_batch(grouped(b))[0] for b in batches] + [logic.on_eof()[0]]:
         for lists in result:
             for acc, got in zip(outs, lists, strict=True):
                 acc += _plain(got)

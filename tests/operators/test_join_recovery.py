@@ -102,9 +102,9 @@ def test_snapshots_pickle_and_are_copies():
 
     acfg = asof._Config("a", (ts, ts), default=None, max_versions=4)
     al = asof._AsofLogic(acfg, None)
-    al.on_batch([(RIGHT, "a", {"x": 1, "ts": at(0)}), (LEFT, "a", {"x": 5, "ts": at(0)})])
+    al.on_batch([(RIGHT, [("a", {"x": 1, "ts": at(0)})]), (LEFT, [("a", {"x": 5, "ts": at(0)})])])
     snap = al.snapshot()
-    al.on_batch([(RIGHT, "a", {"x": 2, "ts": at(1)})])
+    al.on_batch([(RIGHT, [("a", {"x": 2, "ts": at(1)})])])
     assert snap["state"] == "streamml.join.asof" and snap["version"] == 1
     restored = asof._AsofLogic(acfg, pickle.loads(pickle.dumps(snap)))
     assert restored.size() == 2  # one version, one waiting event
