@@ -62,6 +62,7 @@ def table(
     values: Sequence[str] = ("x", "y"),
     step: float = 1.0,
     ms: bool = False,
+    ids_as_keys: bool = False,
 ) -> pl.DataFrame:
     """One side's rows in arrival order: ``k``, ``ts``, ``id``, float ``values`` and a payload ``at``.
 
@@ -71,7 +72,9 @@ def table(
     most ``jitter * step`` minutes newer, so nothing is late when the
     lateness is longer. ``ancient`` rows a day old follow, after the first
     40 %, a row of their key: they are late on every run. ``ts`` is a UTC
-    ``Datetime``, or with ``ms`` integer epoch milliseconds.
+    ``Datetime``, or with ``ms`` integer epoch milliseconds. With
+    ``ids_as_keys`` each row's key is ``e{id}`` (an event id, as a label
+    join keys its inputs).
     """
     rng = np.random.default_rng(seed)
     i = np.arange(n)
@@ -80,7 +83,7 @@ def table(
     x[rng.random(n) < 0.06] += 25.0  # spikes, so anomaly windows open
     times = [T0 + int(m) * MIN for m in minutes]
     cols: dict[str, Any] = {
-        "k": rng.choice(KEYS, n).tolist(),
+        "k": [f"e{id0 + j}" for j in i] if ids_as_keys else rng.choice(KEYS, n).tolist(),
         "ts": times,
         "id": (id0 + i).tolist(),
     }
@@ -150,6 +153,9 @@ class Case:
         tables: The valid input, one table per side, in arrival order.
         numeric: The numeric input columns (bad values go there).
         event_time: Whether the operator has event time (lateness).
+        rows: Whether the operator takes ``(key, row)`` items, not frames:
+            its build turns each input frame into its rows (:func:`as_rows`),
+            and what it rejects holds ``(key, row)``.
         skip: Properties that do not apply, with the reason.
         xfail: Properties that fail today, with the finding.
     """
@@ -159,6 +165,7 @@ class Case:
     tables: Callable[[], list[pl.DataFrame]]
     numeric: tuple[str, ...]
     event_time: bool = True
+    rows: bool = False
     skip: Mapping[str, str] = field(default_factory=dict)
     xfail: Mapping[str, str] = field(default_factory=dict)
 
@@ -342,6 +349,108 @@ def _two_sides() -> list[pl.DataFrame]:
     ]
 
 
+def _as_row_pairs(item: Any) -> list[Any]:
+    """A frame's rows as ``(k, row)`` pairs (any other item as it is, for the operator to judge)."""
+    if isinstance(item, pl.DataFrame):
+        return [(row["k"], row) for row in item.to_dicts()]
+    return [item]
+
+
+def as_rows(step_id: str, up: Stream) -> Stream:
+    """The input of a row operator: each frame's rows, one batch per frame, as ``(k, row)``."""
+    return op.flat_map(step_id, up, _as_row_pairs)
+
+
+def _row_ts(row: Mapping[str, Any]) -> datetime:
+    return row["ts"]
+
+
+def _table_id(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"table_id": row["id"]}
+
+
+def _asof(ups: list[Stream], shards: int) -> dict[str, Stream]:
+    from streamml.operators.join import asof_join
+
+    out = asof_join(
+        "asof",
+        as_rows("events", ups[0]),
+        as_rows("table", ups[1]),
+        ts=_row_ts,
+        table_ts=_row_ts,
+        value=_table_id,
+        default={},
+        lateness=JOIN_LATENESS,
+        shards=shards,
+    )
+    return {"oks": out.oks, "errs": out.errs, "late": out.late}
+
+
+def _label(ups: list[Stream], shards: int) -> dict[str, Stream]:
+    from streamml.operators.join import label_join
+
+    out = label_join(
+        "lj",
+        as_rows("preds", ups[0]),
+        as_rows("labels", ups[1]),
+        ts=_row_ts,
+        max_delay=3 * MIN,
+        window=30 * MIN,
+        task="regression",
+        prediction="x",
+        label="x",
+        lateness=JOIN_LATENESS,
+        shards=shards,
+    )
+    return {
+        "labelled": out.labelled,
+        "unlabelled": out.unlabelled,
+        "metrics": out.metrics,
+        "errs": out.errs,
+        "late": out.late,
+    }
+
+
+def _labels_of(preds: pl.DataFrame, seed: int, jitter: float, ancient: int = 3) -> pl.DataFrame:
+    """Labels of four in five predictions (not the day-old ones), 0-4 minutes after each (a
+    label more than 3 minutes late labels nothing), in arrival order within ``jitter`` rows,
+    and ``ancient`` labels a day old, each after a label of its id."""
+    rng = np.random.default_rng(seed)
+    base = preds.filter(pl.col("id") < ANCIENT_ID).sort("id")
+    base = base.filter(pl.Series(rng.random(base.height) < 0.8))
+    delay = pl.Series(rng.integers(0, 5, base.height)) * MIN
+    labels = base.with_columns(
+        ts=pl.col("ts") + delay,
+        id=pl.col("id") + 50_000,
+        x=pl.col("x") + pl.Series(rng.normal(0.0, 1.0, base.height)),
+    ).sort("ts", maintain_order=True)
+    order = np.argsort(np.arange(labels.height) + rng.uniform(0.0, jitter, labels.height))
+    labels = labels[order]
+    at = sorted(rng.choice(np.arange(1, labels.height), ancient, replace=False).tolist())
+    parts, last = [], 0
+    for j, pos in enumerate(at):
+        parts.append(labels.slice(last, pos - last))
+        old = labels.row(pos - 1, named=True) | {
+            "ts": T0 - timedelta(days=1) + j * MIN,
+            "id": ANCIENT_ID + 50_000 + j,
+        }
+        parts.append(pl.DataFrame([old], schema=labels.schema))
+        last = pos
+    parts.append(labels.slice(last))
+    return pl.concat(parts)
+
+
+def _predictions_and_labels() -> list[pl.DataFrame]:
+    preds = table(8, 400, jitter=10.0, values=("x",), ids_as_keys=True)
+    return [preds, _labels_of(preds, 9, jitter=10.0)]
+
+
+_ROWS_SKIP = {
+    "bad_frame": "a row operator holds no frame: a payload column of another dtype is a value "
+    "carried in its row's dict, and the injected rows are valid rows at a far time",
+}
+
+
 CASES = [
     Case(
         "rolling_time",
@@ -410,6 +519,8 @@ CASES = [
             "text payload is carried to the output as it is, never rejected",
         },
     ),
+    Case("asof_join", _asof, _two_sides, (), rows=True, skip=_ROWS_SKIP),
+    Case("label_join", _label, _predictions_and_labels, ("x",), rows=True, skip=_ROWS_SKIP),
 ]
 
 
@@ -493,12 +604,14 @@ def canonical(outs: Mapping[str, Sequence[Any]]) -> dict[str, Counter]:
 
 def ids(rejections: Sequence[Rejected]) -> list[Any]:
     """The ``id`` of each rejected row (the original itself when it is not a row)."""
+    originals = (row_of(r.original) for r in rejections)
     return sorted(
-        (
-            r.original["id"]
-            if isinstance(r.original, Mapping) and "id" in r.original
-            else r.original
-            for r in rejections
-        ),
-        key=repr,
+        (o["id"] if isinstance(o, Mapping) and "id" in o else o for o in originals), key=repr
     )
+
+
+def row_of(original: Any) -> Any:
+    """The row of a rejected ``(key, row)`` pair (a row operator's); anything else as it is."""
+    if type(original) is tuple and len(original) == 2 and isinstance(original[1], Mapping):
+        return original[1]
+    return original

@@ -1,5 +1,9 @@
 """The contract every frame-mode operator keeps, checked on each by one parametrized suite.
 
+Row operators (``asof_join``, ``label_join``: ``(key, row)`` items) are
+cases too: their build turns each input frame into its rows, so every
+property below checks them on the same input.
+
 Modelled on River's shared estimator checks: each operator is a *case* of
 :mod:`tests.operators.contract` (how to build it, a valid input, which input
 columns are numeric), and each property below is one test run on every case:
@@ -70,6 +74,7 @@ from tests.operators.contract import (
     frames_of,
     ids,
     in_order,
+    row_of,
     rows,
     run,
 )
@@ -136,7 +141,7 @@ def test_a_bad_key_is_rejected_and_the_rest_goes_on(case: Case) -> None:
         sides.append(_insert(frames, 3, floats))
         injected += nulls["id"].to_list() + floats["id"].to_list()
     got = run(case, sides)
-    new, rest = _split(got["errs"], lambda r: r.original["id"] >= BAD_ID)
+    new, rest = _split(got["errs"], lambda r: row_of(r.original)["id"] >= BAD_ID)
     assert _without(got, "errs") == _without(clean, "errs")
     assert canonical({"errs": rest}) == canonical({"errs": clean["errs"]})
     assert sorted(ids(new)) == sorted(injected)
@@ -158,7 +163,8 @@ def test_an_item_that_is_not_a_frame_is_rejected(case: Case) -> None:
     got = run(case, sides)  # and no crash
     assert all(isinstance(r, Rejected) for r in got["errs"])
     new, rest = _split(
-        got["errs"], lambda r: not isinstance(r.original, dict) or "id" not in r.original
+        got["errs"],
+        lambda r: not isinstance(row_of(r.original), dict) or "id" not in row_of(r.original),
     )
     assert _without(got, "errs") == _without(clean, "errs")
     assert canonical({"errs": rest}) == canonical({"errs": clean["errs"]})
@@ -221,7 +227,7 @@ def test_bad_values_reject_their_row_only(case: Case) -> None:
         sides.append(frames)
     assert injected, "no numeric column and no event time: nothing to check"
     got = run(case, sides)
-    new, rest = _split(got["errs"], lambda r: r.original["id"] >= BAD_ID)
+    new, rest = _split(got["errs"], lambda r: row_of(r.original)["id"] >= BAD_ID)
     assert _without(got, "errs") == _without(clean, "errs")
     assert canonical({"errs": rest}) == canonical({"errs": clean["errs"]})
     assert sorted(ids(new)) == sorted(injected)  # one rejection per row
