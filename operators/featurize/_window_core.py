@@ -373,9 +373,6 @@ class Windows:
             at = min(at, float(et.wall_time_of(kids, ends).min()))
         return None if at == np.inf else at
 
-    def is_empty(self) -> bool:
-        return not len(self.kid) and not len(self.et.held)
-
     def snapshot_data(self) -> dict[str, Any]:
         """The state as builtins and NumPy arrays, for a versioned record."""
         return {
