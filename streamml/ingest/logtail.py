@@ -127,13 +127,12 @@ class LogTail:
         data = self._file.read(max_bytes)
         if data:
             buf = self._partial + data if self._partial else data
-            cut = buf.rfind(b"\n")
-            if cut < 0:
-                self._partial = buf
+            lines = buf.split(b"\n")
+            self._partial = lines.pop()  # after the last newline: b"" or a line being written
+            if not lines:
                 return None
-            self._partial = buf[cut + 1 :]
-            self._offset += cut + 1
-            return Read(buf[:cut].split(b"\n"), [self._label], self._delta())
+            self._offset += len(buf) - len(self._partial)
+            return Read(lines, [self._label], self._delta())
         return self._at_end()
 
     def _delta(self) -> dict[str, int]:

@@ -115,14 +115,18 @@ def _joined(items: Sequence[bytes | None]) -> bytes:
     return b"".join(items)  # type: ignore[arg-type]
 
 
-def _encode(block: Block) -> bytes:
+def _encode(block: Block) -> list[bytes]:
+    """The block as the pieces written one after the other (a 4 MB read is not copied twice)."""
     meta = orjson.dumps({"source": block.source, "delta": block.delta})
     columns = (block.keys, block.values, block.notes)
     parts = [struct.pack("<I", len(meta)), meta]
     parts.extend(_lengths(c).tobytes() for c in columns)
     parts.extend(_joined(c) for c in columns)
-    body = b"".join(parts)
-    return _HEAD.pack(_MAGIC, len(body), zlib.crc32(body), block.first_seq, len(block)) + body
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    length = sum(map(len, parts))
+    return [_HEAD.pack(_MAGIC, length, crc, block.first_seq, len(block)), *parts]
 
 
 def _split(blob: memoryview, lengths: np.ndarray, at: int) -> tuple[list[bytes | None], int]:
@@ -301,22 +305,23 @@ class Spool:
         with self._lock:
             first = self._next_seq
             block = Block(first, source, delta, keys, values, notes)
-            data = _encode(block)
+            parts = _encode(block)
+            size = sum(map(len, parts))
             if self._tail is None or self._tail_size >= self._segment_bytes:
                 self._tail, self._tail_size = self.directory / f"{first:020d}{_SEGMENT_SUFFIX}", 0
             with open(self._tail, "ab") as f:
-                f.write(data)
+                f.writelines(parts)
                 if self._fsync:
                     f.flush()
                     os.fsync(f.fileno())
             self._entries.append(
-                _Entry(self._tail, self._tail_size, len(data), first, len(values), source, delta)
+                _Entry(self._tail, self._tail_size, size, first, len(values), source, delta)
             )
-            self._tail_size += len(data)
-            self._bytes += len(data)
-            if self._cache_bytes + len(data) <= self._cache_max:
-                self._cache[first] = (block, len(data))
-                self._cache_bytes += len(data)
+            self._tail_size += size
+            self._bytes += size
+            if self._cache_bytes + size <= self._cache_max:
+                self._cache[first] = (block, size)
+                self._cache_bytes += size
             self._next_seq = first + len(values)
             self._lock.notify_all()
             return first
