@@ -331,5 +331,7 @@ def test_a_new_file_is_served_live_once_it_loads_and_a_broken_one_is_not(
             f"{served.url}/v2/repository/models/linear/load", raw=b"", method="POST"
         )
         assert (status, body) == (200, {"name": "linear", "version": version})
+        status, body = _request(f"{served.url}/v2/repository/index", raw=b"", method="POST")
+        assert (status, body) == (200, [{"name": "linear", "version": version, "state": "READY"}])
     finally:
         _stop(served, signal.SIGINT)
