@@ -4,8 +4,10 @@
 ``featurize.assemble``; the reference below is that chain, verbatim. On
 random enriched transactions — negative, zero, huge and non-float numbers,
 missing fields, unknown and unhashable categories — both must give the same
-events (same fields in the same order, the same float32 vectors) and the same
-rejections.
+vectors (float32, bit for bit) on events that keep the transaction's identity
+(``tx_id``, ``account_id``, ``ts``, ``amount``), and the same rejections. Batches
+of the usual types and ranges take a columnar pass, the rest an
+event-by-event one: both are checked.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from hypothesis import strategies as st
 from streamml.operators import featurize
 from streamml.operators.featurize import FeaturesOut
 
-from examples.enrich_and_evaluate.data import CATEGORIES
-from examples.enrich_and_evaluate.features import SCHEMA, add_features
+from examples.enrich_and_evaluate.data import CATEGORIES, generate
+from examples.enrich_and_evaluate.features import SCHEMA, _columnar, add_features
 from streamml.errors import reject
 
 
@@ -102,6 +104,12 @@ def _outputs(features, events: list, batch: int) -> tuple[list, list]:
     return oks, errs
 
 
+def _as_kept(item: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """A reference event as ``add_features`` keeps it: the transaction's identity and the vector."""
+    key, e = item
+    return key, {f: e[f] for f in ("tx_id", "account_id", "ts", "amount", "features")}
+
+
 def _run(events: list[tuple[str, dict[str, Any]]], batch: int) -> tuple[list, list, list, list]:
     return (*_outputs(add_features, events, batch), *_outputs(_reference, events, batch))
 
@@ -170,9 +178,54 @@ def _events(draw) -> tuple[str, dict[str, Any]]:
 @given(st.lists(_events(), max_size=25), st.integers(1, 8))
 def test_one_pass_features_match_the_three_step_chain(events, batch) -> None:
     oks, errs, ref_oks, ref_errs = _run(events, batch)
-    assert [_canon(x) for x in oks] == [_canon(x) for x in ref_oks]
+    assert [_canon(x) for x in oks] == [_canon(_as_kept(x)) for x in ref_oks]
     assert sorted(map(_canon, errs)) == sorted(map(_canon, ref_errs))
     assert len(oks) + len(errs) == len(events)
+
+
+@st.composite
+def _usual_events(draw) -> tuple[str, dict[str, Any]]:
+    """Enriched transactions of the usual types and ranges: the columnar pass takes their batches."""
+    amount = st.floats(0.0, 1e6)
+    e = {
+        "tx_id": f"t{draw(st.integers(0, 99))}",
+        "account_id": "a1",
+        "ts": draw(st.integers(0, 10**12)),
+        "amount": draw(amount),
+        "merchant_category": draw(st.sampled_from([*CATEGORIES, "unknown"])),
+        "credit_limit": draw(st.floats(1e-3, 1e6)),
+        "distance_km": draw(amount),
+        "country": draw(st.sampled_from(["NO", "SE"])),
+        "home_country": "NO",
+        "card_present": draw(st.booleans()),
+        "local_hour": draw(st.integers(0, 23)),
+        "account_age_days": draw(st.integers(-3, 10**6)),
+        "risk_tier": draw(st.integers(0, 3)),
+    }
+    return ("a1", e)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_usual_events(), min_size=1, max_size=40), st.integers(1, 40))
+def test_the_columnar_pass_gives_the_chains_vectors_bit_for_bit(events, batch) -> None:
+    assert _columnar([e for _, e in events]) is not None  # these batches take the columnar pass
+    oks, errs, ref_oks, ref_errs = _run(events, batch)
+    assert errs == ref_errs == []
+    assert [_canon(x) for x in oks] == [_canon(_as_kept(x)) for x in ref_oks]
+
+
+def test_the_example_data_takes_the_columnar_pass_with_the_chains_vectors() -> None:
+    data = generate(600, n_accounts=80, seed=5)
+    table = dict(data.accounts)
+    events = [
+        (t["account_id"], {**t, **table[t["account_id"]]})
+        for t in data.transactions
+        if table.get(t["account_id"])
+    ]
+    assert _columnar([e for _, e in events[:500]]) is not None
+    oks, errs, ref_oks, ref_errs = _run(events, 500)
+    assert errs == ref_errs == [] and len(oks) == len(events)
+    assert [_canon(x) for x in oks] == [_canon(_as_kept(x)) for x in ref_oks]
 
 
 def test_the_vectors_are_float32_rows_in_schema_order() -> None:
