@@ -30,6 +30,7 @@ from bytewax.dataflow import Stream, operator
 from streamml.operators import _validate
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 from streamml.models import Model
 
 from .models import Loader, default_loader, file_signature, serve
@@ -66,6 +67,7 @@ class InferOut:
 
 
 @operator
+@instrumented
 def infer(
     step_id: str,
     up: Stream[Any],
@@ -181,7 +183,9 @@ def infer(
             the seconds it waited for its batch.
 
     Returns:
-        :class:`InferOut` with ``oks``, ``errs`` and ``stats``.
+        :class:`InferOut` with ``oks``, ``errs`` and ``stats``. The step's
+        Prometheus metrics (:mod:`streamml.metrics`): events in and out,
+        batch sizes, queue wait and model latency per call, model version.
 
     Examples:
         A frame in, the same frame with the score and model version out; the
@@ -286,6 +290,7 @@ def infer(
         if source is not None:
             try:
                 served = serve(cfg.loader.load(source, uuid.uuid4().hex), inputs, outputs, source)
+                cfg.stats._serving(served.model.version, initial.model.version)
             except Exception as exc:
                 logger.warning(
                     "%s: cannot reload the model after resume, using the initial one: %s",
@@ -300,6 +305,7 @@ def infer(
         # Control first: a swap that arrives together with events applies to those events.
         routed = op.merge("with_control", swaps, routed)
     results = op.stateful_batch("batch", routed, build)
+    cfg.stats._bind(results.stream_id.rsplit(".", 2)[0], initial.model.version)
     oks = op.flat_map_batch("oks", results, lambda rs: [x for _, r in rs for x in r.oks])
     errs = op.flat_map_batch("errs", results, lambda rs: [x for _, r in rs for x in r.errs])
     return InferOut(oks, errs, cfg.stats)

@@ -374,6 +374,8 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
             for (_, exc), original in zip(failures, originals, strict=True):
                 reason = f"model {served.model.version!r} raised {type(exc).__name__}: {exc}"
                 result.errs.append(Rejected(self._cfg.step_id, "ModelError", reason, original))
+        if n:
+            self._cfg.stats._observe_call(max(batch.waits), model_seconds)
         self._cfg.stats._record(
             started=min(arrived for _, arrived in batch.arrivals),
             ended=time.monotonic(),
@@ -439,10 +441,11 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
                     Rejected(cfg.step_id, "ModelRejected", f"{type(exc).__name__}: {exc}", item)
                 )
             return
-        self._served = served
+        before, self._served = self._served.model.version, served
         if report:
             logger.info("%s: now serving model %s", cfg.step_id, model.version)
             cfg.stats._count_model(installed=True)
+            cfg.stats._serving(model.version, before)
 
     @property
     def version(self) -> str:

@@ -2,12 +2,16 @@
 
 One :class:`InferStats` per step, shared by its shards in a process and
 updated once per batch (never per row), so reading it costs the hot path
-nothing.
+nothing. It also feeds the step's Prometheus metrics (:mod:`streamml.metrics`):
+queue wait and model latency per model call, and the version serving.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
+
+from streamml.metrics import MODEL_INFO, MODEL_LATENCY, QUEUE_WAIT
 
 __all__ = ["InferStats"]
 
@@ -46,6 +50,30 @@ class InferStats:
         self.max_wait_seconds = 0.0
         self._first: float | None = None
         self._last: float | None = None
+        self._step: str | None = None
+        self._wait: Any = None
+        self._latency: Any = None
+
+    def _bind(self, step: str, version: str) -> None:
+        """Report to the Prometheus metrics of the step with this full id, serving ``version``."""
+        self._step = step
+        self._wait = QUEUE_WAIT.labels(step=step)
+        self._latency = MODEL_LATENCY.labels(step=step)
+        self._serving(version)
+
+    def _serving(self, version: str, before: str | None = None) -> None:
+        """``version`` now serves (in place of ``before``)."""
+        if self._step is None:
+            return
+        if before is not None and before != version:
+            MODEL_INFO.labels(step=self._step, version=before).set(0)
+        MODEL_INFO.labels(step=self._step, version=version).set(1)
+
+    def _observe_call(self, wait: float, seconds: float) -> None:
+        """One model call: its oldest row waited ``wait`` s, the model took ``seconds``."""
+        if self._wait is not None:
+            self._wait.observe(wait)
+            self._latency.observe(seconds)
 
     @property
     def mean_batch_size(self) -> float:

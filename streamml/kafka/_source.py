@@ -26,6 +26,8 @@ from streamml._kafka_partitions import (
 )
 from streamml.errors import Rejected
 from streamml.kafka._records import Record, SourceOut, keep
+from streamml.metrics import instrumented
+from streamml.progress import Progress, progress_interval
 from streamml.serde.base import (
     BytesSerde,
     Deserializer,
@@ -176,6 +178,7 @@ def _frame_decoder(
 
 
 @operator
+@instrumented
 def source(
     step_id: str,
     flow: Dataflow,
@@ -191,6 +194,7 @@ def source(
     broker_timeout: timedelta | None = DEFAULT_BROKER_TIMEOUT,
     frames: bool = False,
     metadata: Sequence[str] = (),
+    progress: bool | timedelta | None = None,
 ) -> SourceOut:
     """Consume topics and decode each message's value (and key) in batches.
 
@@ -248,6 +252,11 @@ def source(
             (``kafka_topic``); a field of the value with the same name is
             replaced. With topic, partition and offset, a row rejected later
             is dead-lettered with its coordinates (:func:`dead_letter_envelope`).
+        progress: Print events read, rate and consumer lag to stderr at most
+            every 5 s (``True``) or every given ``timedelta``
+            (:mod:`streamml.progress`); ``None`` reads the environment
+            variable ``STREAMML_PROGRESS`` (seconds), so a flow run with
+            ``python -m bytewax.run`` can show progress unchanged.
 
     Returns:
         :class:`SourceOut` with ``oks`` (records, or frames with ``frames``)
@@ -307,7 +316,12 @@ def source(
         batch_size=batch_size,
         broker_timeout=broker_timeout,
     )
+    every = progress_interval(progress)
     fetches = _consume("kafka", flow, partitions)
+    if every is not None:
+        input_step = fetches.stream_id.rsplit(".", 1)[0]  # {source}.kafka.kafka_input
+        label = input_step.rsplit(".", 2)[0]
+        op.flat_map_batch("progress", fetches, Progress(label, input_step, every))
     if frames:
         decoded = op.flat_map_batch(
             "decode",
