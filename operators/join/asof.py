@@ -10,7 +10,7 @@ record (``streamml.join.asof``), upgraded from the previous release's pickled
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,7 +44,7 @@ __all__ = ["asof_join"]
 # Kept importable here for recovery stores of the previous release (see _legacy).
 _LEGACY = (_AsofState, _Versions)
 
-_PRUNE_EVERY = 8
+_PRUNE_EVERY = 16
 """A key's versions are pruned once it holds this many (or gets a tombstone): a prune per
 insertion cost ~0.4 us a row, and a few versions more per key cost only memory."""
 
@@ -136,10 +136,22 @@ class _AsofLogic(StatefulBatchLogic):
             rows = None if rows is None else [rows[i] for i in ok]
         touched: set[int] = set()
         n_right = int(np.count_nonzero(sides))  # RIGHT is 1
-        if not n_right:  # events only (the usual chunk): held as they are
+        if not n_right:  # events only: held as they are
             self._hold(pairs, adm.kid, adm.ts)
         elif n_right == len(pairs):
             self._add_versions(pairs, rows, adm.kid.tolist(), adm.ts.tolist(), touched)
+        elif len(values) == 2 and len(pairs) == len(values[0][1]) + len(values[1][1]):
+            # one chunk a side (the usual call), no row dropped: each side is a slice
+            cut = len(values[0][1])
+            kid, t = adm.kid, adm.ts
+            if values[0][0] == LEFT:
+                self._hold(pairs[:cut], kid[:cut], t[:cut])
+                rest = None if rows is None else rows[cut:]
+                self._add_versions(pairs[cut:], rest, kid[cut:].tolist(), t[cut:].tolist(), touched)
+            else:
+                rest = None if rows is None else rows[:cut]
+                self._add_versions(pairs[:cut], rest, kid[:cut].tolist(), t[:cut].tolist(), touched)
+                self._hold(pairs[cut:], kid[cut:], t[cut:])
         else:
             left = np.flatnonzero(sides == LEFT)
             self._hold([pairs[i] for i in left.tolist()], adm.kid[left], adm.ts[left])
@@ -225,13 +237,13 @@ class _AsofLogic(StatefulBatchLogic):
         cfg = self.cfg
         versions, events, default, merge = self.versions, self.events, cfg.default, cfg.merge
         oks = []
-        # ids are float64 in the held data: a float pops the int key of equal value
-        for eid, kid, due in zip(held.data[:, 0].tolist(), held.kid.tolist(), held.ts.tolist()):
+        ids = held.data[:, 0].astype(np.int64).tolist()  # int keys pop faster than floats
+        for eid, kid, due in zip(ids, held.kid.tolist(), held.ts.tolist()):
             key, event = events.pop(eid)
             row = MISSING
             vs = versions.get(kid)
             if vs is not None:
-                i = bisect_right(vs[0], due - 1) - 1
+                i = bisect_left(vs[0], due) - 1  # the newest version at or before due - 1
                 if i >= 0 and vs[1][i] is not None:
                     row = vs[1][i]
             if row is MISSING:
