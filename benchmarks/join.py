@@ -4,6 +4,12 @@
   Rate = events / wall time of the whole run (table load included).
 - Interval join: 1,000 keys, ``[0, 10 s]`` interval, each key one event per
   second of event time on alternating sides. Rate = input events / wall time.
+- As-of join: 1,000 accounts, one item per account per second of event time,
+  half of them table versions and half events, lateness 5 s. Rate = input
+  items / wall time.
+- Label join: predictions keyed by event id, 1,000 a second, each with a
+  label 2 s later (a third 7 s later, past ``max_delay`` 5 s), lateness 10 s,
+  60 s windows. Rate = predictions and labels / wall time.
 
 The baseline in each table is the obvious Bytewax way: state keyed by the
 user's key, so Bytewax calls the logic once per key per batch. It is the same
@@ -23,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
-from streamml.operators.join import TableReady, enrich, interval_join
+from streamml.operators.join import TableReady, asof_join, enrich, interval_join, label_join
 
 from benchmarks.harness import CountSink, alternate, format_table
 
@@ -200,7 +206,11 @@ def main(quick: bool = False) -> dict:
     print(_cpu_table(interval_cpu))
     print(f"  pairs emitted per run: {pairs[0]:,} ({pairs[0] / n_interval:.2f} per input event)")
     frames = frames_main(quick)
+    asof = asof_main(quick)
+    label = label_main(quick)
     return {
+        "asof": asof,
+        "label": label,
         "interval_frames": frames,
         "enrich": {
             "table_rows": rows,
@@ -215,6 +225,147 @@ def main(quick: bool = False) -> dict:
             "results": [m.as_dict() for m in interval_results],
             "per_cpu_second": {k: statistics.median(v) for k, v in interval_cpu.items()},
         },
+    }
+
+
+def _asof_data(keys: int, n: int) -> tuple[list, list]:
+    rng = random.Random(3)
+    events, table = [], []
+    for i in range(n):
+        key = f"acct-{rng.randrange(keys):04d}"
+        t = T0 + timedelta(microseconds=i * 1_000_000 // keys)
+        if i % 2:
+            events.append((key, {"amount": i, "ts": t}))
+        else:
+            table.append((key, {"limit": i, "from": t}))
+    return events, table
+
+
+def _from(row: dict) -> datetime:
+    return row["from"]
+
+
+def _run_asof(events: list, table: list, keys: int, *, per_key: bool) -> int:
+    flow = Dataflow("bench_asof")
+    ev = op.input("events", flow, TestingSource(events, batch_size=BATCH))
+    tb = op.input("table", flow, TestingSource(table, batch_size=BATCH))
+    out = asof_join(
+        "asof",
+        ev,
+        tb,
+        ts=_ts,
+        table_ts=_from,
+        default={},
+        lateness=timedelta(seconds=5),
+        shards=_per_key_shards(keys) if per_key else 16,
+    )
+    sink, late = CountSink(), CountSink()
+    op.output("out", out.oks, sink)
+    op.output("late", out.late, late)
+    run_main(flow)
+    assert (sink.counter[0], late.counter[0]) == (len(events), 0), (sink.counter, late.counter)
+    return len(events) + len(table)
+
+
+def asof_main(quick: bool = False) -> dict:
+    """asof_join (16 shards) next to the same join keyed per account."""
+    keys, n = 1000, 100_000 if quick else 400_000
+    events, table = _asof_data(keys, n)
+    print(f"\nasof join: {keys:,} keys, {n:,} items (half versions), lateness 5 s", flush=True)
+    cpu: dict[str, list[float]] = {}
+    results = alternate(
+        _cpu_timed(
+            {
+                "streamml asof_join (16 shards)": lambda: _run_asof(
+                    events, table, keys, per_key=False
+                ),
+                "stateful_batch per key (baseline)": lambda: _run_asof(
+                    events, table, keys, per_key=True
+                ),
+            },
+            cpu,
+        ),
+        rounds=3,
+    )
+    print(format_table("As-of join (input items/s)", results, "items/s"))
+    print(_cpu_table(cpu))
+    return {
+        "keys": keys,
+        "items": n,
+        "results": [m.as_dict() for m in results],
+        "per_cpu_second": {k: statistics.median(v) for k, v in cpu.items()},
+    }
+
+
+def _label_data(n: int) -> tuple[list, list]:
+    rng = random.Random(4)
+    preds, labels = [], []
+    for i in range(n):
+        t = T0 + timedelta(milliseconds=i)
+        preds.append(
+            (f"e{i}", {"prediction": i % 2, "p": rng.random(), "model_version": "v1", "ts": t})
+        )
+        delay = timedelta(seconds=2 if i % 3 else 7)  # a third come after max_delay
+        labels.append((f"e{i}", {"label": rng.randrange(2), "ts": t + delay}))
+    return preds, labels
+
+
+def _run_label(preds: list, labels: list, *, shards: int) -> int:
+    flow = Dataflow("bench_label")
+    p = op.input("preds", flow, TestingSource(preds, batch_size=BATCH))
+    lb = op.input("labels", flow, TestingSource(labels, batch_size=BATCH))
+    out = label_join(
+        "label",
+        p,
+        lb,
+        ts=_ts,
+        probability="p",
+        max_delay=timedelta(seconds=5),
+        window=timedelta(seconds=60),
+        lateness=timedelta(seconds=10),
+        shards=shards,
+    )
+    done, missed = CountSink(), CountSink()
+    op.output("labelled", out.labelled, done)
+    op.output("unlabelled", out.unlabelled, missed)
+    op.output("metrics", out.metrics, CountSink())
+    run_main(flow)
+    assert done.counter[0] + missed.counter[0] == len(preds)
+    return len(preds) + len(labels)
+
+
+def label_main(quick: bool = False) -> dict:
+    """label_join (16 shards) next to the same join keyed per event id.
+
+    The per-id baseline holds one Bytewax state per id (its event-time state
+    included), so it runs on a tenth of the events.
+    """
+    n = 100_000 if quick else 400_000
+    preds, labels = _label_data(n)
+    small = n // 10
+    print(
+        f"\nlabel join: {n:,} predictions, {n:,} labels (per-id baseline: {small:,} each)",
+        flush=True,
+    )
+    cpu: dict[str, list[float]] = {}
+    results = alternate(
+        _cpu_timed(
+            {
+                "streamml label_join (16 shards)": lambda: _run_label(preds, labels, shards=16),
+                "stateful_batch per id (baseline)": lambda: _run_label(
+                    preds[:small], labels[:small], shards=_per_key_shards(small)
+                ),
+            },
+            cpu,
+        ),
+        rounds=3,
+    )
+    print(format_table("Label join (predictions and labels/s)", results, "items/s"))
+    print(_cpu_table(cpu))
+    return {
+        "predictions": n,
+        "results": [m.as_dict() for m in results],
+        "per_cpu_second": {k: statistics.median(v) for k, v in cpu.items()},
     }
 
 
@@ -277,4 +428,9 @@ def frames_main(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] in (["asof"], ["label"]):  # one family: python -m benchmarks.join asof
+        {"asof": asof_main, "label": label_main}[sys.argv[1]]("--quick" in sys.argv)
+    else:
+        main("--quick" in sys.argv)
