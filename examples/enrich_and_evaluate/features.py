@@ -286,13 +286,16 @@ def _errs(pairs: list[tuple[list, list]]) -> list[Any]:
 def add_features(step_id: str, up: KeyedStream[Mapping[str, Any]]) -> FeaturesOut:
     """Enriched transactions ``(account_id, event)`` to ``(tx_id, features event)``.
 
-    ``features`` is a float32 vector in :data:`SCHEMA` order. Events whose
+    The features event holds the transaction's ``tx_id``, ``account_id``,
+    ``ts`` and ``amount``, and ``features``, a float32 vector in
+    :data:`SCHEMA` order. Events whose
     derived numbers are not finite (a negative amount, a zero credit limit)
     go to ``errs`` as ``InvalidFeature``, events missing a field (an account
     row without ``credit_limit``) with the exception's type.
 
-    One batch step builds the whole batch's matrix: no per-event step or
-    branch between the derived numbers and the vector.
+    One batch step builds the whole batch's matrix, column by column when
+    every event has the usual fields and types: no per-event step or branch
+    between the derived numbers and the vector.
 
     Examples:
         >>> import bytewax.operators as op
