@@ -22,6 +22,7 @@ from streamml.broker import EmbeddedBroker
 from streamml.errors import Rejected
 from streamml.kafka import dead_letter_envelope, dead_letter_sink
 from streamml.kafka._dead_letters import _encode_envelopes
+from streamml.kafka._sink import _encoder
 from streamml.serde import JsonSerde, StringSerde
 from streamml.testing import consume_all
 
@@ -192,3 +193,23 @@ def test_arbitrary_rejections_through_the_dead_letter_sink(
     written = [orjson.loads(m.value) for m in consume_all(broker.bootstrap, topic)]
     assert len(written) == len(events)
     assert all(list(w) == FIELDS for w in written)
+
+
+@given(st.lists(_any_values, max_size=12), st.sampled_from(["none", "field", "function"]))
+def test_the_sink_encodes_or_rejects_every_item_and_never_raises(
+    items: list[Any], key: str
+) -> None:
+    """Arbitrary items through kafka.sink's encode step: each is a message or a Rejected, in order."""
+    pick = {"none": None, "field": "user", "function": lambda item: item[0]}[key]
+    out = _encoder("out.encode", JsonSerde(), StringSerde(), None, pick)(items)
+    assert len(out) == len(items)
+    for item, got in zip(items, out):
+        if isinstance(got, Rejected):
+            assert got.original is item and got.step_id == "out.encode"
+        else:
+            raw_key, value = got
+            assert isinstance(value, bytes) and (raw_key is None or isinstance(raw_key, bytes))
+    [envelope] = _envelopes(
+        [r for r in out if isinstance(r, Rejected)][:1] or [Rejected("s", "E", "r", None)]
+    )
+    assert list(envelope) == FIELDS
