@@ -122,7 +122,7 @@ class Sender:
         )
         # librdkafka reports every message by message.timeout.ms; an idempotent producer that
         # lost its id to a restarted broker was seen here reporting none for a minute.
-        self._stuck_after = int(self._config["message.timeout.ms"]) / 1000 + 5
+        self._stuck_after = int(self._config["message.timeout.ms"]) / 1000 + 2
         self._prefix = f"{checkpoint.agent}:".encode()
         self._failed: list[tuple[KafkaError, Message]] = []
         self._fatal = False
