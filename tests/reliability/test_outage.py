@@ -174,18 +174,20 @@ def test_a_sink_whose_broker_stops_fails_with_delivery_error_and_resumes_losing_
     recovery = tmp_path / "recovery"
     recovery.mkdir()
     init_db_dir(recovery, 1)
-    n = 200
+    n = 300  # 6 s of output at least: the pause lands mid-stream even on a loaded machine
     watch = TopicWatch(own_broker.bootstrap, "sunk", partitions=1)
     first = _run_sink_flow(own_broker.bootstrap, recovery, tmp_path / "first.log", n)
     try:
         wait_until(lambda: watch.count() >= n // 4, timeout=60, what="a quarter of the output")
         os.kill(own_broker.pid, signal.SIGSTOP)
+        paused_at = watch.seen
         code = first.wait(60)
     finally:
         os.kill(own_broker.pid, signal.SIGCONT)
         if first.poll() is None:
             first.kill()
     watch.close()
+    assert paused_at < n  # the broker went away mid-stream
     log = (tmp_path / "first.log").read_text(errors="replace")
     assert code == 1, log[-3000:]  # a Python error, not SIGABRT (-6) from a panic in a destructor
     assert "panic in a destructor" not in log
