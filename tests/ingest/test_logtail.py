@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from streamml.ingest.logtail import LogTail
 
 
@@ -92,3 +96,47 @@ def test_a_file_that_appears_later_is_read_from_its_start(tmp_path: Path) -> Non
     assert tail.read(64) is None
     log.write_bytes(b"hello\n")
     assert _drain(tail) == [b"hello"]
+
+
+@given(
+    chunks=st.lists(st.binary(max_size=50), max_size=30),
+    read_size=st.integers(1, 64),
+    rotate_at=st.integers(0, 30),
+)
+def test_any_bytes_in_any_chunks_come_out_as_exactly_their_whole_lines(
+    tmp_path_factory: pytest.TempPathFactory, chunks: list[bytes], read_size: int, rotate_at: int
+) -> None:
+    folder = tmp_path_factory.mktemp("log")
+    log = folder / "app.log"
+    log.write_bytes(b"")
+    tail = LogTail(log)
+    tail.restore(None, [])
+    got: list[bytes] = []
+    written = [b""]  # the content of each file, the current one last
+    for i, chunk in enumerate(chunks):
+        if i == rotate_at:  # rename rotation part-way
+            os.rename(log, folder / f"app.log.{i}")
+            log.write_bytes(b"")
+            got.extend(_drain_sized(tail, read_size, len(written[-1])))
+            written.append(b"")
+        with open(log, "ab") as f:
+            f.write(chunk)
+        written[-1] += chunk
+        got.extend(_drain_sized(tail, read_size, len(written[-1])))
+    expected = []
+    for i, content in enumerate(written):
+        lines = content.split(b"\n")
+        last = lines.pop()
+        expected.extend(lines)
+        if last and i < len(written) - 1:  # a rotated file's unfinished last line is sent
+            expected.append(last)
+    assert got == expected
+
+
+def _drain_sized(tail: LogTail, size: int, unread: int) -> list[bytes]:
+    lines = []
+    for _ in range(unread // size + 4):  # every byte, then end of file and a rotation noticed
+        read = tail.read(size)
+        if read is not None:
+            lines.extend(read.values)
+    return lines
