@@ -72,10 +72,11 @@ class IngestAgent:
             survives a killed process only).
 
     Examples:
-        >>> import tempfile
+        >>> import tempfile, pathlib
         >>> from streamml.ingest import LogTail
-        >>> agent = IngestAgent("127.0.0.1:9092", "logs", tempfile.mkdtemp(),
-        ...                     sources=[LogTail("/var/log/app.log")], key="regex:user=(\\\\w+)")
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> agent = IngestAgent("127.0.0.1:9092", "logs", folder / "state",
+        ...                     sources=[LogTail(folder / "app.log")], key="regex:user=(\\\\w+)")
         >>> agent.status()["broker"]
         'connecting'
         >>> # with agent: ... runs it in the background until the block ends
