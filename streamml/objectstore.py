@@ -46,7 +46,7 @@ import re
 import time as _time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 STAGING = "_staging"
 """The folder under the root where files wait to be committed (readers skip ``_`` folders)."""
 
-_DIR_COLUMN = "__streamml_dir"
+_HOUR_COLUMN = "__streamml_hour"
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def _file_name(name: str, part: str, seq: int) -> str:
     return f"{name}-{part}-{seq:08d}.parquet"
 
 
-class _ParquetPartition(StatefulSinkPartition[pl.DataFrame, Committed]):
+class _ParquetPartition(StatefulSinkPartition[tuple[str, pl.DataFrame], Committed]):
     """One sink partition: buffers frames by directory, stages files, commits them a snapshot later."""
 
     def __init__(self, sink: ParquetSink, part: str, resume: Committed | None) -> None:
@@ -158,21 +158,18 @@ class _ParquetPartition(StatefulSinkPartition[pl.DataFrame, Committed]):
         return start
 
     # -- writing ----------------------------------------------------------------
-    def write_batch(self, values: list[pl.DataFrame]) -> None:
-        for frame in values:
-            for (rel_dir,), piece in frame.partition_by(
-                _DIR_COLUMN, as_dict=True, include_key=False, maintain_order=True
-            ).items():
-                buf = self._buffers.get(rel_dir)
-                if buf is not None and buf.frames and buf.frames[0].schema != piece.schema:
-                    self._stage(rel_dir)  # one schema per file
-                    buf = None
-                if buf is None:
-                    buf = self._buffers[rel_dir] = _Buffer(_time.monotonic())
-                buf.frames.append(piece)
-                buf.size += piece.estimated_size()
-                if buf.size >= self._sink.roll_bytes:
-                    self._stage(rel_dir)
+    def write_batch(self, values: list[tuple[str, pl.DataFrame]]) -> None:
+        for rel_dir, piece in values:
+            buf = self._buffers.get(rel_dir)
+            if buf is not None and buf.frames and buf.frames[0].schema != piece.schema:
+                self._stage(rel_dir)  # one schema per file
+                buf = None
+            if buf is None:
+                buf = self._buffers[rel_dir] = _Buffer(_time.monotonic())
+            buf.frames.append(piece)
+            buf.size += piece.estimated_size()
+            if buf.size >= self._sink.roll_bytes:
+                self._stage(rel_dir)
         if self._sink.roll_interval is not None:
             too_old = _time.monotonic() - self._sink.roll_interval.total_seconds()
             for rel_dir in [d for d, b in self._buffers.items() if b.opened <= too_old]:
@@ -222,11 +219,11 @@ class _ParquetPartition(StatefulSinkPartition[pl.DataFrame, Committed]):
 
 
 @dataclass(frozen=True)
-class ParquetSink(FixedPartitionedSink[pl.DataFrame, Committed]):
-    """The Bytewax sink under :func:`parquet_sink`: ``(partition, frame)`` pairs in, files out.
+class ParquetSink(FixedPartitionedSink[tuple[str, pl.DataFrame], Committed]):
+    """The Bytewax sink under :func:`parquet_sink`: ``(partition, (directory, frame))`` in, files out.
 
-    Each frame must carry a ``__streamml_dir`` column naming the partition
-    directory of each row (:func:`parquet_sink` adds it).
+    ``directory`` is the frame's path under the root (``date=.../hour=...``);
+    :func:`parquet_sink` cuts frames by directory and routes them.
     """
 
     path: str
@@ -250,56 +247,64 @@ class ParquetSink(FixedPartitionedSink[pl.DataFrame, Committed]):
         return _ParquetPartition(self, for_part, resume_state)
 
 
-def _hive(column: str, expr: pl.Expr) -> pl.Expr:
-    """``column=value`` with the value percent-encoded as hive readers expect; nulls as hive's default."""
-    text = expr.cast(pl.String).map_elements(
-        lambda v: quote(v, safe=""), return_dtype=pl.String, skip_nulls=True
-    )
-    return pl.lit(f"{column}=") + text.fill_null("__HIVE_DEFAULT_PARTITION__")
+def _hive(column: str, value: Any) -> str:
+    """``column=value``, the value percent-encoded as hive readers expect, null as hive's default.
+
+    Examples:
+        >>> _hive("sensor", "a/b c"), _hive("sensor", None), _hive("n", 3)
+        ('sensor=a%2Fb%20c', 'sensor=__HIVE_DEFAULT_PARTITION__', 'n=3')
+    """
+    text = "__HIVE_DEFAULT_PARTITION__" if value is None else quote(str(value), safe="")
+    return f"{column}={text}"
 
 
-def _directories(
+_HOUR_MS = 3_600_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _pieces(
     step_id: str, time: str, key: str | None, frame: pl.DataFrame
-) -> tuple[pl.DataFrame | None, list[Rejected]]:
-    """The frame with each row's directory added, and the rows without a usable event time."""
+) -> tuple[list[tuple[str, pl.DataFrame]], list[Rejected]]:
+    """The frame cut by directory (``date=.../hour=...[/key=...]``), and the rows it cannot place.
+
+    Rows are grouped by their hour since the epoch (and key) as integers;
+    each group's directory name is formatted once. As hive writers do
+    (Spark, Arrow), the key is in the path, not in the file.
+    """
+
+    def reject_all(kind: str, why: str, rows: pl.DataFrame) -> list[Rejected]:
+        return [Rejected(step_id, kind, why, r) for r in rows.iter_rows(named=True)]
+
+    no_time = f"no event time: field {time!r} is missing or null"
     if time not in frame.columns or frame.schema[time] == pl.Null:
-        why = f"no event time: field {time!r} is missing or null"
-        return None, [
-            Rejected(step_id, "MissingField", why, r) for r in frame.iter_rows(named=True)
-        ]
+        return [], reject_all("MissingField", no_time, frame)
+    if key is not None and key not in frame.columns:
+        return [], reject_all("MissingField", f"no partition_by field {key!r}", frame)
     dtype = frame.schema[time]
     if isinstance(dtype, pl.Datetime):
-        ts = pl.col(time)
-        if dtype.time_zone is not None:
-            ts = ts.dt.convert_time_zone("UTC")
+        hour = pl.col(time).dt.epoch("ms") // _HOUR_MS  # the UTC hour, whatever the zone
     elif dtype.is_integer():
-        ts = pl.from_epoch(pl.col(time), time_unit="ms")
+        hour = pl.col(time).cast(pl.Int64) // _HOUR_MS
     else:
         why = f"event time {time!r} must be a datetime or integer epoch milliseconds; got {dtype}"
-        return None, [Rejected(step_id, "BadTime", why, r) for r in frame.iter_rows(named=True)]
-    missing = frame.get_column(time).is_null()
+        return [], reject_all("BadTime", why, frame)
     bad: list[Rejected] = []
+    missing = frame.get_column(time).is_null()
     if missing.any():
-        why = f"no event time: field {time!r} is missing or null"
-        bad = [
-            Rejected(step_id, "MissingField", why, r)
-            for r in frame.filter(missing).iter_rows(named=True)
-        ]
+        bad = reject_all("MissingField", no_time, frame.filter(missing))
         frame = frame.filter(~missing)
         if not frame.height:
-            return None, bad
-    parts = [pl.lit("date=") + ts.dt.strftime("%Y-%m-%d"), pl.lit("hour=") + ts.dt.strftime("%H")]
-    if key is not None:
-        if key not in frame.columns:
-            why = f"no partition_by field {key!r}"
-            return None, [
-                *bad,
-                *(Rejected(step_id, "MissingField", why, r) for r in frame.iter_rows(named=True)),
-            ]
-        parts.append(_hive(key, pl.col(key)))
-    placed = frame.with_columns(pl.concat_str(parts, separator="/").alias(_DIR_COLUMN))
-    # As hive writers do (Spark, Arrow), the key is in the path, not in the file.
-    return (placed if key is None else placed.drop(key)), bad
+            return [], bad
+    by = [_HOUR_COLUMN] if key is None else [_HOUR_COLUMN, key]
+    groups = frame.with_columns(hour.alias(_HOUR_COLUMN)).partition_by(
+        by, as_dict=True, include_key=False, maintain_order=True
+    )
+    out = []
+    for values, piece in groups.items():
+        start = _EPOCH + timedelta(hours=values[0])
+        rel_dir = f"date={start:%Y-%m-%d}/hour={start:%H}"
+        out.append((rel_dir if key is None else f"{rel_dir}/{_hive(key, values[1])}", piece))
+    return out, bad
 
 
 @operator
@@ -403,15 +408,11 @@ def parquet_sink(
         for frame in frames:
             if not frame.height:
                 continue
-            placed, bad = _directories(rejecting, time, partition_by, frame)
+            pieces, bad = _pieces(rejecting, time, partition_by, frame)
             out += bad
-            if placed is None:
-                continue
-            if parts == 1:
-                out.append(("0", placed))
-                continue
-            for (rel_dir,), piece in placed.partition_by(_DIR_COLUMN, as_dict=True).items():
-                out.append((str(adler32(rel_dir.encode()) % parts), piece))
+            for rel_dir, piece in pieces:
+                part = "0" if parts == 1 else str(adler32(rel_dir.encode()) % parts)
+                out.append((part, (rel_dir, piece)))
         return out
 
     routed = op.flat_map_batch("route", up, route)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamml.errors import Rejected
-from streamml.objectstore import STAGING, Committed, ParquetSink, _directories, parquet_sink
+from streamml.objectstore import STAGING, Committed, ParquetSink, _pieces, parquet_sink
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 T0_MS = int(T0.timestamp() * 1000)
@@ -120,11 +120,11 @@ def test_bad_settings_fail_at_build(tmp_path: Path) -> None:
         parquet_sink("pq", up, path="nosuchstore://x", time="ts")
 
 
-def _placed(ids: range, hour: int) -> pl.DataFrame:
+def _placed(ids: range, hour: int) -> tuple[str, pl.DataFrame]:
     frame = pl.DataFrame({"id": list(ids), "ts": [T0_MS + hour * 3_600_000] * len(ids)})
-    placed, bad = _directories("t", "ts", None, frame)
-    assert placed is not None and not bad
-    return placed
+    pieces, bad = _pieces("t", "ts", None, frame)
+    assert len(pieces) == 1 and not bad
+    return pieces[0]
 
 
 def _ids(root: Path) -> list[int]:

@@ -21,7 +21,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from streamml.objectstore import ParquetSink, _directories, parquet_sink
+from streamml.objectstore import ParquetSink, _pieces, parquet_sink
 from tests.reliability.harness import free_port
 
 BUCKET = "results"
@@ -122,9 +122,9 @@ def test_a_flow_writes_hive_partitioned_files_to_s3(endpoint: str, s3: Any) -> N
 
 
 def test_commit_protocol_and_resume_on_s3(endpoint: str, s3: Any) -> None:
-    def placed(ids: range, hour: int) -> pl.DataFrame:
+    def placed(ids: range, hour: int) -> tuple[str, pl.DataFrame]:
         frame = pl.DataFrame({"id": list(ids), "ts": [T0_MS + hour * 3_600_000] * len(ids)})
-        return _directories("t", "ts", None, frame)[0]
+        return _pieces("t", "ts", None, frame)[0][0]
 
     sink = ParquetSink(f"s3://{BUCKET}/protocol", storage_options=_options(endpoint))
     part = sink.build_part("pq", "0", None)
