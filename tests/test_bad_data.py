@@ -393,22 +393,7 @@ ONE_TO_ONE = {
 }
 
 
-BIG_INT = (
-    "operators/featurize/_batch.py: an int beyond float range (2**1100, 10**400) raises "
-    "OverflowError out of extract() and stops the flow: _fast's `values[:, j] = column` "
-    "(line ~161) raises it and the except tuple (line ~120) does not catch OverflowError; "
-    "_check_value's math.isfinite(v) (line ~64) raises it too. Catch OverflowError in both "
-    "and reject the row (NotANumber: 'field x is int 1358..., beyond float range')"
-)
-
-
-def _rows_case(name: str) -> Any:
-    big_int_crash = {"rolling", "online_scale", "standard_scale", "anomaly.score"}
-    marks = [pytest.mark.xfail(strict=True, reason=BIG_INT)] if name in big_int_crash else []
-    return pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", [_rows_case(n) for n in ONE_TO_ONE])
+@pytest.mark.parametrize("name", ONE_TO_ONE)
 @EXAMPLES
 @given(items=row_items())
 @example(items=_nasty_rows())
@@ -508,8 +493,8 @@ CHECKS = {
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("window_agg", marks=pytest.mark.xfail(strict=True, reason=BIG_INT)),
-        pytest.param("anomaly_windows", marks=pytest.mark.xfail(strict=True, reason=BIG_INT)),
+        "window_agg",
+        "anomaly_windows",
         "interval_join",
         "asof_join",
     ],
@@ -521,18 +506,10 @@ def test_rows_through_aggregating_operators(name: str, items: list[Any]) -> None
     CHECKS[name](items, False)
 
 
-MIXED_KEYS = (
-    "operators/featurize/windows.py _emit (line ~135): window_agg on "
-    "frames builds its output key column from every closed window's key with pl.Series(keys) "
-    "(strict): frames keyed by a String column in one batch and an integer column in another "
-    "make it raise TypeError at EOF and stop the flow. Build it per key dtype, or as text"
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("window_agg", marks=pytest.mark.xfail(strict=True, reason=MIXED_KEYS)),
+        "window_agg",
         "anomaly_windows",
         "interval_join",
     ],

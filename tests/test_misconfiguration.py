@@ -78,62 +78,38 @@ def _owned_elsewhere(finding: str) -> pytest.MarkDecorator:
 
 
 CASES = [
-    # -- featurize (operators/featurize/*, another helper's files) ----------------------------
+    # -- featurize -------------------------------------------------------------------------------
     pytest.param(
         _rolling(fields="xy"),
         "fields",
         id="rolling-fields-str",
-        marks=_owned_elsewhere(
-            "featurize/rolling_agg.py _check_aggs: a str is iterated as names 'x','y'; "
-            "call _validate.names('fields', fields) when fields is not a Mapping"
-        ),
     ),
     pytest.param(
         _rolling(window=60),
         "window",
         id="rolling-window-int",
-        marks=_owned_elsewhere(
-            "featurize/rolling_agg.py _windows: list(60) raises TypeError; "
-            "call _validate.duration('window', w, minimum='positive') per window"
-        ),
     ),
     pytest.param(
         _rolling(max_delay=2),
         "max_delay",
         id="rolling-max_delay-int",
-        marks=_owned_elsewhere(
-            "featurize/rolling_agg.py _config: 2 < timedelta(0) raises TypeError; "
-            "call _validate.duration('max_delay', max_delay)"
-        ),
     ),
     pytest.param(_rolling(key=None, timestamp="ts"), "timestamp", id="rolling-rows-timestamp-str"),
     pytest.param(
         _rolling(shards="2"),
         "shards",
         id="rolling-shards-str",
-        marks=_owned_elsewhere(
-            "featurize/rolling_agg.py rolling: '2' < 1 raises TypeError; "
-            "call _validate.count('shards', shards)"
-        ),
     ),
     pytest.param(
         _window_agg(fields="xy"),
         "fields",
         id="window_agg-fields-str",
-        marks=_owned_elsewhere(
-            "featurize/windows.py window_agg: a str is iterated as names; "
-            "call _validate.names('fields', fields) when fields is not a Mapping"
-        ),
     ),
     pytest.param(_online_scale(fields="xy"), "fields", id="online_scale-fields-str"),
     pytest.param(
         _online_scale(ttl=3600),
         "ttl",
         id="online_scale-ttl-int",
-        marks=_owned_elsewhere(
-            "featurize/scaling.py online_scale: 3600 <= timedelta(0) raises TypeError; "
-            "call _validate.duration('ttl', ttl, minimum='positive', optional=True)"
-        ),
     ),
     # -- infer ---------------------------------------------------------------------------------
     pytest.param(_infer(model=OnnxModel), "create an instance", id="infer-model-class"),
