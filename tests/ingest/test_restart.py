@@ -16,7 +16,7 @@ from tests.ingest.kafka_helpers import read_topic, wait_for
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-LINES = 120_000
+LINES = 60_000
 
 
 def _agent(broker: EmbeddedBroker, topic: str, log: Path, state: Path) -> subprocess.Popen:
@@ -52,16 +52,25 @@ def test_an_agent_killed_mid_way_then_restarted_sends_every_line_once(
 ) -> None:
     broker.create_topic(topic_name, partitions=2)
     log = tmp_path / "app.log"
-    log.write_bytes(b"".join(b"line %06d\n" % i for i in range(LINES)))
-    state = tmp_path / "state"
+    written = 0
 
+    def append(n: int) -> None:  # the application writing its log while the agent runs
+        nonlocal written
+        with open(log, "ab") as f:
+            f.write(b"".join(b"line %06d\n" % i for i in range(written, written + n)))
+        written += n
+
+    append(5_000)
+    state = tmp_path / "state"
     first = _agent(broker, topic_name, log, state)
     assert first.stdout is not None
-    for line in first.stdout:  # its progress lines: kill it once it has sent some
-        if _sent(line) > 0:
-            break
+    for line in first.stdout:  # a progress line every 0.05 s; lines keep coming meanwhile
+        append(2_000)
+        if _sent(line) > 0 and written >= LINES // 2:
+            break  # it has sent some, more is being read and sent: kill it now
     first.send_signal(signal.SIGKILL)
     first.wait()
+    append(LINES - written)
 
     second = _agent(broker, topic_name, log, state)
     try:
