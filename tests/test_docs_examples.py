@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import doctest
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,11 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
         for example in document:
             example.evaluate()
     finally:
+        # a page that failed half-way may leave a flow it started running
+        for value in list(document.namespace.values()):
+            if isinstance(value, subprocess.Popen) and value.poll() is None:
+                value.kill()
+                value.wait()
         # modules the page saved and imported belong to its folder only
         for name in set(sys.modules) - before:
             module = sys.modules[name]
