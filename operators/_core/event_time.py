@@ -208,10 +208,11 @@ class KeyedEventTime:
             return np.array(ids, dtype=np.int64)[inverse]
         get = self.kid_of.get
         found = list(map(get, keys))
-        if None in found:  # new keys get ids in order of first arrival
+        try:  # a None (a new key) raises: cheaper than looking for one (~2x on 100 keys)
+            return np.fromiter(found, np.int64, len(found))
+        except TypeError:  # new keys get ids in order of first arrival
             self._new_kids(list(dict.fromkeys([k for k, v in zip(keys, found) if v is None])))
-            found = list(map(get, keys))
-        return np.array(found, dtype=np.int64)
+            return np.fromiter(map(get, keys), np.int64, len(found))
 
     def _new_kids(self, new: list[Any]) -> None:
         """Give each of ``new`` (distinct keys without an id) an id: freed ids first, last freed

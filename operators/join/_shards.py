@@ -59,8 +59,6 @@ __all__ = [
     "micros",
     "pick",
     "read_groups",
-    "read_times",
-    "row_times",
     "side_times",
     "split_outputs",
     "tag_frames",
@@ -356,67 +354,6 @@ class Chunked(StatefulBatchLogic[list, Any, Any]):
         return self.inner.snapshot()
 
 
-def row_times(
-    step_id: str,
-    batch: Sequence[tuple[int, str, Any]],
-    getters: tuple[Callable[[Any], datetime], ...],
-    errs: list[Rejected],
-) -> tuple[list[tuple[int, str, Any]], np.ndarray]:
-    """The ``(side, key, item)`` rows whose time could be read, and their times (int64 µs).
-
-    A getter that raises, returns something that is not an aware datetime,
-    or a time beyond ±146,000 years rejects just that item (into ``errs``,
-    as ``(key, item)``); the rest of the batch keeps the fast path.
-    """
-    epoch, us = _EPOCH, _US
-    try:
-        if getters[0] is getters[-1]:  # one getter: no per-item indexing
-            get = getters[0]
-            ts = [(get(v) - epoch) // us for _, _, v in batch]
-        else:
-            ts = [(getters[s](v) - epoch) // us for s, _, v in batch]
-        out = np.array(ts, dtype=np.int64)
-        if not len(out) or (out.min() >= MIN_TS and out.max() <= MAX_TS):
-            return list(batch), out
-    except Exception:  # noqa: BLE001 - some item is bad; find it item by item
-        pass
-    rows, times = [], []
-    for s, k, v in batch:
-        try:
-            t = (getters[s](v) - epoch) // us
-            if not MIN_TS <= t <= MAX_TS:
-                raise ValueError(f"timestamp {getters[s](v)} is out of range")
-        except Exception as exc:  # noqa: BLE001 - bad data goes to errs, never raises
-            errs.append(reject(step_id, exc, (k, v)))
-            continue
-        rows.append((s, k, v))
-        times.append(t)
-    return rows, np.array(times, dtype=np.int64)
-
-
-def read_times(
-    step_id: str,
-    batch: Sequence[tuple[int, str, Any]],
-    getters: tuple[Callable[[Any], datetime], ...],
-    errs: list[Rejected],
-) -> tuple[list[tuple[int, str, Any]], np.ndarray]:
-    """:func:`row_times`, with an unreadable time rejected as ``BadTimestamp`` (the reason
-    names what the getter raised), as the frame paths and the other families do.
-
-    Examples:
-        >>> errs = []
-        >>> rows, ts = read_times("s", [(0, "a", {"ts": None})], (lambda e: e["ts"],), errs)
-        >>> rows, [(r.error_type, r.original) for r in errs]
-        ([], [('BadTimestamp', ('a', {'ts': None}))])
-    """
-    bad: list[Rejected] = []
-    rows, ts = row_times(step_id, batch, getters, bad)
-    for r in bad:
-        why = f"cannot read the event time ({r.error_type}: {r.reason})"
-        errs.append(Rejected(r.step_id, "BadTimestamp", why, r.original))
-    return rows, ts
-
-
 def read_groups(
     step_id: str,
     values: Sequence[tuple[int, list[tuple[str, Any]]]],
@@ -426,8 +363,9 @@ def read_groups(
     """The ``(key, item)`` pairs of a call's grouped chunks (``tag_sides(grouped=True)``)
     whose time could be read, their times (µs) and sides, in arrival order.
 
-    One getter per chunk, no tuple made per row; an unreadable time is a
-    ``BadTimestamp`` (see :func:`read_times`).
+    One getter per chunk, no tuple made per row; an unreadable time (see
+    :func:`side_times`) is a ``BadTimestamp`` whose reason names what the
+    getter raised, as the frame paths and the other families say it.
 
     Examples:
         >>> from datetime import datetime, timezone
@@ -466,8 +404,10 @@ def side_times(
 ) -> tuple[list[tuple[str, Any]], np.ndarray]:
     """The ``(key, item)`` pairs of one side whose time could be read, and their times (µs).
 
-    The same rule as :func:`row_times`, for a chunk of :func:`tag_sides`
-    with ``grouped=True``.
+    For a chunk of :func:`tag_sides` with ``grouped=True``. A getter that
+    raises, returns something that is not an aware datetime, or a time
+    beyond ±146,000 years rejects just that item (into ``errs``, as
+    ``(key, item)``); the rest of the chunk keeps the fast path.
     """
     epoch, us = _EPOCH, _US
     try:
@@ -657,11 +597,6 @@ NEVER = -(2**62)
 """A timestamp before every real one."""
 
 
-def never(side: int, value: Any) -> bool:
-    """A ``skip`` for :func:`timestamps` that skips nothing."""
-    return False
-
-
 def late_records(
     step_id: str, adm: Admission, ts: np.ndarray, original: Callable[[int], Any]
 ) -> list[Rejected]:
@@ -691,34 +626,3 @@ def late_records(
         )
         for i, b, unknown in zip(adm.late.tolist(), behind, adm.late_unknown.tolist())
     ]
-
-
-def late_record(step_id: str, t: int, watermark: int, original: Any) -> Rejected:
-    """The ``Late`` rejection of an item ``watermark - t`` microseconds too old."""
-    behind = (watermark - t) / 1e6
-    return Rejected(step_id, "Late", f"{behind:g} s older than the watermark", original)
-
-
-def timestamps(
-    step_id: str,
-    batch: list[tuple[int, str, Any]],
-    getters: tuple[Callable[[Any], datetime], ...],
-    skip: Callable[[int, Any], bool],
-    errs: list[Rejected],
-) -> list[tuple[int, str, Any, int]]:
-    """Add integer-microsecond timestamps to a batch of ``(side, key, value)``.
-
-    Items for which ``skip(side, value)`` is true get timestamp 0 without
-    calling a getter. A getter that raises or returns something that is
-    not an aware datetime rejects just that item (into ``errs``).
-    """
-    if skip is never:
-        rows, ts = row_times(step_id, batch, getters, errs)
-        return [(s, k, v, t) for (s, k, v), t in zip(rows, ts.tolist())]
-    out = []
-    for s, k, v in batch:
-        try:
-            out.append((s, k, v, 0 if skip(s, v) else (getters[s](v) - _EPOCH) // _US))
-        except Exception as exc:  # noqa: BLE001 - bad data goes to errs, never raises
-            errs.append(reject(step_id, exc, (k, v)))
-    return out

@@ -1,14 +1,14 @@
-"""The joins' batched timestamps: the one-getter fast path against the general path."""
+"""The joins' batched timestamps (the fast path against reading item by item) and routing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 from streamml.operators.join import TableReady
-from streamml.operators.join._shards import LEFT, RIGHT, never, timestamps
+from streamml.operators.join._shards import LEFT, RIGHT, read_groups
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -38,24 +38,26 @@ _VALUES = st.one_of(
 
 
 @given(st.lists(st.tuples(st.sampled_from([LEFT, RIGHT]), st.text(max_size=3), _VALUES)))
-def test_one_getter_fast_path_matches_the_general_path(batch) -> None:
-    fast_errs: list = []
-    general_errs: list = []
-    fast = timestamps("j", batch, (ts, ts), never, fast_errs)
-    general = timestamps("j", batch, (ts, ts_again), never, general_errs)
-    assert fast == general
-    assert [(r.step_id, r.error_type, r.reason, r.original) for r in fast_errs] == [
-        (r.step_id, r.error_type, r.reason, r.original) for r in general_errs
-    ]
+def test_grouped_times_match_reading_item_by_item(batch) -> None:
+    """read_groups (one getter per chunk, a batched fast path) gives what reading each item
+    alone gives: the readable pairs in arrival order with their times and sides, and one
+    BadTimestamp per other item."""
+    chunks: list = []
+    for side, key, value in batch:  # runs of one side, as tag_sides(grouped=True) sends them
+        if chunks and chunks[-1][0] == side:
+            chunks[-1][1].append((key, value))
+        else:
+            chunks.append((side, [(key, value)]))
+    errs: list = []
+    pairs, times, sides = read_groups("j", chunks, (ts, ts_again), errs)
     good = [(s, k, v) for s, k, v in batch if isinstance(v.get("ts"), datetime) and v["ts"].tzinfo]
-    assert fast == [(s, k, v, micros(v["ts"])) for s, k, v in good]
-
-
-def test_skipped_items_get_zero_without_a_getter_call() -> None:
-    one = {"ts": EPOCH + timedelta(seconds=1)}
-    batch = [(LEFT, "a", one), (RIGHT, "b", one)]
-    got = timestamps("j", batch, (ts, ts), lambda side, v: side == RIGHT, [])
-    assert [t for *_, t in got] == [1_000_000, 0]
+    assert pairs == [(k, v) for _, k, v in good]
+    assert times.tolist() == [micros(v["ts"]) for _, _, v in good]
+    assert sides.tolist() == [s for s, _, _ in good]
+    bad = [(k, v) for s, k, v in batch if (s, k, v) not in good]
+    assert [(r.step_id, r.error_type, r.original) for r in errs] == [
+        ("j", "BadTimestamp", o) for o in bad
+    ]
 
 
 def _reference_tags(left, right, shards):
