@@ -260,6 +260,9 @@ def _hive(column: str, value: Any) -> str:
 
 _HOUR_MS = 3_600_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MIN_HOUR = -(_EPOCH - datetime(1, 1, 1, tzinfo=timezone.utc)) // timedelta(hours=1)
+_MAX_HOUR = (datetime(9999, 12, 31, 23, tzinfo=timezone.utc) - _EPOCH) // timedelta(hours=1)
+"""The hours since the epoch that a directory name can show (Python's datetime range)."""
 
 
 def _pieces(
@@ -284,25 +287,29 @@ def _pieces(
     if isinstance(dtype, pl.Datetime):
         hour = pl.col(time).dt.epoch("ms") // _HOUR_MS  # the UTC hour, whatever the zone
     elif dtype.is_integer():
-        hour = pl.col(time).cast(pl.Int64) // _HOUR_MS
+        hour = pl.col(time).cast(pl.Int64, strict=False) // _HOUR_MS  # past Int64: null
     else:
         why = f"event time {time!r} must be a datetime or integer epoch milliseconds; got {dtype}"
         return [], reject_all("BadTime", why, frame)
     bad: list[Rejected] = []
+    hours = frame.select(hour.alias(_HOUR_COLUMN)).to_series()
     missing = frame.get_column(time).is_null()
-    if missing.any():
+    unplaced = ~hours.is_between(_MIN_HOUR, _MAX_HOUR).fill_null(False)
+    if unplaced.any():
         bad = reject_all("MissingField", no_time, frame.filter(missing))
-        frame = frame.filter(~missing)
+        why = f"event time {time!r} is outside the years 1-9999"
+        bad += reject_all("BadTime", why, frame.filter(unplaced & ~missing))
+        frame, hours = frame.filter(~unplaced), hours.filter(~unplaced)
         if not frame.height:
             return [], bad
     by = [_HOUR_COLUMN] if key is None else [_HOUR_COLUMN, key]
-    groups = frame.with_columns(hour.alias(_HOUR_COLUMN)).partition_by(
+    groups = frame.with_columns(hours).partition_by(
         by, as_dict=True, include_key=False, maintain_order=True
     )
     out = []
     for values, piece in groups.items():
         start = _EPOCH + timedelta(hours=values[0])
-        rel_dir = f"date={start:%Y-%m-%d}/hour={start:%H}"
+        rel_dir = f"date={start.year:04d}-{start:%m-%d}/hour={start:%H}"  # %Y: no zeros on glibc
         out.append((rel_dir if key is None else f"{rel_dir}/{_hive(key, values[1])}", piece))
     return out, bad
 

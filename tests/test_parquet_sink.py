@@ -87,11 +87,15 @@ def test_epoch_milliseconds_and_other_time_zones_give_the_utc_hour(tmp_path: Pat
         pl.DataFrame({"ts": [T0_MS + 3_600_000], "v": [1]}),
         pl.DataFrame({"ts": [datetime(2026, 1, 1, 3, 30, tzinfo=paris)], "v": [2]}),
         pl.DataFrame({"ts": ["2026-01-01"], "v": [3]}),  # text is no time
+        pl.DataFrame({"ts": [2**62, T0_MS], "v": [4, 5]}),  # year 146 million; 2026
     ]
     errs = run(frames, tmp_path, batch=1)
-    assert [(e.error_type, e.original) for e in errs] == [("BadTime", {"ts": "2026-01-01", "v": 3})]
+    assert [(e.error_type, e.original) for e in errs] == [
+        ("BadTime", {"ts": "2026-01-01", "v": 3}),
+        ("BadTime", {"ts": 2**62, "v": 4}),
+    ]
     hours = {p.parent.name: pl.read_parquet(p)["v"].to_list() for p in tmp_path.rglob("*.parquet")}
-    assert hours == {"hour=01": [1], "hour=02": [2]}
+    assert hours == {"hour=01": [1], "hour=02": [2], "hour=00": [5]}
 
 
 def test_roll_by_size_splits_files_and_keeps_every_row_once(tmp_path: Path) -> None:
@@ -185,7 +189,9 @@ def test_resume_commits_the_files_its_snapshot_staged(tmp_path: Path) -> None:
 rows_strategy = st.lists(
     st.fixed_dictionaries(
         {
-            "ts": st.one_of(st.none(), st.integers(0, 4 * 24 * 3_600_000)),
+            "ts": st.one_of(
+                st.none(), st.integers(0, 4 * 24 * 3_600_000), st.integers(-(2**63), 2**64 - 1)
+            ),
             "key": st.one_of(st.none(), st.text(max_size=6)),
             "x": st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-(2**70), 2**70)),
         }
