@@ -3,8 +3,9 @@
 :class:`Model` is the interface the inference operator
 (:func:`streamml.operators.infer.infer`) calls: named NumPy batches in, named
 NumPy arrays out, plus the model's declared inputs and a ``version`` label.
-:class:`OnnxModel`, :class:`CallableModel` and :class:`RemoteModel` (a model
-served over HTTP, :mod:`streamml.models.remote`) implement it; a user's own
+:class:`OnnxModel`, :class:`CallableModel`, :class:`TfliteModel` (LiteRT, the
+``tflite`` extra) and :class:`RemoteModel` (a model served over HTTP,
+:mod:`streamml.models.remote`) implement it; a user's own
 runtime only needs the same four members.
 """
 
@@ -12,6 +13,7 @@ from streamml.models.callable import CallableModel
 from streamml.models.onnx import OnnxModel, default_providers
 from streamml.models.protocol import Model, ModelInputError, TensorSpec, as_feeds
 from streamml.models.remote import RemoteModel
+from streamml.models.tflite import TfliteModel
 
 __all__ = [
     "CallableModel",
@@ -20,6 +22,7 @@ __all__ = [
     "OnnxModel",
     "RemoteModel",
     "TensorSpec",
+    "TfliteModel",
     "as_feeds",
     "default_providers",
 ]

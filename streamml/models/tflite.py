@@ -1,0 +1,220 @@
+"""TensorFlow Lite models run by LiteRT, behind the :class:`~streamml.models.Model` protocol.
+
+LiteRT (``ai-edge-litert``) is Google's runtime for ``.tflite`` files, the
+successor of ``tflite-runtime``: one wheel, no TensorFlow. It is the runtime
+for models made for phones and devices, so the same file can score at the edge
+(``streamml ingest``) and in the stream. Install it with
+``pip install 'streamml[tflite]'``; :mod:`streamml.models` imports without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamml.models.protocol import TensorSpec, as_feeds
+
+__all__ = ["TfliteModel"]
+
+logger = logging.getLogger(__name__)
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:
+        raise ImportError(
+            "TfliteModel needs LiteRT: pip install 'streamml[tflite]' (the ai-edge-litert wheel)"
+        ) from exc
+    return Interpreter
+
+
+class TfliteModel:
+    """A TensorFlow Lite model (``.tflite``) run by the LiteRT interpreter.
+
+    Use it for a model converted for devices — by the TensorFlow Lite / LiteRT
+    converter, ``litert-torch`` or ``onnx2tf`` — to score batches in the stream
+    with the same file that runs at the edge. A ``.tflite`` file fixes its
+    tensor shapes, usually with a batch of 1; the model resizes its inputs'
+    first dimension to each batch (reallocating only when the batch size
+    changes), so ``infer`` calls it once per batch, like an ONNX model. Inputs
+    are the model's input tensors by name, outputs its output tensors by name;
+    both can be renamed.
+
+    Args:
+        source: A path to a ``.tflite`` file or the model's bytes.
+        version: The label attached to predictions; defaults to the file stem
+            (when loaded from a path) plus the first 8 hex digits of the
+            SHA-256 of the bytes, e.g. ``"detector@1a2b3c4d"``.
+        num_threads: Threads the interpreter uses (``None``: LiteRT's default).
+            Use 1 when several Bytewax workers share a machine.
+        input_names: Names you want to use for inputs, mapped to the model's
+            input tensor names (``{"features": "serving_default_x:0"}``).
+        output_names: The model's output tensor names mapped to the names
+            :meth:`predict` returns (``{"StatefulPartitionedCall:0": "score"}``);
+            outputs not listed keep their own names.
+        warmup: Run one zero batch at load time.
+
+    Raises:
+        ImportError: LiteRT is not installed (``pip install 'streamml[tflite]'``).
+        ValueError: the bytes are not a loadable model, a name mapping refers
+            to a name the model does not have, or the warm-up run fails.
+
+    Examples:
+        >>> TfliteModel(b"not a flatbuffer")
+        Traceback (most recent call last):
+        ...
+        ValueError: cannot load TF Lite model '...': ...
+
+        A real model, scored in batches, is in ``docs/models.md``.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        version: str | None = None,
+        num_threads: int | None = None,
+        input_names: Mapping[str, str] | None = None,
+        output_names: Mapping[str, str] | None = None,
+        warmup: bool = True,
+    ) -> None:
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
+        if isinstance(source, bytes):
+            data, stem = source, None
+        else:
+            try:
+                data, stem = Path(source).read_bytes(), Path(source).stem
+            except OSError as exc:
+                raise ValueError(f"cannot read TF Lite model {str(source)!r}: {exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()[:8]
+        self._version = version if version is not None else (f"{stem}@{digest}" if stem else digest)
+        self._config = {
+            "num_threads": num_threads,
+            "input_names": dict(input_names or {}),
+            "output_names": dict(output_names or {}),
+            "warmup": warmup,
+        }
+        self._bytes = data
+        self._load()
+
+    def _load(self) -> None:
+        cfg = self._config
+        # One interpreter runs one call at a time; infer's shards may share this model.
+        self._lock = threading.Lock()
+        interpreter_class = _interpreter_class()
+        try:
+            self._interpreter = interpreter_class(
+                model_content=self._bytes, num_threads=cfg["num_threads"]
+            )
+            self._interpreter.allocate_tensors()
+        except Exception as exc:  # LiteRT raises ValueError and RuntimeError
+            raise ValueError(f"cannot load TF Lite model {self._version!r}: {exc}") from exc
+        declared = {d["name"]: d for d in self._interpreter.get_input_details()}
+        to_model = cfg["input_names"]
+        unknown = [m for m in to_model.values() if m not in declared]
+        if unknown:
+            raise ValueError(
+                f"input_names maps to {unknown}, which the model does not have; "
+                f"its inputs are {list(declared)}"
+            )
+        from_model = {m: ours for ours, m in to_model.items()}
+        self._input_index: dict[str, int] = {}
+        specs = {}
+        for name, detail in declared.items():
+            ours = from_model.get(name, name)
+            self._input_index[ours] = detail["index"]
+            signature = detail.get("shape_signature")
+            if signature is None or len(signature) == 0:
+                signature = detail["shape"]
+            row = tuple(int(d) if d > 0 else None for d in signature[1:])
+            specs[ours] = TensorSpec(np.dtype(detail["dtype"]), row)
+        self._inputs = specs
+        out_details = self._interpreter.get_output_details()
+        out_names = [d["name"] for d in out_details]
+        unknown = [m for m in cfg["output_names"] if m not in out_names]
+        if unknown:
+            raise ValueError(
+                f"output_names refers to {unknown}, which the model does not output; "
+                f"its outputs are {out_names}"
+            )
+        self._output_index = [d["index"] for d in out_details]
+        self._outputs = tuple(cfg["output_names"].get(n, n) for n in out_names)
+        self._shapes = {
+            name: tuple(int(d) for d in detail["shape"])
+            for name, detail in zip(specs, declared.values(), strict=True)
+        }
+        if cfg["warmup"]:
+            zeros = {
+                name: np.zeros((1, *(d or 1 for d in spec.shape or ())), dtype=spec.dtype)
+                for name, spec in specs.items()
+            }
+            try:
+                self.predict(zeros)
+            except Exception as exc:
+                raise ValueError(f"warm-up run of model {self._version!r} failed: {exc}") from exc
+        logger.info("loaded TF Lite model %s", self._version)
+
+    @property
+    def version(self) -> str:
+        """The label attached to this model's predictions."""
+        return self._version
+
+    @property
+    def inputs(self) -> dict[str, TensorSpec]:
+        """Input specs by (mapped) name."""
+        return dict(self._inputs)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Output names, after ``output_names`` mapping."""
+        return self._outputs
+
+    def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
+        """Run one batch; returns every output by name.
+
+        Raises :class:`~streamml.models.ModelInputError` when the batch does not
+        match the declared inputs.
+        """
+        feeds = as_feeds(self._inputs, inputs)
+        with self._lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        interp = self._interpreter
+        resized = False
+        for name, arr in feeds.items():
+            if arr.shape != self._shapes[name]:
+                interp.resize_tensor_input(self._input_index[name], list(arr.shape))
+                self._shapes[name] = arr.shape
+                resized = True
+        if resized:
+            interp.allocate_tensors()
+        for name, arr in feeds.items():
+            interp.set_tensor(self._input_index[name], np.ascontiguousarray(arr))
+        interp.invoke()
+        return {
+            name: interp.get_tensor(index)
+            for name, index in zip(self._outputs, self._output_index, strict=True)
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"bytes": self._bytes, "version": self._version, "config": self._config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._bytes, self._version, self._config = state["bytes"], state["version"], state["config"]
+        self._load()
+
+    def __repr__(self) -> str:
+        return (
+            f"TfliteModel(version={self._version!r}, inputs={self._inputs}, "
+            f"outputs={self._outputs})"
+        )
