@@ -281,6 +281,10 @@ def _pieces(
     no_time = f"no event time: field {time!r} is missing or null"
     if time not in frame.columns or frame.schema[time] == pl.Null:
         return [], reject_all("MissingField", no_time, frame)
+    objects = [name for name, dtype in frame.schema.items() if dtype == pl.Object]
+    if objects:
+        why = f"fields {objects} hold Python objects that Parquet cannot store"
+        return [], reject_all("BadItem", why, frame)
     if key is not None and key not in frame.columns:
         return [], reject_all("MissingField", f"no partition_by field {key!r}", frame)
     dtype = frame.schema[time]
@@ -312,6 +316,42 @@ def _pieces(
         rel_dir = f"date={start.year:04d}-{start:%m-%d}/hour={start:%H}"  # %Y: no zeros on glibc
         out.append((rel_dir if key is None else f"{rel_dir}/{_hive(key, values[1])}", piece))
     return out, bad
+
+
+def _rows_frame(
+    step_id: str, time: str, rows: list[Any]
+) -> tuple[pl.DataFrame | None, list[Rejected]]:
+    """A batch of rows as one frame (:func:`~streamml.frames.from_rows`), and the rows left out.
+
+    Each row that cannot be written is rejected by itself, with the row as
+    given: no event time, a value that fits no common column, or a value
+    Parquet has no type for (a set, an arbitrary object).
+    """
+    no_time = f"no event time: field {time!r} is missing or null"
+    bad: list[Rejected] = []
+    timed = []
+    for row in rows:
+        if isinstance(row, Mapping) and row.get(time) is None:
+            bad.append(Rejected(step_id, "MissingField", no_time, row))
+        else:
+            timed.append(row)
+    frame, misfits = from_rows(timed, step_id)
+    bad += misfits
+    objects = [] if frame is None else [n for n, t in frame.schema.items() if t == pl.Object]
+    if objects:
+        why = f"fields {objects} hold Python objects that Parquet cannot store"
+        left_out = {id(r.original) for r in misfits}
+        kept = []
+        for row in timed:
+            if id(row) in left_out:
+                continue
+            if any(row.get(name) is not None for name in objects):
+                bad.append(Rejected(step_id, "BadItem", why, row))
+            else:
+                kept.append(row)
+        frame, more = from_rows(kept, step_id)
+        bad += more
+    return frame, bad
 
 
 @operator
@@ -395,20 +435,13 @@ def parquet_sink(
         storage_options=options,
     )
     rejecting = f"{step_id}.route"
-    no_time = f"no event time: field {time!r} is missing or null"
 
     def route(items: list[Any]) -> list[Any]:
         out: list[Any] = []
         rows = [item for item in items if type(item) is not pl.DataFrame]
         frames = [item for item in items if type(item) is pl.DataFrame]
         if rows:
-            timed = []
-            for row in rows:
-                if isinstance(row, Mapping) and row.get(time) is None:
-                    out.append(Rejected(rejecting, "MissingField", no_time, row))
-                else:
-                    timed.append(row)
-            frame, bad = from_rows(timed, rejecting)
+            frame, bad = _rows_frame(rejecting, time, rows)
             out += bad
             if frame is not None:
                 frames.append(frame)

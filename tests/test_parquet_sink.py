@@ -60,12 +60,16 @@ def test_rows_and_frames_land_in_hive_directories_and_bad_rows_are_rejected(tmp_
         "not a row",
         {"sensor": "x", "ts": T0, "p_hot": "hot"},  # a string among numbers
     ]
-    errs = run([frame, *rows], tmp_path, partition_by="sensor")
+    objects = [
+        {"sensor": "y", "ts": T0, "p_hot": 0.6, "tags": {"a", "b"}}
+    ]  # a set: no Parquet type
+    errs = run([frame, *rows, *objects], tmp_path, partition_by="sensor")
     assert sorted((e.error_type, str(e.original)) for e in errs) == sorted(
         [
             ("MissingField", str(rows[1])),
             ("BadItem", str(rows[2])),
             ("BadItem", str(rows[3])),
+            ("BadItem", str(objects[0])),
         ]
     )
     dirs = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
