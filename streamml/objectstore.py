@@ -69,6 +69,8 @@ STAGING = "_staging"
 """The folder under the root where files wait to be committed (readers skip ``_`` folders)."""
 
 _HOUR_COLUMN = "__streamml_hour"
+_COMPRESSIONS = {"zstd", "snappy", "lz4", "gzip", "brotli", "uncompressed"}
+"""What polars' Parquet writer takes."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class _ParquetPartition(StatefulSinkPartition[tuple[str, pl.DataFrame], Committe
         self._buffers: dict[str, _Buffer] = {}
         self._made: set[str] = set()
         self._staged: list[tuple[int, str]] = []
-        """Staged since the last snapshot: committed at the snapshot after the next."""
+        """Staged since the last snapshot: the next one lists them, the one after commits them."""
         self._pending: list[tuple[int, str]] = []
         """Listed by the last snapshot: committed at the next one."""
         self._seq_of = re.compile(
@@ -415,6 +417,8 @@ def parquet_sink(
         raise ValueError(f"roll_bytes must be > 0; got {roll_bytes}")
     if roll_interval is not None and roll_interval <= timedelta(0):
         raise ValueError(f"roll_interval must be > 0 or None; got {roll_interval}")
+    if compression not in _COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(_COMPRESSIONS)}; got {compression!r}")
     if parts < 1:
         raise ValueError(f"parts must be >= 1; got {parts}")
     if not re.fullmatch(r"[A-Za-z0-9_.]+", name) or name.startswith((".", "_")):

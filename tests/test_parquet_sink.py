@@ -120,6 +120,7 @@ def test_bad_settings_fail_at_build(tmp_path: Path) -> None:
         ({"time": "ts", "roll_bytes": 0}, "roll_bytes must be > 0"),
         ({"time": "ts", "roll_interval": timedelta(0)}, "roll_interval must be > 0"),
         ({"time": "ts", "parts": 0}, "parts must be >= 1"),
+        ({"time": "ts", "compression": "zip"}, "compression must be one of"),
         ({"time": "ts", "name": "_x"}, "name must be"),
     ]:
         with pytest.raises(ValueError, match=message):
