@@ -17,6 +17,7 @@ from streamml.operators.anomaly import _engine, _legacy
 from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore, score_runs
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["ScoreOut", "score"]
 
@@ -122,6 +123,7 @@ def _span(scorer: Scorer) -> timedelta:
 
 
 @operator
+@instrumented
 def score(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],

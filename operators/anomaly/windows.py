@@ -20,6 +20,7 @@ from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScor
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold, Threshold
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["AnomalyWindowsOut", "anomaly_windows"]
 
@@ -432,6 +433,7 @@ def _span(scorer: Scorer | None, threshold: Threshold, gap: timedelta) -> timede
 
 
 @operator
+@instrumented
 def anomaly_windows(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],

@@ -18,6 +18,7 @@ from streamml.operators.featurize._frame_rows import dispatch
 from streamml.operators.featurize.outputs import FeaturesOut
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["Feature", "FeatureSchema", "assemble"]
 
@@ -225,6 +226,7 @@ def _assemble(
 
 
 @operator
+@instrumented
 def assemble(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],

@@ -28,6 +28,7 @@ from streamml.operators.featurize._transform import attach, split_out, with_colu
 from streamml.operators.featurize.outputs import FeaturesOut
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = [
     "one_hot",
@@ -69,6 +70,7 @@ def _category_positions(col: pl.Series, cats: list[Any], unknown: int) -> np.nda
 
 
 @operator
+@instrumented
 def one_hot(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],

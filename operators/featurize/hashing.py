@@ -31,6 +31,7 @@ from streamml.operators.featurize._transform import split_out
 from streamml.operators.featurize.outputs import FeaturesOut
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = [
     "hash_features",
@@ -70,6 +71,7 @@ def _field_tokens(columns: Sequence[pl.Series], fields: Sequence[str]) -> pl.Ser
 
 
 @operator
+@instrumented
 def hash_features(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
@@ -230,6 +232,7 @@ class _Grams:
 
 
 @operator
+@instrumented
 def hash_text(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],

@@ -45,6 +45,7 @@ from streamml.operators.featurize._transform import attach, split_out, with_colu
 from streamml.operators.featurize.outputs import FeaturesOut
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = [
     "ScalerParams",
@@ -105,6 +106,7 @@ class ScalerParams:
 
 
 @operator
+@instrumented
 def standard_scale(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
@@ -316,6 +318,7 @@ class _OnlineScaleLogic(StatefulBatchLogic):
 
 
 @operator
+@instrumented
 def online_scale(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],

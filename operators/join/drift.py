@@ -15,6 +15,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from streamml.errors import Rejected, reject
+from streamml.metrics import instrumented
 
 __all__ = ["DriftOut", "drift", "psi"]
 
@@ -168,6 +169,7 @@ def _merge(a: list[float], b: list[float]) -> list[float]:
 
 
 @operator
+@instrumented
 def drift(
     step_id: str,
     up: KeyedStream[Any],

@@ -58,6 +58,7 @@ from streamml.operators.join._shards import (
 from streamml.operators.join.table import TableReady
 
 from streamml.errors import Rejected, reject
+from streamml.metrics import instrumented
 
 __all__ = ["EnrichOut", "enrich", "merge_fields"]
 
@@ -403,6 +404,7 @@ class _FrameLogic(_Logic):
 
 
 @operator
+@instrumented
 def enrich(
     step_id: str,
     up: KeyedStream[Any] | Stream[pl.DataFrame],

@@ -48,6 +48,7 @@ from streamml.operators.join._shards import (
 )
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["IntervalCore", "JoinOut", "interval_join"]
 
@@ -376,6 +377,7 @@ def _default_ttl(lower: timedelta, upper: timedelta, lateness: timedelta) -> tim
 
 
 @operator
+@instrumented
 def interval_join(
     step_id: str,
     left: KeyedStream[Any] | Stream[pl.DataFrame],

@@ -40,6 +40,7 @@ from streamml.operators.join._shards import (
 from streamml.operators.join.metrics import Average, ClassificationStats, RegressionStats
 
 from streamml.errors import Rejected, reject
+from streamml.metrics import instrumented
 
 __all__ = ["LabelJoinOut", "label_join"]
 
@@ -604,6 +605,7 @@ def _metrics_from_legacy(state: _MetricsState) -> dict[str, Any]:
 
 
 @operator
+@instrumented
 def label_join(
     step_id: str,
     predictions: KeyedStream[Any],

@@ -37,6 +37,7 @@ from streamml._kafka_partitions import (
 )
 from streamml.errors import Rejected
 from streamml.kafka import SOURCE_DEFAULTS
+from streamml.metrics import instrumented
 from streamml.serde.base import Deserializer, SerdeError, StringSerde, check_serde
 
 __all__ = ["Table", "TableReady", "kafka_table"]
@@ -199,6 +200,7 @@ def _errs(pairs: list[tuple[list[Any], list[Rejected]]]) -> list[Rejected]:
 
 
 @operator
+@instrumented
 def kafka_table(
     step_id: str,
     flow: Dataflow,
