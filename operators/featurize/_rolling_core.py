@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from streamml.operators._core.event_time import Held, KeyedEventTime, Released
 from streamml.operators.featurize import _kernels as kern
+from streamml.operators.featurize._frequency import frequency, is_frequency
 
 __all__ = ["Config", "Rolling", "WindowRows"]
 
@@ -53,12 +54,16 @@ class Config:
     keep_last: int = field(init=False)  # rows a count window needs before each new row
     needed: set[str] = field(init=False)
     gathered: bool = field(init=False)
+    frequencies: set[str] = field(init=False)  # distinct counts, top-k, bins (._frequency)
 
     def __post_init__(self) -> None:
         self.window = max(self.windows, default=0)
         self.keep_last = max(self.counts, default=1) - 1
         self.needed = {a for _, a in self.plan}
-        self.gathered = any(a == "ewma" or a.startswith("p") for a in self.needed)
+        self.frequencies = {a for a in self.needed if is_frequency(a)}
+        self.gathered = bool(self.frequencies) or any(
+            a == "ewma" or a.startswith("p") for a in self.needed
+        )
 
 
 class WindowRows:
@@ -167,7 +172,7 @@ class WindowRows:
         out = []
         for i, (start, span) in enumerate(zip(starts, spans)):
             count = (end - start + 1).astype(np.float64)
-            columns: dict[str, np.ndarray] = {"count": count, "last": last}
+            columns: dict[str, np.ndarray] = {"count": count, "last": last, "first": m_x[start]}
             if moments:
                 var, total = moments[i]
                 columns.update(sum=total, mean=total / count[:, None])
@@ -194,10 +199,11 @@ class WindowRows:
     def _gathered(
         self, m_ts: np.ndarray, m_x: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """ewma and quantiles, from the gathered rows of each window (in bounded chunks)."""
+        """ewma, quantiles and the :mod:`._frequency` aggregates, from the gathered rows of
+        each window (in bounded chunks)."""
         cfg = self.cfg
         quantiles = sorted({a for _, a in cfg.plan if a.startswith("p")})
-        names = (["ewma"] if cfg.half_life > 0 else []) + quantiles
+        names = (["ewma"] if cfg.half_life > 0 else []) + quantiles + sorted(cfg.frequencies)
         cols = {name: np.empty((len(start), m_x.shape[1])) for name in names}
         for part in kern.chunks(start, end, m_x.shape[1]):
             s, e = start[part], end[part]
@@ -213,6 +219,10 @@ class WindowRows:
                 q = float(agg[1:]) / 100.0
                 for f in range(x.shape[1]):
                     cols[agg][part, f] = kern.segment_quantile(x[:, f], offsets, lengths, q)
+            if cfg.frequencies:
+                for f in range(x.shape[1]):
+                    for agg, col in frequency(x[:, f], lengths, cfg.frequencies).items():
+                        cols[agg][part, f] = col
         return cols
 
     def _recent(

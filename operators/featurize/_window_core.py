@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 from streamml.operators._core.event_time import KeyedEventTime
+from streamml.operators.featurize._frequency import frequency, is_frequency
 
 __all__ = ["Closed", "Fixed", "Sessions", "Spec", "Windows", "aggregate"]
 
@@ -125,7 +126,8 @@ def aggregate(
     """Each feature of ``plan`` over groups of consecutive rows of ``x`` starting at ``starts``.
 
     Rows within a group are in event-time order (``first``, ``last``).
-    Variances are population variances; quantiles NumPy's linear method.
+    Variances are population variances; quantiles NumPy's linear method;
+    distinct counts, top-k and bins as in :mod:`._frequency`.
 
     Examples:
         >>> x = np.array([[1.0], [3.0], [2.0], [10.0]])
@@ -155,10 +157,20 @@ def aggregate(
             cache["sorted", f] = x[np.lexsort((x[:, f], group)), f]
         return cache["sorted", f]
 
+    wanted = {a for _, a in plan if is_frequency(a)}
+
+    def counted(f: int, agg: str) -> np.ndarray:
+        if ("freq", f) not in cache:
+            cache.update({(a, f): c for a, c in frequency(x[:, f], ends - starts, wanted).items()})
+            cache["freq", f] = count
+        return cache[agg, f]
+
     out = []
     for f, agg in plan:
         col = x[:, f]
-        if agg == "count":
+        if agg in wanted:
+            out.append(counted(f, agg))
+        elif agg == "count":
             out.append(count)
         elif agg == "sum":
             out.append(total(f))
