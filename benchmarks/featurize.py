@@ -28,6 +28,11 @@ the baseline a Bytewax user writes without streamml: Bytewax's own
 ``collect_window`` per key with the same event clock and NumPy aggregates
 per closed window (checked to give the same windows first).
 
+Aggregates: ``rolling`` on the same frames (one field rounded to whole
+degrees, last 10 and last 60 s) with each newer aggregate — exact and
+approximate distinct counts, top-1 with its count, first, a 4-bin histogram
+— next to today's ``mean`` and exact ``p50``, alternating in one process.
+
 Online scaling: ``online_scale``'s row path next to a per-key
 ``stateful_map`` with Welford's update per event in Python.
 
@@ -381,6 +386,71 @@ def frames_throughput(quick: bool) -> dict[str, Any]:
     }
 
 
+NEW_AGGREGATES = {
+    "mean (today's)": ["mean"],
+    "p50 (exact, today's)": ["p50"],
+    "distinct": ["distinct"],
+    "approx_distinct": ["approx_distinct"],
+    "top1 + top1_count": ["top1", "top1_count"],
+    "first": ["first"],
+    "histogram (4 bins)": ["bin14_18", "bin18_20", "bin20_22", "bin22_26"],
+}
+"""The aggregates :func:`aggregates_throughput` times, each in its own ``rolling`` step."""
+
+
+def _aggregate_runner(frames: list[pl.DataFrame], aggs: list[str], cpu_rates: list[float]) -> Any:
+    def run() -> int:
+        sink = FrameCountSink()
+        cpu = time.process_time()
+        flow = Dataflow("bench_featurize_aggregates")
+        up = op.input("in", flow, TestingSource(frames, batch_size=1))
+        feats = rolling(
+            "rolling",
+            up,
+            key="sensor",
+            timestamp="at",
+            last=10,
+            window=WINDOW,
+            fields=["temperature"],
+            aggregates=aggs,
+            shards=1,
+        )
+        op.output("out", feats.oks, sink)
+        run_main(flow)
+        cpu_rates.append(sink.count / (time.process_time() - cpu))
+        return sink.count
+
+    return run
+
+
+def aggregates_throughput(quick: bool) -> dict[str, Any]:
+    """``rolling`` on frames with each newer aggregate next to today's ``mean`` (and exact
+    ``p50``): the last 10 readings and the last 60 s of one field, rounded to whole degrees
+    (about 12 distinct values per window, so the frequency aggregates have repeats to count)."""
+    n = 100_000 if quick else 500_000
+    rounds = 3 if quick else 5
+    frames = [f.with_columns(pl.col("temperature").round(0)) for f in as_frames(make_events(n))]
+    cpu: dict[str, list[float]] = {}
+    contenders = {
+        name: _aggregate_runner(frames, aggs, cpu.setdefault(name, []))
+        for name, aggs in NEW_AGGREGATES.items()
+    }
+    print("featurize: aggregates on frames; timing ...", flush=True)
+    results = alternate(contenders, rounds=rounds, warmup=not quick)
+    title = (
+        f"rolling aggregates: {n:,} events, {N_KEYS:,} keys, last 10 and last 60 s of one field"
+        f" (frames of {FRAME_ROWS:,}), 1 worker, shards=1"
+    )
+    print(format_table(title + " (wall clock)", results, unit="events/s"), flush=True)
+    per_cpu = [Measurement(m.name, m.items, cpu[m.name][-rounds:]) for m in results]
+    print(format_table(title + " (per CPU-second)", per_cpu, unit="events/cpu-s"), flush=True)
+    return {
+        "events": n,
+        "results": [m.as_dict() for m in results],
+        "results_per_cpu_second": [m.as_dict() for m in per_cpu],
+    }
+
+
 WINDOW_LENGTH = timedelta(seconds=10)
 
 
@@ -629,6 +699,7 @@ def main(quick: bool = False) -> dict:
         "throughput": throughput(quick),
         "frames": frames_throughput(quick),
         "windows": windows_throughput(quick),
+        "aggregates": aggregates_throughput(quick),
         "memory": _memory_in_fresh_process(keys),
     }
 

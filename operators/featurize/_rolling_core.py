@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from streamml.operators._core.event_time import Held, KeyedEventTime, Released
 from streamml.operators.featurize import _kernels as kern
-from streamml.operators.featurize._frequency import frequency, is_frequency
+from streamml.operators.featurize._frequency import bin_edges, frequency, is_frequency
 
 __all__ = ["Config", "Rolling", "WindowRows"]
 
@@ -54,13 +54,16 @@ class Config:
     keep_last: int = field(init=False)  # rows a count window needs before each new row
     needed: set[str] = field(init=False)
     gathered: bool = field(init=False)
-    frequencies: set[str] = field(init=False)  # distinct counts, top-k, bins (._frequency)
+    frequencies: set[str] = field(init=False)  # distinct counts, top-k (._frequency)
+    bins: set[str] = field(init=False)  # histogram bins: counted by prefix sums, not gathered
 
     def __post_init__(self) -> None:
         self.window = max(self.windows, default=0)
         self.keep_last = max(self.counts, default=1) - 1
         self.needed = {a for _, a in self.plan}
-        self.frequencies = {a for a in self.needed if is_frequency(a)}
+        counted = {a for a in self.needed if is_frequency(a)}
+        self.bins = {a for a in counted if a.startswith("bin")}
+        self.frequencies = counted - self.bins
         self.gathered = bool(self.frequencies) or any(
             a == "ewma" or a.startswith("p") for a in self.needed
         )
@@ -168,6 +171,11 @@ class WindowRows:
         mins = kern.range_reduce(m_x, ranges, np.minimum) if "min" in needed else []
         maxs = kern.range_reduce(m_x, ranges, np.maximum) if "max" in needed else []
         last = m_x[end]
+        below = {}  # per bin: how many rows before each row lie in it (exact in float64)
+        for agg in cfg.bins:
+            lo, hi = bin_edges(agg)
+            below[agg] = np.zeros((len(m_x) + 1, m_x.shape[1]))
+            np.cumsum((m_x >= lo) & (m_x < hi), axis=0, out=below[agg][1:])
         spans: list[int | None] = [*cfg.windows, *([None] * len(cfg.counts))]
         out = []
         for i, (start, span) in enumerate(zip(starts, spans)):
@@ -187,6 +195,8 @@ class WindowRows:
                 prev = np.where(has_prev, end - 1, end)
                 columns["delta"] = np.where(has_prev[:, None], last - m_x[prev], np.nan)
                 columns["since"] = np.where(has_prev, (m_ts[end] - m_ts[prev]) / 1e6, np.nan)
+            for agg in cfg.bins:
+                columns[agg] = below[agg][end + 1] - below[agg][start]
             if "rate" in needed and span is not None:
                 columns["rate"] = count / (span / 1e6)
             if cfg.gathered:
