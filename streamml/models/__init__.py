@@ -4,13 +4,15 @@
 (:func:`streamml.operators.infer.infer`) calls: named NumPy batches in, named
 NumPy arrays out, plus the model's declared inputs and a ``version`` label.
 :class:`OnnxModel`, :class:`CallableModel`, :class:`TfliteModel` (LiteRT, the
-``tflite`` extra) and :class:`RemoteModel` (a model served over HTTP,
-:mod:`streamml.models.remote`) implement it; a user's own
-runtime only needs the same four members.
+``tflite`` extra), :class:`PmmlModel` (JPMML-Evaluator, the ``pmml`` extra) and
+:class:`RemoteModel` (a model served over HTTP, :mod:`streamml.models.remote`)
+implement it; a user's own runtime only needs the same four members; see
+docs/models.md.
 """
 
 from streamml.models.callable import CallableModel
 from streamml.models.onnx import OnnxModel, default_providers
+from streamml.models.pmml import PmmlModel
 from streamml.models.protocol import Model, ModelInputError, TensorSpec, as_feeds
 from streamml.models.remote import RemoteModel
 from streamml.models.tflite import TfliteModel
@@ -20,6 +22,7 @@ __all__ = [
     "Model",
     "ModelInputError",
     "OnnxModel",
+    "PmmlModel",
     "RemoteModel",
     "TensorSpec",
     "TfliteModel",
