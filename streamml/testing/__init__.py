@@ -1,8 +1,16 @@
-"""Helpers for tests and examples: produce a list of messages, read a topic to its end.
+"""Helpers for tests and examples: run an operator on lists, produce and read Kafka topics.
 
-These use confluent-kafka directly (``assign()``, no consumer group, so there
-is no rebalance wait) and are meant for bounded data: fixtures, demos and
-integration tests, not production consumers.
+- :func:`run_operator` runs one operator on a list of items (events,
+  ``(key, event)`` pairs or frames) and returns every output stream
+  (:class:`Outputs`: ``oks``, ``errs``, ``late``); :func:`capture` sends
+  named streams of any flow to lists;
+- :mod:`streamml.testing.strategies` (needs hypothesis): keyed event
+  streams out of order with late events and duplicates, bad items, corrupt
+  Kafka payloads;
+- :func:`produce_all` and :func:`consume_all` use confluent-kafka directly
+  (``assign()``, no consumer group, so there is no rebalance wait) and are
+  meant for bounded data: fixtures, demos and integration tests, not
+  production consumers.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ from confluent_kafka import (
 )
 
 from streamml.producer import ready_producer
+from streamml.testing._run import Outputs, capture, run_operator
 
-__all__ = ["Message", "consume_all", "produce_all"]
+__all__ = ["Message", "Outputs", "capture", "consume_all", "produce_all", "run_operator"]
 
 
 class Message(NamedTuple):
