@@ -73,7 +73,7 @@ class TfliteModel:
         ...
         ValueError: cannot load TF Lite model '...': ...
 
-        A real model, scored in batches, is in ``docs/models.md``.
+        ``docs/models.md`` and ``tests/models/test_tflite.py`` score a real one.
     """
 
     def __init__(
