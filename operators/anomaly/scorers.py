@@ -25,6 +25,11 @@ __all__ = ["Ewma", "RobustZScore", "Scorer", "ZScore"]
 _MAD_TO_SIGMA = 1.4826
 
 
+def _exclude(value: float | None) -> None:
+    if value is not None and not _validate.number("exclude_above", value) > 0:
+        raise ValueError(f"exclude_above must be > 0 or None; got {value}")
+
+
 def _fields(fields: str | Sequence[str]) -> tuple[str, ...]:
     out = (fields,) if isinstance(fields, str) else tuple(fields)
     if not out or not all(isinstance(f, str) for f in out):
@@ -42,6 +47,15 @@ class ZScore:
     is the largest absolute z-score; that field is reported as the driver.
     A key scores 0.0 until it has ``min_points`` points in its window.
 
+    With ``exclude_above``, a point scoring above it is scored but not
+    learned: it stays out of the history the next points are scored
+    against, so an anomaly does not inflate the baseline after it (River's
+    ``protect_anomaly_detector``). Off by default: a lasting level shift is
+    then learned within ``window``, where with it the shifted points are
+    all flagged until the history of the old level has left the window
+    (the scorer then warms up on the new level). Set it near the
+    threshold that opens a window.
+
     State per key: the points of the last ``window`` (at most ``max_points``);
     the key is evicted once its window is empty.
 
@@ -55,10 +69,12 @@ class ZScore:
     min_points: int = 10
     max_points: int = 10_000
     min_std: float = 1e-9
+    exclude_above: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", _fields(self.fields))
         _positive("window", self.window)
+        _exclude(self.exclude_above)
         _validate.count("min_points", self.min_points, minimum=2)
         _validate.count("max_points", self.max_points, minimum=2)
         if self.max_points < self.min_points:
@@ -100,7 +116,9 @@ class Ewma:
     are weighted equally (a plain mean and variance) until the decay weighs
     more, so the chart starts calibrated. A key scores 0.0
     for its first ``min_points`` points. A key with no point for ``ttl``
-    (default 20 half-lives) is evicted.
+    (default 20 half-lives) is evicted. ``exclude_above``: a point scoring
+    above it is not learned (see :class:`ZScore`); a key whose points are
+    all excluded for ``ttl`` starts afresh.
 
     Examples:
         >>> Ewma("load", half_life=timedelta(minutes=5)).ttl
@@ -112,10 +130,12 @@ class Ewma:
     min_points: int = 10
     ttl: timedelta | None = None
     min_std: float = 1e-9
+    exclude_above: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", _fields(self.fields))
         _positive("half_life", self.half_life)
+        _exclude(self.exclude_above)
         _positive("ttl", self.ttl)
         if self.ttl is None:
             object.__setattr__(self, "ttl", self.half_life * 20)
@@ -296,11 +316,13 @@ class _RollingState:
         "s2",
         "ref",
         "since_exact",
+        "exclude",
     )
 
     def __init__(self, cfg: ZScore) -> None:
         self.window = _us(cfg.window)
         self.min_points, self.max_points, self.min_std = cfg.min_points, cfg.max_points, cfg.min_std
+        self.exclude = cfg.exclude_above  # scores above it are not learned (None: all are)
         self.points: deque[tuple[int, tuple[float, ...]]] = deque()
         self.s1: list[float] = []
         self.s2: list[float] = []
@@ -355,6 +377,8 @@ class _RollingState:
                 z = dev / (std if std > min_std else min_std)
                 if z > best:
                     best, best_f = z, f
+            if self.exclude is not None and best > self.exclude:
+                return best, best_f
         points.append((ts, xs))
         for f, x in enumerate(xs):
             d = x - ref[f]
@@ -424,6 +448,8 @@ class _RollingState1(_RollingState):
             if dev <= 1e-9 * (abs(x) + abs(ref)):  # rounding noise of the sums
                 dev = 0.0
             z = dev / (std if std > min_std else min_std)
+            if self.exclude is not None and z > self.exclude:
+                return z, 0
         points.append((ts, xs))
         d = x - ref
         self.s1[0], self.s2[0] = s1 + d, s2 + d * d
@@ -439,11 +465,21 @@ class _RobustState:
     Eviction: as :class:`_RollingState`.
     """
 
-    __slots__ = ("window", "min_points", "max_points", "min_std", "points", "sorted", "blocks")
+    __slots__ = (
+        "window",
+        "min_points",
+        "max_points",
+        "min_std",
+        "points",
+        "sorted",
+        "blocks",
+        "exclude",
+    )
 
     def __init__(self, cfg: ZScore) -> None:
         self.window = _us(cfg.window)
         self.min_points, self.max_points, self.min_std = cfg.min_points, cfg.max_points, cfg.min_std
+        self.exclude = cfg.exclude_above
         self.points: deque[tuple[int, tuple[float, ...]]] = deque()
         self.sorted: list[list[float]] = [[] for _ in cfg.fields]
         self.blocks = [0] * len(cfg.fields)  # where each field's last MAD block started (a hint)
@@ -464,6 +500,20 @@ class _RobustState:
         """
         if not xs:
             return []
+        if self.exclude is not None:  # whether a point is learned depends on its score
+            return [self._update_one(t, x) for t, x in zip(ts, xs)]
+        return self._run(ts, xs)
+
+    def _update_one(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
+        """Score one point, learn it, and unlearn it if it scores above ``exclude``."""
+        z, f = self._run((ts,), (xs,))[0]
+        if z > self.exclude:
+            self.points.pop()
+            for s, x in zip(self.sorted, xs):
+                del s[bisect_left(s, x)]
+        return z, f
+
+    def _run(self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]) -> list[tuple[float, int]]:
         points, window, cap = self.points, self.window, self.max_points
         gone: list[tuple[float, ...]] = []
         n = len(points)
@@ -505,7 +555,7 @@ class _RobustState:
 class _EwmaState:
     """Exponentially weighted mean and variance per field. Eviction: ``ttl`` after the last point."""
 
-    __slots__ = ("cfg", "n", "last", "mean", "var")
+    __slots__ = ("cfg", "n", "last", "mean", "var", "exclude")
 
     def __init__(self, cfg: Ewma) -> None:
         self.cfg = cfg
@@ -513,6 +563,7 @@ class _EwmaState:
         self.last = _MIN
         self.mean: list[float] = []
         self.var: list[float] = []
+        self.exclude = cfg.exclude_above
 
     def expires_at(self) -> int:
         return self.last + _us(self.cfg.ttl) if self.n else _MIN
@@ -528,13 +579,16 @@ class _EwmaState:
         best, best_f = 0.0, 0
         scoring = self.n >= cfg.min_points
         mean, var, min_std = self.mean, self.var, cfg.min_std
-        for f, x in enumerate(xs):
-            d = x - mean[f]
-            if scoring:
+        if scoring:
+            for f, x in enumerate(xs):
                 v = var[f]
-                z = abs(d) / max(math.sqrt(v) if v > 0 else 0.0, min_std)
+                z = abs(x - mean[f]) / max(math.sqrt(v) if v > 0 else 0.0, min_std)
                 if z > best:
                     best, best_f = z, f
+            if self.exclude is not None and best > self.exclude:
+                return best, best_f
+        for f, x in enumerate(xs):
+            d = x - mean[f]
             incr = a * d
             mean[f] += incr
             var[f] = (1.0 - a) * (var[f] + d * incr)
