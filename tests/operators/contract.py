@@ -31,10 +31,11 @@ import polars as pl
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.recovery import RecoveryConfig
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSource, cluster_main, run_main
 
 from streamml.errors import Rejected
 from streamml.models import CallableModel
+from streamml.testing import capture
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
@@ -546,9 +547,8 @@ def run(
         op.input(f"in{i}", flow, TestingSource(list(items), len(items) if i in whole else 1))
         for i, items in enumerate(sides)
     ]
-    outs = {name: [] for name in ("errs", "late")}
-    for name, stream in case.build(ups, shards).items():
-        op.output(f"out_{name}", stream, TestingSink(outs.setdefault(name, [])))
+    outs: dict[str, list] = {"errs": [], "late": []}
+    outs.update(capture(case.build(ups, shards)))
     interval = timedelta(0) if recovery is not None else None
     if workers == 1:
         run_main(flow, epoch_interval=interval, recovery_config=recovery)
