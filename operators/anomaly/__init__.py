@@ -9,7 +9,8 @@ Two operators, both per key and in event time:
 - :func:`score` adds an anomaly score to every event with one of the scorers
   :class:`ZScore` (rolling mean and standard deviation over a time window),
   :class:`RobustZScore` (rolling median and MAD) or :class:`Ewma` (an EWMA
-  control chart with a half-life).
+  control chart with a half-life), or several of them at once,
+  :class:`Combined`, voting (k of n) or pooling (max, mean) their scores.
 - :func:`anomaly_windows` groups consecutive anomalous points of a key into
   windows with hysteresis (``open_above`` / ``close_below``, ``min_points``,
   ``cooldown``, ``gap``, ``max_duration``) and emits one record per window,
@@ -62,6 +63,7 @@ state both operators run on is private (:mod:`._engine`).
 
 from __future__ import annotations
 
+from streamml.operators.anomaly.combine import Combined
 from streamml.operators.anomaly.scorers import Ewma, RobustZScore, ZScore
 from streamml.operators.anomaly.scoring import ScoreOut, score
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold
@@ -69,6 +71,7 @@ from streamml.operators.anomaly.windows import AnomalyWindowsOut, anomaly_window
 
 __all__ = [
     "AnomalyWindowsOut",
+    "Combined",
     "Ewma",
     "FixedThreshold",
     "QuantileThreshold",

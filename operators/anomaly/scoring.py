@@ -14,6 +14,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from streamml.operators import _validate
 from streamml.operators.anomaly import _engine, _legacy
+from streamml.operators.anomaly.combine import Combined
 from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore, score_runs
 
 from streamml.errors import Rejected
@@ -55,11 +56,13 @@ class _Family:
     errs = 1
     late = 2
 
-    def __init__(self, scorer: Scorer, into: str) -> None:
+    def __init__(self, scorer: Scorer | Combined, into: str) -> None:
         self.scorer, self.into, self.into_field = scorer, into, into + "_field"
         self.names = pl.Series(self.into_field, scorer.fields, dtype=pl.String)
         self.name_list = list(scorer.fields)
-        if isinstance(scorer, RobustZScore):
+        if isinstance(scorer, Combined):
+            self.scorer_kind = "combined"  # newer than version 0: no store to upgrade
+        elif isinstance(scorer, RobustZScore):
             self.scorer_kind = "robust"
         elif isinstance(scorer, ZScore):
             self.scorer_kind = "rolling"
@@ -118,7 +121,9 @@ class _Family:
         return _legacy.per_key_v0(snap, windows=False, scorer=self.scorer_kind)
 
 
-def _span(scorer: Scorer) -> timedelta:
+def _span(scorer: Scorer | Combined) -> timedelta:
+    if isinstance(scorer, Combined):
+        return scorer.span
     return scorer.window if isinstance(scorer, ZScore) else scorer.ttl
 
 
@@ -128,7 +133,7 @@ def score(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
     *,
-    scorer: Scorer,
+    scorer: Scorer | Combined,
     timestamp: str | Callable[[Mapping[str, Any]], datetime],
     key: str | None = None,
     lateness: timedelta = timedelta(0),
@@ -165,7 +170,8 @@ def score(
     Args:
         step_id: Unique id.
         up: Frames (with ``key``), or a keyed stream of ``(key, event)``.
-        scorer: :class:`ZScore`, :class:`RobustZScore` or :class:`Ewma`.
+        scorer: :class:`ZScore`, :class:`RobustZScore`, :class:`Ewma`, or
+            several of them voting or pooling their scores (:class:`Combined`).
         timestamp: The event-time column of the frames; for rows, a function
             from an event to its timezone-aware datetime.
         key: The key column of the frames; ``None`` for ``(key, event)`` rows.
@@ -224,7 +230,9 @@ def score(
         [0.0, 0.0, 0.0, 1.2, 25.1]
     """
     _validate.event_time(key, timestamp)
-    _validate.one_of("scorer", scorer, (ZScore, Ewma), "RobustZScore('temperature', window=...)")
+    _validate.one_of(
+        "scorer", scorer, (ZScore, Ewma, Combined), "RobustZScore('temperature', window=...)"
+    )
     _validate.name("into", into, example="'score'")
     timing = _engine.check_timing(
         step_id,

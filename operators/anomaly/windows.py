@@ -16,6 +16,7 @@ from streamml.operators import _validate
 from streamml.operators._time import from_micros
 from streamml.operators.anomaly import _engine, _legacy
 from streamml.operators.anomaly._units import _MIN, _positive, _us
+from streamml.operators.anomaly.combine import Combined
 from streamml.operators.anomaly.scorers import Ewma, RobustZScore, Scorer, ZScore, score_runs
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold, Threshold
 
@@ -262,7 +263,11 @@ class _Family:
     late = 3
 
     def __init__(
-        self, rules: _WindowRules, threshold: Threshold, scorer: Scorer | None, driver: str
+        self,
+        rules: _WindowRules,
+        threshold: Threshold,
+        scorer: Scorer | Combined | None,
+        driver: str,
     ) -> None:
         self.rules, self.threshold, self.scorer, self.driver = rules, threshold, scorer, driver
         th = threshold
@@ -270,6 +275,8 @@ class _Family:
         self.names = scorer.fields if scorer is not None else ()
         if scorer is None:
             self.scorer_kind = None
+        elif isinstance(scorer, Combined):
+            self.scorer_kind = "combined"  # newer than version 0: no store to upgrade
         elif isinstance(scorer, RobustZScore):
             self.scorer_kind = "robust"
         elif isinstance(scorer, ZScore):
@@ -420,10 +427,12 @@ class _Family:
         return _legacy.per_key_v0(snap, windows=True, scorer=self.scorer_kind)
 
 
-def _span(scorer: Scorer | None, threshold: Threshold, gap: timedelta) -> timedelta:
+def _span(scorer: Scorer | Combined | None, threshold: Threshold, gap: timedelta) -> timedelta:
     """The longest history a key's state keeps (its scorer's, its levels', a run's gap)."""
     span = gap
-    if isinstance(scorer, ZScore):
+    if isinstance(scorer, Combined):
+        span = max(span, scorer.span)
+    elif isinstance(scorer, ZScore):
         span = max(span, scorer.window)
     elif isinstance(scorer, Ewma):
         span = max(span, scorer.ttl)
@@ -441,7 +450,7 @@ def anomaly_windows(
     timestamp: str | Callable[[Mapping[str, Any]], datetime],
     threshold: Threshold,
     key: str | None = None,
-    score: str | Scorer = "score",
+    score: str | Scorer | Combined = "score",
     min_points: int = 1,
     min_duration: timedelta = timedelta(0),
     cooldown: timedelta = timedelta(minutes=1),
@@ -499,7 +508,9 @@ def anomaly_windows(
         key: The key column of the frames; ``None`` for ``(key, event)`` rows.
         score: Name of a numeric score field already on the events (for
             example a model's score), or a scorer (:class:`ZScore`,
-            :class:`RobustZScore`, :class:`Ewma`) run inside this step.
+            :class:`RobustZScore`, :class:`Ewma`, or several of them
+            voting or pooling their scores, :class:`Combined`) run inside
+            this step.
             With a field name, the field named ``score + "_field"`` (if
             present) is reported as the window's driving field.
         min_points: Consecutive points above ``open_above`` needed to open.
@@ -597,11 +608,12 @@ def anomaly_windows(
     if isinstance(score, str):
         _validate.name("score", score, example="'score'")
         scorer, fields, driver = None, (score,), score + "_field"
-    elif isinstance(score, ZScore | Ewma):
+    elif isinstance(score, ZScore | Ewma | Combined):
         scorer, fields, driver = score, score.fields, ""
     else:
         raise ValueError(
-            f"score must be a field name or a scorer (ZScore, RobustZScore, Ewma); got {score!r}"
+            "score must be a field name or a scorer (ZScore, RobustZScore, Ewma, Combined); "
+            f"got {score!r}"
         )
     timing = _engine.check_timing(
         step_id,
