@@ -7,12 +7,14 @@ import math
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -36,6 +38,7 @@ __all__ = [
     "generate_inputs",
     "read_outputs",
     "free_port",
+    "recovery_epochs",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -318,6 +321,30 @@ def kill_when(proc: FlowProcess, watch: TopicWatch, target: int, *, timeout: flo
         time.sleep(0.01)
     proc.kill()
     return {"outputs_before": before, "killed_at": n, "first_output_s": first_output_s}
+
+
+def recovery_epochs(recovery: Path) -> tuple[int, int]:
+    """The running flow's epoch and its last committed epoch, read from its recovery store.
+
+    The epoch is the highest worker frontier (stored when an epoch closes, so
+    the epoch in progress may be one more); the committed epoch is the lowest
+    over the partitions of the last epoch whose snapshots are all stored (a
+    resume starts at the next one). ``(-1, -1)`` until the first commit, so it
+    can be polled under :func:`wait_until`.
+    """
+    epoch = resume = -1
+    for part in sorted(recovery.glob("*.sqlite3")):
+        try:
+            with closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=10)) as db:
+                front = db.execute("SELECT MAX(worker_frontier) FROM fronts").fetchone()[0]
+                commit = db.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()[0]
+        except sqlite3.OperationalError:  # locked by the writer
+            return -1, -1
+        if front is None or commit is None:
+            return -1, -1
+        epoch = max(epoch, front)
+        resume = commit if resume < 0 else min(resume, commit)
+    return epoch, resume
 
 
 def wait_until(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.reliability.harness import (
     kill_when,
     produce_inputs,
     read_outputs,
+    recovery_epochs,
     wait_until,
 )
 
@@ -161,23 +161,32 @@ def test_the_served_model_version_survives_a_crash(
     watch = TopicWatch(broker.bootstrap, topics.scores)
     args = (broker.bootstrap, model, topic_name, topic_name)
     first = FlowProcess(*args, log=tmp_path / "first.log", recovery=recovery, tail=True)
-    # Trickle readings in until one is scored by the swapped-in model.
+    # Trickle readings in, 10 at a time once the last 10 are scored, until one is scored by
+    # the swapped-in model: the flow's pace, not the clock's (it can take 10 s to start).
     sent, swapped = 0, []
     while not swapped:
         assert sent < len(messages) // 2, "the control message should have swapped the model in"
         produce_all(broker.bootstrap, topics.readings, messages[sent : sent + 10])
         sent += 10
-        time.sleep(0.3)
-        watch.count()
+        wait_until(lambda n=sent: watch.count() >= n, timeout=120, what=f"{sent} scores")
         swapped = [s for s in watch.parsed() if s["model_version"] != "v1"]
-    time.sleep(2.5)  # past two snapshots of the swapped state
+    # The swap is in the state of the epoch in progress now, at most one past the stored
+    # frontier; kill once that epoch is committed, so the restored state
+    # holds the swap (a sleep of two snapshot intervals was not always enough under load).
+    wait_until(lambda: recovery_epochs(recovery)[0] >= 0, timeout=120, what="a snapshot")
+    swap_epoch = recovery_epochs(recovery)[0] + 1
+    wait_until(
+        lambda: recovery_epochs(recovery)[1] >= swap_epoch,
+        timeout=120,
+        what=f"a snapshot after epoch {swap_epoch}",
+    )
     first.kill()
 
     seen = watch.count()
     second = FlowProcess(*args, log=tmp_path / "second.log", recovery=recovery, tail=True)
     try:
         produce_all(broker.bootstrap, topics.readings, messages[sent:])
-        wait_until(lambda: watch.count() >= inputs.good, timeout=60, what="all scores")
+        wait_until(lambda: watch.count() >= inputs.good, timeout=180, what="all scores")
     finally:
         second.kill()
         watch.close()
