@@ -91,6 +91,7 @@ def keyed_events(
     late: bool = True,
     duplicates: bool = True,
     start: datetime = T0,
+    values: st.SearchStrategy[float] | None = None,
 ) -> EventStream:
     """Draw an :class:`EventStream`: keyed events out of order within ``max_delay``, with some
     late events and duplicates when asked.
@@ -100,7 +101,8 @@ def keyed_events(
     these is late. Then late events (older than their key's newest so far
     by more than ``max_delay``) and duplicates (an event arriving again
     later, with the same ``id``; late or not by the same rule) are
-    inserted. Values are finite floats.
+    inserted. Field values are drawn from ``values`` (default: finite
+    floats; a few repeated values make distinct counts and top-k matter).
 
     Examples:
         >>> from hypothesis import given, settings
@@ -116,7 +118,7 @@ def keyed_events(
     if max_delay < timedelta(0) or step <= timedelta(0):
         raise ValueError(f"max_delay must be >= 0 and step > 0; got {max_delay}, {step}")
     n = draw(st.integers(0, max_size))
-    value = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+    value = values if values is not None else st.floats(-1e6, 1e6, allow_nan=False)
     delay_steps = max_delay / step
     events = []
     for i in range(n):

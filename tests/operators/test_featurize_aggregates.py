@@ -22,6 +22,9 @@ from streamml.operators.featurize import rolling, window_agg
 from streamml.operators.featurize._frequency import frequency
 from streamml.operators.featurize.rolling_agg import _config, _FrameLogic
 
+from streamml.testing import run_operator
+from streamml.testing.strategies import keyed_events
+
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 FREQ = ["distinct", "top1", "top1_count", "top2", "top2_count", "bin0_2", "bin-1.5_0.5"]
 
@@ -208,3 +211,49 @@ def test_bad_parameters_are_refused_at_build_time(agg):
             windower=TumblingWindower(timedelta(seconds=1), align_to=T0),
             fields={"x": [agg]},
         )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    keyed_events(
+        keys=("a", "b"),
+        max_delay=timedelta(seconds=3),
+        step=timedelta(seconds=1),
+        values=st.sampled_from([0.0, 1.0, 2.0, 5.0]),
+    ),
+    st.integers(1, 6),
+)
+def test_out_of_order_rows_get_the_features_of_their_event_time_order(stream, batch_size):
+    """Rows out of order within max_delay, late ones and duplicates (streamml.testing's
+    strategy): each on-time row's window is its key's rows in (event time, arrival) order."""
+    aggs = ["distinct", "top1", "top1_count", "bin0_2", "first"]
+    out = run_operator(
+        lambda up: rolling(
+            "r",
+            up,
+            timestamp=lambda e: e["ts"],
+            window=timedelta(seconds=4),
+            last=3,
+            fields=["x"],
+            aggregates=aggs,
+            max_delay=stream.max_delay,
+            shards=2,
+        ),
+        stream.items,
+        batch_size=batch_size,
+    )
+    on_time = stream.on_time()
+    assert len(out.oks) == len(on_time)
+    ordered: dict[str, list] = {}
+    for _, (key, e) in sorted(enumerate(on_time), key=lambda p: (p[1][1]["ts"], p[0])):
+        ordered.setdefault(key, []).append(e)
+    expected = []
+    for rows in ordered.values():
+        for i, e in enumerate(rows):
+            timed = [r["x"] for r in rows[: i + 1] if r["ts"] > e["ts"] - timedelta(seconds=4)]
+            counted = [r["x"] for r in rows[max(0, i - 2) : i + 1]]
+            expected.append((e["id"], *(reference(w, a) for w in (timed, counted) for a in aggs)))
+    names = [f"x_{a}_{label}" for label in ("4s", "last3") for a in aggs]
+    got = [(e["id"], *(e[n] for n in names)) for _, e in out.oks]
+    key = lambda row: tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in row)  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, expected))
