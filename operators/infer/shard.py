@@ -28,6 +28,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from streamml.errors import Rejected
 from streamml.models import Model
+from streamml.models.protocol import ModelUnavailable, RowErrors
 
 from .._batching import DynamicBatcher
 from .inputs import frame_tensors, row_tensors
@@ -177,6 +178,45 @@ def _rows_problem(name: str, values: Any, n: int) -> str | None:
         f"must return one row per input row (a first axis of length {n}), so check that it does "
         "not drop rows or reduce over the batch"
     )
+
+
+def _answered_runs(
+    needed: Iterable[str], exc: RowErrors, n: int
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """The answered rows of a batch of ``n`` as runs ``(lo, hi, outputs)``; ``ValueError`` if they do not fit.
+
+    Examples:
+        >>> exc = RowErrors({"y": np.array([10, 12, 13])}, {1: "bad", 4: "bad"})
+        >>> [(lo, hi, o["y"].tolist()) for lo, hi, o in _answered_runs(["y"], exc, 5)]
+        [(0, 1, [10]), (2, 4, [12, 13])]
+        >>> _answered_runs(["y"], RowErrors({}, {0: "bad"}), 1)
+        []
+        >>> _answered_runs(["y"], exc, 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: it names rows [1, 4] of a batch of 4 rows
+    """
+    errors = exc.errors
+    if any(not isinstance(r, (int, np.integer)) or not 0 <= r < n for r in errors):
+        raise ValueError(f"it names rows {sorted(errors)} of a batch of {n} rows")
+    answered = np.setdiff1d(np.arange(n), np.fromiter(errors, np.int64, len(errors)))
+    if not len(answered):
+        return []
+    picked = {}
+    for name in needed:
+        if name not in exc.outputs:
+            raise ValueError(f"its outputs lack {name!r}; they have {sorted(exc.outputs)}")
+        problem = _rows_problem(name, exc.outputs[name], len(answered))
+        if problem is not None:
+            raise ValueError(problem)
+        picked[name] = exc.outputs[name]
+    breaks = np.flatnonzero(np.diff(answered) != 1) + 1
+    runs, at = [], 0
+    for chunk in np.split(answered, breaks):
+        lo, hi = int(chunk[0]), int(chunk[-1]) + 1
+        runs.append((lo, hi, {k: v[at : at + hi - lo] for k, v in picked.items()}))
+        at += hi - lo
+    return runs
 
 
 def _timed_call(
@@ -346,7 +386,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         """Wait for the batch's model call (or make it) and emit its rows."""
         part, served, unit, n = batch.part, batch.served, batch.unit, len(batch)
         segments: list[tuple[int, int, dict[str, Any]]] = []
-        failures: list[tuple[int, BaseException]] = []
+        failures: list[tuple[int, str]] = []  # row, reason
         calls = [0]
         model_seconds = 0.0
         if batch.future is not None:
@@ -354,9 +394,9 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
                 outs, model_seconds = batch.future.result()
                 calls[0] += 1
                 segments.append((0, n, outs))
-            except Exception as exc:  # find the bad rows by splitting, as a direct call would
+            except Exception as exc:  # as a direct call would: the rows it names, or split
                 started = time.monotonic()
-                self._split(served, batch.columns, 0, n, exc, segments, failures, calls)
+                self._failed(served, batch.columns, 0, n, exc, segments, failures, calls)
                 model_seconds = time.monotonic() - started
         elif n:
             started = time.monotonic()
@@ -371,8 +411,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         output_errors = len(result.errs) - errs_before
         if failures:
             originals = unit.originals(part, [i for i, _ in failures])
-            for (_, exc), original in zip(failures, originals, strict=True):
-                reason = f"model {served.model.version!r} raised {type(exc).__name__}: {exc}"
+            for (_, reason), original in zip(failures, originals, strict=True):
                 result.errs.append(Rejected(self._cfg.step_id, "ModelError", reason, original))
         if n:
             self._cfg.stats._observe_call(max(batch.waits), model_seconds)
@@ -397,15 +436,47 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         failures: list,
         calls: list[int],
     ) -> None:
-        """Score rows ``lo:hi``; when the model raises, split in halves to isolate bad rows."""
+        """Score rows ``lo:hi``; when the model raises, find the bad rows (:meth:`_failed`)."""
         part = {n: a[lo:hi] for n, a in columns.items()}
         try:
             outs = _call_model(served, part, hi - lo)
         except Exception as exc:
-            self._split(served, columns, lo, hi, exc, segments, failures, calls)
+            self._failed(served, columns, lo, hi, exc, segments, failures, calls)
             return
         calls[0] += 1
         segments.append((lo, hi, outs))
+
+    def _failed(
+        self,
+        served: Served,
+        columns: dict[str, np.ndarray],
+        lo: int,
+        hi: int,
+        exc: Exception,
+        segments: list,
+        failures: list,
+        calls: list[int],
+    ) -> None:
+        """Rows ``lo:hi`` raised ``exc``: the rows a :class:`RowErrors` names, else split.
+
+        :class:`ModelUnavailable` blames no row: it is raised again and stops the flow.
+        """
+        if isinstance(exc, ModelUnavailable):
+            raise exc
+        if isinstance(exc, RowErrors):
+            try:
+                runs = _answered_runs(served.outputs.needed, exc, hi - lo)
+            except ValueError as bad:  # a model's bug: search for the rows as for any error
+                exc = ValueError(f"the model raised RowErrors that do not fit its batch: {bad}")
+            else:
+                calls[0] += 1
+                version = served.model.version
+                for row, reason in sorted(exc.errors.items()):
+                    failures.append((lo + row, f"model {version!r} failed on the row: {reason}"))
+                for a, b, outs in runs:
+                    segments.append((lo + a, lo + b, outs))
+                return
+        self._split(served, columns, lo, hi, exc, segments, failures, calls)
 
     def _split(
         self,
@@ -413,14 +484,15 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         columns: dict[str, np.ndarray],
         lo: int,
         hi: int,
-        exc: BaseException,
+        exc: Exception,
         segments: list,
         failures: list,
         calls: list[int],
     ) -> None:
         """Rows ``lo:hi`` raised ``exc`` together: one row is the failure, more are scored by halves."""
         if hi - lo == 1:
-            failures.append((lo, exc))
+            reason = f"model {served.model.version!r} raised {type(exc).__name__}: {exc}"
+            failures.append((lo, reason))
             return
         mid = (lo + hi) // 2
         self._predict(served, columns, lo, mid, segments, failures, calls)

@@ -18,11 +18,66 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Model", "ModelInputError", "TensorSpec", "as_feeds", "shape_matches"]
+__all__ = [
+    "Model",
+    "ModelInputError",
+    "ModelUnavailable",
+    "RowErrors",
+    "TensorSpec",
+    "as_feeds",
+    "shape_matches",
+]
 
 
 class ModelInputError(ValueError):
     """A batch does not match what the model declares (names, dtype or shape)."""
+
+
+class RowErrors(Exception):  # noqa: N818 - reads as what it carries, like a result
+    """Some rows of a batch failed and the model answered the others: raised by ``predict``.
+
+    A model that knows which rows it could not score (a service that refused
+    one request of several, a runtime that checks each row) raises this
+    instead of failing the whole batch, so the inference operator attaches
+    ``outputs`` to the answered rows and sends each row in ``errors`` to
+    ``errs`` (``ModelError``, with its reason) without searching for the bad
+    rows by calling the model again. Any other exception from ``predict``
+    fails the whole call, and the operator splits the batch in halves to find
+    the rows at fault.
+
+    Attributes:
+        outputs: The answered rows' outputs by name, in batch order, each with
+            one row per answered row (may be empty when no row was answered).
+        errors: The failed rows by their position in the batch, with the reason.
+
+    Examples:
+        >>> exc = RowErrors({"y": np.array([1.0, 3.0])}, {1: "row 1 is negative"})
+        >>> exc.errors, exc.outputs["y"].tolist()
+        ({1: 'row 1 is negative'}, [1.0, 3.0])
+        >>> str(exc)
+        '1 row(s) failed; row 1: row 1 is negative'
+    """
+
+    def __init__(self, outputs: Mapping[str, Any], errors: Mapping[int, str]) -> None:
+        first = min(errors) if errors else None
+        detail = "" if first is None else f"; row {first}: {errors[first]}"
+        super().__init__(f"{len(errors)} row(s) failed{detail}")
+        self.outputs = dict(outputs)
+        self.errors = dict(errors)
+
+
+class ModelUnavailable(Exception):  # noqa: N818 - reads as what happened, like TimeoutError
+    """The model cannot answer at all (a service down past its retries): no row is at fault.
+
+    The inference operator does not route a batch's rows to ``errs`` when
+    ``predict`` raises this — an outage would turn into data loss — but
+    raises it again, so the dataflow stops with its message and Bytewax
+    recovery resumes from the last snapshot once the model is back.
+
+    Examples:
+        >>> issubclass(ModelUnavailable, Exception)
+        True
+    """
 
 
 class TensorSpec(NamedTuple):

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamml.models import Model
+from streamml.models.protocol import ModelUnavailable, RowErrors
 from streamml.models.remote import (
     BadAnswer,
     CircuitBreaker,
     JsonRest,
     OpenInference,
     RemoteModel,
-    RemoteRejected,
     RemoteUnavailable,
     Retry,
 )
@@ -89,29 +89,25 @@ def test_requests_in_flight_never_exceed_the_cap() -> None:
     assert 1 < stats["max_in_flight"] <= 3
 
 
-def test_refused_rows_raise_the_services_reason_and_answered_rows_are_not_sent_again(
+def test_refused_rows_are_named_with_the_services_reason_and_no_good_row_is_sent_twice(
     strict: FaultyServer,
 ) -> None:
     model = RemoteModel(strict.url, "double-sum", max_rows=4, retry=FAST)
     x = _rows(16)
     x[9, 0] = -2.5  # its request (rows 8-11) is refused; the other three are answered
+    x[14, 0] = -1.0  # and so is rows 12-15's
     before = strict.stats()["rows"]
-    with pytest.raises(RemoteRejected, match=r"HTTP 400: features\[1\]\[0\] = -2.5 is negative"):
+    with pytest.raises(RowErrors) as caught:
         model.predict(x)
-    assert strict.stats()["rows"] - before == 12
-    # What infer does next: the halves. The answered rows come from the first call.
-    first = model.predict(x[:8])
-    np.testing.assert_allclose(first["score"], expected_scores(x[:8]), rtol=1e-6)
-    assert strict.stats()["rows"] - before == 12
-    with pytest.raises(RemoteRejected, match="is negative"):
-        model.predict(x[8:10])
-    np.testing.assert_allclose(model.predict(x[8:9])["score"], expected_scores(x[8:9]), rtol=1e-6)
-    with pytest.raises(RemoteRejected, match=r"features\[0\]\[0\] = -2.5"):
-        model.predict(x[9:10])
-    last = model.predict(x[10:16])
-    np.testing.assert_allclose(last["score"], expected_scores(x[10:16]), rtol=1e-6)
-    # Every good row was scored by the service exactly once.
-    assert strict.stats()["rows"] - before == 15
+    assert caught.value.errors == {
+        9: "RemoteRejected: HTTP 400: features[0][0] = -2.5 is negative",
+        14: "RemoteRejected: HTTP 400: features[0][0] = -1 is negative",
+    }
+    good = [i for i in range(16) if i not in (9, 14)]
+    np.testing.assert_allclose(caught.value.outputs["score"], expected_scores(x[good]), rtol=1e-6)
+    # The refused requests were sent again in halves ([8, 9] [10, 11], then [8] [9]):
+    # every good row was scored by the service exactly once.
+    assert strict.stats()["rows"] - before == len(good)
     model.close()
 
 
@@ -119,9 +115,16 @@ def test_a_garbage_answer_is_a_clear_error(strict: FaultyServer) -> None:
     model = RemoteModel(strict.url, "double-sum", retry=FAST)
     x = _rows(5)
     x[2, 0] = 5000.0
-    with pytest.raises(BadAnswer, match="answered garbage: output 'score' has shape \\(4,\\)"):
+    with pytest.raises(RowErrors) as caught:
         model.predict(x)
     model.close()
+    # Its request of five rows was answered with four; sent again in halves, row 2 is found.
+    assert list(caught.value.errors) == [2]
+    assert caught.value.errors[2].startswith("BadAnswer: ")
+    assert "answered garbage: output 'score' has shape" in caught.value.errors[2]
+    np.testing.assert_allclose(
+        caught.value.outputs["score"], expected_scores(x[[0, 1, 3, 4]]), rtol=1e-6
+    )
     with FaultyServer("--garbage-always") as html, pytest.raises(ValueError, match="not JSON"):
         RemoteModel(html.url, "double-sum", retry=FAST)
 
@@ -150,7 +153,7 @@ def test_an_outage_past_the_budget_raises_unavailable_and_the_breaker_stops_send
     tried = model.stats()["requests"]
     with pytest.raises(RemoteUnavailable, match="within the retry budget of 1 s") as caught:
         model.predict(_rows(3))
-    assert not isinstance(caught.value, Exception)  # infer's per-row split lets it through
+    assert isinstance(caught.value, ModelUnavailable)  # infer raises it again: no row blamed
     # Three failures open the breaker for 30 s, longer than the budget: no fourth try.
     assert model.stats()["requests"] - tried == 3
     model.close()

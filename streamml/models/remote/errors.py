@@ -1,19 +1,23 @@
 """What a remote model raises: a refused input, a garbage answer, a service that is gone.
 
-The first two are ordinary exceptions about the rows of one call: the
-inference operator (:func:`streamml.operators.infer.infer`) splits a batch a
-model raised on until it finds the rows, and sends those to ``errs`` with
-the message — the service's own reason for a refused row.
+The first two are about the rows of one request: the remote model sends
+that request's rows again in halves until it finds the rows at fault, then
+raises :class:`~streamml.models.protocol.RowErrors` naming each with the
+message — the service's own reason for a refused row — and the inference
+operator (:func:`streamml.operators.infer.infer`) sends those rows to
+``errs`` and scores the rest.
 
-:class:`RemoteUnavailable` is different on purpose: it derives from
-``BaseException`` (like ``KeyboardInterrupt``), so ``except Exception`` —
-and the operator's per-row splitting — lets it through and the dataflow
-stops with it. A service that is down says nothing about any row: routing
-every row to ``errs`` would turn an outage into data loss, while stopping
-lets Bytewax recovery resume from the last snapshot once it is back.
+:class:`RemoteUnavailable` is different on purpose: it is a
+:class:`~streamml.models.protocol.ModelUnavailable`, which the operator
+raises again instead of rejecting rows, and the dataflow stops with it. A
+service that is down says nothing about any row: routing every row to
+``errs`` would turn an outage into data loss, while stopping lets Bytewax
+recovery resume from the last snapshot once it is back.
 """
 
 from __future__ import annotations
+
+from streamml.models.protocol import ModelUnavailable
 
 __all__ = ["BadAnswer", "RemoteRejected", "RemoteUnavailable"]
 
@@ -31,13 +35,13 @@ class BadAnswer(ValueError):
     """The service answered 2xx with something that is not an answer for these rows."""
 
 
-class RemoteUnavailable(BaseException):  # noqa: N818 - reads as what happened, like TimeoutError
+class RemoteUnavailable(ModelUnavailable):
     """The service could not be reached within the retry budget, or refuses every request.
 
-    A ``BaseException``: it stops the dataflow instead of rejecting rows (see
-    the module's docstring).
+    A :class:`~streamml.models.protocol.ModelUnavailable`: it stops the
+    dataflow instead of rejecting rows (see the module's docstring).
 
     Examples:
-        >>> issubclass(RemoteUnavailable, Exception)
-        False
+        >>> issubclass(RemoteUnavailable, ModelUnavailable)
+        True
     """

@@ -14,9 +14,8 @@ import orjson
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from streamml.models.protocol import ModelInputError, TensorSpec, as_feeds
+from streamml.models.protocol import ModelInputError, RowErrors, TensorSpec, as_feeds
 from streamml.models.remote.errors import BadAnswer, RemoteRejected, RemoteUnavailable
-from streamml.models.remote.memo import AnswerMemo, row_keys
 from streamml.models.remote.policy import CircuitBreaker, Retry
 from streamml.models.remote.protocols import (
     HEADER_LENGTH,
@@ -55,9 +54,12 @@ class RemoteModel:
       jitter (``retry``); a :class:`CircuitBreaker` shared by all requests
       stops sending while the service is down and probes until it is back;
     - HTTP 400, 413, 422: the service refused those rows — the model raises
-      :class:`RemoteRejected` with the service's reason, ``infer`` splits the
-      batch until it finds the rows, and only they go to ``errs``. Rows the
-      service did answer are kept (:mod:`.memo`) and not sent again;
+      :class:`RemoteRejected` with the service's reason. Only the refused
+      request's rows are sent again, in halves, until each refused row is
+      found; the model then raises :class:`~streamml.models.RowErrors` with
+      the answered rows' outputs and each refused row's reason, and
+      ``infer`` sends only those rows to ``errs``. Every good row is scored
+      by the service once;
     - an answer that is not valid (not JSON, an output missing, the wrong
       number of rows): :class:`BadAnswer`, handled like a refusal;
     - no answer within ``retry.budget`` seconds, or a status that refuses
@@ -164,7 +166,6 @@ class RemoteModel:
         )
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._threads = ThreadPoolExecutor(max_in_flight, thread_name_prefix="remote-model")
-        self._memo = AnswerMemo(capacity=64 * max_rows)
         self._counts = {"requests": 0, "rows": 0, "retries": 0, "refused": 0, "bad_answers": 0}
         self._count_lock = threading.Lock()
         self._answered_version: str | None = None
@@ -177,7 +178,7 @@ class RemoteModel:
                         for name, spec in self._inputs.items()
                     }
                 )
-        except (RemoteUnavailable, Exception) as exc:
+        except Exception as exc:
             self.close()
             raise ValueError(f"remote model at {self._url}: {exc}") from None
         self._version = version if version is not None else self._default_version()
@@ -202,9 +203,11 @@ class RemoteModel:
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
         """Score one batch remotely, in requests of at most ``max_rows`` rows sent concurrently.
 
-        Blocks until every answer is in. Raises :class:`RemoteRejected` or
-        :class:`BadAnswer` for rows the service refused or answered badly
-        (after the rest of the batch was answered), and
+        Blocks until every answer is in. Raises
+        :class:`~streamml.models.RowErrors` when the service refused or
+        answered badly some rows (found by sending the failed requests
+        again in halves), with the other rows' outputs and each failed row's
+        reason (``RemoteRejected: ...`` or ``BadAnswer: ...``), and
         :class:`RemoteUnavailable` when the service stayed unreachable for
         the retry budget.
         """
@@ -212,55 +215,79 @@ class RemoteModel:
         lengths = {len(a) for a in feeds.values()}
         if len(lengths) != 1:
             raise ModelInputError(f"the inputs have different numbers of rows: {sorted(lengths)}")
-        n = lengths.pop()
-        keys = row_keys(feeds, n) if len(self._memo) else None
-        known = self._memo.find(keys) if keys is not None else {}
-        todo = None if not known else np.array([i for i in range(n) if i not in known], np.intp)
-        sent = n if todo is None else len(todo)
-        cuts = _cuts(sent, self._max_rows)
-        parts = []
-        for lo, hi in cuts:
-            rows = slice(lo, hi) if todo is None else todo[lo:hi]
-            parts.append({name: a[rows] for name, a in feeds.items()})
-        answers, failure = self._send_all(parts)
-        if failure is not None:
-            keys = keys if keys is not None else row_keys(feeds, n)
-            for (lo, hi), outs in zip(cuts, answers):
-                if outs is not None:
-                    at = range(lo, hi) if todo is None else todo[lo:hi].tolist()
-                    self._memo.keep([keys[i] for i in at], outs)
-            raise failure
-        if not known:
+        cuts = _cuts(lengths.pop(), self._max_rows)
+        parts = [{name: a[lo:hi] for name, a in feeds.items()} for lo, hi in cuts]
+        answers, failures = self._send_all(parts)
+        if not failures:
             if len(answers) == 1:
                 return answers[0]
             return {name: np.concatenate([a[name] for a in answers]) for name in self._outputs}
-        self._memo.drop([keys[i] for i in known])
-        return self._merge(n, todo, answers, known)
+        answered: list[dict[str, np.ndarray]] = []
+        errors: dict[int, str] = {}
+        for (lo, _), part, outs, exc in zip(cuts, parts, answers, failures, strict=True):
+            if exc is None:
+                answered.append(outs)
+            else:
+                self._isolate(part, lo, exc, answered, errors)
+        merged = (
+            {name: np.concatenate([a[name] for a in answered]) for name in self._outputs}
+            if answered
+            else {}
+        )
+        raise RowErrors(merged, errors)
+
+    def _isolate(
+        self,
+        part: dict[str, np.ndarray],
+        at: int,
+        exc: Exception,
+        answered: list[dict[str, np.ndarray]],
+        errors: dict[int, str],
+    ) -> None:
+        """Rows ``at:`` of a refused request: send halves again until each failure is one row."""
+        rows = len(next(iter(part.values())))
+        if rows == 1:
+            errors[at] = f"{type(exc).__name__}: {exc}"
+            return
+        mid = rows // 2
+        for lo, hi in ((0, mid), (mid, rows)):
+            half = {name: a[lo:hi] for name, a in part.items()}
+            try:
+                outs = self._request(half)
+            except (RemoteRejected, BadAnswer) as again:
+                self._isolate(half, at + lo, again, answered, errors)
+            else:
+                answered.append(outs)
 
     # -- requests -----------------------------------------------------------------------
     def _send_all(
         self, parts: list[dict[str, np.ndarray]]
-    ) -> tuple[list[dict[str, np.ndarray] | None], Exception | None]:
-        """Each part's outputs (``None`` where it failed), and the first failure."""
+    ) -> tuple[list[dict[str, np.ndarray] | None], list[Exception | None] | None]:
+        """Each part's outputs (``None`` where it failed) and, if any failed, each one's failure.
+
+        A refused request or a garbage answer fails only its part;
+        :class:`RemoteUnavailable` fails the call.
+        """
         if len(parts) == 1:  # no thread hop for a batch of one request
             try:
                 return [self._request(parts[0])], None
-            except Exception as exc:
-                return [None], exc
+            except (RemoteRejected, BadAnswer) as exc:
+                return [None], [exc]
         futures: list[Future] = [self._threads.submit(self._request, p) for p in parts]
         answers: list[dict[str, np.ndarray] | None] = []
-        failure: Exception | None = None
+        failures: list[Exception | None] = []
         for future in futures:
             try:
                 answers.append(future.result())
-            except RemoteUnavailable:
+                failures.append(None)
+            except (RemoteRejected, BadAnswer) as exc:
+                answers.append(None)
+                failures.append(exc)
+            except BaseException:
                 for other in futures:
                     other.cancel()
                 raise
-            except Exception as exc:
-                answers.append(None)
-                failure = failure or exc
-        return answers, failure
+        return answers, (failures if any(f is not None for f in failures) else None)
 
     def _request(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One request: its rows' outputs."""
@@ -351,26 +378,6 @@ class RemoteModel:
         versions = (getattr(self, "_metadata", None) or {}).get("versions") or [None]
         version = self._protocol.version or self._answered_version or versions[-1]
         return self._protocol.model if version is None else f"{self._protocol.model}@{version}"
-
-    def _merge(
-        self,
-        n: int,
-        todo: np.ndarray,
-        answers: list[dict[str, np.ndarray] | None],
-        known: dict[int, dict[str, np.ndarray]],
-    ) -> dict[str, np.ndarray]:
-        """Outputs for all ``n`` rows: answered rows at ``todo``, remembered ones at their place."""
-        merged = {}
-        for name in self._outputs:
-            fresh = [a[name] for a in answers if a is not None]
-            sample = fresh[0] if fresh else np.asarray(next(iter(known.values()))[name])[None]
-            out = np.empty((n, *sample.shape[1:]), dtype=sample.dtype)
-            if fresh:
-                out[todo] = np.concatenate(fresh)
-            for i, row in known.items():
-                out[i] = row[name]
-            merged[name] = out
-        return merged
 
     def _count(self, what: str, k: int = 1) -> None:
         with self._count_lock:
