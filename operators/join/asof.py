@@ -38,6 +38,7 @@ from streamml.operators.join.enrich import merge_fields
 from streamml.operators.join.interval import JoinOut
 
 from streamml.errors import Rejected, reject
+from streamml.metrics import instrumented
 
 __all__ = ["asof_join"]
 
@@ -351,6 +352,7 @@ def _from_legacy(state: _AsofState) -> dict[str, Any]:
 
 
 @operator
+@instrumented
 def asof_join(
     step_id: str,
     up: KeyedStream[Any],
