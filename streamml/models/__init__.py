@@ -13,7 +13,14 @@ docs/models.md.
 from streamml.models.callable import CallableModel
 from streamml.models.onnx import OnnxModel, default_providers
 from streamml.models.pmml import PmmlModel
-from streamml.models.protocol import Model, ModelInputError, TensorSpec, as_feeds
+from streamml.models.protocol import (
+    Model,
+    ModelInputError,
+    ModelUnavailable,
+    RowErrors,
+    TensorSpec,
+    as_feeds,
+)
 from streamml.models.remote import RemoteModel
 from streamml.models.tflite import TfliteModel
 
@@ -21,9 +28,11 @@ __all__ = [
     "CallableModel",
     "Model",
     "ModelInputError",
+    "ModelUnavailable",
     "OnnxModel",
     "PmmlModel",
     "RemoteModel",
+    "RowErrors",
     "TensorSpec",
     "TfliteModel",
     "as_feeds",
