@@ -65,6 +65,7 @@ from streamml.operators.featurize._shard import shard_grouper
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["AGGREGATES", "rolling", "window_label"]
 
@@ -425,6 +426,7 @@ class _RowLogic(_Logic):
 
 
 @operator
+@instrumented
 def rolling(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],

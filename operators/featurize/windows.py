@@ -47,6 +47,7 @@ from streamml.operators.featurize._window_core import Closed, Fixed, Sessions, S
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["WINDOW_AGGREGATES", "window_agg"]
 
@@ -282,6 +283,7 @@ def _windows(windower: Any) -> Fixed | Sessions:
 
 
 @operator
+@instrumented
 def window_agg(
     step_id: str,
     up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]],
