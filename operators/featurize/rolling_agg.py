@@ -60,6 +60,7 @@ from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import micros
 from streamml.operators.featurize import _legacy
 from streamml.operators.featurize._batch import extract
+from streamml.operators.featurize._frequency import is_frequency
 from streamml.operators.featurize._rolling_core import Config, Rolling, plan_names
 from streamml.operators.featurize._shard import shard_grouper
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
@@ -77,13 +78,17 @@ AGGREGATES = (
     "var",
     "min",
     "max",
+    "first",
     "last",
     "delta",
     "since",
     "rate",
     "ewma",
+    "distinct",
+    "approx_distinct",
 )
-"""Aggregate names, plus quantiles written ``p<percent>`` (``p50``, ``p95``, ``p99.9``)."""
+"""Aggregate names, plus quantiles written ``p<percent>`` (``p50``, ``p95``, ``p99.9``),
+``top<k>``, ``top<k>_count`` and histogram bins ``bin<lo>_<hi>`` (see :mod:`._frequency`)."""
 
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
 _KIND = "streamml.featurize.rolling"
@@ -125,10 +130,11 @@ def _check_aggs(
         if isinstance(aggs, str):
             raise ValueError(f"aggregates of {name!r} must be a list, e.g. [{aggs!r}]")
         for agg in aggs:
-            if agg not in AGGREGATES and not _QUANTILE.match(agg):
+            if agg not in AGGREGATES and not _QUANTILE.match(agg) and not is_frequency(agg):
                 raise ValueError(
                     f"unknown aggregate {agg!r} for field {name!r}; use one of "
-                    f"{', '.join(AGGREGATES)} or a quantile like 'p95'"
+                    f"{', '.join(AGGREGATES)}, a quantile like 'p95', top<k> or top<k>_count "
+                    "(k from 1 to 99), or a bin like 'bin0_10' (lo < hi)"
                 )
     return {name: tuple(aggs) for name, aggs in spec.items()}
 
@@ -475,7 +481,15 @@ def rolling(
     - ``last`` (this row's value), ``delta`` (value minus the previous
       row's in the window) and ``since`` (seconds since it) — NaN when
       this is the only row in the window;
+    - ``first``: the oldest value in the window;
     - ``rate``: ``count`` per second of ``window`` (time windows only);
+    - ``distinct`` (exact) and ``approx_distinct`` (HyperLogLog, 1.6 %
+      standard error: the window's rows are kept anyway, so it saves no
+      state), ``top<k>`` / ``top<k>_count`` (the k-th most frequent value,
+      ties to the smaller, and its count; NaN and 0 past the distinct
+      values) and ``bin<lo>_<hi>`` (values in ``[lo, hi)``: one bin of a
+      fixed-edge histogram), see
+      :mod:`streamml.operators.featurize._frequency`;
     - ``ewma``: mean weighted by ``0.5 ** (age / half_life)``;
     - quantiles ``p50``, ``p95``, ``p99`` (any ``p<percent>``): exact over
       the window, NumPy's linear interpolation.

@@ -42,6 +42,7 @@ from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import from_micros, micros, to_micros
 from streamml.operators.featurize import _window_legacy
 from streamml.operators.featurize._batch import extract
+from streamml.operators.featurize._frequency import is_frequency
 from streamml.operators.featurize._shard import shards_of
 from streamml.operators.featurize._window_core import Closed, Fixed, Sessions, Spec, Windows
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
@@ -51,8 +52,22 @@ from streamml.metrics import instrumented
 
 __all__ = ["WINDOW_AGGREGATES", "window_agg"]
 
-WINDOW_AGGREGATES = ("count", "sum", "mean", "std", "var", "min", "max", "first", "last", "rate")
-"""Aggregate names for :func:`window_agg`, plus quantiles ``p<percent>``."""
+WINDOW_AGGREGATES = (
+    "count",
+    "sum",
+    "mean",
+    "std",
+    "var",
+    "min",
+    "max",
+    "first",
+    "last",
+    "rate",
+    "distinct",
+    "approx_distinct",
+)
+"""Aggregate names for :func:`window_agg`, plus quantiles ``p<percent>``, ``top<k>``,
+``top<k>_count`` and histogram bins ``bin<lo>_<hi>`` (see :mod:`._frequency`)."""
 
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
 _KIND = "streamml.featurize.window_agg"
@@ -312,7 +327,11 @@ def window_agg(
     event. Aggregates: ``count``, ``sum``, ``mean``, ``std`` and ``var``
     (population), ``min``, ``max``, ``first``, ``last`` (in event-time
     order), ``rate`` (events per second of window length; fixed windows
-    only) and quantiles ``p<percent>`` (NumPy's linear interpolation).
+    only) and quantiles ``p<percent>`` (NumPy's linear interpolation);
+    ``distinct`` (exact) and ``approx_distinct`` (HyperLogLog, 1.6 %
+    standard error), ``top<k>`` / ``top<k>_count`` (the k-th most frequent
+    value and its count) and ``bin<lo>_<hi>`` (values in ``[lo, hi)``: a
+    histogram's bin), as in :mod:`streamml.operators.featurize._frequency`.
 
     Bad events go to ``errs`` exactly as for
     :func:`~streamml.operators.featurize.rolling`. An event older than its
@@ -441,10 +460,11 @@ def window_agg(
         if isinstance(aggs, str):
             raise ValueError(f"aggregates of {name!r} must be a list, e.g. [{aggs!r}]")
         for agg in aggs:
-            if agg not in WINDOW_AGGREGATES and not _QUANTILE.match(agg):
+            if agg not in WINDOW_AGGREGATES and not _QUANTILE.match(agg) and not is_frequency(agg):
                 raise ValueError(
                     f"unknown window aggregate {agg!r} for {name!r}; use one of "
-                    f"{', '.join(WINDOW_AGGREGATES)} or a quantile like 'p95'"
+                    f"{', '.join(WINDOW_AGGREGATES)}, a quantile like 'p95', top<k> or "
+                    "top<k>_count (k from 1 to 99), or a bin like 'bin0_10' (lo < hi)"
                 )
             if agg == "rate" and isinstance(windower, SessionWindower):
                 raise ValueError("rate needs a fixed window length; sessions have none")
