@@ -64,6 +64,7 @@ __all__ = [
     "count_rows",
     "events",
     "instrumented",
+    "is_instrumented",
     "serve",
     "serve_from_env",
 ]
@@ -271,4 +272,20 @@ def instrumented(builder: F) -> F:
             return dataclasses.replace(out, **counted)
         return out
 
+    build._streamml_counted = True  # type: ignore[attr-defined]
     return build  # type: ignore[return-value]
+
+
+def is_instrumented(fn: Callable[..., Any]) -> bool:
+    """Whether an operator function counts its events (:func:`instrumented` is among its wrappers).
+
+    Examples:
+        >>> from streamml.operators.infer import infer
+        >>> is_instrumented(infer), is_instrumented(op.map)
+        (True, False)
+    """
+    while fn is not None:
+        if getattr(fn, "_streamml_counted", False):
+            return True
+        fn = getattr(fn, "__wrapped__", None)
+    return False

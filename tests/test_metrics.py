@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -175,6 +176,18 @@ def test_rows_are_counted_per_port_in_equals_out_plus_rejected_plus_late() -> No
     assert count == {"in": 6.0, "oks": 3.0, "errs": 1.0, "late": 2.0}
     assert count["oks"] == sum(f.height for f in got["oks"])
     assert count["errs"] == len(got["errs"]) and count["late"] == len(got["late"])
+
+
+def test_every_public_operator_counts_its_events() -> None:
+    """A new operator that forgets ``@instrumented`` under ``@operator`` is caught here."""
+    missing = []
+    for family in ("featurize", "infer", "anomaly", "join"):
+        module = importlib.import_module(f"streamml.operators.{family}")
+        for name in module.__all__:
+            fn = getattr(module, name)
+            if hasattr(fn, "_op_cls") and not metrics.is_instrumented(fn):  # a Bytewax operator
+                missing.append(f"{family}.{name}")
+    assert missing == [], f"add @instrumented (streamml.metrics) under @operator: {missing}"
 
 
 def test_serve_from_env_refuses_what_is_not_a_port(monkeypatch: pytest.MonkeyPatch) -> None:
