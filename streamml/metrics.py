@@ -134,7 +134,13 @@ def serve(port: int, addr: str = "0.0.0.0") -> int:
     with _serving_lock:
         if port and (addr, port) in _serving:
             return port
-        server, _thread = start_http_server(port, addr, registry=REGISTRY)
+        try:
+            server, _thread = start_http_server(port, addr, registry=REGISTRY)
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {addr}:{port}: {exc}; another process may be using "
+                f"the port (give each Bytewax process its own {PORT_ENV})"
+            ) from exc
         bound = server.server_address[1]
         _serving[(addr, bound)] = server
         return bound

@@ -196,6 +196,11 @@ def test_serve_from_env_refuses_what_is_not_a_port(monkeypatch: pytest.MonkeyPat
         metrics.serve_from_env()
     with pytest.raises(ValueError, match="port must be an int from 0 to 65535"):
         metrics.serve(70000)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="give each Bytewax process its own STREAMML_METRICS"):
+            metrics.serve(taken.getsockname()[1], "127.0.0.1")
     monkeypatch.setenv("STREAMML_PROGRESS", "often")
     with pytest.raises(ValueError, match="STREAMML_PROGRESS must be the seconds"):
         progress_interval(None)
