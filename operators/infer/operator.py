@@ -79,6 +79,7 @@ def infer(
     version_field: str | None = "model_version",
     max_batch: int = 1024,
     max_wait: timedelta = timedelta(milliseconds=10),
+    target_latency: timedelta | None = None,
     shards: int = 1,
     overlap: bool = True,
     control: Stream[Any] | None = None,
@@ -155,6 +156,13 @@ def infer(
             (``None``: none).
         max_batch: Most rows per model call.
         max_wait: Longest time a row waits for its batch to fill.
+        target_latency: If set, the batch size adapts (up to
+            ``max_batch``) to hold this model latency per call: each shard
+            fits ``latency = a + b * rows`` to its recent calls and cuts the
+            largest batch predicted to finish within it, like Beam's
+            ``BatchElements`` (see :mod:`streamml.operators.infer.adaptive`).
+            For a model whose cost per row changes with load. It starts at
+            one row and learns again after a restart.
         shards: Number of batch queues. Rows are spread over them by key
             and Bytewax spreads the queues over workers; use 1 for a single
             worker, and a few per worker otherwise.
@@ -247,6 +255,8 @@ def infer(
     _validate.one_of("model", model, (Model,), "OnnxModel('model.onnx')")
     _validate.count("max_batch", max_batch)
     _validate.duration("max_wait", max_wait)
+    if target_latency is not None:
+        _validate.duration("target_latency", target_latency, minimum="positive")
     _validate.count("shards", shards)
     if key is not None:
         _validate.name("key", key, example="'sensor_id'")
@@ -273,6 +283,7 @@ def infer(
         wait_field=wait_field,
         max_batch=max_batch,
         max_wait_s=max_wait.total_seconds(),
+        target_s=None if target_latency is None else target_latency.total_seconds(),
         overlap=bool(overlap),
         watch=watch,
         watch_interval_s=watch_interval.total_seconds(),

@@ -31,6 +31,7 @@ from streamml.models import Model
 from streamml.models.protocol import ModelUnavailable, RowErrors
 
 from .._batching import DynamicBatcher
+from .adaptive import AdaptiveBatchSize
 from .inputs import frame_tensors, row_tensors
 from .models import Loader, Served, Watcher, check_compatible, serve
 from .outputs import attach_frame, attach_rows, version_column
@@ -65,6 +66,7 @@ class _Config:
     watch_initial: tuple[int, int] | None
     loader: Loader
     stats: InferStats
+    target_s: float | None = None  # adaptive batch size: the model latency per call to hold
 
 
 # -- the two kinds of batch -------------------------------------------------------------
@@ -272,6 +274,13 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         self._batcher: DynamicBatcher = DynamicBatcher(
             max_batch=cfg.max_batch, max_wait_s=cfg.max_wait_s
         )
+        self._sizer = (
+            AdaptiveBatchSize(target_s=cfg.target_s, max_batch=cfg.max_batch)
+            if cfg.target_s is not None
+            else None
+        )
+        if self._sizer is not None:
+            self._batcher.max_batch = self._sizer.size
         now = time.monotonic()
         for part in pending:
             self._batcher.push(part, now)
@@ -403,6 +412,9 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
             self._predict(served, batch.columns, 0, n, segments, failures, calls)
             model_seconds = time.monotonic() - started
         self._thread.learned(n, model_seconds)
+        if self._sizer is not None and calls[0] == 1 and not failures:
+            self._sizer.observe(n, model_seconds)
+            self._batcher.max_batch = self._sizer.size
         errs_before = len(result.errs)
         for lo, hi, outs in segments:
             waits = batch.wait_values[lo:hi] if batch.wait_values is not None else None
