@@ -41,6 +41,14 @@ _PMML_DTYPES = {
 }
 
 
+def _missing_as_none(column: np.ndarray) -> list[Any]:
+    """A column as the Python values JPMML takes, NaN as a missing value (None)."""
+    values = column.tolist()
+    if column.dtype.kind == "f" and np.isnan(column).any():
+        values = [None if v != v else v for v in values]
+    return values
+
+
 def _make_evaluator(data: bytes) -> Any:
     try:
         from jpmml_evaluator import make_evaluator
@@ -75,6 +83,9 @@ class PmmlModel:
     ``probability_*`` fields), by name. A row the evaluator refuses (a value
     outside the field's valid range, for example) fails the call with the
     evaluator's reason, so ``infer`` finds the row and sends it to ``errs``.
+    A NaN is PMML's missing value: the document's missing-value rules apply,
+    and an output the model cannot compute is ``None`` (``infer`` rejects
+    non-finite inputs before the model sees them).
 
     The document is loaded and verified (its ``ModelVerification`` records,
     when it has any, are scored and compared) when the model is built; no
@@ -206,7 +217,7 @@ class PmmlModel:
         match the declared inputs, and ``ValueError`` naming the first row the
         evaluator refused.
         """
-        import pandas as pd  # a dependency of jpmml-evaluator, whose batch call takes a DataFrame
+        from jpmml_evaluator import PythonEvaluatorUtil  # present: the model loaded
 
         feeds = as_feeds(self._inputs, inputs)
         vector = self._config["vector"]
@@ -218,18 +229,27 @@ class PmmlModel:
             }
         else:
             columns = feeds
-        results, errors = self._evaluator.evaluateAll(
-            pd.DataFrame(columns), error_col=None, parallelism=self._config["parallelism"]
+        # The columnar call Evaluator.evaluateAll makes, without its pandas DataFrames in and
+        # out: they cost 2-3 times the Java call itself (about 9 of 13 ms for one row).
+        data = [_missing_as_none(column) for column in columns.values()]
+        results = PythonEvaluatorUtil.evaluateAll(
+            self._evaluator.backend,
+            self._evaluator.javaEvaluator,
+            {"columns": list(columns), "data": data},
+            None,
+            self._config["parallelism"],
         )
+        errors = results["errors"]
         if errors is not None:
-            failed = errors.notna().to_numpy().nonzero()[0]
-            if len(failed):
+            failed = [i for i, error in enumerate(errors) if error is not None]
+            if failed:
                 raise ValueError(
                     f"PMML model {self._version!r} refused {len(failed)} row(s); "
-                    f"row {failed[0]}: {errors.iloc[failed[0]]}"
+                    f"row {failed[0]}: {errors[failed[0]]}"
                 )
+        by_name = dict(zip(results["columns"], results["data"], strict=True))
         return {
-            ours: results[name].to_numpy()
+            ours: np.asarray(by_name[name])
             for name, ours in zip(self._field_outputs, self._outputs, strict=True)
         }
 

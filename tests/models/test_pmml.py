@@ -115,6 +115,8 @@ def test_bad_documents_names_and_batches_are_refused_with_reasons(trained, tmp_p
     with pytest.raises(ValueError, match=r"refused 1 row\(s\); row 2: .*x"):
         ranged.predict(np.array([0.0, 10.0, 20.0]))
     np.testing.assert_allclose(ranged.predict(np.array([0.0, 10.0]))["y"], [1.0, 21.0])
+    # NaN is PMML's missing value: no prediction for that row, the others scored
+    assert ranged.predict(np.array([1.0, np.nan, 2.0]))["y"].tolist() == [3.0, None, 5.0]
 
 
 def test_infer_scores_a_stream_and_sends_refused_rows_to_errs() -> None:
