@@ -483,6 +483,28 @@ def test_rolling_scorers_match_bruteforce(steps, window_s):
             assert plain[i][1] == int(z.argmax())
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="running sums stay relative to a reference point that has left the window: "
+    "var = s2 - s1^2/n then cancels digits (z off by ~1e-5 relative; hypothesis found "
+    "1.4e-6 in test_rolling_scorers_match_bruteforce); re-centring when s1^2 > 0.99*n*s2 "
+    "after an eviction gives 1.6e-10",
+)
+@pytest.mark.parametrize("fields", [["a"], ["a", "b"]])
+def test_sums_stay_exact_once_a_far_reference_point_leaves(fields):
+    """The key's first point, far from the rest, leaves the window; a tight cluster stays."""
+    rng = random.Random(1)
+    pts = [(0, (-1000.0, -1000.0))]
+    pts += [(i * 1_000_000, (1000 + rng.choice([0, 0.01, 0.02, -0.01]),) * 2) for i in range(1, 61)]
+    pts = [(t, xs[: len(fields)]) for t, xs in pts]
+    got = _feed(ZScore(fields, window=20 * SEC, min_points=3), pts)
+    for i in range(25, 61):  # the first point left at t = 20 s
+        prior = np.array([p[1][0] for p in pts[i - 19 : i]])
+        z = abs(pts[i][1][0] - prior.mean()) / prior.std(ddof=1)
+        assert math.isclose(got[i][0], z, rel_tol=1e-9, abs_tol=1e-9), i
+
+
 def test_running_sums_stay_exact_over_long_runs():
     rng = random.Random(8)
     pts = [(i * 1_000_000, (1e6 + rng.gauss(0, 1), rng.gauss(0, 1e-3))) for i in range(9000)]
