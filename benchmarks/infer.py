@@ -13,6 +13,10 @@ scikit-learn and skl2onnx from generated data:
 - IsolationForest, 100 trees: ``infer`` vs the raw runtime at the same batch
   size.
 - Ceilings: each model alone in ONNX Runtime at batch 1, 64 and 1,024.
+- Adaptive batch size: a model costing 1 ms a call plus 20 µs a row, then
+  60 µs a row from the middle of the stream (a sleep, so it holds no core),
+  under fixed ``max_batch`` 1,024 and 64 and under ``target_latency`` 10 ms:
+  events/s and the model's latency per call (median, p90, max).
 - Latency: ``max_wait`` = 10 ms, a source paced at half the MLP's measured
   ``infer`` rate; the time from the source handing an event to Bytewax to
   the sink receiving it (so an upper bound on the time spent in the
@@ -41,7 +45,7 @@ from bytewax.testing import run_main
 from streamml.operators.infer import infer
 
 from benchmarks.harness import alternate, format_table
-from streamml.models import OnnxModel
+from streamml.models import CallableModel, OnnxModel
 
 N_FEATURES = 16
 N_KEYS = 100
@@ -276,6 +280,67 @@ def _latency(model: OnnxModel, events: list, rate: float | None, limit: int) -> 
     }
 
 
+class _ChangingCost:
+    """A model that sleeps 1 ms a call plus 20 µs a row, 60 µs a row after ``switch`` rows."""
+
+    def __init__(self, switch: int) -> None:
+        self.switch, self.rows, self.calls = switch, 0, []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        per_row = 20e-6 if self.rows < self.switch else 60e-6
+        self.rows += len(x)
+        time.sleep(1e-3 + per_row * len(x))
+        self.calls.append(time.perf_counter() - started)
+        return x[:, 0]
+
+
+def _adaptive(quick: bool) -> dict[str, Any]:
+    """Fixed batch sizes next to ``target_latency`` on a model whose cost per row changes."""
+    n = 20_000 if quick else 60_000
+    events = _events(n)
+    calls: dict[str, list[float]] = {}
+
+    def contender(name: str, **kwargs: Any) -> Callable[[], int]:
+        def run() -> int:
+            fn = _ChangingCost(n // 2)
+            model = CallableModel(fn, outputs="score", shape=(N_FEATURES,), version="cost")
+            flow = Dataflow("bench_infer_adaptive")
+            up = op.input("in", flow, ListSource(events, SOURCE_BATCH))
+            out = infer("infer", up, model, max_wait=timedelta(0), overlap=False, **kwargs)
+            sink = CountSink()
+            op.output("out", out.oks, sink)
+            run_main(flow)
+            calls.setdefault(name, []).extend(fn.calls)
+            return sink.count
+
+        return run
+
+    runs = alternate(
+        {
+            "max_batch=1024": contender("max_batch=1024", max_batch=1024),
+            "max_batch=64": contender("max_batch=64", max_batch=64),
+            "target_latency=10ms (max_batch=1024)": contender(
+                "target_latency=10ms (max_batch=1024)",
+                max_batch=1024,
+                target_latency=timedelta(milliseconds=10),
+            ),
+        },
+        rounds=3,
+        warmup=False,
+    )
+    print(format_table("cost per row x3 half-way: events/s", runs, "events/s"))
+    out: dict[str, Any] = {"events": n, "runs": {m.name: m.as_dict() for m in runs}}
+    for name, seconds in calls.items():
+        q = statistics.quantiles(seconds, n=10)
+        out[name] = {"p50_ms": q[4] * 1e3, "p90_ms": q[8] * 1e3, "max_ms": max(seconds) * 1e3}
+        print(
+            f"  {name}: model latency per call p50 {q[4] * 1e3:.1f} ms, p90 {q[8] * 1e3:.1f} ms, "
+            f"max {max(seconds) * 1e3:.1f} ms ({len(seconds)} calls)"
+        )
+    return out
+
+
 def main(quick: bool = False) -> dict:
     n = 100_000 if quick else 1_000_000
     n_single = n // 20  # calling the model per event is slow: fewer events, same per-event rate
@@ -326,6 +391,8 @@ def main(quick: bool = False) -> dict:
     results["iforest"] = {m.name: m.as_dict() for m in forest_runs}
     results["iforest_share_of_raw"] = share
     results["ceilings"] = _ceilings({"MLP": mlp, "IsolationForest": forest}, matrix, quick)
+    print("adaptive batch size ...", flush=True)
+    results["adaptive"] = _adaptive(quick)
 
     # The latency dataflow time-stamps events at the source and reads the clock at
     # the sink; its own maximum rate is measured first, then it is paced at half.
