@@ -17,6 +17,10 @@ scikit-learn and skl2onnx from generated data:
   60 µs a row from the middle of the stream (a sleep, so it holds no core),
   under fixed ``max_batch`` 1,024 and 64 and under ``target_latency`` 10 ms:
   events/s and the model's latency per call (median, p90, max).
+- Model copies: the MLP's rows/s in batches of 1,024 called from one
+  thread on one copy, from two threads on two copies (one ORT thread
+  each), and from two threads sharing one copy — whether holding more
+  copies per process uses the second core here.
 - Latency: ``max_wait`` = 10 ms, a source paced at half the MLP's measured
   ``infer`` rate; the time from the source handing an event to Bytewax to
   the sink receiving it (so an upper bound on the time spent in the
@@ -32,6 +36,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -341,6 +346,42 @@ def _adaptive(quick: bool) -> dict[str, Any]:
     return out
 
 
+def _copies(model_bytes: bytes, matrix: np.ndarray, quick: bool) -> dict[str, Any]:
+    """Rows/s of one model copy in one thread next to two copies (and one shared) in two threads."""
+    copies = [
+        OnnxModel(model_bytes, version=f"copy{i}", intra_op_threads=1, inter_op_threads=1)
+        for i in range(2)
+    ]
+    batches = [matrix[i : i + MAX_BATCH] for i in range(0, len(matrix), MAX_BATCH)]
+    batches = batches[: 100 if quick else 400]
+    pool = ThreadPoolExecutor(2)
+
+    def threads(models: list[OnnxModel]) -> Callable[[], int]:
+        def run() -> int:
+            list(pool.map(lambda i: models[i % 2].predict(batches[i]), range(len(batches))))
+            return sum(len(b) for b in batches)
+
+        return run
+
+    def alone() -> int:
+        for b in batches:
+            copies[0].predict(b)
+        return sum(len(b) for b in batches)
+
+    runs = alternate(
+        {
+            "1 copy, 1 thread": alone,
+            "2 copies, 2 threads": threads(copies),
+            "1 copy shared by 2 threads": threads([copies[0], copies[0]]),
+        },
+        rounds=5,
+    )
+    pool.shutdown()
+    print(format_table("MLP model copies, rows/s (batch 1,024, 1 ORT thread each)", runs, "rows/s"))
+    print(f"  machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    return {m.name: m.as_dict() for m in runs} | {"load_average_1min": os.getloadavg()[0]}
+
+
 def main(quick: bool = False) -> dict:
     n = 100_000 if quick else 1_000_000
     n_single = n // 20  # calling the model per event is slow: fewer events, same per-event rate
@@ -391,6 +432,7 @@ def main(quick: bool = False) -> dict:
     results["iforest"] = {m.name: m.as_dict() for m in forest_runs}
     results["iforest_share_of_raw"] = share
     results["ceilings"] = _ceilings({"MLP": mlp, "IsolationForest": forest}, matrix, quick)
+    results["copies"] = _copies(build_mlp(), matrix, quick)
     print("adaptive batch size ...", flush=True)
     results["adaptive"] = _adaptive(quick)
 
