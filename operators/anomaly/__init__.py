@@ -32,6 +32,10 @@ every worker and process); each shard state judges the time of all its keys
 at once and runs the per-key logic of the keys with released rows, so
 Bytewax routes one item per shard per batch instead of every event by key.
 
+:func:`inactivity` reports the other kind of anomaly, a key that stops
+sending: "no row for T", in event time (the key's own, or the flow's
+progress) and by the wall clock while the key is quiet.
+
 Thresholds are a :class:`FixedThreshold` or a per-key adaptive
 :class:`QuantileThreshold` with a warm-up period.
 
@@ -66,6 +70,7 @@ from __future__ import annotations
 from streamml.operators.anomaly.combine import Combined
 from streamml.operators.anomaly.scorers import Ewma, RobustZScore, ZScore
 from streamml.operators.anomaly.scoring import ScoreOut, score
+from streamml.operators.anomaly.silence import InactivityOut, inactivity
 from streamml.operators.anomaly.thresholds import FixedThreshold, QuantileThreshold
 from streamml.operators.anomaly.windows import AnomalyWindowsOut, anomaly_windows
 
@@ -74,10 +79,12 @@ __all__ = [
     "Combined",
     "Ewma",
     "FixedThreshold",
+    "InactivityOut",
     "QuantileThreshold",
     "RobustZScore",
     "ScoreOut",
     "ZScore",
     "anomaly_windows",
+    "inactivity",
     "score",
 ]

@@ -1,0 +1,344 @@
+"""The :func:`inactivity` operator: a per-key "no data for T" alert, in event time and by the wall clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+import polars as pl
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import StatefulBatchLogic
+from streamml.operators import _validate
+from streamml.operators._core.columns import check_frame, ts_micros
+from streamml.operators._core.event_time import KeyedEventTime
+from streamml.operators._core.keys import frame_sharder
+from streamml.operators._core.state import restore, snapshot
+from streamml.operators._time import from_micros, micros
+
+from streamml.errors import Rejected
+
+__all__ = ["InactivityOut", "inactivity"]
+
+_KIND = "streamml.anomaly.inactivity"
+_VERSION = 1
+_NONE = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True)
+class InactivityOut:
+    """Streams returned by :func:`inactivity`.
+
+    An alert (on ``alerts``) is a dict: ``key``, ``last_seen`` (the time of
+    the key's last row) and ``silent_at`` (``last_seen + after``: from then
+    on the key had no row for ``after``).
+    """
+
+    alerts: Stream[dict[str, Any]]
+    errs: Stream[Rejected]
+    late: Stream[Rejected]
+
+
+class _Silences(StatefulBatchLogic):
+    """All keys' newest times and whether their silence was reported.
+
+    Eviction: a key is forgotten by the core ``ttl`` after its newest row
+    (against the flow's newest row); its silence is reported before that
+    (``ttl >= after + lateness``).
+    """
+
+    def __init__(
+        self,
+        step_id: str,
+        timestamp: str,
+        key: str,
+        after: int,
+        event_time: Callable[[Any], KeyedEventTime],
+        resume: Any,
+    ) -> None:
+        self.step_id, self.timestamp, self.key, self.after = step_id, timestamp, key, after
+        # key id -> newest released time (gaps are found between released rows), newest
+        # accepted time, and the last seen time whose silence was reported
+        self.last, self.seen, self.told = (np.full(16, _NONE, dtype=np.int64) for _ in range(3))
+        # key id -> the last seen times whose silence was reported at or after its newest
+        # released row (their gaps are still to be released): few, pruned as rows are released
+        self.early: dict[int, set[int]] = {}
+        data = None if resume is None else restore(resume, kind=_KIND, version=_VERSION)
+        self.et = event_time(None if data is None else data["time"])
+        if data is not None:
+            n = len(data["last"])
+            self._grow(n)
+            self.last[:n], self.seen[:n], self.told[:n] = data["last"], data["seen"], data["told"]
+            self.early = {k: set(v) for k, v in data["early"].items()}
+
+    def _grow(self, n: int) -> None:
+        if n > len(self.last):
+            size = max(n, 2 * len(self.last))
+            grown = []
+            for old in (self.last, self.seen, self.told):
+                new = np.full(size, _NONE, dtype=np.int64)
+                new[: len(old)] = old
+                grown.append(new)
+            self.last, self.seen, self.told = grown
+
+    def on_batch(self, values: list[pl.DataFrame]) -> tuple[list[Any], bool]:
+        out: tuple[list, list, list] = ([], [], [])
+        et = self.et
+        for frame in values:
+            ts = ts_micros(frame, self.timestamp)
+            adm = et.admit(frame.get_column(self.key), ts)
+            if len(adm.future) or len(adm.late):
+                errs, late = adm.rejected(self.step_id, partial(frame.row, named=True))
+                out[1].extend(errs)
+                out[2].extend(late)
+            et.hold(None, adm.kid, adm.ts)
+            self._grow(len(et.keys))
+            np.maximum.at(self.seen, adm.kid, adm.ts)
+        self._step(out[0])
+        return [out], False
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        out: tuple[list, list, list] = ([], [], [])
+        self._step(out[0])
+        return [out], False
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        out: tuple[list, list, list] = ([], [], [])
+        self._step(out[0], eof=True)
+        return [out], False
+
+    def _alert(self, kid: np.ndarray, last: np.ndarray, gone: dict, alerts: list) -> None:
+        key_of, after = self.et.key_of, self.after
+        for k, t in zip(kid.tolist(), last.tolist()):
+            alerts.append(
+                {
+                    "key": gone[k] if k in gone else key_of(k),
+                    "last_seen": from_micros(t),
+                    "silent_at": from_micros(t + after),
+                }
+            )
+
+    def _step(self, alerts: list, eof: bool = False) -> None:
+        """Gaps of the released rows, then keys whose watermark passed their last row + after."""
+        et, after = self.et, self.after
+        rel = et.release(eof=eof)
+        held = rel.held
+        self._grow(len(et.keys))
+        gone = dict(zip(rel.gone.tolist(), rel.gone_keys))  # forgotten by the core just now
+        if len(held):
+            order = np.argsort(held.kid, kind="stable")  # by key, in time within a key
+            kid, ts = held.kid[order], held.ts[order]
+            first = np.ones(len(kid), dtype=bool)
+            first[1:] = kid[1:] != kid[:-1]
+            prev = np.empty_like(ts)
+            prev[1:] = ts[:-1]
+            prev[first] = self.last[kid[first]]
+            # a gap is reported unless its silence was already (noticed before the row came)
+            gap = np.flatnonzero((prev != _NONE) & (ts - prev > after))
+            if len(gap):
+                early = self.early
+                new = [
+                    i
+                    for i, k, p in zip(gap.tolist(), kid[gap].tolist(), prev[gap].tolist())
+                    if p not in early.get(k, ())
+                ]
+                self._alert(kid[new], prev[new], gone, alerts)
+            lastrow = np.ones(len(kid), dtype=bool)
+            lastrow[:-1] = kid[1:] != kid[:-1]
+            self.last[kid[lastrow]] = ts[lastrow]
+            for k in set(self.early) & set(kid[lastrow].tolist()):
+                kept = {t for t in self.early[k] if t >= self.last[k]}
+                if kept:
+                    self.early[k] = kept
+                else:
+                    del self.early[k]
+        n = len(et.keys)
+        known = self._unreported(n)
+        if len(known):
+            # each key's own watermark (its rows, and the wall clock while it is quiet), or the
+            # flow's event-time progress: its newest row minus lateness. Past the key's newest
+            # row (held or not) plus `after`, no row of it can come any more in between
+            mark = np.maximum(et.marks(known), et.newest - et.delay)
+            silent = known[mark > self.seen[known] + after]
+            if len(silent):
+                self._alert(silent, self.seen[silent], gone, alerts)
+                self.told[silent] = self.seen[silent]
+                for k, t in zip(silent.tolist(), self.seen[silent].tolist()):
+                    self.early.setdefault(k, set()).add(t)
+        if gone:
+            for arr in (self.last, self.seen, self.told):
+                arr[rel.gone] = _NONE
+            for k in gone:
+                self.early.pop(k, None)
+
+    def _unreported(self, n: int) -> np.ndarray:
+        """Key ids with a row whose silence after their newest row is not reported yet."""
+        seen = self.seen[:n]
+        return np.flatnonzero((seen != _NONE) & (seen != self.told[:n]))
+
+    def notify_at(self) -> datetime | None:
+        due = self.et.notify_at()
+        known = self._unreported(len(self.et.keys))
+        if len(known):
+            at = float(self.et.wall_time_of(known, self.seen[known] + self.after + 1).min())
+            if at < np.inf:
+                when = datetime.fromtimestamp(at, tz=timezone.utc)
+                due = when if due is None else min(due, when)
+        return due
+
+    def snapshot(self) -> dict[str, Any]:
+        n = len(self.et.keys)
+        data = {
+            "time": self.et.snapshot_data(),
+            "last": self.last[:n].copy(),
+            "seen": self.seen[:n].copy(),
+            "told": self.told[:n].copy(),
+            "early": {k: sorted(v) for k, v in self.early.items()},
+        }
+        return snapshot(_KIND, _VERSION, data)
+
+
+def _select(key: str, timestamp: str) -> Callable[[list[Any]], list[Any]]:
+    """Only the key and time columns of each frame travel to the one state."""
+
+    def select(items: list[Any]) -> list[Any]:
+        return [
+            x if isinstance(x, Rejected) else ("all", x[1].select(key, timestamp)) for x in items
+        ]
+
+    return select
+
+
+@operator
+def inactivity(
+    step_id: str,
+    up: Stream[pl.DataFrame],
+    *,
+    key: str,
+    timestamp: str,
+    after: timedelta,
+    lateness: timedelta = timedelta(0),
+    ttl: timedelta | None = None,
+    max_future: timedelta | None = None,
+    clock: Callable[[], float] = time.time,
+) -> InactivityOut:
+    """Alert when a key has had no row for ``after``: a silent sensor is often the anomaly.
+
+    A key is silent at ``last_seen + after`` when none of its rows falls
+    in ``(last_seen, last_seen + after]``. That is known once the event
+    time has passed ``last_seen + after``; event time moves on three ways:
+
+    - the key's own rows: a row after the gap reports it (when data comes
+      back, e.g. on a replay);
+    - the flow's: its newest row of any key minus ``lateness``. Other keys'
+      data say the time has passed, so a replayed stream reports a key that
+      fell silent for good. ``lateness`` must then bound how far rows of
+      different keys arrive out of order, as for a Bytewax ``EventClock``
+      on one input;
+    - the wall clock, while the key is quiet (the core's idle advance,
+      :class:`~streamml.operators._core.event_time.KeyedEventTime`): live,
+      a key silent for ``after`` is reported ``after`` (plus ``lateness``)
+      of wall-clock time after its last row arrived, even if every key went
+      quiet.
+
+    Each silence is reported once, whichever way it was noticed; a key that
+    comes back and goes quiet again is reported again. End of input is not
+    silence. Rows older than their key's watermark go to ``late``.
+
+    The event time of the whole flow lives in one state: each frame is cut
+    to its key and time columns, and those (not whole frames) meet in one
+    step, which then works on all keys column-wise.
+
+    Args:
+        step_id: Unique id.
+        up: Frames with ``key`` and ``timestamp`` columns.
+        key: The key column (text or integers).
+        timestamp: The event-time column (time-zone-aware ``pl.Datetime``,
+            or integer epoch milliseconds).
+        after: How long without a row is a silence.
+        lateness: Allowed out-of-orderness, of a key's rows and across keys.
+        ttl: Forget a key this long after its newest row (against the
+            flow's newest row); at least ``after + lateness`` (default plus
+            one hour), so its silence is reported first.
+        max_future: Reject rows further than this beyond the wall clock
+            (``FutureTimestamp``); ``None`` accepts any time.
+        clock: The wall clock (seconds since the epoch); tests inject one.
+
+    Returns:
+        :class:`InactivityOut` with ``alerts``, ``errs`` (bad keys, bad
+        timestamps, items that are not frames) and ``late``.
+
+    Examples:
+        Pump 2 stops sending at 10:00:20; pump 1's readings move the event
+        time on past 10:01:20:
+
+        >>> import bytewax.operators as op
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> t0 = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
+        >>> frame = pl.DataFrame({
+        ...     "pump": ["pump-1", "pump-2"] * 3 + ["pump-1"] * 8,
+        ...     "t": [t0 + timedelta(seconds=10 * (i // 2)) for i in range(6)]
+        ...          + [t0 + timedelta(seconds=30 + 10 * i) for i in range(8)],
+        ... })
+        >>> flow = Dataflow("inactivity_eg")
+        >>> frames = op.input("in", flow, TestingSource([frame]))
+        >>> quiet = inactivity("silent", frames, key="pump", timestamp="t",
+        ...                    after=timedelta(minutes=1))
+        >>> alerts = []
+        >>> op.output("alerts", quiet.alerts, TestingSink(alerts))
+        >>> run_main(flow)
+        >>> [(a["key"], a["last_seen"].time(), a["silent_at"].time()) for a in alerts]
+        [('pump-2', datetime.time(10, 0, 20), datetime.time(10, 1, 20))]
+    """
+    _validate.name("key", key, example="'sensor_id'")
+    _validate.name("timestamp", timestamp, example="'ts'")
+    _validate.duration("after", after, minimum="positive")
+    _validate.duration("lateness", lateness)
+    _validate.duration("ttl", ttl, minimum="positive", optional=True)
+    _validate.duration("max_future", max_future, optional=True)
+    if ttl is None:
+        ttl = after + lateness + timedelta(hours=1)
+    if ttl < after + lateness:
+        raise ValueError(f"ttl must be >= after + lateness ({after + lateness}); got {ttl}")
+    if not callable(clock):
+        raise ValueError(f"clock must be a function returning seconds; got {clock!r}")
+    check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=())
+    route = frame_sharder(step_id, key=key, shards=1, check=check)
+    mixed = op.flat_map_batch("shard", up, route)
+    split = op.branch(
+        "split",
+        op.flat_map_batch("select", mixed, _select(key, timestamp)),
+        lambda x: isinstance(x, Rejected),
+    )
+
+    event_time = partial(
+        KeyedEventTime,
+        max_delay=lateness,
+        ttl=ttl,
+        max_future=max_future,
+        idle_advance=True,
+        clock=clock,
+    )
+
+    def build(resume: Any) -> _Silences:
+        return _Silences(
+            step_id, timestamp, key, micros(after), lambda r: event_time(resume=r), resume
+        )
+
+    chunks = op.stateful_batch("silences", split.falses, build)
+    outs = op.map("unshard", chunks, lambda kv: kv[1])
+
+    def pick(i: int) -> Callable[[list], list]:
+        return lambda batch: [x for lists in batch for x in lists[i]]
+
+    return InactivityOut(
+        alerts=op.flat_map_batch("alerts", outs, pick(0)),
+        errs=op.merge("all_errs", split.trues, op.flat_map_batch("errs", outs, pick(1))),
+        late=op.flat_map_batch("late", outs, pick(2)),
+    )
