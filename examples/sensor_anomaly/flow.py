@@ -228,7 +228,9 @@ def build_flow(
         scored.oks,  # the same in-order, on-time readings the model scored
         key="sensor_id",
         timestamp="ts",
-        score=anomaly.RobustZScore(list(FIELDS), window=timedelta(minutes=10), min_points=30),
+        score=anomaly.RobustZScore(
+            list(FIELDS), window=timedelta(minutes=10), min_points=30, exclude_above=6.0
+        ),
         threshold=anomaly.FixedThreshold(6.0, close_below=3.0),
         min_points=2,
         cooldown=timedelta(seconds=20),
