@@ -19,13 +19,17 @@ One module per concept:
   frame columns;
 - :mod:`.models`: model loading and live swap;
 - :mod:`.overlap`: the thread a shard's model calls run in;
-- :mod:`.stats`: the step's counters (:class:`InferStats`).
+- :mod:`.stats`: the step's counters (:class:`InferStats`);
+- :mod:`.adaptive`: the adaptive batch size of ``target_latency``;
+- :mod:`.shadow`: :func:`shadow` — a candidate model beside the live one,
+  on a stable share of keys, compared online.
 """
 
 from .operator import InferOut, infer
 
 # Recovery stores written before versioned snapshot records pickled this class here.
 from .recovery import _Snapshot as _Snapshot
+from .shadow import ShadowOut, ShadowStats, shadow
 from .stats import InferStats
 
-__all__ = ["InferOut", "InferStats", "infer"]
+__all__ = ["InferOut", "InferStats", "ShadowOut", "ShadowStats", "infer", "shadow"]

@@ -1,0 +1,250 @@
+"""Shadow and canary scoring: a candidate model beside the live one, compared online.
+
+:func:`shadow` scores every row with the live model (its results are the
+flow's results, as from :func:`~streamml.operators.infer.infer`) and a share
+of the rows — chosen by a hash of the key, so a key is always in or always
+out — with a candidate, on a stream of its own: each scored row carries both
+models' outputs, the candidate's under ``shadow_<output>`` with its version
+in ``shadow_version``. The candidate scores after the live model, so it
+never delays the live results. :class:`ShadowStats` compares the two as the
+rows pass: how often a label output agrees, and the mean absolute and root
+mean squared difference of a score (by the label join's
+:class:`~streamml.operators.join.metrics.RegressionStats`). For metrics
+against delayed labels, send ``shadow`` into
+:func:`~streamml.operators.join.label_join` with
+``prediction="shadow_<output>"`` and ``model_version="shadow_version"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+import polars as pl
+from bytewax.dataflow import Stream, operator
+from streamml.operators.join.metrics import RegressionStats
+
+from streamml.errors import Rejected
+from streamml.models import Model
+
+from .operator import infer
+from .stats import InferStats
+
+__all__ = ["ShadowOut", "ShadowStats", "in_share", "shadow"]
+
+PREFIX = "shadow_"
+
+logger = logging.getLogger(__name__)
+
+
+def in_share(key: Any, share: float) -> bool:
+    """Whether ``key`` is among the ``share`` of keys the candidate scores (stable across runs).
+
+    Examples:
+        >>> in_share("sensor-1", 1.0), in_share("sensor-1", 0.0)
+        (True, False)
+        >>> sum(in_share(f"k{i}", 0.25) for i in range(10_000))  # about a quarter
+        2499
+    """
+    return zlib.crc32(str(key).encode()) < share * 2**32
+
+
+class ShadowStats:
+    """The live and candidate models compared on the rows both scored, updated once per batch.
+
+    Attributes:
+        rows: Rows both models scored.
+        agreement: Share of rows whose ``compare`` output is equal (``None``: no rows).
+        mae, rmse: Mean absolute and root mean squared difference of ``compare``
+            (``None`` when it is not numeric, or no rows).
+
+    Examples:
+        >>> s = ShadowStats()
+        >>> s._add(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 3.0]))
+        >>> s.rows, round(s.agreement, 3), s.mae
+        (3, 0.667, 0.16666666666666666)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._equal = 0
+        self._diff = RegressionStats()
+        self._numeric = True
+        self.rows = 0
+
+    @property
+    def agreement(self) -> float | None:
+        return self._equal / self.rows if self.rows else None
+
+    @property
+    def mae(self) -> float | None:
+        return self._diff.result()["mae"] if self._numeric else None
+
+    @property
+    def rmse(self) -> float | None:
+        return self._diff.result()["rmse"] if self._numeric else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The comparison as a dict (for a log line or a metrics exporter)."""
+        return {"rows": self.rows, "agreement": self.agreement, "mae": self.mae, "rmse": self.rmse}
+
+    def _add(self, live: np.ndarray, candidate: np.ndarray) -> None:
+        equal = int(np.sum(live == candidate))
+        numeric = live.dtype.kind in "biuf" and candidate.dtype.kind in "biuf"
+        part = RegressionStats()
+        if numeric:
+            diff = candidate.astype(np.float64) - live.astype(np.float64)
+            part.n, part.abs_sum, part.sq_sum = (
+                len(diff),
+                float(np.abs(diff).sum()),
+                float(diff @ diff),
+            )
+        with self._lock:
+            self.rows += len(live)
+            self._equal += equal
+            self._numeric = self._numeric and numeric
+            if numeric:
+                self._diff.merge(part)
+
+
+@dataclass(frozen=True)
+class ShadowOut:
+    """The streams of a :func:`shadow` step.
+
+    Attributes:
+        oks: The live model's results, as :attr:`InferOut.oks`.
+        errs: Rejections of both models (the candidate's name its step).
+        shadow: The candidate's share of rows, with both models' outputs.
+        live_stats: The live step's :class:`InferStats`.
+        candidate_stats: The candidate step's :class:`InferStats`.
+        stats: The online comparison, :class:`ShadowStats`.
+    """
+
+    oks: Stream[Any]
+    errs: Stream[Rejected]
+    shadow: Stream[Any]
+    live_stats: InferStats
+    candidate_stats: InferStats
+    stats: ShadowStats
+
+
+def _picker(share: float, key: str | None) -> Callable[[Any], Any]:
+    def pick(item: Any) -> Any:
+        if isinstance(item, pl.DataFrame):
+            if share >= 1.0:
+                return item
+            if key is None:  # the live results are whole; only the comparison lacks these rows
+                logger.warning("shadow: a frame without key= cannot be shared by key; skipped")
+                return None
+            keep = [in_share(k, share) for k in item.get_column(key).to_list()]
+            out = item.filter(pl.Series(keep, dtype=pl.Boolean))
+            return out if len(out) else None
+        return item if in_share(item[0], share) else None
+
+    return pick
+
+
+def _comparer(stats: ShadowStats, field: str) -> Callable[[Any], Any]:
+    def compare(item: Any) -> Any:
+        if isinstance(item, pl.DataFrame):
+            live, cand = (
+                item.get_column(field).to_numpy(),
+                item.get_column(PREFIX + field).to_numpy(),
+            )
+        else:
+            live, cand = np.asarray([item[1][field]]), np.asarray([item[1][PREFIX + field]])
+        stats._add(live, cand)
+        return item
+
+    return compare
+
+
+@operator
+def shadow(
+    step_id: str,
+    up: Stream[Any],
+    live: Model,
+    candidate: Model,
+    *,
+    compare: str,
+    share: float = 1.0,
+    key: str | None = None,
+    **kwargs: Any,
+) -> ShadowOut:
+    """Score with the live model and, on a stable share of keys, with a candidate beside it.
+
+    Use it to try a new model version on real traffic before it serves: in
+    shadow (``share=1.0``: every row, nobody sees its results) or as a
+    canary on a share of the keys. The live results are the step's ``oks``,
+    exactly as :func:`~streamml.operators.infer.infer` gives them; the
+    candidate's are on ``shadow``, each row with both outputs, and
+    ``stats`` compares them online.
+
+    Args:
+        step_id: Unique ID.
+        up: Frames or ``(key, event)`` pairs, as for ``infer``.
+        live: The model whose results the flow uses.
+        candidate: The model to try; it must take the same inputs.
+        compare: The live output field to compare with the candidate's.
+        share: The share of keys the candidate scores, in ``[0, 1]``.
+        key: The key column of frames (needed when ``share < 1``: without
+            it a frame's rows are scored by the live model only, with a
+            warning in the log).
+        **kwargs: ``infer``'s arguments (``inputs``, ``max_batch``, ...) for both models.
+
+    Returns:
+        :class:`ShadowOut`.
+
+    Examples:
+        >>> import bytewax.operators as op
+        >>> from bytewax.dataflow import Dataflow
+        >>> from bytewax.testing import TestingSink, TestingSource, run_main
+        >>> from streamml.models import CallableModel
+        >>> v1 = CallableModel(lambda x: x.sum(axis=1), outputs="score", shape=(2,), version="v1")
+        >>> v2 = CallableModel(lambda x: x[:, 0] * 2, outputs="score", shape=(2,), version="v2")
+        >>> events = [("a", {"features": [1.0, 1.0]}), ("b", {"features": [1.0, 2.0]})]
+        >>> flow = Dataflow("shadow_eg")
+        >>> out = shadow("s", op.input("in", flow, TestingSource(events)), v1, v2, compare="score")
+        >>> oks, seen = [], []
+        >>> op.output("oks", out.oks, TestingSink(oks))
+        >>> op.output("shadow", out.shadow, TestingSink(seen))
+        >>> run_main(flow)
+        >>> [e["score"] for _, e in oks]
+        [2.0, 3.0]
+        >>> [(e["score"], e["shadow_score"], e["shadow_version"]) for _, e in seen]
+        [(2.0, 2.0, 'v2'), (3.0, 2.0, 'v2')]
+        >>> out.stats.as_dict()
+        {'rows': 2, 'agreement': 0.5, 'mae': 0.5, 'rmse': 0.7071067811865476}
+    """
+    if not (isinstance(share, (int, float)) and 0.0 <= share <= 1.0):
+        raise ValueError(f"share must be a number in [0, 1]; got {share!r}")
+    if "outputs" in kwargs or "version_field" in kwargs:
+        raise ValueError(
+            "shadow names the outputs itself; pass neither outputs= nor version_field="
+        )
+    if compare not in live.outputs:
+        raise ValueError(
+            f"compare must be one of the live model's outputs {list(live.outputs)}; got {compare!r}"
+        )
+    live_out = infer("live", up, live, key=key, **kwargs)
+    picked = op.filter_map("pick", live_out.oks, _picker(float(share), key))
+    renamed = {name: PREFIX + name for name in candidate.outputs}
+    cand_out = infer(
+        "candidate",
+        picked,
+        candidate,
+        key=key,
+        outputs=renamed,
+        version_field="shadow_version",
+        **kwargs,
+    )
+    stats = ShadowStats()
+    compared = op.map("compare", cand_out.oks, _comparer(stats, compare))
+    errs = op.merge("errs", live_out.errs, cand_out.errs)
+    return ShadowOut(live_out.oks, errs, compared, live_out.stats, cand_out.stats, stats)
