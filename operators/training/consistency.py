@@ -22,7 +22,7 @@ class Consistency:
     """What :func:`check_consistency` found."""
 
     mismatches: pl.DataFrame
-    """One row per differing value: key, timestamp, occurrence, ``column``, ``offline``, ``online`` (as text)."""
+    """One row per differing value: the matched columns, occurrence, ``column``, ``offline``, ``online`` (as text)."""
 
     only_offline: pl.DataFrame
     """Rows the replay produced that the online output lacks."""
@@ -43,11 +43,9 @@ class Consistency:
         )
 
 
-def _numbered(frame: pl.DataFrame, key: str, timestamp: str) -> pl.DataFrame:
-    """``frame`` with each row's occurrence among the rows of the same key and time, in order."""
-    return frame.with_columns(
-        pl.int_range(pl.len(), dtype=pl.UInt32).over(key, timestamp).alias(_N)
-    )
+def _numbered(frame: pl.DataFrame, match: list[str]) -> pl.DataFrame:
+    """``frame`` with each row's occurrence among the rows that share the ``match`` columns."""
+    return frame.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over(match).alias(_N))
 
 
 def _differs(name: str, dtype: pl.DataType, rtol: float, atol: float) -> pl.Expr:
@@ -69,6 +67,7 @@ def check_consistency(
     key: str,
     timestamp: str,
     columns: Sequence[str] | None = None,
+    match_on: Sequence[str] = (),
     rtol: float = 1e-9,
     atol: float = 1e-12,
     batch_size: int = 1000,
@@ -78,8 +77,9 @@ def check_consistency(
     Use it to verify an online path: save what the live flow emitted for
     some events (its Parquet sink, or a topic read into a frame) and check
     that replaying the same events through the same function gives the same
-    features. Rows are matched on ``(key, timestamp)`` and, for several rows
-    at one instant, their order; floats are equal within
+    features. Rows are matched on ``(key, timestamp)`` plus ``match_on``
+    and, for several rows that share them, their order (give an event id
+    in ``match_on`` when the online rows may come in another order); floats are equal within
     ``atol + rtol * |online|`` (NaN equals NaN, null equals null), other
     values exactly.
 
@@ -89,7 +89,8 @@ def check_consistency(
         online: The rows the online flow emitted (a frame or a Parquet/NDJSON file).
         key: The key column.
         timestamp: The event-time column.
-        columns: Columns to compare; every column of the replay by default.
+        columns: Columns to compare; every other column of the replay by default.
+        match_on: Columns that, with key and time, identify an event (an id).
         rtol: Relative tolerance for float columns.
         atol: Absolute tolerance for float columns.
         batch_size: Rows per replayed frame.
@@ -110,29 +111,20 @@ def check_consistency(
     online_rows = online if isinstance(online, pl.DataFrame) else read_events(online)
     replayed = replay(features, events, batch_size=batch_size)
     offline = replayed.frame
+    match = [key, timestamp, *match_on]
     wanted = (
-        list(columns)
-        if columns is not None
-        else [c for c in offline.columns if c not in (key, timestamp)]
+        list(columns) if columns is not None else [c for c in offline.columns if c not in match]
     )
     for name, frame in (("the replay", offline), ("the online output", online_rows)):
-        missing = [c for c in (key, timestamp, *wanted) if c not in frame.columns]
+        missing = [c for c in (*match, *wanted) if c not in frame.columns]
         if missing and frame.height:
             raise ValueError(f"{name} has no column(s) {missing}; it has {frame.columns}")
-    ids = [key, timestamp, _N]
-    left = (
-        _numbered(offline.select(key, timestamp, *wanted), key, timestamp)
-        if offline.height
-        else None
-    )
-    if left is None or online_rows.height == 0:
+    if offline.height == 0 or online_rows.height == 0:
         return Consistency(pl.DataFrame(), offline, online_rows, replayed.rejected)
+    ids = [*match, _N]
+    left = _numbered(offline.select(*match, *wanted), match)
     right = _numbered(
-        online_rows.select(key, timestamp, *wanted).cast(
-            {c: offline.schema[c] for c in (key, timestamp)}
-        ),
-        key,
-        timestamp,
+        online_rows.select(*match, *wanted).cast({c: offline.schema[c] for c in match}), match
     )
     both = left.join(right.rename({c: c + _SUFFIX for c in wanted}), on=ids, how="inner")
     mismatches = pl.concat(
