@@ -22,9 +22,12 @@ One module per concept:
 - :mod:`.stats`: the step's counters (:class:`InferStats`);
 - :mod:`.adaptive`: the adaptive batch size of ``target_latency``;
 - :mod:`.shadow`: :func:`shadow` — a candidate model beside the live one,
-  on a stable share of keys, compared online.
+  on a stable share of keys, compared online;
+- :mod:`.keyed`: :func:`infer_by_key` — a model per key group, an LRU of
+  loaded models.
 """
 
+from .keyed import ByKeyOut, ModelCache, infer_by_key
 from .operator import InferOut, infer
 
 # Recovery stores written before versioned snapshot records pickled this class here.
@@ -32,4 +35,14 @@ from .recovery import _Snapshot as _Snapshot
 from .shadow import ShadowOut, ShadowStats, shadow
 from .stats import InferStats
 
-__all__ = ["InferOut", "InferStats", "ShadowOut", "ShadowStats", "infer", "shadow"]
+__all__ = [
+    "ByKeyOut",
+    "InferOut",
+    "InferStats",
+    "ModelCache",
+    "ShadowOut",
+    "ShadowStats",
+    "infer",
+    "infer_by_key",
+    "shadow",
+]
