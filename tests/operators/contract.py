@@ -247,6 +247,14 @@ def _windows(ups: list[Stream], shards: int) -> dict[str, Stream]:
     return {"windows": out.windows, "opened": out.opened, "errs": out.errs, "late": out.late}
 
 
+def _inactivity(ups: list[Stream], shards: int) -> dict[str, Stream]:
+    from streamml.operators.anomaly import inactivity
+
+    # one state: the flow's event time says when a key fell silent (no shards to vary)
+    out = inactivity("quiet", ups[0], key="k", timestamp="ts", after=8 * MIN, lateness=5 * MIN)
+    return {"alerts": out.alerts, "errs": out.errs, "late": out.late}
+
+
 def _join(ups: list[Stream], shards: int) -> dict[str, Stream]:
     from streamml.operators.join import interval_join
 
@@ -480,6 +488,17 @@ CASES = [
     ),
     Case("anomaly_score", _score, _one_side, ("x",)),
     Case("anomaly_windows", _windows, _one_side_ms, ("x",)),
+    Case(
+        "anomaly_inactivity",
+        _inactivity,
+        _one_side,
+        (),
+        skip={
+            "bad_frame": "inactivity reads only the key and time columns: a payload column of "
+            "another dtype clashes with nothing, and the injected rows are valid data of their "
+            "keys, which moves their silences, so 'nothing else changes' cannot hold",
+        },
+    ),
     Case("interval_join", _join, _two_sides, ()),
     Case(
         "online_scale",
