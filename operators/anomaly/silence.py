@@ -22,6 +22,7 @@ from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import from_micros, micros
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["InactivityOut", "inactivity"]
 
@@ -215,6 +216,7 @@ def _select(key: str, timestamp: str) -> Callable[[list[Any]], list[Any]]:
 
 
 @operator
+@instrumented
 def inactivity(
     step_id: str,
     up: Stream[pl.DataFrame],
