@@ -6,7 +6,10 @@ counting is as large a share of the work as it can be), 200,000 events:
 - frames of 100 rows (small frames: many Bytewax batches, the worst case
   for a cost paid per batch) and of 1,000 rows;
 - ``(key, event)`` rows (counting a batch of rows looks at each item's type,
-  in C).
+  in C);
+- the end-to-end light pipeline of :mod:`benchmarks.pipeline` (Kafka source
+  → ``featurize.rolling`` → ``infer`` → Kafka sink on the embedded broker),
+  its flow built with and without counting, alternately in one process.
 
 The uninstrumented contender is the same builder function made an operator
 without :func:`streamml.metrics.instrumented` (``infer.__wrapped__``
@@ -16,7 +19,9 @@ twice), so the only difference is the counting steps.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import bytewax.operators as op
@@ -24,13 +29,66 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Dataflow, operator
 from bytewax.testing import TestingSink, TestingSource, run_main
+from streamml.operators import featurize
 from streamml.operators.infer import infer
 
+from benchmarks import pipeline
 from benchmarks.harness import alternate, format_table
+from streamml import kafka
+from streamml.broker import EmbeddedBroker
 from streamml.models import CallableModel
+from streamml.testing import produce_all
 
-_plain_infer = operator(infer.__wrapped__.__wrapped__)
-"""``infer`` without its counting steps."""
+
+def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The operator ``fn`` without its counting steps."""
+    return operator(fn.__wrapped__.__wrapped__)
+
+
+@contextmanager
+def _uncounted_pipeline() -> Iterator[None]:
+    """``pipeline.streamml_flow`` builds its flow from operators without counting steps."""
+    saved = pipeline.kafka, pipeline.featurize, pipeline.infer
+    pipeline.kafka = SimpleNamespace(source=_plain(kafka.source), sink=kafka.sink)
+    pipeline.featurize = SimpleNamespace(rolling=_plain(featurize.rolling))
+    pipeline.infer = _plain(infer)
+    try:
+        yield
+    finally:
+        pipeline.kafka, pipeline.featurize, pipeline.infer = saved
+
+
+def _pipeline(n: int, rounds: int) -> dict[str, Any]:
+    model = pipeline.build_mlp()
+    with EmbeddedBroker() as broker:
+        broker.create_topic("readings", partitions=pipeline.PARTITIONS)
+        produce_all(broker.bootstrap, "readings", pipeline._readings(n))
+        outs = iter(range(10**6))
+
+        def run(counted: bool) -> int:
+            out = f"results-{next(outs)}"
+            broker.create_topic(out)
+            if counted:
+                flow = pipeline.streamml_flow(broker.bootstrap, "readings", out, model)
+            else:
+                with _uncounted_pipeline():
+                    flow = pipeline.streamml_flow(broker.bootstrap, "readings", out, model)
+            run_main(flow)
+            return n
+
+        runs = alternate(
+            {
+                "pipeline without counting": lambda: run(False),
+                "pipeline (counted)": lambda: run(True),
+            },
+            rounds=rounds,
+            warmup=False,
+        )
+    print(format_table(f"light pipeline end to end, {n:,} events, events/s", runs, "ev/s"))
+    ratio = runs[1].median / runs[0].median
+    print(f"  counted / uncounted = {ratio:.3f}", flush=True)
+    return {"runs": [r.as_dict() for r in runs], "ratio": ratio}
+
 
 _MODEL = CallableModel(lambda x: x.sum(axis=1), outputs="y", version="bench")
 
@@ -58,7 +116,7 @@ def _run(build: Callable[..., Any], items: list[Any], inputs: Any, n: int) -> Ca
 
 def main(quick: bool = False) -> dict:
     """Run every workload with and without counting; ratios counted / uncounted."""
-    n = 40_000 if quick else 200_000
+    n = 100_000 if quick else 200_000
     rounds = 3 if quick else 5
     rng = np.random.default_rng(7)
     x = rng.normal(size=(n, 4))
@@ -81,7 +139,7 @@ def main(quick: bool = False) -> dict:
     for name, (items, inputs) in workloads.items():
         runs = alternate(
             {
-                "infer without counting": _run(_plain_infer, items, inputs, n),
+                "infer without counting": _run(_plain(infer), items, inputs, n),
                 "infer (counted)": _run(infer, items, inputs, n),
             },
             rounds=rounds,
@@ -90,6 +148,7 @@ def main(quick: bool = False) -> dict:
         ratio = runs[1].median / runs[0].median
         print(f"  counted / uncounted = {ratio:.3f}", flush=True)
         results[name] = {"runs": [r.as_dict() for r in runs], "ratio": ratio}
+    results["light pipeline"] = _pipeline(n, rounds)
     return results
 
 
