@@ -32,12 +32,14 @@ import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators.anomaly import (
+    Combined,
     Ewma,
     FixedThreshold,
     QuantileThreshold,
     RobustZScore,
     ZScore,
     anomaly_windows,
+    inactivity,
     score,
 )
 
@@ -344,6 +346,33 @@ def throughput(n: int, keys: int, rounds: int, warmup: bool = True) -> dict[str,
             fused(RobustZScore("value", window=5 * MINUTE), framed=True), frames
         ),
         "frames: model score field -> windows": flow_of(fused("score", framed=True), model_frames),
+        "frames: z-score, exclude_above=4 + windows": flow_of(
+            fused(ZScore("value", window=5 * MINUTE, exclude_above=4.0), framed=True), frames
+        ),
+        "frames: robust, exclude_above=4 + windows": flow_of(
+            fused(RobustZScore("value", window=5 * MINUTE, exclude_above=4.0), framed=True),
+            frames,
+        ),
+        "frames: 2-of-3 vote (z, robust, EWMA) + windows": flow_of(
+            fused(
+                Combined(
+                    [
+                        ZScore("value", window=5 * MINUTE),
+                        RobustZScore("value", window=5 * MINUTE),
+                        Ewma("value", half_life=2 * MINUTE),
+                    ],
+                    how="vote",
+                ),
+                framed=True,
+            ),
+            frames,
+        ),
+        "frames: inactivity (after 5 min)": flow_of(
+            lambda s: [
+                inactivity("quiet", s, key="sensor", timestamp="time", after=5 * MINUTE).alerts
+            ],
+            frames,
+        ),
         "frames: score -> anomaly_windows (two steps)": flow_of(two_step(framed=True), frames),
         "ceiling: pass-through stateful_batch": flow_of(
             lambda s: [op.stateful_batch("pass", s, lambda _: _PassThrough())], items
