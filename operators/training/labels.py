@@ -81,6 +81,13 @@ def join_labels(
     clash = [c for c in label_cols if c in table.columns]
     if clash:
         raise ValueError(f"label column(s) {clash} are already feature columns; rename them")
+    if labels.schema[key] != table.schema[key] and not (
+        labels.schema[key].is_numeric() and table.schema[key].is_numeric()
+    ):
+        raise ValueError(
+            f"key {key!r} is {table.schema[key]} in the table but {labels.schema[key]} in the "
+            "labels; cast one so the same key compares equal"
+        )
     bad_rows = labels.filter(pl.col(key).is_null() | pl.col(label_ts).is_null())
     rejected = [
         Rejected("join_labels", "MissingField", f"label row without {key!r} or {label_ts!r}", row)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import bytewax.operators as op
 import orjson
@@ -277,3 +277,58 @@ def test_topic_from_offset_zero_gives_the_same_table(broker, topic_name):
         key="id",
         timestamp="ms",
     ).ok
+
+
+def test_datetime_columns_of_different_units_join_on_the_instant():
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    feats = pl.DataFrame({"id": ["a", "a"], "time": [t0, t0 + timedelta(seconds=10)]}).with_columns(
+        pl.col("time").dt.cast_time_unit("ns")
+    )
+    labs = pl.DataFrame(
+        {"id": ["a", "a"], "at": [t0 + DELAY, t0 + timedelta(seconds=16)], "y": [1, 2]}
+    ).with_columns(pl.col("at").dt.cast_time_unit("ms").dt.convert_time_zone("Europe/Paris"))
+    out, _ = join_labels(
+        feats, labs, key="id", timestamp="time", label="y", label_delay=DELAY, label_timestamp="at"
+    )
+    assert out["y"].to_list() == [1, None]  # 16 s is 1 s past the second event's delay
+    naive = labs.with_columns(pl.col("at").dt.replace_time_zone(None))
+    with pytest.raises(ValueError, match="naive Datetime"):
+        join_labels(
+            feats,
+            naive,
+            key="id",
+            timestamp="time",
+            label="y",
+            label_delay=DELAY,
+            label_timestamp="at",
+        )
+    with pytest.raises(ValueError, match="cast one so the same key compares equal"):
+        join_labels(
+            feats,
+            labs.with_columns(id=pl.lit(1)),
+            key="id",
+            timestamp="time",
+            label="y",
+            label_delay=DELAY,
+            label_timestamp="at",
+        )
+
+
+@settings(max_examples=15)
+@given(
+    events=event_lists.filter(bool),
+    online_batch=st.integers(1, 8),
+    pick=st.integers(0, 10**6),
+    bump=st.floats(1e-6, 1e3),
+)
+def test_consistency_finds_exactly_the_changed_value(events, online_batch, pick, bump):
+    frame = events_frame(events)
+    online = online_run(frame, online_batch)
+    assert check_consistency(features, frame, online, key="id", timestamp="ms", match_on=["i"]).ok
+    i = pick % len(events)
+    changed = online.with_columns(
+        pl.when(pl.col("i") == i).then(pl.col("x_mean_10s") + bump).otherwise(pl.col("x_mean_10s"))
+    )
+    found = check_consistency(features, frame, changed, key="id", timestamp="ms", match_on=["i"])
+    assert found.mismatches.select("i", "column").rows() == [(i, "x_mean_10s")]
+    assert found.only_offline.height == found.only_online.height == 0
