@@ -115,6 +115,8 @@ def check_consistency(
     wanted = (
         list(columns) if columns is not None else [c for c in offline.columns if c not in match]
     )
+    if not wanted:
+        raise ValueError(f"no columns to compare besides {match}; name them in columns=")
     for name, frame in (("the replay", offline), ("the online output", online_rows)):
         missing = [c for c in (*match, *wanted) if c not in frame.columns]
         if missing and frame.height:

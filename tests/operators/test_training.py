@@ -332,3 +332,9 @@ def test_consistency_finds_exactly_the_changed_value(events, online_batch, pick,
     found = check_consistency(features, frame, changed, key="id", timestamp="ms", match_on=["i"])
     assert found.mismatches.select("i", "column").rows() == [(i, "x_mean_10s")]
     assert found.only_offline.height == found.only_online.height == 0
+
+
+def test_consistency_refuses_to_compare_nothing():
+    events = pl.DataFrame({"id": ["a"], "ms": [0], "x": [1.0]})
+    with pytest.raises(ValueError, match="no columns to compare"):
+        check_consistency(features, events, events, key="id", timestamp="ms", columns=[])
