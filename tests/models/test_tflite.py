@@ -174,3 +174,16 @@ def test_infer_scores_a_stream_with_it(trained) -> None:
     got = np.array([event["probabilities"] for _, event in oks])
     want = clf.predict_proba(np.array([event["features"] for _, event in oks], dtype=np.float32))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_calls_from_several_threads_each_get_their_own_batch_scored(trained) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, clf, held_out = trained
+    model = TfliteModel(data, num_threads=1)
+    expected = clf.predict_proba(held_out)
+    sizes = [1 + (i * 37) % 150 for i in range(64)]  # a different batch size almost every call
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda n: model.predict(held_out[:n])["probabilities"], sizes))
+    for n, out in zip(sizes, outs):
+        np.testing.assert_allclose(out, expected[:n], atol=1e-5)
