@@ -141,3 +141,15 @@ def test_infer_scores_a_stream_and_sends_refused_rows_to_errs() -> None:
     assert sorted(event["x"] for _, event in oks) == [x for x in xs if x <= 10]
     assert all(event["y"] == 2 * event["x"] + 1 for _, event in oks)
     assert len(errs) == 9
+
+
+def test_calls_from_several_threads_each_get_their_own_batch_scored() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = PmmlModel(RANGED)
+    xs = np.linspace(0.0, 10.0, 200)
+    sizes = [1 + (i * 37) % 150 for i in range(64)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda n: model.predict(xs[:n])["y"], sizes))
+    for n, out in zip(sizes, outs):
+        np.testing.assert_allclose(out, 2 * xs[:n] + 1)
