@@ -20,7 +20,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators.infer import infer
 
 from streamml.models import OnnxModel
-from streamml.models.remote import OpenInference, RemoteModel, RemoteRejected, Retry
+from streamml.models.remote import OpenInference, RemoteModel, Retry
 from tests.models.test_remote_server import free_port
 
 
@@ -99,10 +99,16 @@ def test_remote_scores_equal_the_model_in_process_in_a_dataflow(
     np.testing.assert_array_equal(there["label"].to_numpy(), here["label"].to_numpy())
 
 
-def test_a_request_over_the_servers_limit_is_refused_with_its_reason(
+def test_a_request_over_the_servers_limit_is_sent_again_in_halves(
     served: tuple[str, bytes],
 ) -> None:
     remote = RemoteModel(served[0], "mlp", max_rows=1000, retry=Retry(budget=5.0))
-    with pytest.raises(RemoteRejected, match="HTTP 413"):
-        remote.predict(np.zeros((600, 4), dtype=np.float32))
+    x = np.random.default_rng(5).normal(size=(600, 4)).astype(np.float32)
+    before = remote.stats()
+    out = remote.predict(x)  # refused with HTTP 413 as a whole; its halves are answered
+    after = remote.stats()
+    assert after["refused"] - before["refused"] == 1 and after["rows"] - before["rows"] == 600
+    parts = [remote.predict(x[:300]), remote.predict(x[300:])]
+    for name, values in out.items():
+        np.testing.assert_allclose(values, np.concatenate([p[name] for p in parts]), rtol=1e-6)
     remote.close()

@@ -234,6 +234,8 @@ class RemoteModel:
             if answered
             else {}
         )
+        if not errors:  # the request was refused as a whole (too big): its halves were answered
+            return merged
         raise RowErrors(merged, errors)
 
     def _isolate(
