@@ -218,9 +218,12 @@ class KeyedEventTime:
         """Give each of ``new`` (distinct keys without an id) an id: freed ids first, last freed
         first, then new ones; all at once (a call per key was most of the cost of a batch of
         new keys, e.g. event ids)."""
-        reused = [self.free.pop() for _ in range(min(len(self.free), len(new)))]
+        cut = len(self.free) - min(len(self.free), len(new))
+        reused = self.free[cut:][::-1]  # last freed first
+        del self.free[cut:]
+        keys = self.keys
         for key, kid in zip(new, reused):
-            self.keys[kid] = key
+            keys[kid] = key
         start = len(self.keys)
         rest = new[len(reused) :]
         self.keys.extend(rest)
@@ -590,11 +593,14 @@ class KeyedEventTime:
 
     def _free(self, gone: np.ndarray) -> list[Any]:
         """Forget the keys of ``gone``; returns those keys."""
+        if not len(gone):
+            return []
         ids = gone.tolist()
-        keys = [self.keys[kid] for kid in ids]
+        all_keys, kid_of = self.keys, self.kid_of
+        keys = [all_keys[kid] for kid in ids]
         for kid, key in zip(ids, keys):
-            del self.kid_of[key]
-            self.keys[kid] = None
+            del kid_of[key]
+            all_keys[kid] = None
         self.kmax[gone] = _NONE
         self.free.extend(ids)
         if self.advance:

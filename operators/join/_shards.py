@@ -142,6 +142,7 @@ def tag_sides(
     shards: int,
     control: type | None = None,
     grouped: bool = False,
+    memo: bool = True,
 ) -> Tagged:
     """Route both sides' ``(key, item)`` rows to shards: ``(shard, [(side, key, item), ...])``.
 
@@ -154,7 +155,9 @@ def tag_sides(
 
     With ``grouped=True`` a chunk is ``(shard, (side, [(key, item), ...]))``:
     the upstream pairs themselves, no tuple made per row (the interval
-    join's row path reads them a side at a time).
+    join's row path reads them a side at a time). ``memo=False`` computes
+    each key's shard every time instead of remembering it: for keys seen
+    once or twice (event ids), where a memo only costs an insertion.
     """
     if grouped and control is not None:
         raise ValueError("tag_sides: control items are not sent in grouped chunks")
@@ -162,35 +165,32 @@ def tag_sides(
     full_id = f"{step_id}.route"
 
     def tagger(side: int) -> Callable[[list[Any]], list[Any]]:
-        shard_of: dict[str, str] = {}  # key -> shard name (a memo of the CRC-32 below)
+        shard_of: dict[str, int] = {}  # key -> shard index (a memo of the CRC-32 below)
 
         def tag(batch: list[Any]) -> list[Any]:
             crc = zlib.crc32
-            chunks: dict[str, list] = {}
+            buckets: list[list] = [[] for _ in names]
             bad: list[Any] = []
             known = shard_of.get
             for item in batch:
                 if type(item) is tuple and len(item) == 2 and type(item[0]) is str:
                     k = item[0]
-                    name = known(k)
-                    if name is None:
-                        if len(shard_of) >= _CACHE_KEYS:
-                            shard_of.clear()
-                        name = shard_of[k] = names[crc(k.encode()) % shards]
-                    chunk = chunks.get(name)
-                    row = item if grouped else (side, k, item[1])
-                    if chunk is None:
-                        chunks[name] = [row]
-                    else:
-                        chunk.append(row)
+                    i = known(k) if memo else None
+                    if i is None:
+                        i = crc(k.encode()) % shards
+                        if memo:
+                            if len(shard_of) >= _CACHE_KEYS:
+                                shard_of.clear()
+                            shard_of[k] = i
+                    buckets[i].append(item if grouped else (side, k, item[1]))
                 elif control is not None and side == RIGHT and type(item) is control:
-                    for name in names:
-                        chunks.setdefault(name, []).append((CONTROL, "", item))
+                    for rows in buckets:
+                        rows.append((CONTROL, "", item))
                 else:
                     bad.append(Rejected(full_id, "BadKey", _bad_row(item), item))
             if grouped:
-                return [*((name, (side, rows)) for name, rows in chunks.items()), *bad]
-            return [*chunks.items(), *bad]
+                return [*((n, (side, r)) for n, r in zip(names, buckets) if r), *bad]
+            return [*((n, r) for n, r in zip(names, buckets) if r), *bad]
 
         return tag
 

@@ -755,7 +755,7 @@ def label_join(
     def build_metrics(resume: Any) -> _MetricsLogic:
         return _MetricsLogic(cfg, resume)
 
-    tagged = tag_sides("shard", predictions, labels, shards, grouped=True)
+    tagged = tag_sides("shard", predictions, labels, shards, grouped=True, memo=False)
     joined = op.stateful_batch("join", tagged.chunks, build)
     parts = op.flat_map_batch("parts", joined, lambda b: [("all", x) for x in pick(4)(b)])
     metrics = op.stateful_batch("metrics", parts, build_metrics)

@@ -88,8 +88,9 @@ def _reference_tags(left, right, shards):
         max_size=20,
     ),
     st.integers(1, 4),
+    st.booleans(),
 )
-def test_chunks_keep_each_shards_items_in_arrival_order(left, right, shards) -> None:
+def test_chunks_keep_each_shards_items_in_arrival_order(left, right, shards, memo) -> None:
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
@@ -100,7 +101,9 @@ def test_chunks_keep_each_shards_items_in_arrival_order(left, right, shards) -> 
     lefts = op.input("left", flow, TestingSource(left, batch_size=max(len(left), 1)))
     rights = op.input("right", flow, TestingSource(right, batch_size=max(len(right), 1)))
     got: list = []
-    op.output("out", tag_sides("t", lefts, rights, shards, TableReady).chunks, TestingSink(got))
+    op.output(
+        "out", tag_sides("t", lefts, rights, shards, TableReady, memo=memo).chunks, TestingSink(got)
+    )
     run_main(flow)
     per_shard: dict[str, list] = {}
     for shard, chunk in got:
