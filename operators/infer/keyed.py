@@ -25,6 +25,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 from streamml.models import Model
 from streamml.models.protocol import ModelUnavailable, RowErrors
 
@@ -180,6 +181,7 @@ class _Scorer:
 
 
 @operator
+@instrumented
 def infer_by_key(
     step_id: str,
     up: Stream[tuple[Any, Any]],

@@ -31,6 +31,7 @@ from bytewax.dataflow import Stream, operator
 from streamml.operators.join.metrics import RegressionStats
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 from streamml.models import Model
 
 from .operator import infer
@@ -166,6 +167,7 @@ def _comparer(stats: ShadowStats, field: str) -> Callable[[Any], Any]:
 
 
 @operator
+@instrumented
 def shadow(
     step_id: str,
     up: Stream[Any],
