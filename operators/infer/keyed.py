@@ -26,6 +26,7 @@ from bytewax.dataflow import Stream, operator
 
 from streamml.errors import Rejected
 from streamml.metrics import instrumented
+from streamml.metrics import instrumented
 from streamml.models import Model
 from streamml.models.protocol import ModelUnavailable, RowErrors
 
@@ -213,7 +214,9 @@ def infer_by_key(
         model_for: The model name of a key.
         load: Loads a model by name.
         max_models: Most models loaded at once per process.
-        inputs, outputs, version_field: As for :func:`infer`.
+        inputs: As for :func:`infer`.
+        outputs: As for :func:`infer`.
+        version_field: As for :func:`infer`.
         max_batch: Most rows per model call.
 
     Returns:
