@@ -26,7 +26,6 @@ from bytewax.dataflow import Stream, operator
 
 from streamml.errors import Rejected
 from streamml.metrics import instrumented
-from streamml.metrics import instrumented
 from streamml.models import Model
 from streamml.models.protocol import ModelUnavailable, RowErrors
 
