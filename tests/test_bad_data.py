@@ -521,16 +521,6 @@ def test_frames_through_aggregating_operators(name: str, items: list[Any]) -> No
     CHECKS[name](items, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "operators/join/_shards.py snapshot_data (line ~554) writes held frames with "
-        "_core/state.py frame_to_bytes (Arrow IPC, line ~101), which cannot write an Object "
-        "column (Python ints beyond 64 bits, mixed values): the snapshot raises ComputeError "
-        "and stops the flow. Reject such rows at entry (BadItem naming the column) or keep "
-        "Object columns out of held frames"
-    ),
-)
 def test_a_join_holding_a_frame_of_python_objects_goes_on() -> None:
     frame = pl.DataFrame(
         [

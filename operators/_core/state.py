@@ -18,6 +18,7 @@ to do.
 from __future__ import annotations
 
 import io
+import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,19 +90,40 @@ def restore(
     return data
 
 
+_OBJECTS = b"streamml-objects-1\n"
+"""Prefix of a snapshot frame that had ``Object`` columns (Arrow IPC itself starts ``ARROW1``)."""
+
+
 def frame_to_bytes(frame: pl.DataFrame) -> bytes:
     """A frame as Arrow IPC bytes, for a snapshot.
+
+    Arrow cannot hold polars' ``Object`` columns (Python values of no Arrow
+    type: integers beyond 64 bits, mixed values): those are pickled beside
+    the IPC bytes of the other columns, so a frame of any dtype round-trips.
 
     Examples:
         >>> f = pl.DataFrame({"k": ["a"], "x": [1.5]})
         >>> frame_from_bytes(frame_to_bytes(f)).equals(f)
         True
+        >>> o = pl.DataFrame([pl.Series("k", ["a", "b"]), pl.Series("x", [2**70, "y"], dtype=pl.Object)])
+        >>> back = frame_from_bytes(frame_to_bytes(o))
+        >>> back.columns, back["x"].to_list(), back.schema["x"]
+        (['k', 'x'], [1180591620717411303424, 'y'], Object)
     """
+    objects = [name for name, dtype in frame.schema.items() if dtype == pl.Object]
     buffer = io.BytesIO()
-    frame.write_ipc(buffer)
-    return buffer.getvalue()
+    frame.drop(objects).write_ipc(buffer)
+    if not objects:
+        return buffer.getvalue()
+    held = {name: frame.get_column(name).to_list() for name in objects}
+    return _OBJECTS + pickle.dumps((buffer.getvalue(), frame.columns, held))
 
 
 def frame_from_bytes(data: bytes) -> pl.DataFrame:
     """The frame :func:`frame_to_bytes` wrote."""
-    return pl.read_ipc(io.BytesIO(data))
+    if not data.startswith(_OBJECTS):
+        return pl.read_ipc(io.BytesIO(data))
+    ipc, order, held = pickle.loads(data[len(_OBJECTS) :])
+    rest = pl.read_ipc(io.BytesIO(ipc))
+    columns = [pl.Series(name, values, dtype=pl.Object) for name, values in held.items()]
+    return rest.with_columns(columns).select(order)
