@@ -62,8 +62,9 @@ class ShadowStats:
     Attributes:
         rows: Rows both models scored.
         agreement: Share of rows whose ``compare`` output is equal (``None``: no rows).
-        mae, rmse: Mean absolute and root mean squared difference of ``compare``
-            (``None`` when it is not numeric, or no rows).
+        mae: Mean absolute difference of ``compare`` (``None`` when it is
+            not numeric, or no rows).
+        rmse: Root mean squared difference of ``compare`` (likewise).
 
     Examples:
         >>> s = ShadowStats()
