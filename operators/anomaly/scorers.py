@@ -352,7 +352,9 @@ class _RollingState:
                 s1[f] -= d
                 s2[f] -= d * d
                 lossy = lossy or d * d > s2[f]
-        if lossy:
+        # the rest sit far from the reference with a small spread: s2 - s1**2/n cancels
+        n = len(points)
+        if lossy or any(a * a > 0.99 * n * b for a, b in zip(s1, s2)):
             self._exact()
 
     def update(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
@@ -432,7 +434,8 @@ class _RollingState1(_RollingState):
                 s2 -= d * d
                 lossy = lossy or d * d > s2
             self.s1[0], self.s2[0] = s1, s2
-            if lossy:
+            # the rest sit far from the reference with a small spread: s2 - s1**2/n cancels
+            if lossy or s1 * s1 > 0.99 * len(points) * s2:
                 self._exact()
             n = len(points)
         if n == 0:

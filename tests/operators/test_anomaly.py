@@ -483,14 +483,6 @@ def test_rolling_scorers_match_bruteforce(steps, window_s):
             assert plain[i][1] == int(z.argmax())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="running sums stay relative to a reference point that has left the window: "
-    "var = s2 - s1^2/n then cancels digits (z off by ~1e-5 relative; hypothesis found "
-    "1.4e-6 in test_rolling_scorers_match_bruteforce); re-centring when s1^2 > 0.99*n*s2 "
-    "after an eviction gives 1.6e-10",
-)
 @pytest.mark.parametrize("fields", [["a"], ["a", "b"]])
 def test_sums_stay_exact_once_a_far_reference_point_leaves(fields):
     """The key's first point, far from the rest, leaves the window; a tight cluster stays."""
