@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from streamml.models._file import FileModel
 from streamml.models.protocol import TensorSpec, as_feeds
 
 __all__ = ["OnnxModel", "default_providers"]
@@ -54,7 +53,7 @@ def _row_shape(shape: Sequence[Any]) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:])
 
 
-class OnnxModel:
+class OnnxModel(FileModel):
     """An ONNX model served by an ONNX Runtime ``InferenceSession``.
 
     Use it for any model exported to ONNX — scikit-learn through skl2onnx,
@@ -99,6 +98,8 @@ class OnnxModel:
         array([[3.]], dtype=float32)
     """
 
+    _kind = "ONNX"
+
     def __init__(
         self,
         source: str | os.PathLike[str] | bytes,
@@ -116,16 +117,7 @@ class OnnxModel:
             raise ValueError(
                 f"graph_optimization must be one of {sorted(_OPT_LEVELS)}; got {graph_optimization!r}"
             )
-        if isinstance(source, bytes):
-            data, stem = source, None
-        else:
-            try:
-                data, stem = Path(source).read_bytes(), Path(source).stem
-            except OSError as exc:
-                raise ValueError(f"cannot read ONNX model {str(source)!r}: {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()[:8]
-        self._version = version if version is not None else (f"{stem}@{digest}" if stem else digest)
-        self._config = {
+        config = {
             "providers": list(providers) if providers is not None else default_providers(),
             "intra_op_threads": intra_op_threads,
             "inter_op_threads": inter_op_threads,
@@ -134,8 +126,7 @@ class OnnxModel:
             "output_names": dict(output_names or {}),
             "warmup": warmup,
         }
-        self._bytes = data
-        self._load()
+        self._read(source, version=version, config=config)
 
     def _load(self) -> None:
         cfg = self._config
@@ -179,30 +170,8 @@ class OnnxModel:
         self._run_names = out_names
         self._outputs = tuple(cfg["output_names"].get(n, n) for n in out_names)
         if cfg["warmup"]:
-            zeros = {
-                name: np.zeros((1, *(d or 1 for d in spec.shape or ())), dtype=spec.dtype)
-                for name, spec in specs.items()
-            }
-            try:
-                self.predict(zeros)
-            except Exception as exc:
-                raise ValueError(f"warm-up run of model {self._version!r} failed: {exc}") from exc
+            self._warm_up()
         logger.info("loaded ONNX model %s on %s", self._version, self._session.get_providers())
-
-    @property
-    def version(self) -> str:
-        """The label attached to this model's predictions."""
-        return self._version
-
-    @property
-    def inputs(self) -> dict[str, TensorSpec]:
-        """Input specs by (mapped) name."""
-        return dict(self._inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """Output names, after ``output_names`` mapping."""
-        return self._outputs
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -220,15 +189,3 @@ class OnnxModel:
             self._run_names, {self._model_input[n]: a for n, a in feeds.items()}
         )
         return dict(zip(self._outputs, results, strict=True))
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"bytes": self._bytes, "version": self._version, "config": self._config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._bytes, self._version, self._config = state["bytes"], state["version"], state["config"]
-        self._load()
-
-    def __repr__(self) -> str:
-        return (
-            f"OnnxModel(version={self._version!r}, inputs={self._inputs}, outputs={self._outputs})"
-        )

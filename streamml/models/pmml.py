@@ -17,15 +17,14 @@ refuse or mis-score files that the standard allows.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from streamml.models._file import FileModel
 from streamml.models.protocol import TensorSpec, as_feeds
 
 __all__ = ["PmmlModel"]
@@ -69,7 +68,7 @@ def _make_evaluator(data: bytes) -> Any:
     return make_evaluator(data, backend="jpype").verify()
 
 
-class PmmlModel:
+class PmmlModel(FileModel):
     """A PMML document scored by JPMML-Evaluator, one Java call per batch.
 
     Use it for models exported as PMML — from scikit-learn by nyoka or
@@ -131,6 +130,8 @@ class PmmlModel:
         {'y': array([1., 4.])}
     """
 
+    _kind = "PMML"
+
     def __init__(
         self,
         source: str | os.PathLike[str] | bytes,
@@ -144,22 +145,12 @@ class PmmlModel:
             raise ValueError(
                 f"parallelism must be >= 1, or -1 for the JVM's pool; got {parallelism}"
             )
-        if isinstance(source, bytes):
-            data, stem = source, None
-        else:
-            try:
-                data, stem = Path(source).read_bytes(), Path(source).stem
-            except OSError as exc:
-                raise ValueError(f"cannot read PMML model {str(source)!r}: {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()[:8]
-        self._version = version if version is not None else (f"{stem}@{digest}" if stem else digest)
-        self._config = {
+        config = {
             "vector": vector,
             "output_names": dict(output_names or {}),
             "parallelism": parallelism,
         }
-        self._bytes = data
-        self._load()
+        self._read(source, version=version, config=config)
 
     def _load(self) -> None:
         cfg = self._config
@@ -194,21 +185,6 @@ class PmmlModel:
         self._field_outputs = names
         self._outputs = tuple(cfg["output_names"].get(n, n) for n in names)
         logger.info("loaded PMML model %s", self._version)
-
-    @property
-    def version(self) -> str:
-        """The label attached to this model's predictions."""
-        return self._version
-
-    @property
-    def inputs(self) -> dict[str, TensorSpec]:
-        """Input specs by name: one per PMML input field, or the one ``vector``."""
-        return dict(self._inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """The target and output field names, after ``output_names`` mapping."""
-        return self._outputs
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
         """Score one batch; returns every target and output field by name.
@@ -252,15 +228,3 @@ class PmmlModel:
             ours: np.asarray(by_name[name])
             for name, ours in zip(self._field_outputs, self._outputs, strict=True)
         }
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"bytes": self._bytes, "version": self._version, "config": self._config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._bytes, self._version, self._config = state["bytes"], state["version"], state["config"]
-        self._load()
-
-    def __repr__(self) -> str:
-        return (
-            f"PmmlModel(version={self._version!r}, inputs={self._inputs}, outputs={self._outputs})"
-        )

@@ -9,16 +9,15 @@ for models made for phones and devices, so the same file can score at the edge
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from streamml.models._file import FileModel
 from streamml.models.protocol import TensorSpec, as_feeds
 
 __all__ = ["TfliteModel"]
@@ -36,7 +35,7 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
-class TfliteModel:
+class TfliteModel(FileModel):
     """A TensorFlow Lite model (``.tflite``) run by the LiteRT interpreter.
 
     Use it for a model converted for devices — by the TensorFlow Lite / LiteRT
@@ -76,6 +75,8 @@ class TfliteModel:
         ``docs/models.md`` and ``tests/models/test_tflite.py`` score a real one.
     """
 
+    _kind = "TF Lite"
+
     def __init__(
         self,
         source: str | os.PathLike[str] | bytes,
@@ -88,23 +89,13 @@ class TfliteModel:
     ) -> None:
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None; got {num_threads}")
-        if isinstance(source, bytes):
-            data, stem = source, None
-        else:
-            try:
-                data, stem = Path(source).read_bytes(), Path(source).stem
-            except OSError as exc:
-                raise ValueError(f"cannot read TF Lite model {str(source)!r}: {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()[:8]
-        self._version = version if version is not None else (f"{stem}@{digest}" if stem else digest)
-        self._config = {
+        config = {
             "num_threads": num_threads,
             "input_names": dict(input_names or {}),
             "output_names": dict(output_names or {}),
             "warmup": warmup,
         }
-        self._bytes = data
-        self._load()
+        self._read(source, version=version, config=config)
 
     def _load(self) -> None:
         cfg = self._config
@@ -153,30 +144,8 @@ class TfliteModel:
             for name, detail in zip(specs, declared.values(), strict=True)
         }
         if cfg["warmup"]:
-            zeros = {
-                name: np.zeros((1, *(d or 1 for d in spec.shape or ())), dtype=spec.dtype)
-                for name, spec in specs.items()
-            }
-            try:
-                self.predict(zeros)
-            except Exception as exc:
-                raise ValueError(f"warm-up run of model {self._version!r} failed: {exc}") from exc
+            self._warm_up()
         logger.info("loaded TF Lite model %s", self._version)
-
-    @property
-    def version(self) -> str:
-        """The label attached to this model's predictions."""
-        return self._version
-
-    @property
-    def inputs(self) -> dict[str, TensorSpec]:
-        """Input specs by (mapped) name."""
-        return dict(self._inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """Output names, after ``output_names`` mapping."""
-        return self._outputs
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
         """Run one batch; returns every output by name.
@@ -205,16 +174,3 @@ class TfliteModel:
             name: interp.get_tensor(index)
             for name, index in zip(self._outputs, self._output_index, strict=True)
         }
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"bytes": self._bytes, "version": self._version, "config": self._config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._bytes, self._version, self._config = state["bytes"], state["version"], state["config"]
-        self._load()
-
-    def __repr__(self) -> str:
-        return (
-            f"TfliteModel(version={self._version!r}, inputs={self._inputs}, "
-            f"outputs={self._outputs})"
-        )

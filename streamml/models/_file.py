@@ -1,0 +1,119 @@
+"""What every model built from a model file shares: bytes, version label, specs, warm-up, pickling.
+
+:class:`~streamml.models.OnnxModel`, :class:`~streamml.models.TfliteModel`
+and :class:`~streamml.models.PmmlModel` differ only in the runtime they
+load; the rest lives here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamml.models.protocol import TensorSpec
+
+__all__ = ["FileModel"]
+
+
+class FileModel:
+    """Base of the models built from a file: a subclass loads its runtime in ``_load``.
+
+    ``_load`` builds the runtime from ``self._bytes`` and ``self._config`` and
+    sets ``self._inputs`` (specs by name) and ``self._outputs`` (names).
+    Pickling carries the bytes, the version and the config, and unpickling
+    loads again, so each Bytewax worker gets its own runtime.
+
+    Examples:
+        >>> class Twice(FileModel):
+        ...     _kind = "doubling"
+        ...     def __init__(self, source, version=None):
+        ...         self._read(source, version=version, config={})
+        ...     def _load(self):
+        ...         self._inputs = {"x": TensorSpec("float32", (1,))}
+        ...         self._outputs = ("y",)
+        ...     def predict(self, inputs):
+        ...         return {"y": 2 * inputs["x"]}
+        >>> m = Twice(b"any bytes")
+        >>> m.version, m.outputs
+        ('23914a83', ('y',))
+        >>> clone = Twice.__new__(Twice)  # what unpickling does
+        >>> clone.__setstate__(m.__getstate__())
+        >>> clone.version, clone.predict({"x": np.ones((2, 1), "float32")})["y"].tolist()
+        ('23914a83', [[2.0], [2.0]])
+    """
+
+    _kind = "model"
+    """What the file holds, for error messages ("cannot read ONNX model ...")."""
+
+    _bytes: bytes
+    _version: str
+    _config: dict[str, Any]
+    _inputs: dict[str, TensorSpec]
+    _outputs: tuple[str, ...]
+
+    def _read(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        version: str | None,
+        config: dict[str, Any],
+    ) -> None:
+        """Read ``source``, label the model (``stem@sha256[:8]`` unless ``version``), load it."""
+        if isinstance(source, bytes):
+            data, stem = source, None
+        else:
+            try:
+                data, stem = Path(source).read_bytes(), Path(source).stem
+            except OSError as exc:
+                raise ValueError(f"cannot read {self._kind} model {str(source)!r}: {exc}") from exc
+        digest = hashlib.sha256(data).hexdigest()[:8]
+        self._version = version if version is not None else (f"{stem}@{digest}" if stem else digest)
+        self._config = config
+        self._bytes = data
+        self._load()
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _warm_up(self) -> None:
+        """Run one batch of zeros, so a model that cannot run fails when it is built."""
+        zeros = {
+            name: np.zeros((1, *(d or 1 for d in spec.shape or ())), dtype=spec.dtype)
+            for name, spec in self._inputs.items()
+        }
+        try:
+            self.predict(zeros)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise ValueError(f"warm-up run of model {self._version!r} failed: {exc}") from exc
+
+    @property
+    def version(self) -> str:
+        """The label attached to this model's predictions."""
+        return self._version
+
+    @property
+    def inputs(self) -> dict[str, TensorSpec]:
+        """Input specs by (mapped) name."""
+        return dict(self._inputs)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Output names, after ``output_names`` mapping."""
+        return self._outputs
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"bytes": self._bytes, "version": self._version, "config": self._config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._bytes, self._version, self._config = state["bytes"], state["version"], state["config"]
+        self._load()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(version={self._version!r}, inputs={self._inputs}, "
+            f"outputs={self._outputs})"
+        )
