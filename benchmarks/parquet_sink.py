@@ -21,27 +21,14 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import bytewax.operators as op
 import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
-from streamml.operators import featurize
-from streamml.operators.infer import infer
 
 from benchmarks.harness import alternate, format_table
-from benchmarks.pipeline import (
-    _FETCH,
-    _STREAMML_BATCH,
-    FEATURES,
-    PARTITIONS,
-    READING,
-    _drop_features,
-    _readings,
-    build_mlp,
-)
+from benchmarks.pipeline import PARTITIONS, _readings, build_mlp, light_results
 from streamml import kafka
 from streamml.broker import EmbeddedBroker
-from streamml.models import OnnxModel
 from streamml.objectstore import parquet_sink
 from streamml.serde import JsonSerde
 from streamml.testing import produce_all
@@ -52,37 +39,8 @@ EPOCH = timedelta(seconds=1)
 def light_pipeline(bootstrap: str, topic: str, out_topic: str, model: bytes, parquet: str | None):
     """The light pipeline; with ``parquet``, its results also go to Parquet files there."""
     flow = Dataflow("light_pipeline_parquet")
-    src = kafka.source(
-        "in",
-        flow,
-        brokers=bootstrap,
-        topics=topic,
-        value_serde=JsonSerde(schema=READING),
-        tail=False,
-        batch_size=_STREAMML_BATCH,
-        add_config=_FETCH,
-        frames=True,
-    )
-    feats = featurize.rolling(
-        "last10",
-        src.oks,
-        key="sensor_id",
-        timestamp="ts",
-        last=10,
-        fields=["temperature"],
-        aggregates=["mean"],
-    )
-    scored = infer(
-        "mlp",
-        feats.oks,
-        OnnxModel(model, intra_op_threads=1),
-        inputs=FEATURES,
-        outputs={"p_hot": ("probabilities", 1)},
-        version_field=None,
-        max_batch=_STREAMML_BATCH,
-        max_wait=timedelta(milliseconds=5),
-    )
-    results = op.map("reading_and_score", scored.oks, _drop_features)
+    # shards=8: rolling's default, which this benchmark has always run with
+    results = light_results(flow, bootstrap, topic, model, shards=8)
     kafka.sink(
         "out", results, brokers=bootstrap, topic=out_topic, value_serde=JsonSerde(), key="sensor_id"
     )

@@ -37,7 +37,7 @@ import bytewax.operators as op
 import numpy as np
 import orjson
 import polars as pl
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from streamml.operators import featurize
@@ -241,32 +241,22 @@ def _drop_features(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.drop("temperature_mean_last10")
 
 
-def streamml_flow(
+def light_results(
+    flow: Dataflow,
     bootstrap: str,
     topic: str,
-    out_topic: str,
     model: bytes | str,
     *,
     tail: bool = False,
     max_wait_ms: float = 5.0,
     shards: int = 1,
-    confirm_each_batch: bool = True,
     sent_field: bool = False,
-) -> Dataflow:
-    """The light pipeline as a streamml dataflow (``model``: ONNX bytes or a path).
+) -> Stream[pl.DataFrame]:
+    """The light pipeline's steps from ``topic`` to the scored readings (with ``p_hot``).
 
-    ``sent_field=True`` keeps the readings' ``sent`` field (the producer's
-    wall-clock ms), which the latency benchmark reads back from the results.
-
-    ``confirm_each_batch=False`` produces the results without waiting for the
-    broker's acknowledgements at each batch (failures still stop the flow),
-    as the hand-written loops do; the default waits (at-least-once).
-
-    Runs under ``python -m bytewax.run`` too, for several workers or processes::
-
-        python -m bytewax.run "benchmarks.pipeline:streamml_flow('127.0.0.1:9092', 'in', 'out', 'mlp.onnx', shards=2)" -w 2
+    What every streamml contender shares, whatever sinks it adds; see
+    :func:`streamml_flow` for the arguments.
     """
-    flow = Dataflow("light_pipeline")
     src = kafka.source(
         "in",
         flow,
@@ -298,9 +288,48 @@ def streamml_flow(
         max_batch=_STREAMML_BATCH,
         max_wait=timedelta(milliseconds=max_wait_ms),
     )
+    return op.map("reading_and_score", scored.oks, _drop_features)
+
+
+def streamml_flow(
+    bootstrap: str,
+    topic: str,
+    out_topic: str,
+    model: bytes | str,
+    *,
+    tail: bool = False,
+    max_wait_ms: float = 5.0,
+    shards: int = 1,
+    confirm_each_batch: bool = True,
+    sent_field: bool = False,
+) -> Dataflow:
+    """The light pipeline as a streamml dataflow (``model``: ONNX bytes or a path).
+
+    ``sent_field=True`` keeps the readings' ``sent`` field (the producer's
+    wall-clock ms), which the latency benchmark reads back from the results.
+
+    ``confirm_each_batch=False`` produces the results without waiting for the
+    broker's acknowledgements at each batch (failures still stop the flow),
+    as the hand-written loops do; the default waits (at-least-once).
+
+    Runs under ``python -m bytewax.run`` too, for several workers or processes::
+
+        python -m bytewax.run "benchmarks.pipeline:streamml_flow('127.0.0.1:9092', 'in', 'out', 'mlp.onnx', shards=2)" -w 2
+    """
+    flow = Dataflow("light_pipeline")
+    results = light_results(
+        flow,
+        bootstrap,
+        topic,
+        model,
+        tail=tail,
+        max_wait_ms=max_wait_ms,
+        shards=shards,
+        sent_field=sent_field,
+    )
     kafka.sink(
         "out",
-        op.map("reading_and_score", scored.oks, _drop_features),
+        results,
         brokers=bootstrap,
         topic=out_topic,
         value_serde=JsonSerde(),
