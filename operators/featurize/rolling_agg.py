@@ -54,12 +54,12 @@ import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators import _validate
-from streamml.operators._core.columns import check_frame, ts_micros, values
-from streamml.operators._core.keys import frame_sharder
+from streamml.operators._core.columns import ts_micros, values
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import micros
 from streamml.operators.featurize import _legacy
 from streamml.operators.featurize._batch import extract
+from streamml.operators.featurize._frame_flow import frame_features
 from streamml.operators.featurize._frequency import is_frequency
 from streamml.operators.featurize._rolling_core import Config, Rolling, plan_names
 from streamml.operators.featurize._shard import shard_grouper
@@ -676,18 +676,12 @@ def rolling(
             "state", sharded, lambda resume: _RowLogic(cfg, timestamp, resume)
         )
         return split_chunks(chunks)
-    if not isinstance(key, str) or not isinstance(timestamp, str):
-        raise ValueError(
-            "for frames, key and timestamp name columns (e.g. key='sensor_id', "
-            f"timestamp='ts'); got key={key!r}, timestamp={timestamp!r}"
-        )
-    check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=cfg.fields)
-    mixed = op.flat_map_batch(
-        "shard", up, frame_sharder(step_id, key=key, shards=shards, check=check)
+    return frame_features(
+        step_id,
+        up,
+        key=key,
+        timestamp=timestamp,
+        shards=shards,
+        fields=cfg.fields,
+        logic=lambda resume: _FrameLogic(cfg, key, timestamp, resume),
     )
-    split = op.branch("split", mixed, lambda item: isinstance(item, Rejected))
-    chunks = op.stateful_batch(
-        "state", split.falses, lambda resume: _FrameLogic(cfg, key, timestamp, resume)
-    )
-    out = split_chunks(chunks)
-    return TimedFeaturesOut(out.oks, op.merge("all_errs", split.trues, out.errs), out.late)

@@ -36,12 +36,12 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.operators.windowing import SessionWindower, SlidingWindower, TumblingWindower
 from streamml.operators import _validate
-from streamml.operators._core.columns import check_frame, ts_micros, values
-from streamml.operators._core.keys import frame_sharder
+from streamml.operators._core.columns import ts_micros, values
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators._time import from_micros, micros, to_micros
 from streamml.operators.featurize import _window_legacy
 from streamml.operators.featurize._batch import extract
+from streamml.operators.featurize._frame_flow import frame_features
 from streamml.operators.featurize._frequency import is_frequency
 from streamml.operators.featurize._shard import shards_of
 from streamml.operators.featurize._window_core import Closed, Fixed, Sessions, Spec, Windows
@@ -492,21 +492,15 @@ def window_agg(
         idle_advance=idle_advance,
     )
     if key is not None:
-        if not isinstance(key, str) or not isinstance(timestamp, str):
-            raise ValueError(
-                "for frames, key and timestamp name columns (e.g. key='sensor_id', "
-                f"timestamp='ts'); got key={key!r}, timestamp={timestamp!r}"
-            )
-        check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=spec.fields)
-        mixed = op.flat_map_batch(
-            "shard", up, frame_sharder(step_id, key=key, shards=shards, check=check)
+        return frame_features(
+            step_id,
+            up,
+            key=key,
+            timestamp=timestamp,
+            shards=shards,
+            fields=spec.fields,
+            logic=lambda resume: _FrameLogic(spec, key, timestamp, resume),
         )
-        split = op.branch("split", mixed, lambda item: isinstance(item, Rejected))
-        chunks = op.stateful_batch(
-            "state", split.falses, lambda resume: _FrameLogic(spec, key, timestamp, resume)
-        )
-        out = split_chunks(chunks)
-        return TimedFeaturesOut(out.oks, op.merge("all_errs", split.trues, out.errs), out.late)
     if not callable(timestamp):
         raise ValueError(
             "with key=None, up is a keyed stream of (key, event) rows and timestamp must be a "
