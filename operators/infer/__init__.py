@@ -21,7 +21,7 @@ One module per concept:
 - :mod:`.overlap`: the thread a shard's model calls run in;
 - :mod:`.stats`: the step's counters (:class:`InferStats`);
 - :mod:`.adaptive`: the adaptive batch size of ``target_latency``;
-- :mod:`.shadow`: :func:`shadow` — a candidate model beside the live one,
+- :mod:`.shadowing`: :func:`shadow` — a candidate model beside the live one,
   on a stable share of keys, compared online;
 - :mod:`.keyed`: :func:`infer_by_key` — a model per key group, an LRU of
   loaded models.
@@ -32,7 +32,7 @@ from .operator import InferOut, infer
 
 # Recovery stores written before versioned snapshot records pickled this class here.
 from .recovery import _Snapshot as _Snapshot
-from .shadow import ShadowOut, ShadowStats, shadow
+from .shadowing import ShadowOut, ShadowStats, shadow
 from .stats import InferStats
 
 __all__ = [

@@ -13,6 +13,16 @@ mean squared difference of a score (by the label join's
 against delayed labels, send ``shadow`` into
 :func:`~streamml.operators.join.label_join` with
 ``prediction="shadow_<output>"`` and ``model_version="shadow_version"``.
+
+State: the two ``infer`` steps snapshot their waiting rows as ``infer``
+does, and the comparison's running sums are one ``stateful_batch`` state
+(a ``streamml.infer.shadow`` record of
+:mod:`streamml.operators._core.state`, version 1: ``rows``, ``equal``,
+``numeric`` and the difference's ``n``, ``abs_sum``, ``sq_sum``), so after
+a crash and resume the comparison goes on from where it was. Each Bytewax
+batch of the candidate's results sends one small partial sum to that
+state, never a row. Its eviction rule: none is needed, it is a fixed
+handful of numbers.
 """
 
 from __future__ import annotations
@@ -20,26 +30,31 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
 import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
+from bytewax.operators import StatefulBatchLogic
 from streamml.operators.join.metrics import RegressionStats
 
 from streamml.errors import Rejected
 from streamml.metrics import instrumented
 from streamml.models import Model
 
+from .._core.state import restore, snapshot
 from .operator import infer
 from .stats import InferStats
 
 __all__ = ["ShadowOut", "ShadowStats", "in_share", "shadow"]
 
 PREFIX = "shadow_"
+STATE = "streamml.infer.shadow"
+STATE_VERSION = 1
+_KEY = "compare"  # the comparison is one state: its sums are a few numbers per batch
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +71,61 @@ def in_share(key: Any, share: float) -> bool:
     return zlib.crc32(str(key).encode()) < share * 2**32
 
 
+@dataclass
+class _Counts:
+    """Running sums of a comparison: rows, equal outputs and the difference's sums."""
+
+    rows: int = 0
+    equal: int = 0
+    numeric: bool = True
+    diff: RegressionStats = field(default_factory=RegressionStats)
+
+    @classmethod
+    def of(cls, live: np.ndarray, candidate: np.ndarray) -> _Counts:
+        """The sums of one batch of both models' outputs."""
+        counts = cls(len(live), int(np.sum(live == candidate)))
+        counts.numeric = live.dtype.kind in "biuf" and candidate.dtype.kind in "biuf"
+        if counts.numeric:
+            diff = candidate.astype(np.float64) - live.astype(np.float64)
+            counts.diff.n = len(diff)
+            counts.diff.abs_sum = float(np.abs(diff).sum())
+            counts.diff.sq_sum = float(diff @ diff)
+        return counts
+
+    def merge(self, other: _Counts) -> None:
+        self.rows += other.rows
+        self.equal += other.equal
+        self.numeric = self.numeric and other.numeric
+        if self.numeric:
+            self.diff.merge(other.diff)
+
+    def to_data(self) -> dict[str, Any]:
+        """The sums as builtins, for a versioned snapshot.
+
+        Examples:
+            >>> c = _Counts.of(np.array([1.0, 2.0]), np.array([1.0, 4.0]))
+            >>> c.to_data()
+            {'rows': 2, 'equal': 1, 'numeric': True, 'n': 2, 'abs_sum': 2.0, 'sq_sum': 4.0}
+            >>> _Counts.from_data(c.to_data()).to_data() == c.to_data()
+            True
+        """
+        return {"rows": self.rows, "equal": self.equal, "numeric": self.numeric} | (
+            self.diff.to_data()
+        )
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> _Counts:
+        """The sums :meth:`to_data` wrote."""
+        return cls(data["rows"], data["equal"], data["numeric"], RegressionStats.from_data(data))
+
+
 class ShadowStats:
     """The live and candidate models compared on the rows both scored, updated once per batch.
+
+    The sums behind it are the step's recovery state: after a crash and a
+    resume it goes on from the snapshot, as if the run had not stopped. They
+    are one state per step, so with several Bytewax processes the process
+    that holds it has the totals (the others read no rows).
 
     Attributes:
         rows: Rows both models scored.
@@ -67,52 +135,64 @@ class ShadowStats:
         rmse: Root mean squared difference of ``compare`` (likewise).
 
     Examples:
-        >>> s = ShadowStats()
-        >>> s._add(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 3.0]))
-        >>> s.rows, round(s.agreement, 3), s.mae
-        (3, 0.667, 0.16666666666666666)
+        Read it after a run, or from a timer while one runs (see :func:`shadow`):
+
+        >>> ShadowStats().as_dict()
+        {'rows': 0, 'agreement': None, 'mae': None, 'rmse': None}
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._equal = 0
-        self._diff = RegressionStats()
-        self._numeric = True
-        self.rows = 0
+        self._counts = _Counts()
+
+    @property
+    def rows(self) -> int:
+        return self._counts.rows
 
     @property
     def agreement(self) -> float | None:
-        return self._equal / self.rows if self.rows else None
+        counts = self._counts
+        return counts.equal / counts.rows if counts.rows else None
 
     @property
     def mae(self) -> float | None:
-        return self._diff.result()["mae"] if self._numeric else None
+        return self._counts.diff.result()["mae"] if self._counts.numeric else None
 
     @property
     def rmse(self) -> float | None:
-        return self._diff.result()["rmse"] if self._numeric else None
+        return self._counts.diff.result()["rmse"] if self._counts.numeric else None
 
     def as_dict(self) -> dict[str, Any]:
         """The comparison as a dict (for a log line or a metrics exporter)."""
-        return {"rows": self.rows, "agreement": self.agreement, "mae": self.mae, "rmse": self.rmse}
-
-    def _add(self, live: np.ndarray, candidate: np.ndarray) -> None:
-        equal = int(np.sum(live == candidate))
-        numeric = live.dtype.kind in "biuf" and candidate.dtype.kind in "biuf"
-        part = RegressionStats()
-        if numeric:
-            diff = candidate.astype(np.float64) - live.astype(np.float64)
-            part.n, part.abs_sum, part.sq_sum = (
-                len(diff),
-                float(np.abs(diff).sum()),
-                float(diff @ diff),
-            )
         with self._lock:
-            self.rows += len(live)
-            self._equal += equal
-            self._numeric = self._numeric and numeric
-            if numeric:
-                self._diff.merge(part)
+            return {
+                "rows": self.rows,
+                "agreement": self.agreement,
+                "mae": self.mae,
+                "rmse": self.rmse,
+            }
+
+    def _merge(self, counts: _Counts) -> None:
+        with self._lock:
+            self._counts.merge(counts)
+
+
+class _CompareLogic(StatefulBatchLogic):
+    """The comparison's state: its sums, merged from each batch's partial, kept in ``stats`` too."""
+
+    def __init__(self, stats: ShadowStats, counts: _Counts) -> None:
+        self.stats = stats
+        self.counts = counts
+        stats._merge(counts)  # a resumed state's sums count in this process's stats
+
+    def on_batch(self, values: list[_Counts]) -> tuple[list[Any], bool]:
+        for part in values:
+            self.counts.merge(part)
+            self.stats._merge(part)
+        return [], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(STATE, STATE_VERSION, self.counts.to_data())
 
 
 @dataclass(frozen=True)
@@ -152,19 +232,23 @@ def _picker(share: float, key: str | None) -> Callable[[Any], Any]:
     return pick
 
 
-def _comparer(stats: ShadowStats, field: str) -> Callable[[Any], Any]:
-    def compare(item: Any) -> Any:
-        if isinstance(item, pl.DataFrame):
-            live, cand = (
-                item.get_column(field).to_numpy(),
-                item.get_column(PREFIX + field).to_numpy(),
-            )
-        else:
-            live, cand = np.asarray([item[1][field]]), np.asarray([item[1][PREFIX + field]])
-        stats._add(live, cand)
-        return item
+def _measurer(name: str) -> Callable[[list[Any]], list[tuple[str, _Counts]]]:
+    """A batch of the candidate's results to one partial sum of the comparison."""
 
-    return compare
+    def measure(items: list[Any]) -> list[tuple[str, _Counts]]:
+        counts, rows = _Counts(), []
+        for item in items:
+            if isinstance(item, pl.DataFrame):
+                live = item.get_column(name).to_numpy()
+                counts.merge(_Counts.of(live, item.get_column(PREFIX + name).to_numpy()))
+            else:
+                rows.append(item[1])
+        if rows:
+            live = np.asarray([r[name] for r in rows])
+            counts.merge(_Counts.of(live, np.asarray([r[PREFIX + name] for r in rows])))
+        return [(_KEY, counts)] if counts.rows else []
+
+    return measure
 
 
 @operator
@@ -248,6 +332,14 @@ def shadow(
         **kwargs,
     )
     stats = ShadowStats()
-    compared = op.map("compare", cand_out.oks, _comparer(stats, compare))
+
+    def build(resume: Any) -> _CompareLogic:
+        if resume is None:
+            return _CompareLogic(stats, _Counts())
+        data = restore(resume, kind=STATE, version=STATE_VERSION)
+        return _CompareLogic(stats, _Counts.from_data(data))
+
+    parts = op.flat_map_batch("measure", cand_out.oks, _measurer(compare))
+    op.stateful_batch("compare", parts, build)
     errs = op.merge("errs", live_out.errs, cand_out.errs)
-    return ShadowOut(live_out.oks, errs, compared, live_out.stats, cand_out.stats, stats)
+    return ShadowOut(live_out.oks, errs, cand_out.oks, live_out.stats, cand_out.stats, stats)
