@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -88,6 +89,60 @@ def _pace(producer: Producer, topic: str, rate: float, seconds: float, start_ind
     return sent
 
 
+def run_paced(
+    bootstrap: str,
+    spec: str,
+    source: str,
+    out: str,
+    pace: Callable[[Producer, str, float, float, int], int],
+    rate: float,
+    seconds: float,
+    *,
+    what: str,
+    stderr: bool = True,
+) -> tuple[list[float], int, float]:
+    """Latencies of the flow ``spec`` (``python -m bytewax.run``, own process) under paced load.
+
+    ``pace(producer, source, rate, seconds, start)`` fills ``source``: first
+    a warm-up second (at most 2,000/s) until the flow answers, then ``rate``
+    for ``seconds``, measured by a :class:`_Collector` on ``out``. Returns
+    the latencies in ms of the readings sent after the warm-up, how many
+    were sent and the results delivered per second; raises when the flow
+    (``what``) exits or does not answer in 60 s, or fewer than 20 results
+    arrive. ``stderr=False`` silences the flow's standard error.
+    """
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", spec],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=None if stderr else subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    collector = _Collector(bootstrap, out)
+    collector.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    try:
+        warm = pace(producer, source, min(rate, 2000.0), 1.0, 0)  # until the flow answers
+        deadline = time.monotonic() + 60
+        while collector.received < warm:
+            if flow.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {what} did not start (exit {flow.returncode})")
+            time.sleep(0.05)
+        collector.since_ms = time.time() * 1000
+        received, started = collector.received, time.perf_counter()
+        sent = pace(producer, source, rate, seconds, warm)
+        delivered = (collector.received - received) / (time.perf_counter() - started)
+        time.sleep(1.0)
+    finally:
+        flow.kill()
+        flow.wait()
+        collector.stop()
+    lat = collector.latencies_ms
+    if len(lat) < 20:
+        raise RuntimeError(f"only {len(lat)} results arrived at {rate:.0f}/s")
+    return lat, sent, delivered
+
+
 def _measure(
     bootstrap: str, broker, model_path: str, rate: float, max_wait_ms: float, seconds: float
 ) -> dict:
@@ -96,35 +151,9 @@ def _measure(
     broker.create_topic(src)
     broker.create_topic(out)
     spec = f"benchmarks.pipeline:streamml_flow({bootstrap!r}, {src!r}, {out!r}, {model_path!r}, tail=True, max_wait_ms={max_wait_ms}, sent_field=True)"
-    flow = subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", spec],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    lat, sent, delivered = run_paced(
+        bootstrap, spec, src, out, _pace, rate, seconds, what="pipeline process", stderr=False
     )
-    collector = _Collector(bootstrap, out)
-    collector.start()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-    try:
-        warm = _pace(producer, src, min(rate, 2000.0), 1.0, 0)  # until the flow answers
-        deadline = time.monotonic() + 60
-        while collector.received < warm:
-            if flow.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the pipeline process did not start (exit {flow.returncode})")
-            time.sleep(0.05)
-        collector.since_ms = time.time() * 1000
-        received, started = collector.received, time.perf_counter()
-        sent = _pace(producer, src, rate, seconds, warm)
-        delivered = (collector.received - received) / (time.perf_counter() - started)
-        time.sleep(1.0)
-    finally:
-        flow.kill()
-        flow.wait()
-        collector.stop()
-    lat = sorted(collector.latencies_ms)
-    if len(lat) < 20:
-        raise RuntimeError(f"only {len(lat)} results arrived at {rate:.0f}/s")
     q = statistics.quantiles(lat, n=100)
     return {
         "rate": round(rate),

@@ -27,9 +27,7 @@ in-process flow's at the same load.
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +41,7 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 
 from benchmarks.harness import alternate, format_table
-from benchmarks.latency import _Collector
+from benchmarks.latency import run_paced
 from benchmarks.pipeline import build_mlp
 from examples.model_microservice.flow import READING, Topics, build_flow
 from examples.model_microservice.generate import telemetry
@@ -54,7 +52,6 @@ from streamml.models import OnnxModel
 from streamml.models.remote import OpenInference, RemoteModel
 from streamml.testing import produce_all
 
-ROOT = Path(__file__).resolve().parents[1]
 REST_EVENTS = 3_000
 """Readings the per-event router scores in a round (it runs ~100x slower)."""
 
@@ -117,34 +114,9 @@ def _latency(
     for topic in (source, out, f"{out}-dead"):
         broker.create_topic(topic)
     spec = f"benchmarks.remote:latency_flow({broker.bootstrap!r}, {source!r}, {out!r}, {model_path!r}, {url!r})"
-    flow = subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", spec],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    lat, sent, delivered = run_paced(
+        broker.bootstrap, spec, source, out, _pace, rate, seconds, what=f"{run} flow"
     )
-    collector = _Collector(broker.bootstrap, out)
-    collector.start()
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
-    try:
-        warm = _pace(producer, source, min(rate, 2000.0), 1.0, 0)
-        deadline = time.monotonic() + 60
-        while collector.received < warm:
-            if flow.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {run} flow did not start (exit {flow.returncode})")
-            time.sleep(0.05)
-        collector.since_ms = time.time() * 1000
-        received, started = collector.received, time.perf_counter()
-        sent = _pace(producer, source, rate, seconds, warm)
-        delivered = (collector.received - received) / (time.perf_counter() - started)
-        time.sleep(1.0)
-    finally:
-        flow.kill()
-        flow.wait()
-        collector.stop()
-    lat = collector.latencies_ms
-    if len(lat) < 20:
-        raise RuntimeError(f"only {len(lat)} results arrived at {rate:.0f}/s")
     q = statistics.quantiles(lat, n=100)
     return {
         "rate": round(rate),
