@@ -43,6 +43,7 @@ import polars as pl
 from bytewax.dataflow import Stream, operator
 
 from streamml.errors import Rejected
+from streamml.metrics import instrumented
 
 __all__ = ["FramesOut", "from_rows", "to_frames", "to_rows"]
 
@@ -144,6 +145,7 @@ def from_rows(
 
 
 @operator
+@instrumented
 def to_frames(step_id: str, up: Stream[Mapping[str, Any]]) -> FramesOut:
     """Turn a stream of row mappings into frames: one frame per batch Bytewax hands on.
 
@@ -165,6 +167,7 @@ def to_frames(step_id: str, up: Stream[Mapping[str, Any]]) -> FramesOut:
 
 
 @operator
+@instrumented
 def to_rows(step_id: str, up: Stream[pl.DataFrame]) -> Stream[dict[str, Any]]:
     """Turn a stream of frames into one dict per row, in order, for a function that wants rows."""
     return op.flat_map("rows", up, pl.DataFrame.to_dicts)

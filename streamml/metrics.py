@@ -52,6 +52,12 @@ from typing import Any, TypeVar
 import bytewax.operators as op
 import polars as pl
 from bytewax.dataflow import Stream
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
@@ -61,7 +67,10 @@ __all__ = [
     "MODEL_LATENCY",
     "PORT_ENV",
     "QUEUE_WAIT",
+    "SWITCH_ENV",
     "count_rows",
+    "counting",
+    "delivered",
     "events",
     "instrumented",
     "is_instrumented",
@@ -71,6 +80,9 @@ __all__ = [
 
 PORT_ENV = "STREAMML_METRICS_PORT"
 """Environment variable: serve the metrics on this port (``HOST:PORT`` also works)."""
+
+SWITCH_ENV = "STREAMML_METRICS"
+"""Environment variable: ``0`` or ``off`` builds steps without their counting (read at build time)."""
 
 _ROW_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 _SECOND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -165,6 +177,26 @@ def serve_from_env() -> int | None:
     return serve(int(port), host or "0.0.0.0")
 
 
+def counting() -> bool:
+    """Whether steps built now count their events: yes unless ``STREAMML_METRICS`` is ``0`` or ``off``.
+
+    Counting is on by default; turning it off (for a benchmark, or a flow
+    that wants no counting steps at all) leaves the flow's results unchanged.
+
+    Examples:
+        >>> import os
+        >>> os.environ.pop(SWITCH_ENV, None) and None
+        >>> counting()
+        True
+    """
+    value = os.environ.get(SWITCH_ENV, "").strip().lower()
+    if value in ("", "1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ValueError(f"{SWITCH_ENV} must be on or off (1 or 0); got {value!r}")
+
+
 def count_rows(items: list[Any]) -> int:
     """Events in a Bytewax batch: a ``polars.DataFrame`` counts its rows, anything else 1.
 
@@ -231,16 +263,19 @@ def _count_output(port: str, stream: Stream[Any]) -> Stream[Any]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def instrumented(builder: F) -> F:
+def instrumented(builder: F | None = None, *, down: str = "down") -> Any:
     """Count a streamml operator's events in and out; put it under ``@operator``.
 
     The operator's main input (its second parameter) is counted as port
     ``in`` with its batch sizes, its other stream parameters as
     ``in_<name>``, and every stream it returns (each stream field of its
     output dataclass, or the one stream) under the field's name (``down``
-    for a single stream). Counting steps run once per Bytewax batch, inside
-    the operator (``<step>.count_oks``, ...), so the operator's ports are
-    the counted streams.
+    for a single stream, or the name given: ``@instrumented(down="errs")``
+    for a sink that returns its rejections). Counting steps run once per
+    Bytewax batch, inside the operator (``<step>.count_oks``, ...), so the
+    operator's ports are the counted streams. A sink counts what it wrote
+    with :func:`delivered`. With ``STREAMML_METRICS=0`` (:func:`counting`)
+    the operator is built without counting steps.
 
     Examples:
         >>> from bytewax.dataflow import Dataflow, operator
@@ -255,11 +290,15 @@ def instrumented(builder: F) -> F:
         >>> events("instrumented_eg.twice", "in"), events("instrumented_eg.twice", "down")
         (2.0, 2.0)
     """
+    if builder is None:
+        return functools.partial(instrumented, down=down)
     params = list(inspect.signature(builder).parameters)
     main = params[1]
 
     @functools.wraps(builder)
     def build(*args: Any, **kwargs: Any) -> Any:
+        if not counting():
+            return builder(*args, **kwargs)
         serve_from_env()
         bound = inspect.signature(builder).bind(*args, **kwargs)
         for name, value in bound.arguments.items():
@@ -268,7 +307,7 @@ def instrumented(builder: F) -> F:
                 _count_input(f"count_{port}", port, value, sizes=name == main)
         out = builder(*args, **kwargs)
         if isinstance(out, Stream):
-            return _count_output("down", out)
+            return _count_output(down, out)
         if dataclasses.is_dataclass(out):
             counted = {
                 f.name: _count_output(f.name, getattr(out, f.name))
@@ -279,7 +318,90 @@ def instrumented(builder: F) -> F:
         return out
 
     build._streamml_counted = True  # type: ignore[attr-defined]
-    return build  # type: ignore[return-value]
+    return build
+
+
+class _CountedPartition(StatelessSinkPartition[Any]):
+    """A sink partition that counts the rows of each batch once the inner one has written it."""
+
+    def __init__(self, inner: Any, events: Any, rows: Callable[[list[Any]], int]) -> None:
+        self._inner, self._events, self._rows = inner, events, rows
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._inner.write_batch(items)
+        self._events.inc(self._rows(items))
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _CountedStatefulPartition(_CountedPartition, StatefulSinkPartition[Any, Any]):
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+
+def _delivered(output_step: str) -> Any:
+    """The ``delivered`` counter of the operator an output step (``flow.sink.write``) is in."""
+    return EVENTS.labels(step=output_step.rsplit(".", 1)[0], port="delivered")
+
+
+class _CountedDynamicSink(DynamicSink[Any]):
+    def __init__(self, sink: DynamicSink[Any], rows: Callable[[list[Any]], int]):
+        self._sink, self._rows = sink, rows
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountedPartition:
+        inner = self._sink.build(step_id, worker_index, worker_count)
+        return _CountedPartition(inner, _delivered(step_id), self._rows)
+
+
+class _CountedFixedSink(FixedPartitionedSink[Any, Any]):
+    def __init__(self, sink: FixedPartitionedSink[Any, Any], rows: Callable[[list[Any]], int]):
+        self._sink, self._rows = sink, rows
+
+    def list_parts(self) -> list[str]:
+        return self._sink.list_parts()
+
+    def part_fn(self, item_key: str) -> int:
+        return self._sink.part_fn(item_key)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Any
+    ) -> _CountedStatefulPartition:
+        inner = self._sink.build_part(step_id, for_part, resume_state)
+        return _CountedStatefulPartition(inner, _delivered(step_id), self._rows)
+
+
+def delivered(
+    sink: DynamicSink[Any] | FixedPartitionedSink[Any, Any],
+    rows: Callable[[list[Any]], int] = len,
+) -> DynamicSink[Any] | FixedPartitionedSink[Any, Any]:
+    """``sink`` counting what it wrote, as port ``delivered`` of the operator it is output in.
+
+    A batch is counted once the sink's ``write_batch`` has returned (for
+    :func:`streamml.kafka.sink`, once the broker acknowledged it), by
+    ``rows(items)`` (its length by default). Use it inside a sink operator,
+    in its ``op.output`` step; with counting off
+    (:func:`counting`) it returns ``sink`` itself.
+
+    Examples:
+        >>> from bytewax.dataflow import Dataflow, operator
+        >>> from bytewax.testing import TestingSink, TestingSource, run_main
+        >>> @operator
+        ... @instrumented
+        ... def collect(step_id: str, up: Stream[int], into: list) -> None:
+        ...     kept = op.filter("positive", up, lambda x: x > 0)
+        ...     op.output("write", kept, delivered(TestingSink(into)))
+        >>> flow, got = Dataflow("delivered_eg"), []
+        >>> collect("out", op.input("in", flow, TestingSource([3, -1, 4])), got)
+        >>> run_main(flow)
+        >>> got, events("delivered_eg.out", "in"), events("delivered_eg.out", "delivered")
+        ([3, 4], 3.0, 2.0)
+    """
+    if not counting():
+        return sink
+    if isinstance(sink, FixedPartitionedSink):
+        return _CountedFixedSink(sink, rows)
+    return _CountedDynamicSink(sink, rows)
 
 
 def is_instrumented(fn: Callable[..., Any]) -> bool:

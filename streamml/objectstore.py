@@ -60,6 +60,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from streamml.errors import Rejected
 from streamml.frames import from_rows
+from streamml.metrics import delivered, instrumented
 
 __all__ = ["Committed", "ParquetSink", "parquet_sink"]
 
@@ -356,7 +357,13 @@ def _rows_frame(
     return frame, bad
 
 
+def _piece_rows(pieces: list[tuple[str, pl.DataFrame]]) -> int:
+    """Rows in a batch of ``(directory, frame)`` pieces a sink partition wrote."""
+    return sum(piece.height for _, piece in pieces)
+
+
 @operator
+@instrumented(down="errs")
 def parquet_sink(
     step_id: str,
     up: Stream[Any],
@@ -460,5 +467,6 @@ def parquet_sink(
         return out
 
     routed = op.flat_map_batch("route", up, route)
-    op.output("write", op.filter("files", routed, lambda item: type(item) is tuple), sink)
+    files = op.filter("files", routed, lambda item: type(item) is tuple)
+    op.output("write", files, delivered(sink, _piece_rows))
     return op.filter("rejected", routed, lambda item: type(item) is Rejected)

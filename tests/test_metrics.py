@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
+import pkgutil
 import re
 import socket
 import subprocess
@@ -13,16 +15,21 @@ import time
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 import polars as pl
 import pytest
+import streamml.operators
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators import featurize
 
+import streamml
 from streamml import metrics
 from streamml.broker import EmbeddedBroker
+from streamml.frames import to_frames, to_rows
+from streamml.objectstore import parquet_sink
 from streamml.progress import progress_interval
 from streamml.testing import produce_all
 
@@ -39,12 +46,16 @@ from streamml import kafka
 from streamml.models import CallableModel
 from streamml.serde import JsonSerde
 
+brokers = os.environ["BOOTSTRAP"]
 model = CallableModel(lambda x: 2 * x.sum(axis=1), outputs="score", shape=(1,), version="v7")
 flow = Dataflow("metered")
-src = kafka.source("in", flow, brokers=os.environ["BOOTSTRAP"], topics=os.environ["TOPIC"],
+src = kafka.source("in", flow, brokers=brokers, topics=os.environ["TOPIC"],
                    value_serde=JsonSerde(), frames=True)
 scored = infer("score", src.oks, model, inputs=["x"], max_wait=timedelta(0))
-op.output("out", op.merge("all", scored.oks, scored.errs, src.errs), StdOutSink())
+unwritten = kafka.sink("out", scored.oks, brokers=brokers, topic=os.environ["TOPIC"] + "-out",
+                       value_serde=JsonSerde())
+kafka.dead_letter_sink("dlq", op.merge("all", scored.errs, src.errs, unwritten), brokers=brokers,
+                       topic=os.environ["TOPIC"] + "-dlq")
 """
 
 
@@ -92,6 +103,8 @@ def test_a_running_flow_is_scraped_with_its_counts_lag_and_model(
     broker: EmbeddedBroker, topic_name: str, tmp_path: Path
 ) -> None:
     broker.create_topic(topic_name, partitions=2)
+    broker.create_topic(f"{topic_name}-out")
+    broker.create_topic(f"{topic_name}-dlq")
     good = [json.dumps({"x": float(i)}).encode() for i in range(300)]
     null = [b'{"x": null}'] * 20  # decoded, then rejected by infer (MissingInput)
     garbage = [b"{not json"] * 10  # rejected by the source's decode
@@ -118,7 +131,13 @@ def test_a_running_flow_is_scraped_with_its_counts_lag_and_model(
     )
     try:
         first = _wait_for(
-            port, proc, lambda s: s.get(_events("score", "oks"), 0) == 600, "600 scored rows"
+            port,
+            proc,
+            lambda s: (
+                s.get(_events("out", "delivered"), 0) == 600
+                and s.get(_events("dlq", "delivered"), 0) == 60
+            ),
+            "600 scored rows and 60 dead letters delivered",
         )
         # Rows, not batches: every event of every port, and in = out + rejected at each step.
         assert first[_events("in", "oks")] == 640 and first[_events("in", "errs")] == 20
@@ -128,6 +147,9 @@ def test_a_running_flow_is_scraped_with_its_counts_lag_and_model(
         assert first[wait] == first[latency] >= 1  # one of each per model call
         assert first['streamml_model_info{step="metered.score",version="v7"}'] == 1
         assert first['streamml_batch_rows_sum{step="metered.score"}'] == 640
+        # Sinks: in = delivered + rejected, each delivered row acknowledged by the broker.
+        assert first[_events("out", "in")] == 600 and first[_events("out", "errs")] == 0
+        assert first[_events("dlq", "in")] == 60
 
         # More data while it runs: counts move on, the lag of both partitions is read.
         for p in (0, 1):
@@ -178,16 +200,94 @@ def test_rows_are_counted_per_port_in_equals_out_plus_rejected_plus_late() -> No
     assert count["errs"] == len(got["errs"]) and count["late"] == len(got["late"])
 
 
-def test_every_public_operator_counts_its_events() -> None:
-    """A new operator that forgets ``@instrumented`` under ``@operator`` is caught here."""
-    missing = []
-    for family in ("featurize", "infer", "anomaly", "join"):
-        module = importlib.import_module(f"streamml.operators.{family}")
-        for name in module.__all__:
-            fn = getattr(module, name)
-            if hasattr(fn, "_op_cls") and not metrics.is_instrumented(fn):  # a Bytewax operator
-                missing.append(f"{family}.{name}")
+def _public_operators() -> dict[str, Any]:
+    """Every Bytewax operator in the ``__all__`` of a public module of streamml or its operators."""
+    found = {}
+    for package in (streamml, streamml.operators):
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if info.name.rsplit(".", 1)[-1].startswith("_"):
+                continue
+            module = importlib.import_module(info.name)
+            for name in getattr(module, "__all__", ()):
+                fn = getattr(module, name)
+                if hasattr(fn, "_op_cls"):  # made by bytewax.dataflow.operator
+                    found[f"{info.name}.{name}"] = fn
+    return found
+
+
+def test_every_public_operator_and_sink_counts_its_events() -> None:
+    """An operator or sink that forgets ``@instrumented``, or a sink ``delivered``, is caught here."""
+    found = _public_operators()
+    assert {"streamml.kafka.sink", "streamml.objectstore.parquet_sink"} <= set(found)
+    assert "streamml.operators.infer.infer" in found and "streamml.frames.to_rows" in found
+    missing = [name for name, fn in found.items() if not metrics.is_instrumented(fn)]
     assert missing == [], f"add @instrumented (streamml.metrics) under @operator: {missing}"
+    uncounted_sinks = [
+        name
+        for name, fn in found.items()
+        if "output" in (names := inspect.unwrap(fn).__code__.co_names)  # calls op.output
+        and "delivered" not in names
+    ]
+    assert uncounted_sinks == [], f"wrap the sink in streamml.metrics.delivered: {uncounted_sinks}"
+
+
+def test_a_parquet_sink_and_frame_conversions_count_in_delivered_and_rejected(
+    tmp_path: Path,
+) -> None:
+    rows = [{"t": 1_000 * i, "x": float(i)} for i in range(5)] + [{"t": None, "x": 9.0}, 7]
+    flow = Dataflow("metrics_sinks")
+    frames = to_frames("frames", op.input("in", flow, TestingSource(rows)))
+    rejected = parquet_sink("lake", frames.oks, path=str(tmp_path), time="t")
+    back = to_rows("rows", op.input("again", flow, TestingSource([pl.DataFrame(rows[:5])])))
+    got: list[Any] = []
+    op.output("errs", op.merge("all", frames.errs, rejected), TestingSink(got))
+    op.output("rows_out", back, TestingSink([]))
+    run_main(flow)
+    count = {
+        (step, port): metrics.events(f"metrics_sinks.{step}", port)
+        for step, ports in {
+            "frames": ("in", "oks", "errs"),
+            "lake": ("in", "delivered", "errs"),
+            "rows": ("in", "down"),
+        }.items()
+        for port in ports
+    }
+    written = pl.read_parquet(tmp_path / "**" / "*.parquet").height
+    assert written == 5 and len(got) == 2  # the int row (to_frames) and the null time (the sink)
+    assert count == {
+        ("frames", "in"): 7.0,
+        ("frames", "oks"): 6.0,
+        ("frames", "errs"): 1.0,
+        ("lake", "in"): 6.0,
+        ("lake", "delivered"): 5.0,
+        ("lake", "errs"): 1.0,
+        ("rows", "in"): 5.0,
+        ("rows", "down"): 5.0,
+    }
+
+
+def test_metrics_off_builds_no_counting_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    def steps() -> list[str]:
+        flow = Dataflow("switch")
+        frames = to_frames("frames", op.input("in", flow, TestingSource([{"x": 1}])))
+        op.output("out", frames.oks, metrics.delivered(TestingSink([])))
+        sink = type(flow.substeps[2].sink).__name__
+        return [s.step_name for s in flow.substeps[1].substeps] + [sink]
+
+    assert steps() == [
+        "count_in",
+        "frames",
+        "oks",
+        "errs",
+        "count_oks",
+        "count_errs",
+        "_CountedDynamicSink",
+    ]
+    monkeypatch.setenv(metrics.SWITCH_ENV, "off")
+    assert steps() == ["frames", "oks", "errs", "TestingSink"]
+    monkeypatch.setenv(metrics.SWITCH_ENV, "maybe")
+    with pytest.raises(ValueError, match="STREAMML_METRICS must be on or off"):
+        steps()
 
 
 def test_serve_from_env_refuses_what_is_not_a_port(monkeypatch: pytest.MonkeyPatch) -> None:

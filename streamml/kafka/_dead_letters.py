@@ -24,6 +24,7 @@ from streamml._kafka_partitions import (
 )
 from streamml.errors import Rejected
 from streamml.kafka._records import Record, broker_timestamp
+from streamml.metrics import delivered, instrumented
 from streamml.producer import ProducerSink
 
 
@@ -306,6 +307,7 @@ def _encode_envelopes(rejections: list[Rejected]) -> list[tuple[bytes | None, by
 
 
 @operator
+@instrumented
 def dead_letter_sink(
     step_id: str,
     up: Stream[Rejected],
@@ -342,4 +344,4 @@ def dead_letter_sink(
         add_config=add_config,
         broker_timeout=broker_timeout,
     )
-    op.output("kafka", envelopes, producer)
+    op.output("kafka", envelopes, delivered(producer))

@@ -19,6 +19,7 @@ from streamml._kafka_partitions import (
 )
 from streamml.errors import Rejected
 from streamml.kafka._records import keep
+from streamml.metrics import delivered, instrumented
 from streamml.producer import ProducerSink
 from streamml.serde.base import (
     BytesSerde,
@@ -235,6 +236,7 @@ def _row_encoder(
 
 
 @operator
+@instrumented(down="errs")
 def sink(
     step_id: str,
     up: Stream[X],
@@ -353,5 +355,5 @@ def sink(
         add_config=add_config,
         broker_timeout=broker_timeout,
     )
-    op.output("kafka", pairs, producer)
+    op.output("kafka", pairs, delivered(producer))
     return op.flat_map_batch("rejected", encoded, keep(Rejected))
