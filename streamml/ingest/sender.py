@@ -297,17 +297,17 @@ class Sender:
         self._partition_ids = sorted(meta.partitions)
         return self._partition_ids
 
+    def _watermarks(self, partition: int) -> tuple[int, int]:
+        """The low and high offsets of ``partition``; ``_BrokerAway`` when they cannot be read."""
+        try:
+            return self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=2.0, cached=False
+            )
+        except KafkaException as exc:
+            raise _BrokerAway(str(exc.args[0])) from None
+
     def _end_offsets(self) -> dict[int, int]:
-        out = {}
-        for p in self._partitions():
-            try:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=2.0, cached=False
-                )
-            except KafkaException as exc:
-                raise _BrokerAway(str(exc.args[0])) from None
-            out[p] = high
-        return out
+        return {p: self._watermarks(p)[1] for p in self._partitions()}
 
     def _until_known(self, doubt: InDoubt, stop: threading.Event) -> set[int] | None:
         """Which records of ``doubt`` are in the topic: retried until the topic can be read."""
@@ -329,12 +329,7 @@ class Sender:
     def _landed(self, doubt: InDoubt) -> set[int]:
         starts = {}
         for p in self._partitions(fresh=True):
-            try:
-                low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=2.0, cached=False
-                )
-            except KafkaException as exc:
-                raise _BrokerAway(str(exc.args[0])) from None
+            low, high = self._watermarks(p)
             start = doubt.offsets.get(p, low)
             if start > high:  # the topic was re-created (or truncated) since: search it all
                 start = low
