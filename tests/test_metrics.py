@@ -26,11 +26,12 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators import featurize
 
 import streamml
-from streamml import metrics
+from streamml import kafka, metrics
 from streamml.broker import EmbeddedBroker
 from streamml.frames import to_frames, to_rows
 from streamml.objectstore import parquet_sink
 from streamml.progress import progress_interval
+from streamml.serde import JsonSerde
 from streamml.testing import produce_all
 
 FLOW = """
@@ -306,3 +307,32 @@ def test_serve_from_env_refuses_what_is_not_a_port(monkeypatch: pytest.MonkeyPat
         progress_interval(None)
     with pytest.raises(ValueError, match="positive timedelta"):
         progress_interval(timedelta(0))
+
+
+@pytest.mark.integration
+def test_a_bounded_run_ends_with_a_last_progress_line(
+    broker: EmbeddedBroker, topic_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker.create_topic(topic_name, partitions=2)
+    for p, n in ((0, 150), (1, 70)):
+        values = [json.dumps({"x": i}).encode() for i in range(n)] + [b"{bad"]
+        produce_all(broker.bootstrap, topic_name, [(None, v) for v in values], partition=p)
+    flow = Dataflow("progressed")
+    src = kafka.source(
+        "in",
+        flow,
+        brokers=broker.bootstrap,
+        topics=topic_name,
+        value_serde=JsonSerde(),
+        tail=False,
+        batch_size=50,
+        progress=timedelta(hours=1),  # no line on the way: only the last one
+    )
+    op.output("oks", src.oks, TestingSink([]))
+    op.output("errs", src.errs, TestingSink([]))
+    run_main(flow)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        r"streamml progressed\.in: 222 events read, [\d,]+/s, [\d,]+\.\d\d s, end of input", lines[0]
+    )

@@ -27,7 +27,7 @@ from streamml._kafka_partitions import (
 from streamml.errors import Rejected
 from streamml.kafka._records import Record, SourceOut, keep
 from streamml.metrics import instrumented
-from streamml.progress import Progress, progress_interval
+from streamml.progress import WithProgress, progress_interval
 from streamml.serde.base import (
     BytesSerde,
     Deserializer,
@@ -41,7 +41,7 @@ SOURCE_DEFAULTS = {"fetch.wait.max.ms": "20"}
 
 
 @operator
-def _consume(step_id: str, flow: Dataflow, source: KafkaPartitions) -> Stream[Fetch]:
+def _consume(step_id: str, flow: Dataflow, source: KafkaPartitions | WithProgress) -> Stream[Fetch]:
     """One item per fetch, under the input step id ``bytewax.connectors.kafka`` uses.
 
     The step id (``{step_id}.kafka.kafka_input``), the partition names and
@@ -253,8 +253,9 @@ def source(
             replaced. With topic, partition and offset, a row rejected later
             is dead-lettered with its coordinates (:func:`dead_letter_envelope`).
         progress: Print events read, rate and consumer lag to stderr at most
-            every 5 s (``True``) or every given ``timedelta``
-            (:mod:`streamml.progress`); ``None`` reads the environment
+            every 5 s (``True``) or every given ``timedelta``, and with
+            ``tail=False`` a last line when every partition has been read
+            to its end (:mod:`streamml.progress`); ``None`` reads the environment
             variable ``STREAMML_PROGRESS`` (seconds), so a flow run with
             ``python -m bytewax.run`` can show progress unchanged.
 
@@ -317,11 +318,9 @@ def source(
         broker_timeout=broker_timeout,
     )
     every = progress_interval(progress)
-    fetches = _consume("kafka", flow, partitions)
-    if every is not None:
-        input_step = fetches.stream_id.rsplit(".", 1)[0]  # {source}.kafka.kafka_input
-        label = input_step.rsplit(".", 2)[0]
-        op.flat_map_batch("progress", fetches, Progress(label, input_step, every))
+    fetches = _consume(
+        "kafka", flow, partitions if every is None else WithProgress(partitions, every)
+    )
     if frames:
         decoded = op.flat_map_batch(
             "decode",
