@@ -334,5 +334,6 @@ def test_a_bounded_run_ends_with_a_last_progress_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert re.fullmatch(
-        r"streamml progressed\.in: 222 events read, [\d,]+/s, [\d,]+\.\d\d s, end of input", lines[0]
+        r"streamml progressed\.in: 222 events read, [\d,]+/s, [\d,]+\.\d\d s, end of input",
+        lines[0],
     )
