@@ -8,9 +8,14 @@ like Beam's ``KeyedModelHandler`` with a bounded model count). Each Bytewax
 batch is split per model, and each model is called once per batch (in
 pieces of at most ``max_batch`` rows).
 
-State: only the cache of loaded models, evicted least recently used beyond
-``max_models``; it is not snapshotted (models are loaded again after a
-restart), so nothing is lost or versioned.
+State: none in the dataflow. The step holds no rows between batches (each
+Bytewax batch is scored as it comes), so a crash and resume scores every
+row as one uninterrupted run would (the contract suite checks it). The
+cache of loaded models, evicted least recently used beyond ``max_models``,
+is a cache, not state: it is not snapshotted; after a resume the models are
+loaded again by ``load`` when first needed (a model file changed in between
+serves its new version, as after an eviction), and the cache's counters
+start from zero.
 """
 
 from __future__ import annotations
