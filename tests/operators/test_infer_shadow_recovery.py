@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamml.operators.infer import ShadowStats, shadow
@@ -27,7 +27,9 @@ CANDIDATE = CallableModel(
 EVENTS = [(f"k{i % 7}", {"id": i, "features": [float(i % 5), float(i % 3)]}) for i in range(60)]
 
 
-def _run(items: list, recovery: RecoveryConfig | None = None) -> tuple[list, list, ShadowStats]:
+def _run(
+    items: list, recovery: RecoveryConfig | None = None, workers: int = 1
+) -> tuple[list, list, ShadowStats]:
     flow = Dataflow("shadow_resume")
     up = op.input("in", flow, TestingSource(items, batch_size=4))
     out = shadow("s", up, LIVE, CANDIDATE, compare="score", share=0.6, max_batch=8)
@@ -36,7 +38,10 @@ def _run(items: list, recovery: RecoveryConfig | None = None) -> tuple[list, lis
     op.output("oks", out.oks, TestingSink(oks))
     op.output("shadow", out.shadow, TestingSink(seen))
     interval = None if recovery is None else timedelta(0)
-    run_main(flow, epoch_interval=interval, recovery_config=recovery)
+    if workers == 1:
+        run_main(flow, epoch_interval=interval, recovery_config=recovery)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
     return oks, seen, out.stats
 
 
@@ -63,6 +68,13 @@ def test_crash_and_resume_gives_the_uninterrupted_results_and_comparison(tmp_pat
     assert after.rows == stats.rows
     want, got = stats.as_dict(), after.as_dict()
     assert got == {name: pytest.approx(value) for name, value in want.items()}
+
+
+def test_two_workers_compare_every_row_in_one_state() -> None:
+    oks, seen, stats = _run(EVENTS)
+    oks2, seen2, stats2 = _run(EVENTS, workers=2)
+    assert _ids(oks2) == _ids(oks) and _ids(seen2) == _ids(seen)
+    assert stats2.as_dict() == {name: pytest.approx(v) for name, v in stats.as_dict().items()}
 
 
 @settings(max_examples=30, deadline=None)
