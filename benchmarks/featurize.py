@@ -53,6 +53,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -310,16 +311,29 @@ def _mean_last10_and_60s(up: Any, **frame_args: Any) -> Any:
     ).oks
 
 
-def _frames_runner(frames: list[pl.DataFrame], cpu_rates: list[float]) -> Any:
+def _frames_runner(
+    name: str,
+    frames: list[pl.DataFrame],
+    featurize: Callable[[Any], Any],
+    cpu_rates: list[float],
+    events: int | None = None,
+) -> Callable[[], int]:
+    """A zero-argument run of ``featurize(up)`` over ``frames``, one a batch, for the harness.
+
+    Counts ``events`` per run (default: the rows that come out) and records
+    them per CPU-second of the process in ``cpu_rates``.
+    """
+
     def run() -> int:
         sink = FrameCountSink()
         cpu = time.process_time()
-        flow = Dataflow("bench_featurize_frames")
+        flow = Dataflow(name)
         up = op.input("in", flow, TestingSource(frames, batch_size=1))
-        op.output("out", _mean_last10_and_60s(up, key="sensor", timestamp="at"), sink)
+        op.output("out", featurize(up), sink)
         run_main(flow)
-        cpu_rates.append(sink.count / (time.process_time() - cpu))
-        return sink.count
+        count = sink.count if events is None else events
+        cpu_rates.append(count / (time.process_time() - cpu))
+        return count
 
     return run
 
@@ -359,7 +373,12 @@ def frames_throughput(quick: bool) -> dict[str, Any]:
     rows_name = f"rolling on (key, event) rows (batches of {FRAME_ROWS:,})"
     rows_featurize = _mean_last10_and_60s
     contenders = {
-        frames_name: _frames_runner(frames, cpu.setdefault(frames_name, [])),
+        frames_name: _frames_runner(
+            "bench_featurize_frames",
+            frames,
+            lambda up: _mean_last10_and_60s(up, key="sensor", timestamp="at"),
+            cpu.setdefault(frames_name, []),
+        ),
         rows_name: _runner(events, rows_featurize, cpu.setdefault(rows_name, []), FRAME_ROWS),
     }
     results = alternate(contenders, rounds=rounds, warmup=not quick)
@@ -399,12 +418,8 @@ NEW_AGGREGATES = {
 
 
 def _aggregate_runner(frames: list[pl.DataFrame], aggs: list[str], cpu_rates: list[float]) -> Any:
-    def run() -> int:
-        sink = FrameCountSink()
-        cpu = time.process_time()
-        flow = Dataflow("bench_featurize_aggregates")
-        up = op.input("in", flow, TestingSource(frames, batch_size=1))
-        feats = rolling(
+    def featurize(up: Any) -> Any:
+        return rolling(
             "rolling",
             up,
             key="sensor",
@@ -414,13 +429,9 @@ def _aggregate_runner(frames: list[pl.DataFrame], aggs: list[str], cpu_rates: li
             fields=["temperature"],
             aggregates=aggs,
             shards=1,
-        )
-        op.output("out", feats.oks, sink)
-        run_main(flow)
-        cpu_rates.append(sink.count / (time.process_time() - cpu))
-        return sink.count
+        ).oks
 
-    return run
+    return _frames_runner("bench_featurize_aggregates", frames, featurize, cpu_rates)
 
 
 def aggregates_throughput(quick: bool) -> dict[str, Any]:
@@ -559,19 +570,6 @@ def windows_throughput(quick: bool) -> dict[str, Any]:
     print("featurize: window_agg and Bytewax's windows agree on 20,000 events; timing ...")
     cpu: dict[str, list[float]] = {}
 
-    def frames_run(name: str) -> Any:
-        def run() -> int:
-            sink = FrameCountSink()
-            start = time.process_time()
-            flow = Dataflow("bench_windows_frames")
-            up = op.input("in", flow, TestingSource(frames, batch_size=1))
-            op.output("out", _window_agg(up, key="sensor", timestamp="at"), sink)
-            run_main(flow)
-            cpu.setdefault(name, []).append(n / (time.process_time() - start))
-            return n  # events in (a window row is 1,000 events' work)
-
-        return run
-
     def rows_run(name: str, featurize: Any) -> Any:
         def run() -> int:
             sink = CountSink()
@@ -596,7 +594,13 @@ def windows_throughput(quick: bool) -> dict[str, Any]:
     plans = {
         "windows": {
             rows_name: rows_run(rows_name, _window_agg),
-            frames_name: frames_run(frames_name),
+            frames_name: _frames_runner(
+                "bench_windows_frames",
+                frames,
+                lambda up: _window_agg(up, key="sensor", timestamp="at"),
+                cpu.setdefault(frames_name, []),
+                events=n,  # events in (a window row is 1,000 events' work)
+            ),
             bytewax_name: rows_run(bytewax_name, _bytewax_windows),
         },
         "scale": {
