@@ -472,15 +472,16 @@ class KeyedEventTime:
             out = held.ts <= self.kmax[held.kid] - delay
             if len(gone):
                 out |= np.isin(held.kid, gone)
-            # one nonzero, then a mask for the rest: the fewest NumPy calls on a small batch
-            idx = np.flatnonzero(out)
+            # index arrays, not masks: ndarray.nonzero skips flatnonzero's wrappers, and
+            # taking by index is several times cheaper than by mask on a few hundred rows
+            idx = out.nonzero()[0]
             if len(idx) == len(held):
                 released, self.held = held, Held.empty(self.width)
             elif not len(idx):
                 released = Held.empty(self.width)
             else:
                 released = held.take(idx)
-                self.held = held.take(~out)
+                self.held = held.take((~out).nonzero()[0])
         if len(released) > 1:
             ts = released.ts
             if (ts[1:] < ts[:-1]).any():

@@ -78,6 +78,8 @@ class Held:
     @classmethod
     def concat(cls, parts: list[Held]) -> Held:
         """The rows of ``parts`` in order (one concatenation per column)."""
+        if len(parts) == 2:  # the held rows and one batch (most calls): no lists built
+            return parts[0].extend(parts[1])
         parts = [p for p in parts if len(p)]
         if len(parts) <= 1:
             return parts[0] if parts else cls.empty()
