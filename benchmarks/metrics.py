@@ -11,51 +11,30 @@ counting is as large a share of the work as it can be), 200,000 events:
   → ``featurize.rolling`` → ``infer`` → Kafka sink on the embedded broker),
   its flow built with and without counting, alternately in one process.
 
-The uninstrumented contender is the same builder function made an operator
-without :func:`streamml.metrics.instrumented` (``infer.__wrapped__``
-twice), so the only difference is the counting steps.
+The uncounted contender is the same flow built with ``STREAMML_METRICS=0``
+(:func:`streamml.metrics.counting`): no counting steps, and sinks not
+wrapped to count what they deliver, so the only difference is the counting.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import SimpleNamespace
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import bytewax.operators as op
 import numpy as np
 import polars as pl
-from bytewax.dataflow import Dataflow, operator
+from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-from streamml.operators import featurize
 from streamml.operators.infer import infer
 
 from benchmarks import pipeline
 from benchmarks.harness import alternate, format_table
-from streamml import kafka
 from streamml.broker import EmbeddedBroker
 from streamml.models import CallableModel
 from streamml.testing import produce_all
-
-
-def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The operator ``fn`` without its counting steps."""
-    return operator(fn.__wrapped__.__wrapped__)
-
-
-@contextmanager
-def _uncounted_pipeline() -> Iterator[None]:
-    """``pipeline.streamml_flow`` builds its flow from operators without counting steps."""
-    saved = pipeline.kafka, pipeline.featurize, pipeline.infer
-    pipeline.kafka = SimpleNamespace(source=_plain(kafka.source), sink=kafka.sink)
-    pipeline.featurize = SimpleNamespace(rolling=_plain(featurize.rolling))
-    pipeline.infer = _plain(infer)
-    try:
-        yield
-    finally:
-        pipeline.kafka, pipeline.featurize, pipeline.infer = saved
 
 
 def _pipeline(n: int, rounds: int) -> dict[str, Any]:
@@ -71,7 +50,7 @@ def _pipeline(n: int, rounds: int) -> dict[str, Any]:
             if counted:
                 flow = pipeline.streamml_flow(broker.bootstrap, "readings", out, model)
             else:
-                with _uncounted_pipeline():
+                with pipeline.uncounted():
                     flow = pipeline.streamml_flow(broker.bootstrap, "readings", out, model)
             run_main(flow)
             return n
@@ -93,16 +72,17 @@ def _pipeline(n: int, rounds: int) -> dict[str, Any]:
 _MODEL = CallableModel(lambda x: x.sum(axis=1), outputs="y", version="bench")
 
 
-def _run(build: Callable[..., Any], items: list[Any], inputs: Any, n: int) -> Callable[[], int]:
+def _run(counted: bool, items: list[Any], inputs: Any, n: int) -> Callable[[], int]:
     def run() -> int:
         flow = Dataflow("metrics_bench")
-        out = build(
-            "score",
-            op.input("in", flow, TestingSource(items)),
-            _MODEL,
-            inputs=inputs,
-            overlap=False,
-        )
+        with pipeline.uncounted() if not counted else nullcontext():
+            out = infer(
+                "score",
+                op.input("in", flow, TestingSource(items)),
+                _MODEL,
+                inputs=inputs,
+                overlap=False,
+            )
         got: list[Any] = []
         op.output("oks", out.oks, TestingSink(got))
         op.output("errs", out.errs, TestingSink([]))
@@ -139,8 +119,8 @@ def main(quick: bool = False) -> dict:
     for name, (items, inputs) in workloads.items():
         runs = alternate(
             {
-                "infer without counting": _run(_plain(infer), items, inputs, n),
-                "infer (counted)": _run(infer, items, inputs, n),
+                "infer without counting": _run(False, items, inputs, n),
+                "infer (counted)": _run(True, items, inputs, n),
             },
             rounds=rounds,
         )

@@ -30,6 +30,8 @@ import sys
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -46,6 +48,7 @@ from streamml.operators.infer import infer
 from benchmarks.harness import alternate, format_table
 from streamml import kafka
 from streamml.broker import EmbeddedBroker
+from streamml.metrics import SWITCH_ENV
 from streamml.models import OnnxModel
 from streamml.serde import JsonSerde
 from streamml.testing import produce_all
@@ -339,6 +342,20 @@ def streamml_flow(
     return flow
 
 
+@contextmanager
+def uncounted() -> Iterator[None]:
+    """Flows built inside have no counting steps (``STREAMML_METRICS=0``)."""
+    saved = os.environ.get(SWITCH_ENV)
+    os.environ[SWITCH_ENV] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[SWITCH_ENV]
+        else:
+            os.environ[SWITCH_ENV] = saved
+
+
 def _check_same_scores(bootstrap: str, topics: list[str]) -> None:
     """Every contender wrote a ``p_hot`` for each reading, the same up to float32 rounding."""
     from streamml.testing import consume_all
@@ -357,7 +374,17 @@ def _check_same_scores(bootstrap: str, topics: list[str]) -> None:
             raise AssertionError(f"{topic} and {topics[0]} disagree on the scores")
 
 
-def main(quick: bool = False, events: int | None = None, rounds: int = 3) -> dict:
+def main(
+    quick: bool = False, events: int | None = None, rounds: int = 3, metrics: str = "on"
+) -> dict:
+    """Run every contender, alternating, on the same readings.
+
+    ``metrics="off"`` builds streamml's flows without counting
+    (``STREAMML_METRICS=0``); ``"both"`` adds the uncounted flow as a
+    contender of its own, next to the counted one.
+    """
+    if metrics not in ("on", "off", "both"):
+        raise ValueError(f"metrics must be on, off or both; got {metrics!r}")
     n = events or (50_000 if quick else 200_000)
     model_bytes = build_mlp()
     with EmbeddedBroker() as broker:
@@ -378,18 +405,23 @@ def main(quick: bool = False, events: int | None = None, rounds: int = 3) -> dic
             written[contender] = name
             return name
 
-        def run_streamml(confirm_each_batch: bool = True) -> int:
+        def run_streamml(confirm_each_batch: bool = True, counted: bool = metrics != "off") -> int:
             label = "streamml" if confirm_each_batch else "streamml-end"
-            out = fresh_topic(label)
-            run_main(
-                streamml_flow(
+            out = fresh_topic(label if counted else f"{label}-uncounted")
+            with nullcontext() if counted else uncounted():
+                flow = streamml_flow(
                     bootstrap, "readings", out, model_bytes, confirm_each_batch=confirm_each_batch
                 )
-            )
+            run_main(flow)
             return n
 
         contenders = {
             "streamml (1 worker)": run_streamml,
+            **(
+                {"streamml (1 worker), metrics off": lambda: run_streamml(counted=False)}
+                if metrics == "both"
+                else {}
+            ),
             # The loops below confirm delivery only at the end; this is the same trade.
             "streamml, delivery confirmed at the end": lambda: run_streamml(False),
             "hand-batched loop": lambda: hand_batched(
@@ -425,5 +457,11 @@ if __name__ == "__main__":
     )
     parser.add_argument("--events", type=int, default=200_000, help="readings (default 200,000)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument(
+        "--metrics",
+        choices=("on", "off", "both"),
+        default="on",
+        help="streamml's counting (STREAMML_METRICS): on (default), off, or both as two contenders",
+    )
     args = parser.parse_args()
-    main(events=args.events, rounds=args.rounds)
+    main(events=args.events, rounds=args.rounds, metrics=args.metrics)
