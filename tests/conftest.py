@@ -36,3 +36,31 @@ def topic_name(request: pytest.FixtureRequest) -> Iterator[str]:
     """A topic name unique to this test (create it with ``broker.create_topic``)."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
     yield f"{base}-{next(_topic_numbers)}"
+
+
+_BROKER_WORDS = ("EmbeddedBroker", "streamml.broker", "bootstrap", "brokers=")
+"""Text that says a module or a docs page starts or talks to a broker."""
+
+
+def _needs_broker(item: pytest.Item) -> bool:
+    """Whether a test uses the broker: its fixture, its module's own broker, or a docs page's."""
+    if "broker" in getattr(item, "fixturenames", ()):
+        return True
+    page = getattr(getattr(item, "callspec", None), "params", {}).get("page")
+    source = page if page is not None else item.path
+    text = source.read_text(encoding="utf-8", errors="replace")
+    return any(word in text for word in _BROKER_WORDS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Make the markers mean what the README says, whatever a test file declares.
+
+    ``integration``: the test needs the broker (``-m 'not integration'`` runs the
+    others without one); ``reliability``: every test under ``tests/reliability``
+    (crash, cluster and outage runs in separate processes).
+    """
+    for item in items:
+        if _needs_broker(item):
+            item.add_marker(pytest.mark.integration)
+        if "reliability" in item.path.parts:
+            item.add_marker(pytest.mark.reliability)
