@@ -25,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -152,6 +153,23 @@ def _cpu_table(cpu: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_race(
+    title: str, contenders: dict[str, Callable[[], int]], unit: str, rounds: int = 3
+) -> dict[str, Any]:
+    """Run ``contenders`` in alternating rounds; print their wall-clock and CPU-second tables.
+
+    Returns the measurements and each contender's median items per CPU-second.
+    """
+    cpu: dict[str, list[float]] = {}
+    results = alternate(_cpu_timed(contenders, cpu), rounds=rounds)
+    print(format_table(title, results, unit))
+    print(_cpu_table(cpu))
+    return {
+        "results": [m.as_dict() for m in results],
+        "per_cpu_second": {k: statistics.median(v) for k, v in cpu.items()},
+    }
+
+
 def main(quick: bool = False) -> dict:
     rounds = 3
     rows = 100_000
@@ -160,23 +178,15 @@ def main(quick: bool = False) -> dict:
     print(
         f"enrich: {rows:,}-row table, {n_events:,} events, {rounds} alternating rounds", flush=True
     )
-    enrich_cpu: dict[str, list[float]] = {}
-    enrich_results = alternate(
-        _cpu_timed(
-            {
-                "streamml enrich (16 shards)": lambda: _run_enrich(table, stream, per_key=False),
-                "stateful_batch per key (baseline)": lambda: _run_enrich(
-                    table, stream, per_key=True
-                ),
-            },
-            enrich_cpu,
-        ),
-        rounds=rounds,
+    enrich = _cpu_race(
+        "Enrichment join (events/s, table load included)",
+        {
+            "streamml enrich (16 shards)": lambda: _run_enrich(table, stream, per_key=False),
+            "stateful_batch per key (baseline)": lambda: _run_enrich(table, stream, per_key=True),
+        },
+        "events/s",
+        rounds,
     )
-    print(
-        format_table("Enrichment join (events/s, table load included)", enrich_results, "events/s")
-    )
-    print(_cpu_table(enrich_cpu))
 
     keys = 1000
     n_interval = 100_000 if quick else 600_000
@@ -187,23 +197,19 @@ def main(quick: bool = False) -> dict:
         f"{rounds} alternating rounds",
         flush=True,
     )
-    interval_cpu: dict[str, list[float]] = {}
-    interval_results = alternate(
-        _cpu_timed(
-            {
-                "streamml interval_join (16 shards)": lambda: _run_interval(
-                    lefts, rights, keys, per_key=False, counter=pairs
-                ),
-                "stateful_batch per key (baseline)": lambda: _run_interval(
-                    lefts, rights, keys, per_key=True, counter=pairs
-                ),
-            },
-            interval_cpu,
-        ),
-        rounds=rounds,
+    interval = _cpu_race(
+        "Interval join (input events/s)",
+        {
+            "streamml interval_join (16 shards)": lambda: _run_interval(
+                lefts, rights, keys, per_key=False, counter=pairs
+            ),
+            "stateful_batch per key (baseline)": lambda: _run_interval(
+                lefts, rights, keys, per_key=True, counter=pairs
+            ),
+        },
+        "events/s",
+        rounds,
     )
-    print(format_table("Interval join (input events/s)", interval_results, "events/s"))
-    print(_cpu_table(interval_cpu))
     print(f"  pairs emitted per run: {pairs[0]:,} ({pairs[0] / n_interval:.2f} per input event)")
     frames = frames_main(quick)
     asof = asof_main(quick)
@@ -215,15 +221,13 @@ def main(quick: bool = False) -> dict:
         "enrich": {
             "table_rows": rows,
             "events": n_events,
-            "results": [m.as_dict() for m in enrich_results],
-            "per_cpu_second": {k: statistics.median(v) for k, v in enrich_cpu.items()},
+            **enrich,
         },
         "interval": {
             "keys": keys,
             "events": n_interval,
             "pairs": pairs[0],
-            "results": [m.as_dict() for m in interval_results],
-            "per_cpu_second": {k: statistics.median(v) for k, v in interval_cpu.items()},
+            **interval,
         },
     }
 
@@ -272,29 +276,17 @@ def asof_main(quick: bool = False) -> dict:
     keys, n = 1000, 100_000 if quick else 400_000
     events, table = _asof_data(keys, n)
     print(f"\nasof join: {keys:,} keys, {n:,} items (half versions), lateness 5 s", flush=True)
-    cpu: dict[str, list[float]] = {}
-    results = alternate(
-        _cpu_timed(
-            {
-                "streamml asof_join (16 shards)": lambda: _run_asof(
-                    events, table, keys, per_key=False
-                ),
-                "stateful_batch per key (baseline)": lambda: _run_asof(
-                    events, table, keys, per_key=True
-                ),
-            },
-            cpu,
-        ),
-        rounds=3,
+    race = _cpu_race(
+        "As-of join (input items/s)",
+        {
+            "streamml asof_join (16 shards)": lambda: _run_asof(events, table, keys, per_key=False),
+            "stateful_batch per key (baseline)": lambda: _run_asof(
+                events, table, keys, per_key=True
+            ),
+        },
+        "items/s",
     )
-    print(format_table("As-of join (input items/s)", results, "items/s"))
-    print(_cpu_table(cpu))
-    return {
-        "keys": keys,
-        "items": n,
-        "results": [m.as_dict() for m in results],
-        "per_cpu_second": {k: statistics.median(v) for k, v in cpu.items()},
-    }
+    return {"keys": keys, "items": n, **race}
 
 
 def _label_data(n: int) -> tuple[list, list]:
@@ -347,26 +339,17 @@ def label_main(quick: bool = False) -> dict:
         f"\nlabel join: {n:,} predictions, {n:,} labels (per-id baseline: {small:,} each)",
         flush=True,
     )
-    cpu: dict[str, list[float]] = {}
-    results = alternate(
-        _cpu_timed(
-            {
-                "streamml label_join (16 shards)": lambda: _run_label(preds, labels, shards=16),
-                "stateful_batch per id (baseline)": lambda: _run_label(
-                    preds[:small], labels[:small], shards=_per_key_shards(small)
-                ),
-            },
-            cpu,
-        ),
-        rounds=3,
+    race = _cpu_race(
+        "Label join (predictions and labels/s)",
+        {
+            "streamml label_join (16 shards)": lambda: _run_label(preds, labels, shards=16),
+            "stateful_batch per id (baseline)": lambda: _run_label(
+                preds[:small], labels[:small], shards=_per_key_shards(small)
+            ),
+        },
+        "items/s",
     )
-    print(format_table("Label join (predictions and labels/s)", results, "items/s"))
-    print(_cpu_table(cpu))
-    return {
-        "predictions": n,
-        "results": [m.as_dict() for m in results],
-        "per_cpu_second": {k: statistics.median(v) for k, v in cpu.items()},
-    }
+    return {"predictions": n, **race}
 
 
 def _interval_frames(items: list) -> list:
