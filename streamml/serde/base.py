@@ -325,8 +325,8 @@ def frames_in_order(
     of ``rows`` (or raises). The whole list is tried first; when it fails, it
     is split in halves, recursively, so a batch with k bad rows costs about
     k·log2(n) builds. A row is accepted when it builds alone and its column
-    types can join those of the rows accepted before it (polars' supertypes:
-    int and float make float, anything and string make string); otherwise it
+    types can join those of the rows accepted before it (:func:`join_dtypes`:
+    int and float make float; text joins only text); otherwise it
     becomes a ``kind`` error. ``errors`` (already found, by input index) are
     merged with the new ones in input order.
     """
@@ -387,12 +387,13 @@ def join_dtypes(a: Any, b: Any) -> Any:
     The NDJSON reader's own rules, made explicit (polars' relaxed concat is
     looser: it would put an integer in a struct): equal types; null with
     anything; integers with floats make Float64, integers with integers
-    Int64; text with numbers or booleans makes String; lists and structs
-    join field by field.
+    Int64; lists and structs join field by field. Text joins only text: the
+    reader would hold a number among strings as its text (``0.0`` as
+    ``"0.0"``), which changes the value, so such a row does not fit.
 
     Examples:
         >>> join_dtypes(pl.Int64, pl.Float64), join_dtypes(pl.Int64, pl.String)
-        (Float64, String)
+        (Float64, None)
         >>> join_dtypes(pl.Int64, pl.Struct({"b": pl.Int64})) is None
         True
     """
@@ -402,9 +403,6 @@ def join_dtypes(a: Any, b: Any) -> Any:
         return b if a == pl.Null else a
     if a.is_numeric() and b.is_numeric():
         return pl.Float64 if a.is_float() or b.is_float() else pl.Int64
-    if a == pl.String or b == pl.String:
-        other = b if a == pl.String else a
-        return pl.String if other.is_numeric() or other == pl.Boolean else None
     if isinstance(a, pl.List) and isinstance(b, pl.List):
         inner = join_dtypes(a.inner, b.inner)
         return pl.List(inner) if inner is not None else None

@@ -160,8 +160,11 @@ class JsonSerde(Deserializer, Serializer):
 
     def _read(self, joined: bytes) -> pl.DataFrame:
         if self._schema is not None:
-            return pl.read_ndjson(joined, schema=self._schema)
-        return widen_big_ints(pl.read_ndjson(joined, infer_schema_length=None))
+            return _read_strictly(joined, self._schema)
+        frame = pl.read_ndjson(joined, infer_schema_length=None)
+        if pl.String in frame.schema.values():
+            _read_strictly(joined, frame.schema)  # a column of mixed kinds was read as text
+        return widen_big_ints(frame)
 
     def _decode_frame_slow(self, payloads: list[bytes | None]) -> FrameDecoded:
         values = self.decode_batch(payloads)
@@ -307,3 +310,31 @@ def _has_non_finite(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_has_non_finite(v) for v in value)
     return False
+
+
+def _read_strictly(joined: bytes, schema: pl.Schema) -> pl.DataFrame:
+    r"""``read_ndjson`` with ``schema``, refusing a non-string value in a ``String`` column.
+
+    polars reads a number, a bool, a list or an object in a ``String`` column
+    as its JSON text (``0.0`` as ``"0"``), and infers ``String`` for a column
+    that mixes text with any of them. Read as ``Categorical``, such a value
+    raises instead (``SchemaError``), so the batch takes the row-by-row path
+    and the row that does not fit is found; the column is then text again.
+    Costs ~0.06 µs a row: ``decode_frame`` of 20,000 readings with one text
+    column of four, 0.70 against 0.64 µs a row (medians of 5 alternating runs).
+
+    Examples:
+        >>> _read_strictly(b'{"x":"a"}\n{"x":"b"}', pl.Schema({"x": pl.String}))["x"].to_list()
+        ['a', 'b']
+        >>> try:
+        ...     _read_strictly(b'{"x":"a"}\n{"x":0.0}', pl.Schema({"x": pl.String}))
+        ... except pl.exceptions.SchemaError as exc:
+        ...     print(str(exc).splitlines()[0])
+        unexpected value while building Series of type String; found value of type Float64: 0.0
+    """
+    text = [name for name, dtype in schema.items() if dtype == pl.String]
+    if not text:
+        return pl.read_ndjson(joined, schema=schema)
+    strict = {name: pl.Categorical if name in text else dtype for name, dtype in schema.items()}
+    frame = pl.read_ndjson(joined, schema=strict)
+    return frame.with_columns(pl.col(text).cast(pl.String))
