@@ -25,6 +25,13 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators._core.admission import _NONE
 from streamml.operators._core.event_time import KeyedEventTime
 from streamml.operators._core.state import restore, snapshot
+from streamml.operators.join._label_windows import (
+    _END,
+    _MetricsLogic,
+    _parts_data,
+    _parts_from,
+    _WindowPart,
+)
 from streamml.operators.join._legacy import _LabelState, _MetricsState, is_legacy
 from streamml.operators.join._shards import (
     LEFT,
@@ -35,7 +42,6 @@ from streamml.operators.join._shards import (
     pick,
     read_groups,
     tag_sides,
-    to_datetime,
 )
 from streamml.operators.join.metrics import Average, ClassificationStats, RegressionStats
 
@@ -48,10 +54,8 @@ __all__ = ["LabelJoinOut", "label_join"]
 _LEGACY = (_LabelState, _MetricsState)
 
 _KIND = "streamml.join.label"
-_METRICS_KIND = "streamml.join.label.metrics"
 _VERSION = 1
 
-_END = 2**62
 _ABSENT: Any = object()  # a field the event does not have (read again the slow way)
 
 
@@ -105,41 +109,6 @@ def _number(value: Any, name: str) -> float:
     if not math.isfinite(number):
         raise NonFinite(f"field {name!r} is {number}")
     return number
-
-
-class _WindowPart:
-    """Counts of one (window, model version) in one shard, mergeable across shards."""
-
-    __slots__ = ("stats", "predictions", "labelled", "unlabelled")
-
-    def __init__(self, stats: ClassificationStats | RegressionStats) -> None:
-        self.stats = stats
-        self.predictions = 0
-        self.labelled = 0
-        self.unlabelled = 0
-
-    def merge(self, other: _WindowPart) -> None:
-        self.stats.merge(other.stats)
-        self.predictions += other.predictions
-        self.labelled += other.labelled
-        self.unlabelled += other.unlabelled
-
-
-def _parts_data(parts: dict[tuple[int, Hashable], _WindowPart]) -> list[list]:
-    """Window parts as builtins: ``[start, version, predictions, labelled, unlabelled, stats]``."""
-    return [
-        [ws, version, p.predictions, p.labelled, p.unlabelled, p.stats.to_data()]
-        for (ws, version), p in parts.items()
-    ]
-
-
-def _parts_from(data: list[list], regression: bool) -> dict[tuple[int, Hashable], _WindowPart]:
-    stats_type = RegressionStats if regression else ClassificationStats
-    parts = {}
-    for ws, version, predictions, labelled, unlabelled, stats in data:
-        part = parts[(ws, version)] = _WindowPart(stats_type.from_data(stats))
-        part.predictions, part.labelled, part.unlabelled = predictions, labelled, unlabelled
-    return parts
 
 
 # A stored prediction: (ts, event, y_pred, proba, model_version).
@@ -533,75 +502,6 @@ def _from_legacy(state: _LabelState, cfg: _Config) -> dict[str, Any]:
         "parts": _parts_data(state.parts),
         "closed": state.closed,
     }
-
-
-class _MetricsLogic(StatefulBatchLogic):
-    """Window parts merged across shards, and how far each shard has closed.
-
-    Eviction: a window leaves when every shard has closed past its end.
-    """
-
-    def __init__(self, cfg: _Config, resume: Any) -> None:
-        self.cfg = cfg
-        self.closed: dict[str, int] = {}
-        self.parts: dict[tuple[int, Hashable], _WindowPart] = {}
-        if resume is not None:
-            if is_legacy(resume):
-                resume = snapshot(_METRICS_KIND, 0, resume)
-            upgrades = {0: _metrics_from_legacy}
-            data = restore(resume, kind=_METRICS_KIND, version=_VERSION, upgrades=upgrades)
-            self.closed = dict(data["closed"])
-            self.parts = _parts_from(data["parts"], cfg.regression)
-
-    def on_batch(self, values: list[tuple]) -> tuple[list, bool]:
-        for item in values:
-            if len(item) == 2:
-                shard, bound = item
-                self.closed[shard] = max(bound, self.closed.get(shard, NEVER))
-            else:
-                ws, version, part = item
-                have = self.parts.get((ws, version))
-                if have is None:
-                    self.parts[(ws, version)] = part
-                else:
-                    have.merge(part)
-        if len(self.closed) < self.cfg.shards:
-            return [], False
-        return self._emit(min(self.closed.values())), False
-
-    def _emit(self, bound: int) -> list[dict[str, Any]]:
-        window = self.cfg.window
-        done = sorted(
-            (wv for wv in self.parts if wv[0] + window <= bound),
-            key=lambda wv: (wv[0], str(wv[1])),
-        )
-        records = []
-        for ws, version in done:
-            part = self.parts.pop((ws, version))
-            records.append(
-                {
-                    "model_version": version,
-                    "window_start": to_datetime(ws),
-                    "window_end": to_datetime(ws + window),
-                    "predictions": part.predictions,
-                    "labelled": part.labelled,
-                    "unlabelled": part.unlabelled,
-                    **part.stats.result(),
-                }
-            )
-        return records
-
-    def on_eof(self) -> tuple[list, bool]:
-        return self._emit(_END), False
-
-    def snapshot(self) -> dict[str, Any]:
-        data = {"closed": dict(self.closed), "parts": _parts_data(self.parts)}
-        return snapshot(_METRICS_KIND, _VERSION, data)
-
-
-def _metrics_from_legacy(state: _MetricsState) -> dict[str, Any]:
-    """The previous release's merge step state as a version-1 record."""
-    return {"closed": dict(state.closed), "parts": _parts_data(state.parts)}
 
 
 @operator
