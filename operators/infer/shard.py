@@ -259,6 +259,76 @@ class _Batch:
         return len(self.part)
 
 
+class _Search:
+    """Scoring a batch's rows: the answered runs, the rows at fault, and the model calls made.
+
+    When the model raises on rows ``lo:hi``, the rows a :class:`RowErrors`
+    names are the failures; any other error splits the rows in halves until
+    each failing row is alone.
+
+    Examples:
+        >>> from streamml.models import CallableModel
+        >>> def no_negatives(x):
+        ...     if (x < 0).any():
+        ...         raise ValueError("negative")
+        ...     return x[:, 0]
+        >>> model = CallableModel(no_negatives, outputs="y", shape=(1,))
+        >>> search = _Search(serve(model, "x", None, None), {"input": np.array([[1.0], [-1.0], [2.0]])})
+        >>> search.predict(0, 3)
+        >>> [(lo, hi, o["y"].tolist()) for lo, hi, o in search.segments], search.failures, search.calls
+        ([(0, 1, [1.0]), (2, 3, [2.0])], [(1, "model 'v1' raised ValueError: negative")], 2)
+    """
+
+    __slots__ = ("served", "columns", "segments", "failures", "calls")
+
+    def __init__(self, served: Served, columns: dict[str, np.ndarray]) -> None:
+        self.served = served
+        self.columns = columns
+        self.segments: list[tuple[int, int, dict[str, Any]]] = []  # answered runs: lo, hi, outputs
+        self.failures: list[tuple[int, str]] = []  # row, reason
+        self.calls = 0  # model calls that answered
+
+    def predict(self, lo: int, hi: int) -> None:
+        """Score rows ``lo:hi``; when the model raises, find the bad rows (:meth:`failed`)."""
+        part = {n: a[lo:hi] for n, a in self.columns.items()}
+        try:
+            outs = _call_model(self.served, part, hi - lo)
+        except Exception as exc:
+            self.failed(lo, hi, exc)
+            return
+        self.calls += 1
+        self.segments.append((lo, hi, outs))
+
+    def failed(self, lo: int, hi: int, exc: Exception) -> None:
+        """Rows ``lo:hi`` raised ``exc``: the rows a :class:`RowErrors` names, else split.
+
+        :class:`ModelUnavailable` blames no row: it is raised again and stops the flow.
+        """
+        if isinstance(exc, ModelUnavailable):
+            raise exc
+        version = self.served.model.version
+        if isinstance(exc, RowErrors):
+            try:
+                runs = _answered_runs(self.served.outputs.needed, exc, hi - lo)
+            except ValueError as bad:  # a model's bug: search for the rows as for any error
+                exc = ValueError(f"the model raised RowErrors that do not fit its batch: {bad}")
+            else:
+                self.calls += 1
+                for row, reason in sorted(exc.errors.items()):
+                    self.failures.append(
+                        (lo + row, f"model {version!r} failed on the row: {reason}")
+                    )
+                for a, b, outs in runs:
+                    self.segments.append((lo + a, lo + b, outs))
+                return
+        if hi - lo == 1:  # one row raised: it is the failure
+            self.failures.append((lo, f"model {version!r} raised {type(exc).__name__}: {exc}"))
+            return
+        mid = (lo + hi) // 2  # more rows raised together: score them by halves
+        self.predict(lo, mid)
+        self.predict(mid, hi)
+
+
 class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
     """One shard: a dynamic batcher in front of the served model.
 
@@ -394,25 +464,24 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
     def _finish(self, batch: _Batch, result: _Result) -> None:
         """Wait for the batch's model call (or make it) and emit its rows."""
         part, served, unit, n = batch.part, batch.served, batch.unit, len(batch)
-        segments: list[tuple[int, int, dict[str, Any]]] = []
-        failures: list[tuple[int, str]] = []  # row, reason
-        calls = [0]
+        search = _Search(served, batch.columns)
         model_seconds = 0.0
         if batch.future is not None:
             try:
                 outs, model_seconds = batch.future.result()
-                calls[0] += 1
-                segments.append((0, n, outs))
+                search.calls += 1
+                search.segments.append((0, n, outs))
             except Exception as exc:  # as a direct call would: the rows it names, or split
                 started = time.monotonic()
-                self._failed(served, batch.columns, 0, n, exc, segments, failures, calls)
+                search.failed(0, n, exc)
                 model_seconds = time.monotonic() - started
         elif n:
             started = time.monotonic()
-            self._predict(served, batch.columns, 0, n, segments, failures, calls)
+            search.predict(0, n)
             model_seconds = time.monotonic() - started
+        segments, failures = search.segments, search.failures
         self._thread.learned(n, model_seconds)
-        if self._sizer is not None and calls[0] == 1 and not failures:
+        if self._sizer is not None and search.calls == 1 and not failures:
             self._sizer.observe(n, model_seconds)
             self._batcher.max_batch = self._sizer.size
         errs_before = len(result.errs)
@@ -430,85 +499,13 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         self._cfg.stats._record(
             started=min(arrived for _, arrived in batch.arrivals),
             ended=time.monotonic(),
-            batches=calls[0],
+            batches=search.calls,
             scored=sum(hi - lo for lo, hi, _ in segments) - output_errors,
             rejected=batch.bad + len(failures) + output_errors,
             model_errors=len(failures),
             model_seconds=model_seconds,
             max_wait=max(batch.waits),
         )
-
-    def _predict(
-        self,
-        served: Served,
-        columns: dict[str, np.ndarray],
-        lo: int,
-        hi: int,
-        segments: list,
-        failures: list,
-        calls: list[int],
-    ) -> None:
-        """Score rows ``lo:hi``; when the model raises, find the bad rows (:meth:`_failed`)."""
-        part = {n: a[lo:hi] for n, a in columns.items()}
-        try:
-            outs = _call_model(served, part, hi - lo)
-        except Exception as exc:
-            self._failed(served, columns, lo, hi, exc, segments, failures, calls)
-            return
-        calls[0] += 1
-        segments.append((lo, hi, outs))
-
-    def _failed(
-        self,
-        served: Served,
-        columns: dict[str, np.ndarray],
-        lo: int,
-        hi: int,
-        exc: Exception,
-        segments: list,
-        failures: list,
-        calls: list[int],
-    ) -> None:
-        """Rows ``lo:hi`` raised ``exc``: the rows a :class:`RowErrors` names, else split.
-
-        :class:`ModelUnavailable` blames no row: it is raised again and stops the flow.
-        """
-        if isinstance(exc, ModelUnavailable):
-            raise exc
-        if isinstance(exc, RowErrors):
-            try:
-                runs = _answered_runs(served.outputs.needed, exc, hi - lo)
-            except ValueError as bad:  # a model's bug: search for the rows as for any error
-                exc = ValueError(f"the model raised RowErrors that do not fit its batch: {bad}")
-            else:
-                calls[0] += 1
-                version = served.model.version
-                for row, reason in sorted(exc.errors.items()):
-                    failures.append((lo + row, f"model {version!r} failed on the row: {reason}"))
-                for a, b, outs in runs:
-                    segments.append((lo + a, lo + b, outs))
-                return
-        self._split(served, columns, lo, hi, exc, segments, failures, calls)
-
-    def _split(
-        self,
-        served: Served,
-        columns: dict[str, np.ndarray],
-        lo: int,
-        hi: int,
-        exc: Exception,
-        segments: list,
-        failures: list,
-        calls: list[int],
-    ) -> None:
-        """Rows ``lo:hi`` raised ``exc`` together: one row is the failure, more are scored by halves."""
-        if hi - lo == 1:
-            reason = f"model {served.model.version!r} raised {type(exc).__name__}: {exc}"
-            failures.append((lo, reason))
-            return
-        mid = (lo + hi) // 2
-        self._predict(served, columns, lo, mid, segments, failures, calls)
-        self._predict(served, columns, mid, hi, segments, failures, calls)
 
     # -- model swaps ---------------------------------------------------------
     def _install(self, item: Any, cache_key: Any, report: bool, result: _Result) -> None:
