@@ -34,7 +34,8 @@ Bytewax routes one item per shard per batch instead of every event by key.
 
 :func:`inactivity` reports the other kind of anomaly, a key that stops
 sending: "no row for T", in event time (the key's own, or the flow's
-progress) and by the wall clock while the key is quiet.
+progress) and by the wall clock while the key is quiet; on frames or on
+``(key, event)`` rows alike, with one state for both.
 
 Thresholds are a :class:`FixedThreshold` or a per-key adaptive
 :class:`QuantileThreshold` with a warm-up period.

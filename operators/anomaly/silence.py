@@ -1,4 +1,12 @@
-"""The :func:`inactivity` operator: a per-key "no data for T" alert, in event time and by the wall clock."""
+"""The :func:`inactivity` operator: a per-key "no data for T" alert, in event time and by the wall clock.
+
+Frames and ``(key, event)`` rows take the same road: before the one state,
+each frame is cut to its key and time columns (:func:`_select`), and each
+batch of rows to its keys, times and items (:func:`_row_times`, which
+rejects what is not a ``(str key, event)`` pair with a time); the state
+(:class:`_Silences`) reads either, and keeps only keys and times, so its
+snapshot is the same record on both paths.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +21,13 @@ import bytewax.operators as op
 import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import StatefulBatchLogic
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators import _validate
 from streamml.operators._core.columns import check_frame, ts_micros
 from streamml.operators._core.event_time import KeyedEventTime
 from streamml.operators._core.keys import frame_sharder
 from streamml.operators._core.state import restore, snapshot
-from streamml.operators._time import from_micros, micros
+from streamml.operators._time import from_micros, micros, to_micros
 
 from streamml.errors import Rejected
 from streamml.metrics import instrumented
@@ -37,10 +45,11 @@ class InactivityOut:
 
     An alert (on ``alerts``) is a dict: ``key``, ``last_seen`` (the time of
     the key's last row) and ``silent_at`` (``last_seen + after``: from then
-    on the key had no row for ``after``).
+    on the key had no row for ``after``). On the frame path each item is
+    the alert; on the ``(key, event)`` path it is ``(key, alert)``.
     """
 
-    alerts: Stream[dict[str, Any]]
+    alerts: Stream[dict[str, Any]] | KeyedStream[dict[str, Any]]
     errs: Stream[Rejected]
     late: Stream[Rejected]
 
@@ -56,13 +65,16 @@ class _Silences(StatefulBatchLogic):
     def __init__(
         self,
         step_id: str,
-        timestamp: str,
-        key: str,
+        timestamp: str | None,
+        key: str | None,
         after: int,
         event_time: Callable[[Any], KeyedEventTime],
         resume: Any,
+        rows: bool = False,
     ) -> None:
+        # the key and time columns of frames (None for rows); the alerts of rows are (key, alert)
         self.step_id, self.timestamp, self.key, self.after = step_id, timestamp, key, after
+        self.rows = rows
         # key id -> newest released time (gaps are found between released rows), newest
         # accepted time, and the last seen time whose silence was reported
         self.last, self.seen, self.told = (np.full(16, _NONE, dtype=np.int64) for _ in range(3))
@@ -87,14 +99,19 @@ class _Silences(StatefulBatchLogic):
                 grown.append(new)
             self.last, self.seen, self.told = grown
 
-    def on_batch(self, values: list[pl.DataFrame]) -> tuple[list[Any], bool]:
+    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+        """Admit each frame (key and time columns) or rows part (``(keys, times, items)``)."""
         out: tuple[list, list, list] = ([], [], [])
         et = self.et
-        for frame in values:
-            ts = ts_micros(frame, self.timestamp)
-            adm = et.admit(frame.get_column(self.key), ts)
+        for part in values:
+            if isinstance(part, pl.DataFrame):
+                keys, ts = part.get_column(self.key), ts_micros(part, self.timestamp)
+                original = partial(part.row, named=True)
+            else:
+                keys, ts, original = part[0], part[1], part[2].__getitem__
+            adm = et.admit(keys, ts)
             if len(adm.future) or len(adm.late):
-                errs, late = adm.rejected(self.step_id, partial(frame.row, named=True))
+                errs, late = adm.rejected(self.step_id, original)
                 out[1].extend(errs)
                 out[2].extend(late)
             et.hold(None, adm.kid, adm.ts)
@@ -114,15 +131,11 @@ class _Silences(StatefulBatchLogic):
         return [out], False
 
     def _alert(self, kid: np.ndarray, last: np.ndarray, gone: dict, alerts: list) -> None:
-        key_of, after = self.et.key_of, self.after
+        key_of, after, rows = self.et.key_of, self.after, self.rows
         for k, t in zip(kid.tolist(), last.tolist()):
-            alerts.append(
-                {
-                    "key": gone[k] if k in gone else key_of(k),
-                    "last_seen": from_micros(t),
-                    "silent_at": from_micros(t + after),
-                }
-            )
+            key = gone[k] if k in gone else key_of(k)
+            alert = {"key": key, "last_seen": from_micros(t), "silent_at": from_micros(t + after)}
+            alerts.append((key, alert) if rows else alert)
 
     def _step(self, alerts: list, eof: bool = False) -> None:
         """Gaps of the released rows, then keys whose watermark passed their last row + after."""
@@ -215,15 +228,64 @@ def _select(key: str, timestamp: str) -> Callable[[list[Any]], list[Any]]:
     return select
 
 
+def _row_times(step_id: str, timestamp: Callable[[Any], datetime]) -> Callable[[list], list]:
+    """Each batch of ``(key, event)`` items as one ``("all", (keys, times, items))`` part.
+
+    An item that is not a pair is a ``BadItem``, a pair whose key is not
+    text a ``BadKey``, and an event whose time cannot be read (the getter
+    raised, or gave no time-zone-aware ``datetime``) a ``BadTimestamp``.
+    Events may be anything the getter reads: nothing else of them is used.
+
+    Examples:
+        >>> t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        >>> split = _row_times("s", lambda e: e["t"])(
+        ...     [("a", {"t": t0}), ("b", {}), (None, {"t": t0}), "x"])
+        >>> [x.error_type for x in split[:-1]]
+        ['BadTimestamp', 'BadKey', 'BadItem']
+        >>> name, (keys, ts, items) = split[-1]
+        >>> name, keys, ts.tolist() == [micros(t0 - from_micros(0))], items
+        ('all', ['a'], True, [('a', {'t': datetime.datetime(2026, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)})])
+    """
+
+    def select(items: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        keys, ts, kept = [], [], []
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                why = f"expected a (str key, event) pair; got {type(item).__name__}: "
+                out.append(Rejected(step_id, "BadItem", why + _validate.UNKEYED_HINT, item))
+                continue
+            key = item[0]
+            if not isinstance(key, str):
+                what = "None" if key is None else type(key).__name__
+                why = f"key is {what}; a key of a (key, event) pair must be text"
+                out.append(Rejected(step_id, "BadKey", why, item))
+                continue
+            try:
+                t = to_micros(timestamp(item[1]))
+            except Exception as exc:  # noqa: BLE001 - a user's getter: any error is the row's
+                why = f"timestamp: {type(exc).__name__}: {exc}"
+                out.append(Rejected(step_id, "BadTimestamp", why, item))
+                continue
+            keys.append(key)
+            ts.append(t)
+            kept.append(item)
+        if kept:
+            out.append(("all", (keys, np.array(ts, dtype=np.int64), kept)))
+        return out
+
+    return select
+
+
 @operator
 @instrumented
 def inactivity(
     step_id: str,
-    up: Stream[pl.DataFrame],
+    up: Stream[pl.DataFrame] | KeyedStream[Any],
     *,
-    key: str,
-    timestamp: str,
+    timestamp: str | Callable[[Any], datetime],
     after: timedelta,
+    key: str | None = None,
     lateness: timedelta = timedelta(0),
     ttl: timedelta | None = None,
     max_future: timedelta | None = None,
@@ -253,16 +315,27 @@ def inactivity(
     silence. Rows older than their key's watermark go to ``late``.
 
     The event time of the whole flow lives in one state: each frame is cut
-    to its key and time columns, and those (not whole frames) meet in one
-    step, which then works on all keys column-wise.
+    to its key and time columns (each batch of rows to its keys and times,
+    with the items kept for ``late``), and those (not whole frames) meet in
+    one step, which then works on all keys column-wise.
+
+    Frames are the unit: ``key`` names the key column and ``timestamp`` the
+    event-time column. The ``(key, event)`` path, ``key=None``: ``up`` is a
+    keyed stream, ``timestamp`` a function from an event to its
+    time-zone-aware ``datetime`` (events may be any type it reads), and
+    each alert comes out as ``(key, alert)``. Both paths share the state,
+    its snapshot and every rule above.
 
     Args:
         step_id: Unique id.
-        up: Frames with ``key`` and ``timestamp`` columns.
-        key: The key column (text or integers).
-        timestamp: The event-time column (time-zone-aware ``pl.Datetime``,
-            or integer epoch milliseconds).
+        up: Frames with ``key`` and ``timestamp`` columns, or a keyed stream
+            of ``(key, event)``.
+        timestamp: The event-time column of the frames (time-zone-aware
+            ``pl.Datetime``, or integer epoch milliseconds); for rows, a
+            function from an event to its time-zone-aware ``datetime``.
         after: How long without a row is a silence.
+        key: The key column of the frames (text or integers); ``None`` for
+            ``(key, event)`` rows.
         lateness: Allowed out-of-orderness, of a key's rows and across keys.
         ttl: Forget a key this long after its newest row (against the
             flow's newest row); at least ``after + lateness`` (default plus
@@ -272,8 +345,10 @@ def inactivity(
         clock: The wall clock (seconds since the epoch); tests inject one.
 
     Returns:
-        :class:`InactivityOut` with ``alerts``, ``errs`` (bad keys, bad
-        timestamps, items that are not frames) and ``late``.
+        :class:`InactivityOut` with ``alerts``, ``errs`` (bad keys
+        (``BadKey``), bad timestamps (``BadTimestamp``), items that are not
+        frames or not ``(key, event)`` pairs (``BadItem``), rows beyond
+        ``max_future`` (``FutureTimestamp``)) and ``late``.
 
     Examples:
         Pump 2 stops sending at 10:00:20; pump 1's readings move the event
@@ -297,9 +372,21 @@ def inactivity(
         >>> run_main(flow)
         >>> [(a["key"], a["last_seen"].time(), a["silent_at"].time()) for a in alerts]
         [('pump-2', datetime.time(10, 0, 20), datetime.time(10, 1, 20))]
+
+        The same on ``(key, event)`` rows:
+
+        >>> flow = Dataflow("inactivity_rows_eg")
+        >>> rows = op.key_on("key", op.input("in", flow, TestingSource(frame.to_dicts())),
+        ...                  lambda e: e["pump"])
+        >>> quiet = inactivity("silent", rows, timestamp=lambda e: e["t"],
+        ...                    after=timedelta(minutes=1))
+        >>> alerts = []
+        >>> op.output("alerts", quiet.alerts, TestingSink(alerts))
+        >>> run_main(flow)
+        >>> [(k, a["last_seen"].time()) for k, a in alerts]
+        [('pump-2', datetime.time(10, 0, 20))]
     """
-    _validate.name("key", key, example="'sensor_id'")
-    _validate.name("timestamp", timestamp, example="'ts'")
+    _validate.event_time(key, timestamp)
     _validate.duration("after", after, minimum="positive")
     _validate.duration("lateness", lateness)
     _validate.duration("ttl", ttl, minimum="positive", optional=True)
@@ -310,14 +397,15 @@ def inactivity(
         raise ValueError(f"ttl must be >= after + lateness ({after + lateness}); got {ttl}")
     if not callable(clock):
         raise ValueError(f"clock must be a function returning seconds; got {clock!r}")
-    check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=())
-    route = frame_sharder(step_id, key=key, shards=1, check=check)
-    mixed = op.flat_map_batch("shard", up, route)
-    split = op.branch(
-        "split",
-        op.flat_map_batch("select", mixed, _select(key, timestamp)),
-        lambda x: isinstance(x, Rejected),
-    )
+    if key is None:
+        # "select" as on the frame path: the steps that follow, and their state, are the same
+        selected = op.flat_map_batch("select", up, _row_times(step_id, timestamp))
+    else:
+        check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=())
+        route = frame_sharder(step_id, key=key, shards=1, check=check)
+        mixed = op.flat_map_batch("shard", up, route)
+        selected = op.flat_map_batch("select", mixed, _select(key, timestamp))
+    split = op.branch("split", selected, lambda x: isinstance(x, Rejected))
 
     event_time = partial(
         KeyedEventTime,
@@ -328,9 +416,16 @@ def inactivity(
         clock=clock,
     )
 
+    columns = (None, None) if key is None else (timestamp, key)
+
     def build(resume: Any) -> _Silences:
         return _Silences(
-            step_id, timestamp, key, micros(after), lambda r: event_time(resume=r), resume
+            step_id,
+            *columns,
+            micros(after),
+            lambda r: event_time(resume=r),
+            resume,
+            rows=key is None,
         )
 
     chunks = op.stateful_batch("silences", split.falses, build)

@@ -307,6 +307,14 @@ def _inactivity(ups: list[Stream], shards: int) -> dict[str, Stream]:
     return {"alerts": out.alerts, "errs": out.errs, "late": out.late}
 
 
+def _inactivity_rows(ups: list[Stream], shards: int) -> dict[str, Stream]:
+    from streamml.operators.anomaly import inactivity
+
+    rows = as_rows("rows", ups[0])
+    out = inactivity("quiet", rows, timestamp=_row_ts, after=8 * MIN, lateness=5 * MIN)
+    return {"alerts": out.alerts, "errs": out.errs, "late": out.late}
+
+
 def _join(ups: list[Stream], shards: int) -> dict[str, Stream]:
     from streamml.operators.join import interval_join
 
@@ -578,6 +586,7 @@ CASES = [
             "keys, which moves their silences, so 'nothing else changes' cannot hold",
         },
     ),
+    Case("anomaly_inactivity_rows", _inactivity_rows, _one_side, (), rows=True, skip=_ROWS_SKIP),
     Case("interval_join", _join, _two_sides, ()),
     Case(
         "online_scale",
