@@ -116,6 +116,7 @@ CASES = [
     pytest.param(_infer(max_wait=10), "max_wait must be a datetime.timedelta", id="infer-wait-int"),
     pytest.param(_infer(max_batch=True), "max_batch", id="infer-batch-bool"),
     pytest.param(_infer(shards="2"), "shards", id="infer-shards-str"),
+    pytest.param(_infer(copies=1.5), "copies must be an int >= 1", id="infer-copies-float"),
     pytest.param(_infer(key=3), "key", id="infer-key-int"),
     pytest.param(_infer(loader="onnx"), "loader must be a function", id="infer-loader-str"),
     # -- anomaly -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ One module per concept:
   frame columns;
 - :mod:`.models`: model loading and live swap;
 - :mod:`.overlap`: the thread a shard's model calls run in;
+- :mod:`.copies`: ``copies=N`` — copies of the model, each in one call at a time;
 - :mod:`.stats`: the step's counters (:class:`InferStats`);
 - :mod:`.adaptive`: the adaptive batch size of ``target_latency``;
 - :mod:`.shadowing`: :func:`shadow` — a candidate model beside the live one,

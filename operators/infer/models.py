@@ -1,10 +1,11 @@
 """Model loading and live swap: what a control item or a watched file turns into, and when it may serve.
 
 A swap installs a :class:`Served`: the model with its inputs and outputs
-bound to the step's configuration. A new model is loaded once per process
-for all shards (:class:`Loader`), must take the same inputs (dtype and row
-shape) and attach the same fields as the one serving
-(:func:`check_compatible`), or it is rejected and the old one keeps serving.
+bound to the step's configuration (and its copies, with ``copies=N``:
+:mod:`.copies`). A new model is loaded, and copied, once per process for all
+shards (:class:`Loader`), must take the same inputs (dtype and row shape)
+and attach the same fields as the one serving (:func:`check_compatible`),
+or it is rejected and the old one keeps serving.
 A watched file is polled by its modification time and size
 (:class:`Watcher`).
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from streamml.models import Model, OnnxModel
 
+from .copies import Copies, CopyPool
 from .inputs import BoundInputs, bind_inputs
 from .outputs import BoundOutputs, bind_outputs
 
@@ -86,17 +88,33 @@ class Served(NamedTuple):
 
     ``source`` is the control item or watched path (``None`` for the initial
     model); a recovery snapshot keeps it, so a resumed step loads it again.
+    ``copies`` are the model's copies when the step holds several
+    (``copies=N``): every call then runs on a free one.
     """
 
     model: Model
     inputs: BoundInputs
     outputs: BoundOutputs
     source: Any
+    copies: Copies | None = None
+
+    def predict(self, columns: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one batch on the model (on a free copy of it, if the step holds copies)."""
+        if self.copies is None:
+            return self.model.predict(columns)
+        return self.copies.predict(columns)
 
 
-def serve(model: Model, inputs: Any, outputs: Any, source: Any) -> Served:
-    """Bind ``model`` to the step's ``inputs`` and ``outputs``; ``ValueError`` if they do not fit."""
-    return Served(model, bind_inputs(model, inputs), bind_outputs(model, outputs), source)
+def serve(
+    model: Model, inputs: Any, outputs: Any, source: Any, copies: CopyPool | None = None
+) -> Served:
+    """Bind ``model`` to the step's ``inputs`` and ``outputs``; ``ValueError`` if they do not fit.
+
+    With a :class:`~.copies.CopyPool`, the model's copies are made (or found,
+    when another shard made them); ``ValueError`` too if it cannot be copied.
+    """
+    bound = Served(model, bind_inputs(model, inputs), bind_outputs(model, outputs), source)
+    return bound if copies is None else bound._replace(copies=copies.copies(model))
 
 
 def check_compatible(old: Served, new: Served) -> None:

@@ -33,6 +33,7 @@ from streamml.errors import Rejected
 from streamml.metrics import instrumented
 from streamml.models import Model
 
+from .copies import CopyPool
 from .models import Loader, default_loader, file_signature, serve
 from .recovery import restore_record
 from .routing import broadcast, router
@@ -82,6 +83,7 @@ def infer(
     target_latency: timedelta | None = None,
     shards: int = 1,
     overlap: bool = True,
+    copies: int = 1,
     control: Stream[Any] | None = None,
     watch: str | os.PathLike[str] | None = None,
     watch_interval: timedelta = timedelta(seconds=1),
@@ -175,6 +177,22 @@ def infer(
             recent speed says take under a millisecond run inline, since
             handing them over would cost more than it saves. ``False``: the
             model always runs inside the step, as a plain call.
+        copies: How many copies of the model each process holds (see
+            :mod:`streamml.operators.infer.copies`). Every model call takes
+            a free copy, so no copy is ever in two calls at once — for a
+            model that is not thread-safe — and with ``overlap`` a shard
+            runs up to ``copies`` calls at once, in a thread per copy, its
+            rows still leaving in order. That uses more cores only where
+            the model's runtime releases the GIL (ONNX Runtime does) with
+            one thread per call (``intra_op_threads=1``) and cores are
+            spare: a runtime that already uses every core, or a Python
+            model, gains nothing but memory (see the model guide's
+            measurements). Copies are made with ``copy.deepcopy`` when a
+            model starts serving — an ONNX model loads a session of its
+            own — and every swap is copied the same way; a model that
+            cannot be copied is refused at build (a swap: ``ModelRejected``).
+            The shards of a process share the copies. ``1``: the model
+            itself, as a plain object (no copy, no extra thread).
         control: Models (or items for ``loader``) to switch to, in order.
             After a restart from a recovery snapshot, a model that came as
             a path, bytes or message is loaded again; one sent as a model
@@ -258,6 +276,7 @@ def infer(
     if target_latency is not None:
         _validate.duration("target_latency", target_latency, minimum="positive")
     _validate.count("shards", shards)
+    _validate.count("copies", copies)
     if key is not None:
         _validate.name("key", key, example="'sensor_id'")
     for arg, field in (("version_field", version_field), ("wait_field", wait_field)):
@@ -290,8 +309,10 @@ def infer(
         watch_initial=file_signature(watch) if watch is not None else None,
         loader=Loader(loader),
         stats=InferStats(),
+        copies=CopyPool(copies) if copies > 1 else None,
     )
-    initial = serve(model, inputs, outputs, None)  # raises ValueError now if they do not fit
+    # Raises ValueError now if they do not fit, or the model cannot be copied.
+    initial = serve(model, inputs, outputs, None, cfg.copies)
 
     def build(resume: Any) -> _InferLogic:
         if resume is None:
@@ -300,7 +321,8 @@ def infer(
         served = initial
         if source is not None:
             try:
-                served = serve(cfg.loader.load(source, uuid.uuid4().hex), inputs, outputs, source)
+                loaded = cfg.loader.load(source, uuid.uuid4().hex)
+                served = serve(loaded, inputs, outputs, source, cfg.copies)
                 cfg.stats._serving(served.model.version, initial.model.version)
             except Exception as exc:
                 logger.warning(

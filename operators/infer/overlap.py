@@ -2,9 +2,10 @@
 
 ONNX Runtime releases the GIL while it computes, so while a batch is in the
 model the dataflow can decode, featurize and batch the next events. Each
-shard owns one worker thread; up to :data:`MAX_IN_FLIGHT` calls may run
-ahead, and their batches are collected oldest first, so every key's rows
-leave in order. A call the model's recent speed says takes under
+shard owns one worker thread (one per model copy with ``copies=N``, so N
+calls run at once); up to :data:`MAX_IN_FLIGHT` calls may run ahead, and
+their batches are collected oldest first, so every key's rows leave in
+order, whichever call finishes first. A call the model's recent speed says takes under
 :data:`OVERLAP_MIN_S` runs inline: handing it over would cost more than it
 saves.
 """
@@ -46,9 +47,10 @@ class ModelThread:
         >>> t.shutdown()
     """
 
-    def __init__(self, *, enabled: bool, name: str) -> None:
+    def __init__(self, *, enabled: bool, name: str, threads: int = 1) -> None:
         self.enabled = enabled
         self._name = name
+        self._threads = threads
         self._in_flight: deque[Any] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._row_seconds: float | None = None  # the model's recent time per row
@@ -80,9 +82,9 @@ class ModelThread:
         return len(self._in_flight) >= MAX_IN_FLIGHT
 
     def submit(self, job: _HasFuture, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the thread; ``job.future`` gets its result."""
+        """Run ``fn(*args)`` in a thread; ``job.future`` gets its result."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=self._name)
         job.future = self._pool.submit(fn, *args)
         self._in_flight.append(job)
 

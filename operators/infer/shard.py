@@ -32,6 +32,7 @@ from streamml.models.protocol import ModelUnavailable, RowErrors
 
 from .._batching import DynamicBatcher
 from .adaptive import AdaptiveBatchSize
+from .copies import CopyPool
 from .inputs import frame_tensors, row_tensors
 from .models import Loader, Served, Watcher, check_compatible, serve
 from .outputs import attach_frame, attach_rows, version_column
@@ -67,6 +68,7 @@ class _Config:
     loader: Loader
     stats: InferStats
     target_s: float | None = None  # adaptive batch size: the model latency per call to hold
+    copies: CopyPool | None = None  # copies=N > 1: the model copies of this step in this process
 
 
 # -- the two kinds of batch -------------------------------------------------------------
@@ -140,7 +142,7 @@ def _unit(part: Part) -> type[_Rows] | type[_Frames]:
 
 def _call_model(served: Served, columns: dict[str, np.ndarray], n: int) -> dict[str, Any]:
     """Run the model on ``n`` rows; the outputs to attach, each with ``n`` rows."""
-    outs = served.model.predict(columns)
+    outs = served.predict(columns)
     picked = {}
     for name in served.outputs.needed:
         values = outs[name]
@@ -354,7 +356,11 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         now = time.monotonic()
         for part in pending:
             self._batcher.push(part, now)
-        self._thread = ModelThread(enabled=cfg.overlap, name=cfg.step_id)
+        self._thread = ModelThread(
+            enabled=cfg.overlap,
+            name=cfg.step_id,
+            threads=1 if cfg.copies is None else cfg.copies.n,
+        )
         self._shard: int | None = None
         self._watcher = (
             Watcher(cfg.watch, interval_s=cfg.watch_interval_s, seen=cfg.watch_initial)
@@ -512,7 +518,7 @@ class _InferLogic(StatefulBatchLogic[Any, _Result, dict]):
         cfg = self._cfg
         try:
             model = cfg.loader.load(item, cache_key)
-            served = serve(model, cfg.inputs, cfg.outputs, item)
+            served = serve(model, cfg.inputs, cfg.outputs, item, cfg.copies)
             check_compatible(self._served, served)
         except Exception as exc:
             if report:  # one shard speaks for all
