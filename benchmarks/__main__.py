@@ -2,7 +2,10 @@
 
 Each family is a module ``benchmarks/<family>.py`` with ``main(quick) -> dict``.
 Results go to ``benchmarks/results/<date>-<host>.json`` with the machine's
-description, so runs on different days and machines can be compared.
+description, so runs on different days and machines can be compared, and
+``docs/benchmarks/README.md`` is generated from them. A run of named families
+writes ``<date>-<host>-<family>+<family>.json`` and leaves the report alone: it
+documents a run of every family, which a partial run must not overwrite.
 """
 
 from __future__ import annotations
@@ -85,10 +88,17 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    path = RESULTS / f"{stamp}-{socket.gethostname()}.json"
+    partial = "-" + "+".join(chosen) if set(chosen) != set(available) else ""
+    path = RESULTS / f"{stamp}-{socket.gethostname()}{partial}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nresults written to {path}")
-    print(f"report written to {write_report(report, path)}")
+    if partial:
+        print(
+            f"report left alone (it documents a run of every family); from this run alone:"
+            f" python -m benchmarks.report {path}"
+        )
+    else:
+        print(f"report written to {write_report(report, path)}")
     if failed:
         print(f"FAILED families: {failed}", file=sys.stderr)
         return 1
