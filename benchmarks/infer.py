@@ -17,10 +17,17 @@ scikit-learn and skl2onnx from generated data:
   60 µs a row from the middle of the stream (a sleep, so it holds no core),
   under fixed ``max_batch`` 1,024 and 64 and under ``target_latency`` 10 ms:
   events/s and the model's latency per call (median, p90, max).
-- Model copies: the MLP's rows/s in batches of 1,024 called from one
+- Model copies, raw: the MLP's rows/s in batches of 1,024 called from one
   thread on one copy, from two threads on two copies (one ORT thread
   each), and from two threads sharing one copy — whether holding more
   copies per process uses the second core here.
+- Model copies through ``infer``: ``copies=1`` vs ``copies=2`` on a model
+  heavy enough that it dominates (an MLP 64→512→512→2 built here with
+  ``onnx.helper``, one ORT thread, batches of 256 rows from frames of 256),
+  alternating rounds; wall rows/s and rows per CPU-second, medians and the
+  ratio. Measured on this 2-core machine shared with other work (``python
+  -m benchmarks.infer --copies``, load 4-9): see ``docs/models.md``
+  ("Model copies") for the figures and when copies help.
 - Latency: ``max_wait`` = 10 ms, a source paced at half the MLP's measured
   ``infer`` rate; the time from the source handing an event to Bytewax to
   the sink receiving it (so an upper bound on the time spent in the
@@ -56,6 +63,7 @@ N_FEATURES = 16
 N_KEYS = 100
 SOURCE_BATCH = 1024
 MAX_BATCH = 1024
+WIDE_FEATURES = 64
 
 
 # -- models -------------------------------------------------------------------------
@@ -87,6 +95,38 @@ def build_iforest() -> bytes:
     x, _ = _training_data()
     forest = IsolationForest(n_estimators=100, random_state=0).fit(x)
     return to_onnx(forest, x[:1], target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString()
+
+
+def build_wide_mlp(seed: int = 0) -> bytes:
+    """MLP 64→512→512→2 (ReLU) as ONNX, random weights: ~0.6 MFLOP a row, so the model dominates."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    sizes = [WIDE_FEATURES, 512, 512, 2]
+    weights, nodes, x = [], [], "x"
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = rng.normal(scale=0.1, size=n_out).astype(np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        ]
+        x = f"a{i}"
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+    nodes.append(helper.make_node("Identity", [x], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "wide_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, WIDE_FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 # -- an in-memory source and a counting sink, cheap per event ----------------------------
@@ -382,6 +422,60 @@ def _copies(model_bytes: bytes, matrix: np.ndarray, quick: bool) -> dict[str, An
     return {m.name: m.as_dict() for m in runs} | {"load_average_1min": os.getloadavg()[0]}
 
 
+def _infer_copies(quick: bool) -> dict[str, Any]:
+    """``infer`` with ``copies=1`` and ``copies=2`` of a model that dominates: wall and CPU rates."""
+    n, rows = (8_192 if quick else 32_768), 256
+    x = np.random.default_rng(5).normal(size=(n, WIDE_FEATURES)).astype(np.float32)
+    frame = pl.DataFrame({"id": np.arange(n), **{f"f{j}": x[:, j] for j in range(WIDE_FEATURES)}})
+    frames = [frame.slice(i, rows) for i in range(0, n, rows)]
+    columns = [f"f{j}" for j in range(WIDE_FEATURES)]
+    model = OnnxModel(build_wide_mlp(), version="wide", intra_op_threads=1, inter_op_threads=1)
+    cpu: dict[str, list[tuple[float, float]]] = {}  # (CPU seconds, wall seconds) per run
+
+    def contender(copies: int) -> Callable[[], int]:
+        def run() -> int:
+            flow = Dataflow("bench_infer_copies")
+            up = op.input("in", flow, ListSource(frames, 1))
+            out = infer("infer", up, model, inputs=columns, max_batch=rows, copies=copies)
+            sink = CountSink()
+            op.output("out", out.oks, sink)
+            started, wall = time.process_time(), time.perf_counter()
+            run_main(flow)
+            spent = (time.process_time() - started, time.perf_counter() - wall)
+            cpu.setdefault(f"copies={copies}", []).append(spent)
+            assert sink.count == n, (sink.count, n)
+            return n
+
+        return run
+
+    rounds = 3 if quick else 7
+    runs = alternate({"copies=1": contender(1), "copies=2": contender(2)}, rounds=rounds)
+    load = os.getloadavg()[0]
+    print(
+        format_table("MLP 64→512→512→2 through infer, rows/s (1 ORT thread a copy)", runs, "rows/s")
+    )
+    timed = {name: spent[-rounds:] for name, spent in cpu.items()}
+    per_cpu = {name: n / statistics.median(c for c, _ in spent) for name, spent in timed.items()}
+    # Cores the process kept busy: near 1 with copies=2 means no core was spare for the second copy.
+    cores = {name: statistics.median(c / w for c, w in spent) for name, spent in timed.items()}
+    one, two = runs[0].median, runs[1].median
+    print(
+        f"  copies=2 / copies=1: wall {two / one:.2f}x, per CPU-second "
+        f"{per_cpu['copies=2'] / per_cpu['copies=1']:.2f}x ({per_cpu['copies=1']:,.0f} vs "
+        f"{per_cpu['copies=2']:,.0f} rows/cpu-s); cores busy {cores['copies=1']:.2f} vs "
+        f"{cores['copies=2']:.2f}; machine load {load:.1f} on {os.cpu_count()} cores"
+    )
+    return {
+        "rows": n,
+        "runs": {m.name: m.as_dict() for m in runs},
+        "rows_per_cpu_second": per_cpu,
+        "cores_busy": cores,
+        "wall_ratio": two / one,
+        "cpu_ratio": per_cpu["copies=2"] / per_cpu["copies=1"],
+        "load_average_1min": load,
+    }
+
+
 def main(quick: bool = False) -> dict:
     n = 100_000 if quick else 1_000_000
     n_single = n // 20  # calling the model per event is slow: fewer events, same per-event rate
@@ -433,6 +527,8 @@ def main(quick: bool = False) -> dict:
     results["iforest_share_of_raw"] = share
     results["ceilings"] = _ceilings({"MLP": mlp, "IsolationForest": forest}, matrix, quick)
     results["copies"] = _copies(build_mlp(), matrix, quick)
+    print("model copies through infer ...", flush=True)
+    results["infer_copies"] = _infer_copies(quick)
     print("adaptive batch size ...", flush=True)
     results["adaptive"] = _adaptive(quick)
 
@@ -457,4 +553,7 @@ def main(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    if "--copies" in sys.argv:  # only the copies contender
+        _infer_copies(quick="--quick" in sys.argv)
+    else:
+        main(quick="--quick" in sys.argv)
