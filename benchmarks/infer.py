@@ -25,9 +25,14 @@ scikit-learn and skl2onnx from generated data:
   heavy enough that it dominates (an MLP 64→512→512→2 built here with
   ``onnx.helper``, one ORT thread, batches of 256 rows from frames of 256),
   alternating rounds; wall rows/s and rows per CPU-second, medians and the
-  ratio. Measured on this 2-core machine shared with other work (``python
-  -m benchmarks.infer --copies``, load 4-9): see ``docs/models.md``
-  ("Model copies") for the figures and when copies help.
+  ratio. Beside it, a model that waits 2 ms a call (a sleep, as a remote
+  call would) with ``copies`` 1, 2 and 4: calls that wait overlap on any
+  machine. Measured on this 2-core machine shared with other work
+  (``python -m benchmarks.infer --copies``, load 4-6): the MLP's copies=2
+  / copies=1 0.88-1.01x wall and 0.94-1.02x per CPU-second over five runs,
+  the process keeping 0.40-0.56 cores busy either way (no core was spare);
+  the waiting model 1.95-2.07x, and 3.72-4.14x with 4 copies. When copies
+  help: ``docs/models.md`` ("Model copies").
 - Latency: ``max_wait`` = 10 ms, a source paced at half the MLP's measured
   ``infer`` rate; the time from the source handing an event to Bytewax to
   the sink receiving it (so an upper bound on the time spent in the
@@ -473,7 +478,33 @@ def _infer_copies(quick: bool) -> dict[str, Any]:
         "wall_ratio": two / one,
         "cpu_ratio": per_cpu["copies=2"] / per_cpu["copies=1"],
         "load_average_1min": load,
+        "waiting_model": _waiting_copies(quick),
     }
+
+
+def _waiting_copies(quick: bool) -> dict[str, Any]:
+    """``copies`` 1, 2 and 4 of a model that waits 2 ms a call (a sleep, as a remote call would)."""
+    n, rows = (16 * 64 if quick else 64 * 64), 16
+    events = _events(n)
+    model = CallableModel(
+        lambda x: time.sleep(0.002) or x[:, 0], outputs="score", shape=(N_FEATURES,), version="io"
+    )
+
+    def contender(copies: int) -> Callable[[], int]:
+        def run() -> int:
+            flow = Dataflow("bench_infer_waiting")
+            up = op.input("in", flow, ListSource(events, rows))
+            out = infer("infer", up, model, max_batch=rows, max_wait=timedelta(0), copies=copies)
+            sink = CountSink()
+            op.output("out", out.oks, sink)
+            run_main(flow)
+            return sink.count
+
+        return run
+
+    runs = alternate({f"copies={c}": contender(c) for c in (1, 2, 4)}, rounds=3)
+    print(format_table("a model waiting 2 ms a call, rows/s (batches of 16)", runs, "rows/s"))
+    return {m.name: m.as_dict() for m in runs}
 
 
 def main(quick: bool = False) -> dict:
