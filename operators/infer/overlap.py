@@ -3,11 +3,11 @@
 ONNX Runtime releases the GIL while it computes, so while a batch is in the
 model the dataflow can decode, featurize and batch the next events. Each
 shard owns one worker thread (one per model copy with ``copies=N``, so N
-calls run at once); up to :data:`MAX_IN_FLIGHT` calls may run ahead, and
-their batches are collected oldest first, so every key's rows leave in
-order, whichever call finishes first. A call the model's recent speed says takes under
-:data:`OVERLAP_MIN_S` runs inline: handing it over would cost more than it
-saves.
+calls run at once); up to :data:`MAX_IN_FLIGHT` calls (or one per copy, if
+more) may run ahead, and their batches are collected oldest first, so every
+key's rows leave in order, whichever call finishes first. A call the
+model's recent speed says takes under :data:`OVERLAP_MIN_S` runs inline:
+handing it over would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class ModelThread:
 
     @property
     def full(self) -> bool:
-        return len(self._in_flight) >= MAX_IN_FLIGHT
+        return len(self._in_flight) >= max(MAX_IN_FLIGHT, self._threads)
 
     def submit(self, job: _HasFuture, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in a thread; ``job.future`` gets its result."""

@@ -60,21 +60,20 @@ class _Exclusive:
 
     def __init__(self, log: _Log, version: str = "v1", factor: float = 2.0) -> None:
         self.log, self.version, self.factor = log, version, factor
-        self._busy = False
+        self._entry = threading.Lock()  # held while in a call
 
     def __deepcopy__(self, memo: dict) -> _Exclusive:
         return _Exclusive(self.log, self.version, self.factor)  # copies share the log
 
     def predict(self, inputs: Any) -> dict[str, Any]:
-        if self._busy:
+        if not self._entry.acquire(blocking=False):
             with self.log.lock:
                 self.log.concurrent_entries += 1
             raise RuntimeError("entered by two threads at once")
-        self._busy = True
         try:
             return self._score(np.asarray(inputs["input"]))
         finally:
-            self._busy = False
+            self._entry.release()
 
     def _score(self, x: np.ndarray) -> dict[str, Any]:
         log, first = self.log, float(x[0, 0])
