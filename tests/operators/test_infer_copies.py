@@ -7,16 +7,12 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import bytewax.operators as op
 import numpy as np
 import polars as pl
 import pytest
-from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
-from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamml.operators.infer import infer
 from streamml.operators.infer.copies import CopyPool
 from streamml.operators.infer.models import Loader, default_loader, serve
 from streamml.operators.infer.routing import Chunk, Swap
@@ -25,6 +21,7 @@ from streamml.operators.infer.stats import InferStats
 
 from streamml.models import CallableModel, OnnxModel, TensorSpec
 from streamml.models.protocol import ModelUnavailable, RowErrors
+from tests.operators.test_infer_frames import _run
 
 # A rendezvous that does not happen within this long is a failure (calls that should run at once
 # did not); when they do run at once it passes at once, so load only makes the test slower.
@@ -100,22 +97,6 @@ class _Exclusive:
             keep[bad] = False
             raise RowErrors({"score": scores[keep]}, {int(i): "below -100" for i in bad})
         return {"score": scores}
-
-
-def _run(events: list, model: Any, **kwargs: Any) -> tuple[list, list, Any]:
-    flow = Dataflow("copies")
-    batch = kwargs.pop("source_batch", len(events) or 1)
-    up = op.input("in", flow, TestingSource(events, batch_size=batch))
-    control = kwargs.pop("control_items", None)
-    if control is not None:
-        kwargs["control"] = op.input("control", flow, TestingSource(control))
-    out = infer("score", up, model, **kwargs)
-    oks: list = []
-    errs: list = []
-    op.output("oks", out.oks, TestingSink(oks))
-    op.output("errs", out.errs, TestingSink(errs))
-    run_main(flow)
-    return oks, errs, out.stats
 
 
 def _events(values: list[float], keys: int = 3) -> list[tuple[str, dict[str, Any]]]:
