@@ -7,12 +7,16 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import bytewax.operators as op
 import numpy as np
 import polars as pl
 import pytest
+from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
+from bytewax.testing import TestingSink, TestingSource
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamml.operators.infer import infer
 from streamml.operators.infer.copies import CopyPool
 from streamml.operators.infer.models import Loader, default_loader, serve
 from streamml.operators.infer.routing import Chunk, Swap
@@ -138,6 +142,24 @@ def test_a_model_that_is_not_thread_safe_is_never_entered_twice_with_copies() ->
     assert errs == [] and log.concurrent_entries == 0
     assert sorted(e["id"] for _, e in oks) == list(range(600))
     assert len({copy for copy, _ in log.entered}) == 3
+
+
+def test_two_workers_of_a_process_share_its_copies() -> None:
+    from bytewax.testing import cluster_main
+
+    log = _Log()
+    events = _events([float(i % 50) for i in range(400)], keys=7)
+    flow = Dataflow("two_workers_copies")
+    up = op.input("in", flow, TestingSource(events, batch_size=37))
+    out = infer("infer", up, _Exclusive(log), shards=4, max_batch=16, copies=2)
+    oks: list = []
+    op.output("oks", out.oks, TestingSink(oks))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert log.concurrent_entries == 0 and len({copy for copy, _ in log.entered}) == 2
+    assert sorted(e["id"] for _, e in oks) == list(range(400))
+    for key in {k for k, _ in events}:  # each key in order
+        ids = [e["id"] for k, e in oks if k == key]
+        assert ids == sorted(ids)
 
 
 # -- results and errors equal one copy's --------------------------------------------------------
