@@ -503,22 +503,41 @@ class _RobustState:
         """
         if not xs:
             return []
-        if self.exclude is not None:  # whether a point is learned depends on its score
-            return [self._update_one(t, x) for t, x in zip(ts, xs)]
-        return self._run(ts, xs)
+        exclude = self.exclude
+        if exclude is None:
+            return self._run(ts, xs)[0]
+        # Whether a point is learned depends on its score: the run is scored as if every point
+        # were learned, which holds up to its first point above ``exclude``. That point's score
+        # stands; the state goes back to just before it (its evictions done, it unlearned) and
+        # the rest of the run is scored again. Flagged points are rare: most runs take one pass.
+        out: list[tuple[float, int]] = []
+        while True:
+            n = len(self.points)
+            got, gone, cuts = self._run(ts, xs)
+            j = next((i for i, (z, _) in enumerate(got) if z > exclude), None)
+            if j is None:
+                return out + got
+            out += got[: j + 1]
+            self._back_to(list(gone) + list(self.points), cuts[j], n + j)
+            ts, xs = ts[j + 1 :], xs[j + 1 :]
+            if not xs:
+                return out
 
-    def _update_one(self, ts: int, xs: tuple[float, ...]) -> tuple[float, int]:
-        """Score one point, learn it, and unlearn it if it scores above ``exclude``."""
-        z, f = self._run((ts,), (xs,))[0]
-        if z > self.exclude:
-            self.points.pop()
-            for s, x in zip(self.sorted, xs):
-                del s[bisect_left(s, x)]
-        return z, f
+    def _back_to(self, seen: list[tuple[int, tuple[float, ...]]], a: int, b: int) -> None:
+        """Make ``seen[a:b]`` the window: ``seen`` is every point the window held in a run
+        (the evicted, then those still in), ``a`` the evictions and ``b`` the points learned up
+        to the flagged point. O(window), once per flagged point."""
+        kept = seen[a:b]
+        self.points = deque(kept)
+        self.sorted = [sorted(p[1][f] for p in kept) for f in range(len(self.sorted))]
 
-    def _run(self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]) -> list[tuple[float, int]]:
+    def _run(
+        self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]
+    ) -> tuple[list[tuple[float, int]], list[tuple[int, tuple[float, ...]]], list[int]]:
+        """Score and learn a run: its scores, the points it evicted and, per point, how many
+        were evicted before it was learned."""
         points, window, cap = self.points, self.window, self.max_points
-        gone: list[tuple[float, ...]] = []
+        gone: list[tuple[int, tuple[float, ...]]] = []
         n = len(points)
         if (points[0][0] if n else ts[0]) > ts[-1] - window and n + len(xs) <= cap:
             cuts = [0] * len(xs)  # the whole run fits in the window: nothing leaves
@@ -529,7 +548,7 @@ class _RobustState:
             for t, x in zip(ts, xs):
                 horizon = t - window
                 while n and (points[0][0] <= horizon or n >= cap):
-                    gone.append(points.popleft()[1])
+                    gone.append(points.popleft())
                     n -= 1
                     e += 1
                 cuts.append(e)
@@ -537,15 +556,15 @@ class _RobustState:
                 n += 1
         blocks, min_points, min_std = self.blocks, self.min_points, self.min_std
         srt = self.sorted
-        gone_cols = zip(*gone) if gone else repeat(())
+        gone_cols = zip(*(g[1] for g in gone)) if gone else repeat(())
         cols = []
         for f, new, old in zip(range(len(srt)), zip(*xs), gone_cols):
             zs, blocks[f] = _robust_scores(srt[f], blocks[f], old, cuts, new, min_points, min_std)
             cols.append(zs)
         if len(cols) == 1:
-            return list(zip(cols[0], repeat(0)))
+            return list(zip(cols[0], repeat(0))), gone, cuts
         # the largest score, and the first field that has it (field 0 when all are 0.0)
-        return [(b := max(zz), zz.index(b)) for zz in zip(*cols)]
+        return [(b := max(zz), zz.index(b)) for zz in zip(*cols)], gone, cuts
 
     def snapshot(self) -> dict:
         return {"points": list(self.points), "sorted": [list(s) for s in self.sorted]}

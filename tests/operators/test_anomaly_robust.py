@@ -17,7 +17,8 @@ SEC = timedelta(seconds=1)
 def reference(
     cfg: RobustZScore, pts: list[tuple[int, tuple[float, ...]]]
 ) -> list[tuple[float, int]]:
-    """Each point scored from scratch: sort the window, sort the distances to its median."""
+    """Each point scored from scratch: sort the window, sort the distances to its median; a
+    point scoring above ``exclude_above`` is not learned."""
     window = cfg.window // timedelta(microseconds=1)
     out, kept = [], []
     for t, xs in pts:
@@ -34,7 +35,8 @@ def reference(
                 if z > best:
                     best, best_f = z, f
         out.append((best, best_f))
-        kept.append((t, xs))
+        if cfg.exclude_above is None or not best > cfg.exclude_above:
+            kept.append((t, xs))
     return out
 
 
@@ -64,8 +66,11 @@ value = st.one_of(
     extra_cap=st.sampled_from([0, 1, 5, 10_000]),
     runs=st.lists(st.integers(1, 40), max_size=10),
     fields=st.sampled_from([1, 2]),
+    exclude=st.sampled_from([None, 0.7071, 2.2361]),
 )
-def test_runs_match_reference_exactly(steps, window_s, min_points, extra_cap, runs, fields):
+def test_runs_match_reference_exactly(
+    steps, window_s, min_points, extra_cap, runs, fields, exclude
+):
     t, pts = 0, []
     for dt, a, b in steps:
         t += dt * 1_000_000
@@ -75,6 +80,7 @@ def test_runs_match_reference_exactly(steps, window_s, min_points, extra_cap, ru
         window=window_s * SEC,
         min_points=min_points,
         max_points=min_points + extra_cap,
+        exclude_above=exclude,
     )
     want = reference(cfg, pts)
     assert in_runs(cfg._state(), pts, runs) == want
@@ -170,6 +176,9 @@ def test_score_runs_of_many_keys_match_each_key_alone(keys, window_s, calls):
         series.append(pts)
     for cfg in (
         RobustZScore(["a", "b"], window=window_s * SEC, min_points=3, max_points=40),
+        RobustZScore(
+            ["a", "b"], window=window_s * SEC, min_points=3, max_points=9, exclude_above=1.4
+        ),
         ZScore(["a", "b"], window=window_s * SEC, min_points=3),
         scorers.Ewma(["a", "b"], half_life=window_s * SEC, min_points=3),
     ):
