@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import Measurement, alternate, format_table
+from benchmarks.harness import alternate, format_table, per_cpu_second, with_cpu_rates
 from streamml.models import OnnxModel, PmmlModel
 from streamml.models.tflite import TfliteModel
 
@@ -58,15 +58,22 @@ def _for_a_while(call: Callable[[np.ndarray], Any], batch: np.ndarray, seconds: 
 
 def _race(
     title: str, calls: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, quick: bool
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, Any]:
     """Each call at each batch size of ``BATCHES``, alternating; a table per batch size."""
-    seconds, rounds = (0.15, 3) if quick else (0.5, 7)
+    seconds, rounds = (0.1, 3) if quick else (0.3, 5)
     out = {}
     for size in BATCHES:
         contenders = {name: _for_a_while(call, x[:size], seconds) for name, call in calls.items()}
-        results: list[Measurement] = alternate(contenders, rounds=rounds)
-        print(format_table(f"{title}, batches of {size}", results, unit="rows/s"), flush=True)
-        out[f"batch {size}"] = [m.as_dict() for m in results]
+        runs, cpu = with_cpu_rates(contenders)
+        results = alternate(runs, rounds=rounds)
+        per_cpu = per_cpu_second(results, cpu)
+        table = f"{title}, batches of {size}"
+        print(format_table(table + " (wall clock)", results, unit="rows/s"), flush=True)
+        print(format_table(table + " (per CPU-second)", per_cpu, unit="rows/cpu-s"), flush=True)
+        out[f"batch {size}"] = {
+            "results": [m.as_dict() for m in results],
+            "results_per_cpu_second": [m.as_dict() for m in per_cpu],
+        }
     return out
 
 
