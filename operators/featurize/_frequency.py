@@ -1,15 +1,18 @@
 """Value-frequency aggregates over segments of a window's rows: distinct counts, top-k, histograms.
 
-``rolling`` and ``window_agg`` keep every row of an open window (point-in-time
-correctness needs them), so these are computed from those rows when a
-feature is due — columnar, one sort per batch, no per-row Python:
+``rolling`` keeps every row of an open window (point-in-time correctness
+needs them), and so does ``window_agg`` unless every aggregate asked for is
+mergeable; these are computed from those rows when a feature is due —
+columnar, one sort per batch, no per-row Python:
 
 - ``distinct``: the exact number of distinct values;
 - ``approx_distinct``: a HyperLogLog estimate (2**12 registers, a 64-bit
   hash of each value; standard error ``1.04 / 64`` = 1.6 %, linear counting
-  below ``2.5 * 4096``). The window's rows are kept anyway, so this saves
-  no state: it is there to match a sketch-based pipeline's numbers, and is
-  computed from the rows' hashes, never from a sketch merged across windows;
+  below ``2.5 * 4096``). Where the rows are kept anyway (``rolling``, and
+  ``window_agg`` beside an aggregate that needs rows) it is computed from
+  the rows' hashes and saves no state; ``window_agg`` with only mergeable
+  aggregates keeps each window's registers instead of its rows
+  (:mod:`._summaries`), with the same estimate;
 - ``top<k>`` and ``top<k>_count``: the ``k``-th most frequent value and how
   often it occurs (ties: the smaller value ranks first); NaN and 0 when the
   window holds fewer than ``k`` distinct values;
@@ -26,7 +29,15 @@ import re
 
 import numpy as np
 
-__all__ = ["PATTERN", "bin_edges", "frequency", "is_frequency", "top_rank"]
+__all__ = [
+    "PATTERN",
+    "bin_edges",
+    "frequency",
+    "hll_estimate",
+    "hll_registers",
+    "is_frequency",
+    "top_rank",
+]
 
 PATTERN = re.compile(
     r"^(distinct|approx_distinct|top([1-9]\d?)(_count)?|bin(-?\d+(?:\.\d+)?)_(-?\d+(?:\.\d+)?))$"
@@ -86,14 +97,43 @@ def _hash(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def _approx_distinct(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndarray:
-    """HyperLogLog estimate of each segment's distinct values, from sparse registers."""
+def hll_registers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's HyperLogLog register (of ``2**12``) and its rank there (the position of the
+    first 1 bit after the register's bits, 1 to 53): a register holds the largest rank."""
     z = _hash(values)
     reg = (z >> np.uint64(64 - _P)).astype(np.int64)
     w = (z << np.uint64(_P)) | np.uint64(1 << (_P - 1))  # a sentinel bit bounds the zeros
     # bit length of w: its top 53 bits are exact in a float64 and hold the sentinel
     _, exp = np.frexp((w >> np.uint64(11)).astype(np.float64))
-    rho = 64 - (exp.astype(np.int64) + 11) + 1
+    return reg, 64 - (exp.astype(np.int64) + 11) + 1
+
+
+def hll_estimate(z_sum: np.ndarray, zeros: np.ndarray) -> np.ndarray:
+    """The HyperLogLog estimate from the sum of ``2**-rank`` over the registers set and the
+    number of registers not set (linear counting while that gives the better estimate).
+
+    Mergeable: registers of two sets, taken register by register at their larger rank, are
+    the registers of their union; :mod:`._summaries` keeps them per window this way.
+
+    Examples:
+        >>> reg, rho = hll_registers(np.arange(1000.0))
+        >>> dense = np.zeros(4096, dtype=np.uint8)
+        >>> np.maximum.at(dense, reg, rho.astype(np.uint8))
+        >>> set_ = dense > 0
+        >>> est = hll_estimate(np.exp2(-dense[set_].astype(float)).sum(keepdims=True),
+        ...                    np.array([4096.0 - set_.sum()]))
+        >>> bool(abs(est[0] - 1000) < 40)
+        True
+    """
+    raw = _ALPHA * _M * _M / (z_sum + zeros)
+    small = (raw <= 2.5 * _M) & (zeros > 0)
+    linear = _M * np.log(_M / np.maximum(zeros, 1.0))
+    return np.where(small, linear, raw)
+
+
+def _approx_distinct(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndarray:
+    """HyperLogLog estimate of each segment's distinct values, from sparse registers."""
+    reg, rho = hll_registers(values)
     key = seg.astype(np.int64) * _M + reg
     order = np.argsort(key, kind="stable")
     key, rho = key[order], rho[order]
@@ -102,11 +142,7 @@ def _approx_distinct(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndar
     owner = key[first] // _M
     present = np.bincount(owner, minlength=n_seg).astype(np.float64)
     z_sum = np.bincount(owner, weights=np.exp2(-best.astype(np.float64)), minlength=n_seg)
-    zeros = _M - present
-    raw = _ALPHA * _M * _M / (z_sum + zeros)
-    small = (raw <= 2.5 * _M) & (zeros > 0)
-    linear = _M * np.log(_M / np.maximum(zeros, 1.0))
-    return np.where(small, linear, raw)
+    return hll_estimate(z_sum, _M - present)
 
 
 def frequency(values: np.ndarray, lengths: np.ndarray, aggs: set[str]) -> dict[str, np.ndarray]:

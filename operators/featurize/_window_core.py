@@ -38,6 +38,12 @@ from typing import Any
 import numpy as np
 from streamml.operators._core.event_time import KeyedEventTime
 from streamml.operators.featurize._frequency import frequency, is_frequency
+from streamml.operators.featurize._summaries import (
+    APPROX_QUANTILE,
+    Summaries,
+    kll_quantiles,
+    mergeable,
+)
 
 __all__ = ["Closed", "Fixed", "Sessions", "Spec", "Windows", "aggregate"]
 
@@ -190,6 +196,13 @@ def aggregate(
             out.append(col[ends - 1])
         elif agg == "rate":
             out.append(count / length_s)
+        elif APPROX_QUANTILE.match(agg):  # the KLL sketch a summary would hold
+            q = [float(agg[len("approx_p") :]) / 100.0]
+            out.append(
+                np.array(
+                    [kll_quantiles(col[a:b], q)[0] for a, b in zip(starts.tolist(), ends.tolist())]
+                )
+            )
         else:  # a quantile p<percent>
             at = float(agg[1:]) / 100.0 * (count - 1)
             below = np.floor(at).astype(np.int64)
@@ -234,11 +247,27 @@ class Windows:
         self.ts = _EMPTY_I
         self.x = np.zeros((0, width))
         self.lo = _EMPTY_I  # fixed windows: the first window of each row not yet closed
-        if resume is not None:
-            self.kid = np.asarray(resume["kid"], dtype=np.int64)
-            self.ts = np.asarray(resume["ts"], dtype=np.int64)
-            self.x = np.asarray(resume["x"], dtype=np.float64).reshape(len(self.kid), width)
-            self.lo = np.asarray(resume["lo"], dtype=np.int64)
+        # or, when every aggregate is mergeable, a summary per open window instead of rows
+        self.sums: Summaries | None = None
+        if all(mergeable(agg) for _, agg in spec.plan):
+            length_s = windows.length / 1e6 if isinstance(windows, Fixed) else 0.0
+            held = None if resume is None else resume.get("summaries")
+            self.sums = Summaries(spec.plan, width, length_s, resume=held)
+        elif resume is not None and resume.get("summaries") is not None:
+            raise ValueError(
+                f"the recovery store holds {spec.step_id}'s windows as summaries; an aggregate "
+                "asked for now (an exact quantile, distinct or top<k>) needs their rows: use a "
+                "new recovery store, or approx_p<q> / approx_distinct"
+            )
+        if resume is not None:  # rows of a state that kept rows (always, before summaries)
+            kid = np.asarray(resume["kid"], dtype=np.int64)
+            ts = np.asarray(resume["ts"], dtype=np.int64)
+            x = np.asarray(resume["x"], dtype=np.float64).reshape(len(kid), width)
+            lo = np.asarray(resume["lo"], dtype=np.int64)
+            if self.sums is None:
+                self.kid, self.ts, self.x, self.lo = kid, ts, x, lo
+            else:
+                self._fold(kid, ts, x, lo)
         self.names: list[Any] = list(self.et.keys)  # key of each id, kept past the core's TTL
 
     # -- a step --------------------------------------------------------------
@@ -268,7 +297,9 @@ class Windows:
         held = len(data["held_ts"])
         self.hold(np.repeat(kid, held), data["held_ts"], data["held_x"])
         rows = len(data["ts"])
-        if rows:
+        if rows and self.sums is not None:
+            self._fold(np.repeat(kid, rows), data["ts"], data["x"], data.get("lo"))
+        elif rows:
             self.kid = np.concatenate([self.kid, np.repeat(kid, rows)])
             self.ts = np.concatenate([self.ts, data["ts"]])
             self.x = np.concatenate([self.x, data["x"]])
@@ -280,6 +311,12 @@ class Windows:
         et = self.et
         rel = et.release(eof=eof)
         held = rel.held
+        if self.sums is not None:
+            self._fold(held.kid, held.ts, held.data, None)
+            closed = self._close_summaries(eof, rel.gone)
+            if eof:
+                et.close()
+            return closed
         if len(held):
             self.kid = np.concatenate([self.kid, held.kid])
             self.ts = np.concatenate([self.ts, held.ts])
@@ -366,6 +403,62 @@ class Windows:
         self.kid, self.ts, self.x = self.kid[keep_rows], self.ts[keep_rows], self.x[keep_rows]
         return Closed(kid[starts], ts[starts], ts[stops - 1], columns)
 
+    # -- summaries instead of rows ----------------------------------------------
+
+    def _fold(self, kid: np.ndarray, ts: np.ndarray, x: np.ndarray, lo: np.ndarray | None) -> None:
+        """Fold rows (each key's in event-time order, after its earlier ones) into their
+        windows' summaries: a fixed window from ``lo`` (default: the row's first) to the row's
+        last; a session its key's open one when within ``gap`` of its last row, else a new one
+        from the row on."""
+        sums, w = self.sums, self.spec.windows
+        assert sums is not None
+        if not len(kid):
+            return
+        if isinstance(w, Fixed):
+            first = w.first_id(ts) if lo is None else np.asarray(lo, dtype=np.int64)
+            counts = w.last_id(ts) - first + 1
+            rows = np.repeat(np.arange(len(kid)), counts)
+            starts = np.cumsum(counts) - counts
+            wid = np.repeat(first, counts) + np.arange(len(rows)) - np.repeat(starts, counts)
+            sums.fold(kid[rows], wid, ts[rows], x[rows])
+            return
+        order = np.argsort(kid, kind="stable")
+        k, t = kid[order], ts[order]
+        new_key = np.r_[True, k[1:] != k[:-1]]
+        begins = new_key | np.r_[False, np.diff(t) > w.gap]
+        start = t[begins]
+        open_wid, open_end = sums.latest(k[new_key])
+        goes_on = (open_wid >= 0) & (t[new_key] - open_end <= w.gap)
+        first_of_key = np.flatnonzero(new_key[begins])  # a key's first session here
+        start[first_of_key[goes_on]] = open_wid[goes_on]
+        wid = np.empty(len(kid), dtype=np.int64)
+        wid[order] = start[np.cumsum(begins) - 1]
+        sums.fold(kid, wid, ts, x)
+
+    def _close_summaries(self, eof: bool, gone: np.ndarray) -> Closed:
+        sums, w = self.sums, self.spec.windows
+        assert sums is not None
+        if not len(sums.kid):
+            return self._none()
+        marks = self.et.marks(sums.kid)
+        if eof:
+            shut = np.ones(len(sums.kid), dtype=bool)
+        else:
+            shut = np.isin(sums.kid, gone) if len(gone) else np.zeros(len(sums.kid), bool)
+            if isinstance(w, Fixed):
+                shut |= sums.wid <= w.closed_upto(marks)
+            else:
+                latest, _ = sums.latest(sums.kid)
+                shut |= (sums.wid != latest) | (marks - sums.end > w.gap)
+        if not shut.any():
+            return self._none()
+        self._moved(sums.kid[shut], marks[shut])
+        kid, wid, end, columns = sums.close(shut)
+        if isinstance(w, Fixed):
+            begin = w.start(wid)
+            return Closed(kid, begin, begin + w.length, columns)
+        return Closed(kid, wid, end, columns)
+
     # -- wake-ups, snapshots ---------------------------------------------------
 
     def notify_at(self) -> float | None:
@@ -373,8 +466,12 @@ class Windows:
         et = self.et
         due = et.notify_at()
         at = np.inf if due is None else due.timestamp()
-        if et.advance and len(self.kid):
-            w = self.spec.windows
+        w, sums = self.spec.windows, self.sums
+        if et.advance and sums is not None and len(sums.kid):
+            # each open window's end; a session's: its gap after its last row
+            ends = w.start(sums.wid) + w.length if isinstance(w, Fixed) else sums.end + w.gap + 1
+            at = min(at, float(et.wall_time_of(sums.kid, ends).min()))
+        elif et.advance and len(self.kid):
             if isinstance(w, Fixed):  # each row's first open window
                 kids, ends = self.kid, w.start(self.lo) + w.length
             else:  # each key's open session, by its newest row
@@ -393,4 +490,5 @@ class Windows:
             "ts": self.ts.copy(),
             "x": self.x.copy(),
             "lo": self.lo.copy(),
+            "summaries": None if self.sums is None else self.sums.snapshot_data(),
         }

@@ -44,6 +44,7 @@ from streamml.operators.featurize._batch import extract
 from streamml.operators.featurize._frame_flow import frame_features
 from streamml.operators.featurize._frequency import is_frequency
 from streamml.operators.featurize._shard import shards_of
+from streamml.operators.featurize._summaries import APPROX_QUANTILE
 from streamml.operators.featurize._window_core import Closed, Fixed, Sessions, Spec, Windows
 from streamml.operators.featurize.outputs import TimedFeaturesOut, split_chunks
 
@@ -71,7 +72,10 @@ WINDOW_AGGREGATES = (
 
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
 _KIND = "streamml.featurize.window_agg"
-_VERSION = 1
+_VERSION = 2
+# v1 -> v2: summaries (None: the state kept rows, as every v1 state did)
+_UPGRADES = {1: lambda data: {**data, "summaries": None}}
+_HANDOVER_VERSION = 1
 # the pickled class queued events of stores written before versioned snapshots hold (read only)
 _Row = _window_legacy.Row
 
@@ -87,7 +91,7 @@ class _Logic(StatefulBatchLogic):
     def __init__(self, spec: Spec, resume: Any) -> None:
         data = None
         if resume is not None:
-            data = restore(resume, kind=_KIND, version=_VERSION)
+            data = restore(resume, kind=_KIND, version=_VERSION, upgrades=_UPGRADES)
             if data["path"] != self.path:
                 raise ValueError(
                     f"the recovery store holds the {data['path']} path's state of this "
@@ -213,7 +217,7 @@ class _ByKey(StatefulBatchLogic):
             if _window_legacy.is_legacy(resume):
                 data = _window_legacy.upgrade(resume, spec)
             else:
-                data = restore(resume, kind=_KIND + ".handover", version=_VERSION)
+                data = restore(resume, kind=_KIND + ".handover", version=_HANDOVER_VERSION)
             self.handover = _window_legacy.Handover(data)
 
     def _flush(self, out: list[Any]) -> tuple[list[Any], bool]:
@@ -236,7 +240,7 @@ class _ByKey(StatefulBatchLogic):
 
     def snapshot(self) -> dict[str, Any] | None:
         data = None if self.handover is None else self.handover.data
-        return None if data is None else snapshot(_KIND + ".handover", _VERSION, data)
+        return None if data is None else snapshot(_KIND + ".handover", _HANDOVER_VERSION, data)
 
 
 @operator
@@ -460,11 +464,12 @@ def window_agg(
         if isinstance(aggs, str):
             raise ValueError(f"aggregates of {name!r} must be a list, e.g. [{aggs!r}]")
         for agg in aggs:
-            if agg not in WINDOW_AGGREGATES and not _QUANTILE.match(agg) and not is_frequency(agg):
+            known = _QUANTILE.match(agg) or APPROX_QUANTILE.match(agg) or is_frequency(agg)
+            if agg not in WINDOW_AGGREGATES and not known:
                 raise ValueError(
                     f"unknown window aggregate {agg!r} for {name!r}; use one of "
-                    f"{', '.join(WINDOW_AGGREGATES)}, a quantile like 'p95', top<k> or "
-                    "top<k>_count (k from 1 to 99), or a bin like 'bin0_10' (lo < hi)"
+                    f"{', '.join(WINDOW_AGGREGATES)}, a quantile like 'p95' or 'approx_p95', "
+                    "top<k> or top<k>_count (k from 1 to 99), or a bin like 'bin0_10' (lo < hi)"
                 )
             if agg == "rate" and isinstance(windower, SessionWindower):
                 raise ValueError("rate needs a fixed window length; sessions have none")

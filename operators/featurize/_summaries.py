@@ -1,0 +1,366 @@
+"""Per-(key, window) summaries: ``window_agg``'s state when every aggregate is mergeable.
+
+A window's rows are only needed by aggregates that cannot be folded in a
+piece at a time: exact quantiles ``p<q>``, ``distinct`` and ``top<k>``.
+When none of them is asked for, a :class:`Summaries` keeps one summary per
+open window instead of its rows, so a window's memory does not grow with
+its number of rows:
+
+- ``count``, ``sum``, ``min``, ``max``, ``first``, ``last``, ``rate`` and
+  ``bin<lo>_<hi>``: running values;
+- ``mean``, ``var``, ``std``: count, sum, mean and sum of squared
+  deviations, merged by Chan et al.'s formula (as stable as the two-pass
+  computation over the rows; equal to it to rounding);
+- ``approx_distinct``: the window's 4,096 HyperLogLog registers (4 KB,
+  :func:`._frequency.hll_registers`): the same estimate as from its rows;
+- ``approx_p<q>``: a :class:`._kll.KLL` sketch (``k=200``, about 600 values
+  at most) per field, fed the window's values in event-time order, so it is
+  the very sketch the rows would give (:func:`kll_quantiles`).
+
+Windows are identified by ``(key id, wid)``: a fixed window's number, or a
+session's start time. Values arrive grouped by window in event-time order
+(:meth:`Summaries.fold`); a closed window's aggregates come out of
+:meth:`Summaries.close`, which drops its summary (the eviction rule).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from streamml.operators.featurize._frequency import (
+    bin_edges,
+    hll_estimate,
+    hll_registers,
+    is_frequency,
+)
+from streamml.operators.featurize._kll import KLL, pack, unpack
+
+__all__ = ["APPROX_QUANTILE", "Summaries", "kll_quantiles", "mergeable"]
+
+APPROX_QUANTILE = re.compile(r"^approx_p(\d{1,2}(\.\d+)?|100)$")
+"""``approx_p<percent>``: a quantile from a KLL sketch."""
+
+KLL_K = 200
+_ROWLESS = {"count", "sum", "mean", "std", "var", "min", "max", "first", "last", "rate"}
+_REGISTERS = 4096
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+
+
+def mergeable(agg: str) -> bool:
+    """Whether ``agg`` can be kept as a summary rather than from the window's rows.
+
+    Examples:
+        >>> [mergeable(a) for a in ("std", "approx_p99", "approx_distinct", "bin0_5", "p99")]
+        [True, True, True, True, False]
+    """
+    if agg in _ROWLESS or agg == "approx_distinct" or APPROX_QUANTILE.match(agg):
+        return True
+    return agg.startswith("bin") and is_frequency(agg)
+
+
+def _percent(agg: str) -> float:
+    return float(agg[len("approx_p") :]) / 100.0
+
+
+def kll_quantiles(values: np.ndarray, qs: list[float]) -> list[float]:
+    """The quantiles ``qs`` of the KLL sketch of ``values`` (in order): what a window's
+    summary gives for ``approx_p<q>``, computed from its rows.
+
+    Examples:
+        >>> kll_quantiles(np.arange(1.0, 101.0), [0.5, 0.99])
+        [50.0, 99.0]
+    """
+    sketch = KLL(KLL_K)
+    sketch.update(values)
+    return [float(v) for v in sketch.quantile(np.array(qs))]
+
+
+class Summaries:
+    """The summaries of the open windows of one state, one row of arrays per window.
+
+    Args:
+        plan: ``(field index, aggregate)`` per feature; every aggregate mergeable.
+        width: The number of fields.
+        length_s: Fixed windows' length in seconds (``rate``), or 0.
+        resume: :meth:`snapshot_data` of an earlier state.
+
+    Examples:
+        >>> s = Summaries(((0, "mean"), (0, "approx_p50"), (0, "last")), 1, 0.0)
+        >>> x = np.array([[1.0], [2.0], [3.0], [10.0]])
+        >>> s.fold(np.array([0, 0, 0, 1]), np.array([5, 5, 5, 5]), np.zeros(4, int), x[:, :])
+        >>> s.fold(np.array([0]), np.array([5]), np.zeros(1, int), np.array([[6.0]]))
+        >>> kid, wid, end, cols = s.close(np.array([True, False]))
+        >>> kid.tolist(), [c.tolist() for c in cols], len(s.kid)
+        ([0], [[3.0], [2.0], [6.0]], 1)
+    """
+
+    def __init__(
+        self, plan: tuple[tuple[int, str], ...], width: int, length_s: float, resume: Any = None
+    ) -> None:
+        self.plan = plan
+        self.width = width
+        self.length_s = length_s
+        self.bins = sorted({(f, a) for f, a in plan if a.startswith("bin")})
+        self.hll_fields = sorted({f for f, a in plan if a == "approx_distinct"})
+        self.kll_fields = sorted({f for f, a in plan if APPROX_QUANTILE.match(a)})
+        self.kid = _EMPTY_I
+        self.wid = _EMPTY_I
+        self.end = _EMPTY_I  # the time of the window's last row
+        self.n = np.zeros(0)
+        self.m = {
+            name: np.zeros((0, width)) for name in ("s", "mu", "m2", "lo", "hi", "first", "last")
+        }
+        self.binned = np.zeros((0, len(self.bins)))
+        self.handle = _EMPTY_I  # each window's row in the registers and sketches below
+        self.registers = [np.zeros((0, _REGISTERS), dtype=np.uint8) for _ in self.hll_fields]
+        self.sketches: list[list[KLL | None]] = [[] for _ in self.kll_fields]
+        self.free: list[int] = []
+        if resume is not None:
+            self._restore(resume)
+
+    # -- folding rows in -------------------------------------------------------
+
+    def fold(self, kid: np.ndarray, wid: np.ndarray, ts: np.ndarray, x: np.ndarray) -> None:
+        """Fold rows into their windows ``(kid, wid)``: a window's rows in event-time order
+        here, and after the rows of earlier calls."""
+        if not len(kid):
+            return
+        order = np.lexsort((wid, kid))  # stable: a window's rows keep their order
+        kid, wid, ts, x = kid[order], wid[order], ts[order], x[order]
+        n = len(kid)
+        cut = np.flatnonzero((kid[1:] != kid[:-1]) | (wid[1:] != wid[:-1])) + 1
+        starts, ends = np.r_[0, cut], np.r_[cut, n]
+        sizes = ends - starts
+        cnt = sizes.astype(np.float64)
+        group = np.repeat(np.arange(len(starts)), sizes)
+        s = np.add.reduceat(x, starts, axis=0)
+        mu = s / cnt[:, None]
+        dev = x - mu[group]
+        part = {
+            "s": s,
+            "mu": mu,
+            "m2": np.add.reduceat(dev * dev, starts, axis=0),
+            "lo": np.minimum.reduceat(x, starts, axis=0),
+            "hi": np.maximum.reduceat(x, starts, axis=0),
+            "first": x[starts],
+            "last": x[ends - 1],
+        }
+        binned = np.zeros((len(starts), len(self.bins)))
+        for j, (f, agg) in enumerate(self.bins):
+            lo, hi = bin_edges(agg)
+            binned[:, j] = np.add.reduceat(((x[:, f] >= lo) & (x[:, f] < hi)) * 1.0, starts)
+        slot = self._find(kid[starts], wid[starts])
+        old = slot >= 0
+        if old.any():
+            self._merge(slot[old], cnt[old], {k: v[old] for k, v in part.items()}, binned[old])
+        new = ~old
+        if new.any():
+            slot[new] = self._append(
+                kid[starts][new],
+                wid[starts][new],
+                cnt[new],
+                {k: v[new] for k, v in part.items()},
+                binned[new],
+            )
+        self.end[slot] = ts[ends - 1]
+        handle = self.handle[slot]
+        for j, f in enumerate(self.hll_fields):
+            reg, rho = hll_registers(x[:, f])
+            key = handle[group] * _REGISTERS + reg
+            order = np.argsort(key, kind="stable")
+            key, rho = key[order], rho[order]
+            first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+            flat = self.registers[j].reshape(-1)
+            at = key[first]
+            flat[at] = np.maximum(flat[at], np.maximum.reduceat(rho, first).astype(np.uint8))
+        for j, f in enumerate(self.kll_fields):
+            sketches, column = self.sketches[j], x[:, f]
+            for h, a, b in zip(handle.tolist(), starts.tolist(), ends.tolist()):
+                sketches[h].update(column[a:b])
+
+    def _find(self, kid: np.ndarray, wid: np.ndarray) -> np.ndarray:
+        """The slot of each window ``(kid, wid)`` (distinct), -1 for one not open."""
+        out = np.full(len(kid), -1, dtype=np.int64)
+        have = len(self.kid)
+        if not have:
+            return out
+        keys = np.r_[self.kid, kid]
+        wids = np.r_[self.wid, wid]
+        order = np.lexsort((np.r_[np.zeros(have), np.ones(len(kid))], wids, keys))
+        a, b = order[:-1], order[1:]
+        hit = (keys[a] == keys[b]) & (wids[a] == wids[b]) & (a < have) & (b >= have)
+        out[b[hit] - have] = a[hit]
+        return out
+
+    def _merge(self, slot: np.ndarray, nb: np.ndarray, part: dict, binned: np.ndarray) -> None:
+        m = self.m
+        na = self.n[slot]
+        total = na + nb
+        delta = part["mu"] - m["mu"][slot]
+        m["m2"][slot] += part["m2"] + delta * delta * (na * nb / total)[:, None]
+        m["mu"][slot] += delta * (nb / total)[:, None]
+        m["s"][slot] += part["s"]
+        m["lo"][slot] = np.minimum(m["lo"][slot], part["lo"])
+        m["hi"][slot] = np.maximum(m["hi"][slot], part["hi"])
+        m["last"][slot] = part["last"]
+        self.n[slot] = total
+        self.binned[slot] += binned
+
+    def _append(
+        self, kid: np.ndarray, wid: np.ndarray, cnt: np.ndarray, part: dict, binned: np.ndarray
+    ) -> np.ndarray:
+        at = len(self.kid)
+        self.kid = np.r_[self.kid, kid]
+        self.wid = np.r_[self.wid, wid]
+        self.end = np.r_[self.end, np.zeros(len(kid), dtype=np.int64)]
+        self.n = np.r_[self.n, cnt]
+        for name, values in part.items():
+            self.m[name] = np.concatenate([self.m[name], values])
+        self.binned = np.concatenate([self.binned, binned])
+        self.handle = np.r_[self.handle, self._handles(len(kid))]
+        return np.arange(at, at + len(kid))
+
+    def _handles(self, count: int) -> np.ndarray:
+        """Rows for ``count`` new windows in the registers and sketches (freed ones first)."""
+        if not self.hll_fields and not self.kll_fields:
+            return np.zeros(count, dtype=np.int64)
+        reuse = self.free[len(self.free) - min(count, len(self.free)) :]
+        del self.free[len(self.free) - len(reuse) :]
+        size = len(self.sketches[0]) if self.kll_fields else len(self.registers[0])
+        need = count - len(reuse)
+        fresh = list(range(size, size + need))
+        if need:  # grow by doubling; the rows beyond this call's are free
+            grow = max(need, size)
+            self.registers = [
+                np.concatenate([r, np.zeros((grow, _REGISTERS), dtype=np.uint8)])
+                for r in self.registers
+            ]
+            for sketches in self.sketches:
+                sketches.extend([None] * grow)
+            self.free.extend(range(size + grow - 1, size + need - 1, -1))
+        handles = reuse + fresh
+        for sketches in self.sketches:
+            for h in handles:
+                sketches[h] = KLL(KLL_K)
+        return np.array(handles, dtype=np.int64)
+
+    # -- closing ---------------------------------------------------------------
+
+    def close(self, shut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """The windows marked ``shut``, in (key id, wid) order: their key ids, wids, last
+        times and one float64 column per feature of the plan; their summaries are dropped."""
+        idx = np.flatnonzero(shut)
+        idx = idx[np.lexsort((self.wid[idx], self.kid[idx]))]
+        m, n = self.m, self.n[idx]
+        quantiles = {}  # per approx field: each window's quantiles, all of them in one query
+        for j, f in enumerate(self.kll_fields):
+            qs = np.array(
+                [_percent(a) for g, a in self.plan if g == f and APPROX_QUANTILE.match(a)]
+            )
+            sketches = self.sketches[j]
+            got = [sketches[h].quantile(qs) for h in self.handle[idx].tolist()]
+            quantiles[f] = dict(zip(qs.tolist(), np.array(got).reshape(len(idx), len(qs)).T))
+        columns = []
+        for f, agg in self.plan:
+            if agg == "count":
+                col = n.copy()
+            elif agg == "sum":
+                col = m["s"][idx, f]
+            elif agg == "mean":
+                col = m["s"][idx, f] / n
+            elif agg in ("var", "std"):
+                col = m["m2"][idx, f] / n
+                col = np.sqrt(col) if agg == "std" else col
+            elif agg in ("min", "max", "first", "last"):
+                col = m[{"min": "lo", "max": "hi"}.get(agg, agg)][idx, f]
+            elif agg == "rate":
+                col = n / self.length_s
+            elif agg == "approx_distinct":
+                regs = self.registers[self.hll_fields.index(f)][self.handle[idx]]
+                seen = regs > 0
+                z_sum = np.where(seen, np.exp2(-regs.astype(np.float64)), 0.0).sum(axis=1)
+                col = hll_estimate(z_sum, _REGISTERS - seen.sum(axis=1).astype(np.float64))
+            elif agg.startswith("bin"):
+                col = self.binned[idx, self.bins.index((f, agg))]
+            else:  # approx_p<q>
+                col = quantiles[f][_percent(agg)]
+            columns.append(np.asarray(col, dtype=np.float64))
+        out = self.kid[idx], self.wid[idx], self.end[idx], columns
+        self._drop(shut)
+        return out
+
+    def _drop(self, shut: np.ndarray) -> None:
+        gone = self.handle[shut].tolist()
+        if self.hll_fields or self.kll_fields:
+            for r in self.registers:
+                r[gone] = 0
+            for sketches in self.sketches:
+                for h in gone:
+                    sketches[h] = None
+            self.free.extend(gone)
+        keep = ~shut
+        self.kid, self.wid, self.end = self.kid[keep], self.wid[keep], self.end[keep]
+        self.n, self.handle, self.binned = self.n[keep], self.handle[keep], self.binned[keep]
+        self.m = {name: values[keep] for name, values in self.m.items()}
+
+    def latest(self, kids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each key id: the wid and last time of its latest open window (by wid), or
+        ``-1`` and the smallest int64 where it has none."""
+        none = np.iinfo(np.int64).min
+        wid = np.full(len(kids), -1, dtype=np.int64)
+        end = np.full(len(kids), none, dtype=np.int64)
+        if len(self.kid):
+            order = np.lexsort((self.wid, self.kid))
+            k = self.kid[order]
+            last = order[np.r_[k[1:] != k[:-1], True]]
+            pos = np.searchsorted(self.kid[last], kids)
+            pos = np.minimum(pos, len(last) - 1)
+            hit = self.kid[last][pos] == kids
+            wid[hit] = self.wid[last][pos[hit]]
+            end[hit] = self.end[last][pos[hit]]
+        return wid, end
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def _shape(self) -> list:
+        """What the summaries hold, beyond the moments: a resume needs the same."""
+        return [self.width, [list(b) for b in self.bins], self.hll_fields, self.kll_fields]
+
+    def snapshot_data(self) -> dict[str, Any]:
+        """The summaries as NumPy arrays and builtins, windows in slot order."""
+        handles = self.handle.tolist()
+        return {
+            "shape": self._shape(),
+            "kid": self.kid.copy(),
+            "wid": self.wid.copy(),
+            "end": self.end.copy(),
+            "n": self.n.copy(),
+            **{name: values.copy() for name, values in self.m.items()},
+            "binned": self.binned.copy(),
+            "registers": [r[self.handle] for r in self.registers],
+            "sketches": [pack([s[h] for h in handles]) for s in self.sketches],
+        }
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        if data["shape"] != self._shape():
+            raise ValueError(
+                "the recovery store holds window_agg summaries of other fields or aggregates "
+                f"({data['shape']} where this step keeps {self._shape()}: width, bins, "
+                "approx_distinct and approx quantile fields); use a new recovery store"
+            )
+        self.kid = np.asarray(data["kid"], dtype=np.int64)
+        self.wid = np.asarray(data["wid"], dtype=np.int64)
+        self.end = np.asarray(data["end"], dtype=np.int64)
+        self.n = np.asarray(data["n"], dtype=np.float64)
+        self.m = {name: np.asarray(data[name], dtype=np.float64) for name in self.m}
+        self.binned = np.asarray(data["binned"], dtype=np.float64)
+        count = len(self.kid)
+        self.handle = (
+            np.arange(count, dtype=np.int64)
+            if self.hll_fields or self.kll_fields
+            else (np.zeros(count, dtype=np.int64))
+        )
+        self.registers = [np.asarray(r, dtype=np.uint8) for r in data["registers"]]
+        self.sketches = [list(unpack(p)) for p in data["sketches"]]
