@@ -202,12 +202,13 @@ def _per_event(
     """
     runs = itertools.count()
     window_ms = int(WINDOW.total_seconds() * 1000)
-    session, model_version = _session(model_path), model_path.stem
-    input_name = session.get_inputs()[0].name
+    model_version = model_path.stem
     decode = _avro_reader(schema_id)
 
     def run() -> int:
         i = next(runs)
+        session = _session(model_path)  # loaded at start, as the dataflow loads its model
+        input_name = session.get_inputs()[0].name
         out = replace(topics, **{name: f"bench-loop-{name}-{i}" for name in _OUTPUTS})
         create_topics(bootstrap, [getattr(out, name) for name in _OUTPUTS])
         table = _read_table(bootstrap, topics.accounts)
