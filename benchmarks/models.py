@@ -57,15 +57,25 @@ def _for_a_while(call: Callable[[np.ndarray], Any], batch: np.ndarray, seconds: 
 
 
 def _race(
-    title: str, calls: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, quick: bool
+    title: str,
+    calls: dict[str, Callable[[np.ndarray], Any]],
+    x: np.ndarray,
+    quick: bool,
+    warm_up: float,
 ) -> dict[str, Any]:
-    """Each call at each batch size of ``BATCHES``, alternating; a table per batch size."""
+    """Each call at each batch size of ``BATCHES``, alternating; a table per batch size.
+
+    Each contender first runs alone for ``warm_up`` seconds (a JVM compiles
+    its hot paths only after thousands of calls).
+    """
     seconds, rounds = (0.1, 3) if quick else (0.3, 5)
     out = {}
     for size in BATCHES:
+        for call in calls.values():
+            _for_a_while(call, x[:size], warm_up)()
         contenders = {name: _for_a_while(call, x[:size], seconds) for name, call in calls.items()}
         runs, cpu = with_cpu_rates(contenders)
-        results = alternate(runs, rounds=rounds)
+        results = alternate(runs, rounds=rounds, warmup=False)
         per_cpu = per_cpu_second(results, cpu)
         table = f"{title}, batches of {size}"
         print(format_table(table + " (wall clock)", results, unit="rows/s"), flush=True)
@@ -129,7 +139,7 @@ def pmml(quick: bool) -> dict[str, Any]:
     )
     np.testing.assert_allclose(probabilities[:, 1], want, atol=1e-5)
     print("models: PMML, JPMML and ONNX agree on 256 rows; timing ...", flush=True)
-    return _race("8-tree random forest, 3 fields", calls, x, quick)
+    return _race("8-tree random forest, 3 fields", calls, x, quick, 0.5 if quick else 2.0)
 
 
 # -- TF Lite ------------------------------------------------------------------
@@ -213,7 +223,7 @@ def _classifiers() -> dict[str, tuple[bytes, bytes, np.ndarray]]:
         else:
             with warnings.catch_warnings():  # a benchmark model: convergence does not matter
                 warnings.simplefilter("ignore")
-                clf = MLPClassifier((64, 64), max_iter=50, random_state=0).fit(x, labels)
+                clf = MLPClassifier((64, 64), max_iter=10, random_state=0).fit(x, labels)
             layers = [
                 (w.T, b, i < len(clf.coefs_) - 1)
                 for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_, strict=True))
@@ -255,7 +265,7 @@ def tflite(quick: bool) -> dict[str, Any]:
         probabilities = next(v for v in onnx.predict(x[:256]).values() if v.ndim == 2)
         np.testing.assert_allclose(probabilities, want, atol=1e-4)
         print(f"models: {name}: TF Lite, LiteRT and ONNX agree on 256 rows; timing ...")
-        out[name] = _race(name, calls, x, quick)
+        out[name] = _race(name, calls, x, quick, 0.1 if quick else 0.3)
     return out
 
 
