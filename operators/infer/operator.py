@@ -17,6 +17,7 @@ raised on, swaps and snapshots, for frames and events alike — is in
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
@@ -34,7 +35,7 @@ from streamml.metrics import instrumented
 from streamml.models import Model
 
 from .copies import CopyPool
-from .models import Loader, default_loader, file_signature, serve
+from .models import Loader, Served, default_loader, file_signature, serve
 from .recovery import restore_record
 from .routing import broadcast, router
 from .shard import _Config, _InferLogic
@@ -65,6 +66,31 @@ class InferOut:
     oks: Stream[Any]
     errs: Stream[Rejected]
     stats: InferStats
+
+
+def _shard(cfg: _Config, initial: Served, resume: Any) -> _InferLogic:
+    """A shard's logic: new, or resumed from its snapshot (the model that served is loaded again).
+
+    A model that came as a path, bytes or message is loaded again with the
+    step's loader (and copied, with ``copies``); if that fails, or it came as
+    a model object, the initial model serves.
+    """
+    if resume is None:
+        return _InferLogic(cfg, initial, [])
+    pending, source = restore_record(resume)
+    served = initial
+    if source is not None:
+        try:
+            loaded = cfg.loader.load(source, uuid.uuid4().hex)
+            served = serve(loaded, cfg.inputs, cfg.outputs, source, cfg.copies)
+            cfg.stats._serving(served.model.version, initial.model.version)
+        except Exception as exc:
+            logger.warning(
+                "%s: cannot reload the model after resume, using the initial one: %s",
+                cfg.step_id,
+                exc,
+            )
+    return _InferLogic(cfg, served, pending)
 
 
 @operator
@@ -314,30 +340,12 @@ def infer(
     # Raises ValueError now if they do not fit, or the model cannot be copied.
     initial = serve(model, inputs, outputs, None, cfg.copies)
 
-    def build(resume: Any) -> _InferLogic:
-        if resume is None:
-            return _InferLogic(cfg, initial, [])
-        pending, source = restore_record(resume)
-        served = initial
-        if source is not None:
-            try:
-                loaded = cfg.loader.load(source, uuid.uuid4().hex)
-                served = serve(loaded, inputs, outputs, source, cfg.copies)
-                cfg.stats._serving(served.model.version, initial.model.version)
-            except Exception as exc:
-                logger.warning(
-                    "%s: cannot reload the model after resume, using the initial one: %s",
-                    step_id,
-                    exc,
-                )
-        return _InferLogic(cfg, served, pending)
-
     routed = op.flat_map_batch("route", up, router(step_id, shards, key))
     if control is not None:
         swaps = op.flat_map("broadcast", control, broadcast(shards))
         # Control first: a swap that arrives together with events applies to those events.
         routed = op.merge("with_control", swaps, routed)
-    results = op.stateful_batch("batch", routed, build)
+    results = op.stateful_batch("batch", routed, functools.partial(_shard, cfg, initial))
     cfg.stats._bind(results.stream_id.rsplit(".", 2)[0], initial.model.version)
     oks = op.flat_map_batch("oks", results, lambda rs: [x for _, r in rs for x in r.oks])
     errs = op.flat_map_batch("errs", results, lambda rs: [x for _, r in rs for x in r.errs])

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from streamml.operators.infer import infer
 from streamml.operators.infer.copies import CopyPool
 from streamml.operators.infer.models import Loader, default_loader, serve
+from streamml.operators.infer.operator import _shard
 from streamml.operators.infer.routing import Chunk, Swap
 from streamml.operators.infer.shard import _Config, _InferLogic
 from streamml.operators.infer.stats import InferStats
@@ -264,7 +265,7 @@ def test_an_unavailable_model_stops_the_flow_with_copies_too() -> None:
 # -- swaps: every copy serves the new model ------------------------------------------------------
 
 
-def _config(copies: int) -> _Config:
+def _config(copies: int, loader: Any = default_loader, max_wait_s: float = 0.0) -> _Config:
     return _Config(
         step_id="s",
         inputs="features",
@@ -272,12 +273,12 @@ def _config(copies: int) -> _Config:
         version_field="model_version",
         wait_field=None,
         max_batch=4,
-        max_wait_s=0.0,
+        max_wait_s=max_wait_s,
         overlap=True,
         watch=None,
         watch_interval_s=1.0,
         watch_initial=None,
-        loader=Loader(default_loader),
+        loader=Loader(loader),
         stats=InferStats(),
         copies=CopyPool(copies),
     )
@@ -306,6 +307,25 @@ def test_a_swap_is_copied_once_for_the_shards_of_a_process_and_serves_on_every_c
     assert all(e["model_version"] == "v2" and e["score"] == 3.0 * (e["id"] + 1) for _, e in out)
     assert {copy for copy, version in log.entered} == {id(m) for m in first.models}
     assert log.concurrent_entries == 0 and cfg.stats.swaps == 1
+
+
+def test_a_resumed_shard_loads_the_swapped_model_again_with_its_copies() -> None:
+    log = _Log()
+    cfg = _config(2, loader=lambda version: _Exclusive(log, version, 3.0), max_wait_s=60.0)
+    initial = serve(_Exclusive(log, "v1", 2.0), cfg.inputs, cfg.outputs, None, cfg.copies)
+    shard = _shard(cfg, initial, None)
+    rows = [(f"k{i}", {"id": i, "features": [float(i), 1.0]}) for i in range(3)]
+    shard.on_batch([Swap("v2", report=True, token="t1"), Chunk(0, rows)])  # under max_batch: wait
+    before = shard._served.copies
+    resumed = _shard(cfg, initial, shard.snapshot())
+    after = resumed._served.copies
+    assert [m.version for m in after.models] == ["v2", "v2"]  # loaded again, and copied
+    assert len({id(m) for m in (*before.models, *after.models)}) == 4
+    out = [x for result in resumed.on_eof()[0] for x in result.oks]
+    assert [e["id"] for _, e in out] == [0, 1, 2]
+    assert all(e["model_version"] == "v2" and e["score"] == 3.0 * (e["id"] + 1) for _, e in out)
+    assert {copy for copy, _ in log.entered} <= {id(m) for m in after.models}
+    assert log.concurrent_entries == 0
 
 
 def test_a_model_swapped_in_on_control_scores_with_its_own_copies() -> None:
