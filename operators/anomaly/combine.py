@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from streamml.operators import _validate
-from streamml.operators.anomaly.scorers import Ewma, ZScore
+from streamml.operators.anomaly.scorers import Ewma, ZScore, score_runs
 
 __all__ = ["Combined"]
 
@@ -98,26 +98,41 @@ class _CombinedState:
     def update_many(
         self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]
     ) -> list[tuple[float, int]]:
-        """Each scorer on its fields of the run, then the scores combined column-wise."""
+        """:meth:`runs` of this one state."""
         if not xs:
             return []
         x = np.array(xs, dtype=np.float64)
-        z = np.empty((len(self.parts), len(xs)))
-        drv = np.empty((len(self.parts), len(xs)), dtype=np.int64)
-        for j, (part, cols) in enumerate(zip(self.parts, self.cols)):
-            sub = x[:, cols].tolist()
-            got = part.update_many(ts, list(map(tuple, sub)))
-            z[j], f = zip(*got)
-            drv[j] = cols[np.array(f, dtype=np.int64)]
+        z, f = self.runs([self], np.asarray(ts, dtype=np.int64), x, [(0, len(xs))])
+        return list(zip(z.tolist(), f.tolist()))
+
+    @staticmethod
+    def runs(
+        states: Sequence[_CombinedState],
+        ts: np.ndarray,
+        x: np.ndarray,
+        bounds: Sequence[tuple[int, int]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`~streamml.operators.anomaly.scorers.score_runs` of many keys' combined states.
+
+        Each scorer takes its fields of every key's run in one ``score_runs``
+        call; the scores are then combined for all rows at once, so the NumPy
+        work is per batch, not per key. ``bounds`` cover every row.
+        """
+        first = states[0]
+        z = np.empty((len(first.parts), len(x)))
+        drv = np.empty((len(first.parts), len(x)), dtype=np.int64)
+        for j, cols in enumerate(first.cols):
+            z[j], f = score_runs([st.parts[j] for st in states], ts, x[:, cols], bounds)
+            drv[j] = cols[f]
         best = z.argmax(axis=0)  # the first scorer with the largest score
-        field_of = drv[best, np.arange(len(xs))]
-        if self.how == "max":
+        field_of = drv[best, np.arange(len(x))]
+        if first.how == "max":
             out = z.max(axis=0)
-        elif self.how == "mean":
+        elif first.how == "mean":
             out = z.mean(axis=0)
         else:
-            out = (z > self.vote_above).sum(axis=0).astype(np.float64)
-        return list(zip(out.tolist(), field_of.tolist()))
+            out = (z > first.vote_above).sum(axis=0).astype(np.float64)
+        return out, field_of
 
     def snapshot(self) -> dict[str, Any]:
         return {"parts": [p.snapshot() for p in self.parts]}

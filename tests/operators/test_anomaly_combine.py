@@ -23,6 +23,7 @@ from streamml.operators.anomaly import (
     _engine,
     anomaly_windows,
     score,
+    scorers,
 )
 from streamml.operators.anomaly import windows as windows_mod
 
@@ -91,6 +92,52 @@ def test_combined_scores_match_each_scorer_alone(steps, how, cut):
     else:
         assert [z for z, _ in got] == [z for z, _ in want]
     assert [FIELDS[f] for _, f in got] == [d for _, d in want]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(1, 15), values, values), min_size=1, max_size=50),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from(["max", "mean", "vote"]),
+    st.lists(st.integers(0, 12), min_size=1, max_size=6),
+)
+def test_score_runs_of_many_keys_match_each_scorer_alone(keys, how, calls):
+    """The operators' form: each call scores several keys' runs at once (some empty)."""
+    series = []
+    for steps in keys:
+        t, pts = 0, []
+        for dt, a, b in steps:
+            t += dt * 1_000_000
+            pts.append((t, (a, b)))
+        series.append(pts)
+    parts = _detectors()
+    combined = Combined(parts, how=how, vote_above=1.2345)
+    states = [combined._state() for _ in series]
+    got: list[list] = [[] for _ in series]
+    done = [0] * len(series)
+    for i, size in enumerate([*calls, None]):
+        ts, xs, bounds = [], [], []
+        for k, pts in enumerate(series):
+            take = pts[done[k] : None if size is None else done[k] + (size + k * i) % 13]
+            bounds.append((len(ts), len(ts) + len(take)))
+            ts += [p[0] for p in take]
+            xs += [p[1] for p in take]
+            done[k] += len(take)
+        z, f = scorers.score_runs(
+            states, np.array(ts, dtype=np.int64), np.array(xs).reshape(-1, 2), bounds
+        )
+        for k, (a, b) in enumerate(bounds):
+            got[k] += list(zip(z[a:b].tolist(), [FIELDS[j] for j in f[a:b].tolist()]))
+    for pts, mine in zip(series, got):
+        want = _reference(parts, how, 1.2345, pts)
+        if how == "mean":  # NumPy's mean may sum in another order than sum(): equal to rounding
+            assert [z for z, _ in mine] == pytest.approx([z for z, _ in want], rel=1e-12, abs=1e-12)
+        else:
+            assert [z for z, _ in mine] == [z for z, _ in want]
+        assert [d for _, d in mine] == [d for _, d in want]
 
 
 def _frames(n: int = 240) -> pl.DataFrame:
