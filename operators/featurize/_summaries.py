@@ -108,11 +108,25 @@ class Summaries:
         self.kid = _EMPTY_I
         self.wid = _EMPTY_I
         self.end = _EMPTY_I  # the time of the window's last row
-        self.n = np.zeros(0)
-        self.m = {
-            name: np.zeros((0, width)) for name in ("s", "mu", "m2", "lo", "hi", "first", "last")
+        aggs = {a for _, a in plan}
+        need = {
+            "s": bool(aggs & {"sum", "mean"}),
+            "mu": bool(aggs & {"var", "std"}),
+            "m2": bool(aggs & {"var", "std"}),
+            "lo": "min" in aggs,
+            "hi": "max" in aggs,
+            "first": "first" in aggs,
+            "last": "last" in aggs,
         }
-        self.binned = np.zeros((0, len(self.bins)))
+        # one row of running values per window: its count, then the moments the plan needs
+        # (``width`` columns each), then its bins' counts
+        self.cols: dict[str, slice] = {}
+        at = 1
+        for name in (name for name, needed in need.items() if needed):
+            self.cols[name] = slice(at, at + width)
+            at += width
+        self.cols["bins"] = slice(at, at + len(self.bins))
+        self.values = np.zeros((0, at + len(self.bins)))
         self.handle = _EMPTY_I  # each window's row in the registers and sketches below
         self.registers = [np.zeros((0, _REGISTERS), dtype=np.uint8) for _ in self.hll_fields]
         self.sketches: list[list[KLL | None]] = [[] for _ in self.kll_fields]
@@ -131,39 +145,42 @@ class Summaries:
         kid, wid, ts, x = kid[order], wid[order], ts[order], x[order]
         n = len(kid)
         cut = np.flatnonzero((kid[1:] != kid[:-1]) | (wid[1:] != wid[:-1])) + 1
-        starts, ends = np.r_[0, cut], np.r_[cut, n]
-        sizes = ends - starts
-        cnt = sizes.astype(np.float64)
-        group = np.repeat(np.arange(len(starts)), sizes)
-        s = np.add.reduceat(x, starts, axis=0)
-        mu = s / cnt[:, None]
-        dev = x - mu[group]
-        part = {
-            "s": s,
-            "mu": mu,
-            "m2": np.add.reduceat(dev * dev, starts, axis=0),
-            "lo": np.minimum.reduceat(x, starts, axis=0),
-            "hi": np.maximum.reduceat(x, starts, axis=0),
-            "first": x[starts],
-            "last": x[ends - 1],
-        }
-        binned = np.zeros((len(starts), len(self.bins)))
+        starts = np.concatenate([[0], cut])
+        ends = np.concatenate([cut, [n]])
+        group = np.repeat(np.arange(len(starts)), ends - starts)
+        sizes = (ends - starts).astype(np.float64)
+        c = self.cols
+        part = np.empty((len(starts), self.values.shape[1]))
+        part[:, 0] = sizes
+        if "s" in c or "mu" in c:
+            total = np.add.reduceat(x, starts, axis=0)
+            if "s" in c:
+                part[:, c["s"]] = total
+        if "mu" in c:
+            mu = part[:, c["mu"]] = total / sizes[:, None]
+            dev = x - mu[group]
+            part[:, c["m2"]] = np.add.reduceat(dev * dev, starts, axis=0)
+        if "lo" in c:
+            part[:, c["lo"]] = np.minimum.reduceat(x, starts, axis=0)
+        if "hi" in c:
+            part[:, c["hi"]] = np.maximum.reduceat(x, starts, axis=0)
+        if "first" in c:
+            part[:, c["first"]] = x[starts]
+        if "last" in c:
+            part[:, c["last"]] = x[ends - 1]
         for j, (f, agg) in enumerate(self.bins):
             lo, hi = bin_edges(agg)
-            binned[:, j] = np.add.reduceat(((x[:, f] >= lo) & (x[:, f] < hi)) * 1.0, starts)
+            inside = ((x[:, f] >= lo) & (x[:, f] < hi)) * 1.0
+            part[:, c["bins"].start + j] = np.add.reduceat(inside, starts)
         slot = self._find(kid[starts], wid[starts])
         old = slot >= 0
-        if old.any():
-            self._merge(slot[old], cnt[old], {k: v[old] for k, v in part.items()}, binned[old])
-        new = ~old
-        if new.any():
-            slot[new] = self._append(
-                kid[starts][new],
-                wid[starts][new],
-                cnt[new],
-                {k: v[new] for k, v in part.items()},
-                binned[new],
-            )
+        if old.all():
+            self._merge(slot, part)
+        else:
+            if old.any():
+                self._merge(slot[old], part[old])
+            new = ~old
+            slot[new] = self._append(kid[starts][new], wid[starts][new], part[new])
         self.end[slot] = ts[ends - 1]
         handle = self.handle[slot]
         for j, f in enumerate(self.hll_fields):
@@ -171,7 +188,7 @@ class Summaries:
             key = handle[group] * _REGISTERS + reg
             order = np.argsort(key, kind="stable")
             key, rho = key[order], rho[order]
-            first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+            first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
             flat = self.registers[j].reshape(-1)
             at = key[first]
             flat[at] = np.maximum(flat[at], np.maximum.reduceat(rho, first).astype(np.uint8))
@@ -186,40 +203,56 @@ class Summaries:
         have = len(self.kid)
         if not have:
             return out
-        keys = np.r_[self.kid, kid]
-        wids = np.r_[self.wid, wid]
-        order = np.lexsort((np.r_[np.zeros(have), np.ones(len(kid))], wids, keys))
+        base = min(int(self.wid.min()), int(wid.min()))
+        span = max(int(self.wid.max()), int(wid.max())) - base
+        if span < 1 << 31 and max(int(self.kid.max()), int(kid.max())) < 1 << 31:
+            # one int64 per window: a sorted search instead of a sort of both
+            mine = self.kid << 32 | (self.wid - base)
+            order = np.argsort(mine)
+            mine = mine[order]
+            theirs = kid << 32 | (wid - base)
+            at = np.minimum(np.searchsorted(mine, theirs), have - 1)
+            hit = mine[at] == theirs
+            out[hit] = order[at[hit]]
+            return out
+        keys = np.concatenate([self.kid, kid])
+        wids = np.concatenate([self.wid, wid])
+        tag = np.concatenate([np.zeros(have, dtype=np.int8), np.ones(len(kid), dtype=np.int8)])
+        order = np.lexsort((tag, wids, keys))
         a, b = order[:-1], order[1:]
         hit = (keys[a] == keys[b]) & (wids[a] == wids[b]) & (a < have) & (b >= have)
         out[b[hit] - have] = a[hit]
         return out
 
-    def _merge(self, slot: np.ndarray, nb: np.ndarray, part: dict, binned: np.ndarray) -> None:
-        m = self.m
-        na = self.n[slot]
+    def _merge(self, slot: np.ndarray, part: np.ndarray) -> None:
+        """Merge partial summaries into the open windows ``slot`` (distinct)."""
+        c = self.cols
+        cur = self.values[slot]
+        na, nb = cur[:, 0], part[:, 0]
         total = na + nb
-        delta = part["mu"] - m["mu"][slot]
-        m["m2"][slot] += part["m2"] + delta * delta * (na * nb / total)[:, None]
-        m["mu"][slot] += delta * (nb / total)[:, None]
-        m["s"][slot] += part["s"]
-        m["lo"][slot] = np.minimum(m["lo"][slot], part["lo"])
-        m["hi"][slot] = np.maximum(m["hi"][slot], part["hi"])
-        m["last"][slot] = part["last"]
-        self.n[slot] = total
-        self.binned[slot] += binned
+        if "mu" in c:
+            delta = part[:, c["mu"]] - cur[:, c["mu"]]
+            cur[:, c["m2"]] += part[:, c["m2"]] + delta * delta * (na * nb / total)[:, None]
+            cur[:, c["mu"]] += delta * (nb / total)[:, None]
+        for name in ("s", "bins"):
+            if name in c:
+                cur[:, c[name]] += part[:, c[name]]
+        if "lo" in c:
+            np.minimum(cur[:, c["lo"]], part[:, c["lo"]], out=cur[:, c["lo"]])
+        if "hi" in c:
+            np.maximum(cur[:, c["hi"]], part[:, c["hi"]], out=cur[:, c["hi"]])
+        if "last" in c:
+            cur[:, c["last"]] = part[:, c["last"]]
+        cur[:, 0] = total
+        self.values[slot] = cur
 
-    def _append(
-        self, kid: np.ndarray, wid: np.ndarray, cnt: np.ndarray, part: dict, binned: np.ndarray
-    ) -> np.ndarray:
+    def _append(self, kid: np.ndarray, wid: np.ndarray, part: np.ndarray) -> np.ndarray:
         at = len(self.kid)
-        self.kid = np.r_[self.kid, kid]
-        self.wid = np.r_[self.wid, wid]
-        self.end = np.r_[self.end, np.zeros(len(kid), dtype=np.int64)]
-        self.n = np.r_[self.n, cnt]
-        for name, values in part.items():
-            self.m[name] = np.concatenate([self.m[name], values])
-        self.binned = np.concatenate([self.binned, binned])
-        self.handle = np.r_[self.handle, self._handles(len(kid))]
+        self.kid = np.concatenate([self.kid, kid])
+        self.wid = np.concatenate([self.wid, wid])
+        self.end = np.concatenate([self.end, np.zeros(len(kid), dtype=np.int64)])
+        self.values = np.concatenate([self.values, part])
+        self.handle = np.concatenate([self.handle, self._handles(len(kid))])
         return np.arange(at, at + len(kid))
 
     def _handles(self, count: int) -> np.ndarray:
@@ -253,7 +286,12 @@ class Summaries:
         times and one float64 column per feature of the plan; their summaries are dropped."""
         idx = np.flatnonzero(shut)
         idx = idx[np.lexsort((self.wid[idx], self.kid[idx]))]
-        m, n = self.m, self.n[idx]
+        v, c = self.values[idx], self.cols
+        n = v[:, 0]
+
+        def moment(name: str, f: int) -> np.ndarray:
+            return v[:, c[name].start + f]
+
         quantiles = {}  # per approx field: each window's quantiles, all of them in one query
         for j, f in enumerate(self.kll_fields):
             qs = np.array(
@@ -267,14 +305,14 @@ class Summaries:
             if agg == "count":
                 col = n.copy()
             elif agg == "sum":
-                col = m["s"][idx, f]
+                col = moment("s", f)
             elif agg == "mean":
-                col = m["s"][idx, f] / n
+                col = moment("s", f) / n
             elif agg in ("var", "std"):
-                col = m["m2"][idx, f] / n
+                col = moment("m2", f) / n
                 col = np.sqrt(col) if agg == "std" else col
             elif agg in ("min", "max", "first", "last"):
-                col = m[{"min": "lo", "max": "hi"}.get(agg, agg)][idx, f]
+                col = moment({"min": "lo", "max": "hi"}.get(agg, agg), f)
             elif agg == "rate":
                 col = n / self.length_s
             elif agg == "approx_distinct":
@@ -283,7 +321,7 @@ class Summaries:
                 z_sum = np.where(seen, np.exp2(-regs.astype(np.float64)), 0.0).sum(axis=1)
                 col = hll_estimate(z_sum, _REGISTERS - seen.sum(axis=1).astype(np.float64))
             elif agg.startswith("bin"):
-                col = self.binned[idx, self.bins.index((f, agg))]
+                col = v[:, c["bins"].start + self.bins.index((f, agg))]
             else:  # approx_p<q>
                 col = quantiles[f][_percent(agg)]
             columns.append(np.asarray(col, dtype=np.float64))
@@ -302,8 +340,7 @@ class Summaries:
             self.free.extend(gone)
         keep = ~shut
         self.kid, self.wid, self.end = self.kid[keep], self.wid[keep], self.end[keep]
-        self.n, self.handle, self.binned = self.n[keep], self.handle[keep], self.binned[keep]
-        self.m = {name: values[keep] for name, values in self.m.items()}
+        self.values, self.handle = self.values[keep], self.handle[keep]
 
     def latest(self, kids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key id: the wid and last time of its latest open window (by wid), or
@@ -314,7 +351,7 @@ class Summaries:
         if len(self.kid):
             order = np.lexsort((self.wid, self.kid))
             k = self.kid[order]
-            last = order[np.r_[k[1:] != k[:-1], True]]
+            last = order[np.concatenate([k[1:] != k[:-1], [True]])]
             pos = np.searchsorted(self.kid[last], kids)
             pos = np.minimum(pos, len(last) - 1)
             hit = self.kid[last][pos] == kids
@@ -326,7 +363,13 @@ class Summaries:
 
     def _shape(self) -> list:
         """What the summaries hold, beyond the moments: a resume needs the same."""
-        return [self.width, [list(b) for b in self.bins], self.hll_fields, self.kll_fields]
+        return [
+            self.width,
+            [name for name in self.cols if name != "bins"],
+            [list(b) for b in self.bins],
+            self.hll_fields,
+            self.kll_fields,
+        ]
 
     def snapshot_data(self) -> dict[str, Any]:
         """The summaries as NumPy arrays and builtins, windows in slot order."""
@@ -336,9 +379,7 @@ class Summaries:
             "kid": self.kid.copy(),
             "wid": self.wid.copy(),
             "end": self.end.copy(),
-            "n": self.n.copy(),
-            **{name: values.copy() for name, values in self.m.items()},
-            "binned": self.binned.copy(),
+            "values": self.values.copy(),
             "registers": [r[self.handle] for r in self.registers],
             "sketches": [pack([s[h] for h in handles]) for s in self.sketches],
         }
@@ -347,15 +388,13 @@ class Summaries:
         if data["shape"] != self._shape():
             raise ValueError(
                 "the recovery store holds window_agg summaries of other fields or aggregates "
-                f"({data['shape']} where this step keeps {self._shape()}: width, bins, "
-                "approx_distinct and approx quantile fields); use a new recovery store"
+                f"({data['shape']} where this step keeps {self._shape()}: width, moments, "
+                "bins, approx_distinct and approx quantile fields); use a new recovery store"
             )
         self.kid = np.asarray(data["kid"], dtype=np.int64)
         self.wid = np.asarray(data["wid"], dtype=np.int64)
         self.end = np.asarray(data["end"], dtype=np.int64)
-        self.n = np.asarray(data["n"], dtype=np.float64)
-        self.m = {name: np.asarray(data[name], dtype=np.float64) for name in self.m}
-        self.binned = np.asarray(data["binned"], dtype=np.float64)
+        self.values = np.asarray(data["values"], dtype=np.float64)
         count = len(self.kid)
         self.handle = (
             np.arange(count, dtype=np.int64)

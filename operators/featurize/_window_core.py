@@ -21,10 +21,19 @@ window the clock closed moves its key's watermark up to the clock's, so a
 row that would have fallen in it is late rather than making a second row
 for the same window.
 
-Eviction: a row leaves the open rows when its last window closes; keys
-idle for ``ttl`` of the state's event time are forgotten by the core, their
-windows closed first. The state is snapshot as a plain record (see
-:meth:`Windows.snapshot_data`).
+When every aggregate of the plan is mergeable (:func:`._summaries.mergeable`:
+no exact quantile, ``distinct`` or ``top<k>``), released rows are folded
+into a summary per open window (:class:`._summaries.Summaries`) instead of
+kept: the same windows close at the same time with the same exact
+aggregates (to rounding), and a window's memory no longer grows with its
+rows. Sessions too: rows come out in event-time order per key, so a row
+either extends its key's latest session (within ``gap`` of its last row)
+or starts a new one, and sessions never need merging.
+
+Eviction: a row leaves the open rows when its last window closes (a summary
+when its window closes); keys idle for ``ttl`` of the state's event time are
+forgotten by the core, their windows closed first. The state is snapshot as
+a plain record (see :meth:`Windows.snapshot_data`).
 """
 
 from __future__ import annotations
@@ -132,7 +141,8 @@ def aggregate(
     """Each feature of ``plan`` over groups of consecutive rows of ``x`` starting at ``starts``.
 
     Rows within a group are in event-time order (``first``, ``last``).
-    Variances are population variances; quantiles NumPy's linear method;
+    Variances are population variances; quantiles NumPy's linear method,
+    ``approx_p<q>`` the KLL sketch of the group's rows (:func:`._summaries.kll_quantiles`);
     distinct counts, top-k and bins as in :mod:`._frequency`.
 
     Examples:
@@ -424,8 +434,8 @@ class Windows:
             return
         order = np.argsort(kid, kind="stable")
         k, t = kid[order], ts[order]
-        new_key = np.r_[True, k[1:] != k[:-1]]
-        begins = new_key | np.r_[False, np.diff(t) > w.gap]
+        new_key = np.concatenate([[True], k[1:] != k[:-1]])
+        begins = new_key | np.concatenate([[False], np.diff(t) > w.gap])
         start = t[begins]
         open_wid, open_end = sums.latest(k[new_key])
         goes_on = (open_wid >= 0) & (t[new_key] - open_end <= w.gap)

@@ -16,10 +16,14 @@ state at, which hands any such state over to the key's shard first
 (:mod:`._window_legacy`), so those recovery stores resume. Each shard state
 is snapshot as a versioned record (``streamml.featurize.window_agg`` v1).
 
-State and eviction: per key, the rows of its open windows (a row leaves
-when its last window closes) and rows held for the watermark; a shard
+State and eviction: per key, rows held for the watermark and the rows of
+its open windows (a row leaves when its last window closes) — or, when
+every aggregate is mergeable (no exact ``p<q>``, ``distinct`` or
+``top<k>``), one summary per open window (:mod:`._summaries`), dropped when
+it closes, so a window's memory does not grow with its rate. A shard
 forgets a key idle for ``ttl`` of its event time, closing its windows
-first. The by-key step keeps nothing.
+first. The by-key step keeps nothing. Snapshots of version 1 (rows only)
+still resume, folded into summaries where the step now keeps them.
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ WINDOW_AGGREGATES = (
     "distinct",
     "approx_distinct",
 )
-"""Aggregate names for :func:`window_agg`, plus quantiles ``p<percent>``, ``top<k>``,
-``top<k>_count`` and histogram bins ``bin<lo>_<hi>`` (see :mod:`._frequency`)."""
+"""Aggregate names for :func:`window_agg`, plus quantiles ``p<percent>`` (exact) and
+``approx_p<percent>`` (KLL sketch), ``top<k>``, ``top<k>_count`` and histogram bins
+``bin<lo>_<hi>`` (see :mod:`._frequency`)."""
 
 _QUANTILE = re.compile(r"^p(\d{1,2}(\.\d+)?|100)$")
 _KIND = "streamml.featurize.window_agg"
@@ -331,11 +336,21 @@ def window_agg(
     event. Aggregates: ``count``, ``sum``, ``mean``, ``std`` and ``var``
     (population), ``min``, ``max``, ``first``, ``last`` (in event-time
     order), ``rate`` (events per second of window length; fixed windows
-    only) and quantiles ``p<percent>`` (NumPy's linear interpolation);
+    only), quantiles ``p<percent>`` (exact: NumPy's linear interpolation)
+    and ``approx_p<percent>`` (a KLL sketch of ``k=200``: a value whose
+    rank is within 2 % of the window's count of the quantile's, w.p. 99 %,
+    about 0.5 % typically; see :mod:`streamml.operators.featurize._kll`);
     ``distinct`` (exact) and ``approx_distinct`` (HyperLogLog, 1.6 %
     standard error), ``top<k>`` / ``top<k>_count`` (the k-th most frequent
     value and its count) and ``bin<lo>_<hi>`` (values in ``[lo, hi)``: a
     histogram's bin), as in :mod:`streamml.operators.featurize._frequency`.
+
+    State: with exact quantiles, ``distinct`` or ``top<k>`` among the
+    aggregates, every row of an open window is kept until it closes; with
+    none of them, each open window keeps a fixed-size summary instead
+    (moments, HyperLogLog registers, KLL sketches), so a long window at a
+    high rate — an hour of a busy sensor — costs a few KB, not its rows.
+    Results are the same either way (exact aggregates to rounding).
 
     Bad events go to ``errs`` exactly as for
     :func:`~streamml.operators.featurize.rolling`. An event older than its

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamml.operators._core.state import restore, snapshot
 from streamml.operators.featurize import windows as windows_module
-from streamml.operators.featurize._summaries import kll_quantiles
+from streamml.operators.featurize._summaries import Summaries, kll_quantiles
 from streamml.operators.featurize._window_core import Fixed, Sessions, Spec, Windows
 
 from tests.operators.test_featurize_windows import (
@@ -212,4 +212,19 @@ def test_a_store_of_summaries_is_refused_where_rows_or_other_sketches_are_needed
         Windows(spec(Fixed(6 * S, 6 * S, 0), ((0, "p99"),)), resume=data)
     with pytest.raises(ValueError, match="use a new recovery store"):
         Windows(spec(Fixed(6 * S, 6 * S, 0), ((0, "count"), (0, "approx_p50"))), resume=data)
-    assert Windows(spec(Fixed(6 * S, 6 * S, 0), SKETCHED[:1] + SKETCHED[2:]), resume=data)
+    other_quantile = ((0, "count"), (0, "std"), (0, "approx_p50"), (0, "approx_distinct"))
+    assert Windows(spec(Fixed(6 * S, 6 * S, 0), other_quantile), resume=data)
+
+
+def test_windows_far_apart_are_found_without_the_packed_search():
+    """Session starts more than 2**31 µs apart cannot share one int64 code: the sort path."""
+    sums = Summaries(((0, "count"), (0, "max")), 1, 0.0)
+    far = np.array([0, 1 << 40, 5], dtype=np.int64)
+    sums.fold(np.array([0, 0, 1]), far, far, np.array([[1.0], [2.0], [3.0]]))
+    sums.fold(np.array([0, 1]), far[[1, 2]], far[[1, 2]], np.array([[7.0], [4.0]]))
+    kid, wid, _, (count, top) = sums.close(np.ones(3, dtype=bool))
+    assert list(zip(kid.tolist(), wid.tolist(), count.tolist(), top.tolist())) == [
+        (0, 0, 1.0, 1.0),
+        (0, 1 << 40, 2.0, 7.0),
+        (1, 5, 2.0, 4.0),
+    ]
