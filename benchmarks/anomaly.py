@@ -367,6 +367,9 @@ def throughput(n: int, keys: int, rounds: int, warmup: bool = True) -> dict[str,
             ),
             frames,
         ),
+        "inactivity (after 5 min)": flow_of(
+            lambda s: [inactivity("quiet", s, timestamp=ts, after=5 * MINUTE).alerts], items
+        ),
         "frames: inactivity (after 5 min)": flow_of(
             lambda s: [
                 inactivity("quiet", s, key="sensor", timestamp="time", after=5 * MINUTE).alerts
@@ -420,4 +423,6 @@ def main(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(quick="--quick" in sys.argv)
