@@ -28,10 +28,10 @@ scikit-learn and skl2onnx from generated data:
   ratio. Beside it, a model that waits 2 ms a call (a sleep, as a remote
   call would) with ``copies`` 1, 2 and 4: calls that wait overlap on any
   machine. Measured on this 2-core machine shared with other work
-  (``python -m benchmarks.infer --copies``, load 4-6): the MLP's copies=2
-  / copies=1 0.88-1.01x wall and 0.94-1.02x per CPU-second over five runs,
-  the process keeping 0.40-0.56 cores busy either way (no core was spare);
-  the waiting model 1.95-2.07x, and 3.72-4.14x with 4 copies. When copies
+  (``python -m benchmarks.infer --copies``, load 4-11): the MLP's copies=2
+  / copies=1 0.88-1.01x wall and 0.94-1.02x per CPU-second over six runs,
+  the process keeping 0.32-0.56 cores busy either way (no core was spare);
+  the waiting model 1.95-2.38x, and 3.72-4.57x with 4 copies. When copies
   help: ``docs/models.md`` ("Model copies").
 - Latency: ``max_wait`` = 10 ms, a source paced at half the MLP's measured
   ``infer`` rate; the time from the source handing an event to Bytewax to
