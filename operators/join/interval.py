@@ -24,7 +24,7 @@ import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators import _validate
-from streamml.operators._core.state import restore, snapshot
+from streamml.operators._core.state import snapshot
 from streamml.operators.join._interval_core import (
     _EMPTY,
     _NO_PAIRS,
@@ -33,7 +33,8 @@ from streamml.operators.join._interval_core import (
     _from_legacy,
     _from_v1,
 )
-from streamml.operators.join._legacy import _Buffer, _IntervalState, is_legacy
+from streamml.operators.join._legacy import _Buffer, _IntervalState
+from streamml.operators.join._resume import resumed
 from streamml.operators.join._shards import (
     Chunked,
     RowStore,
@@ -80,17 +81,13 @@ class _Logic(StatefulBatchLogic):
 
     def __init__(self, cfg: _Config, resume: Any) -> None:
         self.cfg = cfg
-        data: dict[str, Any] | None = None
-        if resume is not None:
-            if is_legacy(resume):
-                resume = snapshot(_KIND, 0, resume)
-            upgrades = {0: lambda old: _from_legacy(old, cfg.lower, cfg.upper), 1: _from_v1}
-            data = restore(resume, kind=_KIND, version=_VERSION, upgrades=upgrades)
-            if data["path"] != self.path:
-                raise ValueError(
-                    f"the recovery store holds the {data['path']} path's state of this "
-                    f"interval join; it now reads {self.path}: use a new recovery store"
-                )
+        upgrades = {0: lambda old: _from_legacy(old, cfg.lower, cfg.upper), 1: _from_v1}
+        data = resumed(resume, kind=_KIND, version=_VERSION, upgrades=upgrades)
+        if data is not None and data["path"] != self.path:
+            raise ValueError(
+                f"the recovery store holds the {data['path']} path's state of this "
+                f"interval join; it now reads {self.path}: use a new recovery store"
+            )
         self.core = IntervalCore(
             lower=cfg.lower,
             upper=cfg.upper,
