@@ -79,7 +79,8 @@ from streamml.operators._core.admission import (
     _distinct,
     _prior_max,
 )
-from streamml.operators._core.held import _EMPTY_I, Held, Released
+from streamml.operators._core.arrays import highest, lowest
+from streamml.operators._core.held import _EMPTY_I, Held, HeldRows, Released
 from streamml.operators._core.state import frame_from_bytes, frame_to_bytes
 from streamml.operators._time import micros
 
@@ -166,7 +167,7 @@ class KeyedEventTime:
         self.forgotten_max: int | None = None
         self.newest = _NONE  # newest accepted time of the shard (the TTL clock)
         self.swept = _NONE
-        self.held = Held.empty(width)
+        self.rows = HeldRows(width)
         self.advance = idle_advance
         # idle advance: a key's watermark is max(kmax - delay, adv_base + wall time since adv_since)
         self.adv_base = np.full(16, _NONE, dtype=np.int64)
@@ -178,18 +179,12 @@ class KeyedEventTime:
 
     @property
     def held(self) -> Held:
-        """The held rows, in arrival order (the batches held since the last look joined here)."""
-        if self._pending:
-            self._held = Held.concat([self._held, *self._pending])
-            if self._held.data.shape[1:] != (self.width,):
-                self._held.data = self._held.data.reshape(len(self._held.kid), self.width)
-            self._pending = []
-        return self._held
+        """The held rows, in arrival order: views, valid until the next hold or release.
 
-    @held.setter
-    def held(self, value: Held) -> None:
-        self._held, self._pending = value, []
-        self._due_min = int(value.ts.min()) if len(value) else MAX_TS + 1
+        An operator may replace its ``frame`` (the same rows, columns added):
+        the held rows keep the new one.
+        """
+        return self.rows.view()
 
     # -- keys -----------------------------------------------------------
 
@@ -268,7 +263,7 @@ class KeyedEventTime:
         idx = np.arange(n)
         future = _EMPTY_I
         limit = self.future_limit()
-        if limit is not None and n and int(ts.max()) > limit:
+        if limit is not None and n and highest(ts) > limit:
             beyond = ts > limit
             future = idx[beyond]
             idx = idx[~beyond]
@@ -281,9 +276,9 @@ class KeyedEventTime:
         if len(kid):
             # Every row within max_delay of the newest time any of its keys can have
             # seen (and above the TTL floor): none is late, no running maximum needed.
-            low, high = int(ts_in.min()), int(ts_in.max())
+            low, high = lowest(ts_in), highest(ts_in)
             floor = None if self.forgotten_max is None else self.forgotten_max + self.guard
-            if low >= max(int(seed.max()), high) - self.delay and (floor is None or low >= floor):
+            if low >= max(highest(seed), high) - self.delay and (floor is None or low >= floor):
                 np.maximum.at(self.kmax, kid, ts_in)
                 self.newest = max(self.newest, high)
                 if self.advance:
@@ -306,12 +301,12 @@ class KeyedEventTime:
             is_late = np.where(by_floor, ts_in < floor, is_late)
             mark = np.where(by_floor, floor, mark)
         ok = ~is_late
-        if ok.any():
+        if np.count_nonzero(ok):
             np.maximum.at(self.kmax, kid[ok], ts_in[ok])
-            self.newest = max(self.newest, int(ts_in[ok].max()))
+            self.newest = max(self.newest, highest(ts_in[ok]))
             if self.advance:
                 self._advance_from_rows(np.unique(kid[ok]))
-        late_rows = np.flatnonzero(is_late)
+        late_rows = is_late.nonzero()[0]
         return Admission(
             ok=idx[ok],
             kid=kid[ok],
@@ -344,11 +339,11 @@ class KeyedEventTime:
         """
         delay = self.delay  # < 2**61: ts + delay does not wrap
         n = len(kid)
-        starts = np.flatnonzero(ts[1:] < ts[:-1])
+        starts = (ts[1:] < ts[:-1]).nonzero()[0]
         if len(starts) > 15:
             return None
         if not len(starts):
-            late_rows = np.flatnonzero(ts + delay < seed)  # seed _NONE: never late
+            late_rows = (ts + delay < seed).nonzero()[0]  # seed _NONE: never late
             prior = seed[late_rows]
             kmax = None
         else:
@@ -358,7 +353,7 @@ class KeyedEventTime:
             for a, b in zip(bounds[:-1], bounds[1:]):
                 k, t = kid[a:b], ts[a:b]
                 p = seed[a:b] if a == 0 else kmax[k]
-                late = np.flatnonzero(t + delay < p)
+                late = (t + delay < p).nonzero()[0]
                 if len(late):
                     lates.append(late + a)
                     priors.append(p[late])
@@ -373,7 +368,7 @@ class KeyedEventTime:
         else:
             self.kmax = kmax
         # the batch's newest row is never late (only a newer time can make a row late)
-        self.newest = max(self.newest, int(ts.max()))
+        self.newest = max(self.newest, highest(ts))
         if not len(late_rows):
             if self.advance:
                 self._advance_from_rows(np.unique(kid))
@@ -381,7 +376,7 @@ class KeyedEventTime:
             return Admission(idx, kid, ts, none, none, _EMPTY_B, future, none, keys, all_ts)
         ok = np.ones(n, dtype=bool)
         ok[late_rows] = False
-        ok_rows = np.flatnonzero(ok)
+        ok_rows = ok.nonzero()[0]
         kid_ok = kid[ok_rows]
         if self.advance:
             self._advance_from_rows(np.unique(kid_ok))
@@ -423,18 +418,18 @@ class KeyedEventTime:
             >>> et.release().held.ts.tolist()
             [15]
         """
-        if not len(kid):
+        n = len(kid)
+        if not n:
             return
         if data is None:
-            data = np.zeros((len(kid), self.width))
-        arrived = np.full(len(kid), self.clock())
-        # kept aside until someone looks at ``held``: a batch costs its own size, not the held set's
-        self._pending.append(Held(frame, kid, ts, arrived, data))
-        self._due_min = min(self._due_min, int(ts.min()))
+            data = np.zeros((n, self.width))
+        elif data.shape != (n, self.width):
+            data = data.reshape(n, self.width)
+        self.rows.add(frame, kid, ts, self.clock(), data)
 
     def holdable(self, frame: pl.DataFrame) -> str | None:
         """Why ``frame``'s columns cannot join the held rows' (``None`` if they can)."""
-        held = self.held.frame
+        held = self.rows.joined()
         if held is None or not held.height or held.schema == frame.schema:
             return None
         try:  # not _concat: it skips the check when either side has no rows
@@ -447,44 +442,51 @@ class KeyedEventTime:
         """Release the rows whose key's watermark reached them (all of them at ``eof``)."""
         gone = self._sweep()
         delay = self.delay
+        rows = self.rows
         if (
             not eof
             and not len(gone)
             and self.idle is None
             and not self.advance
-            and self._due_min > self.newest - delay
+            and rows.due_min > self.newest - delay
         ):  # no key's watermark passes the newest time of the shard: nothing is due
             return Released(Held.empty(self.width), gone)
-        held = self.held
-        if not len(held):
-            return Released(held, gone, self._free(gone))
+        if not len(rows):
+            return Released(Held.empty(self.width), gone, self._free(gone))
+        kid, ts, arrived, alive = rows.columns()  # by position; alive None: no dead rows
         if self.idle is not None:
-            waited = held.arrived + self.idle <= self.clock()
-            if waited.any():  # released early: the key's watermark moves up to it
-                np.maximum.at(self.kmax, held.kid[waited], held.ts[waited] + delay)
+            waited = arrived + self.idle <= self.clock()
+            if alive is not None:
+                waited &= alive
+            if np.count_nonzero(waited):  # released early: the key's watermark moves up to it
+                np.maximum.at(self.kmax, kid[waited], ts[waited] + delay)
         if self.advance:
-            passed = held.ts <= self.marks(held.kid)
-            if passed.any():  # the wall clock released it: the key's watermark moves up to it
-                np.maximum.at(self.kmax, held.kid[passed], held.ts[passed] + delay)
+            passed = ts <= self.marks(kid)
+            if alive is not None:
+                passed &= alive
+            if np.count_nonzero(passed):  # the wall clock released it: its key's watermark too
+                np.maximum.at(self.kmax, kid[passed], ts[passed] + delay)
         if eof:
-            released, self.held = held, Held.empty(self.width)
+            released = rows.pop_all()
         else:  # even at max_delay=0: a row may be held until a time past its own (see hold)
-            out = held.ts <= self.kmax[held.kid] - delay
+            out = ts <= self.kmax[kid] - delay
             if len(gone):
-                out |= np.isin(held.kid, gone)
+                out |= np.isin(kid, gone)
+            if alive is not None:
+                out &= alive
             # index arrays, not masks: ndarray.nonzero skips flatnonzero's wrappers, and
             # taking by index is several times cheaper than by mask on a few hundred rows
             idx = out.nonzero()[0]
-            if len(idx) == len(held):
-                released, self.held = held, Held.empty(self.width)
+            if len(idx) == len(rows):
+                released = rows.pop_all()
             elif not len(idx):
                 released = Held.empty(self.width)
             else:
-                released = held.take(idx)
-                self.held = held.take((~out).nonzero()[0])
+                released = rows.take(idx)
+                rows.drop(idx)
         if len(released) > 1:
             ts = released.ts
-            if (ts[1:] < ts[:-1]).any():
+            if np.count_nonzero(ts[1:] < ts[:-1]):
                 released = released.take(np.argsort(ts, kind="stable"))
         return Released(released, gone, self._free(gone))
 
@@ -496,13 +498,16 @@ class KeyedEventTime:
     def notify_at(self) -> datetime | None:
         """When the oldest held row will have waited ``idle_release`` (if set), or the wall clock
         will have moved a quiet key's watermark to a held row (``idle_advance``)."""
-        if (self.idle is None and not self.advance) or not len(self.held):
+        if (self.idle is None and not self.advance) or not len(self.rows):
             return None
+        kid, ts, arrived, alive = self.rows.columns()
+        if alive is not None:
+            kid, ts, arrived = kid[alive], ts[alive], arrived[alive]
         due = np.inf
         if self.idle is not None:
-            due = float(self.held.arrived.min()) + self.idle
+            due = float(arrived.min()) + self.idle
         if self.advance:
-            due = min(due, float(self.wall_time_of(self.held.kid, self.held.ts).min()))
+            due = min(due, float(self.wall_time_of(kid, ts).min()))
         return datetime.fromtimestamp(due, tz=timezone.utc)
 
     # -- idle advance -----------------------------------------------------
@@ -638,15 +643,15 @@ class KeyedEventTime:
         self.newest = data["newest"]
         self.swept = data["swept"]
         frame = data["held_frame"]
-        self.held = Held(
+        self.rows = HeldRows(self.width)
+        kid = np.array(data["held_kid"], dtype=np.int64)
+        self.rows.add(
             None if frame is None else frame_from_bytes(frame),
-            np.array(data["held_kid"], dtype=np.int64),
+            kid,
             np.array(data["held_ts"], dtype=np.int64),
             np.array(data["held_arrived"], dtype=np.float64),
             # rows x width, not -1: numpy cannot infer the rows of an empty (n, 0) array
-            np.array(data["held_data"], dtype=np.float64).reshape(
-                len(data["held_kid"]), self.width
-            ),
+            np.array(data["held_data"], dtype=np.float64).reshape(len(kid), self.width),
         )
         if self.advance:  # downtime is not idleness: the clock restarts from the stored watermark
             self._grow_advance()

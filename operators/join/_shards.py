@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
+from streamml.operators._core.arrays import highest, lowest
 from streamml.operators._core.columns import frame_times as checked_times
 from streamml.operators._core.event_time import MAX_TS, MIN_TS, Admission
 from streamml.operators._core.keys import frame_sharder
@@ -412,7 +413,7 @@ def side_times(
     epoch, us = _EPOCH, _US
     try:
         out = np.array([(getter(v) - epoch) // us for _, v in items], dtype=np.int64)
-        if not len(out) or (out.min() >= MIN_TS and out.max() <= MAX_TS):
+        if not len(out) or (lowest(out) >= MIN_TS and highest(out) <= MAX_TS):
             return items, out
     except Exception:  # noqa: BLE001 - some item is bad; find it item by item
         pass
