@@ -3,9 +3,11 @@
 Each family is a module ``benchmarks/<family>.py`` with ``main(quick) -> dict``.
 Results go to ``benchmarks/results/<date>-<host>.json`` with the machine's
 description, so runs on different days and machines can be compared, and
-``docs/benchmarks/README.md`` is generated from them. A run of named families
-writes ``<date>-<host>-<family>+<family>.json`` and leaves the report alone: it
-documents a run of every family, which a partial run must not overwrite.
+``docs/benchmarks/README.md`` is generated from them. A quick run writes
+``<date>-<host>-quick.json``, so it never replaces a full run's results. A run
+of named families writes ``<date>-<host>-<family>+<family>.json`` and leaves the
+report alone: it documents a run of every family, which a partial run must not
+overwrite.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     partial = "-" + "+".join(chosen) if set(chosen) != set(available) else ""
-    path = RESULTS / f"{stamp}-{socket.gethostname()}{partial}.json"
+    size = "-quick" if args.quick else ""
+    path = RESULTS / f"{stamp}-{socket.gethostname()}{partial}{size}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nresults written to {path}")
     if partial:
