@@ -27,7 +27,6 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from itertools import chain
 from typing import Any
 
 import bytewax.operators as op
@@ -394,7 +393,10 @@ def read_groups(
     if not chunks:
         return [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     side_arr = np.repeat(np.array(sides, dtype=np.int64), counts)
-    return list(chain.from_iterable(chunks)), np.concatenate(times), side_arr
+    pairs = chunks[0].copy()
+    for more in chunks[1:]:  # list += list copies references at C speed (chain: one by one)
+        pairs += more
+    return pairs, np.concatenate(times), side_arr
 
 
 def side_times(
@@ -579,7 +581,10 @@ def pick(i: int) -> Callable[[list[tuple[str, tuple[list, ...]]]], Iterable[Any]
     """A ``flat_map_batch`` function taking list ``i`` of each shard step's output tuple."""
 
     def take(batch: list[tuple[str, tuple[list, ...]]]) -> list[Any]:
-        return list(chain.from_iterable([lists[i] for _, lists in batch]))
+        out: list[Any] = []
+        for _, lists in batch:
+            out += lists[i]  # ~4x chain.from_iterable's speed on a few hundred items
+        return out
 
     return take
 

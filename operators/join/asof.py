@@ -209,10 +209,11 @@ class _AsofLogic(StatefulBatchLogic):
     ) -> None:
         """Insert table rows into their key's versions; ``touched`` gets the keys to prune."""
         versions = self.versions
+        get = versions.get
         every = min(_PRUNE_EVERY, self.cfg.max_versions + 1)
         values = [item for _, item in pairs] if rows is None else rows
         for row, kid, t in zip(values, kids, ts):
-            vs = versions.get(kid)
+            vs = get(kid)
             if vs is None:
                 versions[kid] = vs = [[t], [row]]
             elif vs[0][-1] <= t:
@@ -236,18 +237,19 @@ class _AsofLogic(StatefulBatchLogic):
 
     def _lookup(self, held: Held, errs: list[Rejected]) -> list:
         cfg = self.cfg
-        versions, events, default, merge = self.versions, self.events, cfg.default, cfg.merge
-        oks = []
+        get, pop, default, merge = self.versions.get, self.events.pop, cfg.default, cfg.merge
+        oks: list = []
+        append = oks.append
         ids = held.data[:, 0].astype(np.int64).tolist()  # int keys pop faster than floats
         for eid, kid, due in zip(ids, held.kid.tolist(), held.ts.tolist()):
-            key, event = events.pop(eid)
-            row = MISSING
-            vs = versions.get(kid)
+            key, event = pop(eid)
+            row = None
+            vs = get(kid)
             if vs is not None:
-                i = bisect_left(vs[0], due) - 1  # the newest version at or before due - 1
-                if i >= 0 and vs[1][i] is not None:
-                    row = vs[1][i]
-            if row is MISSING:
+                i = bisect_left(vs[0], due)  # versions before due: the newest is valid at due - 1
+                if i:
+                    row = vs[1][i - 1]
+            if row is None:  # no version at the event's time, or the key deleted then
                 if default is MISSING:
                     errs.append(
                         Rejected(
@@ -260,7 +262,7 @@ class _AsofLogic(StatefulBatchLogic):
                     continue
                 row = default
             try:
-                oks.append((key, merge(event, row)))
+                append((key, merge(event, row)))
             except Exception as exc:  # noqa: BLE001 - bad data goes to errs
                 errs.append(reject(cfg.step_id, exc, (key, event)))
         return oks
