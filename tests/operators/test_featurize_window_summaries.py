@@ -228,3 +228,72 @@ def test_windows_far_apart_are_found_without_the_packed_search():
         (0, 1 << 40, 2.0, 7.0),
         (1, 5, 2.0, 4.0),
     ]
+
+
+def _recovery_flow(items, out):
+    import bytewax.operators as op
+    import polars as pl
+    from bytewax.dataflow import Dataflow
+    from bytewax.operators.windowing import SessionWindower, SlidingWindower
+    from bytewax.testing import TestingSink, TestingSource
+    from streamml.operators.featurize import window_agg
+
+    flow = Dataflow("recover_summaries")
+    up = op.input("in", flow, TestingSource(items, batch_size=7))
+    common = {"fields": {"x": ["count", "std", "approx_p90", "approx_distinct"]}, "shards": 2}
+    sessions = window_agg(
+        "sessions",
+        up,
+        timestamp=lambda e: T0 + timedelta(milliseconds=e["ms"]),
+        windower=SessionWindower(timedelta(seconds=2)),
+        max_delay=timedelta(seconds=1),
+        idle_advance=False,
+        **common,
+    )
+    frames = op.flat_map_batch(
+        "frames", up, lambda batch: [pl.DataFrame([{"key": k, **e} for k, e in batch])]
+    )
+    sliding = window_agg(
+        "sliding",
+        frames,
+        key="key",
+        timestamp="ms",
+        windower=SlidingWindower(timedelta(seconds=6), timedelta(seconds=2), align_to=T0),
+        max_delay=timedelta(seconds=1),
+        idle_advance=False,
+        **common,
+    )
+    op.output("out_sessions", sessions.oks, TestingSink(out["sessions"]))
+    op.output("out_sliding", sliding.oks, TestingSink(out["sliding"]))
+    return flow
+
+
+def test_abort_and_resume_of_summaries_gives_the_same_windows(tmp_path):
+    """Through Bytewax recovery: sketches and registers snapshot and come back as they were."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.testing import TestingSource, run_main
+
+    rng = np.random.default_rng(2)
+    gaps = np.where(rng.random(400) < 0.05, 2500, 100)  # now and then a session ends
+    ms = np.cumsum(gaps) - rng.integers(0, 800, 400) * (rng.random(400) < 0.2)
+    items = [
+        (f"k{i % 2}", {"ms": int(max(t, 0)), "x": float(rng.integers(0, 40))})
+        for i, t in enumerate(ms)
+    ]
+
+    def canonical(out):
+        rows = [r for r in out["sessions"]]
+        rows += [("frame", r) for frame in out["sliding"] for r in frame.iter_rows(named=True)]
+        return sorted(repr({**r, "x_std": round(r["x_std"], 9)}) for _, r in rows)
+
+    whole = {"sessions": [], "sliding": []}
+    run_main(_recovery_flow(items, whole))
+    init_db_dir(tmp_path, 1)
+    cfg = RecoveryConfig(str(tmp_path))
+    crashed = {"sessions": [], "sliding": []}
+    aborting = items[:211] + [TestingSource.ABORT()] + items[211:]
+    run_main(_recovery_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
+    first = canonical(crashed)
+    assert 0 < len(first) < len(canonical(whole))
+    run_main(_recovery_flow(aborting, crashed), epoch_interval=timedelta(0), recovery_config=cfg)
+    assert canonical(crashed) == canonical(whole)
