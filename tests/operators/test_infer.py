@@ -502,17 +502,19 @@ def test_recovery_keeps_waiting_events_and_the_swapped_model(
 
 def test_recovery_keeps_events_whose_model_call_was_still_running(tmp_path: Path) -> None:
     """A batch in the model thread at a snapshot is not lost when the flow stops before it is done."""
-    import time
+    import threading
 
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
     init_db_dir(tmp_path, 1)
     first_call = [True]
+    aborted = threading.Event()
 
     def slow_the_first_time(x: np.ndarray) -> np.ndarray:
         if first_call[0]:
             first_call[0] = False
-            time.sleep(1.0)  # still running at the pause's snapshots and at the abort
+            # still running at the pause's snapshots and at the abort, however slow the machine
+            aborted.wait(timeout=120)
         return x[:, 0] * 2
 
     model = CallableModel(slow_the_first_time, outputs="y", shape=(2,))
@@ -535,6 +537,7 @@ def test_recovery_keeps_events_whose_model_call_was_still_running(tmp_path: Path
     config = RecoveryConfig(str(tmp_path))
     flow, oks = build()
     run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=config)
+    aborted.set()
     assert oks == []  # the first ten were in the model thread at the abort
     flow, oks = build()
     run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=config)
