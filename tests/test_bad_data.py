@@ -482,11 +482,31 @@ def _asof_check(items: list[Any], frames: bool) -> None:
     assert set(_ids_in(items)) <= set(_ids_out(oks)) | {_id_of(r.original) for r in rejected}
 
 
+def _label_check(items: list[Any], frames: bool) -> None:
+    """A self label join (each input a regression prediction and its own label): every input is
+    labelled, unlabelled, rejected or late."""
+    where = {"key": "k", "ts": "ts"} if frames else {"ts": _ts}
+    flow = Dataflow("bad_label")
+    up = op.input("in", flow, TestingSource(items))
+    out = join.label_join(
+        "label", up, up, **where, max_delay=WIN, window=WIN, task="regression",
+        prediction="x", label="x", shards=2,
+    )  # fmt: skip
+    oks: list = []
+    rejected: list[Rejected] = []
+    op.output("oks", op.merge("outcomes", out.labelled, out.unlabelled), TestingSink(oks))
+    op.output("errs", op.merge("rejected", out.errs, out.late), TestingSink(rejected))
+    op.output("metrics", out.metrics, TestingSink([]))
+    run_main(flow)
+    assert set(_ids_in(items)) <= set(_ids_out(oks)) | {_id_of(r.original) for r in rejected}
+
+
 CHECKS = {
     "window_agg": _window_agg_check,
     "anomaly_windows": _windows_check,
     "interval_join": _interval_check,
     "asof_join": _asof_check,
+    "label_join": _label_check,
 }
 
 
@@ -497,6 +517,7 @@ CHECKS = {
         "anomaly_windows",
         "interval_join",
         "asof_join",
+        "label_join",
     ],
 )
 @EXAMPLES
@@ -512,6 +533,7 @@ def test_rows_through_aggregating_operators(name: str, items: list[Any]) -> None
         "window_agg",
         "anomaly_windows",
         "interval_join",
+        "label_join",
     ],
 )
 @EXAMPLES

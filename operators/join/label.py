@@ -15,16 +15,23 @@ import time
 import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators._core.admission import _NONE
 from streamml.operators._core.event_time import KeyedEventTime
-from streamml.operators._core.state import restore, snapshot
+from streamml.operators._core.state import snapshot
+from streamml.operators.join._label_frames import (
+    read_labels,
+    read_predictions,
+    to_frames,
+    to_rows,
+)
 from streamml.operators.join._label_windows import (
     _END,
     _MetricsLogic,
@@ -32,15 +39,21 @@ from streamml.operators.join._label_windows import (
     _parts_from,
     _WindowPart,
 )
-from streamml.operators.join._legacy import _LabelState, _MetricsState, is_legacy
+from streamml.operators.join._legacy import _LabelState, _MetricsState
+from streamml.operators.join._resume import resumed
 from streamml.operators.join._shards import (
     LEFT,
     NEVER,
+    RIGHT,
+    Chunked,
+    RowStore,
     check_shards,
+    frame_times,
     late_records,
     micros,
     pick,
     read_groups,
+    tag_frames,
     tag_sides,
 )
 from streamml.operators.join.metrics import Average, ClassificationStats, RegressionStats
@@ -63,11 +76,12 @@ _ABSENT: Any = object()  # a field the event does not have (read again the slow 
 class LabelJoinOut:
     """The streams of :func:`label_join`."""
 
-    labelled: KeyedStream[Any]
-    """``(id, prediction with the label field added)``, as soon as the label arrives."""
+    labelled: KeyedStream[Any] | Stream[pl.DataFrame]
+    """``(id, prediction with the label field added)``, as soon as the label arrives
+    (frames: the prediction rows with the label column)."""
 
-    unlabelled: KeyedStream[Any]
-    """``(id, prediction)`` whose label did not come within ``max_delay``."""
+    unlabelled: KeyedStream[Any] | Stream[pl.DataFrame]
+    """``(id, prediction)`` whose label did not come within ``max_delay`` (frames: their rows)."""
 
     metrics: Stream[dict[str, Any]]
     """One record per closed window and model version (see :func:`label_join`)."""
@@ -132,6 +146,8 @@ class _Config:
     average: Average
     ttl: int | None = None  # µs; None: max_delay + lateness
     clock: Callable[[], float] = time.time
+    key: str = ""  # frames: the id column
+    timestamps: tuple[str, str] = ("", "")  # frames: the event-time columns of each side
 
     def new_stats(self) -> ClassificationStats | RegressionStats:
         if self.regression:
@@ -141,6 +157,29 @@ class _Config:
     def key_ttl(self) -> int:
         """How long an id is kept after its newest item (µs of its shard's event time)."""
         return max(1, self.max_delay + self.lateness if self.ttl is None else self.ttl)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_FIRST_US = micros(datetime.min.replace(tzinfo=timezone.utc) - _EPOCH)
+_LAST_US = micros(datetime.max.replace(tzinfo=timezone.utc) - _EPOCH)
+
+
+def _outside(ts: np.ndarray, is_pred: np.ndarray, window: int) -> np.ndarray | None:
+    """Which predictions' metric windows start or end outside ``datetime``'s range (``None``: none).
+
+    Examples:
+        >>> w = micros(timedelta(days=1))
+        >>> _outside(np.array([0, _LAST_US, _LAST_US]), np.array([True, True, False]), w).tolist()
+        [False, True, False]
+    """
+    starts = ts - ts % window
+    bad = ((starts < _FIRST_US) | (starts > _LAST_US - window)) & is_pred
+    return bad if bad.any() else None
+
+
+def _reject_outside(step_id: str, originals: list) -> list[Rejected]:
+    why = "its metrics window lies outside the range of datetime (years 1-9999)"
+    return [Rejected(step_id, "BadTimestamp", why, x) for x in originals]
 
 
 def _take(store: dict[str, list[tuple]], key: str, lo: int, hi: int) -> Any:
@@ -177,12 +216,10 @@ class _LabelLogic(StatefulBatchLogic):
 
     def __init__(self, cfg: _Config, resume: Any) -> None:
         self.cfg = cfg
-        data: dict[str, Any] | None = None
-        if resume is not None:
-            if is_legacy(resume):
-                resume = snapshot(_KIND, 0, resume)
-            upgrades = {0: lambda old: _from_legacy(old, cfg)}
-            data = restore(resume, kind=_KIND, version=_VERSION, upgrades=upgrades)
+        upgrades = {0: lambda old: _from_legacy(old, cfg)}
+        data = resumed(resume, kind=_KIND, version=_VERSION, upgrades=upgrades)
+        if data is not None:
+            data = self._held_as_mine(data)
         self.et = KeyedEventTime(
             max_delay=timedelta(microseconds=cfg.lateness),
             # a forgotten id's prediction at t left unlabelled: every label it could have
@@ -203,6 +240,10 @@ class _LabelLogic(StatefulBatchLogic):
             self.labels = {k: [tuple(x) for x in v] for k, v in data["labels"].items()}
             self.parts = _parts_from(data["parts"], cfg.regression)
             self.closed = data["closed"]
+
+    def _held_as_mine(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A resumed record with its waiting events as this path holds them (dicts)."""
+        return to_rows(data) if "stores" in data else data
 
     def size(self) -> int:
         """Predictions, labels and window parts held (for tests of bounded state)."""
@@ -287,7 +328,7 @@ class _LabelLogic(StatefulBatchLogic):
     def on_batch(self, values: list[tuple[int, list[tuple[str, Any]]]]) -> tuple[list, bool]:
         cfg = self.cfg
         out: list[list] = [[], [], [], [], []]  # labelled, unlabelled, errs, late, parts
-        labelled, errs = out[0], out[2]
+        errs = out[2]
         if self.shard is None and values:
             self.shard = str(zlib.crc32(values[0][1][0][0].encode()) % cfg.shards)
         rows, ts, side_arr = read_groups(cfg.step_id, values, cfg.getters, errs)
@@ -295,29 +336,67 @@ class _LabelLogic(StatefulBatchLogic):
         read, keep = self._read(rows, sides, errs)
         if keep is not None:
             rows, ts, sides = [rows[i] for i in keep], ts[keep], [sides[i] for i in keep]
+        bad = _outside(ts, np.asarray(sides) == LEFT, cfg.window) if rows else None
+        if bad is not None:
+            errs += _reject_outside(cfg.step_id, [rows[i] for i in np.flatnonzero(bad)])
+            ok = np.flatnonzero(~bad).tolist()
+            rows, ts, sides = [rows[i] for i in ok], ts[ok], [sides[i] for i in ok]
+            read = [read[i] for i in ok]
         if rows:
-            adm = self.et.admit([k for k, _ in rows], ts)
-            if len(adm.late):
-                out[3] = late_records(cfg.step_id, adm, ts, rows.__getitem__)
-                ok = adm.ok.tolist()
-                rows, read = [rows[i] for i in ok], [read[i] for i in ok]
-                sides = [sides[i] for i in ok]
-            check = self._match(rows, sides, read, adm.ts.tolist(), labelled)
-            if check:
-                self._expire(check, out)
+            rows, sides, read, t_ok, _ = self._admit(rows, sides, read, ts, out, rows.__getitem__)
+            self._step(rows, sides, read, t_ok, out)
+        self._release(out)
+        return self._emit(out), False
+
+    def _admit(
+        self,
+        rows: list,
+        sides: list[int],
+        read: list,
+        ts: np.ndarray,
+        out: list,
+        original: Callable[[int], Any],
+    ) -> tuple[list, list[int], list, list[int], np.ndarray | None]:
+        """The rows that are not late (the late ones into ``out``), their sides, values and
+        times, and the positions of the kept rows (``None``: all)."""
+        adm = self.et.admit([k for k, _ in rows], ts)
+        if not len(adm.late):
+            return rows, sides, read, adm.ts.tolist(), None
+        out[3] = late_records(self.cfg.step_id, adm, ts, original)
+        ok = adm.ok.tolist()
+        rows, read = [rows[i] for i in ok], [read[i] for i in ok]
+        return rows, [sides[i] for i in ok], read, adm.ts.tolist(), adm.ok
+
+    def _step(self, rows: list, sides: list[int], read: list, ts: list[int], out: list) -> None:
+        check = self._match(rows, sides, read, ts, out[0])
+        if check:
+            self._expire(check, out)
+
+    def _release(self, out: list) -> None:
+        """Forget idle ids (their waiting items leave) and close the windows that are done."""
         released = self.et.release()
         if released.gone_keys:
             self._flush(released.gone_keys, out)
         self._close(self._bound(), out)
-        return ([tuple(out)] if any(out) else []), False
+
+    def _emit(self, out: list) -> list:
+        """The call's output: labelled predictions as ``(id, prediction + label field)``."""
+        if out[0]:
+            field = self.cfg.label
+            out[0] = [(k, {**e, field: y}) for k, e, y, _ in out[0]]
+        return [tuple(out)] if any(out) else []
 
     def _match(
         self, rows: list, sides: list[int], read: list, ts: list[int], labelled: list
     ) -> set[str]:
-        """Label what meets its other half, store the rest; the ids to check for expiry."""
+        """Label what meets its other half, store the rest; the ids to check for expiry.
+
+        A labelled prediction goes into ``labelled`` as ``(id, prediction item, label,
+        label item)``.
+        """
         cfg = self.cfg
         preds, labels, parts = self.preds, self.labels, self.parts
-        delay, window, label_field = cfg.max_delay, cfg.window, cfg.label
+        delay, window = cfg.max_delay, cfg.window
         check: set[str] = set()  # ids that held items before a row came: their watermark moved
         for (key, item), side, value, t in zip(rows, sides, read, ts):
             if side == LEFT:
@@ -339,7 +418,7 @@ class _LabelLogic(StatefulBatchLogic):
                     y_true = match[2]
                     part.stats.add(y_true, y_pred, proba)
                     part.labelled += 1
-                    labelled.append((key, {**item, label_field: y_true}))
+                    labelled.append((key, item, y_true, match[1]))
                     if key in labels or key in preds:
                         check.add(key)
                     continue
@@ -359,7 +438,7 @@ class _LabelLogic(StatefulBatchLogic):
                     part = self._part(mt, version)
                     part.stats.add(y_true, y_pred, proba)
                     part.labelled += 1
-                    labelled.append((key, {**event, label_field: y_true}))
+                    labelled.append((key, event, y_true, item))
                     if key in labels or key in preds:
                         check.add(key)
                     continue
@@ -457,10 +536,10 @@ class _LabelLogic(StatefulBatchLogic):
         out: list[list] = [[], [], [], [], []]
         self._flush(sorted(set(self.preds) | set(self.labels)), out)
         self._close(_END, out)
-        return ([tuple(out)] if any(out) else []), False
+        return self._emit(out), False
 
-    def snapshot(self) -> dict[str, Any]:
-        data = {
+    def _data(self) -> dict[str, Any]:
+        return {
             "time": self.et.snapshot_data(),
             "shard": self.shard,
             "preds": {k: [list(p) for p in v] for k, v in self.preds.items()},
@@ -468,7 +547,155 @@ class _LabelLogic(StatefulBatchLogic):
             "parts": _parts_data(self.parts),
             "closed": self.closed,
         }
-        return snapshot(_KIND, _VERSION, data)
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(_KIND, _VERSION, self._data())
+
+
+class _FrameLogic(_LabelLogic):
+    """One shard of a label join on frames: ``(side, frame)`` in, frames out.
+
+    Matching, event time and windows are :class:`_LabelLogic`'s; a waiting
+    prediction or label holds the id of its row in ``stores`` (predictions,
+    labels) where the rows path holds the event, and labelled and
+    unlabelled predictions leave as one frame each per call. The state
+    record is the rows path's with ids for events, plus the stores (see
+    :mod:`~streamml.operators.join._label_frames`).
+
+    Eviction: a row leaves its store when its item leaves the state
+    (labelled, unlabelled, unmatched), and a late row is stored dropped.
+    """
+
+    def __init__(self, cfg: _Config, resume: Any) -> None:
+        self.stores = (RowStore(), RowStore())
+        self.next_id = 0
+        self.gone: tuple[list[int], list[int]] = ([], [])  # ids leaving the stores this call
+        super().__init__(cfg, resume)
+
+    def _held_as_mine(self, data: dict[str, Any]) -> dict[str, Any]:
+        if "stores" not in data:  # the rows path's record
+            data = to_frames(data)
+        self.stores = (RowStore(data["stores"][0]), RowStore(data["stores"][1]))
+        self.next_id = data["next_id"]
+        return data
+
+    def on_batch(self, values: list[tuple[int, pl.DataFrame]]) -> tuple[list, bool]:
+        cfg = self.cfg
+        out: list[list] = [[], [], [], [], []]  # labelled, unlabelled, errs, late, parts
+        errs = out[2]
+        frames: list[tuple[int, pl.DataFrame]] = []
+        keys: list[str] = []
+        times: list[np.ndarray] = []
+        sides: list[int] = []
+        read: list[Any] = []
+        for side, frame in values:
+            why = self._fits(side, frame, [f for s, f in frames if s == side])
+            if why is not None:
+                errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
+                continue
+            frame, ts = frame_times(cfg.step_id, frame, cfg.timestamps[side], errs)
+            if not frame.height:
+                continue
+            if side == LEFT:
+                bad = _outside(ts, np.ones(len(ts), dtype=bool), cfg.window)
+                if bad is not None:
+                    errs += _reject_outside(cfg.step_id, frame.filter(pl.Series(bad)).to_dicts())
+                    frame, ts = frame.filter(pl.Series(~bad)), ts[~bad]
+            reader = read_predictions if side == LEFT else read_labels
+            frame, got, keep = reader(cfg, frame, errs)
+            if not frame.height:
+                continue
+            frames.append((side, frame))
+            keys += frame.get_column(cfg.key).cast(pl.String).to_list()
+            times.append(ts if keep is None else ts[keep])
+            sides += [side] * frame.height
+            read += got
+        if frames:
+            self._add(frames, keys, np.concatenate(times), sides, read, out)
+        self._release(out)
+        return self._emit(out), False
+
+    def _fits(self, side: int, frame: pl.DataFrame, pending: list[pl.DataFrame]) -> str | None:
+        """Why ``frame`` cannot be stored with the side's rows and the call's earlier frames."""
+        why = self.stores[side].fits(frame)
+        if why is not None or not pending:
+            return why
+        last = pending[-1]
+        if last.columns == frame.columns and last.dtypes == frame.dtypes:
+            return None
+        try:
+            pl.concat([f.head(0) for f in (*pending, frame)], how="diagonal_relaxed")
+        except Exception as exc:  # noqa: BLE001 - polars names the clash
+            return f"columns do not fit the rows of earlier frames: {exc}"
+        return None
+
+    def _add(
+        self,
+        frames: list[tuple[int, pl.DataFrame]],
+        keys: list[str],
+        ts: np.ndarray,
+        sides: list[int],
+        read: list,
+        out: list,
+    ) -> None:
+        """Admit a call's readable rows, store them, and match them."""
+        if self.shard is None:
+            crc = zlib.crc32(keys[0].encode("utf-8", "surrogatepass"))
+            self.shard = str(crc % self.cfg.shards)
+        n = len(keys)
+        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.next_id += n
+        starts = np.cumsum([0] + [f.height for _, f in frames])
+
+        def original(i: int) -> dict[str, Any]:
+            j = int(np.searchsorted(starts, i, side="right")) - 1
+            return frames[j][1].row(i - int(starts[j]), named=True)
+
+        rows = list(zip(keys, ids.tolist()))
+        rows, sides, read, ts_ok, ok = self._admit(rows, sides, read, ts, out, original)
+        alive = None
+        if ok is not None:
+            alive = np.zeros(n, dtype=bool)
+            alive[ok] = True
+        for j, (side, frame) in enumerate(frames):
+            a, b = int(starts[j]), int(starts[j + 1])
+            self.stores[side].add(frame, ids[a:b], None if alive is None else alive[a:b])
+        self._step(rows, sides, read, ts_ok, out)
+
+    def _unmatched(self, key: str, labels: list[tuple], out: list) -> None:
+        ids = [x[1] for x in labels]
+        self.gone[1].extend(ids)
+        why = f"no prediction for id {key!r} within max_delay before the label"
+        rows = self.stores[RIGHT].gather(ids).to_dicts()
+        out[2].extend(Rejected(self.cfg.step_id, "UnmatchedLabel", why, r) for r in rows)
+
+    def _emit(self, out: list) -> list:
+        """Labelled predictions as one frame (their columns and the label column), the
+        unlabelled ones as another; their rows leave the stores."""
+        preds, labels = self.stores
+        gone_preds, gone_labels = self.gone
+        if out[0]:
+            pred_ids = [p for _, p, _, _ in out[0]]
+            label_ids = [x for _, _, _, x in out[0]]
+            label = labels.gather(label_ids).get_column(self.cfg.label)
+            out[0] = [preds.gather(pred_ids).with_columns(label)]
+            gone_preds += pred_ids
+            gone_labels += label_ids
+        if out[1]:
+            ids = [i for _, i in out[1]]
+            out[1] = [preds.gather(ids)]
+            gone_preds += ids
+        if gone_preds:
+            preds.drop(gone_preds)
+            gone_preds.clear()
+        if gone_labels:
+            labels.drop(gone_labels)
+            gone_labels.clear()
+        return [tuple(out)] if any(out) else []
+
+    def _data(self) -> dict[str, Any]:
+        stores = [s.snapshot_data() for s in self.stores]
+        return {**super()._data(), "stores": stores, "next_id": self.next_id}
 
 
 def _from_legacy(state: _LabelState, cfg: _Config) -> dict[str, Any]:
@@ -508,11 +735,11 @@ def _from_legacy(state: _LabelState, cfg: _Config) -> dict[str, Any]:
 @instrumented
 def label_join(
     step_id: str,
-    predictions: KeyedStream[Any],
-    labels: KeyedStream[Any],
+    predictions: KeyedStream[Any] | Stream[pl.DataFrame],
+    labels: KeyedStream[Any] | Stream[pl.DataFrame],
     *,
-    ts: Callable[[Any], datetime],
-    label_ts: Callable[[Any], datetime] | None = None,
+    ts: Callable[[Any], datetime] | str,
+    label_ts: Callable[[Any], datetime] | str | None = None,
     max_delay: timedelta,
     window: timedelta,
     task: Literal["classification", "regression"] = "classification",
@@ -524,6 +751,7 @@ def label_join(
     average: Average = "binary",
     lateness: timedelta = timedelta(0),
     ttl: timedelta | None = None,
+    key: str | None = None,
     shards: int = 16,
 ) -> LabelJoinOut:
     """Join predictions with ground-truth labels that arrive later, and score the model per window.
@@ -537,6 +765,17 @@ def label_join(
     ``t + max_delay`` or its id is forgotten (below). A label that labels
     nothing (no prediction, or a second label for the same id) goes to
     ``errs`` as ``UnmatchedLabel``.
+
+    Frames are the unit: with ``key=`` a column name, ``predictions`` and
+    ``labels`` are streams of ``polars.DataFrame``, ``ts``/``label_ts``
+    name their event-time columns (a time-zone-aware ``Datetime`` or
+    epoch-ms integers), and ``labelled``/``unlabelled`` carry frames: the
+    prediction rows, with the label column added to the labelled ones.
+    Fields are read column by column, and a waiting row stays in a frame
+    (no dict per row). With ``key=None`` (the rows path), both sides are
+    keyed streams of ``(id, dict)`` and ``ts``/``label_ts`` functions of an
+    item. Both paths share one implementation and one state record, so
+    either resumes the other's recovery store.
 
     Time is event time, per id (see
     :mod:`streamml.operators._core.event_time`): an id's watermark is the
@@ -568,10 +807,11 @@ def label_join(
 
     Args:
         step_id: Unique step id.
-        predictions: ``(event id, prediction dict)``.
-        labels: ``(event id, label dict)``.
-        ts: Timestamp of a prediction (aware UTC datetime).
-        label_ts: Timestamp of a label; ``ts`` when omitted.
+        predictions: Prediction frames, or ``(event id, prediction dict)``.
+        labels: Label frames, or ``(event id, label dict)``.
+        ts: Event-time column of the prediction frames, or the timestamp of
+            a prediction (aware UTC datetime).
+        label_ts: The same for labels; ``ts`` when omitted.
         max_delay: Longest wait for a label after its prediction.
         window: Length of the metric windows.
         task: ``"classification"`` or ``"regression"``.
@@ -587,6 +827,7 @@ def label_join(
         ttl: How long an id is kept after its newest item, in its shard's
             event time; at least ``max_delay + lateness``, which is the
             default.
+        key: The event id column of both sides' frames; ``None`` for rows.
         shards: Number of state shards (see
             :func:`~streamml.operators.join.enrich`).
 
@@ -595,10 +836,31 @@ def label_join(
         ``errs`` and ``late``.
 
     Examples:
+        Frames (times in epoch milliseconds):
+
         >>> from datetime import datetime, timedelta, timezone
+        >>> import polars as pl
         >>> from bytewax.dataflow import Dataflow
         >>> import bytewax.operators as op
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
+        >>> flow = Dataflow("label_frames_doc")
+        >>> preds = op.input("preds", flow, TestingSource([pl.DataFrame({
+        ...     "tx": ["tx1", "tx2", "tx3"], "prediction": [1, 0, 1], "ts": [0, 60_000, 120_000]})]))
+        >>> labels = op.input("labels", flow, TestingSource([pl.DataFrame({
+        ...     "tx": ["tx1", "tx2"], "label": [1, 1], "ts": [1_800_000, 2_400_000]})]))
+        >>> out = label_join("eval", preds, labels, key="tx", ts="ts",
+        ...                  max_delay=timedelta(hours=1), window=timedelta(minutes=5))
+        >>> labelled, unlabelled = [], []
+        >>> op.output("labelled", out.labelled, TestingSink(labelled))
+        >>> op.output("unlabelled", out.unlabelled, TestingSink(unlabelled))
+        >>> run_main(flow)
+        >>> pl.concat(labelled).sort("tx").select("tx", "prediction", "label").rows()
+        [('tx1', 1, 1), ('tx2', 0, 1)]
+        >>> pl.concat(unlabelled)["tx"].to_list()
+        ['tx3']
+
+        Rows:
+
         >>> t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
         >>> at = lambda m: t0 + timedelta(minutes=m)
         >>> flow = Dataflow("label_doc")
@@ -632,9 +894,23 @@ def label_join(
         raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}")
     if average not in ("binary", "macro", "micro", "weighted"):
         raise ValueError(f"average must be binary, macro, micro or weighted; got {average!r}")
+    label_ts = ts if label_ts is None else label_ts
+    frames = key is not None
+    if frames and not (isinstance(key, str) and isinstance(ts, str) and isinstance(label_ts, str)):
+        raise ValueError(
+            "for frames, key, ts and label_ts name columns (e.g. key='tx_id', ts='ts'); "
+            f"got key={key!r}, ts={ts!r}, label_ts={label_ts!r}"
+        )
+    if not frames and not (callable(ts) and callable(label_ts)):
+        raise ValueError(
+            "with key=None, both sides are keyed (id, event) streams and ts/label_ts must be "
+            "functions of an event; for frames, give key= the id column's name"
+        )
     cfg = _Config(
         step_id=f"{step_id}.join",
-        getters=(ts, label_ts or ts),
+        getters=(None, None) if frames else (ts, label_ts),  # type: ignore[arg-type]
+        key=key or "",
+        timestamps=(ts, label_ts) if frames else ("", ""),  # type: ignore[arg-type]
         max_delay=micros(max_delay),
         window=micros(window),
         lateness=micros(lateness),
@@ -649,14 +925,15 @@ def label_join(
         average=average,
     )
 
-    def build(resume: Any) -> _LabelLogic:
-        return _LabelLogic(cfg, resume)
-
     def build_metrics(resume: Any) -> _MetricsLogic:
         return _MetricsLogic(cfg, resume)
 
-    tagged = tag_sides("shard", predictions, labels, shards, grouped=True, memo=False)
-    joined = op.stateful_batch("join", tagged.chunks, build)
+    if frames:
+        tagged = tag_frames("shard", predictions, labels, cfg.key, shards)
+        joined = op.stateful_batch("join", tagged.chunks, lambda r: Chunked(_FrameLogic(cfg, r)))
+    else:
+        tagged = tag_sides("shard", predictions, labels, shards, grouped=True, memo=False)
+        joined = op.stateful_batch("join", tagged.chunks, lambda r: _LabelLogic(cfg, r))
     parts = op.flat_map_batch("parts", joined, lambda b: [("all", x) for x in pick(4)(b)])
     metrics = op.stateful_batch("metrics", parts, build_metrics)
     return LabelJoinOut(

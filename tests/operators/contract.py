@@ -480,6 +480,32 @@ def _label(ups: list[Stream], shards: int) -> dict[str, Stream]:
     }
 
 
+def _label_frames(ups: list[Stream], shards: int) -> dict[str, Stream]:
+    from streamml.operators.join import label_join
+
+    out = label_join(
+        "lj",
+        ups[0],
+        ups[1],
+        key="k",
+        ts="ts",
+        max_delay=3 * MIN,
+        window=30 * MIN,
+        task="regression",
+        prediction="x",
+        label="x",
+        lateness=JOIN_LATENESS,
+        shards=shards,
+    )
+    return {
+        "labelled": out.labelled,
+        "unlabelled": out.unlabelled,
+        "metrics": out.metrics,
+        "errs": out.errs,
+        "late": out.late,
+    }
+
+
 def _labels_of(preds: pl.DataFrame, seed: int, jitter: float, ancient: int = 3) -> pl.DataFrame:
     """Labels of four in five predictions (not the day-old ones), 0-4 minutes after each (a
     label more than 3 minutes late labels nothing), in arrival order within ``jitter`` rows,
@@ -629,6 +655,7 @@ CASES = [
     ),
     Case("asof_join", _asof, _two_sides, (), rows=True, skip=_ROWS_SKIP),
     Case("label_join", _label, _predictions_and_labels, ("x",), rows=True, skip=_ROWS_SKIP),
+    Case("label_join_frames", _label_frames, _predictions_and_labels, ("x",)),
 ]
 
 
