@@ -141,12 +141,22 @@ class Summaries:
         here, and after the rows of earlier calls."""
         if not len(kid):
             return
-        order = np.lexsort((wid, kid))  # stable: a window's rows keep their order
-        kid, wid, ts, x = kid[order], wid[order], ts[order], x[order]
         n = len(kid)
-        cut = np.flatnonzero((kid[1:] != kid[:-1]) | (wid[1:] != wid[:-1])) + 1
-        starts = np.concatenate([[0], cut])
-        ends = np.concatenate([cut, [n]])
+        base = self._base(kid, wid)
+        if base is not None:  # one int64 per row: one stable sort, one comparison
+            code = kid << 32 | (wid - base)
+            order = np.argsort(code, kind="stable")  # a window's rows keep their order
+            code = code[order]
+            cut = np.flatnonzero(code[1:] != code[:-1]) + 1
+        else:
+            order = np.lexsort((wid, kid))
+            k, w = kid[order], wid[order]
+            cut = np.flatnonzero((k[1:] != k[:-1]) | (w[1:] != w[:-1])) + 1
+        x = x[order]
+        starts = np.concatenate(([0], cut))
+        ends = np.concatenate((cut, [n]))
+        firsts = order[starts]  # each window's first row, as given
+        kid, wid, ts = kid[firsts], wid[firsts], ts[order[ends - 1]]
         group = np.repeat(np.arange(len(starts)), ends - starts)
         sizes = (ends - starts).astype(np.float64)
         c = self.cols
@@ -172,7 +182,7 @@ class Summaries:
             lo, hi = bin_edges(agg)
             inside = ((x[:, f] >= lo) & (x[:, f] < hi)) * 1.0
             part[:, c["bins"].start + j] = np.add.reduceat(inside, starts)
-        slot = self._find(kid[starts], wid[starts])
+        slot = self._find(kid, wid, base, None if base is None else code[starts])
         old = slot >= 0
         if old.all():
             self._merge(slot, part)
@@ -180,8 +190,8 @@ class Summaries:
             if old.any():
                 self._merge(slot[old], part[old])
             new = ~old
-            slot[new] = self._append(kid[starts][new], wid[starts][new], part[new])
-        self.end[slot] = ts[ends - 1]
+            slot[new] = self._append(kid[new], wid[new], part[new])
+        self.end[slot] = ts
         handle = self.handle[slot]
         for j, f in enumerate(self.hll_fields):
             reg, rho = hll_registers(x[:, f])
@@ -197,22 +207,30 @@ class Summaries:
             for h, a, b in zip(handle.tolist(), starts.tolist(), ends.tolist()):
                 sketches[h].update(column[a:b])
 
-    def _find(self, kid: np.ndarray, wid: np.ndarray) -> np.ndarray:
-        """The slot of each window ``(kid, wid)`` (distinct), -1 for one not open."""
+    def _base(self, kid: np.ndarray, wid: np.ndarray) -> int | None:
+        """The smallest wid of these windows and the open ones when every window packs
+        into one int64 ``kid << 32 | (wid - base)``, else None."""
+        lo, hi, top = int(wid.min()), int(wid.max()), int(kid.max())
+        if len(self.kid):
+            lo, hi = min(lo, int(self.wid.min())), max(hi, int(self.wid.max()))
+            top = max(top, int(self.kid.max()))
+        return lo if hi - lo < 1 << 31 and top < 1 << 31 else None
+
+    def _find(
+        self, kid: np.ndarray, wid: np.ndarray, base: int | None, code: np.ndarray | None
+    ) -> np.ndarray:
+        """The slot of each window ``(kid, wid)`` (distinct), -1 for one not open; ``code``
+        their packed codes from ``base`` (see :meth:`_base`), or None."""
         out = np.full(len(kid), -1, dtype=np.int64)
         have = len(self.kid)
         if not have:
             return out
-        base = min(int(self.wid.min()), int(wid.min()))
-        span = max(int(self.wid.max()), int(wid.max())) - base
-        if span < 1 << 31 and max(int(self.kid.max()), int(kid.max())) < 1 << 31:
-            # one int64 per window: a sorted search instead of a sort of both
+        if code is not None:  # a sorted search instead of a sort of both
             mine = self.kid << 32 | (self.wid - base)
             order = np.argsort(mine)
             mine = mine[order]
-            theirs = kid << 32 | (wid - base)
-            at = np.minimum(np.searchsorted(mine, theirs), have - 1)
-            hit = mine[at] == theirs
+            at = np.minimum(np.searchsorted(mine, code), have - 1)
+            hit = mine[at] == code
             out[hit] = order[at[hit]]
             return out
         keys = np.concatenate([self.kid, kid])

@@ -425,8 +425,12 @@ class Windows:
         if not len(kid):
             return
         if isinstance(w, Fixed):
+            last = w.last_id(ts)
+            if lo is None and w.offset == w.length:  # tumbling: a row's one window
+                sums.fold(kid, last, ts, x)
+                return
             first = w.first_id(ts) if lo is None else np.asarray(lo, dtype=np.int64)
-            counts = w.last_id(ts) - first + 1
+            counts = last - first + 1
             rows = np.repeat(np.arange(len(kid)), counts)
             starts = np.cumsum(counts) - counts
             wid = np.repeat(first, counts) + np.arange(len(rows)) - np.repeat(starts, counts)
