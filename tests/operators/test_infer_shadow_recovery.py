@@ -62,8 +62,11 @@ def test_crash_and_resume_gives_the_uninterrupted_results_and_comparison(tmp_pat
     oks2, seen2, after = _run(
         [*EVENTS[:half], TestingSource.PAUSE(timedelta(0)), *EVENTS[half:]], cfg
     )
-    assert _ids(oks1 + oks2) == _ids(oks)
-    assert _ids(seen1 + seen2) == _ids(seen)
+    # at least once (docs/guarantees.md): every row, and a row twice only if the first run wrote
+    # it after the snapshot it resumed from (the model thread's batch can finish after it)
+    for first, second, whole in ((oks1, oks2, oks), (seen1, seen2, seen)):
+        assert set(_ids(first + second)) == set(_ids(whole))
+        assert _ids(first + second) - _ids(whole) <= _ids(first)
     # the resumed comparison counts the rows before the crash too, as if it had not stopped
     assert after.rows == stats.rows
     want, got = stats.as_dict(), after.as_dict()
