@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from streamml.operators.training.replay import Features, Source, read_events, replay
+from streamml.operators.training.replay import FRAME_ROWS, Features, Source, read_events, replay
 
 from streamml.errors import Rejected
 
@@ -70,7 +70,7 @@ def check_consistency(
     match_on: Sequence[str] = (),
     rtol: float = 1e-9,
     atol: float = 1e-12,
-    batch_size: int = 1000,
+    batch_size: int = FRAME_ROWS,
 ) -> Consistency:
     """Replay ``events`` through ``features`` offline and compare each row with the online output.
 
@@ -93,7 +93,7 @@ def check_consistency(
         match_on: Columns that, with key and time, identify an event (an id).
         rtol: Relative tolerance for float columns.
         atol: Absolute tolerance for float columns.
-        batch_size: Rows per replayed frame.
+        batch_size: Rows per replayed frame (files and frames).
 
     Returns:
         :class:`Consistency`; ``.ok`` when nothing differs.

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
-from streamml.operators.training.replay import Features, Source, read_events, replay
+from streamml.operators.training.replay import FRAME_ROWS, Features, Source, read_events, replay
 
 from streamml.errors import Rejected
 
@@ -134,7 +134,7 @@ def training_table(
     label: str | Sequence[str],
     label_delay: timedelta,
     label_timestamp: str | None = None,
-    batch_size: int = 1000,
+    batch_size: int = FRAME_ROWS,
 ) -> TrainingTable:
     """Replay stored events through the online featurization and join point-in-time labels.
 
@@ -153,7 +153,7 @@ def training_table(
         label: Label column(s) to add.
         label_delay: How long after an event its label may come.
         label_timestamp: The labels' time column; ``timestamp`` by default.
-        batch_size: Rows per replayed frame.
+        batch_size: Rows per replayed frame (files and frames).
 
     Returns:
         :class:`TrainingTable`.
