@@ -483,6 +483,7 @@ class _RobustState:
         "sorted",
         "blocks",
         "exclude",
+        "chunk",
     )
 
     def __init__(self, cfg: ZScore) -> None:
@@ -492,6 +493,7 @@ class _RobustState:
         self.points: deque[tuple[int, tuple[float, ...]]] = deque()
         self.sorted: list[list[float]] = [[] for _ in cfg.fields]
         self.blocks = [0] * len(cfg.fields)  # where each field's last MAD block started (a hint)
+        self.chunk = 1 << 30  # with exclude: points to score in one pass next (a hint)
 
     def expires_at(self) -> int:
         return self.points[-1][0] + self.window if self.points else _MIN
@@ -512,30 +514,44 @@ class _RobustState:
         exclude = self.exclude
         if exclude is None:
             return self._run(ts, xs)[0]
-        # Whether a point is learned depends on its score: the run is scored as if every point
-        # were learned, which holds up to its first point above ``exclude``. That point's score
-        # stands; the state goes back to just before it (its evictions done, it unlearned) and
-        # the rest of the run is scored again. Flagged points are rare: most runs take one pass.
+        # Whether a point is learned depends on its score: a chunk of the run is scored as if
+        # every point were learned, which holds up to its first point above ``exclude``. That
+        # point's score stands; the window goes back to just before it (its evictions done, it
+        # unlearned) and the rest is scored again, one point at a time first, then in chunks
+        # doubling while nothing is flagged (across runs too): a run without flagged points
+        # (most) takes one pass, and points flagged one after another (a level shift) one each.
         out: list[tuple[float, int]] = []
-        while True:
+        i, size = 0, self.chunk
+        while i < len(xs):
             n = len(self.points)
-            got, gone, cuts = self._run(ts, xs)
-            j = next((i for i, (z, _) in enumerate(got) if z > exclude), None)
+            got, gone, cuts = self._run(ts[i : i + size], xs[i : i + size])
+            j = next((k for k, (z, _) in enumerate(got) if z > exclude), None)
             if j is None:
-                return out + got
+                out += got
+                i, size = i + len(got), min(2 * size, 1 << 30)
+                continue
             out += got[: j + 1]
-            self._back_to(list(gone) + list(self.points), cuts[j], n + j)
-            ts, xs = ts[j + 1 :], xs[j + 1 :]
-            if not xs:
-                return out
+            self._unlearn(gone, cuts[j], n + j)
+            i, size = i + j + 1, 1
+        self.chunk = size
+        return out
 
-    def _back_to(self, seen: list[tuple[int, tuple[float, ...]]], a: int, b: int) -> None:
-        """Make ``seen[a:b]`` the window: ``seen`` is every point the window held in a run
-        (the evicted, then those still in), ``a`` the evictions and ``b`` the points learned up
-        to the flagged point. O(window), once per flagged point."""
-        kept = seen[a:b]
-        self.points = deque(kept)
-        self.sorted = [sorted(p[1][f] for p in kept) for f in range(len(self.sorted))]
+    def _unlearn(self, gone: list[tuple[int, tuple[float, ...]]], a: int, b: int) -> None:
+        """Back to the window before a flagged point, after :meth:`_run` of a chunk.
+
+        The points the window held during the chunk are ``gone`` (evicted, in order) then
+        those still in it; the window before the flagged point is their ``[a:b]``: ``a``
+        evictions done, ``b`` points learned. The points after it go, and those evicted
+        after it come back, each by a bisection.
+        """
+        points, srt = self.points, self.sorted
+        for _ in range(len(points) - max(b - len(gone), 0)):
+            for s, x in zip(srt, points.pop()[1]):
+                del s[bisect_left(s, x)]
+        for p in reversed(gone[a:b]):
+            points.appendleft(p)
+            for s, x in zip(srt, p[1]):
+                insort(s, x)
 
     def _run(
         self, ts: Sequence[int], xs: Sequence[tuple[float, ...]]
