@@ -392,7 +392,7 @@ def read_groups(
         return chunks[0], times[0], np.full(counts[0], sides[0], dtype=np.int64)
     if not chunks:
         return [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    side_arr = np.repeat(np.array(sides, dtype=np.int64), counts)
+    side_arr = np.array(sides, dtype=np.int64).repeat(counts)  # the method: no np.repeat wrapper
     pairs = chunks[0].copy()
     for more in chunks[1:]:  # list += list copies references at C speed (chain: one by one)
         pairs += more

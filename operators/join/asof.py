@@ -270,11 +270,14 @@ class _AsofLogic(StatefulBatchLogic):
     def _prune(self, kids: set[int]) -> None:
         """Keep, per key, the version valid at its watermark and every newer one."""
         versions, cap = self.versions, self.cfg.max_versions
-        marks = self.et.marks(np.fromiter(kids, np.int64, len(kids))).tolist()
-        for kid, mark in zip(kids, marks):
+        # each key's watermark (et.marks without idle advance, which asof_join does not use; every
+        # key here had a row accepted in this call): a few keys a call, cheaper one by one
+        kmax, delay = self.et.kmax, self.et.delay
+        for kid in kids:
             vs = versions.get(kid)
             if vs is None:  # forgotten by the TTL in this very call
                 continue
+            mark = int(kmax[kid]) - delay
             times = vs[0]
             drop = max(bisect_right(times, mark) - 1, len(times) - cap)
             if drop > 0:
