@@ -24,6 +24,7 @@ import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators._core.admission import _NONE
+from streamml.operators._core.arrays import highest, lowest
 from streamml.operators._core.event_time import KeyedEventTime
 from streamml.operators._core.state import snapshot
 from streamml.operators.join._label_frames import (
@@ -44,7 +45,6 @@ from streamml.operators.join._resume import resumed
 from streamml.operators.join._shards import (
     LEFT,
     NEVER,
-    RIGHT,
     Chunked,
     RowStore,
     check_shards,
@@ -160,6 +160,7 @@ class _Config:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UNMATCHED = "no prediction for id {!r} within max_delay before the label"
 _FIRST_US = micros(datetime.min.replace(tzinfo=timezone.utc) - _EPOCH)
 _LAST_US = micros(datetime.max.replace(tzinfo=timezone.utc) - _EPOCH)
 
@@ -172,6 +173,8 @@ def _outside(ts: np.ndarray, is_pred: np.ndarray, window: int) -> np.ndarray | N
         >>> _outside(np.array([0, _LAST_US, _LAST_US]), np.array([True, True, False]), w).tolist()
         [False, True, False]
     """
+    if not len(ts) or (lowest(ts) >= _FIRST_US + window and highest(ts) <= _LAST_US - window):
+        return None
     starts = ts - ts % window
     bad = ((starts < _FIRST_US) | (starts > _LAST_US - window)) & is_pred
     return bad if bad.any() else None
@@ -487,7 +490,7 @@ class _LabelLogic(StatefulBatchLogic):
             out[1].append((key, pred[1]))
 
     def _unmatched(self, key: str, labels: list[tuple], out: list) -> None:
-        why = f"no prediction for id {key!r} within max_delay before the label"
+        why = _UNMATCHED.format(key)
         out[2].extend(
             Rejected(self.cfg.step_id, "UnmatchedLabel", why, (key, event))
             for _, event, _ in labels
@@ -570,6 +573,7 @@ class _FrameLogic(_LabelLogic):
         self.stores = (RowStore(), RowStore())
         self.next_id = 0
         self.gone: tuple[list[int], list[int]] = ([], [])  # ids leaving the stores this call
+        self.unmatched: list[tuple[str, int]] = []  # (key, label id) found unmatched this call
         super().__init__(cfg, resume)
 
     def _held_as_mine(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -663,28 +667,38 @@ class _FrameLogic(_LabelLogic):
         self._step(rows, sides, read, ts_ok, out)
 
     def _unmatched(self, key: str, labels: list[tuple], out: list) -> None:
-        ids = [x[1] for x in labels]
-        self.gone[1].extend(ids)
-        why = f"no prediction for id {key!r} within max_delay before the label"
-        rows = self.stores[RIGHT].gather(ids).to_dicts()
-        out[2].extend(Rejected(self.cfg.step_id, "UnmatchedLabel", why, r) for r in rows)
+        self.unmatched += [(key, x[1]) for x in labels]  # rejected in _emit, one gather
 
     def _emit(self, out: list) -> list:
         """Labelled predictions as one frame (their columns and the label column), the
         unlabelled ones as another; their rows leave the stores."""
         preds, labels = self.stores
         gone_preds, gone_labels = self.gone
-        if out[0]:
-            pred_ids = [p for _, p, _, _ in out[0]]
-            label_ids = [x for _, _, _, x in out[0]]
-            label = labels.gather(label_ids).get_column(self.cfg.label)
-            out[0] = [preds.gather(pred_ids).with_columns(label)]
-            gone_preds += pred_ids
-            gone_labels += label_ids
-        if out[1]:
-            ids = [i for _, i in out[1]]
-            out[1] = [preds.gather(ids)]
+        if self.unmatched:
+            keys, ids = zip(*self.unmatched)
+            step_id = self.cfg.step_id
+            out[2] += [
+                Rejected(step_id, "UnmatchedLabel", _UNMATCHED.format(key), row)
+                for key, row in zip(keys, labels.gather(ids).to_dicts())
+            ]
+            gone_labels += ids
+            self.unmatched.clear()
+        n_labelled, n_unlabelled = len(out[0]), len(out[1])
+        if n_labelled or n_unlabelled:  # one gather of the predictions for both
+            ids = [p for _, p, _, _ in out[0]] + [i for _, i in out[1]]
+            rows = preds.gather(ids)
             gone_preds += ids
+            if n_labelled:
+                label_ids = [x for _, _, _, x in out[0]]
+                label = _store_column(labels, label_ids, self.cfg.label)
+                done = rows.slice(0, n_labelled) if n_unlabelled else rows
+                if label.name in done.columns:
+                    out[0] = [done.with_columns(label)]
+                else:
+                    out[0] = [done.hstack([label])]  # no query engine: a third of with_columns
+                gone_labels += label_ids
+            if n_unlabelled:
+                out[1] = [rows.slice(n_labelled)]
         if gone_preds:
             preds.drop(gone_preds)
             gone_preds.clear()
@@ -696,6 +710,13 @@ class _FrameLogic(_LabelLogic):
     def _data(self) -> dict[str, Any]:
         stores = [s.snapshot_data() for s in self.stores]
         return {**super()._data(), "stores": stores, "next_id": self.next_id}
+
+
+def _store_column(store: RowStore, ids: list[int], name: str) -> pl.Series:
+    """Column ``name`` of the stored rows of ``ids``, in that order (one column gathered)."""
+    assert store.frame is not None  # the ids were stored
+    pos = np.searchsorted(store.ids, np.asarray(ids, dtype=np.int64))
+    return store.frame.get_column(name).gather(pos)
 
 
 def _from_legacy(state: _LabelState, cfg: _Config) -> dict[str, Any]:
