@@ -29,6 +29,7 @@ import re
 from typing import Any
 
 import numpy as np
+from streamml.operators._core.arrays import highest, lowest
 from streamml.operators.featurize._frequency import (
     bin_edges,
     hll_estimate,
@@ -127,7 +128,8 @@ class Summaries:
             at += width
         self.cols["bins"] = slice(at, at + len(self.bins))
         self.values = np.zeros((0, at + len(self.bins)))
-        self.handle = _EMPTY_I  # each window's row in the registers and sketches below
+        self.sketched = bool(self.hll_fields or self.kll_fields)
+        self.handle = _EMPTY_I  # each window's row in the registers and sketches below, if any
         self.registers = [np.zeros((0, _REGISTERS), dtype=np.uint8) for _ in self.hll_fields]
         self.sketches: list[list[KLL | None]] = [[] for _ in self.kll_fields]
         self.free: list[int] = []
@@ -153,12 +155,11 @@ class Summaries:
             k, w = kid[order], wid[order]
             cut = np.flatnonzero((k[1:] != k[:-1]) | (w[1:] != w[:-1])) + 1
         x = x[order]
-        starts = np.concatenate(([0], cut))
-        ends = np.concatenate((cut, [n]))
+        bounds = np.concatenate(([0], cut, [n]))
+        starts, ends, size = bounds[:-1], bounds[1:], np.diff(bounds)
         firsts = order[starts]  # each window's first row, as given
         kid, wid, ts = kid[firsts], wid[firsts], ts[order[ends - 1]]
-        group = np.repeat(np.arange(len(starts)), ends - starts)
-        sizes = (ends - starts).astype(np.float64)
+        sizes = size.astype(np.float64)
         c = self.cols
         part = np.empty((len(starts), self.values.shape[1]))
         part[:, 0] = sizes
@@ -168,7 +169,7 @@ class Summaries:
                 part[:, c["s"]] = total
         if "mu" in c:
             mu = part[:, c["mu"]] = total / sizes[:, None]
-            dev = x - mu[group]
+            dev = x - mu.repeat(size, axis=0)
             part[:, c["m2"]] = np.add.reduceat(dev * dev, starts, axis=0)
         if "lo" in c:
             part[:, c["lo"]] = np.minimum.reduceat(x, starts, axis=0)
@@ -192,10 +193,12 @@ class Summaries:
             new = ~old
             slot[new] = self._append(kid[new], wid[new], part[new])
         self.end[slot] = ts
+        if not self.sketched:
+            return
         handle = self.handle[slot]
         for j, f in enumerate(self.hll_fields):
             reg, rho = hll_registers(x[:, f])
-            key = handle[group] * _REGISTERS + reg
+            key = handle.repeat(size) * _REGISTERS + reg
             order = np.argsort(key, kind="stable")
             key, rho = key[order], rho[order]
             first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
@@ -210,10 +213,10 @@ class Summaries:
     def _base(self, kid: np.ndarray, wid: np.ndarray) -> int | None:
         """The smallest wid of these windows and the open ones when every window packs
         into one int64 ``kid << 32 | (wid - base)``, else None."""
-        lo, hi, top = int(wid.min()), int(wid.max()), int(kid.max())
+        lo, hi, top = lowest(wid), highest(wid), highest(kid)
         if len(self.kid):
-            lo, hi = min(lo, int(self.wid.min())), max(hi, int(self.wid.max()))
-            top = max(top, int(self.kid.max()))
+            lo, hi = min(lo, lowest(self.wid)), max(hi, highest(self.wid))
+            top = max(top, highest(self.kid))
         return lo if hi - lo < 1 << 31 and top < 1 << 31 else None
 
     def _find(
@@ -252,9 +255,10 @@ class Summaries:
             delta = part[:, c["mu"]] - cur[:, c["mu"]]
             cur[:, c["m2"]] += part[:, c["m2"]] + delta * delta * (na * nb / total)[:, None]
             cur[:, c["mu"]] += delta * (nb / total)[:, None]
-        for name in ("s", "bins"):
-            if name in c:
-                cur[:, c[name]] += part[:, c[name]]
+        if "s" in c:
+            cur[:, c["s"]] += part[:, c["s"]]
+        if self.bins:
+            cur[:, c["bins"]] += part[:, c["bins"]]
         if "lo" in c:
             np.minimum(cur[:, c["lo"]], part[:, c["lo"]], out=cur[:, c["lo"]])
         if "hi" in c:
@@ -270,13 +274,12 @@ class Summaries:
         self.wid = np.concatenate([self.wid, wid])
         self.end = np.concatenate([self.end, np.zeros(len(kid), dtype=np.int64)])
         self.values = np.concatenate([self.values, part])
-        self.handle = np.concatenate([self.handle, self._handles(len(kid))])
+        if self.sketched:
+            self.handle = np.concatenate([self.handle, self._handles(len(kid))])
         return np.arange(at, at + len(kid))
 
     def _handles(self, count: int) -> np.ndarray:
         """Rows for ``count`` new windows in the registers and sketches (freed ones first)."""
-        if not self.hll_fields and not self.kll_fields:
-            return np.zeros(count, dtype=np.int64)
         reuse = self.free[len(self.free) - min(count, len(self.free)) :]
         del self.free[len(self.free) - len(reuse) :]
         size = len(self.sketches[0]) if self.kll_fields else len(self.registers[0])
@@ -348,17 +351,18 @@ class Summaries:
         return out
 
     def _drop(self, shut: np.ndarray) -> None:
-        gone = self.handle[shut].tolist()
-        if self.hll_fields or self.kll_fields:
+        if self.sketched:
+            gone = self.handle[shut].tolist()
             for r in self.registers:
                 r[gone] = 0
             for sketches in self.sketches:
                 for h in gone:
                     sketches[h] = None
             self.free.extend(gone)
+            self.handle = self.handle[~shut]
         keep = ~shut
         self.kid, self.wid, self.end = self.kid[keep], self.wid[keep], self.end[keep]
-        self.values, self.handle = self.values[keep], self.handle[keep]
+        self.values = self.values[keep]
 
     def latest(self, kids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key id: the wid and last time of its latest open window (by wid), or
@@ -413,11 +417,6 @@ class Summaries:
         self.wid = np.asarray(data["wid"], dtype=np.int64)
         self.end = np.asarray(data["end"], dtype=np.int64)
         self.values = np.asarray(data["values"], dtype=np.float64)
-        count = len(self.kid)
-        self.handle = (
-            np.arange(count, dtype=np.int64)
-            if self.hll_fields or self.kll_fields
-            else (np.zeros(count, dtype=np.int64))
-        )
+        self.handle = np.arange(len(self.kid)) if self.sketched else _EMPTY_I
         self.registers = [np.asarray(r, dtype=np.uint8) for r in data["registers"]]
         self.sketches = [list(unpack(p)) for p in data["sketches"]]
