@@ -193,24 +193,25 @@ def read_labels(
     return _read(cfg.step_id, frame, read, errs)
 
 
-def to_frames(data: dict[str, Any]) -> dict[str, Any]:
-    """A rows-path state record's waiting events moved into row stores (ids in their place).
+def to_frames(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """A rows-path state record's waiting events moved into row stores (ids in their place),
+    each with its id in the ``key`` column, as frame rows have it.
 
     Examples:
-        >>> data = to_frames({"preds": {"a": [[5, {"x": 1}, 1, None, "v"]]}, "labels": {}})
+        >>> data = to_frames({"preds": {"a": [[5, {"x": 1}, 1, None, "v"]]}, "labels": {}}, "k")
         >>> data["preds"], data["next_id"], RowStore(data["stores"][0]).gather([0]).rows()
-        ({'a': [[5, 0, 1, None, 'v']]}, 1, [(1,)])
+        ({'a': [[5, 0, 1, None, 'v']]}, 1, [('a', 1)])
     """
     next_id = 0
     stores = []
     converted: dict[str, Any] = {}
     for name in ("preds", "labels"):
         events, held = [], {}
-        for key, items in data[name].items():
-            held[key] = []
+        for k, items in data[name].items():
+            held[k] = []
             for item in items:
-                events.append(item[1])
-                held[key].append([item[0], next_id, *item[2:]])
+                events.append({key: k, **item[1]})
+                held[k].append([item[0], next_id, *item[2:]])
                 next_id += 1
         store = RowStore()
         if events:
@@ -234,9 +235,9 @@ def to_rows(data: dict[str, Any]) -> dict[str, Any]:
 
     Examples:
         >>> rows = to_rows(to_frames({"preds": {"a": [[5, {"x": 1}, 1, None, "v"]]},
-        ...                           "labels": {}}))
+        ...                           "labels": {}}, "k"))
         >>> rows["preds"], "stores" in rows
-        ({'a': [[5, {'x': 1}, 1, None, 'v']]}, False)
+        ({'a': [[5, {'k': 'a', 'x': 1}, 1, None, 'v']]}, False)
     """
     out = {k: v for k, v in data.items() if k not in ("stores", "next_id")}
     for name, stored in zip(("preds", "labels"), data["stores"]):

@@ -578,7 +578,7 @@ class _FrameLogic(_LabelLogic):
 
     def _held_as_mine(self, data: dict[str, Any]) -> dict[str, Any]:
         if "stores" not in data:  # the rows path's record
-            data = to_frames(data)
+            data = to_frames(data, self.cfg.key)
         self.stores = (RowStore(data["stores"][0]), RowStore(data["stores"][1]))
         self.next_id = data["next_id"]
         return data

@@ -151,6 +151,7 @@ def test_resume_across_paths_equals_uninterrupted(arr, data):
     if resume_on == "frames":
         second, _ = drive_frames(after, [], lateness, _FrameLogic(frames_config(lateness), state))
         second[0], second[1] = rows_of(second[0]), rows_of(second[1])
+        assert all(r["k"] is not None for r in second[0] + second[1])  # the id column kept
     else:
         second, _ = drive(after, [], lateness)  # replaced below by the resumed logic
         lg2 = _LabelLogic(config(lateness), state)
