@@ -91,6 +91,8 @@ class Released:
 
 _NOT_DUE = np.iinfo(np.int64).max
 """``due_min`` of no rows: no due time is later."""
+_MIN_CAP = 1024
+"""Rows of capacity kept however few rows are held (below it, arrays never shrink)."""
 
 
 class HeldRows:
@@ -104,7 +106,10 @@ class HeldRows:
     A batch held while nothing else is (``max_delay=0``: every call) is
     kept as it came, so releasing all of it copies nothing.
 
-    Eviction: a row leaves when :meth:`drop` or :meth:`clear` releases it.
+    Eviction: a row leaves when :meth:`drop` or :meth:`clear` releases it;
+    the arrays shrink to twice the rows held once they hold under a quarter
+    of their capacity (and more than 1,024 rows of it), so a burst's memory
+    goes back.
 
     Examples:
         >>> rows = HeldRows(width=1)
@@ -277,6 +282,8 @@ class HeldRows:
         self.n = self.dead = 0
         self.frame, self._parts = None, []
         self.due_min = _NOT_DUE
+        if self._cap > _MIN_CAP:
+            self._arrays(0, _MIN_CAP)
 
     def squeeze(self) -> None:
         """Move the alive rows to the front, in order (the frame too); ``due_min`` made exact."""
@@ -295,6 +302,8 @@ class HeldRows:
             self.alive[:k] = True
             self.frame = _take(frame, keep)
             self.n, self.dead = k, 0
+            if self._cap > _MIN_CAP and 4 * k < self._cap:  # after a burst: memory back
+                self._arrays(k, max(_MIN_CAP, 2 * k))
         self.due_min = int(self.ts[self.ts[: self.n].argmin()]) if self.n else _NOT_DUE
 
     def view(self) -> Held:

@@ -71,3 +71,19 @@ def test_held_rows_match_a_list_of_rows(steps: list, frames: bool, rng) -> None:
     if frames and model:
         final = rows.pop_all().frame
         assert final["id"].to_list() == [r[0] for r in model]
+
+
+def test_capacity_goes_back_after_a_burst() -> None:
+    rows = HeldRows(width=1)
+    n = 50_000
+    rows.add(None, np.zeros(n, dtype=np.int64), np.arange(n), 0.0, np.ones((n, 1)))
+    rows.add(None, np.zeros(1, dtype=np.int64), np.array([10**9]), 0.0, np.ones((1, 1)))
+    assert len(rows.ts) >= n + 1
+    rows.drop(np.arange(n - 10))  # most rows released: squeezed, and the arrays shrink
+    assert len(rows) == 11 and len(rows.ts) <= 1024
+    assert rows.view().ts.tolist() == [*range(n - 10, n), 10**9]
+    rows.pop_all()
+    rows.add(None, np.zeros(n, dtype=np.int64), np.arange(n), 0.0, np.ones((n, 1)))
+    rows.add(None, np.zeros(1, dtype=np.int64), np.array([10**9]), 0.0, np.ones((1, 1)))
+    rows.pop_all()  # everything released at once
+    assert len(rows) == 0 and len(rows.ts) <= 1024
