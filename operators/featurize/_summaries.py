@@ -138,27 +138,30 @@ class Summaries:
 
     # -- folding rows in -------------------------------------------------------
 
-    def fold(self, kid: np.ndarray, wid: np.ndarray, ts: np.ndarray, x: np.ndarray) -> None:
+    def fold(
+        self,
+        kid: np.ndarray,
+        wid: np.ndarray,
+        ts: np.ndarray,
+        x: np.ndarray,
+        *,
+        by_key: bool = False,
+    ) -> None:
         """Fold rows into their windows ``(kid, wid)``: a window's rows in event-time order
-        here, and after the rows of earlier calls."""
+        here, and after the rows of earlier calls. ``by_key``: each key's wids do not
+        decrease in the rows' order (one window per row, each key's rows in event-time
+        order), so a stable sort by key groups the windows."""
         if not len(kid):
             return
         n = len(kid)
-        base = self._base(kid, wid)
-        if base is not None:  # one int64 per row: one stable sort, one comparison
-            code = kid << 32 | (wid - base)
-            order = np.argsort(code, kind="stable")  # a window's rows keep their order
-            code = code[order]
-            cut = np.flatnonzero(code[1:] != code[:-1]) + 1
-        else:
-            order = np.lexsort((wid, kid))
-            k, w = kid[order], wid[order]
-            cut = np.flatnonzero((k[1:] != k[:-1]) | (w[1:] != w[:-1])) + 1
-        x = x[order]
+        # stable: a window's rows keep their order
+        order = kid.argsort(kind="stable") if by_key else np.lexsort((wid, kid))
+        k, w = kid.take(order), wid.take(order)
+        cut = np.flatnonzero((k[1:] != k[:-1]) | (w[1:] != w[:-1])) + 1
+        x = x.take(order, axis=0)
         bounds = np.concatenate(([0], cut, [n]))
         starts, ends, size = bounds[:-1], bounds[1:], np.diff(bounds)
-        firsts = order[starts]  # each window's first row, as given
-        kid, wid, ts = kid[firsts], wid[firsts], ts[order[ends - 1]]
+        kid, wid, ts = k[starts], w[starts], ts[order[ends - 1]]
         sizes = size.astype(np.float64)
         c = self.cols
         part = np.empty((len(starts), self.values.shape[1]))
@@ -183,7 +186,7 @@ class Summaries:
             lo, hi = bin_edges(agg)
             inside = ((x[:, f] >= lo) & (x[:, f] < hi)) * 1.0
             part[:, c["bins"].start + j] = np.add.reduceat(inside, starts)
-        slot = self._find(kid, wid, base, None if base is None else code[starts])
+        slot = self._find(kid, wid)
         old = slot >= 0
         if old.all():
             self._merge(slot, part)
@@ -210,26 +213,18 @@ class Summaries:
             for h, a, b in zip(handle.tolist(), starts.tolist(), ends.tolist()):
                 sketches[h].update(column[a:b])
 
-    def _base(self, kid: np.ndarray, wid: np.ndarray) -> int | None:
-        """The smallest wid of these windows and the open ones when every window packs
-        into one int64 ``kid << 32 | (wid - base)``, else None."""
-        lo, hi, top = lowest(wid), highest(wid), highest(kid)
-        if len(self.kid):
-            lo, hi = min(lo, lowest(self.wid)), max(hi, highest(self.wid))
-            top = max(top, highest(self.kid))
-        return lo if hi - lo < 1 << 31 and top < 1 << 31 else None
-
-    def _find(
-        self, kid: np.ndarray, wid: np.ndarray, base: int | None, code: np.ndarray | None
-    ) -> np.ndarray:
-        """The slot of each window ``(kid, wid)`` (distinct), -1 for one not open; ``code``
-        their packed codes from ``base`` (see :meth:`_base`), or None."""
+    def _find(self, kid: np.ndarray, wid: np.ndarray) -> np.ndarray:
+        """The slot of each window ``(kid, wid)`` (distinct), -1 for one not open."""
         out = np.full(len(kid), -1, dtype=np.int64)
         have = len(self.kid)
         if not have:
             return out
-        if code is not None:  # a sorted search instead of a sort of both
+        base = min(lowest(self.wid), lowest(wid))
+        span = max(highest(self.wid), highest(wid)) - base
+        if span < 1 << 31 and max(highest(self.kid), highest(kid)) < 1 << 31:
+            # one int64 per window: a sorted search instead of a sort of both
             mine = self.kid << 32 | (self.wid - base)
+            code = kid << 32 | (wid - base)
             order = np.argsort(mine)
             mine = mine[order]
             at = np.minimum(np.searchsorted(mine, code), have - 1)
@@ -248,7 +243,7 @@ class Summaries:
     def _merge(self, slot: np.ndarray, part: np.ndarray) -> None:
         """Merge partial summaries into the open windows ``slot`` (distinct)."""
         c = self.cols
-        cur = self.values[slot]
+        cur = self.values.take(slot, axis=0)
         na, nb = cur[:, 0], part[:, 0]
         total = na + nb
         if "mu" in c:
@@ -307,7 +302,7 @@ class Summaries:
         times and one float64 column per feature of the plan; their summaries are dropped."""
         idx = np.flatnonzero(shut)
         idx = idx[np.lexsort((self.wid[idx], self.kid[idx]))]
-        v, c = self.values[idx], self.cols
+        v, c = self.values.take(idx, axis=0), self.cols
         n = v[:, 0]
 
         def moment(name: str, f: int) -> np.ndarray:
@@ -362,7 +357,7 @@ class Summaries:
             self.handle = self.handle[~shut]
         keep = ~shut
         self.kid, self.wid, self.end = self.kid[keep], self.wid[keep], self.end[keep]
-        self.values = self.values[keep]
+        self.values = self.values.compress(keep, axis=0)
 
     def latest(self, kids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key id: the wid and last time of its latest open window (by wid), or

@@ -436,14 +436,14 @@ class Windows:
         if isinstance(w, Fixed):
             last = w.last_id(ts)
             if w.offset == w.length:  # tumbling: a row's one window (``lo`` is it)
-                sums.fold(kid, last, ts, x)
+                sums.fold(kid, last, ts, x, by_key=True)
                 return
             first = w.first_id(ts) if lo is None else np.asarray(lo, dtype=np.int64)
             counts = last - first + 1
             rows = np.repeat(np.arange(len(kid)), counts)
             starts = np.cumsum(counts) - counts
             wid = np.repeat(first, counts) + np.arange(len(rows)) - np.repeat(starts, counts)
-            sums.fold(kid[rows], wid, ts[rows], x[rows])
+            sums.fold(kid[rows], wid, ts[rows], x.take(rows, axis=0))
             return
         order = np.argsort(kid, kind="stable")
         k, t = kid[order], ts[order]
@@ -456,7 +456,7 @@ class Windows:
         start[first_of_key[goes_on]] = open_wid[goes_on]
         wid = np.empty(len(kid), dtype=np.int64)
         wid[order] = start[np.cumsum(begins) - 1]
-        sums.fold(kid, wid, ts, x)
+        sums.fold(kid, wid, ts, x, by_key=True)
 
     def _pend(
         self, kid: np.ndarray, ts: np.ndarray, x: np.ndarray, eof: bool, gone: np.ndarray
