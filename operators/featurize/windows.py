@@ -20,7 +20,9 @@ State and eviction: per key, rows held for the watermark and the rows of
 its open windows (a row leaves when its last window closes) — or, when
 every aggregate is mergeable (no exact ``p<q>``, ``distinct`` or
 ``top<k>``), one summary per open window (:mod:`._summaries`), dropped when
-it closes, so a window's memory does not grow with its rate. A shard
+it closes, so a window's memory does not grow with its rate (fixed windows'
+newest rows, at most 4,096 a shard, wait to be folded in together until one
+of their windows closes). A shard
 forgets a key idle for ``ttl`` of its event time, closing its windows
 first. The by-key step keeps nothing. Snapshots of version 1 (rows only)
 still resume, folded into summaries where the step now keeps them.
@@ -350,7 +352,10 @@ def window_agg(
     none of them, each open window keeps a fixed-size summary instead
     (moments, HyperLogLog registers, KLL sketches), so a long window at a
     high rate — an hour of a busy sensor — costs a few KB, not its rows.
-    Results are the same either way (exact aggregates to rounding).
+    Results are the same either way (exact aggregates to rounding), and
+    short windows lose no speed: with 1,000 keys, 10 s windows and the
+    default aggregates, summaries ran at 1.04x the row state per CPU-second
+    (``python -m benchmarks.sketch``, 1,000,000 events on frames).
 
     Bad events go to ``errs`` exactly as for
     :func:`~streamml.operators.featurize.rolling`. An event older than its
