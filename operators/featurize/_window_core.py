@@ -29,16 +29,18 @@ aggregates (to rounding), and a window's memory no longer grows with its
 rows. Sessions too: rows come out in event-time order per key, so a row
 either extends its key's latest session (within ``gap`` of its last row)
 or starts a new one, and sessions never need merging. Fixed windows' rows
-wait in the open rows (at most ``_PENDING``, 4,096) until one of their
-windows closes and are folded then, all at once: with short windows that
-is one fold per closing step rather than one per step (1.10x on the
-many-keys benchmark's recorded calls), and a snapshot keeps the waiting
-rows, so a resumed run folds the same rows together as an uninterrupted one.
+wait in the open rows until one of their windows closes and are folded
+then, all at once: with short windows that is one fold per closing step
+rather than one per step, and a snapshot keeps the waiting rows, so a
+resumed run folds the same rows together as an uninterrupted one. At most
+16 rows per open window wait (or 1,024), so their memory stays
+proportional to the summaries'.
 
 Eviction: a row leaves the open rows when its last window closes (a summary
-when its window closes; a waiting row when it is folded); keys idle for ``ttl`` of the state's event time are
-forgotten by the core, their windows closed first. The state is snapshot as
-a plain record (see :meth:`Windows.snapshot_data`).
+when its window closes; a waiting row when it is folded); keys idle for
+``ttl`` of the state's event time are forgotten by the core, their windows
+closed first. The state is snapshot as a plain record (see
+:meth:`Windows.snapshot_data`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ from streamml.operators.featurize._summaries import (
 __all__ = ["Closed", "Fixed", "Sessions", "Spec", "Windows", "aggregate"]
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
-_PENDING = 4096  # at most this many released rows wait to be folded into summaries
+# released rows waiting to be folded into summaries: at most this many a window, or in all
+_PENDING_PER_WINDOW, _PENDING = 16, 1024
 
 
 @dataclass(frozen=True)
@@ -462,8 +465,9 @@ class Windows:
         self, kid: np.ndarray, ts: np.ndarray, x: np.ndarray, eof: bool, gone: np.ndarray
     ) -> None:
         """Fixed windows: released rows wait in the open rows (``lo`` their first window) and
-        are folded together once one of their windows closes or more than ``_PENDING`` rows
-        wait - one fold per closing step instead of one per step, into the same summaries."""
+        are folded together once one of their windows closes, or more wait than 16 per open
+        window or 1,024 - one fold per closing step instead of one per step, into the same
+        summaries, and the waiting rows' memory bounded by the summaries'."""
         w = self.spec.windows
         assert isinstance(w, Fixed)
         if len(kid) and len(self.kid):
@@ -475,7 +479,8 @@ class Windows:
             self.kid, self.ts, self.x, self.lo = kid, ts, x, w.first_id(ts)
         if not len(self.kid):
             return
-        due = eof or len(gone) or len(self.kid) > _PENDING
+        bound = max(_PENDING, _PENDING_PER_WINDOW * len(self.sums.kid))
+        due = eof or len(gone) or len(self.kid) > bound
         if due or (self.lo <= w.closed_upto(self.et.marks(self.kid))).any():
             self._flush()
 

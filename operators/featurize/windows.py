@@ -21,8 +21,8 @@ its open windows (a row leaves when its last window closes) — or, when
 every aggregate is mergeable (no exact ``p<q>``, ``distinct`` or
 ``top<k>``), one summary per open window (:mod:`._summaries`), dropped when
 it closes, so a window's memory does not grow with its rate (fixed windows'
-newest rows, at most 4,096 a shard, wait to be folded in together until one
-of their windows closes). A shard
+newest rows wait to be folded in together until one of their windows
+closes: at most 16 per open window, or 1,024 a shard). A shard
 forgets a key idle for ``ttl`` of its event time, closing its windows
 first. The by-key step keeps nothing. Snapshots of version 1 (rows only)
 still resume, folded into summaries where the step now keeps them.

@@ -133,6 +133,22 @@ def test_a_long_window_keeps_a_bounded_summary_not_its_rows():
     assert abs(row[6] - 200_000) < 0.05 * 200_000  # HyperLogLog, 1.6 % standard error
 
 
+def test_rows_waiting_to_be_folded_stay_bounded():
+    """Fixed windows' released rows wait to be folded until one of their windows closes, but
+    never more than 16 per open window or 1,024: one key's hour-long window, 60 rows a step."""
+    rng = np.random.default_rng(3)
+    ts = np.sort(rng.integers(0, 3600 * S, 6000))
+    x = rng.normal(size=len(ts))
+    w = Windows(spec(Fixed(3600 * S, 3600 * S, 0), SKETCHED))
+    most = 0
+    for part in np.array_split(np.arange(len(ts)), 100):
+        assert feed(w, ["a"] * len(part), ts[part], x[part]) == []
+        most = max(most, len(w.kid))
+    assert 0 < most <= 1024
+    (row,) = rows(w, w.step(eof=True))
+    assert row[3] == 6000 and math.isclose(row[4], np.std(x), rel_tol=1e-9)
+
+
 @st.composite
 def flows(draw):
     n = draw(st.integers(1, 60))
