@@ -354,7 +354,7 @@ def window_agg(
     high rate — an hour of a busy sensor — costs a few KB, not its rows.
     Results are the same either way (exact aggregates to rounding), and
     short windows lose no speed: with 1,000 keys, 10 s windows and the
-    default aggregates, summaries ran at 1.04x the row state per CPU-second
+    default aggregates, summaries ran at 1.05x the row state per CPU-second
     (``python -m benchmarks.sketch``, 1,000,000 events on frames).
 
     Bad events go to ``errs`` exactly as for
