@@ -222,4 +222,4 @@ def test_every_row_is_written_once_or_rejected(
         item = items[row["id"]]
         hour = datetime.fromtimestamp(item["ts"] / 1000, timezone.utc)
         key = "__HIVE_DEFAULT_PARTITION__" if item["key"] is None else quote(item["key"], safe="")
-        assert f"/date={hour:%Y-%m-%d}/hour={hour:%H}/key={key}/" in row["file"]
+        assert f"/date={hour.year:04d}-{hour:%m-%d}/hour={hour:%H}/key={key}/" in row["file"]
