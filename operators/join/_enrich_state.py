@@ -18,8 +18,9 @@ from typing import Any
 
 import polars as pl
 from bytewax.operators import StatefulBatchLogic
-from streamml.operators._core.state import restore, snapshot
-from streamml.operators.join._legacy import _EnrichState, is_legacy
+from streamml.operators._core.state import snapshot
+from streamml.operators.join._legacy import _EnrichState
+from streamml.operators.join._resume import resumed
 from streamml.operators.join._shards import micros
 from streamml.operators.join.table import TableReady
 
@@ -85,10 +86,8 @@ class _Logic(StatefulBatchLogic):
         self.table: dict[str, Any] = {}
         self.ready: set[tuple[str, int]] = set()
         self.held: list | None = [] if cfg.wait_for_bootstrap else None
-        if resume is not None:
-            if is_legacy(resume):
-                resume = snapshot(_KIND, 0, resume)
-            data = restore(resume, kind=_KIND, version=_VERSION, upgrades={0: _from_legacy})
+        data = resumed(resume, kind=_KIND, version=_VERSION, upgrades={0: _from_legacy})
+        if data is not None:
             if data["path"] != self.path:
                 raise ValueError(
                     f"the recovery store holds the {data['path']} path's state of this "

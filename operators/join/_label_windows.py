@@ -12,8 +12,9 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from bytewax.operators import StatefulBatchLogic
-from streamml.operators._core.state import restore, snapshot
-from streamml.operators.join._legacy import _MetricsState, is_legacy
+from streamml.operators._core.state import snapshot
+from streamml.operators.join._legacy import _MetricsState
+from streamml.operators.join._resume import resumed
 from streamml.operators.join._shards import NEVER, to_datetime
 from streamml.operators.join.metrics import ClassificationStats, RegressionStats
 
@@ -72,11 +73,9 @@ class _MetricsLogic(StatefulBatchLogic):
         self.cfg = cfg
         self.closed: dict[str, int] = {}
         self.parts: dict[tuple[int, Hashable], _WindowPart] = {}
-        if resume is not None:
-            if is_legacy(resume):
-                resume = snapshot(_METRICS_KIND, 0, resume)
-            upgrades = {0: _metrics_from_legacy}
-            data = restore(resume, kind=_METRICS_KIND, version=_VERSION, upgrades=upgrades)
+        upgrades = {0: _metrics_from_legacy}
+        data = resumed(resume, kind=_METRICS_KIND, version=_VERSION, upgrades=upgrades)
+        if data is not None:
             self.closed = dict(data["closed"])
             self.parts = _parts_from(data["parts"], cfg.regression)
 

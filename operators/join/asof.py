@@ -23,8 +23,9 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators._core.admission import _NONE
 from streamml.operators._core.event_time import KeyedEventTime
 from streamml.operators._core.held import Held
-from streamml.operators._core.state import restore, snapshot
-from streamml.operators.join._legacy import _AsofState, _Versions, is_legacy
+from streamml.operators._core.state import snapshot
+from streamml.operators.join._legacy import _AsofState, _Versions
+from streamml.operators.join._resume import resumed
 from streamml.operators.join._shards import (
     LEFT,
     MISSING,
@@ -88,11 +89,7 @@ class _AsofLogic(StatefulBatchLogic):
 
     def __init__(self, cfg: _Config, resume: Any) -> None:
         self.cfg = cfg
-        data: dict[str, Any] | None = None
-        if resume is not None:
-            if is_legacy(resume):
-                resume = snapshot(_KIND, 0, resume)
-            data = restore(resume, kind=_KIND, version=_VERSION, upgrades={0: _from_legacy})
+        data = resumed(resume, kind=_KIND, version=_VERSION, upgrades={0: _from_legacy})
         self.et = KeyedEventTime(
             max_delay=cfg.lateness,
             ttl=cfg.ttl,
