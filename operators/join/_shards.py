@@ -177,7 +177,7 @@ def tag_sides(
                     k = item[0]
                     i = known(k) if memo else None
                     if i is None:
-                        i = crc(k.encode()) % shards
+                        i = crc(k.encode("utf-8", "surrogatepass")) % shards
                         if memo:
                             if len(shard_of) >= _CACHE_KEYS:
                                 shard_of.clear()
@@ -296,7 +296,7 @@ def tag_frames_table(
                 if name is None:
                     if len(shard_of) >= _CACHE_KEYS:
                         shard_of.clear()
-                    name = shard_of[k] = names[crc(k.encode()) % shards]
+                    name = shard_of[k] = names[crc(k.encode("utf-8", "surrogatepass")) % shards]
                 chunk = chunks.setdefault(name, [])
                 if chunk and chunk[-1][0] == RIGHT:
                     chunk[-1][1].append(item)
@@ -476,14 +476,25 @@ class RowStore:
             if self.frame is not None:
                 self.layout = (self.frame.columns, self.frame.dtypes)
 
-    def fits(self, frame: pl.DataFrame) -> str | None:
-        """Why ``frame`` cannot join the stored rows (``None`` if it can)."""
-        if self.frame is None or self.layout == (frame.columns, frame.dtypes):
+    def fits(self, frame: pl.DataFrame, pending: Sequence[pl.DataFrame] = ()) -> str | None:
+        """Why ``frame`` cannot join the stored rows and ``pending`` (``None`` if it can).
+
+        ``pending``: the frames of this side accepted earlier in the same call,
+        stored together with ``frame`` after it.
+
+        Examples:
+            >>> s = RowStore()
+            >>> s.fits(pl.DataFrame({"x": [b"a"]}), [pl.DataFrame({"x": [1]})]) is not None
+            True
+        """
+        layout = (frame.columns, frame.dtypes)
+        before = [f for f in (self.frame, *pending) if f is not None]
+        if all((f.columns, f.dtypes) == layout for f in before):
             return None
         try:
-            pl.concat([self.frame.head(0), frame.head(0)], how="diagonal_relaxed")
+            pl.concat([f.head(0) for f in (*before, frame)], how="diagonal_relaxed")
         except Exception as exc:  # noqa: BLE001 - polars names the clash
-            return f"columns do not fit the rows stored from earlier frames: {exc}"
+            return f"columns do not fit the rows of earlier frames: {exc}"
         return None
 
     def add(self, frame: pl.DataFrame, ids: np.ndarray, alive: np.ndarray | None = None) -> None:

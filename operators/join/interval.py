@@ -293,7 +293,7 @@ class _FrameLogic(_Logic):
         frames: list[tuple[int, pl.DataFrame]] = []
         times: list[np.ndarray] = []
         for side, frame in values:
-            why = self.stores[side].fits(frame)
+            why = self.stores[side].fits(frame, [f for s, f in frames if s == side])
             if why is not None:
                 errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
                 continue

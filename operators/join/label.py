@@ -593,7 +593,7 @@ class _FrameLogic(_LabelLogic):
         sides: list[int] = []
         read: list[Any] = []
         for side, frame in values:
-            why = self._fits(side, frame, [f for s, f in frames if s == side])
+            why = self.stores[side].fits(frame, [f for s, f in frames if s == side])
             if why is not None:
                 errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
                 continue
@@ -618,20 +618,6 @@ class _FrameLogic(_LabelLogic):
             self._add(frames, keys, np.concatenate(times), sides, read, out)
         self._release(out)
         return self._emit(out), False
-
-    def _fits(self, side: int, frame: pl.DataFrame, pending: list[pl.DataFrame]) -> str | None:
-        """Why ``frame`` cannot be stored with the side's rows and the call's earlier frames."""
-        why = self.stores[side].fits(frame)
-        if why is not None or not pending:
-            return why
-        last = pending[-1]
-        if last.columns == frame.columns and last.dtypes == frame.dtypes:
-            return None
-        try:
-            pl.concat([f.head(0) for f in (*pending, frame)], how="diagonal_relaxed")
-        except Exception as exc:  # noqa: BLE001 - polars names the clash
-            return f"columns do not fit the rows of earlier frames: {exc}"
-        return None
 
     def _add(
         self,

@@ -222,3 +222,62 @@ def test_misconfiguration_raises_at_build_time():
         interval_join("j2", s, s, left_ts=ts, lower=timedelta(0), upper=timedelta(1), how="full")
     with pytest.raises(ValueError, match="shards"):
         interval_join("j3", s, s, left_ts=ts, lower=timedelta(0), upper=timedelta(1), shards=0)
+
+
+@pytest.mark.parametrize("join", ["interval", "asof"])
+def test_a_lone_surrogate_key_is_joined_not_a_crash(join: str) -> None:
+    """A key with a lone surrogate is valid Python text: it is routed and joined like any other."""
+    from streamml.operators.join import asof_join
+
+    flow = Dataflow("surrogate")
+    events = [("\ud800", {"ts": at(1)}), ("a", {"ts": at(1)})]
+    left = op.input("l", flow, TestingSource(events))
+    right = op.input("r", flow, TestingSource(events))
+    if join == "interval":
+        out = interval_join(
+            "j",
+            left,
+            right,
+            left_ts=ts,
+            right_ts=ts,
+            lower=timedelta(0),
+            upper=timedelta(seconds=1),
+        )
+    else:
+        out = asof_join("j", left, right, ts=ts, table_ts=ts)
+    oks: list = []
+    errs: list = []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    assert sorted(k for k, _ in oks) == ["a", "\ud800"] and errs == []
+
+
+def test_frames_of_one_call_that_cannot_be_stored_together_are_rejected_not_a_crash() -> None:
+    """Two left frames in one Bytewax batch, an Int64 and a Binary ``n``: the second is a BadItem."""
+    import polars as pl
+
+    flow = Dataflow("clash")
+    frames = [
+        pl.DataFrame({"k": ["a"], "n": [1], "ts": [0]}),
+        pl.DataFrame({"k": ["a"], "n": [b"x"], "ts": [1]}),
+    ]
+    left = op.input("l", flow, TestingSource(frames, batch_size=2))
+    right = op.input("r", flow, TestingSource([pl.DataFrame({"k": ["a"], "ts": [500]})]))
+    out = interval_join(
+        "j",
+        left,
+        right,
+        key="k",
+        left_ts="ts",
+        lower=timedelta(0),
+        upper=timedelta(seconds=1),
+        shards=1,
+    )
+    oks: list = []
+    errs: list = []
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("errs", out.errs, TestingSink(errs))
+    run_main(flow)
+    assert [(e.error_type, e.original["n"]) for e in errs] == [("BadItem", b"x")]
+    assert sum(f.height for f in oks) == 1  # the first frame's row met the right one
