@@ -1,8 +1,10 @@
 """The contract every frame-mode operator keeps, checked on each by one parametrized suite.
 
-Row operators (``asof_join``, ``label_join``: ``(key, row)`` items) are
-cases too: their build turns each input frame into its rows, so every
-property below checks them on the same input.
+Row operators and row entry points (``asof_join``, ``label_join``,
+``inactivity`` with ``key=None``, ...: ``(key, row)`` items; the cases with
+``rows=True`` in :mod:`tests.operators.contract`) are cases too: their build
+turns each input frame into its rows, so every property below checks them on
+the same input.
 
 Modelled on River's shared estimator checks: each operator is a *case* of
 :mod:`tests.operators.contract` (how to build it, a valid input, which input
