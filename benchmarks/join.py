@@ -302,15 +302,18 @@ def _label_data(n: int) -> tuple[list, list]:
     return preds, labels
 
 
-def _run_label(preds: list, labels: list, *, shards: int) -> int:
-    flow = Dataflow("bench_label")
-    p = op.input("preds", flow, TestingSource(preds, batch_size=BATCH))
-    lb = op.input("labels", flow, TestingSource(labels, batch_size=BATCH))
+def _run_label(preds: list, labels: list, *, shards: int, frames: bool = False) -> int:
+    """Predictions and labels through label_join: ``(id, event)`` rows, or frames of them."""
+    flow = Dataflow("bench_label_frames" if frames else "bench_label")
+    batch = 1 if frames else BATCH  # a frame is a batch already
+    p = op.input("preds", flow, TestingSource(preds, batch_size=batch))
+    lb = op.input("labels", flow, TestingSource(labels, batch_size=batch))
+    fields: dict[str, Any] = {"key": "id", "ts": "ts"} if frames else {"ts": _ts}
     out = label_join(
         "label",
         p,
         lb,
-        ts=_ts,
+        **fields,
         probability="p",
         max_delay=timedelta(seconds=5),
         window=timedelta(seconds=60),
@@ -322,8 +325,9 @@ def _run_label(preds: list, labels: list, *, shards: int) -> int:
     op.output("unlabelled", out.unlabelled, missed)
     op.output("metrics", out.metrics, CountSink())
     run_main(flow)
-    assert done.counter[0] + missed.counter[0] == len(preds)
-    return len(preds) + len(labels)
+    rows = [sum(f.height for f in side) if frames else len(side) for side in (preds, labels)]
+    assert done.counter[0] + missed.counter[0] == rows[0]
+    return sum(rows)
 
 
 def _as_label_frames(items: list) -> list:
@@ -334,32 +338,6 @@ def _as_label_frames(items: list) -> list:
         pl.DataFrame([{"id": k, **e} for k, e in items[i : i + BATCH]])
         for i in range(0, len(items), BATCH)
     ]
-
-
-def _run_label_frames(preds: list, labels: list, *, shards: int) -> int:
-    flow = Dataflow("bench_label_frames")
-    p = op.input("preds", flow, TestingSource(preds, batch_size=1))
-    lb = op.input("labels", flow, TestingSource(labels, batch_size=1))
-    out = label_join(
-        "label",
-        p,
-        lb,
-        key="id",
-        ts="ts",
-        probability="p",
-        max_delay=timedelta(seconds=5),
-        window=timedelta(seconds=60),
-        lateness=timedelta(seconds=10),
-        shards=shards,
-    )
-    done, missed = CountSink(), CountSink()
-    op.output("labelled", out.labelled, done)
-    op.output("unlabelled", out.unlabelled, missed)
-    op.output("metrics", out.metrics, CountSink())
-    run_main(flow)
-    n = sum(f.height for f in preds)
-    assert done.counter[0] + missed.counter[0] == n
-    return n + sum(f.height for f in labels)
 
 
 def label_main(quick: bool = False) -> dict:
@@ -382,8 +360,8 @@ def label_main(quick: bool = False) -> dict:
         "Label join (predictions and labels/s)",
         {
             "streamml label_join (16 shards)": lambda: _run_label(preds, labels, shards=16),
-            "streamml label_join frames (16 shards)": lambda: _run_label_frames(
-                pred_frames, label_frames, shards=16
+            "streamml label_join frames (16 shards)": lambda: _run_label(
+                pred_frames, label_frames, shards=16, frames=True
             ),
             "stateful_batch per id (baseline)": lambda: _run_label(
                 preds[:small], labels[:small], shards=_per_key_shards(small)
