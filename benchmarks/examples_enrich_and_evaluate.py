@@ -131,6 +131,23 @@ more to its first 10 messages, measured here), a start-up cost the sources
 no longer pay (``streamml._kafka_partitions.start_position``)."""
 
 
+def _inputs_consumer(bootstrap: str, topics: Any) -> Consumer:
+    """A consumer of the transactions and labels from offset 0, with the dataflow source's fetch settings."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench",
+            "enable.auto.commit": False,
+            **kafka.SOURCE_DEFAULTS,
+            **_FROM_START,
+        }
+    )
+    consumer.assign(
+        [TopicPartition(topics.transactions, 0, 0), TopicPartition(topics.labels, 0, 0)]
+    )
+    return consumer
+
+
 def _read_table(bootstrap: str, topic: str) -> dict[str, Any]:
     consumer = Consumer(
         {
@@ -212,18 +229,7 @@ def _per_event(
         out = replace(topics, **{name: f"bench-loop-{name}-{i}" for name in _OUTPUTS})
         create_topics(bootstrap, [getattr(out, name) for name in _OUTPUTS])
         table = _read_table(bootstrap, topics.accounts)
-        consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "bench",
-                "enable.auto.commit": False,
-                **kafka.SOURCE_DEFAULTS,  # the fetch settings of the dataflow's source
-                **_FROM_START,
-            }
-        )
-        consumer.assign(
-            [TopicPartition(topics.transactions, 0, 0), TopicPartition(topics.labels, 0, 0)]
-        )
+        consumer = _inputs_consumer(bootstrap, topics)
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         pending: dict[str, dict[str, Any]] = {}
         early: dict[str, int] = {}
@@ -318,18 +324,7 @@ def _io_alone(bootstrap: str, topics: Topics, n_messages: int) -> Callable[[], i
         names = [f"bench-io-{name}-{i}" for name in ("predictions", "outcomes")]
         create_topics(bootstrap, names)
         sinks = [ProducerSink(bootstrap, name).build("io", 0, 1) for name in names]
-        consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "bench",
-                "enable.auto.commit": False,
-                **kafka.SOURCE_DEFAULTS,
-                **_FROM_START,
-            }
-        )
-        consumer.assign(
-            [TopicPartition(topics.transactions, 0, 0), TopicPartition(topics.labels, 0, 0)]
-        )
+        consumer = _inputs_consumer(bootstrap, topics)
         read = txs = 0
         try:
             while read < n_messages:
