@@ -501,12 +501,38 @@ def _label_check(items: list[Any], frames: bool) -> None:
     assert set(_ids_in(items)) <= set(_ids_out(oks)) | {_id_of(r.original) for r in rejected}
 
 
+def _inactivity_check(items: list[Any], frames: bool) -> None:
+    """Silences absorb rows: each input is taken in, rejected or late, none twice; an input taken
+    in (rows) is a (str key, event) pair with an aware time; every alert is ``after`` past its
+    last row."""
+    where = {"key": "k", "timestamp": "ts"} if frames else {"timestamp": _ts}
+    flow = Dataflow("bad_inactivity")
+    up = op.input("in", flow, TestingSource(items))
+    out = anomaly.inactivity("silent", up, **where, after=WIN, lateness=WIN)
+    alerts: list = []
+    rejected: list[Rejected] = []
+    op.output("alerts", out.alerts, TestingSink(alerts))
+    op.output("errs", op.merge("rejected", out.errs, out.late), TestingSink(rejected))
+    run_main(flow)
+    ids = Counter(_id_of(r.original) for r in rejected)
+    assert not ids - _ids_in(items)
+    for alert in alerts:
+        body = alert if frames else alert[1]
+        assert body["silent_at"] - body["last_seen"] == WIN, alert
+    for item in items if not frames else []:
+        if not ids[_id_of(item)]:
+            key, event = item
+            assert isinstance(key, str) and isinstance(event["ts"], datetime), item
+            assert event["ts"].tzinfo is not None, item
+
+
 CHECKS = {
     "window_agg": _window_agg_check,
     "anomaly_windows": _windows_check,
     "interval_join": _interval_check,
     "asof_join": _asof_check,
     "label_join": _label_check,
+    "inactivity": _inactivity_check,
 }
 
 
@@ -518,6 +544,7 @@ CHECKS = {
         "interval_join",
         "asof_join",
         "label_join",
+        "inactivity",
     ],
 )
 @EXAMPLES
@@ -534,6 +561,15 @@ def test_rows_through_aggregating_operators(name: str, items: list[Any]) -> None
         "anomaly_windows",
         "interval_join",
         "label_join",
+        pytest.param(
+            "inactivity",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="operators/anomaly/silence.py: a late row of a frame comes out as "
+                "{'k': ..., 'ts': ...} (the frame cut to its key and time columns), not the "
+                "original row - its id and other columns are lost (_nasty_frames' ts=0 row)",
+            ),
+        ),
     ],
 )
 @EXAMPLES
