@@ -561,15 +561,7 @@ def test_rows_through_aggregating_operators(name: str, items: list[Any]) -> None
         "anomaly_windows",
         "interval_join",
         "label_join",
-        pytest.param(
-            "inactivity",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="operators/anomaly/silence.py: a late row of a frame comes out as "
-                "{'k': ..., 'ts': ...} (the frame cut to its key and time columns), not the "
-                "original row - its id and other columns are lost (_nasty_frames' ts=0 row)",
-            ),
-        ),
+        "inactivity",
     ],
 )
 @EXAMPLES

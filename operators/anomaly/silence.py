@@ -1,11 +1,12 @@
 """The :func:`inactivity` operator: a per-key "no data for T" alert, in event time and by the wall clock.
 
-Frames and ``(key, event)`` rows take the same road: before the one state,
-each frame is cut to its key and time columns (:func:`_select`), and each
-batch of rows to its keys, times and items (:func:`_row_times`, which
-rejects what is not a ``(str key, event)`` pair with a time); the state
-(:class:`_Silences`) reads either, and keeps only keys and times, so its
-snapshot is the same record on both paths.
+Frames and ``(key, event)`` rows take the same road: each frame goes whole
+to the one state (:func:`_select`; a late row is reported with all its
+columns), and each batch of rows as its keys, times and items
+(:func:`_row_times`, which rejects what is not a ``(str key, event)`` pair
+with a time); the state (:class:`_Silences`) reads the key and time columns
+or those lists, and keeps only keys and times, so its snapshot is the same
+record on both paths.
 """
 
 from __future__ import annotations
@@ -217,15 +218,9 @@ class _Silences(StatefulBatchLogic):
         return snapshot(_KIND, _VERSION, data)
 
 
-def _select(key: str, timestamp: str) -> Callable[[list[Any]], list[Any]]:
-    """Only the key and time columns of each frame travel to the one state."""
-
-    def select(items: list[Any]) -> list[Any]:
-        return [
-            x if isinstance(x, Rejected) else ("all", x[1].select(key, timestamp)) for x in items
-        ]
-
-    return select
+def _select(items: list[Any]) -> list[Any]:
+    """Each frame whole to the one state: a late row is reported as it came, all its columns."""
+    return [x if isinstance(x, Rejected) else ("all", x[1]) for x in items]
 
 
 def _row_times(step_id: str, timestamp: Callable[[Any], datetime]) -> Callable[[list], list]:
@@ -404,7 +399,7 @@ def inactivity(
         check = partial(check_frame, step_id=step_id, timestamp=timestamp, fields=())
         route = frame_sharder(step_id, key=key, shards=1, check=check)
         mixed = op.flat_map_batch("shard", up, route)
-        selected = op.flat_map_batch("select", mixed, _select(key, timestamp))
+        selected = op.flat_map_batch("select", mixed, _select)
     split = op.branch("split", selected, lambda x: isinstance(x, Rejected))
 
     event_time = partial(
