@@ -127,19 +127,29 @@ def _check_same_windows(events: list) -> None:
                 raise AssertionError(f"windows differ: {k} {a[k]} {b[k]} != {v}")
 
 
-def _welford_step(state: list | None, event: dict[str, Any]) -> tuple[list, tuple]:
-    """Per key: count, means and squared deviations; each event scaled by its key's so far."""
+_SCALED = tuple((j, f, f + "_scaled") for j, f in enumerate(FIELDS))
+
+
+def _welford_step(state: tuple | None, event: dict[str, Any]) -> tuple[tuple, dict]:
+    """Per key: count, means and squared deviations; each event scaled by its key's so far.
+
+    As a careful user writes it: output names made once, the event copied once and the
+    scaled fields written into the copy, the running values in locals (an earlier version
+    built the names per event and merged two dicts: 0.79-0.83x of this one per CPU-second).
+    """
     n, mean, m2 = state if state is not None else (0, [0.0] * len(FIELDS), [0.0] * len(FIELDS))
     n += 1
-    scaled = {}
-    for j, f in enumerate(FIELDS):
+    out = dict(event)
+    for j, f, name in _SCALED:
         v = event[f]
-        d = v - mean[j]
-        mean[j] += d / n
-        m2[j] += d * (v - mean[j])
-        std = math.sqrt(m2[j] / n)
-        scaled[f + "_scaled"] = (v - mean[j]) / (std if std > 0 else 1.0)
-    return [n, mean, m2], {**event, **scaled}
+        mu = mean[j]
+        d = v - mu
+        mu += d / n
+        q = m2[j] + d * (v - mu)
+        mean[j], m2[j] = mu, q
+        std = math.sqrt(q / n)
+        out[name] = (v - mu) / (std if std > 0 else 1.0)
+    return (n, mean, m2), out
 
 
 def windows_throughput(quick: bool) -> dict[str, Any]:

@@ -20,7 +20,6 @@ versioned record of ``online_scale``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,39 +126,6 @@ class Moments:
         out = np.empty_like(scaled)
         out[order] = scaled
         return out
-
-    def update_one(self, x: np.ndarray, now: float) -> np.ndarray:
-        """:meth:`update` for the rows of the one key of slot 0 (a row state), by Welford's update
-        row by row in Python floats.
-
-        Why a second loop: a row state holds one key and gets that key's few rows of a batch
-        (about 5 of a 5,000-row batch over 1,000 keys); the dozen NumPy calls of :meth:`update`
-        cost more than the loop there (rows path, 100,000 rows: 100k rows/s through
-        :meth:`update` against 178k/s with this loop, alternating in one process). Results
-        agree with :meth:`update` to rounding (tests: 1e-9).
-        """
-        if not len(self.keys):
-            self.kids([None])
-        n0 = int(self.n[0])
-        mean = self.mean[0].tolist()
-        m2 = self.m2[0].tolist()
-        sqrt = math.sqrt
-        out = []
-        for j, column in enumerate(x.T.tolist()):  # the fields are independent: field by field
-            mu, q, n = mean[j], m2[j], n0
-            scaled = []
-            for v in column:
-                n += 1
-                d = v - mu
-                mu += d / n
-                q += d * (v - mu)
-                std = sqrt(q / n)
-                scaled.append((v - mu) / (std if std > 0 else 1.0))
-            mean[j], m2[j] = mu, q
-            out.append(scaled)
-        self.n[0] += len(x)
-        self.mean[0], self.m2[0], self.seen[0] = mean, m2, now
-        return np.array(out, dtype=np.float64).reshape(self.width, len(x)).T
 
     def due(self, ttl: float | None) -> float | None:
         """Wall-clock seconds when the stalest key expires (``None``: never, or no key)."""

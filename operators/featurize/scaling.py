@@ -216,14 +216,29 @@ def _upgrade_moments(old: _Moments) -> dict[str, Any]:
     }
 
 
-class _OnlineScaleLogic(StatefulBatchLogic):
-    """One state of :func:`online_scale`: the :class:`Moments` of its keys, and how items are read.
+def _restored(resume: Any, path: str) -> dict[str, Any] | None:
+    """The version-1 data of Bytewax's resume value (``None`` for a new state), checked to be
+    ``path``'s."""
+    if resume is None:
+        return None
+    if isinstance(resume, _Moments):  # a store from before versioned snapshots
+        data = _upgrade_moments(resume)
+    else:
+        data = restore(resume, kind=_SCALE_KIND, version=_SCALE_VERSION)
+    if data["path"] != path:
+        raise ValueError(
+            f"the recovery store holds the {data['path']} path's state of this "
+            f"online_scale step; it now reads {path}: use a new recovery store"
+        )
+    return data
 
-    Frames (``key`` set): a shard's frames, already checked and routed;
-    each row counts for its key. Rows (``key=None``): the ``(key, event)``
-    items of one key, or of every key with ``per_key=False``: one set of
-    statistics (slot 0). Eviction: keys idle ``ttl`` of wall-clock time
-    are dropped; a state left with no key is discarded.
+
+class _OnlineScaleLogic(StatefulBatchLogic):
+    """A frame shard's state of :func:`online_scale`: the :class:`Moments` of its keys.
+
+    It gets the shard's frames, already checked and routed; each row counts
+    for its key (the ``key`` column). Eviction: keys idle ``ttl`` of
+    wall-clock time are dropped; a state left with no key is discarded.
     """
 
     def __init__(
@@ -233,77 +248,27 @@ class _OnlineScaleLogic(StatefulBatchLogic):
         names: list[str],
         ttl: timedelta | None,
         resume: Any,
-        key: str | None = None,
+        key: str,
         clock: Callable[[], float] = time.time,
-        frames: bool = False,
     ) -> None:
         self.step_id, self.fields, self.names, self.key = step_id, fields, names, key
-        self.frames = frames  # a row state that also takes frames (the global state)
         self.ttl = None if ttl is None else ttl.total_seconds()
         self.clock = clock
-        path = "rows" if key is None else "frames"
-        data = None
-        if isinstance(resume, _Moments):  # a store from before versioned snapshots
-            data = _upgrade_moments(resume)
-        elif resume is not None:
-            data = restore(resume, kind=_SCALE_KIND, version=_SCALE_VERSION)
-        if data is not None and data["path"] != path:
-            raise ValueError(
-                f"the recovery store holds the {data['path']} path's state of this "
-                f"online_scale step; it now reads {path}: use a new recovery store"
-            )
-        self.path = path
-        self.moments = Moments(len(fields), data)
+        self.moments = Moments(len(fields), _restored(resume, "frames"))
         # downtime is not idleness (as for the event-time core's idle advance): a restored
         # key's TTL counts from the restart, else a store resumed over an hour later would
         # come back empty
         self.moments.seen[:] = clock()
 
-    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+    def on_batch(self, values: list[pl.DataFrame]) -> tuple[list[Any], bool]:
         now = self.clock()
         self.moments.expire(now, self.ttl)
-        if self.key is not None:
-            oks = []
-            for frame in values:
-                kid = self.moments.kids(frame.get_column(self.key))
-                x = column_values(frame, self.fields)
-                oks.append(attach(frame, self.names, self.moments.update(kid, x, now)))
-            return [(oks, [])], False
-        oks: list[Any] = []
-        errs: list[Rejected] = []
-        if pl.DataFrame not in set(map(type, values)):  # rows only, the usual batch: one run
-            cols, errs = extract(self.step_id, values, self.fields)
-            if cols.keys:
-                oks = with_columns(
-                    cols.keys, cols.events, self.names, self._one_slot(cols.values, now)
-                )
-            return [(oks, errs)], not len(self.moments)
-        run: list[Any] = []  # consecutive rows; a frame (per_key=False only) ends a run
-        for item in [*values, None]:
-            if item is not None and not isinstance(item, pl.DataFrame):
-                run.append(item)
-                continue
-            if run:
-                cols, bad = extract(self.step_id, run, self.fields)
-                errs += bad
-                if cols.keys:
-                    scaled = self._one_slot(cols.values, now)
-                    oks += with_columns(cols.keys, cols.events, self.names, scaled)
-                run = []
-            if item is not None and not self.frames:
-                why = "a frame needs key= (the key column) to be scaled per key"
-                errs.append(Rejected(self.step_id, "BadItem", why, item))
-            elif item is not None and item.height:
-                good, bad = numeric_rows(item, self.step_id, self.fields)
-                errs += bad
-                if good.height:
-                    x = column_values(good, self.fields)
-                    oks.append(attach(good, self.names, self._one_slot(x, now)))
-        return [(oks, errs)], not len(self.moments)
-
-    def _one_slot(self, x: np.ndarray, now: float) -> np.ndarray:
-        """Rows of the state's one set of statistics (a row state's key, or the global one)."""
-        return self.moments.update_one(x, now)
+        oks = []
+        for frame in values:
+            kid = self.moments.kids(frame.get_column(self.key))
+            x = column_values(frame, self.fields)
+            oks.append(attach(frame, self.names, self.moments.update(kid, x, now)))
+        return [(oks, [])], False
 
     def notify_at(self) -> datetime | None:
         due = self.moments.due(self.ttl)
@@ -314,7 +279,206 @@ class _OnlineScaleLogic(StatefulBatchLogic):
         return [], not len(self.moments)
 
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(_SCALE_KIND, _SCALE_VERSION, {"path": self.path, **self.moments.data()})
+        return snapshot(_SCALE_KIND, _SCALE_VERSION, {"path": "frames", **self.moments.data()})
+
+
+class _Slow(Exception):
+    """A batch of rows is not all ``(str, dict)`` pairs of finite ``float``/``int`` fields."""
+
+
+def _is_pair(item: Any) -> bool:
+    """Whether ``item`` is a ``(str key, value)`` pair, as the row path's keyed stream holds."""
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+
+
+class _RowScaleLogic(StatefulBatchLogic):
+    """A row state of :func:`online_scale`: the count, means and ``m2`` of one key's rows (or,
+    with ``per_key=False``, of every row: then frames come too), in Python floats.
+
+    Why not :class:`Moments`: a row state holds one key and gets its few rows
+    of a batch (about 10 of a 10,000-row batch over 1,000 keys), where
+    NumPy's per-call cost outweighs the work; Welford's update row by row in
+    floats is cheaper. The snapshot is :class:`Moments`' record of one key,
+    so stores written before read as they did.
+
+    Eviction: the key's statistics are dropped once idle ``ttl`` of wall-clock
+    time, and then the state is discarded.
+
+    Examples:
+        >>> logic = _RowScaleLogic("z", ("x",), ["x_z"], None, None)
+        >>> logic.on_batch([("a", {"x": 1.0}), ("a", {"x": 3}), ("a", {"x": "?"})])[0][0][0]
+        [('a', {'x': 1.0, 'x_z': 0.0}), ('a', {'x': 3, 'x_z': 1.0})]
+        >>> logic.n, logic.mean, logic.m2
+        (2, [2.0], [2.0])
+    """
+
+    def __init__(
+        self,
+        step_id: str,
+        fields: tuple[str, ...],
+        names: list[str],
+        ttl: timedelta | None,
+        resume: Any,
+        frames: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.step_id, self.fields, self.names = step_id, fields, names
+        self.frames = frames  # the global state: it also takes frames
+        self.ttl = None if ttl is None else ttl.total_seconds()
+        self.clock = clock
+        width = len(fields)
+        self.n, self.mean, self.m2 = 0, [0.0] * width, [0.0] * width
+        data = _restored(resume, "rows")
+        if data is not None and len(data["keys"]):
+            self.n = int(data["n"][0])
+            self.mean = np.asarray(data["mean"], dtype=np.float64).reshape(-1, width)[0].tolist()
+            self.m2 = np.asarray(data["m2"], dtype=np.float64).reshape(-1, width)[0].tolist()
+        self.seen = clock()  # downtime is not idleness: a restored key's TTL counts from now
+        self.wake_due, self.wake = -math.inf, None  # see notify_at; not in the snapshot
+
+    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+        now = self.clock()
+        if self.n and self.ttl is not None and self.seen + self.ttl <= now:
+            self._forget()
+        try:
+            oks, errs = self._scale_dicts(values), []
+            self.seen = now
+        except (_Slow, TypeError, KeyError, ValueError, OverflowError):
+            oks, errs = self._scale_any(values, now)
+        return [(oks, errs)], not self.n
+
+    def _scale_dicts(self, items: list[Any]) -> list[tuple[str, dict]]:
+        """The usual batch, ``(str, dict)`` pairs whose fields are finite floats or ints: read,
+        updated and written in one pass per field; raises (and changes nothing) otherwise.
+
+        Why beside :meth:`_scale_any`: no column lists, type sets or second pass over the
+        values. The row path with it and the rest of its change (one route call a batch,
+        plain-float state, notify_at kept) measured 376,156 events per CPU-second against
+        218,300 before, and 1.12x a careful per-key Welford ``stateful_map`` (100,000 events,
+        1,000 keys, 3 fields, 9 alternating rounds at load 0.6; python -m benchmarks.windows
+        --quick, 3 rounds at load 2.3, gave 0.96x).
+        Results are the same to the bit (tests/operators/test_featurize_scaling.py).
+        """
+        if set(map(type, items)) != {tuple}:
+            raise _Slow
+        keys, events = zip(*items)  # ValueError unless pairs
+        if set(map(type, keys)) != {str}:
+            raise _Slow
+        outputs = list(map(dict.copy, events))  # TypeError unless dicts
+        sqrt, isfinite = math.sqrt, math.isfinite
+        means, m2s, start = [], [], float(self.n)  # a float count divides without conversion
+        for name, scaled, mu, q in zip(self.fields, self.names, self.mean, self.m2):
+            n = start
+            for out in outputs:
+                v = out[name]
+                if type(v) is not float:
+                    if type(v) is not int:  # bool, str, None, NumPy scalars: extract judges
+                        raise _Slow
+                    v = float(v)  # OverflowError beyond float range
+                n += 1.0
+                d = v - mu
+                mu += d / n
+                e = v - mu
+                q += d * e
+                std = sqrt(q / n)  # ValueError if rounding left q < 0: _update clamps it
+                out[scaled] = e / std if std > 0 else e
+            # a NaN or infinity anywhere in the column leaves mu or q so (as does an overflow)
+            if not (isfinite(mu) and isfinite(q)):
+                raise _Slow
+            means.append(mu)
+            m2s.append(q)
+        self.n, self.mean, self.m2 = int(n), means, m2s
+        return list(zip(keys, outputs))
+
+    def _scale_any(self, values: list[Any], now: float) -> tuple[list[Any], list[Rejected]]:
+        """Any batch: runs of rows checked by :func:`extract`, frames (``per_key=False`` only)
+        by :func:`numeric_rows`; each rejected item or row on its own."""
+        oks: list[Any] = []
+        errs: list[Rejected] = []
+        run: list[Any] = []  # consecutive rows; a frame ends a run
+        for item in [*values, None]:
+            if item is not None and not isinstance(item, pl.DataFrame):
+                run.append(item)
+                continue
+            if run:
+                cols, bad = extract(self.step_id, run, self.fields)
+                errs += bad
+                if cols.keys:
+                    scaled = self._update(cols.values.T.tolist(), now)
+                    outputs = [dict(e) for e in cols.events]
+                    for name, column in zip(self.names, scaled):
+                        for event, value in zip(outputs, column):
+                            event[name] = value
+                    oks += zip(cols.keys, outputs)
+                run = []
+            if item is not None and not self.frames:
+                why = "a frame needs key= (the key column) to be scaled per key"
+                errs.append(Rejected(self.step_id, "BadItem", why, item))
+            elif item is not None and item.height:
+                good, bad = numeric_rows(item, self.step_id, self.fields)
+                errs += bad
+                if good.height:
+                    x = column_values(good, self.fields)
+                    scaled = self._update(x.T.tolist(), now)
+                    oks.append(attach(good, self.names, np.array(scaled).T))
+        return oks, errs
+
+    def _update(self, columns: list[list[float]], now: float) -> list[list[float]]:
+        """Take in the values (one list per field, arrival order); each scaled by the mean and
+        population standard deviation up to and including it (a zero deviation scales by 1)."""
+        sqrt = math.sqrt
+        out = []
+        for j, column in enumerate(columns):  # the fields are independent: field by field
+            mu, q, n = self.mean[j], self.m2[j], self.n
+            scaled = []
+            for v in column:
+                n += 1
+                d = v - mu
+                mu += d / n
+                e = v - mu
+                q += d * e
+                std = sqrt(q / n) if q > 0 else 0.0
+                scaled.append(e / std if std > 0 else e)  # e / 1.0 == e
+            self.mean[j], self.m2[j] = mu, q
+            out.append(scaled)
+        self.n += len(columns[0])
+        self.seen = now
+        return out
+
+    def _forget(self) -> None:
+        self.n, self.mean, self.m2 = 0, [0.0] * len(self.fields), [0.0] * len(self.fields)
+
+    def notify_at(self) -> datetime | None:
+        """When the key's statistics expire, or a little before: the time asked for last is
+        kept while the key is active, up to ``ttl / 8`` early (an early wake-up finds the key
+        fresh and asks again, exactly). Why: Bytewax reschedules a key whose time changed,
+        which cost about 7% of the row path (1.8k of 26k instructions per row, callgrind on
+        benchmarks.windows' workload); an unchanged time costs nothing."""
+        if not self.n or self.ttl is None:
+            return None
+        due = self.seen + self.ttl
+        if due - self.wake_due > self.ttl / 8:
+            self.wake_due = due
+            self.wake = datetime.fromtimestamp(due, tz=timezone.utc)
+        return self.wake
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        if self.n and self.ttl is not None and self.seen + self.ttl <= self.clock():
+            self._forget()
+        self.wake_due = -math.inf  # woken: the next time asked for is exact
+        return [], not self.n
+
+    def snapshot(self) -> dict[str, Any]:
+        width, kept = len(self.fields), 1 if self.n else 0
+        data = {
+            "path": "rows",
+            "keys": [None] * kept,
+            "n": np.array([self.n] * kept, dtype=np.int64),
+            "mean": np.array([self.mean] * kept, dtype=np.float64).reshape(kept, width),
+            "m2": np.array([self.m2] * kept, dtype=np.float64).reshape(kept, width),
+            "seen": np.array([self.seen] * kept, dtype=np.float64),
+        }
+        return snapshot(_SCALE_KIND, _SCALE_VERSION, data)
 
 
 @operator
@@ -435,17 +599,21 @@ def online_scale(
         errs = op.flat_map("errs", chunks, lambda kc: kc[1][1])
         return FeaturesOut(oks, op.merge("all_errs", split.trues, errs))
 
-    def build(resume: Any) -> _OnlineScaleLogic:
-        return _OnlineScaleLogic(step_id, field_t, names, ttl, resume, frames=not per_key)
+    def build(resume: Any) -> _RowScaleLogic:
+        return _RowScaleLogic(step_id, field_t, names, ttl, resume, frames=not per_key)
 
-    def route(item: Any) -> tuple[str, Any]:
-        """Key the state by the event's key (or one global key); keep the item whole."""
+    def route(items: list[Any]) -> list[tuple[str, Any]]:
+        """Key each item's state by its key (or one global key); keep the item whole. A bad
+        item goes to the state of key ``""``, which rejects it."""
         if not per_key:
-            return "global", item
-        ok = isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-        return (item[0] if ok else ""), item
+            return [("global", item) for item in items]
+        if set(map(type, items)) == {tuple} and set(map(len, items)) == {2}:
+            keys = [k for k, _ in items]
+            if set(map(type, keys)) == {str}:  # the usual batch: no test item by item
+                return list(zip(keys, items))
+        return [(item[0] if _is_pair(item) else "", item) for item in items]
 
-    chunks = op.stateful_batch("state", op.map("route", up, route), build)
+    chunks = op.stateful_batch("state", op.flat_map_batch("route", up, route), build)
     oks = op.flat_map("oks", chunks, lambda kc: kc[1][0])
     errs = op.flat_map("errs", chunks, lambda kc: kc[1][1])
     return FeaturesOut(oks, errs)

@@ -102,16 +102,16 @@ def test_online_scale_global_state():
 def test_online_scale_forgets_idle_keys():
     from datetime import datetime, timedelta, timezone
 
-    from streamml.operators.featurize.scaling import _OnlineScaleLogic
+    from streamml.operators.featurize.scaling import _RowScaleLogic
 
     now = [100.0]
     clock = lambda: now[0]  # noqa: E731
     ttl = timedelta(seconds=5)
-    logic = _OnlineScaleLogic("s", ("x",), ["x_scaled"], ttl, None, clock=clock)
+    logic = _RowScaleLogic("s", ("x",), ["x_scaled"], ttl, None, clock=clock)
     logic.on_batch([("a", {"x": 1.0}), ("a", {"x": 3.0})])
     assert logic.notify_at() == datetime.fromtimestamp(105.0, tz=timezone.utc)
-    restored = _OnlineScaleLogic("s", ("x",), ["x_scaled"], None, logic.snapshot(), clock=clock)
-    assert (restored.moments.n.tolist(), restored.moments.mean[:, 0].tolist()) == ([2], [2.0])
+    restored = _RowScaleLogic("s", ("x",), ["x_scaled"], None, logic.snapshot(), clock=clock)
+    assert (restored.n, restored.mean) == (2, [2.0])
     now[0] = 105.0
     assert logic.on_notify() == ([], True)  # discarded: Bytewax drops the key's state
 
