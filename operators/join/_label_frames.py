@@ -23,7 +23,7 @@ from streamml.operators.join._shards import RowStore
 from streamml.errors import Rejected
 
 if TYPE_CHECKING:  # label.py imports this module
-    from streamml.operators.join.label import _Config
+    from streamml.operators.join._label_logic import _Config
 
 __all__ = ["read_labels", "read_predictions", "to_frames", "to_rows"]
 
@@ -121,7 +121,7 @@ def read_predictions(
     positions in ``frame`` (``None``: all of them); the others rejected into ``errs``.
 
     Examples:
-        >>> from streamml.operators.join.label import _Config
+        >>> from streamml.operators.join._label_logic import _Config
         >>> cfg = _Config("s", (None, None), 0, 1, 0, 1, "prediction", "label", "p",
         ...               "model_version", False, 1, "binary")
         >>> errs = []
@@ -178,7 +178,7 @@ def read_labels(
     """The readable rows of a label frame, their labels and their positions (``None``: all).
 
     Examples:
-        >>> from streamml.operators.join.label import _Config
+        >>> from streamml.operators.join._label_logic import _Config
         >>> cfg = _Config("s", (None, None), 0, 1, 0, 1, "prediction", "y", None,
         ...               "model_version", True, 1, "binary")
         >>> errs = []

@@ -19,7 +19,7 @@ from streamml.operators.join._shards import NEVER, to_datetime
 from streamml.operators.join.metrics import ClassificationStats, RegressionStats
 
 if TYPE_CHECKING:  # label.py imports this module
-    from streamml.operators.join.label import _Config
+    from streamml.operators.join._label_logic import _Config
 
 _METRICS_KIND = "streamml.join.label.metrics"
 _VERSION = 1
