@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from streamml.models.protocol import TensorSpec
+from streamml.models._declared import Declared
 
 __all__ = ["FileModel"]
 
 
-class FileModel:
+class FileModel(Declared):
     """Base of the models built from a file: a subclass loads its runtime in ``_load``.
 
     ``_load`` builds the runtime from ``self._bytes`` and ``self._config`` and
@@ -28,6 +28,7 @@ class FileModel:
     loads again, so each Bytewax worker gets its own runtime.
 
     Examples:
+        >>> from streamml.models import TensorSpec
         >>> class Twice(FileModel):
         ...     _kind = "doubling"
         ...     def __init__(self, source, version=None):
@@ -50,10 +51,7 @@ class FileModel:
     """What the file holds, for error messages ("cannot read ONNX model ...")."""
 
     _bytes: bytes
-    _version: str
     _config: dict[str, Any]
-    _inputs: dict[str, TensorSpec]
-    _outputs: tuple[str, ...]
 
     def _read(
         self,
@@ -89,21 +87,6 @@ class FileModel:
             self.predict(zeros)  # type: ignore[attr-defined]
         except Exception as exc:
             raise ValueError(f"warm-up run of model {self._version!r} failed: {exc}") from exc
-
-    @property
-    def version(self) -> str:
-        """The label attached to this model's predictions."""
-        return self._version
-
-    @property
-    def inputs(self) -> dict[str, TensorSpec]:
-        """Input specs by (mapped) name."""
-        return dict(self._inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """Output names, after ``output_names`` mapping."""
-        return self._outputs
 
     def __getstate__(self) -> dict[str, Any]:
         return {"bytes": self._bytes, "version": self._version, "config": self._config}

@@ -7,12 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from streamml.models._declared import Declared
 from streamml.models.protocol import TensorSpec, as_feeds
 
 __all__ = ["CallableModel"]
 
 
-class CallableModel:
+class CallableModel(Declared):
     """A Python function over a batch, served like any other model.
 
     Use it for models that are not ONNX: a scikit-learn ``predict_proba``, a
@@ -59,21 +60,6 @@ class CallableModel:
         self._outputs = (outputs,) if isinstance(outputs, str) else tuple(outputs)
         if not self._outputs:
             raise ValueError("outputs must name at least one output")
-
-    @property
-    def version(self) -> str:
-        """The label attached to this model's predictions."""
-        return self._version
-
-    @property
-    def inputs(self) -> dict[str, TensorSpec]:
-        """Input specs by name."""
-        return dict(self._inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """Output names."""
-        return self._outputs
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
         """Run ``fn`` on one batch and name its results."""

@@ -14,6 +14,7 @@ import orjson
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from streamml.models._declared import Declared
 from streamml.models.protocol import ModelInputError, RowErrors, TensorSpec, as_feeds
 from streamml.models.remote.errors import BadAnswer, RemoteRejected, RemoteUnavailable
 from streamml.models.remote.policy import CircuitBreaker, Retry
@@ -35,7 +36,7 @@ REFUSED = frozenset({400, 413, 422})
 _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
-class RemoteModel:
+class RemoteModel(Declared):
     """A model another process serves — Triton, KServe, MLServer, ``streamml serve``, a REST API.
 
     Use it with :func:`~streamml.operators.infer.infer` when the model runs
@@ -185,21 +186,6 @@ class RemoteModel:
         logger.info("remote model %s at %s: inputs %s", self._version, self._url, self._inputs)
 
     # -- the Model protocol ---------------------------------------------------------------
-    @property
-    def version(self) -> str:
-        """The label attached to this model's predictions."""
-        return self._version
-
-    @property
-    def inputs(self) -> dict[str, TensorSpec]:
-        """Input specs by name."""
-        return dict(self._inputs)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        """Output names."""
-        return self._outputs
-
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
         """Score one batch remotely, in requests of at most ``max_rows`` rows sent concurrently.
 
