@@ -53,6 +53,10 @@ _TIMESTAMPS = {
     "timestamp-micros": (1, -62_135_596_800_000_000, 253_402_300_799_999_999),
 }
 
+# Mean string size in bytes up to which one gather and decode beats a slice per string:
+# on 500 strings, 0.14 vs 0.18 us a string at 16 bytes, 0.21 vs 0.19 at 40, 2.1 vs 0.19 at 200.
+_SHORT_STRINGS = 32
+
 _CONT = np.uint64(0x8080808080808080)
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _ONE = np.uint64(1)
@@ -370,12 +374,20 @@ def _strings_python(joined: JoinedPayloads, column: tuple[np.ndarray, np.ndarray
 def _strings_series(
     name: str, joined: JoinedPayloads, column: tuple[np.ndarray, np.ndarray]
 ) -> pl.Series:
-    """The strings as a polars String column, checked and split in Rust (NUL-free ones)."""
-    gathered = _gather_with_nuls(joined.data, *column)
-    if gathered is None:
-        return pl.Series(name, list(map(bytes.decode, _blobs(joined, column))), pl.String)
-    whole = pl.Series(name, [gathered[:-1].tobytes()], pl.Binary).cast(pl.String)
-    return whole.str.split("\x00").explode()
+    """The strings as a polars String column; invalid UTF-8 raises (the caller falls back).
+
+    Short strings (the ids and codes of most records) are gathered, decoded
+    once and split by Python in C; longer ones, or any holding a NUL, are
+    sliced as bytes and checked and cast by polars, whose cost does not grow
+    with their length. (polars' own split and explode of the gathered
+    strings cost ~4 times the first way on 10-byte ids.)
+    """
+    first, sizes = column
+    if int(sizes.sum()) <= _SHORT_STRINGS * len(sizes):
+        strings = _decode_joined(joined.data, first, sizes)
+        if strings is not None:
+            return pl.Series(name, strings, pl.String)
+    return pl.Series(name, _blobs(joined, column), pl.Binary).cast(pl.String)
 
 
 def _decode_joined(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> list[str] | None:

@@ -174,6 +174,84 @@ def test_flat_reader_equals_fastavro_per_record(batch: tuple[dict[str, Any], lis
     _same(serde.decode_batch(bodies), want)
 
 
+def _same_rows(frame: Any, want: list[Any]) -> None:
+    """A decoded frame's rows equal fastavro's dicts: names in order, values and Python types."""
+    rows = frame.to_dicts()
+    assert len(rows) == len(want)
+    for g, w in zip(rows, want):
+        assert list(g) == list(w)
+        for key, value in w.items():
+            if isinstance(value, float) and math.isnan(value):
+                assert isinstance(g[key], float) and math.isnan(g[key])
+            else:
+                assert type(g[key]) is type(value) and g[key] == value, (key, g[key], value)
+
+
+@given(_batches())
+def test_flat_frame_equals_fastavro_per_record(batch: tuple[dict[str, Any], list[bytes]]) -> None:
+    schema, bodies = batch
+    want = _per_record_avro(AvroSerde(schema), bodies)
+    reader = flat_reader(parse_schema(schema))
+    assert reader is not None
+    frame = reader.read_frame(join_payloads(bodies), 0)
+    if _all_ok(want):
+        assert frame is not None
+        _same_rows(frame, want)
+    else:
+        assert frame is None
+
+
+STRINGS_AROUND_A_LONG = {
+    "type": "record",
+    "name": "S",
+    "fields": [
+        {"name": "a", "type": "string"},
+        {"name": "n", "type": "long"},
+        {"name": "b", "type": "string"},
+    ],
+}
+
+
+@given(
+    st.sampled_from([(0, 12), (28, 90)]).flatmap(
+        lambda size: st.lists(
+            st.tuples(
+                st.text(_CHARS, min_size=size[0], max_size=size[1]),
+                _edge_ints(*INT64),
+                st.text(_CHARS, min_size=size[0], max_size=size[1]),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+)
+def test_short_and_long_strings_make_the_same_frame_as_fastavro(
+    rows: list[tuple[str, int, str]],
+) -> None:
+    """Both ways a String column is built (one decode of short strings; a slice each of long
+    ones, or of strings holding NUL) give fastavro's strings, next to a varint of any size."""
+    serde = AvroSerde(STRINGS_AROUND_A_LONG)
+    bodies = serde.encode_batch([{"a": a, "n": n, "b": b} for a, n, b in rows])
+    reader = flat_reader(parse_schema(STRINGS_AROUND_A_LONG))
+    assert reader is not None
+    frame = reader.read_frame(join_payloads(bodies), 0)
+    assert frame is not None
+    _same_rows(frame, _per_record_avro(serde, bodies))
+
+
+@pytest.mark.parametrize("size", [1, 40])
+def test_invalid_utf8_in_a_frame_is_one_payloads_error(size: int) -> None:
+    """Short or long, a string that is not UTF-8 is that payload's DecodeError, the rest rows."""
+    schema = {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}]}
+    serde = AvroSerde(schema)
+    good = serde.encode_batch([{"s": "é" * size}, {"s": "x" * size}])
+    bad = _varint(size + 1) + b"\xc3(" + b"y" * (size - 1)
+    out = serde.decode_frame([good[0], bad, good[1]])
+    assert out.frame["s"].to_list() == ["é" * size, "x" * size]
+    assert out.rows.tolist() == [0, 2]
+    assert [(i, e.kind) for i, e in out.errors] == [(1, "DecodeError")]
+
+
 @st.composite
 def _corruptions(draw: st.DrawFn) -> tuple[dict[str, Any], list[bytes]]:
     """A valid batch with some bodies truncated, extended, overwritten or given a flipped byte."""
