@@ -121,7 +121,7 @@ class _Logic(StatefulBatchLogic):
         return snapshot(_KIND, _VERSION, data)
 
 
-_EMPTY_TABLE = pl.DataFrame(schema={_KEY: pl.String, _HIT: pl.Boolean})
+_EMPTY_TABLE = pl.DataFrame(schema={_HIT: pl.Boolean})
 
 
 def _fits(base: pl.DataFrame, part: pl.DataFrame) -> bool:
@@ -136,27 +136,43 @@ def _fits(base: pl.DataFrame, part: pl.DataFrame) -> bool:
 
 
 class _TableFrame:
-    """A shard's table as a frame: ``_KEY`` (text), ``_HIT`` (true), then the rows' columns.
+    """A shard's table as columns: ``_HIT`` (true), then the rows' columns; ``index`` maps a key to its row.
 
-    Kept in step with the table dict: keys changed since the last join are
-    ``dirty``, and the next join replaces just their rows — new keys'
-    rows are stacked under the frame, changed or deleted keys' rows are
-    filtered out first — unless a column's type would change, when the
+    Kept in step with the table dict: keys changed since the last look-up
+    are ``dirty``, and the next look-up stacks their new rows under the
+    frame and points ``index`` at them; the rows they replace (or a
+    tombstone deleted) stay in the frame, dead, so no live row moves. Once
+    the dead rows outnumber the live ones (and ``slack``), the live rows
+    are gathered into a new frame. When a column's type would change, the
     frame is built again from the whole dict. Each column's type is the
     kind most rows hold there (:func:`streamml.frames.from_rows`); a row
     that disagrees (text where the others hold numbers) is rejected
     (``BadItem``) and its key deleted.
+
+    Eviction: at most ``2 * live + slack`` rows, each compaction keeps the live ones.
+
+    Examples:
+        >>> t = _TableFrame()
+        >>> table = {"a": {"x": 1}, "b": {"x": 2}}
+        >>> t.dirty.update(table)
+        >>> table["a"] = {"x": 3}
+        >>> t.dirty.add("a")
+        >>> frame, index = t.current("s", table, [])
+        >>> [frame["x"][index[k]] for k in "ab"]
+        [3, 2]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, slack: int = 1024) -> None:
         self.frame: pl.DataFrame = _EMPTY_TABLE
-        self.keys: set[str] = set()  # the keys with a row in ``frame``
+        self.index: dict[str, int] = {}  # key -> its live row in ``frame``
         self.dirty: set[str] = set()
         self.whole = True  # build from the whole dict next time
+        self.slack = slack
 
     def _build(
         self, step_id: str, keys: list[str], table: dict[str, Any], errs: list
-    ) -> pl.DataFrame | None:
+    ) -> tuple[pl.DataFrame | None, list[str]]:
+        """The rows of ``keys`` as a frame, and the keys of its rows (the rejected ones left out)."""
         rows = [{_KEY: k, _HIT: True, **table[k]} for k in keys]
         frame, bad = from_rows(rows, step_id)
         for r in bad:
@@ -165,18 +181,26 @@ class _TableFrame:
             del row[_HIT]
             table.pop(key, None)
             errs.append(Rejected(r.step_id, "BadItem", r.reason, (key, row)))
-        return frame
+        if frame is None:
+            return None, []
+        built = frame.get_column(_KEY).to_list() if bad else keys
+        return frame.drop(_KEY), built
 
-    def current(self, step_id: str, table: dict[str, Any], errs: list) -> pl.DataFrame:
+    def current(
+        self, step_id: str, table: dict[str, Any], errs: list
+    ) -> tuple[pl.DataFrame, dict[str, int]]:
+        """The table frame and each live key's row in it, after the changes since the last call."""
         if not self.dirty and not self.whole:
-            return self.frame
+            return self.frame, self.index
         dirty = list(self.dirty)
         self.dirty.clear()  # in place: a caller may hold the set
+        index = self.index
         if not self.whole:
-            changed = [k for k in dirty if k in self.keys]
-            base = self.frame.filter(~pl.col(_KEY).is_in(changed)) if changed else self.frame
+            for k in dirty:
+                index.pop(k, None)
             alive = [k for k in dirty if k in table]
-            part = self._build(step_id, alive, table, errs) if alive else None
+            part, built = self._build(step_id, alive, table, errs) if alive else (None, [])
+            base = self.frame
             if part is None or _fits(base, part):
                 if part is not None:
                     if base.schema == part.schema:
@@ -185,12 +209,20 @@ class _TableFrame:
                             base = base.rechunk()
                     else:
                         base = pl.concat([base, part], how="diagonal_relaxed")
-                self.keys.difference_update(changed)
-                self.keys.update(k for k in alive if k in table)
+                    index.update(zip(built, range(self.frame.height, base.height)))
                 self.frame = base
-                return base
+                if base.height - len(index) > max(len(index), self.slack):
+                    self._compact()
+                return self.frame, self.index
         self.whole = False
-        frame = self._build(step_id, list(table), table, errs) if table else None
+        frame, built = self._build(step_id, list(table), table, errs) if table else (None, [])
         self.frame = _EMPTY_TABLE if frame is None else frame
-        self.keys = set(table)
-        return self.frame
+        self.index = dict(zip(built, range(len(built))))
+        return self.frame, self.index
+
+    def _compact(self) -> None:
+        """Keep the live rows only (their columns and types as they are)."""
+        keys = list(self.index)
+        rows = pl.Series(list(self.index.values()), dtype=pl.UInt32)
+        self.frame = self.frame[rows]
+        self.index = dict(zip(keys, range(len(keys))))

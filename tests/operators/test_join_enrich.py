@@ -20,6 +20,7 @@ from streamml.operators.join.enrich import (
     _EnrichState,
     _FrameLogic,
     _RowLogic,
+    _TableFrame,
     merge_fields,
 )
 
@@ -329,13 +330,18 @@ TICK = 3  # a pseudo side in the generated arrivals: the clock moves and both lo
     st.booleans(),
     st.booleans(),
     st.sampled_from([None, timedelta(seconds=10)]),
+    st.sampled_from([0, 1024]),
 )
-def test_frame_path_equals_row_path(spec, cuts, with_default, bootstrapping, max_wait):
-    """Frames and rows see the same table at the same moments: the same joins, the same misses."""
+def test_frame_path_equals_row_path(spec, cuts, with_default, bootstrapping, max_wait, slack):
+    """Frames and rows see the same table at the same moments: the same joins, the same misses.
+
+    ``slack=0``: the table frame drops its dead rows as soon as they outnumber the live ones.
+    """
     default = {"v": -1} if with_default else MISSING
     row_clock, frame_clock = Clock(), Clock()
     rows = logic(bootstrapping, default, max_wait, row_clock)
     frames = frame_logic(bootstrapping, default, max_wait, frame_clock)
+    frames.rows.slack = slack
     arrivals, ticks = [], []
     for i, (side, key, v) in enumerate(spec):
         if side == LEFT:
@@ -438,6 +444,50 @@ def test_frames_a_table_row_that_fits_no_column_is_rejected_and_its_key_deleted(
         {"k": "e", "id": 3, "v": None},
     ]
     assert set(lg.table) == {"a", "b", "c"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from("abcde"),
+                st.one_of(
+                    st.none(),  # a tombstone
+                    st.builds(lambda v: {"v": v}, st.integers(0, 9)),
+                    st.builds(lambda v: {"v": v, "w": v}, st.integers(0, 9)),  # a new column
+                    st.just({"v": "text"}),  # another type: the frame is built again
+                ),
+            ),
+            max_size=6,
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([0, 2, 1024]),
+)
+def test_table_frame_rows_are_the_tables_latest(batches, slack):
+    """After each batch of upserts and tombstones, every live key's frame row is its last row."""
+    tf = _TableFrame(slack=slack)
+    table: dict = {}
+    for batch in batches:
+        for key, row in batch:
+            tf.dirty.add(key)
+            if row is None:
+                table.pop(key, None)
+            else:
+                table[key] = row
+        errs: list = []
+        frame, index = tf.current("e", table, errs)
+        for r in errs:  # rejected rows leave the table, as the join's upsert does
+            assert r.error_type == "BadItem" and r.original[0] not in table
+        assert set(index) == set(table)
+        got = {k: frame.row(i, named=True) for k, i in index.items()}
+        for key, row in table.items():
+            assert {n: v for n, v in got[key].items() if v is not None} == {
+                "__streamml_enrich_hit": True,
+                **{n: v for n, v in row.items() if v is not None},
+            }
+        assert frame.height <= 2 * len(index) + slack
 
 
 def test_frames_bootstrap_wait_and_release():
