@@ -15,6 +15,10 @@ initial one, and each live swap): a :class:`~streamml.models._file.FileModel`
 a Python model gets copies of its attributes (its functions are shared; a
 model defines ``__deepcopy__`` to choose what its copies share). Copy 0 is the
 model itself.
+
+:func:`~streamml.operators.infer.infer_by_key` takes ``copies=N`` with the same
+meaning for each model it loads: each gets a pool of its own, made when the
+model is loaded, and a batch's calls run in N threads of the step.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ models are loaded by a loader function when first needed and kept in a
 least-recently-used cache of ``max_models`` per process (:class:`ModelCache`,
 like Beam's ``KeyedModelHandler`` with a bounded model count). Each Bytewax
 batch is split per model, and each model is called once per batch (in
-pieces of at most ``max_batch`` rows).
+pieces of at most ``max_batch`` rows). With ``copies=N`` each loaded model
+has N copies in the process (:mod:`.copies`), and a batch's model calls run
+up to N at once in the step's threads, each on a free copy of its model.
 
 State: none in the dataflow. The step holds no rows between batches (each
 Bytewax batch is scored as it comes), so a crash and resume scores every
@@ -23,17 +25,20 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
+from streamml.operators import _validate
 
 from streamml.errors import Rejected
 from streamml.metrics import instrumented
 from streamml.models import Model
 from streamml.models.protocol import ModelUnavailable, RowErrors
 
+from .copies import CopyPool
 from .inputs import row_tensors
 from .models import Served, serve
 from .outputs import attach_rows
@@ -102,8 +107,22 @@ class ByKeyOut:
 
 
 class _Scorer:
-    def __init__(self, step_id: str, cache: ModelCache, model_for: Callable, cfg: dict) -> None:
+    """Scores each Bytewax batch: split per model, each model's rows in pieces of ``max_batch``.
+
+    With ``copies > 1`` the pieces run in a pool of ``copies`` threads (one
+    per process: the workers there share this scorer, its cache and the
+    models' copies), and their outputs are put back in the pieces' order.
+    """
+
+    def __init__(
+        self, step_id: str, cache: ModelCache, model_for: Callable, cfg: dict, copies: int
+    ) -> None:
         self.step_id, self.cache, self.model_for, self.cfg = step_id, cache, model_for, cfg
+        self._threads = (
+            None
+            if copies == 1
+            else ThreadPoolExecutor(copies, thread_name_prefix=f"{step_id}-copies")
+        )
 
     def __call__(self, items: list[Any]) -> list[Any]:
         out: list[Any] = []
@@ -120,16 +139,32 @@ class _Scorer:
                 out.append(Rejected(self.step_id, "BadKey", reason, item))
                 continue
             groups.setdefault(name, []).append(item)
+        running: list[list[Any] | Future[list[Any]]] = []  # outputs in order (copies > 1)
         for name, rows in groups.items():
             try:
                 served = self.cache.get(name)
             except Exception as exc:
                 reason = f"cannot load model {name!r}: {type(exc).__name__}: {exc}"
-                out.extend(Rejected(self.step_id, "ModelRejected", reason, r) for r in rows)
+                rejected = [Rejected(self.step_id, "ModelRejected", reason, r) for r in rows]
+                if self._threads is None:
+                    out.extend(rejected)
+                else:
+                    running.append(rejected)
                 continue
             step = self.cfg["max_batch"]
             for lo in range(0, len(rows), step):
-                self._score(served, rows[lo : lo + step], out)
+                if self._threads is None:
+                    self._score(served, rows[lo : lo + step], out)
+                else:
+                    running.append(self._threads.submit(self._piece, served, rows[lo : lo + step]))
+        for done in running:
+            out.extend(done.result() if isinstance(done, Future) else done)
+        return out
+
+    def _piece(self, served: Served, part: list) -> list[Any]:
+        """The outputs of one piece, scored in a thread of the pool."""
+        out: list[Any] = []
+        self._score(served, part, out)
         return out
 
     def _score(self, served: Served, part: list, out: list) -> None:
@@ -198,6 +233,7 @@ def infer_by_key(
     outputs: Any = None,
     version_field: str | None = "model_version",
     max_batch: int = 1024,
+    copies: int = 1,
 ) -> ByKeyOut:
     """Score each ``(key, event)`` with the model of its key group, holding at most ``max_models``.
 
@@ -222,6 +258,20 @@ def infer_by_key(
         outputs: As for :func:`infer`.
         version_field: As for :func:`infer`.
         max_batch: Most rows per model call.
+        copies: How many copies of each loaded model the process holds, as
+            for :func:`infer` (:mod:`streamml.operators.infer.copies`):
+            every model call takes a free copy of its model, so no copy is
+            ever in two calls at once — for models that are not thread-safe,
+            which the workers of a process would otherwise share — and a
+            batch's calls (its models, and each model's pieces of
+            ``max_batch`` rows) run up to ``copies`` at once in a pool of
+            threads, their outputs in the order ``copies=1`` gives. A model
+            is copied with ``copy.deepcopy`` when it is loaded; since models
+            are loaded when first needed, not when the dataflow is built,
+            one that cannot be copied is not refused at build but rejected
+            then, its rows going to ``errs`` as ``ModelRejected`` (as a
+            model that fails to load). ``1``: each model itself, called in
+            the step (no copy, no thread).
 
     Returns:
         :class:`ByKeyOut`.
@@ -255,8 +305,13 @@ def infer_by_key(
     for arg, value in (("max_models", max_models), ("max_batch", max_batch)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{arg} must be an int >= 1; got {value!r}")
-    cache = ModelCache(load, max_models, bind=lambda m: serve(m, inputs, outputs, None))
+    _validate.count("copies", copies)
+
+    def bind(model: Model) -> Served:  # each loaded model with its own copies (copies > 1)
+        return serve(model, inputs, outputs, None, CopyPool(copies) if copies > 1 else None)
+
+    cache = ModelCache(load, max_models, bind=bind)
     cfg = {"max_batch": max_batch, "version_field": version_field}
-    scored = op.flat_map_batch("score", up, _Scorer(step_id, cache, model_for, cfg))
+    scored = op.flat_map_batch("score", up, _Scorer(step_id, cache, model_for, cfg, copies))
     split = op.branch("split", scored, lambda x: not isinstance(x, Rejected))
     return ByKeyOut(split.trues, split.falses, cache)
