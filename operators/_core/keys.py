@@ -53,11 +53,11 @@ def bad_key_rows(
     if key not in frame.columns:
         why = f"no key column {key!r} (columns: {', '.join(frame.columns)})"
         return frame.clear(), [Rejected(step_id, "BadKey", why, row) for row in _rows(frame)]
-    dtype = frame.schema[key]
+    column = frame.get_column(key)
+    dtype = column.dtype  # not frame.schema: that builds every column's (~6 us)
     if not _is_key_dtype(dtype):
         why = f"key column {key!r} is {dtype}; a key must be text or an integer"
         return frame.clear(), [Rejected(step_id, "BadKey", why, row) for row in _rows(frame)]
-    column = frame.get_column(key)
     if not column.has_nulls():
         return frame, []
     missing = column.is_null()
@@ -131,9 +131,9 @@ def route(
     cuts = np.flatnonzero(ordered_ids[1:] != ordered_ids[:-1]) + 1
     if not len(cuts):
         return [(str(ordered_ids[0]), good)], bad
-    ordered = good[order]
-    starts, ends = np.r_[0, cuts].tolist(), np.r_[cuts, len(ids)].tolist()
-    return [(str(ordered_ids[a]), ordered.slice(a, b - a)) for a, b in zip(starts, ends)], bad
+    ordered = good[pl.Series(order.astype(np.uint32))]  # ~2x a NumPy index's speed
+    bounds = [0, *cuts.tolist(), len(ids)]
+    return [(str(ordered_ids[a]), ordered.slice(a, b - a)) for a, b in zip(bounds, bounds[1:])], bad
 
 
 FrameCheck = Callable[[pl.DataFrame], tuple[pl.DataFrame, list[Rejected]]]
