@@ -16,11 +16,7 @@ from streamml.operators.infer.keyed import infer_by_key
 
 from streamml.models import CallableModel
 from streamml.models.protocol import ModelUnavailable
-from tests.operators.test_infer_copies import _Exclusive, _Locked, _Log, _mlp
-
-
-def _events(values: list[float], keys: int = 3) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"k{i % keys}", {"id": i, "features": [v, 1.0]}) for i, v in enumerate(values)]
+from tests.operators.test_infer_copies import VALUES, _events, _Exclusive, _Locked, _Log, _mlp
 
 
 def _fleet(log: _Log) -> Any:
@@ -71,14 +67,7 @@ def _outcome(oks: list, errs: list) -> tuple[list, list]:
 
 @settings(max_examples=15, deadline=None)
 @given(
-    values=st.lists(
-        st.one_of(
-            st.floats(-3, 3, width=32),
-            st.sampled_from([float("nan"), float("inf"), 150.0, -150.0]),
-        ),
-        min_size=1,
-        max_size=40,
-    ),
+    values=VALUES,
     max_batch=st.integers(1, 8),
     source_batch=st.integers(1, 40),
 )
