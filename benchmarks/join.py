@@ -2,6 +2,9 @@
 
 - Enrichment: 100,000-row table (bootstrap), then events over those keys.
   Rate = events / wall time of the whole run (table load included).
+- Enrichment in the fraud example's shape (``python -m benchmarks.join enrich``):
+  2,000-row account table, transactions in frames of 500 rows, 2 shards,
+  next to the same transactions as ``(key, dict)`` rows.
 - Interval join: 1,000 keys, ``[0, 10 s]`` interval, each key one event per
   second of event time on alternating sides. Rate = input events / wall time.
 - As-of join: 1,000 accounts, one item per account per second of event time,
@@ -28,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from streamml.operators.join import TableReady, asof_join, enrich, interval_join, label_join
@@ -83,6 +87,85 @@ def _run_enrich(table: list, stream: list, *, per_key: bool) -> int:
     run_main(flow)
     assert sink.counter[0] == len(stream), (sink.counter[0], len(stream))
     return len(stream)
+
+
+def _fraud_data(n: int, accounts: int = 2000, rows: int = 500) -> tuple[list, list]:
+    """The fraud example's shape: an account table (a 2% of its rows changed again), then
+    transactions over known accounts as frames of ``rows`` rows of its nine columns."""
+    rng = random.Random(4)
+    countries = ["US", "GB", "DE", "FR", "NL", "ES"]
+    table: list = [
+        (
+            f"acct-{i:05d}",
+            {
+                "home_country": countries[i % 6],
+                "account_age_days": 5 + i % 3000,
+                "credit_limit": float(500 + 100 * (i % 400)),
+                "risk_tier": i % 4,
+            },
+        )
+        for i in range(accounts)
+    ]
+    table += [(k, {**row, "credit_limit": row["credit_limit"] * 2}) for k, row in table[::50]]
+    table.append(TableReady("accounts", 0, 1))
+    frames = [
+        pl.DataFrame(
+            {
+                "tx_id": [f"tx-{i:08d}" for i in range(s, s + rows)],
+                "account_id": [f"acct-{rng.randrange(accounts):05d}" for _ in range(rows)],
+                "ts": [T0 + timedelta(milliseconds=i) for i in range(s, s + rows)],
+                "amount": [rng.random() * 100 for _ in range(rows)],
+                "merchant_category": [countries[i % 6] for i in range(rows)],
+                "country": [countries[(i + 1) % 6] for i in range(rows)],
+                "card_present": [i % 3 == 0 for i in range(rows)],
+                "local_hour": [i % 24 for i in range(rows)],
+                "distance_km": [rng.random() * 50 for _ in range(rows)],
+            }
+        )
+        for s in range(0, n, rows)
+    ]
+    return table, frames
+
+
+def _run_fraud_enrich(table: list, events: list, *, frames: bool) -> int:
+    flow = Dataflow("bench_enrich_fraud")
+    ev = op.input("events", flow, TestingSource(events, batch_size=1 if frames else 500))
+    tb = op.input("table", flow, TestingSource(table, batch_size=BATCH))
+    wait = timedelta(seconds=5)
+    if frames:
+        out = enrich("enrich", ev, tb, key="account_id", max_wait=wait, shards=2)
+    else:
+        out = enrich("enrich", ev, tb, max_wait=wait, shards=2)
+    sink = CountSink()
+    op.output("out", out.oks, sink)
+    run_main(flow)
+    n = sum(len(f) for f in events) if frames else len(events)
+    assert sink.counter[0] == n, (sink.counter[0], n)
+    return n
+
+
+def enrich_main(quick: bool = False) -> dict:
+    """enrich on frames in the fraud example's shape, next to the same transactions as rows.
+
+    2,000-row account table (bootstrap), transactions over known accounts
+    in frames of 500 rows (rows: ``(account_id, dict)`` in batches of 500),
+    2 shards, ``max_wait`` 5 s as the example. Rate = transactions / time,
+    table load included.
+    """
+    n = 100_000 if quick else 400_000
+    rounds = 3 if quick else 5
+    table, frames = _fraud_data(n)
+    rows = [(r["account_id"], r) for f in frames for r in f.to_dicts()]
+    print(f"enrich, fraud shape: 2,000-row table, {n:,} transactions, {rounds} rounds", flush=True)
+    return _cpu_race(
+        "Enrichment join, fraud shape (transactions/s)",
+        {
+            "enrich frames (2 shards)": lambda: _run_fraud_enrich(table, frames, frames=True),
+            "enrich rows (2 shards)": lambda: _run_fraud_enrich(table, rows, frames=False),
+        },
+        "tx/s",
+        rounds,
+    )
 
 
 def _interval_data(keys: int, events: int) -> tuple[list, list]:
@@ -212,12 +295,14 @@ def main(quick: bool = False) -> dict:
     )
     print(f"  pairs emitted per run: {pairs[0]:,} ({pairs[0] / n_interval:.2f} per input event)")
     frames = frames_main(quick)
+    enrich_fraud = enrich_main(quick)
     asof = asof_main(quick)
     label = label_main(quick)
     return {
         "asof": asof,
         "label": label,
         "interval_frames": frames,
+        "enrich_fraud": enrich_fraud,
         "enrich": {
             "table_rows": rows,
             "events": n_events,
@@ -433,7 +518,9 @@ def frames_main(quick: bool = False) -> dict:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:2] in (["asof"], ["label"]):  # one family: python -m benchmarks.join asof
-        {"asof": asof_main, "label": label_main}[sys.argv[1]]("--quick" in sys.argv)
+    if sys.argv[1:2] in (["asof"], ["label"], ["enrich"]):  # one: python -m benchmarks.join asof
+        {"asof": asof_main, "label": label_main, "enrich": enrich_main}[sys.argv[1]](
+            "--quick" in sys.argv
+        )
     else:
         main("--quick" in sys.argv)
