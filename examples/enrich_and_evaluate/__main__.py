@@ -32,8 +32,8 @@ from streamml.tuning import relaxed_gc
 __all__ = ["Results", "main", "produce_dataset", "produce_table", "read_results", "run"]
 
 PARTITIONS = 1
-TX_STEPS = ("transactions", "by_account", "enrich", "features", "fraud_model")
-LABEL_STEPS = ("labels", "labels_by_tx", "evaluate")
+TX_STEPS = ("transactions", "enrich", "features", "fraud_model")
+LABEL_STEPS = ("labels", "evaluate")
 CONTROL_STEPS = ("control", "rollout")
 
 

@@ -1,8 +1,12 @@
 """The fraud model's features, from a transaction enriched with its account row.
 
 The same operator builds the training matrix (``model.py`` runs it over
-generated, enriched transactions) and serves the dataflow, so training and
-serving cannot drift apart.
+frames of generated, enriched transactions) and serves the dataflow, so
+training and serving cannot drift apart. Frames are the unit: a frame of the
+usual types is featurized column by column (:func:`feature_matrix`); a frame
+with a null, another type or a number out of range goes through the
+event-by-event pass, which names each rejected event's problem. Both give the
+same vectors bit for bit (``tests/examples/test_enrich_and_evaluate_features.py``).
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
-from bytewax.dataflow import operator
+import polars as pl
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
 from streamml.operators.featurize import Feature, FeatureSchema, FeaturesOut
 
 from examples.enrich_and_evaluate.data import CATEGORIES
 from streamml.errors import Rejected, reject
 
-__all__ = ["SCHEMA", "add_features"]
+__all__ = ["SCHEMA", "add_features", "feature_matrix"]
 
 _DERIVED = [
     "log_amount",
@@ -274,6 +279,133 @@ def _features(step_id: str):
     return features
 
 
+_FRAME_TYPES = {
+    "amount": pl.Float64,
+    "credit_limit": pl.Float64,
+    "distance_km": pl.Float64,
+    "merchant_category": pl.String,
+    "country": pl.String,
+    "home_country": pl.String,
+    "card_present": pl.Boolean,
+}
+"""The column types of the columnar pass; ``local_hour``, ``account_age_days``
+and ``risk_tier`` may be any integer type, the identity columns anything."""
+_FRAME_INTS = ("local_hour", "account_age_days", "risk_tier")
+_KEPT = ("tx_id", "account_id", "ts", "amount")
+
+
+def feature_matrix(frame: pl.DataFrame) -> np.ndarray | None:
+    """The feature matrix (float64, one row per transaction, :data:`SCHEMA` order) of a frame.
+
+    ``None`` when a column is missing, holds a null or another type than
+    the usual one, or a derived number is not finite or overflows float32:
+    :func:`add_features` then takes the event-by-event pass, which rejects
+    each bad transaction with its reason. The numbers are the
+    event-by-event pass's bit for bit: ``math.log1p`` mapped over the same
+    Python floats (``np.log1p``'s last bit may differ), IEEE division,
+    booleans and integers as floats. A handful of polars calls a frame, the
+    rest NumPy on the columns.
+
+    Examples:
+        >>> import polars as pl
+        >>> frame = pl.DataFrame({"tx_id": ["t1"], "account_id": ["a1"], "ts": [0],
+        ...     "amount": [9.0], "merchant_category": ["fuel"], "credit_limit": [100.0],
+        ...     "distance_km": [2.0], "country": ["NO"], "home_country": ["NO"],
+        ...     "card_present": [True], "local_hour": [3], "account_age_days": [400],
+        ...     "risk_tier": [1]})
+        >>> [round(x, 2) for x in feature_matrix(frame)[0, :5].tolist()]
+        [2.3, 0.09, 0.0, 1.0, 1.0]
+        >>> feature_matrix(frame.with_columns(pl.lit(0.0).alias("credit_limit"))) is None
+        True
+    """
+    schema = frame.schema
+    if any(c not in schema for c in _FIELDS):
+        return None
+    if any(schema[c] != t for c, t in _FRAME_TYPES.items()):
+        return None
+    if not all(schema[c].is_integer() for c in _FRAME_INTS):
+        return None
+    col = frame.get_column
+    if any(col(c).null_count() for c in _FIELDS):
+        return None
+    a, lim, dist = (col(c).to_numpy() for c in ("amount", "credit_limit", "distance_km"))
+    if not ((a >= 0).all() and (lim > 0).all() and (dist >= 0).all()):
+        return None  # NaN features (and their rejections) are the event-by-event pass's
+    n = frame.height
+    log1p = math.log1p
+    h = col("local_hour").to_numpy()
+    m = np.zeros((n, _WIDTH))
+    m[:, 0] = np.fromiter(map(log1p, a.tolist()), np.float64, n)
+    m[:, 1] = a / lim
+    m[:, 2] = (col("country") != col("home_country")).to_numpy()
+    m[:, 3] = col("card_present").to_numpy()
+    m[:, 4] = (h >= 1) & (h <= 4)
+    m[:, 5] = np.fromiter(map(log1p, dist.tolist()), np.float64, n)
+    ages = np.maximum(col("account_age_days").to_numpy(), 0).tolist()
+    m[:, 6] = np.fromiter(map(log1p, ages), np.float64, n)
+    m[:, 7] = col("risk_tier").to_numpy()
+    block = m[:, : len(_DERIVED)]
+    if not (np.isfinite(block).all() and (np.abs(block) <= _LIMIT).all()):
+        return None
+    other = len(CATEGORIES)
+    hot = np.fromiter(
+        map(_INDEX.get, col("merchant_category").to_list(), repeat(other)), np.int64, n
+    )
+    m[np.arange(n), len(_DERIVED) + hot] = 1.0
+    return m
+
+
+def _frame_features(step_id: str):
+    """One frame to ``(oks, errs)``: a frame of ``tx_id``, ``account_id``, ``ts``, ``amount``
+    and ``features`` (float32, :data:`SCHEMA` order), and the rejected transactions."""
+    by_rows = _features(step_id)
+
+    def features(frame: pl.DataFrame) -> tuple[list[pl.DataFrame], list[Any]]:
+        if not frame.height:
+            return [], []
+        m = feature_matrix(frame)
+        if m is not None:
+            kept = [frame.get_column(c) for c in _KEPT]
+            return [pl.DataFrame([*kept, pl.Series("features", m.astype(np.float32))])], []
+        # The rare frame with a bad value: event by event, each rejection with its reason.
+        key = "account_id" if "account_id" in frame.columns else None
+        events = frame.to_dicts()
+        [(good, errs)] = by_rows([(e.get(key) if key else None, e) for e in events])
+        if not good:
+            return [], errs
+        kept_events = [e for _, e in good]
+        columns = {c: [e[c] for e in kept_events] for c in _KEPT}
+        out = pl.DataFrame(columns, schema={c: frame.schema[c] for c in _KEPT}, strict=False)
+        vectors = np.stack([e["features"] for e in kept_events])
+        return [out.with_columns(pl.Series("features", vectors))], errs
+
+    return features
+
+
+def _rows_or_frames(step_id: str):
+    """A batch function: frames one by one, ``(key, event)`` pairs as one batch (see add_features)."""
+    by_rows = _features(step_id)
+    by_frame = _frame_features(step_id)
+
+    def features(items: list[Any]) -> list[tuple[list, list]]:
+        frames = [x for x in items if type(x) is pl.DataFrame]
+        if not frames:
+            return by_rows(items)
+        oks: list[Any] = []
+        errs: list[Any] = []
+        for frame in frames:
+            good, bad = by_frame(frame)
+            oks += good
+            errs += bad
+        if len(frames) < len(items):
+            [(good, bad)] = by_rows([x for x in items if type(x) is not pl.DataFrame])
+            oks += good
+            errs += bad
+        return [(oks, errs)]
+
+    return features
+
+
 def _oks(pairs: list[tuple[list, list]]) -> list[Any]:
     return [x for oks, _ in pairs for x in oks]
 
@@ -283,22 +415,28 @@ def _errs(pairs: list[tuple[list, list]]) -> list[Any]:
 
 
 @operator
-def add_features(step_id: str, up: KeyedStream[Mapping[str, Any]]) -> FeaturesOut:
-    """Enriched transactions ``(account_id, event)`` to ``(tx_id, features event)``.
+def add_features(
+    step_id: str, up: Stream[pl.DataFrame] | KeyedStream[Mapping[str, Any]]
+) -> FeaturesOut:
+    """Frames of enriched transactions to frames of their feature vectors.
 
-    The features event holds the transaction's ``tx_id``, ``account_id``,
-    ``ts`` and ``amount``, and ``features``, a float32 vector in
-    :data:`SCHEMA` order. Events whose
-    derived numbers are not finite (a negative amount, a zero credit limit)
-    go to ``errs`` as ``InvalidFeature``, events missing a field (an account
-    row without ``credit_limit``) with the exception's type.
+    Each frame out holds the transactions' ``tx_id``, ``account_id``, ``ts``
+    and ``amount`` columns, and ``features``, a float32 vector (an ``Array``
+    column) in :data:`SCHEMA` order. Transactions whose derived numbers are
+    not finite (a negative amount, a zero credit limit) go to ``errs`` as
+    ``InvalidFeature``, those missing a value (an account row without
+    ``credit_limit``) with the exception's type, each as its
+    ``(account_id, transaction dict)``.
 
-    One batch step builds the whole batch's matrix, column by column when
-    every event has the usual fields and types: no per-event step or branch
-    between the derived numbers and the vector.
+    A frame of the usual types is featurized column by column
+    (:func:`feature_matrix`), with no Python per transaction; a frame with a
+    bad value takes the event-by-event pass. ``(account_id, event)`` pairs
+    (rows) are taken too, a batch at a time, and give ``(tx_id, features
+    event)`` pairs: the same vectors, bit for bit.
 
     Examples:
         >>> import bytewax.operators as op
+        >>> import polars as pl
         >>> from bytewax.dataflow import Dataflow
         >>> from bytewax.testing import TestingSource, TestingSink, run_main
         >>> tx = {"tx_id": "t1", "account_id": "a1", "ts": 0, "amount": 9.0,
@@ -307,17 +445,17 @@ def add_features(step_id: str, up: KeyedStream[Mapping[str, Any]]) -> FeaturesOu
         ...       "local_hour": 3, "account_age_days": 400, "risk_tier": 1}
         >>> flow = Dataflow("features_doc")
         >>> out = add_features("f", op.input("in", flow, TestingSource([
-        ...     ("a1", tx), ("a1", {**tx, "tx_id": "t2", "credit_limit": 0.0})])))
+        ...     pl.DataFrame([tx, {**tx, "tx_id": "t2", "credit_limit": 0.0}])])))
         >>> oks, errs = [], []
         >>> op.output("oks", out.oks, TestingSink(oks))
         >>> op.output("errs", out.errs, TestingSink(errs))
         >>> run_main(flow)
-        >>> [(k, [round(x, 2) for x in e["features"].tolist()[:5]]) for k, e in oks]
+        >>> [(t, [round(x, 2) for x in v[:5]]) for t, v in oks[0].select("tx_id", "features").rows()]
         [('t1', [2.3, 0.09, 0.0, 1.0, 1.0])]
         >>> [(r.step_id, r.error_type, r.reason) for r in errs]
         [('features_doc.f.assemble', 'InvalidFeature', 'amount_to_limit is not finite')]
     """
-    batches = op.flat_map_batch("derive_assemble", up, _features(step_id))
+    batches = op.flat_map_batch("derive_assemble", up, _rows_or_frames(step_id))
     return FeaturesOut(
         oks=op.flat_map_batch("oks", batches, _oks), errs=op.flat_map_batch("errs", batches, _errs)
     )

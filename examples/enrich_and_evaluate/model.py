@@ -8,7 +8,7 @@
   generated fraud depends on (the rollout candidate).
 
 Both are trained on the same generated transactions (another seed than the
-demo's), enriched with their account rows in Python and featurized by
+demo's), enriched with their account rows in Python and featurized as frames by
 :func:`features.add_features` — the serving code. They are converted with
 skl2onnx (ZipMap off, so ``probabilities`` is a plain float tensor), checked
 against scikit-learn on held-out rows, and saved with a JSON card of their
@@ -28,6 +28,7 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
@@ -63,17 +64,23 @@ def featurize_offline(
     table: dict[str, Any] = {}
     for key, row in accounts:
         table[key] = row
-    enriched = [
-        (t["account_id"], {**t, **table[t["account_id"]]})
-        for t in transactions
-        if table.get(t["account_id"]) is not None
-    ]
+    enriched = pl.DataFrame(
+        [
+            {**t, **table[t["account_id"]]}
+            for t in transactions
+            if table.get(t["account_id"]) is not None
+        ],
+        infer_schema_length=None,
+    )
     flow = Dataflow("fraud_training_features")
-    rows: list = []
-    out = add_features("features", op.input("enriched", flow, TestingSource(enriched, 5000)))
-    op.output("rows", out.oks, TestingSink(rows))
+    frames: list[pl.DataFrame] = []
+    out = add_features(
+        "features", op.input("enriched", flow, TestingSource(enriched.iter_slices(5000)))
+    )
+    op.output("frames", out.oks, TestingSink(frames))
     run_main(flow)
-    return [k for k, _ in rows], np.stack([e["features"] for _, e in rows])
+    done = pl.concat(frames)
+    return done["tx_id"].to_list(), done["features"].to_numpy()
 
 
 def _fingerprint() -> str:

@@ -13,12 +13,14 @@ event-by-event one: both are checked.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import polars as pl
 from bytewax.dataflow import Dataflow, operator
 from bytewax.operators import KeyedStream
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -28,7 +30,15 @@ from streamml.operators import featurize
 from streamml.operators.featurize import FeaturesOut
 
 from examples.enrich_and_evaluate.data import CATEGORIES, generate
-from examples.enrich_and_evaluate.features import SCHEMA, _columnar, add_features
+from examples.enrich_and_evaluate.features import (
+    _KEPT,
+    SCHEMA,
+    _columnar,
+    _features,
+    _frame_features,
+    add_features,
+    feature_matrix,
+)
 from streamml.errors import reject
 
 
@@ -252,3 +262,92 @@ def test_the_vectors_are_float32_rows_in_schema_order() -> None:
     expected = [math.log1p(99.0), 0.099, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0]
     expected += [float(c == "travel") for c in CATEGORIES] + [0.0]
     assert vector.tolist() == np.array(expected, dtype=np.float32).tolist()
+
+
+# Frames: the flow's unit. The columnar pass over a frame must give the event-by-event
+# pass's vectors bit for bit, and a frame with a bad value the same rejections.
+
+_FRAME_SCHEMA = {
+    "tx_id": pl.String,
+    "account_id": pl.String,
+    "ts": pl.Datetime("ms", "UTC"),
+    "amount": pl.Float64,
+    "merchant_category": pl.String,
+    "credit_limit": pl.Float64,
+    "distance_km": pl.Float64,
+    "country": pl.String,
+    "home_country": pl.String,
+    "card_present": pl.Boolean,
+    "local_hour": pl.Int32,
+    "account_age_days": pl.Int64,
+    "risk_tier": pl.Int64,
+}
+_FLOATS = st.one_of(
+    st.floats(0.0, 1e6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, -1.0, 1e-300, 1e300, 3.5e38]),
+)
+
+
+@st.composite
+def _frame_rows(draw, bad: bool) -> dict[str, Any]:
+    """An enriched transaction as a frame row; with ``bad``, any value may be out of range or null."""
+    floats = _FLOATS if bad else st.floats(1e-3, 1e6)
+    row = {
+        "tx_id": f"t{draw(st.integers(0, 99))}",
+        "account_id": draw(st.sampled_from(["a1", "a2"])),
+        "ts": datetime.fromtimestamp(draw(st.integers(0, 10**9)), timezone.utc),
+        "amount": draw(floats),
+        "merchant_category": draw(st.sampled_from([*CATEGORIES, "unknown"])),
+        "credit_limit": draw(floats),
+        "distance_km": draw(floats),
+        "country": draw(st.sampled_from(["NO", "SE"])),
+        "home_country": "NO",
+        "card_present": draw(st.booleans()),
+        "local_hour": draw(st.integers(0, 23)),
+        "account_age_days": draw(st.integers(-3, 10**6)),
+        "risk_tier": draw(st.integers(0, 3)),
+    }
+    if bad and draw(st.integers(0, 9)) == 0:
+        row[draw(st.sampled_from(sorted(row)))] = None
+    return row
+
+
+def _frame_vs_rows(rows: list[dict[str, Any]]) -> None:
+    frame = pl.DataFrame(rows, schema=_FRAME_SCHEMA)
+    oks, errs = _frame_features("f")(frame)
+    [(ref_oks, ref_errs)] = _features("f")([(e["account_id"], e) for e in frame.to_dicts()])
+    got = pl.concat(oks) if oks else pl.DataFrame(schema=_FRAME_SCHEMA).select(_KEPT)
+    assert got.columns[:4] == list(_KEPT) and got.height == len(ref_oks)
+    assert got.select(_KEPT).rows() == [tuple(e[c] for c in _KEPT) for _, e in ref_oks]
+    if ref_oks:
+        vectors = got["features"].to_numpy()
+        assert vectors.dtype == np.float32
+        assert vectors.view(np.uint32).tolist() == [
+            e["features"].view(np.uint32).tolist() for _, e in ref_oks
+        ]
+    assert list(map(_canon, errs)) == list(map(_canon, ref_errs))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_frame_rows(bad=False), min_size=1, max_size=40))
+def test_a_frame_takes_the_columnar_pass_with_the_event_by_event_vectors(rows) -> None:
+    assert feature_matrix(pl.DataFrame(rows, schema=_FRAME_SCHEMA)) is not None
+    _frame_vs_rows(rows)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_frame_rows(bad=True), min_size=1, max_size=20))
+def test_a_frame_with_bad_values_gives_the_event_by_event_rejections(rows) -> None:
+    _frame_vs_rows(rows)
+
+
+def test_the_example_data_as_frames_takes_the_columnar_pass() -> None:
+    data = generate(600, n_accounts=80, seed=5)
+    table = dict(data.accounts)
+    rows = [
+        {**t, **table[t["account_id"]]} for t in data.transactions if table.get(t["account_id"])
+    ]
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    assert feature_matrix(frame) is not None
+    _frame_vs_rows(frame.select(list(_FRAME_SCHEMA)).to_dicts())
