@@ -501,6 +501,18 @@ def test_a_short_last_payload_is_not_read_past_the_buffer() -> None:
         _same(serde.decode_batch(batch), _per_record_avro(serde, batch))
 
 
+def test_a_batch_of_one_byte_varints_matches_fastavro() -> None:
+    """Every one-byte varint (-64 to 63), and a batch with one two-byte varint among them."""
+    serde = AvroSerde(LONG)
+    values = list(range(-64, 64))
+    for batch_values in (values, [*values, 64]):
+        batch = [_varint(v) for v in batch_values]
+        got = serde.decode_batch(batch)
+        assert [r["n"] for r in got] == batch_values
+        _same(got, _per_record_avro(serde, batch))
+        assert serde.decode_frame(batch).frame["n"].to_list() == batch_values
+
+
 def test_varints_of_every_size_decode_without_numpy_2(monkeypatch: pytest.MonkeyPatch) -> None:
     """pyproject allows numpy>=1.24, which has no ``np.bitwise_count``: the batch path must not need it.
 
