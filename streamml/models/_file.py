@@ -77,6 +77,33 @@ class FileModel(Declared):
     def _load(self) -> None:
         raise NotImplementedError
 
+    def _our_input_names(self, declared: list[str]) -> dict[str, str]:
+        """The step's names of the model's inputs ``declared``, reversing ``input_names``.
+
+        An input the mapping leaves out keeps its own name; ``ValueError``
+        for a mapping to an input the model does not have.
+        """
+        to_model = self._config["input_names"]
+        unknown = [m for m in to_model.values() if m not in declared]
+        if unknown:
+            raise ValueError(
+                f"input_names maps to {unknown}, which the model does not have; "
+                f"its inputs are {list(declared)}"
+            )
+        from_model = {m: ours for ours, m in to_model.items()}
+        return {name: from_model.get(name, name) for name in declared}
+
+    def _mapped_outputs(self, names: list[str]) -> tuple[str, ...]:
+        """The model's outputs ``names`` renamed by ``output_names``; ``ValueError`` for one it lacks."""
+        to_ours = self._config["output_names"]
+        unknown = [m for m in to_ours if m not in names]
+        if unknown:
+            raise ValueError(
+                f"output_names refers to {unknown}, which the model does not output; "
+                f"its outputs are {names}"
+            )
+        return tuple(to_ours.get(n, n) for n in names)
+
     def _warm_up(self) -> None:
         """Run one batch of zeros, so a model that cannot run fails when it is built."""
         zeros = {

@@ -141,14 +141,7 @@ class OnnxModel(FileModel):
         except Exception as exc:  # ORT raises its own exception types
             raise ValueError(f"cannot load ONNX model {self._version!r}: {exc}") from exc
         declared = {i.name: i for i in self._session.get_inputs()}
-        to_model = cfg["input_names"]
-        unknown = [m for m in to_model.values() if m not in declared]
-        if unknown:
-            raise ValueError(
-                f"input_names maps to {unknown}, which the model does not have; "
-                f"its inputs are {list(declared)}"
-            )
-        from_model = {m: ours for ours, m in to_model.items()}
+        our_name = self._our_input_names(list(declared))
         self._model_input = {}
         specs = {}
         for name, arg in declared.items():
@@ -156,19 +149,13 @@ class OnnxModel(FileModel):
                 raise ValueError(
                     f"input {name!r} has type {arg.type}; only tensor inputs are supported"
                 )
-            ours = from_model.get(name, name)
+            ours = our_name[name]
             self._model_input[ours] = name
             specs[ours] = TensorSpec(np.dtype(_ORT_DTYPES[arg.type]), _row_shape(arg.shape))
         self._inputs = specs
         out_names = [o.name for o in self._session.get_outputs()]
-        unknown = [m for m in cfg["output_names"] if m not in out_names]
-        if unknown:
-            raise ValueError(
-                f"output_names refers to {unknown}, which the model does not output; "
-                f"its outputs are {out_names}"
-            )
         self._run_names = out_names
-        self._outputs = tuple(cfg["output_names"].get(n, n) for n in out_names)
+        self._outputs = self._mapped_outputs(out_names)
         if cfg["warmup"]:
             self._warm_up()
         logger.info("loaded ONNX model %s on %s", self._version, self._session.get_providers())

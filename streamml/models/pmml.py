@@ -176,14 +176,8 @@ class PmmlModel(FileModel):
             self._inputs = {name: TensorSpec(dtype, ()) for name, dtype in fields.items()}
         names = [f.getName() for f in self._evaluator.getTargetFields()]
         names += [f.getName() for f in self._evaluator.getOutputFields()]
-        unknown = [m for m in cfg["output_names"] if m not in names]
-        if unknown:
-            raise ValueError(
-                f"output_names refers to {unknown}, which the model does not output; "
-                f"its outputs are {names}"
-            )
         self._field_outputs = names
-        self._outputs = tuple(cfg["output_names"].get(n, n) for n in names)
+        self._outputs = self._mapped_outputs(names)
         logger.info("loaded PMML model %s", self._version)
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, Any]:

@@ -110,18 +110,11 @@ class TfliteModel(FileModel):
         except Exception as exc:  # LiteRT raises ValueError and RuntimeError
             raise ValueError(f"cannot load TF Lite model {self._version!r}: {exc}") from exc
         declared = {d["name"]: d for d in self._interpreter.get_input_details()}
-        to_model = cfg["input_names"]
-        unknown = [m for m in to_model.values() if m not in declared]
-        if unknown:
-            raise ValueError(
-                f"input_names maps to {unknown}, which the model does not have; "
-                f"its inputs are {list(declared)}"
-            )
-        from_model = {m: ours for ours, m in to_model.items()}
+        our_name = self._our_input_names(list(declared))
         self._input_index: dict[str, int] = {}
         specs = {}
         for name, detail in declared.items():
-            ours = from_model.get(name, name)
+            ours = our_name[name]
             self._input_index[ours] = detail["index"]
             signature = detail.get("shape_signature")
             if signature is None or len(signature) == 0:
@@ -130,15 +123,8 @@ class TfliteModel(FileModel):
             specs[ours] = TensorSpec(np.dtype(detail["dtype"]), row)
         self._inputs = specs
         out_details = self._interpreter.get_output_details()
-        out_names = [d["name"] for d in out_details]
-        unknown = [m for m in cfg["output_names"] if m not in out_names]
-        if unknown:
-            raise ValueError(
-                f"output_names refers to {unknown}, which the model does not output; "
-                f"its outputs are {out_names}"
-            )
         self._output_index = [d["index"] for d in out_details]
-        self._outputs = tuple(cfg["output_names"].get(n, n) for n in out_names)
+        self._outputs = self._mapped_outputs([d["name"] for d in out_details])
         self._shapes = {
             name: tuple(int(d) for d in detail["shape"])
             for name, detail in zip(specs, declared.values(), strict=True)
