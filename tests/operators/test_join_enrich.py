@@ -404,6 +404,18 @@ def test_frames_take_the_row_columns_with_a_suffix_on_a_clash():
     ]
 
 
+@pytest.mark.parametrize(
+    "default, max_wait", [(MISSING, None), (MISSING, timedelta(seconds=5)), ({"v": 0}, None)]
+)
+def test_frames_whose_columns_clash_beyond_the_suffix_are_rejected_whole(default, max_wait):
+    """``v`` and ``v_right`` taken: every row of the frame is rejected, hits and misses alike."""
+    lg = frame_logic(default=default, max_wait=max_wait)
+    rows = [{"k": "a", "v": 1, "v_right": 2}, {"k": "b", "v": 3, "v_right": 4}]
+    ((out, errs, _),) = lg.on_batch([(RIGHT, [("a", {"v": 9})]), (LEFT, pl.DataFrame(rows))])[0]
+    assert out == [] and [r.original for r in errs] == rows
+    assert {r.error_type for r in errs} == {"DuplicateError"} and lg.waiting == []
+
+
 def test_frames_default_fills_misses_and_names_fields_like_rows():
     lg = frame_logic(default={"site": "?", "id": -1, "extra": 0.5})
     frames, errs = drive_frames(
