@@ -100,3 +100,17 @@ def test_encode_frame_writes_the_bytes_encode_batch_writes(frame, allow_nan) -> 
         return [(p.kind, str(p)) if type(p) is SerdeError else p for p in out]
 
     assert seen(serde.encode_frame(frame)) == seen(serde.encode_batch(frame.to_dicts()))
+
+
+def test_encode_frame_datetimes_on_and_off_whole_seconds() -> None:
+    """The '.000000' rule in every unit, nanoseconds below a microsecond included."""
+    second = 1_767_225_600  # 2026-01-01T00:00:00
+    for unit, per_second in (("ms", 10**3), ("us", 10**6), ("ns", 10**9)):
+        for ticks in ([1, 2], [0, 1], [per_second // 1_000_000 or 1]):  # off, on and (ns) near
+            frame = pl.DataFrame(
+                {"ts": pl.Series([second * per_second + t for t in ticks], dtype=pl.Int64)}
+            ).select(pl.col("ts").cast(pl.Datetime(unit)))
+            serde = JsonSerde()
+            assert serde.encode_frame(frame) == serde.encode_batch(frame.to_dicts()), (unit, ticks)
+    sub = pl.DataFrame({"ts": [second * 10**9 + 500]}).select(pl.col("ts").cast(pl.Datetime("ns")))
+    assert JsonSerde().encode_frame(sub) == [b'{"ts":"2026-01-01T00:00:00"}']
