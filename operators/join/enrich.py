@@ -228,19 +228,26 @@ def _take(frame: pl.DataFrame, rows: list[int]) -> pl.DataFrame:
     return frame[pl.Series(rows, dtype=pl.UInt32)]
 
 
+def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames of one layout as one (the frame itself when alone)."""
+    return frames[0] if len(frames) == 1 else pl.concat(frames, rechunk=False)
+
+
 class _FrameLogic(_Logic):
     """``(LEFT, frame)``, ``(RIGHT, [(key, row), ...])`` and markers in, enriched frames out.
 
     Misses wait in ``waiting`` as ``(deadline, frame of their rows)``;
-    ``waiting_keys`` are their keys (as text), so a table row for one of
-    them releases its rows at once.
+    ``waiting_keys`` counts, for each of their keys (as text), the waiting
+    frames that hold rows of it, so a table row for one of them releases
+    its rows at once, and a frame leaving updates it without reading the
+    others.
     """
 
     path = "frames"
 
     def __init__(self, cfg: _Config, resume: Any) -> None:
         self.waiting: list[tuple[datetime, pl.DataFrame]] = []
-        self.waiting_keys: set[str] = set()
+        self.waiting_keys: dict[str, int] = {}
         self.rows = _TableFrame()
         super().__init__(cfg, resume)
 
@@ -256,10 +263,24 @@ class _FrameLogic(_Logic):
         return {"held": held, "waiting": waiting}
 
     def _rekey(self) -> None:
-        key = self.cfg.key
-        self.waiting_keys = {
-            k for _, f in self.waiting for k in f.get_column(key).cast(pl.String).unique()
-        }
+        self.waiting_keys = {}
+        for _, rows in self.waiting:
+            self._count(rows, 1)
+
+    def _keys(self, rows: pl.DataFrame) -> list[str]:
+        """The keys of ``rows`` as text."""
+        keys = rows.get_column(self.cfg.key)
+        return (keys if keys.dtype == pl.String else keys.cast(pl.String)).to_list()
+
+    def _count(self, rows: pl.DataFrame, step: int) -> None:
+        """Count a waiting frame's keys in (``step=1``) or out (``-1``) of ``waiting_keys``."""
+        counts = self.waiting_keys
+        for k in set(self._keys(rows)):
+            n = counts.get(k, 0) + step
+            if n:
+                counts[k] = n
+            else:
+                del counts[k]
 
     def _lookup(self, frame: pl.DataFrame, errs: list) -> tuple[pl.DataFrame, list[int | None]]:
         """The table frame, and the row in it of each of ``frame``'s keys (``None``: no row).
@@ -311,7 +332,7 @@ class _FrameLogic(_Logic):
         if wait and cfg.max_wait is not None:
             rows = _take(frame, misses)
             self.waiting.append((self.clock() + cfg.max_wait, rows))
-            self.waiting_keys.update(rows.get_column(cfg.key).cast(pl.String).to_list())
+            self._count(rows, 1)
         elif cfg.default is MISSING:
             key = cfg.key
             errs.extend(
@@ -373,18 +394,17 @@ class _FrameLogic(_Logic):
         per key and frame cost ~1 ms each when a batch brought hundreds of
         the keys waited for.
         """
-        name = self.cfg.key
-        wanted = pl.Series(list(keys), dtype=pl.String)
         keep = []
         for deadline, rows in self.waiting:
-            mine = rows.get_column(name).cast(pl.String).is_in(wanted)
-            if mine.any():
-                self._resolve(rows.filter(mine), False, out, errs)
-                rows = rows.filter(~mine)
+            mine = [k in keys for k in self._keys(rows)]
+            if any(mine):
+                self._resolve(_take(rows, [i for i, m in enumerate(mine) if m]), False, out, errs)
+                rows = _take(rows, [i for i, m in enumerate(mine) if not m])
             if rows.height:
                 keep.append((deadline, rows))
         self.waiting = keep
-        self.waiting_keys -= keys
+        for k in keys:
+            self.waiting_keys.pop(k, None)
 
     def on_batch(self, values: list[tuple[int, Any]]) -> tuple[list, bool]:
         out: list[pl.DataFrame] = []
@@ -415,9 +435,9 @@ class _FrameLogic(_Logic):
         due = [rows for deadline, rows in self.waiting if deadline <= now]
         if due:
             self.waiting = [(d, rows) for d, rows in self.waiting if d > now]
-            self._rekey()
             for rows in due:
-                self._resolve(rows, False, out, errs)
+                self._count(rows, -1)
+            self._final(due, out, errs)
         return self._out(out, errs), False
 
     def on_eof(self) -> tuple[list, bool]:
@@ -425,12 +445,20 @@ class _FrameLogic(_Logic):
         errs: list[Rejected] = []
         held, self.held = self.held or [], None
         waiting, self.waiting = self.waiting, []
-        self.waiting_keys = set()
-        for frame in held:
-            self._resolve(frame, False, out, errs)
-        for _, rows in waiting:
-            self._resolve(rows, False, out, errs)
+        self.waiting_keys = {}
+        self._final([*held, *(rows for _, rows in waiting)], out, errs)
         return self._out(out, errs), False
+
+    def _final(self, frames: list[pl.DataFrame], out: list, errs: list) -> None:
+        """Resolve ``frames`` for good (no more waiting), each run of frames of one layout as one."""
+        run: list[pl.DataFrame] = []
+        for frame in frames:
+            if run and (frame.columns, frame.dtypes) != (run[0].columns, run[0].dtypes):
+                self._resolve(_stack(run), False, out, errs)
+                run = []
+            run.append(frame)
+        if run:
+            self._resolve(_stack(run), False, out, errs)
 
     def notify_at(self) -> datetime | None:
         return min(d for d, _ in self.waiting) if self.waiting else None

@@ -372,6 +372,10 @@ def test_frame_path_equals_row_path(spec, cuts, with_default, bootstrapping, max
             for o, e, _ in frames.on_notify()[0]:
                 got += o
                 got_errs += e
+        # each waiting key counted once per waiting frame holding it
+        assert frames.waiting_keys == Counter(
+            k for _, f in frames.waiting for k in set(f.get_column("k").to_list())
+        )
     o, e = drive(rows, [], eof=True)
     row_out += o
     row_errs += e
@@ -511,14 +515,14 @@ def test_frames_bootstrap_wait_and_release():
     assert (frames, errs) == ([], [])  # held until the bootstrap is read
     frames, errs = drive_frames(lg, [[(CONTROL, "", READY)]], eof=False)
     assert frame_rows(frames) == [{"k": "a", "id": 1, "v": 1}] and errs == []
-    assert lg.waiting_keys == {"b"} and lg.notify_at() == T0 + timedelta(seconds=5)
+    assert lg.waiting_keys == {"b": 1} and lg.notify_at() == T0 + timedelta(seconds=5)
     frames, errs = drive_frames(lg, [[(RIGHT, "b", {"v": 2})]], eof=False)  # its row comes
     assert frame_rows(frames) == [{"k": "b", "id": 2, "v": 2}] and lg.waiting == []
     drive_frames(lg, [[(LEFT, "c", {"id": 3})]], eof=False)
     clock.now += timedelta(seconds=5)
     ((frames, errs, _),) = lg.on_notify()[0]
     assert frames == [] and [r.original for r in errs] == [{"k": "c", "id": 3}]
-    assert lg.waiting == [] and lg.waiting_keys == set()
+    assert lg.waiting == [] and lg.waiting_keys == {}
 
 
 def test_frames_snapshot_round_trip_resumes_the_same():
