@@ -16,7 +16,9 @@ process, alternating, on 500-event batches of the fraud example's
 transactions against a 125-row shard table, building a frame from the
 dicts, joining it and reading the dicts back took 4.9 µs per event,
 against 0.30 µs for the dict merge (the previous release's row logic:
-0.32 µs); a frame joined as it is took 0.53 µs per event. A ``merge``
+0.32 µs); a frame joined as it is took 0.53 µs per event with a polars
+join, ~0.2 µs with the look-up and take that replaced it (the logic
+alone, 500-row frames against 2,000 rows). A ``merge``
 function may also return anything, which a frame cannot hold. So the row
 path shares the state, its rules and its snapshot record, not the join.
 """
