@@ -196,19 +196,33 @@ class FlatRecordReader:
         self._build = _dict_builder(self.names)
         self.schema = pl.Schema(zip(self.names, map(_DTYPES.__getitem__, self._kinds)))
 
-    def _columns(self, joined: JoinedPayloads, skip: int) -> list[Any] | None:
-        """Each field's raw column (an array, or a blob's start and end offsets), or None."""
+    def _columns(self, joined: JoinedPayloads, skip: int) -> tuple[list[Any], np.ndarray | None]:
+        """Each field's raw column (an array, or a blob's first bytes and sizes), and the bad bodies.
+
+        The second item is None when every body read as a record, else a
+        boolean mask of those that did not: each body is read at its own
+        offsets, so one that goes wrong leaves the others exact. A bad body's
+        offset goes back to its start, so later fields read in bounds
+        (their values for it are meaningless).
+        """
         ends = joined.ends
         pos = joined.starts + skip
+        bad: np.ndarray | None = None
         columns: list[Any] = []
         for kind in self._kinds:
-            column, pos = _READERS[kind](joined, pos)
-            if column is None or (pos > ends).any():
-                return None
+            column, after, off = _READERS[kind](joined, pos)
+            over = after > ends
+            if off is not None:
+                over |= off
+            if over.any():
+                bad = over if bad is None else bad | over
+                after = np.where(bad, joined.starts, after)
             columns.append(column)
-        if (pos != ends).any():
-            return None
-        return columns
+            pos = after
+        short = pos != ends
+        if short.any():
+            bad = short if bad is None else bad | short
+        return columns, bad
 
     def read(self, joined: JoinedPayloads, skip: int) -> list[dict[str, Any]] | None:
         """Decode every payload's body (after ``skip`` header bytes), or ``None`` if any is off.
@@ -216,8 +230,8 @@ class FlatRecordReader:
         ``None`` means: some body is not a valid record of this schema, or is
         one this reader does not decode itself; decode the batch per record.
         """
-        raw = self._columns(joined, skip)
-        if raw is None:
+        raw, bad = self._columns(joined, skip)
+        if bad is not None:
             return None
         try:
             columns = [_PYTHON[kind](joined, c) for kind, c in zip(self._kinds, raw)]
@@ -226,10 +240,6 @@ class FlatRecordReader:
         if not columns:
             return [{} for _ in range(len(joined.ends))]
         return list(map(self._build, *columns))
-
-    def columns_ok(self, joined: JoinedPayloads, skip: int) -> bool:
-        """Whether every payload's body decodes as this schema (without building a frame)."""
-        return self._columns(joined, skip) is not None
 
     def read_frame(self, joined: JoinedPayloads, skip: int) -> pl.DataFrame | None:
         """Every payload's body as one row of a DataFrame of ``schema``, or ``None`` as :meth:`read`.
@@ -241,11 +251,43 @@ class FlatRecordReader:
             >>> reader.read_frame(join_payloads([b"\\x02a\\x03", b"\\x04bc\\x80\\x01"]), 0).rows()
             [('a', -2), ('bc', 64)]
         """
-        raw = self._columns(joined, skip)
-        if raw is None:
-            return None
+        raw, bad = self._columns(joined, skip)
+        return self._frame(joined, raw) if bad is None else None
+
+    def read_frame_where(
+        self, joined: JoinedPayloads, skip: int
+    ) -> tuple[pl.DataFrame | None, np.ndarray]:
+        """The bodies that read as records, as one frame, and their indices in the batch.
+
+        The others are left out (decode them one by one to learn why). The
+        frame is ``None`` when a string among the kept bodies is not valid
+        UTF-8, which the columns alone do not show.
+
+        Examples:
+            >>> from fastavro import parse_schema
+            >>> reader = flat_reader(parse_schema({"type": "record", "name": "R", "fields": [
+            ...     {"name": "id", "type": "string"}, {"name": "n", "type": "long"}]}))
+            >>> joined = join_payloads([b"\\x02a\\x03", b"\\x09", b"\\x04bc\\x80\\x01"])
+            >>> frame, kept = reader.read_frame_where(joined, 0)
+            >>> frame.rows(), kept.tolist()
+            ([('a', -2), ('bc', 64)], [0, 2])
+        """
+        raw, bad = self._columns(joined, skip)
+        if bad is None:
+            return self._frame(joined, raw), np.arange(len(joined.ends))
+        kept = np.flatnonzero(~bad)
+        raw = [
+            (c[0][kept], c[1][kept]) if type(c) is tuple else c[kept]  # blobs: (first, sizes)
+            for c in raw
+        ]
+        return self._frame(joined, raw, len(kept)), kept
+
+    def _frame(
+        self, joined: JoinedPayloads, raw: list[Any], height: int | None = None
+    ) -> pl.DataFrame | None:
+        """The frame of raw columns (all of one length), or None if a string is not UTF-8."""
         if not raw:
-            return pl.DataFrame(height=len(joined.ends))
+            return pl.DataFrame(height=len(joined.ends) if height is None else height)
         try:
             return pl.DataFrame(
                 [
@@ -275,8 +317,8 @@ def _dict_builder(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
     return namespace["make"](*names)
 
 
-def _varints(joined: JoinedPayloads, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Zigzag varints at ``pos``: (int64 values, offsets after them), or None if not 64-bit.
+def _varints(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
+    """Zigzag varints at ``pos``: int64 values, offsets after them, and those not 64-bit (or None).
 
     Reads each varint's first 8 bytes as one little-endian word; the rare 9-
     and 10-byte varints (magnitudes from 2**55) add their last bytes after.
@@ -285,7 +327,7 @@ def _varints(joined: JoinedPayloads, pos: np.ndarray) -> tuple[np.ndarray, np.nd
     """
     heads = joined.data[pos]
     if heads.size and heads.max() < 0x80:
-        return _ZIGZAG_BYTE[heads], pos + 1
+        return _ZIGZAG_BYTE[heads], pos + 1, None
     words = joined.window("<u8")[pos]
     stops = ~words & _CONT  # the high bit of every byte that ends a varint
     lowest = stops & (~stops + _ONE)
@@ -297,40 +339,37 @@ def _varints(joined: JoinedPayloads, pos: np.ndarray) -> tuple[np.ndarray, np.nd
     # 2**(8k+7), whose float exponent (frexp: 0.5 * 2**e) is 8k+8. NumPy 1.x has no
     # bitwise_count; a word without a stop (lowest 0) is sized below.
     size = np.frexp(lowest.astype(np.float64))[1].astype(np.int64) >> 3
+    bad = None
     if not stops.all():
         long = np.flatnonzero(stops == 0)
         at = pos[long] + 8
         b8 = joined.data[at].astype(np.uint64)
         b9 = joined.data[at + 1].astype(np.uint64)
         ten = b8 >= 0x80
-        if (ten & (b9 > 1)).any():
-            return None  # an 11th byte, or bits past the 64th
+        beyond = ten & (b9 > 1)  # an 11th byte, or bits past the 64th
+        if beyond.any():
+            bad = np.zeros(len(pos), bool)
+            bad[long[beyond]] = True
         value[long] |= ((b8 & np.uint64(0x7F)) << np.uint64(56)) | ((b9 * ten) << np.uint64(63))
         size[long] = 9 + ten
     value = (value >> _ONE) ^ (np.uint64(0) - (value & _ONE))
-    return value.view(np.int64), pos + size
+    return value.view(np.int64), pos + size, bad
 
 
-_Column = tuple[list[Any] | None, np.ndarray]
+# A field read at every body's offset: its raw column, the offsets after it, and a mask of
+# the bodies where it is not valid (None when it is valid in all).
+_Column = tuple[Any, np.ndarray, np.ndarray | None]
 _Reader = Callable[[JoinedPayloads, np.ndarray], _Column]
-
-
-def _read_long(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
-    read = _varints(joined, pos)
-    if read is None:
-        return None, pos
-    return read[0], read[1]
 
 
 def _read_timestamp(unit: int, low: int, high: int) -> _Reader:
     def read(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
-        got = _varints(joined, pos)
-        if got is None:
-            return None, pos
-        values, after = got
+        values, after, bad = _varints(joined, pos)
         if values.min() < low or values.max() > high:
-            return None, pos  # fastavro raises OverflowError: let the per-record path say so
-        return values, after
+            # fastavro raises OverflowError: let the per-record path say so
+            out = (values < low) | (values > high)
+            bad = out if bad is None else bad | out
+        return values, after, bad
 
     return read
 
@@ -346,24 +385,22 @@ def _read_fixed(dtype: str) -> _Reader:
     width = np.dtype(dtype).itemsize
 
     def read(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
-        return joined.window(dtype)[pos], pos + width
+        return joined.window(dtype)[pos], pos + width, None
 
     return read
 
 
 def _read_boolean(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
-    return joined.data[pos] != 0, pos + 1  # fastavro: any byte but 0 is True
+    return joined.data[pos] != 0, pos + 1, None  # fastavro: any byte but 0 is True
 
 
 def _read_blobs(joined: JoinedPayloads, pos: np.ndarray) -> _Column:
     """A string or bytes field: its (first byte, size) arrays, decoded by the converters below."""
-    got = _varints(joined, pos)
-    if got is None:
-        return None, pos
-    sizes, first = got
-    if ((sizes < 0) | (sizes > joined.ends - first)).any():
-        return None, pos  # fastavro reads a negative or overlong size to the end of the body
-    return (first, sizes), first + sizes
+    sizes, first, bad = _varints(joined, pos)
+    off = (sizes < 0) | (sizes > joined.ends - first)
+    if off.any():  # fastavro reads a negative or overlong size to the end of the body
+        bad = off if bad is None else bad | off
+    return (first, sizes), first + sizes, bad
 
 
 def _blobs(joined: JoinedPayloads, column: tuple[np.ndarray, np.ndarray]) -> list[bytes]:
@@ -427,8 +464,8 @@ def _gather_with_nuls(data: np.ndarray, first: np.ndarray, sizes: np.ndarray) ->
 
 _READERS: dict[str, _Reader] = {
     "boolean": _read_boolean,
-    "int": _read_long,  # fastavro reads int exactly as long
-    "long": _read_long,
+    "int": _varints,  # fastavro reads int exactly as long
+    "long": _varints,
     "float": _read_fixed("<f4"),
     "double": _read_fixed("<f8"),
     "string": _read_blobs,

@@ -149,10 +149,14 @@ class AvroSerde(Deserializer, Serializer):
             >>> [(i, err.kind) for i, err in decoded.errors]
             [(1, 'DecodeError'), (2, 'Tombstone')]
         """
-        if self._flat is not None:
-            frame = _flat_frame(self._flat, join_payloads(payloads), 0)
-            if frame is not None:
-                return frame
+        joined = join_payloads(payloads) if self._flat is not None else None
+        if self._flat is not None and joined is not None:
+            return _columns_then_rest(
+                self._flat, payloads, joined, 0, range(len(payloads)), [], self._frame_each
+            )
+        return self._frame_each(payloads)
+
+    def _frame_each(self, payloads: Sequence[bytes | None]) -> FrameDecoded:
         return frame_from_values(self._decode_each(payloads), self._polars)
 
     def _encode_one(self, value: Any) -> bytes:
@@ -406,25 +410,29 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         if self._reader is None:
             found = self._flat_batch(payloads)
             if found is not None:
-                frame = _flat_frame(found[0], found[1], _HEADER.size)
-                if frame is not None:
-                    return frame
+                reader, joined = found
+                every = range(len(payloads))
+                return _columns_then_rest(
+                    reader, payloads, joined, _HEADER.size, every, [], self._frame_each
+                )
             mixed = self._flat_mostly(payloads)
             if mixed is not None:
                 return mixed
+        return self._frame_each(payloads)
+
+    def _frame_each(self, payloads: Sequence[bytes | None]) -> FrameDecoded:
         values = self._decode_each(payloads)
         return frame_from_values(values, self._frame_schema(payloads, values))
 
     def _flat_mostly(self, payloads: Sequence[bytes | None]) -> FrameDecoded | None:
         """A batch whose payloads mostly carry one flat schema's id, with a few that do not.
 
-        One corrupt message in a fetch must not send the other thousands
-        through fastavro one by one (the sensor demo, with 200 corrupt
-        messages among 200,000, decoded a third of its batches that way).
-        The payloads with the common header are read as columns, halving
-        around bodies that do not read; the rest, and the bodies that fail
-        alone, are decoded one by one. ``None`` when no header is common to
-        at least half the batch.
+        One message with another header in a fetch must not send the other
+        thousands through fastavro one by one (the sensor demo, with 200
+        corrupt messages among 200,000, decoded a third of its batches that
+        way). The payloads with the common header are read as columns (see
+        :func:`_columns_then_rest`), the others decoded one by one. ``None``
+        when no header is common to at least half the batch.
         """
         heads = [p[: _HEADER.size] if type(p) is bytes else None for p in payloads]
         counts: dict[bytes, int] = {}
@@ -440,67 +448,11 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         found = self._flat_batch([payloads[i] for i in common[:1]])
         if found is None:
             return None
-        reader = found[0]
-        parts: list[tuple[list[int], pl.DataFrame]] = []
-        one_by_one = [i for i, head in enumerate(heads) if head != header]
-
-        def split(indices: list[int], readable: Any) -> list[list[int]]:
-            """``indices`` cut into runs that ``readable`` accepts; the singles it refuses go one by one."""
-            joined = join_payloads([payloads[i] for i in indices])
-            if joined is not None and readable(joined):
-                return [indices]
-            if len(indices) == 1:
-                one_by_one.append(indices[0])
-                return []
-            half = len(indices) // 2
-            return split(indices[:half], readable) + split(indices[half:], readable)
-
-        # Halve on the column decode alone (NumPy, cheap), then build one frame of the
-        # good bodies; building a frame per half costs ~1 ms each. Invalid UTF-8 only
-        # shows when the frame is built: then halve on that (rare).
-        runs = split(common, lambda joined: reader.columns_ok(joined, _HEADER.size))
-        good_bodies = [i for run in runs for i in run]
-        if good_bodies:
-            frame = reader.read_frame(
-                join_payloads([payloads[i] for i in good_bodies]), _HEADER.size
-            )
-            if frame is not None:
-                parts.append((good_bodies, frame))
-            else:
-                for run in split(
-                    good_bodies, lambda joined: reader.read_frame(joined, _HEADER.size) is not None
-                ):
-                    parts.append(
-                        (
-                            run,
-                            reader.read_frame(
-                                join_payloads([payloads[i] for i in run]), _HEADER.size
-                            ),
-                        )
-                    )
-        one_by_one.sort()
-        values = self._decode_each([payloads[i] for i in one_by_one])
-        errors = [(i, v) for i, v in zip(one_by_one, values) if type(v) is SerdeError]
-        good = [(i, v) for i, v in zip(one_by_one, values) if type(v) is not SerdeError]
-        if good:
-            rest = frame_from_values(
-                [v for _, v in good],
-                self._frame_schema([payloads[i] for i, _ in good], [v for _, v in good]),
-            )
-            errors += [(good[j][0], err) for j, err in rest.errors]
-            parts.append(([good[j][0] for j in rest.rows.tolist()], rest.frame))
-        if not parts:
-            return FrameDecoded(
-                empty_frame(None), np.empty(0, np.int64), sorted(errors, key=itemgetter(0))
-            )
-        rows = np.concatenate([np.asarray(ix, np.int64) for ix, _ in parts])
-        frames = [frame for _, frame in parts]
-        same = all(f.schema == frames[0].schema for f in frames)
-        frame = pl.concat(frames, how="vertical" if same else "diagonal_relaxed")
-        order = np.argsort(rows, kind="stable")
-        if (order != np.arange(len(order))).any():
-            frame, rows = frame[order], rows[order]
-        return FrameDecoded(frame, rows, sorted(errors, key=itemgetter(0)))
+        joined = join_payloads([payloads[i] for i in common])
+        others = [i for i, head in enumerate(heads) if head != header]
+        return _columns_then_rest(
+            found[0], payloads, joined, _HEADER.size, common, others, self._frame_each
+        )
 
     def _frame_schema(self, payloads: Sequence[bytes | None], values: list[Any]) -> Any:
         if self._reader is not None:
@@ -561,16 +513,77 @@ def _not_found(exc: Exception) -> bool:
     return getattr(exc, "http_status_code", None) == 404 or isinstance(exc, LookupError)
 
 
-def _flat_frame(
-    reader: FlatRecordReader, joined: JoinedPayloads | None, skip: int
-) -> FrameDecoded | None:
-    """The whole batch as one frame from the flat reader, or None to decode per record."""
-    if joined is None:
-        return None
-    frame = reader.read_frame(joined, skip)
-    if frame is None:
-        return None
-    return FrameDecoded(frame, np.arange(frame.height, dtype=np.int64), [])
+def _columns_then_rest(
+    reader: FlatRecordReader,
+    payloads: Sequence[bytes | None],
+    joined: JoinedPayloads,
+    skip: int,
+    common: Sequence[int],
+    others: list[int],
+    decode_each: Callable[[Sequence[bytes | None]], FrameDecoded],
+) -> FrameDecoded:
+    """One frame, in payload order: the ``common`` payloads (``joined``) read as columns where
+    their bodies read, the others (``others``, and the bodies that do not read) by ``decode_each``.
+
+    Each body is read at its own offsets, so a corrupt one costs the others
+    nothing. A string that is not UTF-8 only shows when the frame is built,
+    without saying whose: then the readable bodies are halved until the
+    culprits are alone (rare).
+    """
+    frame, kept = reader.read_frame_where(joined, skip)
+    if frame is not None and len(kept) == len(payloads):  # the usual batch: every body read
+        return FrameDecoded(frame, kept, [])
+    good = [common[k] for k in kept.tolist()]
+    if len(kept) < len(common):
+        read = set(good)
+        others = others + [i for i in common if i not in read]
+    parts: list[tuple[list[int], pl.DataFrame]] = []
+    if frame is not None:
+        if good:
+            parts.append((good, frame))
+    else:
+        parts.extend(_utf8_runs(reader, payloads, good, skip, others))
+    if others:
+        others.sort()
+        rest = decode_each([payloads[i] for i in others])
+        errors = [(others[j], err) for j, err in rest.errors]
+        if rest.frame.height:
+            parts.append(([others[j] for j in rest.rows.tolist()], rest.frame))
+    else:
+        errors = []
+    errors.sort(key=itemgetter(0))
+    if not parts:
+        return FrameDecoded(empty_frame(None), np.empty(0, np.int64), errors)
+    rows = np.concatenate([np.asarray(ix, np.int64) for ix, _ in parts])
+    frames = [f for _, f in parts]
+    same = all(f.schema == frames[0].schema for f in frames)
+    merged = pl.concat(frames, how="vertical" if same else "diagonal_relaxed")
+    order = np.argsort(rows, kind="stable")
+    if (order != np.arange(len(order))).any():
+        merged, rows = merged[order], rows[order]
+    return FrameDecoded(merged, rows, errors)
+
+
+def _utf8_runs(
+    reader: FlatRecordReader,
+    payloads: Sequence[bytes | None],
+    indices: list[int],
+    skip: int,
+    others: list[int],
+) -> list[tuple[list[int], pl.DataFrame]]:
+    """Frames of the runs of ``indices`` whose strings are UTF-8; the lone culprits join ``others``."""
+    if not indices:
+        return []
+    frame = reader.read_frame(join_payloads([payloads[i] for i in indices]), skip)  # type: ignore[arg-type]
+    if frame is not None:
+        return [(indices, frame)]
+    if len(indices) == 1:
+        others.append(indices[0])
+        return []
+    half = len(indices) // 2
+    return _utf8_runs(reader, payloads, indices[:half], skip, others) + _utf8_runs(
+        reader, payloads, indices[half:], skip, others
+    )
 
 
 class _Wrapped:

@@ -284,7 +284,41 @@ def test_corrupt_batches_give_the_per_record_results(
 ) -> None:
     schema, bodies = batch
     serde = AvroSerde(schema)
-    _same(serde.decode_batch(bodies), _per_record_avro(serde, bodies))
+    want = _per_record_avro(serde, bodies)
+    _same(serde.decode_batch(bodies), want)
+    _same_frame(serde.decode_frame(bodies), want)
+
+
+def _same_frame(out: Any, want: list[Any]) -> None:
+    """A decode_frame result holds the per-record path's dicts as rows, its SerdeErrors as errors."""
+    assert out.rows.tolist() == [i for i, w in enumerate(want) if type(w) is dict]
+    _same_rows(out.frame, [want[i] for i in out.rows.tolist()])
+    assert [i for i, _ in out.errors] == [i for i, w in enumerate(want) if type(w) is not dict]
+    for i, err in out.errors:
+        if want[i] is None:  # a tombstone has no columns: an error in a frame
+            assert err.kind == "Tombstone"
+        else:
+            _same([err], [want[i]])
+
+
+def test_a_corrupt_body_leaves_the_others_to_the_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the bodies that do not read as records are decoded one by one (by fastavro)."""
+    serde = AvroSerde(STRINGS_AROUND_A_LONG)
+    bodies = serde.encode_batch([{"a": f"a{i}", "n": i, "b": "é" * i} for i in range(40)])
+    bodies[3] = bodies[3][:-1]  # truncated
+    bodies[17] = bodies[17] + b"\x00"  # a byte too many
+    bodies[30] = _varint(-3) + bodies[30][1:]  # a negative size
+    bodies[31] = b"\x02\xff" + bodies[31][2:]  # not UTF-8 (the first string is 2 bytes long)
+    one_by_one: list[int] = []
+    decode_each = serde._decode_each
+    monkeypatch.setattr(
+        serde, "_decode_each", lambda ps: one_by_one.append(len(ps)) or decode_each(ps)
+    )
+    want = _per_record_avro(serde, bodies)
+    out = serde.decode_frame(bodies)
+    _same_frame(out, want)
+    assert [i for i, _ in out.errors] == [3, 17, 30, 31]
+    assert sum(one_by_one) == 4
 
 
 _REGISTRY_URLS = (f"mock://avro-flat-{i}" for i in itertools.count())
@@ -316,6 +350,7 @@ def test_confluent_batches_give_the_per_record_results(
     reader = ConfluentAvroSerde(registry)
     want = _per_record_confluent(ConfluentAvroSerde(registry), payloads)
     _same(reader.decode_batch(payloads), want)
+    _same_frame(reader.decode_frame(payloads), want)
 
 
 @given(_batches())
