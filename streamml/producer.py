@@ -9,7 +9,9 @@ delivery report at the end of each batch and raises
 Bytewax recovery resumes from the last snapshot (at-least-once).
 
 It also takes plain tuples, so a pipeline builds no intermediate message
-object per event, and asks librdkafka to report only failed deliveries
+object per event, or a whole batch as one :class:`Messages` item (two lists,
+keys and values), so a batch crosses Bytewax's steps as one item, not one per
+message; and it asks librdkafka to report only failed deliveries
 (``delivery.report.only.error``): the flush at the end of a batch still waits
 until the broker has acknowledged every message (an acknowledged message
 leaves librdkafka's queue, a failed one comes back as a report), but no
@@ -35,7 +37,14 @@ from streamml._kafka_partitions import (
     check_timeout,
 )
 
-__all__ = ["DeliveryError", "ProducerSink", "check_topic", "ready_producer"]
+__all__ = [
+    "DeliveryError",
+    "Messages",
+    "ProducerSink",
+    "check_topic",
+    "count_messages",
+    "ready_producer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +158,49 @@ def _refuse_consumer_settings(add_config: Mapping[str, Any]) -> None:
 KeyValue = tuple[bytes | None, bytes | None]
 
 
+class Messages:
+    """Messages to produce as one item: ``keys[i]`` and ``values[i]`` are message ``i``.
+
+    A sink step hands a whole encoded batch on as one of these (see
+    :func:`streamml.kafka.sink`): Bytewax moves one item between steps
+    instead of one ``(key, value)`` pair per message, and no pair is built.
+    Its ``len`` is the number of messages.
+
+    Examples:
+        >>> batch = Messages([b"k1", None], [b"v1", b"v2"])
+        >>> len(batch), list(zip(batch.keys, batch.values))
+        (2, [(b'k1', b'v1'), (None, b'v2')])
+    """
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self, keys: list[bytes | None], values: list[bytes | None]) -> None:
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values")
+        self.keys, self.values = keys, values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        return f"Messages({len(self)} messages)"
+
+
+def count_messages(items: list[KeyValue | Messages]) -> int:
+    """The messages in a batch of ``(key, value)`` pairs and :class:`Messages`.
+
+    Examples:
+        >>> count_messages([Messages([None] * 3, [b"a", b"b", b"c"]), (b"k", b"v")])
+        4
+    """
+    return sum(len(item) if type(item) is Messages else 1 for item in items)
+
+
 class DeliveryError(RuntimeError):
     """Messages could not be delivered to Kafka; the batch is not acknowledged."""
 
 
-class _ProducerPartition(StatelessSinkPartition[KeyValue]):
+class _ProducerPartition(StatelessSinkPartition[KeyValue | Messages]):
     def __init__(
         self,
         config: Mapping[str, Any],
@@ -202,13 +249,21 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue]):
             remaining = self._producer.flush(_REPORT_GRACE_S)
         return remaining
 
-    def write_batch(self, items: list[KeyValue]) -> None:
+    def write_batch(self, items: list[KeyValue | Messages]) -> None:
         produce, poll = self._producer.produce, self._producer.poll
         topic = self._topic
-        for key, value in items:
+        for item in items:
+            if type(item) is Messages:
+                for key, value in zip(item.keys, item.values):
+                    try:
+                        produce(topic, value, key)
+                    except BufferError:  # local queue full: wait for the broker to drain it
+                        self._produce_when_room(key, value)
+                continue
+            key, value = item  # type: ignore[misc]
             try:
                 produce(topic, value, key)
-            except BufferError:  # local queue full: wait for the broker to drain it
+            except BufferError:
                 self._produce_when_room(key, value)
         if self._confirm_each_batch:
             self._confirm(self._flush())
@@ -270,8 +325,9 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue]):
             self._producer.close()
 
 
-class ProducerSink(DynamicSink[KeyValue]):
-    """Produce ``(key, value)`` byte pairs to one topic, checking every delivery report.
+class ProducerSink(DynamicSink[KeyValue | Messages]):
+    """Produce ``(key, value)`` byte pairs (or :class:`Messages`) to one topic, checking every
+    delivery report.
 
     Args:
         brokers: Bootstrap servers, ``"host:port,host:port"``.

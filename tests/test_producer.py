@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamml.broker import EmbeddedBroker
 from streamml.kafka import BrokerUnreachable, TopicNotFound
-from streamml.producer import DeliveryError, ProducerSink
+from streamml.producer import DeliveryError, Messages, ProducerSink, count_messages
 from streamml.testing import consume_all
 
 pytestmark = pytest.mark.integration
@@ -134,6 +134,25 @@ def test_every_pair_is_delivered_with_every_report(broker: EmbeddedBroker, topic
     run_main(_flow(broker.bootstrap, topic_name, 300, timedelta(seconds=30), config))
     values = [m.value for m in consume_all(broker.bootstrap, topic_name)]
     assert values == [str(i).encode() for i in range(300)]
+
+
+def test_messages_batches_and_pairs_are_delivered_in_order(
+    broker: EmbeddedBroker, topic_name: str
+) -> None:
+    """A Messages item is its messages in order, next to plain pairs; a full local queue
+    (20 messages here) waits for room inside a Messages batch too, and loses nothing."""
+    broker.create_topic(topic_name)
+    first = Messages([f"k{i}".encode() for i in range(150)], [b"%d" % i for i in range(150)])
+    last = Messages([None] * 50, [b"%d" % i for i in range(151, 201)])
+    flow = Dataflow("produce_messages")
+    items = op.input("items", flow, TestingSource([first, (b"pair", b"150"), last], batch_size=3))
+    config = {"queue.buffering.max.messages": "20"}
+    op.output("kafka", items, ProducerSink(broker.bootstrap, topic_name, add_config=config))
+    run_main(flow)
+    got = [(m.key, m.value) for m in consume_all(broker.bootstrap, topic_name)]
+    assert [v for _, v in got] == [b"%d" % i for i in range(201)]
+    assert [k for k, _ in got] == first.keys + [b"pair"] + last.keys
+    assert count_messages([first, (b"pair", b"150"), last]) == 201
 
 
 def test_delivery_timeout_must_be_positive() -> None:

@@ -20,7 +20,7 @@ from streamml._kafka_partitions import (
 from streamml.errors import Rejected
 from streamml.kafka._records import keep
 from streamml.metrics import delivered, instrumented
-from streamml.producer import ProducerSink
+from streamml.producer import Messages, ProducerSink, count_messages
 from streamml.serde.base import (
     BytesSerde,
     SerdeError,
@@ -31,6 +31,7 @@ from streamml.serde.base import (
 )
 
 X = TypeVar("X")
+Encoded = list[Messages | Rejected]
 
 
 def _encoder(
@@ -39,8 +40,9 @@ def _encoder(
     key_serde: Serializer,
     value: Callable[[Any], Any] | None,
     key: Callable[[Any], Any] | str | None,
-) -> Callable[[list[Any]], list[tuple[bytes | None, bytes | None] | Rejected]]:
-    """Rows and frames to ``(key, value)`` byte pairs, rejections in place of what did not encode.
+) -> Callable[[list[Any]], Encoded]:
+    """Rows and frames to :class:`Messages` (one per batch of rows, one per frame) and
+    a :class:`Rejected` for each item or row that did not encode.
 
     A batch of rows is encoded as a whole; a frame with ``encode_frame``
     (see :func:`_frame_encoder`); a batch holding both keeps its order.
@@ -51,10 +53,10 @@ def _encoder(
     encode_one_frame = _frame_encoder(step_id, value_serde, key_serde, value, key)
     is_frame = pl.DataFrame
 
-    def encode(items: list[Any]) -> list[tuple[bytes | None, bytes | None] | Rejected]:
+    def encode(items: list[Any]) -> Encoded:
         if is_frame not in map(type, items):
             return encode_rows(items)
-        out: list[tuple[bytes | None, bytes | None] | Rejected] = []
+        out: Encoded = []
         rows: list[Any] = []
         for item in items:
             if type(item) is is_frame:
@@ -125,8 +127,8 @@ def _frame_encoder(
     key_serde: Serializer,
     value: Callable[[Any], Any] | None,
     key: Callable[[Any], Any] | str | None,
-) -> Callable[[pl.DataFrame], list[tuple[bytes | None, bytes | None] | Rejected]]:
-    """One frame to byte pairs: values by ``value_serde.encode_frame``, keys from a column.
+) -> Callable[[pl.DataFrame], Encoded]:
+    """One frame to :class:`Messages`: values by ``value_serde.encode_frame``, keys from a column.
 
     ``value(frame)`` (when given) picks the frame to encode; ``key`` is a
     column name, or a function called on each row as a dict. A row that
@@ -139,7 +141,7 @@ def _frame_encoder(
             for row in frame.iter_rows(named=True)
         ]
 
-    def encode(frame: pl.DataFrame) -> list[tuple[bytes | None, bytes | None] | Rejected]:
+    def encode(frame: pl.DataFrame) -> Encoded:
         if not frame.height:
             return []
         picked = frame
@@ -162,22 +164,24 @@ def _frame_encoder(
         else:
             keys = _keys_of_rows(key_serde, key, frame)
         if SerdeError not in map(type, payloads) and SerdeError not in map(type, keys):
-            return list(zip(keys, payloads))
-        out: list[tuple[bytes | None, bytes | None] | Rejected] = []
+            return [Messages(keys, payloads)]
+        rejected: Encoded = []
+        kept_keys, kept_values = [], []
         for i, (raw_key, raw_value) in enumerate(zip(keys, payloads)):
             if type(raw_value) is SerdeError:
-                out.append(
+                rejected.append(
                     Rejected(
                         step_id, raw_value.kind, f"value: {raw_value}", frame.row(i, named=True)
                     )
                 )
             elif type(raw_key) is SerdeError:
-                out.append(
+                rejected.append(
                     Rejected(step_id, raw_key.kind, f"key: {raw_key}", frame.row(i, named=True))
                 )
             else:
-                out.append((raw_key, raw_value))
-        return out
+                kept_keys.append(raw_key)
+                kept_values.append(raw_value)
+        return [Messages(kept_keys, kept_values), *rejected] if kept_values else rejected
 
     return encode
 
@@ -188,7 +192,7 @@ def _row_encoder(
     key_serde: Serializer,
     value: Callable[[Any], Any] | None,
     key: Callable[[Any], Any] | None,
-) -> Callable[[list[Any]], list[tuple[bytes | None, bytes | None] | Rejected]]:
+) -> Callable[[list[Any]], Encoded]:
     def pick(fn: Callable[[Any], Any] | None, items: list[Any]) -> list[Any]:
         if fn is None:  # the item itself
             return items
@@ -203,7 +207,9 @@ def _row_encoder(
                     out.append(SerdeError("BadItem", f"{type(exc).__name__}: {exc}"))
             return out
 
-    def encode(items: list[Any]) -> list[tuple[bytes | None, bytes | None] | Rejected]:
+    def encode(items: list[Any]) -> Encoded:
+        if not items:
+            return []
         values = pick(value, items)
         payloads = value_serde.encode_batch(values)
         if key is None:
@@ -217,20 +223,22 @@ def _row_encoder(
             and SerdeError not in map(type, keys)
             and SerdeError not in map(type, picked_keys)
         ):
-            return list(zip(keys, payloads))
-        out: list[tuple[bytes | None, bytes | None] | Rejected] = []
+            return [Messages(keys, payloads)]
+        rejected: Encoded = []
+        kept_keys, kept_values = [], []
         for item, raw_value, picked, raw_key, picked_key in zip(
             items, payloads, values, keys, picked_keys
         ):
             if type(raw_value) is SerdeError or type(picked) is SerdeError:
                 err = raw_value if type(raw_value) is SerdeError else picked
-                out.append(Rejected(step_id, err.kind, f"value: {err}", item))
+                rejected.append(Rejected(step_id, err.kind, f"value: {err}", item))
             elif type(raw_key) is SerdeError or type(picked_key) is SerdeError:
                 err = picked_key if type(picked_key) is SerdeError else raw_key
-                out.append(Rejected(step_id, err.kind, f"key: {err}", item))
+                rejected.append(Rejected(step_id, err.kind, f"key: {err}", item))
             else:
-                out.append((raw_key, raw_value))
-        return out
+                kept_keys.append(raw_key)
+                kept_values.append(raw_value)
+        return [Messages(kept_keys, kept_values), *rejected] if kept_values else rejected
 
     return encode
 
@@ -318,9 +326,10 @@ def sink(
         >>> import polars as pl
         >>> frame = pl.DataFrame({"sensor": ["s1", "s2"], "score": [0.5, float("nan")]})
         >>> strict = JsonSerde(allow_nan=False)
-        >>> for out in _encoder("out.encode", strict, StringSerde(), None, "sensor")([frame]):
-        ...     print(out)
-        (b's1', b'{"sensor":"s1","score":0.5}')
+        >>> messages, rejected = _encoder("out.encode", strict, StringSerde(), None, "sensor")([frame])
+        >>> list(zip(messages.keys, messages.values))
+        [(b's1', b'{"sensor":"s1","score":0.5}')]
+        >>> rejected
         Rejected(step_id='out.encode', error_type='EncodeError', reason='value: ...', original={'sensor': 's2', 'score': nan})
     """
     hosts = broker_list(brokers)
@@ -346,7 +355,7 @@ def sink(
             key,
         ),
     )
-    pairs = op.flat_map_batch("pairs", encoded, keep(tuple))  # a Rejected is a tuple subclass
+    messages = op.flat_map_batch("messages", encoded, keep(Messages))
     producer = ProducerSink(
         ",".join(hosts),
         topic,
@@ -355,5 +364,5 @@ def sink(
         add_config=add_config,
         broker_timeout=broker_timeout,
     )
-    op.output("kafka", pairs, delivered(producer))
+    op.output("kafka", messages, delivered(producer, count_messages))
     return op.flat_map_batch("rejected", encoded, keep(Rejected))
