@@ -5,10 +5,11 @@ on an embedded broker) with the same ONNX models (one ONNX Runtime thread
 each), in one process, alternating:
 
 - **dataflow end to end**: ``examples.enrich_and_evaluate.flow`` on one
-  Bytewax worker — the account table read from its topic, enrichment,
-  features, the fraud model (v1, swapped to v2 halfway by the control
-  topic), the delayed-label join with per-window metrics, and the
-  predictions, outcomes, metrics and dead-letter topics;
+  Bytewax worker, on polars frames from the sources to the sinks — the
+  account table read from its topic, enrichment, features, the fraud model
+  (v1, swapped to v2 halfway by the control topic), the delayed-label join
+  with per-window metrics, and the predictions, outcomes, metrics and
+  dead-letter topics;
 - **raw model** (the slowest part alone): ``OnnxModel.predict`` over the
   pre-computed feature rows at batch 1,024 for v1 (logistic regression) and
   v2 (gradient-boosted trees, the slower; its rate is the ceiling), and v2
