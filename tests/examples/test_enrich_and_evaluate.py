@@ -181,6 +181,7 @@ def test_rollouts_wait_for_their_time_and_bad_messages_are_rejected() -> None:
 
 def test_features_reject_what_cannot_be_scored_and_keep_the_rest() -> None:
     import bytewax.operators as op
+    import polars as pl
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
 
@@ -190,24 +191,29 @@ def test_features_reject_what_cannot_be_scored_and_keep_the_rest() -> None:
     table = dict(data.accounts)  # the last row of each account
     good = [{**t, **table[t["account_id"]]} for t in data.transactions if table[t["account_id"]]]
     negative = {**good[1], "amount": -5.0}
-    no_limit = {k: v for k, v in good[2].items() if k != "credit_limit"}
+    no_limit = {**good[2], "credit_limit": None}  # an account row without it: null in a frame
     flow = Dataflow("features_test")
-    items = [(e["account_id"], e) for e in (good[0], negative, no_limit)]
-    out = add_features("features", op.input("in", flow, TestingSource(items)))
+    frame = pl.DataFrame([good[0], negative, no_limit], infer_schema_length=None)
+    out = add_features("features", op.input("in", flow, TestingSource([frame])))
     oks, errs = [], []
     op.output("oks", out.oks, TestingSink(oks))
     op.output("errs", out.errs, TestingSink(errs))
     run_main(flow)
-    assert [(k, e["features"].shape) for k, e in oks] == [(good[0]["tx_id"], (SCHEMA.width,))]
-    assert sorted(e.error_type for e in errs) == ["InvalidFeature", "KeyError"]
+    [kept] = oks
+    assert kept["tx_id"].to_list() == [good[0]["tx_id"]]
+    assert kept["features"].dtype == pl.Array(pl.Float32, SCHEMA.width)
+    assert sorted(e.error_type for e in errs) == ["InvalidFeature", "TypeError"]
+    assert sorted(e.original[1]["tx_id"] for e in errs) == sorted(
+        [negative["tx_id"], no_limit["tx_id"]]
+    )
 
 
 def test_docstring_examples_run() -> None:
     import doctest
 
-    from examples.enrich_and_evaluate import data, rollout
+    from examples.enrich_and_evaluate import data, features, rollout
 
-    for module in (data, rollout):
+    for module in (data, features, rollout):
         result = doctest.testmod(
             module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
         )
