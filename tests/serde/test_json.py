@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +116,43 @@ def test_encode_frame_datetimes_on_and_off_whole_seconds() -> None:
             assert serde.encode_frame(frame) == serde.encode_batch(frame.to_dicts()), (unit, ticks)
     sub = pl.DataFrame({"ts": [second * 10**9 + 500]}).select(pl.col("ts").cast(pl.Datetime("ns")))
     assert JsonSerde().encode_frame(sub) == [b'{"ts":"2026-01-01T00:00:00"}']
+
+
+X_VALUES = st.one_of(
+    TEXTS, st.none(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.lists(st.integers(0, 3), max_size=2), st.just({"x": 1}), st.just("x"),
+)  # fmt: skip
+
+
+def _spelled(row: dict, how: str) -> bytes:
+    """``row`` as JSON bytes, written as orjson does or as other writers may."""
+    if how == "orjson":
+        return orjson.dumps(row)
+    if how == "spaces":
+        return json.dumps(row).encode()  # '"x": 1', with a space
+    if how == "escaped key":
+        return orjson.dumps(row).replace(b'"x":', b'"\\u0078":')
+    return orjson.dumps({**row, "m": {"x": row.get("x")}})  # the key again, nested
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries({"n": st.integers(0, 9)}, optional={"x": X_VALUES}), max_size=12
+    ),
+    how=st.lists(st.sampled_from(["orjson", "spaces", "escaped key", "nested"]), min_size=12),
+)
+def test_decode_frame_keeps_text_columns_text(rows: list, how: list) -> None:
+    """A String column takes text and null only, however the payloads spell the key:
+    a number, bool, list or object there is a SchemaMismatch, never its JSON text."""
+    payloads = [_spelled(row, h) for row, h in zip(rows, how)]
+    out = JsonSerde(schema={"x": pl.String, "n": pl.Int64}).decode_frame(payloads)
+    text = [i for i, row in enumerate(rows) if isinstance(row.get("x"), (str, type(None)))]
+    assert out.rows.tolist() == text
+    assert out.frame["x"].to_list() == [rows[i].get("x") for i in text]
+    assert {err.kind for _, err in out.errors} <= {"SchemaMismatch"}
+    inferred = JsonSerde().decode_frame(payloads)  # without a schema: text stays what it was
+    if "x" in inferred.frame.columns and inferred.frame.schema["x"] == pl.String:
+        got = inferred.frame["x"].to_list()
+        assert got == [rows[i].get("x") for i in inferred.rows.tolist()]
