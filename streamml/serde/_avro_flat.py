@@ -224,22 +224,54 @@ class FlatRecordReader:
             bad = short if bad is None else bad | short
         return columns, bad
 
+    def _readable(self, joined: JoinedPayloads, skip: int) -> tuple[list[Any], np.ndarray]:
+        """The raw columns of the bodies that read as records, and their indices in the batch."""
+        raw, bad = self._columns(joined, skip)
+        if bad is None:
+            return raw, np.arange(len(joined.ends))
+        kept = np.flatnonzero(~bad)
+        raw = [
+            (c[0][kept], c[1][kept]) if type(c) is tuple else c[kept]  # blobs: (first, sizes)
+            for c in raw
+        ]
+        return raw, kept
+
     def read(self, joined: JoinedPayloads, skip: int) -> list[dict[str, Any]] | None:
         """Decode every payload's body (after ``skip`` header bytes), or ``None`` if any is off.
 
         ``None`` means: some body is not a valid record of this schema, or is
         one this reader does not decode itself; decode the batch per record.
         """
-        raw, bad = self._columns(joined, skip)
-        if bad is not None:
-            return None
+        got = self.read_where(joined, skip)
+        return got[0] if got is not None and len(got[1]) == len(joined.ends) else None
+
+    def read_where(
+        self, joined: JoinedPayloads, skip: int
+    ) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+        """The bodies that read as records, as dicts, and their indices in the batch.
+
+        The others are left out (decode them one by one to learn why).
+        ``None`` when a string among the kept bodies is not valid UTF-8,
+        which the columns alone do not show.
+
+        Examples:
+            >>> from fastavro import parse_schema
+            >>> reader = flat_reader(parse_schema({"type": "record", "name": "R", "fields": [
+            ...     {"name": "id", "type": "string"}, {"name": "n", "type": "long"}]}))
+            >>> values, kept = reader.read_where(join_payloads([b"\\x02a\\x03", b"\\x09"]), 0)
+            >>> values, kept.tolist()
+            ([{'id': 'a', 'n': -2}], [0])
+        """
+        raw, kept = self._readable(joined, skip)
+        if not len(kept):
+            return [], kept
         try:
             columns = [_PYTHON[kind](joined, c) for kind, c in zip(self._kinds, raw)]
         except UnicodeDecodeError:
             return None
         if not columns:
-            return [{} for _ in range(len(joined.ends))]
-        return list(map(self._build, *columns))
+            return [{} for _ in range(len(kept))], kept
+        return list(map(self._build, *columns)), kept
 
     def read_frame(self, joined: JoinedPayloads, skip: int) -> pl.DataFrame | None:
         """Every payload's body as one row of a DataFrame of ``schema``, or ``None`` as :meth:`read`.
@@ -252,16 +284,15 @@ class FlatRecordReader:
             [('a', -2), ('bc', 64)]
         """
         raw, bad = self._columns(joined, skip)
-        return self._frame(joined, raw) if bad is None else None
+        return self._frame(joined, raw, len(joined.ends)) if bad is None else None
 
     def read_frame_where(
         self, joined: JoinedPayloads, skip: int
     ) -> tuple[pl.DataFrame | None, np.ndarray]:
         """The bodies that read as records, as one frame, and their indices in the batch.
 
-        The others are left out (decode them one by one to learn why). The
-        frame is ``None`` when a string among the kept bodies is not valid
-        UTF-8, which the columns alone do not show.
+        As :meth:`read_where`; the frame is ``None`` when a string among the
+        kept bodies is not valid UTF-8.
 
         Examples:
             >>> from fastavro import parse_schema
@@ -272,22 +303,15 @@ class FlatRecordReader:
             >>> frame.rows(), kept.tolist()
             ([('a', -2), ('bc', 64)], [0, 2])
         """
-        raw, bad = self._columns(joined, skip)
-        if bad is None:
-            return self._frame(joined, raw), np.arange(len(joined.ends))
-        kept = np.flatnonzero(~bad)
-        raw = [
-            (c[0][kept], c[1][kept]) if type(c) is tuple else c[kept]  # blobs: (first, sizes)
-            for c in raw
-        ]
+        raw, kept = self._readable(joined, skip)
+        if not len(kept):
+            return pl.DataFrame(schema=self.schema), kept
         return self._frame(joined, raw, len(kept)), kept
 
-    def _frame(
-        self, joined: JoinedPayloads, raw: list[Any], height: int | None = None
-    ) -> pl.DataFrame | None:
-        """The frame of raw columns (all of one length), or None if a string is not UTF-8."""
+    def _frame(self, joined: JoinedPayloads, raw: list[Any], height: int) -> pl.DataFrame | None:
+        """The frame of raw columns (``height`` long), or None if a string is not UTF-8."""
         if not raw:
-            return pl.DataFrame(height=len(joined.ends) if height is None else height)
+            return pl.DataFrame(height=height)
         try:
             return pl.DataFrame(
                 [

@@ -168,14 +168,17 @@ class AvroSerde(Deserializer, Serializer):
         """Decode each payload; a payload that is not a valid record becomes a SerdeError.
 
         A batch of 32 or more flat records (see ``streamml.serde._avro_flat``) is decoded
-        all at once with NumPy, with exactly fastavro's results; anything else,
-        or a batch with any bad payload, is decoded one payload at a time.
+        all at once with NumPy, with exactly fastavro's results, but for the
+        bodies that do not read, which are decoded one at a time like any
+        other batch.
         """
         if self._flat is not None and len(payloads) >= _FLAT_MIN_BATCH:
             joined = join_payloads(payloads)
-            values = self._flat.read(joined, 0) if joined is not None else None
-            if values is not None:
-                return values
+            if joined is not None:
+                split = (self._flat, payloads, joined, 0, range(len(payloads)), [])
+                values = _rows_then_rest(split, self._decode_each)
+                if values is not None:
+                    return values
         return self._decode_each(payloads)
 
     def encode_batch(self, values: Sequence[Any]) -> list[bytes | None | SerdeError]:
@@ -341,22 +344,19 @@ class ConfluentAvroSerde(Deserializer, Serializer):
     def decode_batch(self, payloads: Sequence[bytes | None]) -> list[Any]:
         """Decode each payload; a payload that cannot be decoded becomes a SerdeError saying why.
 
-        Without a reader schema, a batch of 32 or more payloads that all carry the same
-        schema id of a flat record schema (see ``streamml.serde._avro_flat``)
-        is decoded all at once with NumPy, with exactly fastavro's results;
-        anything else, or a batch with any bad payload, is decoded one payload
-        at a time.
+        Without a reader schema, in a batch of 32 or more payloads the ones
+        that carry the schema id of a flat record schema (see
+        ``streamml.serde._avro_flat``) that all or most of them carry are
+        decoded all at once with NumPy, with exactly fastavro's results; the
+        others, and the bodies that do not read, are decoded one at a time.
         """
         if self._reader is None and len(payloads) >= _FLAT_MIN_BATCH:
-            values = self._decode_flat(payloads)
-            if values is not None:
-                return values
+            split = self._flat_split(payloads)
+            if split is not None:
+                values = _rows_then_rest(split, self._decode_each)
+                if values is not None:
+                    return values
         return self._decode_each(payloads)
-
-    def _decode_flat(self, payloads: Sequence[bytes | None]) -> list[Any] | None:
-        """The whole batch decoded by a flat-record reader, or None to decode per payload."""
-        found = self._flat_batch(payloads)
-        return found[0].read(found[1], _HEADER.size) if found is not None else None
 
     def _flat_batch(
         self, payloads: Sequence[bytes | None]
@@ -408,32 +408,27 @@ class ConfluentAvroSerde(Deserializer, Serializer):
             ([0], [(1, SerdeError('magic byte is 1, not 0: not Confluent wire format'))])
         """
         if self._reader is None:
-            found = self._flat_batch(payloads)
-            if found is not None:
-                reader, joined = found
-                every = range(len(payloads))
-                return _columns_then_rest(
-                    reader, payloads, joined, _HEADER.size, every, [], self._frame_each
-                )
-            mixed = self._flat_mostly(payloads)
-            if mixed is not None:
-                return mixed
+            split = self._flat_split(payloads)
+            if split is not None:
+                return _columns_then_rest(*split, self._frame_each)
         return self._frame_each(payloads)
 
     def _frame_each(self, payloads: Sequence[bytes | None]) -> FrameDecoded:
         values = self._decode_each(payloads)
         return frame_from_values(values, self._frame_schema(payloads, values))
 
-    def _flat_mostly(self, payloads: Sequence[bytes | None]) -> FrameDecoded | None:
-        """A batch whose payloads mostly carry one flat schema's id, with a few that do not.
+    def _flat_split(self, payloads: Sequence[bytes | None]) -> _Split | None:
+        """The payloads to read as columns: all, or those with the header most of them carry.
 
         One message with another header in a fetch must not send the other
         thousands through fastavro one by one (the sensor demo, with 200
         corrupt messages among 200,000, decoded a third of its batches that
-        way). The payloads with the common header are read as columns (see
-        :func:`_columns_then_rest`), the others decoded one by one. ``None``
-        when no header is common to at least half the batch.
+        way). ``None`` when no flat schema's header is common to at least half
+        the batch.
         """
+        found = self._flat_batch(payloads)
+        if found is not None:
+            return found[0], payloads, found[1], _HEADER.size, range(len(payloads)), []
         heads = [p[: _HEADER.size] if type(p) is bytes else None for p in payloads]
         counts: dict[bytes, int] = {}
         for head in heads:
@@ -450,9 +445,7 @@ class ConfluentAvroSerde(Deserializer, Serializer):
             return None
         joined = join_payloads([payloads[i] for i in common])
         others = [i for i, head in enumerate(heads) if head != header]
-        return _columns_then_rest(
-            found[0], payloads, joined, _HEADER.size, common, others, self._frame_each
-        )
+        return found[0], payloads, joined, _HEADER.size, common, others  # type: ignore[return-value]
 
     def _frame_schema(self, payloads: Sequence[bytes | None], values: list[Any]) -> Any:
         if self._reader is not None:
@@ -511,6 +504,38 @@ def _registry_client(registry: Any) -> tuple[Any, str]:
 def _not_found(exc: Exception) -> bool:
     """Whether a registry failure is its answer "no such schema" (HTTP 404, or a ``LookupError``)."""
     return getattr(exc, "http_status_code", None) == 404 or isinstance(exc, LookupError)
+
+
+# A batch to read as columns: the reader, the payloads, the ones to read joined, the header
+# size to skip, their indices, and the indices of the others.
+_Split = tuple[
+    FlatRecordReader, Sequence[bytes | None], JoinedPayloads, int, Sequence[int], list[int]
+]
+
+
+def _rows_then_rest(
+    split: _Split, decode_each: Callable[[Sequence[bytes | None]], list[Any]]
+) -> list[Any] | None:
+    """``decode_batch``'s values: the payloads ``split`` names read as columns where their bodies
+    read, every other one by ``decode_each``; ``None`` when a string is not UTF-8 (whose, the
+    columns do not say: decode the batch one by one).
+    """
+    reader, payloads, joined, skip, common, _ = split
+    got = reader.read_where(joined, skip)
+    if got is None:
+        return None
+    values, kept = got
+    if len(kept) == len(payloads):  # the usual batch: every body read
+        return values
+    out: list[Any] = [None] * len(payloads)
+    unread = np.ones(len(payloads), bool)
+    for k, value in zip(kept.tolist(), values):
+        out[common[k]] = value
+        unread[common[k]] = False
+    rest = np.flatnonzero(unread).tolist()
+    for i, value in zip(rest, decode_each([payloads[i] for i in rest])):
+        out[i] = value
+    return out
 
 
 def _columns_then_rest(
