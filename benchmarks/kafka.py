@@ -5,22 +5,38 @@
   fetch sizes, and the larger ones streamml's benchmarks use);
 - source: ``streamml.kafka.source`` (one item per fetch, batch JSON decoding
   into ``Record``s, or into one polars frame per fetch with ``frames=True``)
-  on one worker, next to Bytewax's bare ``KafkaSource`` with no decoding.
+  on one worker, next to Bytewax's bare ``KafkaSource`` with no decoding;
+- sink: ``streamml.kafka.sink`` writing fraud-shaped prediction rows as JSON
+  (from 500-row polars frames keyed by a column, and from ``(key, dict)``
+  rows), next to a hand-written confluent-kafka loop that ``orjson.dumps``
+  each of the same rows (dicts built before the race) and confirms every 500,
+  as the sink confirms each batch: per wall second and per CPU-second of the
+  process (librdkafka's threads included).
 
-Every figure is a rate in messages per second of ~100-byte JSON readings;
-the broker runs on the same two cores as the client.
+Every produce and consume figure is a rate in messages per second of
+~100-byte JSON readings; the broker runs on the same two cores as the client.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import bytewax.operators as op
+import numpy as np
 import orjson
+import polars as pl
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
-from bytewax.testing import run_main
+from bytewax.testing import TestingSink, TestingSource, run_main
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from benchmarks.harness import CountSink, alternate, format_table
+from benchmarks.harness import (
+    CountSink,
+    alternate,
+    format_table,
+    per_cpu_second,
+    with_cpu_rates,
+)
 from streamml import kafka
 from streamml.broker import EmbeddedBroker
 from streamml.serde import JsonSerde
@@ -144,6 +160,83 @@ def _streamml_source(bootstrap: str, topic: str, n: int, frames: bool = False) -
     return n
 
 
+def _predictions(n: int, size: int = 500) -> list[pl.DataFrame]:
+    """Frames of ``size`` scored transactions, as the fraud example writes them."""
+    rng = np.random.default_rng(7)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    frames = []
+    for first in range(0, n, size):
+        ids = range(first, min(first + size, n))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "tx_id": [f"tx-{i:08d}" for i in ids],
+                    "account_id": [f"acct-{i % 5000:05d}" for i in ids],
+                    "ts": [start + timedelta(microseconds=i * 1_000_317) for i in ids],
+                    "amount": np.round(rng.gamma(2.0, 40.0, len(ids)), 2),
+                    "fraud_score": rng.random(len(ids)),
+                    "prediction": rng.random(len(ids)) > 0.9,
+                    "model_version": ["v1"] * len(ids),
+                }
+            )
+        )
+    return frames
+
+
+def _sink(bootstrap: str, topic: str, items: list, rows: int, **pick: object) -> int:
+    flow = Dataflow("sink")
+    frames = type(items[0]) is pl.DataFrame
+    up = op.input("in", flow, TestingSource(items, batch_size=1 if frames else 500))
+    errs = kafka.sink("out", up, brokers=bootstrap, topic=topic, value_serde=JsonSerde(), **pick)
+    rejected: list = []
+    op.output("errs", errs, TestingSink(rejected))
+    run_main(flow)
+    assert not rejected, rejected[:1]
+    return rows
+
+
+def _produce_rows(bootstrap: str, topic: str, rows: list[dict]) -> int:
+    """The fair baseline: a confluent-kafka loop, orjson per row, confirmed every 500 rows."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
+    dumps, produce = orjson.dumps, producer.produce
+    for i, row in enumerate(rows, 1):
+        produce(topic, dumps(row), row["tx_id"].encode())
+        if i % 500 == 0:
+            assert producer.flush(60) == 0
+    assert producer.flush(60) == 0
+    return len(rows)
+
+
+def _sink_race(broker: EmbeddedBroker, n: int, rounds: int) -> tuple[list, list]:
+    frames = _predictions(n)
+    rows = [row for frame in frames for row in frame.to_dicts()]
+    pairs = [(row["tx_id"], row) for row in rows]
+    assert orjson.dumps(rows[1]) == JsonSerde().encode_frame(frames[0])[1]  # the same bytes
+    topics = iter(range(10**6))
+
+    def fresh() -> str:
+        name = f"sink-{next(topics)}"
+        broker.create_topic(name)
+        return name
+
+    bootstrap = broker.bootstrap
+    runs, cpu = with_cpu_rates(
+        {
+            "kafka.sink from 500-row frames (key column)": lambda: _sink(
+                bootstrap, fresh(), frames, n, key="tx_id"
+            ),
+            "kafka.sink from (key, dict) rows": lambda: _sink(
+                bootstrap, fresh(), pairs, n, key=lambda kv: kv[0], value=lambda kv: kv[1]
+            ),
+            "confluent-kafka loop, orjson per row": lambda: _produce_rows(bootstrap, fresh(), rows),
+        }
+    )
+    wall = alternate(runs, rounds=rounds)
+    return wall, per_cpu_second(wall, cpu)
+
+
 def main(quick: bool = False) -> dict:
     n = 100_000 if quick else 300_000
     rounds = 3
@@ -198,7 +291,15 @@ def main(quick: bool = False) -> dict:
             rounds=rounds,
         )
         print(format_table("consume", consume, "msg/s"))
-    return {"produce": [m.as_dict() for m in produce], "consume": [m.as_dict() for m in consume]}
+        sink, sink_cpu = _sink_race(broker, n, rounds if quick else 5)
+        print(format_table("sink (fraud predictions, JSON)", sink, "rows/s"))
+        print(format_table("sink per CPU-second", sink_cpu, "rows/cpu-s"))
+    return {
+        "produce": [m.as_dict() for m in produce],
+        "consume": [m.as_dict() for m in consume],
+        "sink": [m.as_dict() for m in sink],
+        "sink_per_cpu_second": [m.as_dict() for m in sink_cpu],
+    }
 
 
 if __name__ == "__main__":
