@@ -151,9 +151,8 @@ class AvroSerde(Deserializer, Serializer):
         """
         joined = join_payloads(payloads) if self._flat is not None else None
         if self._flat is not None and joined is not None:
-            return _columns_then_rest(
-                self._flat, payloads, joined, 0, range(len(payloads)), [], self._frame_each
-            )
+            split = (self._flat, payloads, joined, 0, np.arange(len(payloads)))
+            return _columns_then_rest(split, self._frame_each)
         return self._frame_each(payloads)
 
     def _frame_each(self, payloads: Sequence[bytes | None]) -> FrameDecoded:
@@ -175,7 +174,7 @@ class AvroSerde(Deserializer, Serializer):
         if self._flat is not None and len(payloads) >= _FLAT_MIN_BATCH:
             joined = join_payloads(payloads)
             if joined is not None:
-                split = (self._flat, payloads, joined, 0, range(len(payloads)), [])
+                split = (self._flat, payloads, joined, 0, np.arange(len(payloads)))
                 values = _rows_then_rest(split, self._decode_each)
                 if values is not None:
                     return values
@@ -410,7 +409,7 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         if self._reader is None:
             split = self._flat_split(payloads)
             if split is not None:
-                return _columns_then_rest(*split, self._frame_each)
+                return _columns_then_rest(split, self._frame_each)
         return self._frame_each(payloads)
 
     def _frame_each(self, payloads: Sequence[bytes | None]) -> FrameDecoded:
@@ -428,7 +427,7 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         """
         found = self._flat_batch(payloads)
         if found is not None:
-            return found[0], payloads, found[1], _HEADER.size, range(len(payloads)), []
+            return found[0], payloads, found[1], _HEADER.size, np.arange(len(payloads))
         heads = [p[: _HEADER.size] if type(p) is bytes else None for p in payloads]
         counts: dict[bytes, int] = {}
         for head in heads:
@@ -444,8 +443,7 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         if found is None:
             return None
         joined = join_payloads([payloads[i] for i in common])
-        others = [i for i, head in enumerate(heads) if head != header]
-        return found[0], payloads, joined, _HEADER.size, common, others  # type: ignore[return-value]
+        return found[0], payloads, joined, _HEADER.size, np.asarray(common)  # type: ignore[return-value]
 
     def _frame_schema(self, payloads: Sequence[bytes | None], values: list[Any]) -> Any:
         if self._reader is not None:
@@ -506,11 +504,9 @@ def _not_found(exc: Exception) -> bool:
     return getattr(exc, "http_status_code", None) == 404 or isinstance(exc, LookupError)
 
 
-# A batch to read as columns: the reader, the payloads, the ones to read joined, the header
-# size to skip, their indices, and the indices of the others.
-_Split = tuple[
-    FlatRecordReader, Sequence[bytes | None], JoinedPayloads, int, Sequence[int], list[int]
-]
+# A batch to read as columns: the flat reader, the payloads, the ones to read (joined), the
+# header size to skip, and their indices; every other payload is decoded one by one.
+_Split = tuple[FlatRecordReader, Sequence[bytes | None], JoinedPayloads, int, np.ndarray]
 
 
 def _rows_then_rest(
@@ -520,7 +516,7 @@ def _rows_then_rest(
     read, every other one by ``decode_each``; ``None`` when a string is not UTF-8 (whose, the
     columns do not say: decode the batch one by one).
     """
-    reader, payloads, joined, skip, common, _ = split
+    reader, payloads, joined, skip, common = split
     got = reader.read_where(joined, skip)
     if got is None:
         return None
@@ -528,58 +524,53 @@ def _rows_then_rest(
     if len(kept) == len(payloads):  # the usual batch: every body read
         return values
     out: list[Any] = [None] * len(payloads)
-    unread = np.ones(len(payloads), bool)
-    for k, value in zip(kept.tolist(), values):
-        out[common[k]] = value
-        unread[common[k]] = False
-    rest = np.flatnonzero(unread).tolist()
+    good = common[kept]
+    for i, value in zip(good.tolist(), values):
+        out[i] = value
+    rest = _unread(len(payloads), [good])
     for i, value in zip(rest, decode_each([payloads[i] for i in rest])):
         out[i] = value
     return out
 
 
+def _unread(n: int, read: list[np.ndarray]) -> list[int]:
+    """The indices below ``n`` in none of ``read``, in order."""
+    unread = np.ones(n, bool)
+    for indices in read:
+        unread[indices] = False
+    return np.flatnonzero(unread).tolist()
+
+
 def _columns_then_rest(
-    reader: FlatRecordReader,
-    payloads: Sequence[bytes | None],
-    joined: JoinedPayloads,
-    skip: int,
-    common: Sequence[int],
-    others: list[int],
-    decode_each: Callable[[Sequence[bytes | None]], FrameDecoded],
+    split: _Split, decode_each: Callable[[Sequence[bytes | None]], FrameDecoded]
 ) -> FrameDecoded:
-    """One frame, in payload order: the ``common`` payloads (``joined``) read as columns where
-    their bodies read, the others (``others``, and the bodies that do not read) by ``decode_each``.
+    """One frame, in payload order: the payloads ``split`` names read as columns where their
+    bodies read, every other one by ``decode_each``.
 
     Each body is read at its own offsets, so a corrupt one costs the others
     nothing. A string that is not UTF-8 only shows when the frame is built,
     without saying whose: then the readable bodies are halved until the
     culprits are alone (rare).
     """
+    reader, payloads, joined, skip, common = split
     frame, kept = reader.read_frame_where(joined, skip)
     if frame is not None and len(kept) == len(payloads):  # the usual batch: every body read
         return FrameDecoded(frame, kept, [])
-    good = [common[k] for k in kept.tolist()]
-    if len(kept) < len(common):
-        read = set(good)
-        others = others + [i for i in common if i not in read]
-    parts: list[tuple[list[int], pl.DataFrame]] = []
-    if frame is not None:
-        if good:
-            parts.append((good, frame))
+    good = common[kept]
+    if frame is None:
+        parts = _utf8_runs(reader, payloads, good, skip)
     else:
-        parts.extend(_utf8_runs(reader, payloads, good, skip, others))
-    if others:
-        others.sort()
-        rest = decode_each([payloads[i] for i in others])
-        errors = [(others[j], err) for j, err in rest.errors]
-        if rest.frame.height:
-            parts.append(([others[j] for j in rest.rows.tolist()], rest.frame))
-    else:
-        errors = []
-    errors.sort(key=itemgetter(0))
+        parts = [(good, frame)] if len(good) else []
+    rest = _unread(len(payloads), [ix for ix, _ in parts])
+    errors: list[tuple[int, SerdeError]] = []
+    if rest:
+        decoded = decode_each([payloads[i] for i in rest])
+        errors = sorted(((rest[j], err) for j, err in decoded.errors), key=itemgetter(0))
+        if decoded.frame.height:
+            parts.append((np.asarray(rest)[decoded.rows], decoded.frame))
     if not parts:
         return FrameDecoded(empty_frame(None), np.empty(0, np.int64), errors)
-    rows = np.concatenate([np.asarray(ix, np.int64) for ix, _ in parts])
+    rows = np.concatenate([ix for ix, _ in parts])
     frames = [f for _, f in parts]
     same = all(f.schema == frames[0].schema for f in frames)
     merged = pl.concat(frames, how="vertical" if same else "diagonal_relaxed")
@@ -590,24 +581,20 @@ def _columns_then_rest(
 
 
 def _utf8_runs(
-    reader: FlatRecordReader,
-    payloads: Sequence[bytes | None],
-    indices: list[int],
-    skip: int,
-    others: list[int],
-) -> list[tuple[list[int], pl.DataFrame]]:
-    """Frames of the runs of ``indices`` whose strings are UTF-8; the lone culprits join ``others``."""
-    if not indices:
+    reader: FlatRecordReader, payloads: Sequence[bytes | None], indices: np.ndarray, skip: int
+) -> list[tuple[np.ndarray, pl.DataFrame]]:
+    """Frames of the runs of ``indices`` whose strings are UTF-8 (the lone culprits left out)."""
+    if not len(indices):
         return []
-    frame = reader.read_frame(join_payloads([payloads[i] for i in indices]), skip)  # type: ignore[arg-type]
+    joined = join_payloads([payloads[i] for i in indices.tolist()])
+    frame = reader.read_frame(joined, skip)  # type: ignore[arg-type]  # bytes: read before
     if frame is not None:
         return [(indices, frame)]
     if len(indices) == 1:
-        others.append(indices[0])
         return []
     half = len(indices) // 2
-    return _utf8_runs(reader, payloads, indices[:half], skip, others) + _utf8_runs(
-        reader, payloads, indices[half:], skip, others
+    return _utf8_runs(reader, payloads, indices[:half], skip) + _utf8_runs(
+        reader, payloads, indices[half:], skip
     )
 
 
