@@ -15,6 +15,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamml import kafka
 from streamml.broker import EmbeddedBroker
@@ -310,3 +312,27 @@ def test_frame_options_are_checked_when_the_dataflow_is_built() -> None:
             frames=True,
             metadata=("headers",),
         )
+
+
+@given(
+    metadata=st.lists(st.sampled_from(ALL_METADATA), unique=True, min_size=1),
+    fields=st.lists(st.sampled_from(["x", *(f"kafka_{m}" for m in ALL_METADATA)]), unique=True),
+)
+@settings(max_examples=40)
+def test_metadata_columns_join_the_frame_as_with_columns_would(
+    metadata: list[str], fields: list[str]
+) -> None:
+    """Added after the value's columns; a value's field of the same name replaced in its place."""
+    from confluent_kafka import Message
+
+    from streamml.kafka._source import _frame_decoder, _metadata_columns
+
+    values = [json.dumps({f: i for f in fields}).encode() for i in range(3)]
+    msgs = [
+        Message(topic="t", partition=2, offset=10 + i, key=b"k", value=v, timestamp=(1, 99 + i))
+        for i, v in enumerate(values)
+    ]
+    [frame] = _frame_decoder("s.decode", "s.kafka", JsonSerde(), metadata)([msgs])
+    value = JsonSerde().decode_frame(values).frame
+    assert frame.equals(value.with_columns(_metadata_columns(msgs, metadata)))
+    assert frame.columns[: len(fields)] == value.columns

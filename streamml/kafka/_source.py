@@ -143,6 +143,29 @@ def _metadata_columns(msgs: list[Message], fields: Sequence[str]) -> list[pl.Ser
     return columns
 
 
+def _with_columns(frame: pl.DataFrame, columns: list[pl.Series]) -> pl.DataFrame:
+    """``frame.with_columns(columns)`` without its lazy query (~35 µs a call against ~1-10).
+
+    Examples:
+        >>> frame = pl.DataFrame({"kafka_offset": [9], "x": [1.5]})
+        >>> _with_columns(frame, [pl.Series("kafka_offset", [3]), pl.Series("kafka_key", [b"k"])])
+        shape: (1, 3)
+        ┌──────────────┬─────┬───────────┐
+        │ kafka_offset ┆ x   ┆ kafka_key │
+        │ ---          ┆ --- ┆ ---       │
+        │ i64          ┆ f64 ┆ binary    │
+        ╞══════════════╪═════╪═══════════╡
+        │ 3            ┆ 1.5 ┆ b"k"      │
+        └──────────────┴─────┴───────────┘
+    """
+    names = set(frame.columns)
+    if not any(c.name in names for c in columns):
+        return frame.hstack(columns)
+    new = {c.name: c for c in columns}
+    kept = [new.pop(c.name, c) for c in frame.get_columns()]  # a value's field replaced in place
+    return pl.DataFrame(kept + list(new.values()))
+
+
 def _frame_decoder(
     step_id: str, consumer_step_id: str, value_serde: Deserializer, metadata: Sequence[str]
 ) -> Callable[[list[Fetch]], list[pl.DataFrame | Rejected]]:
@@ -170,7 +193,7 @@ def _frame_decoder(
                 columns = _metadata_columns(msgs, metadata)
                 if len(rows) != len(msgs):  # some did not decode: the rows that did
                     columns = [c.gather(rows) for c in columns]
-                frame = frame.with_columns(columns)
+                frame = _with_columns(frame, columns)
             out.append(frame)
         return out
 
