@@ -188,13 +188,14 @@ class FlatRecordReader:
         True
     """
 
-    __slots__ = ("_build", "_kinds", "names", "schema")
+    __slots__ = ("_build", "_kinds", "_strings", "names", "schema")
 
     def __init__(self, names: Sequence[str], kinds: Sequence[str]) -> None:
         self.names = tuple(names)
         self._kinds = tuple(kinds)
         self._build = _dict_builder(self.names)
         self.schema = pl.Schema(zip(self.names, map(_DTYPES.__getitem__, self._kinds)))
+        self._strings = tuple(i for i, kind in enumerate(self._kinds) if kind == "string")
 
     def _columns(self, joined: JoinedPayloads, skip: int) -> tuple[list[Any], np.ndarray | None]:
         """Each field's raw column (an array, or a blob's first bytes and sizes), and the bad bodies.
@@ -313,14 +314,37 @@ class FlatRecordReader:
         if not raw:
             return pl.DataFrame(height=height)
         try:
+            texts = self._short_strings(joined, raw, height)
             return pl.DataFrame(
                 [
-                    _SERIES[kind](name, joined, column)
-                    for name, kind, column in zip(self.names, self._kinds, raw)
+                    pl.Series(name, texts[i], pl.String)
+                    if i in texts
+                    else _SERIES[kind](name, joined, column)
+                    for i, (name, kind, column) in enumerate(zip(self.names, self._kinds, raw))
                 ]
             )
         except (Exception, pl.exceptions.PanicException):  # noqa: BLE001 - invalid UTF-8
             return None
+
+    def _short_strings(
+        self, joined: JoinedPayloads, raw: list[Any], height: int
+    ) -> dict[int, list[str]]:
+        """The string columns of short strings, all decoded in one go (by field index).
+
+        One gather, decode and split for all of them costs less than one
+        each (0.34 against 0.40 µs a record for the fraud transaction's four).
+        Empty when fewer than two string columns are short, or some string
+        holds a NUL: then each column is built alone (:func:`_strings_series`).
+        """
+        short = [i for i in self._strings if int(raw[i][1].sum()) <= _SHORT_STRINGS * height]
+        if len(short) < 2:
+            return {}
+        first = np.concatenate([raw[i][0] for i in short])
+        sizes = np.concatenate([raw[i][1] for i in short])
+        strings = _decode_joined(joined.data, first, sizes)
+        if strings is None:
+            return {}
+        return {i: strings[k * height : (k + 1) * height] for k, i in enumerate(short)}
 
 
 def _dict_builder(names: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
