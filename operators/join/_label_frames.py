@@ -97,28 +97,31 @@ def _values(
 def _read(
     step_id: str,
     frame: pl.DataFrame,
-    read: Callable[[np.ndarray, list], list[Any] | None],
+    read: Callable[[np.ndarray, list], list[list[Any]] | None],
     errs: list[Rejected],
-) -> tuple[pl.DataFrame, list[Any], np.ndarray | None]:
+) -> tuple[pl.DataFrame, list[list[Any]], np.ndarray | None]:
     bad = np.zeros(frame.height, dtype=bool)
     found: list[tuple[np.ndarray, Callable[[int], tuple[str, str]]]] = []
-    values = read(bad, found)
-    if values is None:
+    columns = read(bad, found)
+    if columns is None:
         bad[:] = True
     for mask, why in found:
         if mask.any():
             _reject_rows(step_id, frame, mask, why, errs)
     if not bad.any():
-        return frame, values, None  # type: ignore[return-value]
+        return frame, columns, None  # type: ignore[return-value]
     keep = np.flatnonzero(~bad)
-    return frame[pl.Series(keep.astype(np.uint32))], [values[i] for i in keep], keep  # type: ignore[index]
+    kept = keep.tolist()
+    columns = [[c[i] for i in kept] for c in columns] if columns is not None else []
+    return frame[pl.Series(keep.astype(np.uint32))], columns, keep
 
 
 def read_predictions(
     cfg: _Config, frame: pl.DataFrame, errs: list[Rejected]
-) -> tuple[pl.DataFrame, list[tuple[Any, Any, Any]], np.ndarray | None]:
-    """The readable rows of a prediction frame, their ``(y_pred, proba, version)``, and their
-    positions in ``frame`` (``None``: all of them); the others rejected into ``errs``.
+) -> tuple[pl.DataFrame, list[list[Any]], np.ndarray | None]:
+    """The readable rows of a prediction frame, their columns ``[y_pred, proba, version]``
+    (lists), and their positions in ``frame`` (``None``: all of them); the others rejected
+    into ``errs``.
 
     Examples:
         >>> from streamml.operators.join._label_logic import _Config
@@ -128,11 +131,11 @@ def read_predictions(
         >>> good, values, keep = read_predictions(
         ...     cfg, pl.DataFrame({"prediction": [1, None], "p": [0.9, 0.2]}), errs)
         >>> values, keep.tolist(), [(r.error_type, r.reason) for r in errs]
-        ([(1, 0.9, None)], [0], [('MissingField', "field 'prediction' is null")])
+        ([[1], [0.9], [None]], [0], [('MissingField', "field 'prediction' is null")])
     """
     n = frame.height
 
-    def read(bad: np.ndarray, found: list) -> list[Any] | None:
+    def read(bad: np.ndarray, found: list) -> list[list[Any]] | None:
         y = _values(cfg.step_id, frame, cfg.prediction, cfg.regression, bad, found)
         if y is None:
             return None
@@ -167,7 +170,7 @@ def read_predictions(
             if version_name in frame.columns
             else [None] * n
         )
-        return list(zip(y, proba, versions))
+        return [y, proba, versions]
 
     return _read(cfg.step_id, frame, read, errs)
 
@@ -175,7 +178,7 @@ def read_predictions(
 def read_labels(
     cfg: _Config, frame: pl.DataFrame, errs: list[Rejected]
 ) -> tuple[pl.DataFrame, list[Any], np.ndarray | None]:
-    """The readable rows of a label frame, their labels and their positions (``None``: all).
+    """The readable rows of a label frame, ``[labels]``, and their positions (``None``: all).
 
     Examples:
         >>> from streamml.operators.join._label_logic import _Config
@@ -184,11 +187,12 @@ def read_labels(
         >>> errs = []
         >>> good, values, keep = read_labels(cfg, pl.DataFrame({"y": [2.5, float("nan")]}), errs)
         >>> values, keep.tolist(), [(r.error_type, r.reason) for r in errs]
-        ([2.5], [0], [('NonFinite', "field 'y' is nan")])
+        ([[2.5]], [0], [('NonFinite', "field 'y' is nan")])
     """
 
-    def read(bad: np.ndarray, found: list) -> list[Any] | None:
-        return _values(cfg.step_id, frame, cfg.label, cfg.regression, bad, found)
+    def read(bad: np.ndarray, found: list) -> list[list[Any]] | None:
+        values = _values(cfg.step_id, frame, cfg.label, cfg.regression, bad, found)
+        return None if values is None else [values]
 
     return _read(cfg.step_id, frame, read, errs)
 

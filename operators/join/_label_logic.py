@@ -351,12 +351,19 @@ class _LabelLogic(StatefulBatchLogic):
         return [tuple(out)] if any(out) else []
 
     def _match(
-        self, rows: list, sides: list[int], read: list, ts: list[int], labelled: list
+        self,
+        rows: list,
+        sides: list[int],
+        read: list,
+        ts: list[int],
+        labelled: list,
+        deferred: list | None = None,
     ) -> set[str]:
         """Label what meets its other half, store the rest; the ids to check for expiry.
 
         A labelled prediction goes into ``labelled`` as ``(id, prediction item, label,
-        label item)``.
+        label item)``, and is counted in its window part; with ``deferred``, its
+        ``(part, label, prediction, probability)`` goes there to be counted later.
         """
         cfg = self.cfg
         preds, labels, parts = self.preds, self.labels, self.parts
@@ -380,8 +387,11 @@ class _LabelLogic(StatefulBatchLogic):
                     match = _take(labels, key, t, t + delay)
                 if match is not None:
                     y_true = match[2]
-                    part.stats.add(y_true, y_pred, proba)
-                    part.labelled += 1
+                    if deferred is None:
+                        part.stats.add(y_true, y_pred, proba)
+                        part.labelled += 1
+                    else:
+                        deferred.append((part, y_true, y_pred, proba))
                     labelled.append((key, item, y_true, match[1]))
                     if key in labels or key in preds:
                         check.add(key)
@@ -400,8 +410,11 @@ class _LabelLogic(StatefulBatchLogic):
                 if match is not None:
                     mt, event, y_pred, proba, version = match
                     part = self._part(mt, version)
-                    part.stats.add(y_true, y_pred, proba)
-                    part.labelled += 1
+                    if deferred is None:
+                        part.stats.add(y_true, y_pred, proba)
+                        part.labelled += 1
+                    else:
+                        deferred.append((part, y_true, y_pred, proba))
                     labelled.append((key, event, y_true, item))
                     if key in labels or key in preds:
                         check.add(key)

@@ -8,10 +8,12 @@ record (``streamml.join.label.metrics``).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from bytewax.operators import StatefulBatchLogic
+from streamml.operators._core.arrays import highest, lowest
 from streamml.operators._core.state import snapshot
 from streamml.operators.join._legacy import _MetricsState
 from streamml.operators.join._resume import resumed
@@ -44,6 +46,53 @@ class _WindowPart:
         self.predictions += other.predictions
         self.labelled += other.labelled
         self.unlabelled += other.unlabelled
+
+
+def window_parts(
+    parts: dict[tuple[int, Hashable], _WindowPart],
+    ts: np.ndarray,
+    versions: list[Hashable],
+    window: int,
+    new_stats: Callable[[], ClassificationStats | RegressionStats],
+) -> tuple[list[_WindowPart], np.ndarray]:
+    """The parts of the rows' (window, version) pairs (``ts``: the rows' prediction times),
+    made where missing, and each row's index in that list.
+
+    Examples:
+        >>> parts = {}
+        >>> got, index = window_parts(parts, np.array([0, 12, 3]), ["a", "a", "a"], 10, RegressionStats)
+        >>> len(got), index.tolist(), sorted(parts)
+        (2, [0, 1, 0], [(0, 'a'), (10, 'a')])
+    """
+    n = len(versions)
+    starts = ts - ts % window
+    distinct = list(dict.fromkeys(versions))
+    nv = len(distinct)
+    if nv == 1:
+        code = np.zeros(n, dtype=np.int64)
+    else:
+        index = {v: i for i, v in enumerate(distinct)}
+        code = np.fromiter(map(index.__getitem__, versions), np.int64, n)
+    first = lowest(starts)
+    slot = (starts - first) // window
+    if highest(slot) >= 1 << 12:  # windows far apart: pairs one by one
+        pairs = list(zip(starts.tolist(), versions))
+        keyed = {wv: i for i, wv in enumerate(dict.fromkeys(pairs))}
+        found = [parts.get(wv) or parts.setdefault(wv, _WindowPart(new_stats())) for wv in keyed]
+        return found, np.fromiter(map(keyed.__getitem__, pairs), np.int64, n)
+    code += slot * nv
+    counts = np.bincount(code)
+    used = np.flatnonzero(counts)
+    table = np.zeros(len(counts), dtype=np.int64)
+    table[used] = np.arange(len(used))
+    found = []
+    for c in used.tolist():
+        wv = (first + c // nv * window, distinct[c % nv])
+        part = parts.get(wv)
+        if part is None:
+            part = parts[wv] = _WindowPart(new_stats())
+        found.append(part)
+    return found, table[code]
 
 
 def _parts_data(parts: dict[tuple[int, Hashable], _WindowPart]) -> list[list]:

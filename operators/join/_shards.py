@@ -519,6 +519,7 @@ class RowStore:
         )
         if alive is not None:
             self.dead += n - int(np.count_nonzero(alive))
+            self._compact()
 
     def drop(self, ids: Sequence[int] | np.ndarray) -> None:
         """Forget rows (ids not stored are ignored)."""
@@ -532,6 +533,10 @@ class RowStore:
         hit = pos[self.alive[pos]]
         self.alive[hit] = False
         self.dead += len(hit)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the dead rows once they are most of the store (and over 1,024)."""
         if self.dead > max(len(self.ids) - self.dead, 1024):  # dead rows cost memory only
             keep = np.flatnonzero(self.alive)
             if self.frame is not None:

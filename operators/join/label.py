@@ -6,47 +6,30 @@ shard's event time. The shard states and the metrics step's state are
 versioned records (``streamml.join.label`` and ``streamml.join.label.metrics``),
 upgraded from the previous release's pickled ``_LabelState`` and ``_MetricsState``.
 
-This module holds the operator and its frames path (:class:`_FrameLogic`);
-the shard logic on rows they share is in :mod:`._label_logic`, the metrics
-windows in :mod:`._label_windows`, reading frames in :mod:`._label_frames`.
+This module holds the operator; the shard logic on rows is in
+:mod:`._label_logic`, its frames path in :mod:`._label_frame_logic`, the
+metrics windows in :mod:`._label_windows`, reading frames in
+:mod:`._label_frames`.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import bytewax.operators as op
-import numpy as np
 import polars as pl
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-from streamml.operators.join._label_frames import (
-    read_labels,
-    read_predictions,
-    to_frames,
-)
-from streamml.operators.join._label_logic import (
-    _UNMATCHED,
-    _Config,
-    _LabelLogic,
-    _outside,
-    _reject_outside,
-)
-from streamml.operators.join._label_windows import (
-    _MetricsLogic,
-    _WindowPart,
-)
+from streamml.operators.join._label_frame_logic import _FrameLogic
+from streamml.operators.join._label_logic import _Config, _LabelLogic
+from streamml.operators.join._label_windows import _MetricsLogic, _WindowPart
 from streamml.operators.join._legacy import _LabelState, _MetricsState
 from streamml.operators.join._shards import (
-    LEFT,
     Chunked,
-    RowStore,
     check_shards,
-    frame_times,
     micros,
     pick,
     tag_frames,
@@ -61,7 +44,7 @@ __all__ = ["LabelJoinOut", "label_join"]
 
 # Kept importable here for recovery stores of the previous release (see _legacy), and
 # the shard logic's names for the code that found them here before _label_logic.py.
-_LEGACY = (_LabelState, _MetricsState, _WindowPart, _LabelLogic, _Config)
+_LEGACY = (_LabelState, _MetricsState, _WindowPart, _LabelLogic, _Config, _FrameLogic)
 
 
 @dataclass(frozen=True)
@@ -83,156 +66,6 @@ class LabelJoinOut:
 
     late: Stream[Rejected]
     """Predictions and labels older than their id's watermark on arrival."""
-
-
-class _FrameLogic(_LabelLogic):
-    """One shard of a label join on frames: ``(side, frame)`` in, frames out.
-
-    Matching, event time and windows are :class:`_LabelLogic`'s; a waiting
-    prediction or label holds the id of its row in ``stores`` (predictions,
-    labels) where the rows path holds the event, and labelled and
-    unlabelled predictions leave as one frame each per call. The state
-    record is the rows path's with ids for events, plus the stores (see
-    :mod:`~streamml.operators.join._label_frames`).
-
-    Eviction: a row leaves its store when its item leaves the state
-    (labelled, unlabelled, unmatched), and a late row is stored dropped.
-    """
-
-    def __init__(self, cfg: _Config, resume: Any) -> None:
-        self.stores = (RowStore(), RowStore())
-        self.next_id = 0
-        self.gone: tuple[list[int], list[int]] = ([], [])  # ids leaving the stores this call
-        self.unmatched: list[tuple[str, int]] = []  # (key, label id) found unmatched this call
-        super().__init__(cfg, resume)
-
-    def _held_as_mine(self, data: dict[str, Any]) -> dict[str, Any]:
-        if "stores" not in data:  # the rows path's record
-            data = to_frames(data, self.cfg.key)
-        self.stores = (RowStore(data["stores"][0]), RowStore(data["stores"][1]))
-        self.next_id = data["next_id"]
-        return data
-
-    def on_batch(self, values: list[tuple[int, pl.DataFrame]]) -> tuple[list, bool]:
-        cfg = self.cfg
-        out: list[list] = [[], [], [], [], []]  # labelled, unlabelled, errs, late, parts
-        errs = out[2]
-        frames: list[tuple[int, pl.DataFrame]] = []
-        keys: list[str] = []
-        times: list[np.ndarray] = []
-        sides: list[int] = []
-        read: list[Any] = []
-        for side, frame in values:
-            why = self.stores[side].fits(frame, [f for s, f in frames if s == side])
-            if why is not None:
-                errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
-                continue
-            frame, ts = frame_times(cfg.step_id, frame, cfg.timestamps[side], errs)
-            if not frame.height:
-                continue
-            if side == LEFT:
-                bad = _outside(ts, np.ones(len(ts), dtype=bool), cfg.window)
-                if bad is not None:
-                    errs += _reject_outside(cfg.step_id, frame.filter(pl.Series(bad)).to_dicts())
-                    frame, ts = frame.filter(pl.Series(~bad)), ts[~bad]
-            reader = read_predictions if side == LEFT else read_labels
-            frame, got, keep = reader(cfg, frame, errs)
-            if not frame.height:
-                continue
-            frames.append((side, frame))
-            keys += frame.get_column(cfg.key).cast(pl.String).to_list()
-            times.append(ts if keep is None else ts[keep])
-            sides += [side] * frame.height
-            read += got
-        if frames:
-            self._add(frames, keys, np.concatenate(times), sides, read, out)
-        self._release(out)
-        return self._emit(out), False
-
-    def _add(
-        self,
-        frames: list[tuple[int, pl.DataFrame]],
-        keys: list[str],
-        ts: np.ndarray,
-        sides: list[int],
-        read: list,
-        out: list,
-    ) -> None:
-        """Admit a call's readable rows, store them, and match them."""
-        if self.shard is None:
-            crc = zlib.crc32(keys[0].encode("utf-8", "surrogatepass"))
-            self.shard = str(crc % self.cfg.shards)
-        n = len(keys)
-        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.next_id += n
-        starts = np.cumsum([0] + [f.height for _, f in frames])
-
-        def original(i: int) -> dict[str, Any]:
-            j = int(np.searchsorted(starts, i, side="right")) - 1
-            return frames[j][1].row(i - int(starts[j]), named=True)
-
-        rows = list(zip(keys, ids.tolist()))
-        rows, sides, read, ts_ok, ok = self._admit(rows, sides, read, ts, out, original)
-        alive = None
-        if ok is not None:
-            alive = np.zeros(n, dtype=bool)
-            alive[ok] = True
-        for j, (side, frame) in enumerate(frames):
-            a, b = int(starts[j]), int(starts[j + 1])
-            self.stores[side].add(frame, ids[a:b], None if alive is None else alive[a:b])
-        self._step(rows, sides, read, ts_ok, out)
-
-    def _unmatched(self, key: str, labels: list[tuple], out: list) -> None:
-        self.unmatched += [(key, x[1]) for x in labels]  # rejected in _emit, one gather
-
-    def _emit(self, out: list) -> list:
-        """Labelled predictions as one frame (their columns and the label column), the
-        unlabelled ones as another; their rows leave the stores."""
-        preds, labels = self.stores
-        gone_preds, gone_labels = self.gone
-        if self.unmatched:
-            keys, ids = zip(*self.unmatched)
-            step_id = self.cfg.step_id
-            out[2] += [
-                Rejected(step_id, "UnmatchedLabel", _UNMATCHED.format(key), row)
-                for key, row in zip(keys, labels.gather(ids).to_dicts())
-            ]
-            gone_labels += ids
-            self.unmatched.clear()
-        n_labelled, n_unlabelled = len(out[0]), len(out[1])
-        if n_labelled or n_unlabelled:  # one gather of the predictions for both
-            ids = [p for _, p, _, _ in out[0]] + [i for _, i in out[1]]
-            rows = preds.gather(ids)
-            gone_preds += ids
-            if n_labelled:
-                label_ids = [x for _, _, _, x in out[0]]
-                label = _store_column(labels, label_ids, self.cfg.label)
-                done = rows.slice(0, n_labelled) if n_unlabelled else rows
-                if label.name in done.columns:
-                    out[0] = [done.with_columns(label)]
-                else:
-                    out[0] = [done.hstack([label])]  # no query engine: a third of with_columns
-                gone_labels += label_ids
-            if n_unlabelled:
-                out[1] = [rows.slice(n_labelled)]
-        if gone_preds:
-            preds.drop(gone_preds)
-            gone_preds.clear()
-        if gone_labels:
-            labels.drop(gone_labels)
-            gone_labels.clear()
-        return [tuple(out)] if any(out) else []
-
-    def _data(self) -> dict[str, Any]:
-        stores = [s.snapshot_data() for s in self.stores]
-        return {**super()._data(), "stores": stores, "next_id": self.next_id}
-
-
-def _store_column(store: RowStore, ids: list[int], name: str) -> pl.Series:
-    """Column ``name`` of the stored rows of ``ids``, in that order (one column gathered)."""
-    assert store.frame is not None  # the ids were stored
-    pos = np.searchsorted(store.ids, np.asarray(ids, dtype=np.int64))
-    return store.frame.get_column(name).gather(pos)
 
 
 @operator
