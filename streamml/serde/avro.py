@@ -357,15 +357,9 @@ class ConfluentAvroSerde(Deserializer, Serializer):
                     return values
         return self._decode_each(payloads)
 
-    def _flat_batch(
-        self, payloads: Sequence[bytes | None]
-    ) -> tuple[FlatRecordReader, JoinedPayloads] | None:
-        """The flat reader of the one schema id every payload carries, and the joined payloads."""
-        joined = join_payloads(payloads)
-        if joined is None:
-            return None
-        header = payloads[0][: _HEADER.size]  # type: ignore[index]  # all bytes: checked
-        if len(header) < _HEADER.size or header[0] != MAGIC_BYTE or not joined.same_prefix(header):
+    def _flat_reader(self, header: bytes) -> FlatRecordReader | None:
+        """The flat reader of a Confluent header's schema id; None if not Avro's header, or not flat."""
+        if len(header) < _HEADER.size or header[0] != MAGIC_BYTE:
             return None
         schema_id = _HEADER.unpack(header)[1]
         if schema_id not in self._flat:
@@ -374,8 +368,7 @@ class ConfluentAvroSerde(Deserializer, Serializer):
             except SerdeError:
                 return None
             self._flat[schema_id] = flat_reader(writer)
-        reader = self._flat[schema_id]
-        return (reader, joined) if reader is not None else None
+        return self._flat[schema_id]
 
     def _decode_each(self, payloads: Sequence[bytes | None]) -> list[Any]:
         return [
@@ -425,9 +418,14 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         way). ``None`` when no flat schema's header is common to at least half
         the batch.
         """
-        found = self._flat_batch(payloads)
-        if found is not None:
-            return found[0], payloads, found[1], _HEADER.size, np.arange(len(payloads))
+        joined = join_payloads(payloads)
+        if joined is not None:  # all bytes: the usual batch has one header
+            header = payloads[0][: _HEADER.size]  # type: ignore[index]
+            if len(header) == _HEADER.size and joined.same_prefix(header):
+                reader = self._flat_reader(header)
+                if reader is None:  # not flat (or not Avro): nothing to read as columns
+                    return None
+                return reader, payloads, joined, _HEADER.size, np.arange(len(payloads))
         heads = [p[: _HEADER.size] if type(p) is bytes else None for p in payloads]
         counts: dict[bytes, int] = {}
         for head in heads:
@@ -438,12 +436,12 @@ class ConfluentAvroSerde(Deserializer, Serializer):
         header = max(counts, key=counts.__getitem__)
         if counts[header] * 2 < len(payloads) or len(header) < _HEADER.size:
             return None
-        common = [i for i, head in enumerate(heads) if head == header]
-        found = self._flat_batch([payloads[i] for i in common[:1]])
-        if found is None:
+        reader = self._flat_reader(header)
+        if reader is None:
             return None
+        common = [i for i, head in enumerate(heads) if head == header]
         joined = join_payloads([payloads[i] for i in common])
-        return found[0], payloads, joined, _HEADER.size, np.asarray(common)  # type: ignore[return-value]
+        return reader, payloads, joined, _HEADER.size, np.asarray(common)  # type: ignore[return-value]
 
     def _frame_schema(self, payloads: Sequence[bytes | None], values: list[Any]) -> Any:
         if self._reader is not None:
