@@ -201,6 +201,23 @@ def test_rows_are_counted_per_port_in_equals_out_plus_rejected_plus_late() -> No
     assert count["errs"] == len(got["errs"]) and count["late"] == len(got["late"])
 
 
+def test_a_batch_of_rows_and_frames_counts_rows_and_sizes_each_frame() -> None:
+    """Rows count one each and a frame its height; the batch-size histogram sees each frame,
+    or the batch's length when it holds no frame."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    counting = metrics._Counting(emit=True)
+    counting.events = Counter("e", "events", registry=registry)
+    counting.sizes = Histogram("s", "sizes", buckets=(1, 4, 16), registry=registry)
+    mixed = [("k", 1), pl.DataFrame({"x": [1, 2, 3]}), ("k", 2), pl.DataFrame({"x": [4] * 10})]
+    assert counting(mixed) is mixed
+    assert counting([("k", 3)] * 4) == [("k", 3)] * 4
+    assert registry.get_sample_value("e_total") == 15 + 4
+    assert registry.get_sample_value("s_count") == 3  # two frames, one batch of rows
+    assert registry.get_sample_value("s_sum") == 3 + 10 + 4
+
+
 def _public_operators() -> dict[str, Any]:
     """Every Bytewax operator in the ``__all__`` of a public module of streamml or its operators."""
     found = {}
