@@ -454,7 +454,99 @@ def label_main(quick: bool = False) -> dict:
         },
         "items/s",
     )
-    return {"predictions": n, **race}
+    fraud = _fraud_label_race(50_000 if quick else 200_000)
+    return {"predictions": n, **race, "fraud_shaped": fraud}
+
+
+def _fraud_label_data(n: int) -> tuple[list, list]:
+    """The fraud example's label join input: unique transaction ids, 92 % labelled one
+    minute plus an exponential delay (mean 8 min) later, over two hours; predictions in
+    frames of 500 rows, labels in frames of 2,000 (read ahead, as a labels topic is)."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(5)
+    start = int(T0.timestamp() * 1000)
+    ts = start + np.sort(rng.integers(0, 2 * 3600 * 1000, n))
+    ids = np.array([f"tx-{i:07d}" for i in range(n)])
+    preds = pl.DataFrame(
+        {
+            "tx_id": ids,
+            "amount": rng.random(n) * 100,
+            "fraud_score": rng.random(n),
+            "prediction": (rng.random(n) < 0.03).astype(np.int64),
+            "model_version": np.where(rng.random(n) < 0.5, "v1", "v2"),
+            "ts": pl.Series(ts).cast(pl.Datetime("ms", "UTC")),
+        }
+    )
+    got = np.flatnonzero(rng.random(n) < 0.92)
+    label_ts = ts[got] + 60_000 + rng.exponential(8 * 60_000, len(got)).astype(np.int64)
+    order = np.argsort(label_ts, kind="stable")
+    labels = pl.DataFrame(
+        {
+            "tx_id": ids[got][order],
+            "is_fraud": (rng.random(len(got)) < 0.03).astype(np.int64),
+            "ts": pl.Series(label_ts[order]).cast(pl.Datetime("ms", "UTC")),
+        }
+    )
+    return (
+        [preds.slice(i, 500) for i in range(0, n, 500)],
+        [labels.slice(i, 2000) for i in range(0, labels.height, 2000)],
+    )
+
+
+def _run_fraud_label(preds: list, labels: list, *, frames: bool) -> int:
+    """The fraud example's label join (2 shards), on frames or on ``(id, dict)`` rows."""
+    flow = Dataflow("bench_label_fraud")
+    p = op.input("preds", flow, TestingSource(preds, batch_size=1 if frames else 500))
+    lb = op.input("labels", flow, TestingSource(labels, batch_size=1 if frames else 2000))
+    fields: dict[str, Any] = {"key": "tx_id", "ts": "ts"} if frames else {"ts": _ts}
+    out = label_join(
+        "evaluate",
+        p,
+        lb,
+        **fields,
+        prediction="prediction",
+        label="is_fraud",
+        probability="fraud_score",
+        max_delay=timedelta(minutes=45),
+        window=timedelta(minutes=15),
+        lateness=timedelta(hours=3),
+        shards=2,
+    )
+    done, missed = CountSink(), CountSink()
+    op.output("labelled", out.labelled, done)
+    op.output("unlabelled", out.unlabelled, missed)
+    op.output("metrics", out.metrics, CountSink())
+    op.output("errs", out.errs, CountSink())
+    run_main(flow)
+    n = [sum(f.height for f in side) if frames else len(side) for side in (preds, labels)]
+    assert done.counter[0] + missed.counter[0] == n[0]
+    return sum(n)
+
+
+def _fraud_label_race(n: int) -> dict:
+    """label_join shaped like the fraud example, on frames and on the same rows."""
+    pred_frames, label_frames = _fraud_label_data(n)
+    pred_rows, label_rows = (
+        [(r["tx_id"], r) for f in side for r in f.to_dicts()]
+        for side in (pred_frames, label_frames)
+    )
+    print(f"\nlabel join, fraud-shaped: {n:,} transactions, 2 shards", flush=True)
+    race = _cpu_race(
+        "Label join, fraud-shaped (predictions and labels/s)",
+        {
+            "label_join rows (2 shards)": lambda: _run_fraud_label(
+                pred_rows, label_rows, frames=False
+            ),
+            "label_join frames (2 shards)": lambda: _run_fraud_label(
+                pred_frames, label_frames, frames=True
+            ),
+        },
+        "items/s",
+        rounds=5,
+    )
+    return {"transactions": n, **race}
 
 
 def _interval_frames(items: list) -> list:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamml.operators.join import _label_frame_logic
 from streamml.operators.join._shards import LEFT, RIGHT, micros
 
 from tests.operators.test_join_label import DELAY, T0, drive
@@ -63,7 +65,9 @@ def _window_sums(parts):
 @given(one_per_id())
 def test_usual_rows_on_columns_equal_the_row_loop(arr):
     lateness, items, cuts = arr
-    (labelled, unlabelled, errs, late, parts), lg = drive_frames(items, cuts, lateness)
+    with pytest.MonkeyPatch.context() as mp:  # every call on columns, however small
+        mp.setattr(_label_frame_logic, "_COLUMNS_FROM", 1)
+        (labelled, unlabelled, errs, late, parts), lg = drive_frames(items, cuts, lateness)
     rows_out, _ = drive(items, cuts, lateness)
     got = sorted((r["id"], r["label"]) for r in rows_of(labelled))
     assert got == sorted((e["id"], e["label"]) for _, e in rows_out[0])

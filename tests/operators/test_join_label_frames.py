@@ -11,7 +11,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamml.operators.join import label_join
+from streamml.operators.join import _label_frame_logic, label_join
 from streamml.operators.join._shards import LEFT, RIGHT
 from streamml.operators.join.label import _FrameLogic, _LabelLogic
 
@@ -85,11 +85,16 @@ def parts_of(parts):
     return got
 
 
+@pytest.mark.parametrize("columns_from", [1, None])
 @settings(max_examples=120, deadline=None)
-@given(arrivals())
-def test_frames_match_rows_and_bruteforce(arr):
+@given(arr=arrivals())
+def test_frames_match_rows_and_bruteforce(arr, columns_from):
+    """Every call matched on columns where it can (1), or small calls by the row loop."""
     lateness, items, cuts = arr
-    (labelled, unlabelled, errs, late, parts), lg = drive_frames(items, cuts, lateness)
+    with pytest.MonkeyPatch.context() as mp:
+        if columns_from is not None:
+            mp.setattr(_label_frame_logic, "_COLUMNS_FROM", columns_from)
+        (labelled, unlabelled, errs, late, parts), lg = drive_frames(items, cuts, lateness)
     rows_out, _ = drive(items, cuts, lateness)
     assert late == [] == rows_out[3]
     want_labelled, want_unlabelled, want_unmatched = brute_force(items)
