@@ -11,16 +11,17 @@ view), and the offsets move on by each field's length.
 
 The result is exactly what ``fastavro.schemaless_reader`` returns for each
 body (same values, same types, timestamps as aware UTC datetimes), as dicts
-(:meth:`FlatRecordReader.read`) or as a ``polars.DataFrame`` built straight
-from the decoded arrays, with no Python object per value
-(:meth:`FlatRecordReader.read_frame`; column types from
-:func:`polars_dtype`). Whatever
-this module cannot decode with certainty — a record that does not end exactly
-at its payload's end, a varint longer than 10 bytes or beyond 64 bits, a
-negative or overlong length, invalid UTF-8, a timestamp outside
-``datetime``'s range — makes :meth:`FlatRecordReader.read` return ``None``,
-and the caller decodes the batch the per-record way, which reports each
-failure precisely.
+(:meth:`FlatRecordReader.read_where`) or as a ``polars.DataFrame`` built
+straight from the decoded arrays, with no Python object per number
+(:meth:`FlatRecordReader.read_frame_where`; column types from
+:func:`polars_dtype`). A body this module cannot decode with certainty — a
+record that does not end exactly at its payload's end, a varint longer than
+10 bytes or beyond 64 bits, a negative or overlong length, a timestamp
+outside ``datetime``'s range — is left out (each body is read at its own
+offsets, so the others stay exact), and the caller decodes it the per-record
+way, which reports the failure precisely. Invalid UTF-8 shows only once the
+strings of the whole batch are decoded, without saying whose: then the
+methods return ``None`` (dicts) or no frame.
 """
 
 from __future__ import annotations

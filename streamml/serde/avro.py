@@ -2,7 +2,8 @@
 
 As frames (``decode_frame``), a batch of flat records (see
 ``streamml.serde._avro_flat``) is decoded straight into the columns of a
-``polars.DataFrame``; any other batch is decoded per record by fastavro. Either
+``polars.DataFrame``, but for the few bodies that do not read; those, and any
+other batch, are decoded per record by fastavro. Either
 way the column types come from the Avro schema (``int`` is Int32, ``long``
 Int64, ``float`` Float32, ``double`` Float64, timestamps UTC Datetime; see
 ``polars_dtype``), so they do not change from batch to batch. Encoding a frame
@@ -379,9 +380,10 @@ class ConfluentAvroSerde(Deserializer, Serializer):
     def decode_frame(self, payloads: list[bytes | None]) -> FrameDecoded:
         """Decode a batch into a DataFrame, one row per record; see the module docstring.
 
-        Without a reader schema, a batch whose payloads all carry the id of
-        one flat record schema is decoded straight into columns. Otherwise
-        each payload is decoded by fastavro, and the columns take their types
+        Without a reader schema, the payloads that carry the id of a flat
+        record schema that all or most of the batch carry are decoded
+        straight into columns, but for bodies that do not read. The others
+        are decoded by fastavro one by one, and their columns take their types
         from the reader schema, or from the writer schema when every decoded
         record has the same one (records of several writer versions in one
         batch leave the types to polars).
