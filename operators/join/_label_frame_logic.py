@@ -33,6 +33,7 @@ from streamml.operators.join._shards import (
     RowStore,
     frame_times,
     late_records,
+    unfit,
 )
 
 from streamml.errors import Rejected
@@ -99,9 +100,7 @@ class _FrameLogic(_LabelLogic):
         sides: list[np.ndarray] = []
         columns: list[list[Any]] = [[], [], []]  # y (prediction or label), proba, version
         for side, frame in values:
-            why = self.stores[side].fits(frame, [f for s, f in frames if s == side])
-            if why is not None:
-                errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
+            if unfit(cfg.step_id, self.stores[side], side, frame, frames, errs):
                 continue
             frame, ts = frame_times(cfg.step_id, frame, cfg.timestamps[side], errs)
             if not frame.height:

@@ -65,6 +65,7 @@ __all__ = [
     "tag_frames_table",
     "tag_sides",
     "to_datetime",
+    "unfit",
 ]
 
 LEFT = 0
@@ -554,6 +555,31 @@ class RowStore:
         keep = np.flatnonzero(self.alive)
         frame = None if self.frame is None else frame_to_bytes(self.frame[keep])
         return {"frame": frame, "ids": self.ids[keep].copy()}
+
+
+def unfit(
+    step_id: str,
+    store: RowStore,
+    side: int,
+    frame: pl.DataFrame,
+    accepted: Sequence[tuple[int, pl.DataFrame]],
+    errs: list[Rejected],
+) -> bool:
+    """Whether ``frame`` cannot be stored with ``store``'s rows and the call's ``accepted``
+    ``(side, frame)`` pairs of its ``side``; if so, each of its rows is a ``BadItem`` in ``errs``.
+
+    Examples:
+        >>> errs = []
+        >>> unfit("s", RowStore(), 0, pl.DataFrame({"x": [b"a"]}), [(0, pl.DataFrame({"x": [1]}))], errs)
+        True
+        >>> [(r.error_type, r.original) for r in errs]
+        [('BadItem', {'x': b'a'})]
+    """
+    why = store.fits(frame, [f for s, f in accepted if s == side])
+    if why is None:
+        return False
+    errs.extend(Rejected(step_id, "BadItem", why, r) for r in frame.to_dicts())
+    return True
 
 
 def joined_names(left: Sequence[str], right: Sequence[str], key: str, suffix: str) -> list[str]:

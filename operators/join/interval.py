@@ -46,6 +46,7 @@ from streamml.operators.join._shards import (
     split_outputs,
     tag_frames,
     tag_sides,
+    unfit,
 )
 
 from streamml.errors import Rejected
@@ -293,9 +294,7 @@ class _FrameLogic(_Logic):
         frames: list[tuple[int, pl.DataFrame]] = []
         times: list[np.ndarray] = []
         for side, frame in values:
-            why = self.stores[side].fits(frame, [f for s, f in frames if s == side])
-            if why is not None:
-                errs.extend(Rejected(cfg.step_id, "BadItem", why, r) for r in frame.to_dicts())
+            if unfit(cfg.step_id, self.stores[side], side, frame, frames, errs):
                 continue
             frame, ts = frame_times(cfg.step_id, frame, cfg.timestamps[side], errs)
             if frame.height:
