@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
@@ -21,7 +21,13 @@ from streamml.operators.join.table import _decoder as table_decoder
 from streamml.broker import EmbeddedBroker
 from streamml.errors import Rejected
 from streamml.kafka import dead_letter_envelope, dead_letter_sink
-from streamml.kafka._dead_letters import _encode_envelopes
+from streamml.kafka._dead_letters import (
+    _dead_letter,
+    _encode_envelopes,
+    _envelope,
+    _find_source,
+    json_safe,
+)
 from streamml.kafka._sink import _encoder
 from streamml.producer import Messages
 from streamml.serde import JsonSerde, StringSerde
@@ -99,6 +105,34 @@ def test_any_event_gives_one_envelope_with_every_field(events: list[Any], odd: A
     rejections.append(Rejected(odd, odd, odd, odd))  # even the fields themselves may be odd
     for envelope in _envelopes(rejections):
         assert list(envelope) == FIELDS
+
+
+_times = (
+    st.datetimes(timezones=st.sampled_from([None, timezone.utc, timezone(timedelta(hours=-5))]))
+    | st.dates()
+    | st.times()
+)
+
+
+@given(
+    st.lists(
+        _any_values | _times | st.dictionaries(st.text(), _times | st.binary(), max_size=3),
+        max_size=8,
+    ),
+    st.binary(),
+    _times,
+)
+def test_the_fast_envelope_writes_the_bytes_json_safe_writes(
+    events: list[Any], raw: bytes, when: Any
+) -> None:
+    """The fast path (plain data, bytes and times written directly) and json_safe agree,
+    on any event and on a source frame's row (its kafka_* columns, bytes and a time)."""
+    row = {"t": when, "kafka_topic": "t", "kafka_partition": 0, "kafka_offset": 3}
+    stamp = NOW.isoformat()
+    for event in [*events, {**row, "kafka_key": raw, "kafka_value": raw}]:
+        rejected = Rejected("step", "Bad", "why", event)
+        slow = orjson.dumps(json_safe(_envelope(rejected, _find_source(event), stamp)))
+        assert _dead_letter(rejected, stamp)[1] == slow
 
 
 @given(st.lists(_json_values, max_size=8))

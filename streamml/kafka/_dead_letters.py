@@ -245,10 +245,12 @@ class _Unusual(Exception):
 def _plain(obj: Any, depth: int = 0) -> Any:
     """``obj`` when it is plain JSON data (exact ``dict``/``list``/``tuple``/scalars), checked fast.
 
-    Integers beyond 64 bits and non-finite floats are rewritten as
-    :func:`json_safe` does; anything else raises :class:`_Unusual`. Five
-    to ten times faster than :func:`json_safe` on typical events (no
-    per-value ``try``, no cycle bookkeeping: the depth bound ends cycles).
+    Integers beyond 64 bits, non-finite floats, bytes and datetimes are
+    rewritten as :func:`json_safe` does; anything else raises
+    :class:`_Unusual`. Five to ten times faster than :func:`json_safe` on
+    typical events (no per-value ``try``, no cycle bookkeeping: the depth
+    bound ends cycles); a rejected row of a source frame holds bytes (its
+    ``kafka_key``, ``kafka_value``) and often a datetime.
     """
     kind = type(obj)
     if kind is str or kind is bool or obj is None:
@@ -257,6 +259,10 @@ def _plain(obj: Any, depth: int = 0) -> Any:
         return obj if _INT64_MIN <= obj <= _UINT64_MAX else {"int": str(obj)}
     if kind is float:
         return obj if math.isfinite(obj) else {"float": repr(obj)}
+    if kind is bytes:  # a source row's kafka_key and kafka_value
+        return {"base64": base64.b64encode(obj).decode("ascii")}
+    if kind is datetime or kind is date or kind is time:
+        return obj.isoformat()
     if depth >= _MAX_DEPTH:
         raise _Unusual
     if kind is dict:
