@@ -329,14 +329,14 @@ def _frame_vs_rows(rows: list[dict[str, Any]]) -> None:
     assert list(map(_canon, errs)) == list(map(_canon, ref_errs))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.lists(_frame_rows(bad=False), min_size=1, max_size=40))
 def test_a_frame_takes_the_columnar_pass_with_the_event_by_event_vectors(rows) -> None:
     assert feature_matrix(pl.DataFrame(rows, schema=_FRAME_SCHEMA)) is not None
     _frame_vs_rows(rows)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.lists(_frame_rows(bad=True), min_size=1, max_size=20))
 def test_a_frame_with_bad_values_gives_the_event_by_event_rejections(rows) -> None:
     _frame_vs_rows(rows)
