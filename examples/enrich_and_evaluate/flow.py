@@ -141,8 +141,8 @@ def build_flow(
     number). The results do not depend on it, the cost does: each shard's
     step runs once per frame with its polars and NumPy calls, on the frame's
     rows of its shard. On one worker one shard is the cheapest (CPU medians
-    of 7 alternating runs over 20,000 transactions, load 9 on 2 cores:
-    26,624 transactions per CPU-second with 1 shard, 23,482 with 2).
+    of 7 alternating runs over 20,000 transactions, load 6 on 2 cores:
+    40,166 transactions per CPU-second with 1 shard, 32,509 with 2).
 
     ``lateness`` is how far apart in event time the prediction and label
     streams may be read. Two topics read from the beginning can be apart by
