@@ -111,6 +111,7 @@ class JsonSerde(Deserializer, Serializer):
         self._allow_nan = allow_nan
         self._options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
         self._schema = pl.Schema(schema) if schema is not None else None
+        self._text = _TextColumns.of(tuple(self._schema.items())) if schema is not None else None
 
     def decode_batch(self, payloads: Sequence[bytes | None]) -> list[Any]:
         loads = orjson.loads
@@ -148,24 +149,26 @@ class JsonSerde(Deserializer, Serializer):
         n = len(payloads)
         if not n:
             return FrameDecoded(empty_frame(self._schema), np.empty(0, np.int64), [])
-        if set(map(type, payloads)) == _BYTES:
-            joined = b"\n".join(payloads)
-            if _one_object_per_line(joined, n):
-                try:
-                    frame = self._read(joined)
-                    if frame.height == n:
-                        return FrameDecoded(frame, np.arange(n, dtype=np.int64), [])
-                except POLARS_ERRORS:
-                    pass
+        try:  # bytes-like payloads only: a None or a str raises here, in C
+            joined = b"\n".join(payloads)  # type: ignore[arg-type]
+        except TypeError:
+            return self._decode_frame_slow(payloads)
+        if _one_object_per_line(joined, n):
+            try:
+                frame = self._read(joined)
+                if frame.height == n:
+                    return FrameDecoded(frame, np.arange(n, dtype=np.int64), [])
+            except POLARS_ERRORS:
+                pass
         return self._decode_frame_slow(payloads)
 
     def _read(self, joined: bytes) -> pl.DataFrame:
-        if self._schema is not None:
-            return _read_strictly(joined, self._schema)
+        if self._text is not None:
+            return self._text.read(joined, self._schema)  # type: ignore[arg-type]
         frame = pl.read_ndjson(joined, infer_schema_length=None)
-        text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
-        if text and not _holds_only_text(joined, text):
-            _read_strictly(joined, frame.schema)  # a column of mixed kinds was read as text
+        text = _TextColumns.of(tuple(frame.schema.items()))
+        if text.names and not text.hold_only_text(joined):
+            text.read(joined, frame.schema)  # a column of mixed kinds was read as text
         return widen_big_ints(frame)
 
     def _decode_frame_slow(self, payloads: list[bytes | None]) -> FrameDecoded:
@@ -253,7 +256,6 @@ class JsonSerde(Deserializer, Serializer):
 
 
 _NONE_TYPE = type(None)
-_BYTES = frozenset({bytes})
 _SURROGATES = (b"\\ud", b"\\uD")  # escapes polars misreads when unpaired: let orjson do them
 _JSON_NULL = SerdeError("NotARecord", "a JSON null is not a record")
 _NEWLINE, _OPEN, _CLOSE = ord("\n"), ord("{"), ord("}")
@@ -373,41 +375,8 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-def _holds_only_text(joined: bytes, names: list[str]) -> bool:
-    r"""Every key ``name`` in the NDJSON ``joined`` is followed by ``:"`` (text) or ``:null``.
-
-    The key as orjson writes it (``"tx_id"``) is counted, and the times it
-    is followed by text or null: equal counts mean no such key holds a
-    number, bool, list or object. Only a real key can be followed by ``:``
-    (inside a string every quote is escaped), so the check never passes a
-    batch it should not; it may refuse one that is fine (a key with spaces
-    around its colon, the name as a text value, the key in a nested
-    object), which is then read strictly. A ``\u`` or ``\/`` escape could
-    spell a key another way: such a batch is refused. Two ``bytes.count``
-    calls a column (three when it holds nulls), ~25 µs for 500 rows of 60
-    bytes.
-
-    Examples:
-        >>> _holds_only_text(b'{"x":"a","n":1}\n{"x":null}\n{"n":2}', ["x"])
-        True
-        >>> _holds_only_text(b'{"x":"a"}\n{"x":0.0}', ["x"])
-        False
-        >>> _holds_only_text(b'{"x":"a"}\n{"\\u0078":0.0}', ["x"])
-        False
-    """
-    if b"\\" in joined and (b"\\u" in joined or b"\\/" in joined):  # memchr first
-        return False
-    count = joined.count
-    for name in names:
-        key = orjson.dumps(name)
-        keys, texts = count(key), count(key + b':"')
-        if texts != keys and texts + count(key + b":null") != keys:
-            return False
-    return True
-
-
-def _read_strictly(joined: bytes, schema: pl.Schema) -> pl.DataFrame:
-    r"""``read_ndjson`` with ``schema``, refusing a non-string value in a ``String`` column.
+class _TextColumns:
+    r"""The ``String`` columns of a schema, with what reading them strictly needs, made once.
 
     polars reads a number, a bool, a list or an object in a ``String`` column
     as its JSON text (``0.0`` as ``"0"``), and infers ``String`` for a column
@@ -417,20 +386,74 @@ def _read_strictly(joined: bytes, schema: pl.Schema) -> pl.DataFrame:
     That costs ~0.06 µs a row with few distinct texts, and ~0.45 µs a row
     when every row has its own (ids: a category per row), so a batch whose
     bytes show that every text column holds only text or null
-    (:func:`_holds_only_text`) is read as it is.
+    (:meth:`hold_only_text`) is read as it is. The keys to count and the
+    strict schema are built once per schema (:meth:`of`), not per batch.
 
     Examples:
-        >>> _read_strictly(b'{"x":"a"}\n{"x":"b"}', pl.Schema({"x": pl.String}))["x"].to_list()
+        >>> text = _TextColumns.of((("x", pl.String), ("n", pl.Int64)))
+        >>> text.read(b'{"x":"a"}\n{"x":"b"}', pl.Schema({"x": pl.String, "n": pl.Int64}))["x"].to_list()
         ['a', 'b']
         >>> try:
-        ...     _read_strictly(b'{"x":"a"}\n{"x":0.0}', pl.Schema({"x": pl.String}))
+        ...     text.read(b'{"x":"a"}\n{"x":0.0}', pl.Schema({"x": pl.String, "n": pl.Int64}))
         ... except pl.exceptions.SchemaError as exc:
         ...     print(str(exc).splitlines()[0])
         unexpected value while building Series of type String; found value of type Float64: 0.0
     """
-    text = [name for name, dtype in schema.items() if dtype == pl.String]
-    if not text or _holds_only_text(joined, text):
-        return pl.read_ndjson(joined, schema=schema)
-    strict = {name: pl.Categorical if name in text else dtype for name, dtype in schema.items()}
-    frame = pl.read_ndjson(joined, schema=strict)
-    return frame.with_columns(pl.col(text).cast(pl.String))
+
+    __slots__ = ("names", "_keys", "_strict")
+
+    def __init__(self, schema: tuple[tuple[str, Any], ...]) -> None:
+        self.names = [name for name, dtype in schema if dtype == pl.String]
+        #: Each text column's key as orjson writes it, followed by text, and by null.
+        self._keys = tuple(
+            (key, key + b':"', key + b":null") for key in map(orjson.dumps, self.names)
+        )
+        text = set(self.names)
+        self._strict = {name: pl.Categorical if name in text else dtype for name, dtype in schema}
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def of(schema: tuple[tuple[str, Any], ...]) -> _TextColumns:
+        """The text columns of ``schema`` (its ``(name, dtype)`` pairs), made once per schema."""
+        return _TextColumns(schema)
+
+    def hold_only_text(self, joined: bytes) -> bool:
+        r"""Every text column's key in the NDJSON ``joined`` is followed by ``:"`` (text) or ``:null``.
+
+        The key as orjson writes it (``"tx_id"``) is counted, and the times it
+        is followed by text or null: equal counts mean no such key holds a
+        number, bool, list or object. Only a real key can be followed by ``:``
+        (inside a string every quote is escaped), so the check never passes a
+        batch it should not; it may refuse one that is fine (a key with spaces
+        around its colon, the name as a text value, the key in a nested
+        object), which is then read strictly. A ``\u`` or ``\/`` escape could
+        spell a key another way: such a batch is refused. Two ``bytes.count``
+        calls a column (three when it holds nulls), ~25 µs for 500 rows of 60
+        bytes.
+
+        Examples:
+            >>> _TextColumns.of((("x", pl.String), ("n", pl.Int64))).hold_only_text(
+            ...     b'{"x":"a","n":1}\n{"x":null}\n{"n":2}')
+            True
+            >>> _TextColumns.of((("x", pl.String),)).hold_only_text(b'{"x":"a"}\n{"x":0.0}')
+            False
+            >>> _TextColumns.of((("x", pl.String),)).hold_only_text(b'{"x":"a"}\n{"\\u0078":0.0}')
+            False
+        """
+        if b"\\" in joined and (b"\\u" in joined or b"\\/" in joined):  # memchr first
+            return False
+        count = joined.count
+        for key, text, null in self._keys:
+            keys, texts = count(key), count(text)
+            if texts != keys and texts + count(null) != keys:
+                return False
+        return True
+
+    def read(self, joined: bytes, schema: pl.Schema) -> pl.DataFrame:
+        """``read_ndjson`` with ``schema`` (whose text columns these are), refusing a non-string
+        value in a ``String`` column: read as it is when :meth:`hold_only_text`, else strictly.
+        """
+        if not self.names or self.hold_only_text(joined):
+            return pl.read_ndjson(joined, schema=schema)
+        frame = pl.read_ndjson(joined, schema=self._strict)
+        return frame.with_columns(pl.col(self.names).cast(pl.String))

@@ -156,3 +156,21 @@ def test_decode_frame_keeps_text_columns_text(rows: list, how: list) -> None:
     if "x" in inferred.frame.columns and inferred.frame.schema["x"] == pl.String:
         got = inferred.frame["x"].to_list()
         assert got == [rows[i].get("x") for i in inferred.rows.tolist()]
+
+
+def test_decode_frame_reads_bytes_like_payloads_as_their_bytes() -> None:
+    """bytearray and memoryview payloads are joined and read like bytes (the batch's types are not
+    looked at one by one): the same rows, values and errors as the same bytes; str payloads take
+    the row-by-row path and decode the same too."""
+    payloads = [b'{"x":"a","n":1}', b'{"x":1,"n":2}', b'{"n":3}', b'{"x":null,"n":4}']
+    serde = JsonSerde(schema={"x": pl.String, "n": pl.Int64})
+    want = serde.decode_frame(payloads)
+    assert want.rows.tolist() == [0, 2, 3] and want.frame["n"].to_list() == [1, 3, 4]
+    for kind in (bytearray, memoryview, bytes.decode):
+        got = serde.decode_frame([kind(p) for p in payloads])
+        assert got.frame.equals(want.frame) and got.rows.tolist() == want.rows.tolist()
+        assert [(i, e.kind) for i, e in got.errors] == [(i, e.kind) for i, e in want.errors]
+    clean = [p for p in payloads if b'"x":1' not in p]
+    assert serde.decode_frame([bytearray(p) for p in clean]).frame.equals(
+        serde.decode_frame(clean).frame
+    )
