@@ -230,6 +230,61 @@ def _take(frame: pl.DataFrame, rows: list[int]) -> pl.DataFrame:
     return frame[pl.Series(rows, dtype=pl.UInt32)]
 
 
+_CUT_MAX = 16
+"""At most this many rows are cut out (or picked) by slices, more by a gather."""
+
+
+def _runs(frame: pl.DataFrame, runs: list[tuple[int, int]]) -> pl.DataFrame:
+    """The rows ``[a, b)`` of each of ``runs`` of ``frame``, end to end (slices, no copy).
+
+    Stacked by ``vstack``, eager: ``pl.concat`` of the same slices cost more
+    than the gather they replace.
+    """
+    out = frame.slice(0, 0)
+    for a, b in runs:
+        out = out.vstack(frame.slice(a, b - a)) if out.height else frame.slice(a, b - a)
+    return out
+
+
+def _without(frame: pl.DataFrame, gone: list[int]) -> pl.DataFrame:
+    """``frame`` without the rows ``gone`` (increasing), the others in order.
+
+    A few rows left out (the fraud example's misses: one to five of 500) are
+    cut out: the runs between them are slices of ``frame`` put end to end
+    (~11 µs for 500 rows and two misses), where a gather copied every column
+    (~32 µs, and ~70-250 µs in the running flow); many, by a gather.
+
+    >>> f = pl.DataFrame({"k": ["a", "b", "c", "d"], "v": [1, 2, 3, 4]})
+    >>> _without(f, [0, 2]).rows()
+    [('b', 2), ('d', 4)]
+    >>> _without(f, []).height, _without(f, [0, 1, 2, 3]).height
+    (4, 0)
+    """
+    if len(gone) > _CUT_MAX:
+        left = set(gone)
+        return _take(frame, [i for i in range(frame.height) if i not in left])
+    ends = [*gone, frame.height]
+    return _runs(frame, [(a, b) for a, b in zip([0, *(i + 1 for i in gone)], ends) if b > a])
+
+
+def _only(frame: pl.DataFrame, rows: list[int]) -> pl.DataFrame:
+    """The ``rows`` (increasing) of ``frame``: slices of its runs when they are few, else a gather.
+
+    >>> f = pl.DataFrame({"k": ["a", "b", "c", "d"], "v": [1, 2, 3, 4]})
+    >>> _only(f, [1, 2]).rows(), _only(f, []).height
+    ([('b', 2), ('c', 3)], 0)
+    """
+    if len(rows) > _CUT_MAX:
+        return _take(frame, rows)
+    runs: list[tuple[int, int]] = []
+    for i in rows:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return _runs(frame, runs)
+
+
 def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """Frames of one layout as one (the frame itself when alone)."""
     return frames[0] if len(frames) == 1 else pl.concat(frames, rechunk=False)
@@ -322,17 +377,17 @@ class _FrameLogic(_Logic):
             if None not in at:
                 out.append(self._beside(frame, table, at))
                 return
-            hits = [i for i, row in enumerate(at) if row is not None]
+            misses = [i for i, row in enumerate(at) if row is None]
             if cfg.default is not MISSING and not (wait and cfg.max_wait is not None):
                 joined = self._beside(frame, table, at, hit=True)
             else:  # also for no hits: a column clash is found as for the others
-                joined = self._beside(_take(frame, hits), table, [at[i] for i in hits])
+                hits = [row for row in at if row is not None]
+                joined = self._beside(_without(frame, misses), table, hits)
         except Exception as exc:  # noqa: BLE001 - e.g. a column name clash polars refuses
             errs.extend(reject(cfg.step_id, exc, row) for row in frame.to_dicts())
             return
-        misses = [i for i, row in enumerate(at) if row is None]
         if wait and cfg.max_wait is not None:
-            rows = _take(frame, misses)
+            rows = _only(frame, misses)
             self.waiting.append((self.clock() + cfg.max_wait, rows))
             self._count(rows, 1)
         elif cfg.default is MISSING:
@@ -348,7 +403,7 @@ class _FrameLogic(_Logic):
                 errs.extend(
                     reject(cfg.step_id, exc, row) for row in _take(frame, misses).to_dicts()
                 )
-                joined = _take(joined, hits).drop(_HIT)
+                joined = _without(joined, misses).drop(_HIT)
         if joined.height:
             out.append(joined)
 

@@ -19,8 +19,10 @@ from streamml.operators.join.enrich import (
     _Config,
     _EnrichState,
     _FrameLogic,
+    _only,
     _RowLogic,
     _TableFrame,
+    _without,
     merge_fields,
 )
 
@@ -504,6 +506,40 @@ def test_table_frame_rows_are_the_tables_latest(batches, slack):
                 **{n: v for n, v in row.items() if v is not None},
             }
         assert frame.height <= 2 * len(index) + slack
+
+
+@given(
+    st.integers(0, 40).flatmap(
+        lambda n: st.tuples(st.just(n), st.sets(st.integers(0, max(n - 1, 0)), max_size=n))
+    ),
+    st.integers(1, 3),
+)
+def test_without_leaves_out_exactly_the_rows_gone(shape, chunks):
+    """A frame less some rows, or only those rows (slices when few, a gather when many), in order."""
+    n, gone = shape
+    gone = sorted(i for i in gone if i < n)
+    size = -(-n // chunks) or 1
+    parts = [
+        pl.DataFrame(
+            {
+                "i": list(range(s, min(s + size, n))),
+                "k": [f"k{j}" for j in range(s, min(s + size, n))],
+            }
+        )
+        for s in range(0, n, size)
+    ]
+    frame = (
+        pl.concat(parts, rechunk=False)
+        if parts
+        else pl.DataFrame(schema={"i": pl.Int64, "k": pl.String})
+    )
+    got = _without(frame, gone)
+    keep = [i for i in range(n) if i not in set(gone)]
+    assert got.schema == frame.schema
+    assert got.rows() == [(i, f"k{i}") for i in keep]
+    picked = _only(frame, gone)
+    assert picked.schema == frame.schema
+    assert picked.rows() == [(i, f"k{i}") for i in gone]
 
 
 def test_frames_bootstrap_wait_and_release():
