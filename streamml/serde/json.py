@@ -295,8 +295,19 @@ def _one_object_per_line(joined: bytes, n: int) -> bool:
 
 
 def _plain_line(payload: bytes) -> bool:
-    """One payload by itself passes :func:`_one_object_per_line`."""
-    return _one_object_per_line(payload, 1)
+    r"""One payload by itself passes :func:`_one_object_per_line`: the same checks on one payload,
+    without NumPy (~0.2 µs a payload, where the NumPy way costs a few µs before its first byte).
+
+    Examples:
+        >>> [_plain_line(p) for p in (b'{"a":1}', b'{"a":\n1}', b'[1]', b'{"a":"\\ud800"}')]
+        [True, False, False, False]
+    """
+    return (
+        payload[:1] == b"{"
+        and payload[-1:] == b"}"
+        and b"\n" not in payload
+        and (b"\\" not in payload or not any(escape in payload for escape in _SURROGATES))
+    )
 
 
 @functools.lru_cache(maxsize=256)

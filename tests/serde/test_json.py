@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamml.serde import JsonSerde, SerdeError, StringSerde
+from streamml.serde.json import _one_object_per_line, _plain_line
 
 
 def test_round_trip_with_numpy_and_datetime() -> None:
@@ -174,3 +175,18 @@ def test_decode_frame_reads_bytes_like_payloads_as_their_bytes() -> None:
     assert serde.decode_frame([bytearray(p) for p in clean]).frame.equals(
         serde.decode_frame(clean).frame
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([b"{", b"[", b""]),
+    st.lists(
+        st.sampled_from([b"\n", b"\\", b"\\ud", b"\\uD", b"\\u00", b'"a":1', b"}{"]), max_size=4
+    ),
+    st.sampled_from([b"}", b"]", b""]),
+)
+def test_plain_line_is_one_object_per_line_of_one(first: bytes, middle: list, last: bytes) -> None:
+    """The row-by-row path's check of one payload (no NumPy) says what the batch check says of
+    a batch of that one payload: fails with any of its four conditions dropped or changed."""
+    payload = first + b"".join(middle) + last
+    assert _plain_line(payload) == _one_object_per_line(payload, 1)
