@@ -188,11 +188,12 @@ class JsonSerde(Deserializer, Serializer):
                 _JSON_NULL if v is None and p is not None else v for v, p in zip(values, payloads)
             ]
         _, rows, errors = split_records(values)
-        lines = [
-            payload if _plain_line(payload) else orjson.dumps(values[i])
-            for i in rows
-            for payload in (payloads[i],)
-        ]
+        lines = [payloads[i] for i in rows]
+        if not _plain_lines(lines):  # some payload is not one object on one line: re-encode those
+            lines = [
+                payload if _plain_line(payload) else orjson.dumps(values[i])
+                for i, payload in zip(rows, lines)
+            ]
 
         def build(positions: Sequence[int]) -> pl.DataFrame:
             picked = lines if len(positions) == len(lines) else [lines[p] for p in positions]
@@ -292,6 +293,15 @@ def _one_object_per_line(joined: bytes, n: int) -> bool:
         if np.count_nonzero(between) != n - 1:
             return False
     return b"\\" not in joined or not any(escape in joined for escape in _SURROGATES)
+
+
+def _plain_lines(payloads: list[bytes]) -> bool:
+    """Every payload passes :func:`_plain_line`: checked once on the payloads joined by newlines
+    (a newline of its own, or an escape, in any payload fails the whole), not one by one."""
+    try:
+        return not payloads or _one_object_per_line(b"\n".join(payloads), len(payloads))
+    except TypeError:  # a str payload: never plain (a line is bytes)
+        return False
 
 
 def _plain_line(payload: bytes) -> bool:

@@ -190,3 +190,33 @@ def test_plain_line_is_one_object_per_line_of_one(first: bytes, middle: list, la
     a batch of that one payload: fails with any of its four conditions dropped or changed."""
     payload = first + b"".join(middle) + last
     assert _plain_line(payload) == _one_object_per_line(payload, 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.fixed_dictionaries({"n": st.integers(-9, 9)}, optional={"x": TEXTS | st.none()}),
+            st.sampled_from(["orjson", "indented", "str", "broken", "tombstone", "list"]),
+        ),
+        max_size=10,
+    )
+)
+def test_decode_frame_row_by_row_path_reads_what_the_clean_batch_reads(rows: list) -> None:
+    """A batch with bad payloads, tombstones, payloads over several lines or str payloads decodes
+    its good rows as the same rows spelled by orjson alone do, in their places."""
+    spelled = {
+        "orjson": orjson.dumps,
+        "indented": lambda row: json.dumps(row, indent=1).encode(),
+        "str": lambda row: orjson.dumps(row).decode(),
+        "broken": lambda row: orjson.dumps(row)[:-1],
+        "tombstone": lambda row: None,
+        "list": lambda row: orjson.dumps([row]),
+    }
+    payloads = [spelled[how](row) for row, how in rows]
+    good = [i for i, (_, how) in enumerate(rows) if how in ("orjson", "indented", "str")]
+    serde = JsonSerde(schema={"x": pl.String, "n": pl.Int64})
+    out = serde.decode_frame(payloads)
+    assert out.rows.tolist() == good
+    assert out.frame.equals(serde.decode_frame([orjson.dumps(rows[i][0]) for i in good]).frame)
+    assert sorted(i for i, _ in out.errors) == sorted(set(range(len(rows))) - set(good))
