@@ -140,7 +140,9 @@ class JsonSerde(Deserializer, Serializer):
 
         When every payload is bytes holding one object on one line (checked
         on the joined buffer in C, without a Python call per payload), the
-        batch is one ``polars.read_ndjson`` call. Otherwise, or when polars
+        batch is one ``polars.read_ndjson`` call; so is a batch whose only
+        other payloads are tombstones (each a ``"Tombstone"`` error in its
+        place). Otherwise, or when polars
         refuses the batch, orjson reads each payload to find the ones that are
         not JSON objects, and polars reads the rest (re-encoded by orjson when
         they hold raw newlines); rows whose types do not fit are then found
@@ -162,15 +164,42 @@ class JsonSerde(Deserializer, Serializer):
         try:  # bytes-like payloads only: a None or a str raises here, in C
             joined = b"\n".join(payloads)  # type: ignore[arg-type]
         except TypeError:
+            return self._decode_frame_without_tombstones(payloads)
+        frame = self._read_plain(joined, n)
+        if frame is None:
             return self._decode_frame_slow(payloads)
+        return FrameDecoded(frame, np.arange(n, dtype=np.int64), [])
+
+    def _decode_frame_without_tombstones(self, payloads: list[bytes | None]) -> FrameDecoded:
+        """The batch read in one go without its tombstones, when they are its only payloads that
+        are not bytes-like, else row by row."""
+        rows = [i for i, payload in enumerate(payloads) if payload is not None]
+        try:
+            joined = b"\n".join([payloads[i] for i in rows])  # type: ignore[misc]
+        except TypeError:  # a str
+            return self._decode_frame_slow(payloads)
+        frame = self._read_plain(joined, len(rows)) if rows else None
+        if frame is None:
+            return self._decode_frame_slow(payloads)
+        tombstone = "a null payload (tombstone) has no row"  # as split_records says it
+        errors = [
+            (i, SerdeError("Tombstone", tombstone))
+            for i, payload in enumerate(payloads)
+            if payload is None
+        ]
+        return FrameDecoded(frame, np.asarray(rows, dtype=np.int64), errors)
+
+    def _read_plain(self, joined: bytes, n: int) -> pl.DataFrame | None:
+        """The frame of ``n`` payloads joined by newlines, or None when they are not one object
+        on each line or polars refuses them (the row-by-row path then finds out why)."""
         if _one_object_per_line(joined, n):
             try:
                 frame = self._read(joined)
                 if frame.height == n:
-                    return FrameDecoded(frame, np.arange(n, dtype=np.int64), [])
+                    return frame
             except POLARS_ERRORS:
                 pass
-        return self._decode_frame_slow(payloads)
+        return None
 
     def _read(self, joined: bytes) -> pl.DataFrame:
         if self._text is not None:

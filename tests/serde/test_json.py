@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamml.serde import JsonSerde, SerdeError, StringSerde
+from streamml.serde.base import split_records
 from streamml.serde.json import _one_object_per_line, _plain_line
 
 
@@ -220,3 +221,7 @@ def test_decode_frame_row_by_row_path_reads_what_the_clean_batch_reads(rows: lis
     assert out.rows.tolist() == good
     assert out.frame.equals(serde.decode_frame([orjson.dumps(rows[i][0]) for i in good]).frame)
     assert sorted(i for i, _ in out.errors) == sorted(set(range(len(rows))) - set(good))
+    slow = split_records([None])[2][0][1]  # the row-by-row path's tombstone
+    assert all(
+        (e.kind, str(e)) == (slow.kind, str(slow)) for i, e in out.errors if payloads[i] is None
+    )
