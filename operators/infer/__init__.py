@@ -19,7 +19,8 @@ One module per concept:
   frame columns;
 - :mod:`.models`: model loading and live swap;
 - :mod:`.overlap`: the thread a shard's model calls run in;
-- :mod:`.copies`: ``copies=N`` — copies of the model, each in one call at a time;
+- :mod:`.copies`: ``copies=N`` of :func:`infer` and :func:`infer_by_key` — copies of a
+  model, each in one call at a time;
 - :mod:`.stats`: the step's counters (:class:`InferStats`);
 - :mod:`.adaptive`: the adaptive batch size of ``target_latency``;
 - :mod:`.shadowing`: :func:`shadow` — a candidate model beside the live one,
