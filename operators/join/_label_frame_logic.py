@@ -345,19 +345,9 @@ class _FrameLogic(_LabelLogic):
             self.fresh.append((pos[hit], label_ids))
             found = (parts, part_of[hit], truths, guesses, probas, ids[hit])
         if len(hit) < len(keys):
-            rest = np.flatnonzero(~matched)
-            if not len(hit):
-                waiting = zip(keys, ts.tolist(), ids.tolist(), y, proba, version)
-            else:
-                r = rest.tolist()
-                waiting = zip(
-                    [keys[i] for i in r],
-                    ts[rest].tolist(),
-                    ids[rest].tolist(),
-                    [y[i] for i in r],
-                    [proba[i] for i in r],
-                    [version[i] for i in r],
-                )
+            waiting = _rows_at(
+                np.flatnonzero(~matched) if len(hit) else None, keys, ts, ids, y, proba, version
+            )
             self.lone[0].update((k, (t, i, a, b, c)) for k, t, i, a, b, c in waiting)
         return found if len(hit) else None
 
@@ -393,14 +383,7 @@ class _FrameLogic(_LabelLogic):
                 for i, p, truth, label_id in zip(rows, waited, truths, label_ids)
             ]
         if len(hit) < len(keys):
-            rest = np.flatnonzero(~matched)
-            if not len(hit):
-                waiting = zip(keys, ts.tolist(), ids.tolist(), y)
-            else:
-                r = rest.tolist()
-                waiting = zip(
-                    [keys[i] for i in r], ts[rest].tolist(), ids[rest].tolist(), [y[i] for i in r]
-                )
+            waiting = _rows_at(np.flatnonzero(~matched) if len(hit) else None, keys, ts, ids, y)
             self.lone[1].update((k, (t, i, a)) for k, t, i, a in waiting)
         return found
 
@@ -491,6 +474,25 @@ class _FrameLogic(_LabelLogic):
             data[name] = {**{k: [list(v)] for k, v in lone.items()}, **data[name]}
         stores = [s.snapshot_data() for s in self.stores]
         return {**data, "stores": stores, "next_id": self.next_id}
+
+
+def _rows_at(positions: np.ndarray | None, *columns: list | np.ndarray) -> Any:
+    """The rows at ``positions`` (``None``: all) of parallel columns (lists or NumPy arrays),
+    as an iterator of tuples.
+
+    Examples:
+        >>> list(_rows_at(np.array([2, 0]), ["a", "b", "c"], np.array([1, 2, 3])))
+        [('c', 3), ('a', 1)]
+    """
+    if positions is None:
+        return zip(*(c.tolist() if isinstance(c, np.ndarray) else c for c in columns))
+    at = positions.tolist()
+    return zip(
+        *(
+            c[positions].tolist() if isinstance(c, np.ndarray) else [c[i] for i in at]
+            for c in columns
+        )
+    )
 
 
 def _count(events: list[tuple]) -> None:
