@@ -253,18 +253,12 @@ class _ProducerPartition(StatelessSinkPartition[KeyValue | Messages]):
         produce, poll = self._producer.produce, self._producer.poll
         topic = self._topic
         for item in items:
-            if type(item) is Messages:
-                for key, value in zip(item.keys, item.values):
-                    try:
-                        produce(topic, value, key)
-                    except BufferError:  # local queue full: wait for the broker to drain it
-                        self._produce_when_room(key, value)
-                continue
-            key, value = item  # type: ignore[misc]
-            try:
-                produce(topic, value, key)
-            except BufferError:
-                self._produce_when_room(key, value)
+            pairs = zip(item.keys, item.values) if type(item) is Messages else (item,)
+            for key, value in pairs:  # type: ignore[misc]
+                try:
+                    produce(topic, value, key)
+                except BufferError:  # local queue full: wait for the broker to drain it
+                    self._produce_when_room(key, value)
         if self._confirm_each_batch:
             self._confirm(self._flush())
         else:
