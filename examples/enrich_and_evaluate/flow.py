@@ -77,7 +77,7 @@ def _clock(frames: list[pl.DataFrame]) -> list[datetime]:
     read meanwhile) is still scored by the old model, so the new one never
     scores events from before its time (up to out-of-order events).
     """
-    times = [t for f in frames if f.height for t in (f.get_column("ts").min(),)]
+    times = [f.get_column("ts").min() for f in frames if f.height]
     return [min(times)] if times else []
 
 
@@ -101,7 +101,7 @@ def _predictions(threshold: float):
 
 def _no_label(frame: pl.DataFrame) -> pl.DataFrame:
     """Unlabelled predictions as outcomes: ``is_fraud`` null, the label that never came."""
-    return frame.hstack([pl.Series("is_fraud", [None] * frame.height, dtype=pl.Int64)])
+    return frame.hstack([pl.Series("is_fraud", dtype=pl.Int64).extend_constant(None, frame.height)])
 
 
 def build_flow(
